@@ -1,0 +1,151 @@
+"""Numpy-only maths on blocks of volumes: smoothing and masking.
+
+Nothing here does I/O or imports dask: the functions take plain arrays and are
+called by :mod:`daskglm.store` on each block of volumes read from a run.
+
+Smoothing follows nilearn's ``smooth_array`` (0.14): a separable Gaussian,
+``scipy.ndimage.gaussian_filter1d`` along axes 0, 1 and 2 in turn, in float32,
+with ``sigma = fwhm / (sqrt(8 ln 2) * voxel_size)`` and the voxel size read from
+the columns of the affine; non-finite values are set to 0 first.
+
+Only the crop ``bbox(mask) +/- radius`` is filtered (see :func:`smoothing_crop`):
+a 1D Gaussian truncated at ``radius`` makes each output value depend on inputs
+within ``radius`` along that axis only, so every voxel inside the bounding box
+gets exactly the numbers a whole-volume filter gives.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+__all__ = [
+    "Crop",
+    "fwhm_to_sigma",
+    "smoothing_crop",
+    "smooth_and_mask",
+    "voxel_sizes",
+]
+
+#: scipy's default truncation of the Gaussian kernel, in standard deviations.
+TRUNCATE = 4.0
+FWHM_OVER_SIGMA = float(np.sqrt(8 * np.log(2)))
+
+
+class Crop(NamedTuple):
+    """A box inside a volume and the mask restricted to it.
+
+    Attributes
+    ----------
+    slices : tuple of 3 slice
+        Where the box lies in the volume.
+    mask : ndarray of bool, shape (bx, by, bz)
+        The mask inside the box.
+    """
+
+    slices: tuple[slice, slice, slice]
+    mask: np.ndarray
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Voxel sizes as nilearn computes them: norms of the affine's columns.
+
+    Parameters
+    ----------
+    affine : ndarray, shape (4, 4)
+
+    Returns
+    -------
+    ndarray, shape (3,)
+    """
+    affine = np.asarray(affine, dtype=float)
+    return np.sqrt(np.sum(affine[:3, :3] ** 2, axis=0))
+
+
+def fwhm_to_sigma(fwhm: float | None, affine: np.ndarray) -> np.ndarray:
+    """Gaussian standard deviation in voxels per axis, as nilearn's ``smooth_array``.
+
+    Parameters
+    ----------
+    fwhm : float or None
+        Full width at half maximum in millimetres. ``None`` or 0: no smoothing.
+    affine : ndarray, shape (4, 4)
+
+    Returns
+    -------
+    ndarray, shape (3,)
+        Zeros when there is no smoothing.
+    """
+    if fwhm is None or fwhm == 0:
+        return np.zeros(3)
+    fwhm_arr = np.asarray(fwhm, dtype=float).ravel()
+    if fwhm_arr.size not in (1, 3) or np.any(~np.isfinite(fwhm_arr)) or np.any(fwhm_arr < 0):
+        raise ValueError(
+            f"smoothing_fwhm must be None or a non-negative number (or 3 of them); got {fwhm!r}"
+        )
+    return fwhm_arr / (FWHM_OVER_SIGMA * voxel_sizes(affine))
+
+
+def smoothing_crop(mask: np.ndarray, sigma: np.ndarray) -> Crop:
+    """The smallest box whose smoothing gives exact values on every mask voxel.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (x, y, z)
+        Must hold at least one True.
+    sigma : ndarray, shape (3,)
+        Gaussian standard deviation in voxels per axis (0: no smoothing).
+
+    Returns
+    -------
+    Crop
+        ``bbox(mask)`` grown by scipy's kernel radius ``int(4 sigma + 0.5)`` on
+        each side and clipped to the volume, with the mask cut to that box.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise ValueError("the mask has no voxel: cannot plan a smoothing crop")
+    slices = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(mask.any(axis=other))
+        radius = int(TRUNCATE * float(sigma[axis]) + 0.5) if sigma[axis] > 0 else 0
+        lo = max(int(present[0]) - radius, 0)
+        hi = min(int(present[-1]) + 1 + radius, mask.shape[axis])
+        slices.append(slice(lo, hi))
+    box = (slices[0], slices[1], slices[2])
+    return Crop(box, mask[box])
+
+
+def smooth_and_mask(volumes: np.ndarray, crop: Crop, sigma: np.ndarray) -> np.ndarray:
+    """Smooth each volume of a block inside the crop, then take the mask voxels.
+
+    Parameters
+    ----------
+    volumes : ndarray, shape (x, y, z, t)
+        A block of ``t`` volumes as read from the run (any numeric dtype).
+    crop : Crop
+        From :func:`smoothing_crop`.
+    sigma : ndarray, shape (3,)
+        Gaussian standard deviation in voxels per axis (0: no smoothing).
+
+    Returns
+    -------
+    ndarray of float32, shape (t, n_voxels)
+        Mask voxels in C order over (x, y, z), as nilearn's maskers order them.
+    """
+    if volumes.ndim != 4:
+        raise ValueError(f"expected a block of volumes (x, y, z, t); got shape {volumes.shape}")
+    # float32 working copy of the crop only, volumes along the first axis so each
+    # volume is contiguous and filtered in cache.
+    box = np.ascontiguousarray(
+        np.moveaxis(volumes[crop.slices], -1, 0), dtype=np.float32
+    )
+    if not np.isfinite(box).all():
+        box[~np.isfinite(box)] = 0
+    for axis in range(3):
+        if sigma[axis] > 0:
+            gaussian_filter1d(box, float(sigma[axis]), axis=axis + 1, output=box)
+    return box[:, crop.mask]

@@ -1,0 +1,419 @@
+"""The zarr edge: ingest a NIfTI run into a zarr store and open it as xarray.
+
+Store layout (a zarr v3 group, local path or fsspec URL)::
+
+    bold(time, voxel)        float32, chunks (t_chunk, v_chunk), smoothed and masked
+    i, j, k (voxel,)         int32 voxel indices in the volume (coordinates of bold)
+    ingest_done (block,)     uint8, one flag per block of t_chunk volumes, set after its write
+    gzip_index (byte,)       uint8, indexed_gzip seek index of a .nii.gz source (maybe empty)
+    attrs                    daskglm_store_format, fingerprint, affine, volume_shape,
+                             n_scans, t_r, smoothing_fwhm, source, mask, chunks,
+                             complete (written last)
+
+Hygiene: the ``fingerprint`` attribute is the identity of the source (path,
+size, mtime — or a content hash) and of every parameter that shapes the data.
+A complete store with the same fingerprint is reused without reading the run;
+an incomplete one with the same fingerprint is resumed (blocks whose
+``ingest_done`` flag is set are kept); any other store at that location is
+deleted and rebuilt. ``complete`` is set only after every block is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+import zarr
+
+from . import _plan, _volume
+from .cluster import compute
+from .nifti import RunInfo, build_gzip_index, inspect_run, load_mask, mask_from_mean, read_volumes
+
+__all__ = ["ingest_run", "open_run", "StoreIncompleteError", "STORE_FORMAT"]
+
+logger = logging.getLogger(__name__)
+
+#: Bumped whenever the layout changes; stores of another format are rebuilt.
+STORE_FORMAT = 1
+_INTERNAL_VARS = ["ingest_done", "gzip_index"]
+_COMPRESSORS = ("lz4", "zstd", None)
+
+
+class StoreIncompleteError(RuntimeError):
+    """A store exists but was not marked complete (interrupted ingestion)."""
+
+
+# --------------------------------------------------------------------------- zarr helpers
+
+
+def _url(store: str | os.PathLike) -> str:
+    return os.fspath(store)
+
+
+def _open_group(store: str, mode: str, storage_options: dict | None) -> zarr.Group:
+    kwargs = {"storage_options": storage_options} if storage_options else {}
+    return zarr.open_group(store, mode=mode, zarr_format=3, **kwargs)
+
+
+def _read_attrs(store: str, storage_options: dict | None) -> dict | None:
+    """Attributes of an existing daskglm store, ``None`` if there is none."""
+    try:
+        return dict(_open_group(store, "r", storage_options).attrs)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+        return None
+    except Exception:  # something unreadable at that location: treat as foreign
+        return {}
+
+
+def _remove(store: str, storage_options: dict | None) -> None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(store, **(storage_options or {}))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _codec(compressor: str | None) -> Any:
+    if compressor not in _COMPRESSORS:
+        raise ValueError(f"compressor must be one of {_COMPRESSORS}; got {compressor!r}")
+    if compressor is None:
+        return None
+    return zarr.codecs.BloscCodec(cname=compressor, clevel=3, shuffle="shuffle")
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def _ingest_block(
+    store: str,
+    storage_options: dict | None,
+    source: str | np.ndarray,
+    block: int,
+    start: int,
+    stop: int,
+    crop: _volume.Crop,
+    sigma: np.ndarray,
+    gzip_index: bytes | None,
+) -> int:
+    """Task: read volumes ``start:stop``, smooth, mask, write rows, flag the block."""
+    if isinstance(source, str):
+        volumes = read_volumes(source, start, stop, gzip_index)
+    else:
+        volumes = source
+    rows = _volume.smooth_and_mask(volumes, crop, sigma)
+    group = _open_group(store, "r+", storage_options)
+    group["bold"][start:stop, :] = rows
+    group["ingest_done"][block] = 1
+    return block
+
+
+def _volume_sum(source: str | np.ndarray, start: int, stop: int, gzip_index: bytes | None) -> np.ndarray:
+    """Task: sum of volumes ``start:stop`` in float64, shape (x, y, z)."""
+    volumes = read_volumes(source, start, stop, gzip_index) if isinstance(source, str) else source
+    total = np.zeros(volumes.shape[:3])
+    for t in range(volumes.shape[3]):
+        volume = np.asarray(volumes[..., t], dtype=float)
+        total += np.where(np.isfinite(volume), volume, 0.0)
+    return total
+
+
+# --------------------------------------------------------------------------- ingestion
+
+
+def _in_memory_blocks(run: Any, bounds: list[tuple[int, int]]) -> list[np.ndarray]:
+    data = np.asanyarray(run.dataobj)
+    return [data[..., a:b] for a, b in bounds]
+
+
+def _fingerprint(info: RunInfo, fwhm: float | None, mask_id: Any, t_chunk: Any, v_chunk: Any,
+                 compressor: str | None) -> str:
+    return json.dumps(
+        {
+            "format": STORE_FORMAT,
+            "source": info.provenance,
+            "smoothing_fwhm": None if fwhm is None else np.asarray(fwhm, dtype=float).tolist(),
+            "mask": mask_id,
+            "t_chunk": t_chunk,
+            "v_chunk": v_chunk,
+            "compressor": compressor,
+        },
+        sort_keys=True,
+    )
+
+
+def _mask_identity(mask_img: Any) -> Any:
+    """What identifies the mask *argument* (before loading it) in the fingerprint."""
+    if mask_img is None:
+        return "compute_epi_mask"
+    if isinstance(mask_img, (str, os.PathLike)):
+        path = os.path.abspath(os.fspath(mask_img))
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return {"path": path}
+        return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    data = np.ascontiguousarray(np.asanyarray(mask_img.dataobj))
+    import hashlib
+
+    return {
+        "sha1": hashlib.sha1(data.view(np.uint8)).hexdigest(),
+        "affine": np.asarray(mask_img.affine).round(6).tolist(),
+    }
+
+
+def _create_store(
+    store: str,
+    storage_options: dict | None,
+    info: RunInfo,
+    mask: np.ndarray,
+    mask_provenance: dict,
+    plan: _plan.ChunkPlan,
+    n_blocks: int,
+    gzip_index: bytes | None,
+    fwhm: float | None,
+    fingerprint: str,
+    compressor: str | None,
+) -> None:
+    attrs = {
+        "daskglm_store_format": STORE_FORMAT,
+        "fingerprint": fingerprint,
+        "complete": False,
+        "affine": info.affine.tolist(),
+        "volume_shape": list(info.volume_shape),
+        "n_scans": info.n_scans,
+        "t_r": info.t_r,
+        "smoothing_fwhm": None if fwhm is None else np.asarray(fwhm, dtype=float).tolist(),
+        "source": info.provenance,
+        "mask": mask_provenance,
+        "chunks": {"time": plan.t_chunk, "voxel": plan.v_chunk},
+    }
+    try:
+        _remove(store, storage_options)
+        group = _open_group(store, "w", storage_options)
+    except Exception as exc:
+        raise OSError(f"cannot create the store at {store!r}: {exc}") from exc
+    n_voxels = int(mask.sum())
+    group.create_array(
+        "bold",
+        shape=(info.n_scans, n_voxels),
+        chunks=(plan.t_chunk, plan.v_chunk),
+        dtype="float32",
+        dimension_names=("time", "voxel"),
+        compressors=_codec(compressor),
+        fill_value=0.0,
+        attributes={"coordinates": "i j k", "long_name": "BOLD signal, smoothed and masked"},
+    )
+    for axis, name in enumerate("ijk"):
+        arr = group.create_array(
+            name, shape=(n_voxels,), chunks=(n_voxels,), dtype="int32", dimension_names=("voxel",)
+        )
+        arr[:] = np.nonzero(mask)[axis].astype(np.int32)
+    group.create_array(
+        "ingest_done", shape=(n_blocks,), chunks=(1,), dtype="uint8",
+        dimension_names=("block",), fill_value=0,
+    )
+    index = np.frombuffer(gzip_index or b"", dtype=np.uint8)
+    gz = group.create_array(
+        "gzip_index", shape=(index.size,), chunks=(max(index.size, 1),), dtype="uint8",
+        dimension_names=("byte",), fill_value=0,
+    )
+    if index.size:
+        gz[:] = index
+    group.attrs.update(attrs)
+
+
+def _stored_mask(group: zarr.Group, shape: tuple[int, int, int]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[group["i"][:], group["j"][:], group["k"][:]] = True
+    return mask
+
+
+def ingest_run(
+    run_img: Any,
+    store: str | os.PathLike,
+    mask_img: Any = None,
+    smoothing_fwhm: float | None = None,
+    t_chunk: int | None = None,
+    v_chunk: int | None = None,
+    client: Any = None,
+    storage_options: dict | None = None,
+    compressor: str | None = "lz4",
+    overwrite: bool = False,
+) -> xr.Dataset:
+    """Convert one 4D run into a zarr store of smoothed, masked voxel time series.
+
+    Volumes are read in blocks of ``t_chunk`` straight from the file, smoothed
+    as nilearn's maskers do (see :mod:`daskglm._volume`), masked, and written as
+    rows of ``bold(time, voxel)``, each block as one Dask task on the active
+    client (see :func:`daskglm.cluster.get_client`).
+
+    Parameters
+    ----------
+    run_img : path or nibabel image
+        A 4D run, ``.nii`` or ``.nii.gz``.
+    store : str or path
+        Where the zarr store goes: a local path or an fsspec URL.
+    mask_img : path or nibabel image, optional
+        Binary mask. On another grid it is resampled to the run's (nearest
+        neighbour, with a warning). ``None``: nilearn's ``compute_epi_mask`` on
+        the run's mean volume (one extra pass over the run).
+    smoothing_fwhm : float, optional
+        Gaussian smoothing FWHM in mm, as nilearn's ``smoothing_fwhm``.
+    t_chunk, v_chunk : int, optional
+        Chunk sizes along time and voxel; chosen from the data size when omitted.
+    client : see :func:`daskglm.cluster.get_client`
+    storage_options : dict, optional
+        fsspec options for a remote ``store``.
+    compressor : {"lz4", "zstd", None}
+        Blosc codec of the ``bold`` chunks.
+    overwrite : bool
+        Rebuild the store even if it is complete and up to date.
+
+    Returns
+    -------
+    xarray.Dataset
+        The store opened lazily (see :func:`open_run`): ``bold`` of shape
+        ``(n_scans, n_voxels)``.
+    """
+    store = _url(store)
+    info = inspect_run(run_img)
+    sigma = _volume.fwhm_to_sigma(smoothing_fwhm, info.affine)
+    _codec(compressor)
+    fingerprint = _fingerprint(info, smoothing_fwhm, _mask_identity(mask_img), t_chunk, v_chunk, compressor)
+
+    existing = None if overwrite else _read_attrs(store, storage_options)
+    if existing and existing.get("fingerprint") == fingerprint and existing.get("complete"):
+        logger.info("reusing complete store %s", store)
+        return open_run(store, storage_options)
+    resume = bool(existing) and existing.get("fingerprint") == fingerprint
+    if existing is not None and not resume and not overwrite:
+        warnings.warn(
+            f"the store at {store!r} was made from another source or with other "
+            "parameters: rebuilding it",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    source: str | None = info.path
+    if resume:
+        group = _open_group(store, "r", storage_options)
+        mask = _stored_mask(group, info.volume_shape)
+        gzip_index = bytes(group["gzip_index"][:]) or None
+        plan = _plan.ChunkPlan(group["bold"].chunks[0], group["bold"].chunks[1])
+        done = np.asarray(group["ingest_done"][:], dtype=bool)
+        logger.info("resuming store %s: %d of %d blocks done", store, done.sum(), done.size)
+    else:
+        gzip_index = None
+        if source is not None and info.compressed:
+            gzip_index = compute(
+                dask.delayed(build_gzip_index)(source, _uncompressed_size(source)), client=client
+            )[0]
+        if mask_img is None:
+            mean = _mean_volume(run_img, info, gzip_index, client)
+            mask, mask_provenance = mask_from_mean(mean, info.affine), {"source": "compute_epi_mask"}
+        else:
+            mask, mask_provenance = load_mask(mask_img, info)
+        plan = _plan.plan_chunks(
+            info.n_scans, int(mask.sum()), int(np.prod(info.volume_shape)), t_chunk, v_chunk
+        )
+        n_blocks = len(_plan.block_bounds(info.n_scans, plan.t_chunk))
+        _create_store(store, storage_options, info, mask, mask_provenance, plan, n_blocks,
+                      gzip_index, smoothing_fwhm, fingerprint, compressor)
+        done = np.zeros(n_blocks, dtype=bool)
+
+    bounds = _plan.block_bounds(info.n_scans, plan.t_chunk)
+    crop = _volume.smoothing_crop(mask, sigma)
+    blocks = (
+        [source] * len(bounds) if source is not None else _in_memory_blocks(run_img, bounds)
+    )
+    tasks = [
+        dask.delayed(_ingest_block, pure=False)(
+            store, storage_options, blocks[b], b, start, stop, crop, sigma, gzip_index
+        )
+        for b, (start, stop) in enumerate(bounds)
+        if not done[b]
+    ]
+    if tasks:
+        compute(*tasks, client=client)
+    group = _open_group(store, "r+", storage_options)
+    if not np.asarray(group["ingest_done"][:], dtype=bool).all():
+        raise StoreIncompleteError(f"ingestion into {store!r} did not write every block")
+    group.attrs["complete"] = True  # last: only now is the store usable
+    return open_run(store, storage_options)
+
+
+def _uncompressed_size(path: str) -> int:
+    import nibabel as nib
+
+    img = nib.load(path)
+    return int(img.header.get_data_offset()) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+
+
+def _mean_volume(run_img: Any, info: RunInfo, gzip_index: bytes | None, client: Any) -> np.ndarray:
+    """Mean over time of the run, shape (x, y, z), as one lazy pass of block sums."""
+    block = _plan.plan_chunks(info.n_scans, 1, int(np.prod(info.volume_shape))).t_chunk
+    bounds = _plan.block_bounds(info.n_scans, block)
+    if info.path is not None:
+        parts = [dask.delayed(_volume_sum)(info.path, a, b, gzip_index) for a, b in bounds]
+    else:
+        parts = [dask.delayed(_volume_sum)(blk, 0, blk.shape[3], None)
+                 for blk in _in_memory_blocks(run_img, bounds)]
+    total = dask.delayed(sum)(parts)
+    return compute(total, client=client)[0] / info.n_scans
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def open_run(store: str | os.PathLike, storage_options: dict | None = None) -> xr.Dataset:
+    """Open a complete run store lazily.
+
+    Parameters
+    ----------
+    store : str or path
+    storage_options : dict, optional
+
+    Returns
+    -------
+    xarray.Dataset
+        ``bold(time, voxel)`` float32 backed by dask with the store's chunks,
+        coordinates ``i, j, k (voxel)``, and the store's attributes (affine,
+        volume_shape, t_r, smoothing_fwhm, source, mask, chunks).
+
+    Raises
+    ------
+    FileNotFoundError
+        No store there.
+    StoreIncompleteError
+        The store was not marked complete.
+    """
+    store = _url(store)
+    attrs = _read_attrs(store, storage_options)
+    if attrs is None:
+        raise FileNotFoundError(f"no daskglm store at {store!r}")
+    if attrs.get("daskglm_store_format") != STORE_FORMAT:
+        raise ValueError(
+            f"{store!r} is not a daskglm run store of format {STORE_FORMAT} "
+            f"(found format {attrs.get('daskglm_store_format')!r})"
+        )
+    if not attrs.get("complete"):
+        raise StoreIncompleteError(
+            f"the store at {store!r} is incomplete (interrupted ingestion?): rerun ingest_run"
+        )
+    ds = xr.open_zarr(
+        store,
+        consolidated=False,
+        zarr_format=3,
+        chunks={},
+        drop_variables=_INTERNAL_VARS,
+        storage_options=storage_options,
+    )
+    ds.attrs["store"] = store
+    # Voxel indices are small and needed by every unmasking: hold them in memory.
+    return ds.assign_coords({name: ds[name].load() for name in "ijk"})

@@ -1,0 +1,70 @@
+"""Shared fixtures: small runs written to disk, and a real multi-process cluster."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+
+def write_run(path: Path, data: np.ndarray, affine: np.ndarray, t_r: float = 2.0) -> Path:
+    """Save a 4D int16/float array as NIfTI with the TR in the header."""
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_zooms(tuple(np.sqrt((affine[:3, :3] ** 2).sum(0))) + (t_r,))
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> dict:
+    """A 20x22x14 run of 30 int16 volumes (.nii and .nii.gz), an oblique-free
+    anisotropic affine, a box-and-blob mask, and a mask on another grid."""
+    root = tmp_path_factory.mktemp("small_run")
+    rng = np.random.default_rng(42)
+    shape = (20, 22, 14, 30)
+    x, y, z = np.meshgrid(*[np.arange(s) for s in shape[:3]], indexing="ij")
+    brain = ((x - 10) / 8) ** 2 + ((y - 11) / 9) ** 2 + ((z - 7) / 6) ** 2 < 1
+    base = np.where(brain, 1000.0, 30.0)[..., None]
+    data = np.round(base + rng.normal(0, 25, size=shape)).astype(np.int16)
+    affine = np.diag([3.0, 3.0, 3.5, 1.0])
+    affine[:3, 3] = [-30.0, -33.0, -24.0]
+    mask = np.zeros(shape[:3], np.uint8)
+    mask[4:16, 5:18, 3:11] = 1
+    mask[2, 2, 2] = 1  # an isolated voxel near the edge
+    paths = {
+        "nii": write_run(root / "run.nii", data, affine),
+        "nii.gz": write_run(root / "run.nii.gz", data, affine),
+    }
+    mask_path = root / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask, affine), str(mask_path))
+    # The same mask at twice the resolution, half a voxel shifted: another grid.
+    fine_affine = affine.copy()
+    fine_affine[:3, :3] /= 2
+    fine = np.repeat(np.repeat(np.repeat(mask, 2, 0), 2, 1), 2, 2)
+    fine_path = root / "mask_fine.nii.gz"
+    nib.save(nib.Nifti1Image(fine, fine_affine), str(fine_path))
+    return {
+        "root": root, "data": data, "affine": affine, "mask": mask.astype(bool),
+        "mask_path": mask_path, "fine_mask_path": fine_path, "t_r": 2.0, **paths,
+    }
+
+
+@pytest.fixture(scope="session")
+def cluster_client():
+    """A real LocalCluster of two worker processes on 127.0.0.1."""
+    from distributed import Client, LocalCluster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None, memory_limit="2GiB",
+        )
+    client = Client(cluster, set_as_default=False)
+    yield client
+    client.close()
+    cluster.close()

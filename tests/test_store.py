@@ -1,0 +1,269 @@
+"""Ingestion into zarr stores: parity with nilearn's masker, store hygiene, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from nilearn.masking import compute_epi_mask
+from nilearn.maskers import NiftiMasker
+
+from daskglm import store as store_mod
+from daskglm.store import StoreIncompleteError, ingest_run, open_run
+
+
+def masker_reference(run, mask, fwhm):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return NiftiMasker(mask_img=str(mask), smoothing_fwhm=fwhm).fit_transform(str(run))
+
+
+@pytest.mark.parametrize("kind", ["nii", "nii.gz"])
+@pytest.mark.parametrize("fwhm", [None, 5.0])
+def test_ingested_bold_equals_nilearn_masker(small_run, tmp_path, kind, fwhm, cluster_client):
+    """On a real two-process cluster, bold equals NiftiMasker(mask, fwhm).fit_transform."""
+    ds = ingest_run(
+        small_run[kind], tmp_path / "run.zarr", mask_img=small_run["mask_path"],
+        smoothing_fwhm=fwhm, t_chunk=7, v_chunk=500, client=cluster_client,
+    )
+    expected = masker_reference(small_run[kind], small_run["mask_path"], fwhm)
+    assert ds["bold"].dims == ("time", "voxel")
+    assert ds["bold"].dtype == np.float32
+    assert ds["bold"].data.chunksize == (7, 500)
+    np.testing.assert_allclose(ds["bold"].values, expected, rtol=1e-6, atol=1e-4)
+
+
+def test_store_metadata_and_coordinates(small_run, tmp_path):
+    path = small_run["nii.gz"]
+    ds = ingest_run(path, tmp_path / "s.zarr", mask_img=small_run["mask_path"],
+                    smoothing_fwhm=6.0, client="threads")
+    assert ds.attrs["t_r"] == 2.0
+    np.testing.assert_array_equal(np.asarray(ds.attrs["affine"]), small_run["affine"])
+    assert ds.attrs["volume_shape"] == [20, 22, 14]
+    assert ds.attrs["n_scans"] == 30
+    assert ds.attrs["smoothing_fwhm"] == 6.0
+    assert ds.attrs["source"]["path"] == str(path.resolve())
+    assert ds.attrs["source"]["size"] == path.stat().st_size
+    # Voxel coordinates follow nilearn's (C) order of the mask voxels.
+    i, j, k = np.nonzero(small_run["mask"])
+    np.testing.assert_array_equal(ds["i"].values, i)
+    np.testing.assert_array_equal(ds["j"].values, j)
+    np.testing.assert_array_equal(ds["k"].values, k)
+    assert isinstance(ds, xr.Dataset) and set(ds.data_vars) == {"bold"}
+
+
+def test_default_chunks_follow_the_plan(small_run, tmp_path):
+    ds = ingest_run(small_run["nii"], tmp_path / "s.zarr", mask_img=small_run["mask_path"],
+                    client="sync")
+    n_vox = int(small_run["mask"].sum())
+    assert ds.attrs["chunks"] == {"time": 8, "voxel": min(n_vox, 1024)}
+    assert ds["bold"].data.chunksize == (8, min(n_vox, 1024))
+
+
+def test_in_memory_image_is_ingested(small_run, tmp_path):
+    img = nib.Nifti1Image(small_run["data"], small_run["affine"])
+    img.header.set_zooms((3.0, 3.0, 3.5, 2.0))
+    ds = ingest_run(img, tmp_path / "mem.zarr", mask_img=small_run["mask_path"],
+                    smoothing_fwhm=5.0, client="threads", t_chunk=11)
+    expected = masker_reference(small_run["nii"], small_run["mask_path"], 5.0)
+    np.testing.assert_allclose(ds["bold"].values, expected, rtol=1e-6, atol=1e-4)
+    assert "sha1" in ds.attrs["source"]
+
+
+def test_epi_mask_is_computed_when_none_given(small_run, tmp_path):
+    ds = ingest_run(small_run["nii.gz"], tmp_path / "s.zarr", client="threads")
+    expected = np.asarray(compute_epi_mask(str(small_run["nii.gz"])).dataobj) > 0
+    got = np.zeros(expected.shape, bool)
+    got[ds["i"].values, ds["j"].values, ds["k"].values] = True
+    assert expected.sum() > 100
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_mask_on_another_grid_is_resampled_with_warning(small_run, tmp_path):
+    with pytest.warns(UserWarning, match="resampling it to the run"):
+        ds = ingest_run(small_run["nii"], tmp_path / "s.zarr",
+                        mask_img=small_run["fine_mask_path"], client="sync")
+    from nilearn.image import resample_to_img
+
+    expected = np.asarray(resample_to_img(
+        str(small_run["fine_mask_path"]), str(small_run["mask_path"]), interpolation="nearest",
+        force_resample=True, copy_header=True).dataobj) > 0
+    assert ds.sizes["voxel"] == expected.sum()
+    np.testing.assert_array_equal(ds["bold"].values, small_run["data"][expected].T.astype(np.float32))
+
+
+# --------------------------------------------------------------------------- hygiene
+
+
+class ReadCounter:
+    """Counts calls to read_volumes (wrapping the real one)."""
+
+    def __init__(self, monkeypatch, fail_on_block: int | None = None, t_chunk: int = 1):
+        self.calls: list[int] = []
+        self.real = store_mod.read_volumes
+        self.fail_on_block = fail_on_block
+        self.t_chunk = t_chunk
+        monkeypatch.setattr(store_mod, "read_volumes", self)
+
+    def __call__(self, path, start, stop, gzip_index=None):
+        block = start // self.t_chunk
+        if block == self.fail_on_block:
+            raise OSError(f"simulated crash while reading block {block}")
+        self.calls.append(block)
+        return self.real(path, start, stop, gzip_index)
+
+
+def test_complete_store_is_reused_without_reading(small_run, tmp_path, monkeypatch):
+    kwargs = dict(mask_img=small_run["mask_path"], smoothing_fwhm=5.0, t_chunk=10, client="sync")
+    first = ingest_run(small_run["nii.gz"], tmp_path / "s.zarr", **kwargs).bold.values
+    counter = ReadCounter(monkeypatch, t_chunk=10)
+    again = ingest_run(small_run["nii.gz"], tmp_path / "s.zarr", **kwargs)
+    assert counter.calls == []
+    np.testing.assert_array_equal(again.bold.values, first)
+
+
+def test_changed_parameters_or_source_rebuild_the_store(small_run, tmp_path):
+    run = tmp_path / "run.nii"
+    shutil.copy(small_run["nii"], run)
+    kwargs = dict(mask_img=small_run["mask_path"], client="sync", t_chunk=10)
+    ingest_run(run, tmp_path / "s.zarr", smoothing_fwhm=None, **kwargs)
+    with pytest.warns(UserWarning, match="rebuilding"):
+        smoothed = ingest_run(run, tmp_path / "s.zarr", smoothing_fwhm=5.0, **kwargs)
+    np.testing.assert_allclose(
+        smoothed.bold.values, masker_reference(run, small_run["mask_path"], 5.0), rtol=1e-6, atol=1e-4)
+    # Same path, new content: provenance (size/mtime) differs, the store is rebuilt.
+    data = small_run["data"].copy()
+    data[..., 0] += 7
+    img = nib.Nifti1Image(data, small_run["affine"])
+    nib.save(img, str(run))
+    with pytest.warns(UserWarning, match="rebuilding"):
+        rebuilt = ingest_run(run, tmp_path / "s.zarr", smoothing_fwhm=5.0, **kwargs)
+    np.testing.assert_allclose(
+        rebuilt.bold.values, masker_reference(run, small_run["mask_path"], 5.0), rtol=1e-6, atol=1e-4)
+
+
+def test_interrupted_ingestion_is_never_complete_and_resumes(small_run, tmp_path, monkeypatch):
+    kwargs = dict(mask_img=small_run["mask_path"], smoothing_fwhm=5.0, t_chunk=5, client="sync")
+    reference = ingest_run(small_run["nii.gz"], tmp_path / "clean.zarr", **kwargs).bold.values
+    target = tmp_path / "s.zarr"
+    ReadCounter(monkeypatch, fail_on_block=3, t_chunk=5)
+    with pytest.raises(OSError, match="simulated crash"):
+        ingest_run(small_run["nii.gz"], target, **kwargs)
+    with pytest.raises(StoreIncompleteError, match="incomplete"):
+        open_run(target)
+    done = zarr.open_group(str(target), mode="r")["ingest_done"][:].astype(bool)
+    assert not done[3] and 0 < done.sum() < 6
+    monkeypatch.undo()
+    counter = ReadCounter(monkeypatch, t_chunk=5)
+    resumed = ingest_run(small_run["nii.gz"], target, **kwargs)
+    assert sorted(counter.calls) == np.flatnonzero(~done).tolist()  # only missing blocks read
+    np.testing.assert_array_equal(resumed.bold.values, reference)
+
+
+def test_overwrite_forces_a_rebuild(small_run, tmp_path, monkeypatch):
+    kwargs = dict(mask_img=small_run["mask_path"], client="sync", t_chunk=15)
+    ingest_run(small_run["nii"], tmp_path / "s.zarr", **kwargs)
+    counter = ReadCounter(monkeypatch, t_chunk=15)
+    ingest_run(small_run["nii"], tmp_path / "s.zarr", overwrite=True, **kwargs)
+    assert sorted(counter.calls) == [0, 1]
+
+
+def test_open_run_refuses_foreign_or_missing_stores(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no daskglm store"):
+        open_run(tmp_path / "nothing.zarr")
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w", attributes={"x": 1})
+    with pytest.raises(ValueError, match="not a daskglm run store"):
+        open_run(tmp_path / "other.zarr")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _bad_files(small_run, tmp_path):
+    data, affine = small_run["data"], small_run["affine"]
+    three_d = tmp_path / "three_d.nii.gz"
+    nib.save(nib.Nifti1Image(data[..., 0], affine), str(three_d))
+    five_d = tmp_path / "five_d.nii.gz"
+    nib.save(nib.Nifti1Image(data[..., None], affine), str(five_d))
+    text = tmp_path / "not_nifti.nii.gz"
+    with gzip.open(text, "wb") as f:
+        f.write(b"this is not a NIfTI file at all\n" * 20)
+    raw = small_run["nii.gz"].read_bytes()
+    truncated_gz = tmp_path / "truncated.nii.gz"
+    truncated_gz.write_bytes(raw[: len(raw) // 2])
+    corrupt_gz = tmp_path / "corrupt.nii.gz"
+    corrupt = bytearray(raw)
+    for pos in range(len(raw) // 2, len(raw) // 2 + 400):
+        corrupt[pos] ^= 0x5A
+    corrupt_gz.write_bytes(bytes(corrupt))
+    truncated_nii = tmp_path / "truncated.nii"
+    truncated_nii.write_bytes(small_run["nii"].read_bytes()[:-1000])
+    return {
+        "missing": (tmp_path / "missing.nii.gz", FileNotFoundError, "not found.*missing.nii.gz"),
+        "directory": (tmp_path, IsADirectoryError, "is a directory"),
+        "3D": (three_d, ValueError, r"three_d.nii.gz.*must be 4D.*3D shape \(20, 22, 14\)"),
+        "5D": (five_d, ValueError, r"five_d.nii.gz.*must be 4D.*5D"),
+        "not NIfTI": (text, ValueError, "not_nifti.nii.gz.*not a readable NIfTI"),
+        "truncated gz": (truncated_gz, ValueError, "truncated.nii.gz.*(truncated|corrupt)"),
+        "corrupt gz": (corrupt_gz, ValueError, "corrupt.nii.gz.*(corrupt|truncated)"),
+        "truncated nii": (truncated_nii, ValueError, "truncated.nii.*truncated"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "directory", "3D", "5D", "not NIfTI", "truncated gz", "corrupt gz", "truncated nii"]
+)
+def test_bad_runs_get_clear_errors_and_no_complete_store(small_run, tmp_path, case):
+    path, exc, pattern = _bad_files(small_run, tmp_path)[case]
+    target = tmp_path / "out.zarr"
+    with pytest.raises(exc, match=pattern):
+        ingest_run(path, target, mask_img=small_run["mask_path"], client="sync")
+    with pytest.raises((FileNotFoundError, StoreIncompleteError)):
+        open_run(target)
+
+
+def test_bad_masks_get_clear_errors(small_run, tmp_path):
+    affine = small_run["affine"]
+    empty = tmp_path / "empty_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((20, 22, 14), np.uint8), affine), str(empty))
+    with pytest.raises(ValueError, match="empty_mask.nii.gz.*(empty|masks all data)"):
+        ingest_run(small_run["nii"], tmp_path / "a.zarr", mask_img=empty, client="sync")
+    labels = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image((np.arange(20 * 22 * 14).reshape(20, 22, 14) % 3).astype(np.int16), affine), str(labels))
+    with pytest.raises(ValueError, match="labels.nii.gz.*(2 values|binary)"):
+        ingest_run(small_run["nii"], tmp_path / "b.zarr", mask_img=labels, client="sync")
+    far = affine.copy()
+    far[:3, 3] += 1000  # a mask entirely outside the run's field of view
+    outside = tmp_path / "outside.nii.gz"
+    nib.save(nib.Nifti1Image(small_run["mask"].astype(np.uint8), far), str(outside))
+    with pytest.warns(UserWarning, match="resampling"):
+        with pytest.raises(ValueError, match="outside.nii.gz.*no voxel inside the field of view"):
+            ingest_run(small_run["nii"], tmp_path / "c.zarr", mask_img=outside, client="sync")
+    with pytest.raises(FileNotFoundError, match="nope.nii.gz"):
+        ingest_run(small_run["nii"], tmp_path / "d.zarr", mask_img=tmp_path / "nope.nii.gz",
+                   client="sync")
+    for name in "abcd":
+        assert not (tmp_path / f"{name}.zarr").exists()
+
+
+def test_unwritable_store_is_named(small_run, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError, match="a_file/run.zarr"):
+        ingest_run(small_run["nii"], blocker / "run.zarr", mask_img=small_run["mask_path"],
+                   client="sync")
+
+
+def test_bad_chunk_and_compressor_are_named(small_run, tmp_path):
+    with pytest.raises(ValueError, match="t_chunk.*0"):
+        ingest_run(small_run["nii"], tmp_path / "s.zarr", mask_img=small_run["mask_path"],
+                   t_chunk=0, client="sync")
+    with pytest.raises(ValueError, match="compressor.*'brotli'"):
+        ingest_run(small_run["nii"], tmp_path / "s.zarr", mask_img=small_run["mask_path"],
+                   compressor="brotli", client="sync")

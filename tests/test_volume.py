@@ -1,0 +1,89 @@
+"""Smoothing and masking of volume blocks against nilearn's smooth_array."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nilearn.image.image import smooth_array
+
+from daskglm import _volume
+
+
+def _affine(sizes):
+    affine = np.diag(list(sizes) + [1.0])
+    affine[:3, 3] = -10
+    return affine
+
+
+def test_sigma_matches_nilearn_formula():
+    affine = _affine((2.0, 3.0, 4.0))
+    # An oblique affine: nilearn takes column norms.
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    affine[:3, :3] = rot @ affine[:3, :3]
+    sigma = _volume.fwhm_to_sigma(5.0, affine)
+    expected = 5.0 / (np.sqrt(8 * np.log(2)) * np.array([2.0, 3.0, 4.0]))
+    np.testing.assert_allclose(sigma, expected, rtol=1e-12)
+    np.testing.assert_array_equal(_volume.fwhm_to_sigma(None, affine), np.zeros(3))
+    np.testing.assert_array_equal(_volume.fwhm_to_sigma(0, affine), np.zeros(3))
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), [1.0, 2.0]])
+def test_bad_fwhm_is_named(bad):
+    with pytest.raises(ValueError, match="smoothing_fwhm"):
+        _volume.fwhm_to_sigma(bad, np.eye(4))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.tuples(st.integers(3, 14), st.integers(3, 14), st.integers(2, 9)),
+    fwhm=st.one_of(st.none(), st.floats(0.5, 12.0)),
+    sizes=st.tuples(st.floats(1.0, 4.0), st.floats(1.0, 4.0), st.floats(1.0, 4.0)),
+    seed=st.integers(0, 2**16),
+    density=st.floats(0.01, 1.0),
+)
+def test_cropped_smoothing_equals_whole_volume_nilearn(shape, fwhm, sizes, seed, density):
+    """Smoothing only bbox(mask) +/- radius gives nilearn's values on every mask voxel."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random(shape) < density
+    if not mask.any():
+        mask[tuple(s // 2 for s in shape)] = True
+    volumes = rng.integers(-500, 3000, size=shape + (3,)).astype(np.int16)
+    affine = _affine(sizes)
+    expected = smooth_array(volumes, affine, fwhm=fwhm)[mask].T  # (t, n_voxels)
+    sigma = _volume.fwhm_to_sigma(fwhm, affine)
+    got = _volume.smooth_and_mask(volumes, _volume.smoothing_crop(mask, sigma), sigma)
+    assert got.dtype == np.float32
+    assert got.shape == (3, int(mask.sum()))
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_crop_is_bbox_plus_scipy_radius():
+    mask = np.zeros((30, 30, 30), bool)
+    mask[10:15, 12, 20:29] = True
+    crop = _volume.smoothing_crop(mask, np.array([1.0, 0.0, 1.3]))
+    # radius int(4 * sigma + 0.5): 4 on axis 0, 0 on axis 1, 5 on axis 2 (clipped at 30)
+    assert crop.slices == (slice(6, 19), slice(12, 13), slice(15, 30))
+    assert crop.mask.sum() == mask.sum()
+
+
+def test_non_finite_values_become_zero_like_nilearn():
+    rng = np.random.default_rng(0)
+    volumes = rng.normal(size=(6, 7, 5, 2)).astype(np.float32)
+    volumes[2, 3, 1, 0] = np.nan
+    volumes[4, 4, 4, 1] = np.inf
+    mask = np.ones((6, 7, 5), bool)
+    affine = _affine((2.0, 2.0, 2.0))
+    sigma = _volume.fwhm_to_sigma(4.0, affine)
+    got = _volume.smooth_and_mask(volumes, _volume.smoothing_crop(mask, sigma), sigma)
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got, smooth_array(volumes, affine, fwhm=4.0)[mask].T)
+
+
+def test_empty_mask_and_wrong_ndim_are_refused():
+    with pytest.raises(ValueError, match="no voxel"):
+        _volume.smoothing_crop(np.zeros((3, 3, 3), bool), np.zeros(3))
+    crop = _volume.smoothing_crop(np.ones((3, 3, 3), bool), np.zeros(3))
+    with pytest.raises(ValueError, match=r"\(3, 3, 3\)"):
+        _volume.smooth_and_mask(np.zeros((3, 3, 3)), crop, np.zeros(3))
