@@ -38,8 +38,8 @@ def _demo(args: argparse.Namespace) -> int:
     for key in ("func1", "func2", "mask", "design_matrix1", "design_matrix2"):
         print(f"  {key:15s} {data[key]}")
     with get_client(args.scheduler, n_workers=args.workers) as client:
-        where = "local threads" if client is None else getattr(client, "dashboard_link", None) or client
-        print(f"running on {client if client is not None else where}")
+        where = "dask's local threads" if client is None else getattr(client, "cluster", None) or client
+        print(f"running on {where}")
         for run in (1, 2):
             store = out / f"run-{run}.zarr"
             ds = ingest_run(

@@ -1,0 +1,41 @@
+"""The command line, run as a user runs it (a subprocess, an embedded LocalCluster)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from daskglm.cli import build_parser
+from daskglm.store import open_run
+
+
+def test_demo_runs_end_to_end_on_an_embedded_cluster(tmp_path):
+    env = {**os.environ, "DASK_SCHEDULER_ADDRESS": ""}
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "daskglm", "demo", "--output", str(out), "--shape", "16x18x10",
+         "--n-scans", "40", "--workers", "2"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LocalCluster" in proc.stdout
+    for run in (1, 2):
+        ds = open_run(out / f"run-{run}.zarr")
+        assert ds["bold"].shape[0] == 40
+        assert f"run {run}:" in proc.stdout
+
+
+def test_missing_required_argument_is_named(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["ingest", "run.nii.gz"])
+    assert exc.value.code == 2
+    assert "store" in capsys.readouterr().err
+
+
+def test_bad_shape_is_named(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--shape", "64x64"])
+    assert "64x64" in capsys.readouterr().err
