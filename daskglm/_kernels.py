@@ -1,0 +1,580 @@
+"""Numpy kernels of the first-level GLM, applied to one voxel block at a time.
+
+A block is ``Y (n, v)``: all ``n`` scans of ``v`` voxels. Everything here is a
+pure function of plain arrays and reproduces nilearn 0.14
+(``nilearn.glm.first_level.run_glm`` / ``mean_scaling``, ``OLSModel``,
+``ARModel``) up to floating-point rounding. Statistics are computed in float64
+even for float32 data. Contrast statistics live in :mod:`daskglm._stats` and
+are re-exported here.
+
+Definitions (each defined once, here):
+
+* ``residual_dof(X) = n - rank(X)`` with nilearn's rank tolerance
+  ``eps * sum|X|``; this is the dof of all t/F p-values, for every AR label.
+* dispersion ``sigma2 = RSS / (n - p)`` with ``p`` the number of *columns*
+  of X (not its rank: nilearn's choice, it differs for rank-deficient X).
+* Yule-Walker autocovariances ``r_k = sum_t y_t y_{t+k} / ((n - k) n)``.
+  nilearn subtracts ONE scalar, the mean of the whole residual matrix, before
+  this; a per-block mean would make labels depend on the block partition, so
+  ``yule_walker`` takes that scalar as ``center`` (default 0: with an
+  intercept in X every voxel's residuals already have mean ~1e-16, so the
+  term is negligible; pass the global mean to reproduce nilearn exactly for
+  designs without an intercept; it is ``sum(ols(...).residuals.sum()) /
+  (n * V)`` reduced over blocks, i.e. one extra pass). Voxels with all-zero residuals get AR
+  coefficients 0 (nilearn raises ``LinAlgError`` when they are alone and
+  labels them 1.0 otherwise, as an artefact of the global mean).
+* AR(1) labels: ``trunc(rho * bins) / bins`` (a fixed grid).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import scipy.linalg
+
+from daskglm._stats import (  # noqa: F401  (re-exported API)
+    DOF_MAX,
+    FIXED_EFFECTS_TINY,
+    TINY,
+    ContrastStats,
+    FixedEffects,
+    combine_runs,
+    contrast_stats,
+    f_contrast,
+    fixed_effects,
+    pad_contrast,
+    t_contrast,
+    z_score,
+)
+
+__all__ = [
+    "OLSFit",
+    "BlockFit",
+    "LabelCovariance",
+    "ScalingMode",
+    "scale_signal",
+    "grand_mean_parts",
+    "residual_dof",
+    "parse_noise_model",
+    "ols",
+    "yule_walker",
+    "ar1_labels",
+    "whiten",
+    "fit_block",
+    "ar_coefficients_block",
+    "refit_block",
+    "label_covariance",
+    "merge_ar_clusters",
+    "ContrastStats",
+    "FixedEffects",
+    "z_score",
+    "contrast_stats",
+    "pad_contrast",
+    "t_contrast",
+    "f_contrast",
+    "combine_runs",
+    "fixed_effects",
+]
+
+ScalingMode = bool | int | tuple[int, int]
+
+
+class OLSFit(NamedTuple):
+    """Ordinary least squares fit of a block.
+
+    Attributes
+    ----------
+    beta : ndarray, shape (p, v)
+    residuals : ndarray, shape (n, v)
+    sigma2 : ndarray, shape (v,)
+        Dispersion RSS / (n - p).
+    dof : int
+        ``residual_dof(X)``.
+    """
+
+    beta: np.ndarray
+    residuals: np.ndarray
+    sigma2: np.ndarray
+    dof: int
+
+
+class BlockFit(NamedTuple):
+    """GLM fit of a block under a noise model.
+
+    Attributes
+    ----------
+    beta : ndarray, shape (p, v)
+    sigma2 : ndarray, shape (v,)
+        Dispersion of the whitened residuals, RSS / (n - p).
+    label : ndarray, shape (v,), float64
+        AR(1): quantised rho (nilearn's label, as a float); OLS: 0.0;
+        `refit_block`: the label index given to it.
+    dof : int
+        ``residual_dof(X)``.
+    """
+
+    beta: np.ndarray
+    sigma2: np.ndarray
+    label: np.ndarray
+    dof: int
+
+
+class LabelCovariance(NamedTuple):
+    """Normalised covariance of beta for one noise label.
+
+    Attributes
+    ----------
+    cov : ndarray, shape (p, p)
+        ``pinv(WX) @ pinv(WX).T`` with ``WX`` the whitened design.
+    dof : int
+        ``residual_dof(X)``.
+    """
+
+    cov: np.ndarray
+    dof: int
+
+
+_ZERO_MEAN_WARNING = (
+    "Mean values of 0 observed. The data have probably been centered. Scaling might not work as expected."
+)
+
+
+def grand_mean_parts(Y: np.ndarray) -> tuple[float, int]:
+    """Sum and count of a block, to reduce a grand mean over blocks.
+
+    Parameters
+    ----------
+    Y : ndarray, shape (n, v)
+
+    Returns
+    -------
+    total : float
+        Float64 sum of all values.
+    count : int
+        ``n * v``. The grand mean is ``sum(totals) / sum(counts)``.
+    """
+    Y = np.asarray(Y)
+    return float(Y.sum(dtype=np.float64)), int(Y.size)
+
+
+def scale_signal(
+    Y: np.ndarray, mode: ScalingMode = 0, mean: float | np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | float | None]:
+    """Percent-signal-change scaling (nilearn ``signal_scaling`` / ``mean_scaling``).
+
+    ``Y = 100 * (Y / max(mean, 1) - 1)``; means below 1 (including 0 and
+    negative means) are replaced by 1, and an exact 0 mean warns, as nilearn.
+
+    Parameters
+    ----------
+    Y : ndarray, shape (n, v)
+    mode : {0, (0, 1), False}
+        0: per-voxel mean over time. (0, 1): grand mean of the whole run (pass
+        the global value as ``mean`` when ``Y`` is one block; see
+        `grand_mean_parts`). False: no scaling. Mode 1 (per-scan mean over
+        voxels) is rejected: nilearn 0.14 cannot broadcast it either.
+    mean : float or ndarray, shape (v,), optional
+        Precomputed mean (before the floor at 1); default: computed from ``Y``.
+
+    Returns
+    -------
+    Y_scaled : ndarray, shape (n, v), float64
+    mean : ndarray (v,), float or None
+        The floored mean used (None for mode False).
+    """
+    if mode is False:
+        return np.asarray(Y, dtype=np.float64), None
+    if isinstance(mode, list):
+        mode = tuple(mode)
+    if mode == 0 and not isinstance(mode, tuple):
+        axis: int | None = 0
+    elif mode == (0, 1):
+        axis = None
+    else:
+        raise ValueError(
+            f"signal_scaling must be 0, (0, 1) or False; got {mode!r} (mode 1, a per-scan mean "
+            "over voxels, fails in nilearn 0.14 with a broadcasting error)"
+        )
+    if mean is None:
+        mean = np.asarray(Y).mean(axis=axis, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float64)
+    if axis is None and mean.ndim != 0:
+        raise ValueError(f"a grand mean must be a scalar; got an array of shape {mean.shape}")
+    if axis == 0 and mean.shape not in ((), (np.shape(Y)[1],)):
+        raise ValueError(f"mean must have shape ({np.shape(Y)[1]},); got {mean.shape}")
+    if np.any(mean == 0):
+        warnings.warn(_ZERO_MEAN_WARNING, UserWarning, stacklevel=2)
+    mean = np.maximum(mean, 1.0)
+    out = np.divide(Y, mean, dtype=np.float64)
+    out -= 1.0
+    out *= 100.0
+    return out, (float(mean) if mean.ndim == 0 else mean)
+
+
+def residual_dof(X: np.ndarray) -> int:
+    """Residual degrees of freedom ``n - rank(X)`` (nilearn ``df_residuals``).
+
+    The rank uses nilearn's absolute tolerance ``eps * sum(|X|)``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    tol = np.abs(X).sum() * np.finfo(np.float64).eps
+    return int(X.shape[0] - np.linalg.matrix_rank(X, tol))
+
+
+def _dispersion_df(X: np.ndarray) -> int:
+    df = X.shape[0] - X.shape[1]
+    if df <= 0:
+        raise ValueError(f"need more scans than design columns; got X of shape {X.shape}")
+    return df
+
+
+def _check_design(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or np.ndim(Y) != 2 or X.shape[0] != np.shape(Y)[0]:
+        raise ValueError(
+            f"Y must be (n_scans, n_voxels) and X (n_scans, n_regressors); got Y {np.shape(Y)} and X {X.shape}"
+        )
+    return X
+
+
+def parse_noise_model(noise_model: str) -> int:
+    """AR order of a noise model name: ``"ols"`` -> 0, ``"arN"`` -> N."""
+    if noise_model == "ols":
+        return 0
+    if not isinstance(noise_model, str) or noise_model[:2] != "ar":
+        raise ValueError(f"Acceptable noise models are ['ols', 'arN']. You provided 'noise_model={noise_model}'.")
+    try:
+        order = int(noise_model[2:])
+    except ValueError:
+        order = 0
+    if order < 1:
+        raise ValueError(
+            f"AR order must be a positive integer specified as arN, where N is an integer. "
+            f"E.g. ar3. You provided {noise_model}."
+        )
+    return order
+
+
+def ols(Y: np.ndarray, X: np.ndarray) -> OLSFit:
+    """OLS fit ``beta = pinv(X) Y`` of a block.
+
+    Parameters
+    ----------
+    Y : ndarray, shape (n, v)
+    X : ndarray, shape (n, p)
+
+    Returns
+    -------
+    OLSFit
+    """
+    X = _check_design(Y, X)
+    beta = scipy.linalg.pinv(X) @ Y
+    residuals = Y - X @ beta
+    sigma2 = np.einsum("tv,tv->v", residuals, residuals) / _dispersion_df(X)
+    return OLSFit(beta, residuals, sigma2, residual_dof(X))
+
+
+def yule_walker(residuals: np.ndarray, order: int, center: float = 0.0) -> np.ndarray:
+    """Yule-Walker AR(order) coefficients of each voxel's residuals.
+
+    Parameters
+    ----------
+    residuals : ndarray, shape (n, v)
+    order : int
+        AR order >= 1.
+    center : float, default 0.0
+        Scalar subtracted from all residuals first (nilearn: the mean of the
+        residuals of all voxels of the run; see the module notes).
+
+    Returns
+    -------
+    ndarray, shape (order, v)
+        Coefficients; 0 for voxels whose (centred) residuals are all zero.
+    """
+    if not isinstance(order, int | np.integer) or order < 1:
+        raise ValueError(f"AR order must be a positive integer; got {order!r}")
+    y = np.asarray(residuals, dtype=np.float64)
+    if center:
+        y = y - center
+    n, v = y.shape
+    if n <= order:
+        raise ValueError(f"need more than order={order} scans; got {n}")
+    r = np.empty((order + 1, v))
+    r[0] = np.einsum("tv,tv->v", y, y)
+    for k in range(1, order + 1):
+        r[k] = np.einsum("tv,tv->v", y[:-k], y[k:])
+    r /= ((n - np.arange(order + 1)) * n)[:, None]
+    ok = r[0] > 0
+    rho = np.zeros((order, v))
+    if order == 1:
+        rho[0, ok] = r[1, ok] / r[0, ok]
+        return rho
+    rr = r[:, ok].T  # (v_ok, order + 1)
+    lags = np.abs(np.arange(order)[:, None] - np.arange(order)[None, :])
+    toeplitz = rr[:, lags]  # (v_ok, order, order)
+    try:
+        sol = np.linalg.solve(toeplitz, rr[:, 1:, None])[..., 0]
+    except np.linalg.LinAlgError:
+        sol = (np.linalg.pinv(toeplitz) @ rr[:, 1:, None])[..., 0]
+    rho[:, ok] = sol.T
+    return rho
+
+
+def ar1_labels(rho: np.ndarray, bins: int = 100) -> np.ndarray:
+    """nilearn's AR(1) quantisation ``trunc(rho * bins) / bins``.
+
+    Parameters
+    ----------
+    rho : ndarray, shape (v,)
+    bins : int
+
+    Returns
+    -------
+    ndarray, shape (v,), float64
+        Labels on the fixed grid ``k / bins`` (truncated toward 0; -0 -> 0).
+    """
+    return np.trunc(np.asarray(rho, dtype=np.float64) * bins) / bins + 0.0
+
+
+def whiten(A: np.ndarray, coeffs: np.ndarray | float) -> np.ndarray:
+    """AR(p) pre-whitening ``a'_t = a_t - sum_{k<=min(t,p)} rho_k a_{t-k}``.
+
+    The first rows only use the lags available (row 0 is unchanged), as
+    nilearn's ``ARModel.whiten``.
+
+    Parameters
+    ----------
+    A : ndarray, shape (n,) or (n, m)
+        Data (m voxels) or design (m regressors).
+    coeffs : float or ndarray, shape (order,) or (order, m)
+        One coefficient vector for all columns, or one per column.
+
+    Returns
+    -------
+    ndarray, same shape as A, float64
+    """
+    A = np.asarray(A, dtype=np.float64)
+    c = np.atleast_1d(np.asarray(coeffs, dtype=np.float64))
+    if c.ndim == 2 and (A.ndim != 2 or c.shape[1] != A.shape[1]):
+        raise ValueError(f"per-column coeffs {c.shape} need A of shape (n, {c.shape[1]}); got {A.shape}")
+    if c.ndim > 2 or c.shape[0] >= A.shape[0]:
+        raise ValueError(f"coeffs must be (order,) or (order, m) with order < n={A.shape[0]}; got {c.shape}")
+    out = A.copy()
+    for k in range(1, c.shape[0] + 1):
+        out[k:] -= c[k - 1] * A[:-k]
+    return out
+
+
+def _whitened_pinv(X: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Whitened design and its pseudo-inverse (scipy's default cutoff, as nilearn)."""
+    wx = whiten(X, coeffs) if np.size(coeffs) else np.asarray(X, dtype=np.float64)
+    return wx, scipy.linalg.pinv(wx)
+
+
+def label_covariance(X: np.ndarray, coeffs: np.ndarray | float | None = None) -> LabelCovariance:
+    """Normalised covariance of beta for one AR coefficient vector.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, p)
+    coeffs : float or ndarray, shape (order,), optional
+        AR coefficients of the label (AR(1): the label value); None, empty or
+        zeros for OLS.
+
+    Returns
+    -------
+    LabelCovariance
+        ``cov`` (p, p) = pinv(WX) pinv(WX)', ``dof`` = ``residual_dof(X)``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    c = np.zeros(0) if coeffs is None else np.atleast_1d(np.asarray(coeffs, dtype=np.float64))
+    pinv = _whitened_pinv(X, c)[1]
+    return LabelCovariance(pinv @ pinv.T, residual_dof(X))
+
+
+def _fit_groups(
+    Y: np.ndarray, X: np.ndarray, group: np.ndarray, group_coeffs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whitened least squares, one pinv and one GEMM per group of voxels.
+
+    ``group (v,)`` int in [0, G), ``group_coeffs (G, order)``.
+    Returns ``beta (p, v)``, ``sigma2 (v,)``.
+    """
+    n, v = Y.shape
+    df = _dispersion_df(X)
+    beta = np.empty((X.shape[1], v))
+    sigma2 = np.empty(v)
+    sorter = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[sorter], np.arange(len(group_coeffs) + 1))
+    for g, coeffs in enumerate(group_coeffs):
+        lo, hi = bounds[g], bounds[g + 1]
+        if lo == hi:
+            continue
+        cols = slice(None) if hi - lo == v else sorter[lo:hi]
+        wx, pinv = _whitened_pinv(X, coeffs)
+        wy = whiten(Y[:, cols], coeffs)
+        b = pinv @ wy
+        wy -= wx @ b
+        beta[:, cols] = b
+        sigma2[cols] = np.einsum("tv,tv->v", wy, wy) / df
+    return beta, sigma2
+
+
+def ar_coefficients_block(
+    Y: np.ndarray,
+    X: np.ndarray,
+    order: int,
+    signal_scaling: ScalingMode = 0,
+    scaling_mean: float | np.ndarray | None = None,
+    ar_center: float = 0.0,
+) -> np.ndarray:
+    """Pass 1 of AR(p) fits: Yule-Walker coefficients of the OLS residuals.
+
+    Parameters
+    ----------
+    Y : ndarray, shape (n, v)
+        Raw block (float32 or float64).
+    X : ndarray, shape (n, p)
+    order : int
+    signal_scaling, scaling_mean
+        See `scale_signal`.
+    ar_center : float
+        See `yule_walker` ``center``.
+
+    Returns
+    -------
+    ndarray, shape (order, v)
+    """
+    X = _check_design(Y, X)
+    Ys, _ = scale_signal(Y, signal_scaling, scaling_mean)
+    return yule_walker(ols(Ys, X).residuals, order, ar_center)
+
+
+def fit_block(
+    Y: np.ndarray,
+    X: np.ndarray,
+    noise_model: str = "ar1",
+    bins: int = 100,
+    signal_scaling: ScalingMode = 0,
+    scaling_mean: float | np.ndarray | None = None,
+    ar_center: float = 0.0,
+) -> BlockFit:
+    """Fit the GLM of one block under ``"ols"`` or ``"ar1"`` (nilearn ``run_glm``).
+
+    Steps: scaling -> OLS -> (ar1) Yule-Walker rho of the OLS residuals ->
+    labels ``ar1_labels(rho, bins)`` -> per label: whiten X and the voxels'
+    Y with the label value, ``beta = pinv(WX) WY``, ``sigma2 = RSS / (n - p)``.
+    Labels lie on a fixed grid, so any voxel partition gives the same result.
+
+    Parameters
+    ----------
+    Y : ndarray, shape (n, v)
+        Raw block.
+    X : ndarray, shape (n, p)
+    noise_model : {"ols", "ar1"}
+        Higher orders need a global clustering: use `ar_coefficients_block`
+        then `refit_block`.
+    bins : int
+        AR(1) quantisation bins.
+    signal_scaling, scaling_mean
+        See `scale_signal`.
+    ar_center : float
+        See `yule_walker` ``center``.
+
+    Returns
+    -------
+    BlockFit
+    """
+    order = parse_noise_model(noise_model)
+    if order > 1:
+        raise ValueError(
+            f"noise_model={noise_model!r} needs labels clustered over all voxels: call "
+            "ar_coefficients_block, cluster the coefficients, then refit_block"
+        )
+    X = _check_design(Y, X)
+    Ys, _ = scale_signal(Y, signal_scaling, scaling_mean)
+    fit = ols(Ys, X)
+    if order == 0:
+        return BlockFit(fit.beta, fit.sigma2, np.zeros(Ys.shape[1]), fit.dof)
+    rho = yule_walker(fit.residuals, 1, ar_center)[0]
+    del fit
+    label = ar1_labels(rho, bins)
+    values, group = np.unique(label, return_inverse=True)
+    beta, sigma2 = _fit_groups(Ys, X, group, values[:, None])
+    return BlockFit(beta, sigma2, label, residual_dof(X))
+
+
+def refit_block(
+    Y_scaled: np.ndarray,
+    X: np.ndarray,
+    labels: np.ndarray,
+    coeffs_per_label: np.ndarray,
+    signal_scaling: ScalingMode = False,
+    scaling_mean: float | np.ndarray | None = None,
+) -> BlockFit:
+    """Pass 2 of AR(p) fits: whitened fit with given per-label coefficients.
+
+    Parameters
+    ----------
+    Y_scaled : ndarray, shape (n, v)
+        Block, already scaled unless ``signal_scaling`` is given.
+    X : ndarray, shape (n, p)
+    labels : ndarray of int, shape (v,)
+        Label index of each voxel, in [0, L).
+    coeffs_per_label : ndarray, shape (L, order)
+    signal_scaling, scaling_mean
+        Optional scaling applied first (default: none).
+
+    Returns
+    -------
+    BlockFit
+        ``label`` is ``labels`` as float64.
+    """
+    X = _check_design(Y_scaled, X)
+    coeffs = np.asarray(coeffs_per_label, dtype=np.float64)
+    labels = np.asarray(labels)
+    if coeffs.ndim != 2 or labels.shape != (np.shape(Y_scaled)[1],):
+        raise ValueError(
+            f"need coeffs_per_label (L, order) and labels ({np.shape(Y_scaled)[1]},); got "
+            f"{coeffs.shape} and {labels.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= coeffs.shape[0]):
+        raise ValueError(
+            f"labels must lie in [0, {coeffs.shape[0]}); got range [{labels.min()}, {labels.max()}]"
+        )
+    Ys, _ = scale_signal(Y_scaled, signal_scaling, scaling_mean)
+    beta, sigma2 = _fit_groups(Ys, X, labels.astype(np.intp), coeffs)
+    return BlockFit(beta, sigma2, labels.astype(np.float64), residual_dof(X))
+
+
+def merge_ar_clusters(centers: np.ndarray, voxel_cluster: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """nilearn's AR(p>1) labels from a KMeans clustering of all voxels.
+
+    nilearn names each cluster by its centre rounded to 2 decimals
+    (``"0.12_-0.05"``); clusters with equal names merge into one label whose
+    coefficients are the centre of the first voxel (in voxel order) carrying
+    it. Client-side helper (needs the cluster of every voxel).
+
+    Parameters
+    ----------
+    centers : ndarray, shape (K, order)
+        ``KMeans.cluster_centers_``.
+    voxel_cluster : ndarray of int, shape (V,)
+        ``KMeans.labels_``.
+
+    Returns
+    -------
+    label_index : ndarray of int, shape (V,)
+        Index of each voxel's label (for `refit_block`).
+    coeffs : ndarray, shape (L, order)
+        Coefficients of each label.
+    names : ndarray of str, shape (L,)
+        nilearn's label strings, sorted.
+    """
+    centers = np.asarray(centers, dtype=np.float64)
+    voxel_cluster = np.asarray(voxel_cluster)
+    cluster_names = np.array(["_".join(map(str, np.round(c, 2))) for c in centers])
+    names, first, label_index = np.unique(cluster_names[voxel_cluster], return_index=True, return_inverse=True)
+    return label_index, centers[voxel_cluster[first]], names

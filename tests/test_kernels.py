@@ -1,0 +1,567 @@
+"""Tests of daskglm._kernels / daskglm._stats against nilearn 0.14 and
+independent per-voxel least-squares oracles."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from daskglm import _kernels as K
+
+nilearn = pytest.importorskip("nilearn")
+from nilearn.glm.contrasts import (  # noqa: E402
+    Contrast,
+    _compute_fixed_effects_params,
+    compute_contrast,
+    compute_fixed_effect_contrast,
+)
+from nilearn.glm.first_level import mean_scaling, run_glm  # noqa: E402
+from nilearn.glm.first_level.first_level import _yule_walker  # noqa: E402
+from nilearn.glm.regression import ARModel  # noqa: E402
+
+RTOL = 1e-10
+N, V, P = 100, 300, 6
+
+
+# ----------------------------------------------------------------------------- data
+def make_design(n: int = N, intercept: bool = True, seed: int = 0) -> np.ndarray:
+    """Intercept, 3 smoothed block regressors, a linear and a cosine drift."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    hrf = np.exp(-0.5 * ((np.arange(12) - 5) / 1.8) ** 2)
+    tasks = []
+    for period in (20, 26, 34):
+        box = ((t + rng.integers(period)) % period < period // 2).astype(float)
+        tasks.append(np.convolve(box, hrf)[:n])
+    cols = [*tasks, t / n - 0.5, np.cos(np.pi * (t + 0.5) / n)]
+    if intercept:
+        cols.insert(0, np.ones(n))
+    return np.column_stack(cols)
+
+
+def simulate(seed: int = 1, n: int = N, v: int = V, intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """AR(1) noise with a per-voxel rho in [-0.3, 0.85] around a baseline ~1000."""
+    rng = np.random.default_rng(seed)
+    X = make_design(n, intercept, seed)
+    rho = rng.uniform(-0.3, 0.85, v)
+    noise = rng.standard_normal((n, v))
+    for i in range(1, n):
+        noise[i] += rho * noise[i - 1]
+    beta = rng.normal(0, 8, (X.shape[1], v))
+    Y = rng.uniform(500, 1500, v) + X @ beta + 5 * noise
+    return Y, X
+
+
+@functools.cache
+def dataset(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    return simulate(seed)
+
+
+@functools.cache
+def nilearn_fit(seed: int, noise_model: str) -> tuple[np.ndarray, dict]:
+    Y, X = dataset(seed)
+    return run_glm(mean_scaling(Y, 0)[0], X, noise_model=noise_model)
+
+
+def assemble(labels: np.ndarray, results: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per-voxel beta (p, v) and dispersion (v,) from nilearn's per-label results."""
+    first = next(iter(results.values()))
+    beta = np.zeros((first.theta.shape[0], labels.size))
+    sigma2 = np.zeros(labels.size)
+    for key, res in results.items():
+        mask = labels == key
+        beta[:, mask] = res.theta
+        sigma2[mask] = res.dispersion
+    return beta, sigma2
+
+
+def assert_close(actual, desired, rtol: float = RTOL) -> None:
+    """Relative agreement, scaled by the largest reference value (entries can be ~0)."""
+    desired = np.asarray(desired, dtype=np.float64)
+    atol = rtol * max(np.abs(desired).max(initial=0.0), np.finfo(float).tiny)
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol)
+
+
+def covariance_stack(X: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Client-side: one normalised covariance per distinct AR(1) label."""
+    values, index = np.unique(label, return_inverse=True)
+    covs = np.stack([K.label_covariance(X, val).cov for val in values])
+    return covs, index
+
+
+# ----------------------------------------------------------------------------- scaling
+def test_scale_signal_voxel_mean_matches_mean_scaling():
+    Y, _ = dataset()
+    ours, mean = K.scale_signal(Y, 0)
+    ref, ref_mean = mean_scaling(Y, 0)
+    assert ours.dtype == np.float64
+    assert_close(ours, ref)
+    assert_close(mean, ref_mean)
+
+
+def test_scale_signal_grand_mean_from_block_parts():
+    Y, _ = dataset()
+    ref, ref_mean = mean_scaling(Y, (0, 1))
+    parts = [K.grand_mean_parts(Y[:, s]) for s in (slice(0, 7), slice(7, 150), slice(150, None))]
+    grand = sum(p[0] for p in parts) / sum(p[1] for p in parts)
+    blocks = [K.scale_signal(Y[:, s], (0, 1), grand)[0] for s in (slice(0, 100), slice(100, None))]
+    assert_close(np.hstack(blocks), ref)
+    assert_close(K.scale_signal(Y, (0, 1))[1], ref_mean)
+
+
+def test_scale_signal_small_zero_negative_means_and_false():
+    Y, _ = dataset()
+    Y = Y[:, :6].copy()
+    Y[:, 0] = 0.0
+    Y[:, 1] -= Y[:, 1].mean()  # mean ~0, not exactly: no warning from this column
+    Y[:, 2] = 0.5
+    Y[:, 3] = -3.0
+    with pytest.warns(UserWarning, match="Mean values of 0 observed"):
+        ref, ref_mean = mean_scaling(Y, 0)
+    with pytest.warns(UserWarning, match="Mean values of 0 observed"):
+        ours, mean = K.scale_signal(Y, 0)
+    assert_close(ours, ref)
+    assert_close(mean, ref_mean)
+    assert np.all(mean >= 1)
+    unscaled, none = K.scale_signal(Y.astype(np.float32), False)
+    assert none is None and unscaled.dtype == np.float64
+    np.testing.assert_array_equal(unscaled, Y.astype(np.float32))
+    with pytest.raises(ValueError, match="got 1"):
+        K.scale_signal(Y, 1)
+
+
+def test_scale_signal_float32_computes_in_float64():
+    Y, _ = dataset()
+    Y32 = Y.astype(np.float32)
+    ours, _ = K.scale_signal(Y32, 0)
+    ref, _ = mean_scaling(Y32.astype(np.float64), 0)
+    assert ours.dtype == np.float64
+    assert_close(ours, ref, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- fits vs nilearn
+@pytest.mark.parametrize("noise_model", ["ols", "ar1"])
+def test_fit_block_matches_run_glm(noise_model):
+    Y, X = dataset()
+    labels, results = nilearn_fit(1, noise_model)
+    fit = K.fit_block(Y, X, noise_model)
+    np.testing.assert_array_equal(fit.label, labels.astype(float))
+    if noise_model == "ar1":
+        assert len(results) > 20  # many distinct labels: a real test of the grouping
+    for key, res in results.items():
+        mask = labels == key
+        assert_close(fit.beta[:, mask], res.theta)
+        assert_close(fit.sigma2[mask], res.dispersion)
+        cov = K.label_covariance(X, float(key))
+        assert_close(cov.cov, res.model.normalized_cov_beta)
+        assert cov.dof == res.df_residuals == fit.dof
+    beta, sigma2 = assemble(labels, results)
+    assert_close(fit.beta, beta)
+    assert_close(fit.sigma2, sigma2)
+
+
+def test_ols_matches_per_voxel_lstsq():
+    Y, X = dataset()
+    Ys, _ = K.scale_signal(Y, 0)
+    fit = K.ols(Ys, X)
+    for j in range(0, V, 37):
+        b, rss, rank, _ = np.linalg.lstsq(X, Ys[:, j], rcond=None)
+        assert_close(fit.beta[:, j], b)
+        assert_close(fit.sigma2[j], rss[0] / (N - P))
+        assert_close(fit.residuals[:, j], Ys[:, j] - X @ b)
+    assert fit.dof == N - P
+
+
+def test_ar1_matches_hand_whitened_lstsq():
+    Y, X = dataset()
+    Ys, _ = K.scale_signal(Y, 0)
+    fit = K.fit_block(Y, X, "ar1")
+    for j in range(0, V, 23):
+        rho = fit.label[j]
+        W = np.eye(N) - rho * np.eye(N, k=-1)  # row 0 left unchanged
+        b, rss, _, _ = np.linalg.lstsq(W @ X, W @ Ys[:, j], rcond=None)
+        assert_close(fit.beta[:, j], b)
+        assert_close(fit.sigma2[j], rss[0] / (N - P))
+
+
+def test_whiten_matches_armodel():
+    _, X = dataset()
+    rng = np.random.default_rng(3)
+    for order in (1, 2, 3):
+        rho = rng.uniform(-0.5, 0.5, order)
+        assert_close(K.whiten(X, rho), ARModel(X, rho).whiten(X))
+    A = rng.standard_normal((N, 8))
+    coeffs = rng.uniform(-0.5, 0.5, (2, 8))
+    per_voxel = K.whiten(A, coeffs)
+    for j in range(8):
+        np.testing.assert_array_equal(per_voxel[:, j], K.whiten(A[:, j], coeffs[:, j]))
+    np.testing.assert_array_equal(per_voxel[0], A[0])
+    np.testing.assert_allclose(per_voxel[1], A[1] - coeffs[0] * A[0])
+
+
+def test_ar1_labels_grid():
+    rho = np.array([-0.239, -0.004, 0.0, 0.004, 0.5, 0.999, 0.12])
+    expected = np.array([(r * 100).astype(int) * 1.0 / 100 for r in rho])
+    got = K.ar1_labels(rho, 100)
+    np.testing.assert_array_equal(got, expected)
+    assert not np.signbit(got).any() or np.all(got[np.signbit(got)] < 0)
+    assert not np.signbit(got[1])  # trunc(-0.4) / 100 is +0.0, as nilearn's int cast
+    np.testing.assert_array_equal(K.ar1_labels(rho, 10), np.trunc(rho * 10) / 10 + 0.0)
+
+
+# ----------------------------------------------------------------------------- Yule-Walker
+def test_yule_walker_global_mean_negligible_with_intercept():
+    Y, X = dataset()
+    resid = K.ols(K.scale_signal(Y, 0)[0], X).residuals
+    assert abs(resid.mean()) < 1e-12
+    for order in (1, 2, 3):
+        ref = _yule_walker(resid.T, order).T
+        ours = K.yule_walker(resid, order)  # no centring
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+        exact = K.yule_walker(resid, order, center=resid.mean())
+        np.testing.assert_allclose(exact, ref, rtol=0, atol=1e-13)
+    rho = K.yule_walker(resid, 1)[0]
+    np.testing.assert_array_equal(K.ar1_labels(rho), K.ar1_labels(_yule_walker(resid.T, 1)[:, 0]))
+
+
+def test_yule_walker_global_mean_is_block_dependent_without_intercept():
+    Y, X = simulate(seed=4, intercept=False)
+    resid = K.ols(Y, X).residuals  # no scaling, no intercept: residual means far from 0
+    whole = _yule_walker(resid.T, 1)[:, 0]
+    halves = np.concatenate([_yule_walker(resid[:, :150].T, 1)[:, 0], _yule_walker(resid[:, 150:].T, 1)[:, 0]])
+    assert np.abs(whole - halves).max() > 1e-4  # nilearn's own numbers depend on the voxel partition
+    assert np.any(K.ar1_labels(whole) != K.ar1_labels(halves))  # ... down to the AR(1) labels
+    center = resid.mean()
+    ours = np.hstack([K.yule_walker(resid[:, s], 1, center) for s in (slice(0, 150), slice(150, None))])
+    assert_close(ours[0], whole, rtol=1e-12)  # a global centre passed to every block reproduces nilearn
+    assert np.abs(K.yule_walker(resid, 1)[0] - whole).max() > 1e-4  # and is needed here
+
+
+def test_yule_walker_zero_residuals_give_zero_coefficients():
+    resid = np.zeros((N, 3))
+    resid[:, 1] = np.random.default_rng(0).standard_normal(N)
+    for order in (1, 2):
+        coef = K.yule_walker(resid, order)
+        assert np.all(np.isfinite(coef))
+        np.testing.assert_array_equal(coef[:, [0, 2]], 0.0)
+    with pytest.raises(np.linalg.LinAlgError):
+        _yule_walker(np.zeros((1, N)), 1)  # nilearn fails on such a voxel alone
+
+
+# ----------------------------------------------------------------------------- block independence
+def fit_partition(Y: np.ndarray, X: np.ndarray, blocks: list[np.ndarray], noise_model: str) -> K.BlockFit:
+    beta = np.full((X.shape[1], Y.shape[1]), np.nan)
+    sigma2 = np.full(Y.shape[1], np.nan)
+    label = np.full(Y.shape[1], np.nan)
+    for cols in blocks:
+        fit = K.fit_block(Y[:, cols], X, noise_model)
+        beta[:, cols], sigma2[cols], label[cols] = fit.beta, fit.sigma2, fit.label
+    return K.BlockFit(beta, sigma2, label, fit.dof)
+
+
+def assert_same_fit(a: K.BlockFit, b: K.BlockFit) -> None:
+    np.testing.assert_array_equal(a.label, b.label)
+    np.testing.assert_allclose(a.beta, b.beta, rtol=1e-12, atol=1e-12 * np.abs(b.beta).max())
+    np.testing.assert_allclose(a.sigma2, b.sigma2, rtol=1e-12)
+    assert a.dof == b.dof
+
+
+@functools.cache
+def whole_fit(noise_model: str) -> K.BlockFit:
+    Y, X = dataset()
+    return K.fit_block(Y, X, noise_model)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    noise_model=st.sampled_from(["ols", "ar1"]),
+    cuts=st.sets(st.integers(1, V - 1), max_size=12),
+    permute=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_any_voxel_partition_gives_the_same_fit(noise_model, cuts, permute, seed):
+    Y, X = dataset()
+    order = np.random.default_rng(seed).permutation(V) if permute else np.arange(V)
+    blocks = np.split(order, sorted(cuts))
+    assert_same_fit(fit_partition(Y, X, blocks, noise_model), whole_fit(noise_model))
+
+
+@pytest.mark.parametrize("noise_model", ["ols", "ar1"])
+def test_single_voxel_blocks_and_single_label_block(noise_model):
+    Y, X = dataset()
+    whole = whole_fit(noise_model)
+    singles = [np.array([j]) for j in range(V)]
+    assert_same_fit(fit_partition(Y, X, singles, noise_model), whole)
+    values, counts = np.unique(whole.label, return_counts=True)
+    shared = np.flatnonzero(whole.label == values[counts.argmax()])
+    assert shared.size > 5
+    rest = np.setdiff1d(np.arange(V), shared)
+    assert_same_fit(fit_partition(Y, X, [shared, rest], noise_model), whole)
+
+
+# ----------------------------------------------------------------------------- contrasts
+def our_contrast(fit: K.BlockFit, X: np.ndarray, con: np.ndarray, stat_type: str) -> K.ContrastStats:
+    covs, index = covariance_stack(X, fit.label)
+    func = K.t_contrast if stat_type == "t" else K.f_contrast
+    return func(con, fit.beta, fit.sigma2, covs, index, fit.dof)
+
+
+def assert_contrast_equal(ours: K.ContrastStats, ref: Contrast, rtol: float = RTOL) -> None:
+    assert_close(ours.effect, np.atleast_2d(ref.effect_size()), rtol)
+    assert_close(ours.variance, ref.effect_variance(), rtol)
+    assert_close(ours.stat, ref.stat(), rtol)
+    assert_close(ours.p_value, ref.p_value(), rtol)
+    assert_close(ours.z_score, ref.z_score(), rtol)
+    assert ours.dof == ref.dof
+    assert ours.stat_type == ref.stat_type
+
+
+CONTRASTS = {
+    "t": [np.eye(P)[1], np.array([0, 1, -1, 0, 0, 0.0]), np.array([0, 0.5, 0.5, 1, 0, 0.0])],
+    "F": [np.eye(P)[[2]], np.eye(P)[1:4], np.eye(P)[1:6], np.array([[0, 1, -1, 0, 0, 0], [0, 0, 1, -1, 0, 0.0]])],
+}
+
+
+@pytest.mark.parametrize("noise_model", ["ols", "ar1"])
+@pytest.mark.parametrize("stat_type", ["t", "F"])
+def test_contrasts_match_compute_contrast(noise_model, stat_type):
+    Y, X = dataset()
+    labels, results = nilearn_fit(1, noise_model)
+    fit = K.fit_block(Y, X, noise_model)
+    for con in CONTRASTS[stat_type]:
+        ref = compute_contrast(labels, results, con, stat_type)
+        ours = our_contrast(fit, X, con, stat_type)
+        assert ours.effect.shape == (1 if stat_type == "t" else con.shape[0], V)
+        assert_contrast_equal(ours, ref)
+
+
+def test_short_contrasts_padded_with_nilearn_warning_and_long_rejected():
+    Y, X = dataset()
+    fit = whole_fit("ar1")
+    labels, results = nilearn_fit(1, "ar1")
+    msg = f"t contrasts should be of length P={P}, but it has length 4. The rest of the contrast was padded with zeros."
+    with pytest.warns(UserWarning) as rec:
+        ours = our_contrast(fit, X, np.array([0, 1, 0, -1.0]), "t")
+    assert str(rec[0].message) == msg
+    with pytest.warns(UserWarning, match="padded with zeros"):
+        ref = compute_contrast(labels, results, np.array([0, 1, 0, -1.0]), "t")
+    assert_contrast_equal(ours, ref)
+    with pytest.warns(UserWarning) as rec:
+        ours = our_contrast(fit, X, np.eye(4)[1:3], "F")
+    assert str(rec[0].message) == (
+        f"F contrasts should have {P} columns, but it has only 4. The rest of the contrast was padded with zeros."
+    )
+    with pytest.warns(UserWarning, match="padded with zeros"):
+        ref = compute_contrast(labels, results, np.eye(4)[1:3], "F")
+    assert_contrast_equal(ours, ref)
+    with pytest.warns(UserWarning, match="padded"):
+        np.testing.assert_array_equal(K.pad_contrast([1, 2], 4), [1, 2, 0, 0])
+    np.testing.assert_array_equal(K.pad_contrast(np.ones((2, 4)), 4), np.ones((2, 4)))
+    with pytest.raises(ValueError, match=rf"t contrasts should be of length P={P}, but it has length 8\."):
+        our_contrast(fit, X, np.ones(8), "t")
+    with pytest.raises(ValueError, match=rf"F contrasts should have {P} columns, but it has 8\."):
+        our_contrast(fit, X, np.ones((2, 8)), "F")
+    with pytest.raises(ValueError, match="only one row"):
+        our_contrast(fit, X, np.ones((2, P)), "t")
+
+
+@pytest.mark.parametrize("stat_type", ["t", "F"])
+def test_combine_runs_matches_fixed_effect_contrast(stat_type):
+    runs = [(dataset(1), nilearn_fit(1, "ar1")), (dataset(2), nilearn_fit(2, "ar1"))]
+    con = CONTRASTS[stat_type][1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ref = compute_fixed_effect_contrast([r[1][0] for r in runs], [r[1][1] for r in runs], [con, con], stat_type)
+    per_run = [our_contrast(K.fit_block(Y, X, "ar1"), X, con, stat_type) for (Y, X), _ in runs]
+    if stat_type == "F":
+        with pytest.warns(UserWarning, match="approximate fixed effects on F"):
+            ours = K.combine_runs(per_run)
+    else:
+        ours = K.combine_runs(per_run)
+    assert ours.dof == 2 * per_run[0].dof
+    assert_contrast_equal(ours, ref)
+    other = "F" if stat_type == "t" else "t"
+    mismatched = our_contrast(whole_fit("ar1"), dataset()[1], CONTRASTS[other][0], other)
+    with pytest.raises(ValueError, match="consistent type"):
+        K.combine_runs([per_run[0], mismatched])
+
+
+@pytest.mark.parametrize("precision_weighted", [False, True])
+@pytest.mark.parametrize("dofs", [None, [80, 95, 120]])
+def test_fixed_effects_matches_nilearn(precision_weighted, dofs):
+    rng = np.random.default_rng(5)
+    effects = rng.normal(0, 2, (3, V))
+    variances = rng.uniform(0.1, 3, (3, V))
+    variances[:, :3] = [[0.0], [1e-20], [2.0]]  # floored at 1e-16
+    ref = _compute_fixed_effects_params(effects, variances, precision_weighted, [100] * 3 if dofs is None else dofs)
+    ours = K.fixed_effects(effects, variances, dofs, precision_weighted)
+    for a, b in zip(ours, ref, strict=True):
+        assert_close(a, b)
+
+
+def test_fixed_effects_default_dofs_through_compute_fixed_effects():
+    nib = pytest.importorskip("nibabel")
+    from nilearn.glm.contrasts import compute_fixed_effects
+
+    rng = np.random.default_rng(6)
+    shape = (5, 6, 10)
+    effects, variances = rng.normal(0, 2, (2, V)), rng.uniform(0.1, 3, (2, V))
+    mask = nib.Nifti1Image(np.ones(shape, np.int8), np.eye(4))
+
+    def img(a):
+        return nib.Nifti1Image(a.reshape(shape), np.eye(4))
+
+    ref = compute_fixed_effects([img(e) for e in effects], [img(v) for v in variances], mask=mask)
+    ours = K.fixed_effects(effects, variances)
+    for a, b in zip(ours, ref, strict=True):
+        assert_close(a, b.get_fdata().ravel())
+
+
+def test_fixed_effects_f_statistic():
+    rng = np.random.default_rng(7)
+    effects, variances = rng.normal(0, 2, (2, 3, 40)), rng.uniform(0.1, 3, (2, 40))
+    ref = _compute_fixed_effects_params(effects, variances, False, [90, 90])
+    ours = K.fixed_effects(effects, variances, [90, 90])
+    for a, b in zip(ours, ref, strict=True):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("effect", "variance", "dof", "stat_type"),
+    [(40.0, 1.0, 180, "t"), (-40.0, 1.0, 180, "t"), (1e4, 1.0, 180, "t"), (-1e4, 1.0, 180, "t"),
+     (3.0, 1.0, 1e12, "t"), (0.0, 0.0, 50, "t"), (60.0, 1.0, 180, "F"), (0.0, 0.0, 180, "F")],
+)
+def test_extreme_statistics_z_finite_and_equal_to_nilearn(effect, variance, dof, stat_type):
+    e, v = np.array([[effect]]), np.array([variance])
+    ref = Contrast(effect=e if stat_type == "F" else e[0], variance=v, dof=dof, stat_type=stat_type)
+    ours = K.contrast_stats(e, v, dof, stat_type)
+    assert np.all(np.isfinite(ours.z_score))
+    assert_close(ours.z_score, ref.z_score(), rtol=1e-12)
+    assert_close(ours.p_value, ref.p_value(), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- edge cases
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_constant_and_zero_voxels_have_no_nan():
+    Y, X = dataset()
+    Y = Y[:, :40].copy()
+    Y[:, 0] = 750.0  # constant: scaled to exactly 0, residuals exactly 0
+    Y[:, 1] = 0.0  # all zero: mean floored at 1, scaled to -100
+    for noise_model in ("ols", "ar1"):
+        with pytest.warns(UserWarning, match="Mean values of 0"):
+            Ys, _ = mean_scaling(Y, 0)
+        labels, results = run_glm(Ys, X, noise_model=noise_model)
+        with pytest.warns(UserWarning, match="Mean values of 0"):
+            fit = K.fit_block(Y, X, noise_model)
+        for arr in fit:
+            assert np.all(np.isfinite(arr))
+        assert fit.label[0] == 0.0  # nilearn: 1.0, an artefact of its global-mean centring
+        if noise_model == "ar1":
+            assert labels[0] == "1.0"
+        np.testing.assert_array_equal(fit.beta[:, 0], 0.0)
+        assert fit.sigma2[0] == 0.0
+        beta, sigma2 = assemble(labels, results)
+        assert_close(fit.beta[:, 2:], beta[:, 2:])
+        assert_close(fit.beta[0, 1], -100.0, rtol=1e-12)
+        assert_close(fit.sigma2[2:], sigma2[2:])
+        for stat_type in ("t", "F"):
+            for con in CONTRASTS[stat_type]:
+                ours = our_contrast(fit, X, con, stat_type)
+                for arr in ours[:5]:
+                    assert np.all(np.isfinite(arr))
+                ref = compute_contrast(labels, results, con, stat_type)
+                sub = slice(2, None)
+                assert_close(ours.stat[sub], ref.stat()[sub])
+                assert_close(ours.z_score[sub], ref.z_score()[sub])
+                assert np.all(np.isfinite(ref.z_score()[:1]))
+                assert_close(ours.z_score[0], ref.z_score()[0])  # constant voxel: same z as nilearn
+
+
+@pytest.mark.parametrize("noise_model", ["ols", "ar1"])
+def test_singular_design_fits_with_pinv(noise_model):
+    Y, X = dataset()
+    Xs = np.column_stack([X, X[:, 2]])  # duplicate column
+    Ys = mean_scaling(Y, 0)[0]
+    labels, results = run_glm(Ys, Xs, noise_model=noise_model)
+    fit = K.fit_block(Y, Xs, noise_model)
+    np.testing.assert_array_equal(fit.label, labels.astype(float))
+    beta, sigma2 = assemble(labels, results)
+    assert_close(fit.beta, beta)
+    assert_close(fit.sigma2, sigma2)  # nilearn divides by n - n_columns, not n - rank
+    assert fit.dof == N - P == next(iter(results.values())).df_residuals
+    assert_close(fit.beta[2], fit.beta[-1])  # minimum-norm split between the copies
+    covs, index = covariance_stack(Xs, fit.label)
+    diff = np.zeros(P + 1)
+    diff[2], diff[-1] = 1, -1
+    res = K.t_contrast(diff, fit.beta, fit.sigma2, covs, index, fit.dof)
+    assert all(np.all(np.isfinite(a)) for a in res[:5])
+    f = K.f_contrast(np.eye(P + 1)[[2, P]], fit.beta, fit.sigma2, covs, index, fit.dof)
+    assert all(np.all(np.isfinite(a)) for a in f[:5])  # singular c cov c': nilearn's inv fails
+
+
+def test_float32_block_close_to_float64():
+    Y, X = dataset()
+    f64 = K.fit_block(Y, X, "ar1")
+    f32 = K.fit_block(Y.astype(np.float32), X.astype(np.float32), "ar1")
+    assert f32.beta.dtype == np.float64 and f32.sigma2.dtype == np.float64
+    same = f32.label == f64.label
+    assert same.mean() > 0.95
+    np.testing.assert_allclose(f32.sigma2[same], f64.sigma2[same], rtol=1e-4)
+
+
+def test_two_pass_path_with_ar1_labels_equals_fit_block_and_inputs_untouched():
+    Y, X = dataset()
+    Y0, X0 = Y.copy(), X.copy()
+    fit = whole_fit("ar1")
+    coeffs = K.ar_coefficients_block(Y, X, 1)
+    np.testing.assert_array_equal(K.ar1_labels(coeffs[0]), fit.label)
+    values, index = np.unique(fit.label, return_inverse=True)
+    refit = K.refit_block(Y, X, index, values[:, None], signal_scaling=0)
+    assert_close(refit.beta, fit.beta, rtol=1e-12)
+    assert_close(refit.sigma2, fit.sigma2, rtol=1e-12)
+    np.testing.assert_array_equal(refit.label, index)
+    K.fit_block(Y, X, "ols", signal_scaling=False)
+    np.testing.assert_array_equal(Y, Y0)
+    np.testing.assert_array_equal(X, X0)
+
+
+def test_errors_quote_values():
+    Y, X = dataset()
+    with pytest.raises(ValueError, match="ar_coefficients_block"):
+        K.fit_block(Y, X, "ar2")
+    with pytest.raises(ValueError, match="You provided arx"):
+        K.fit_block(Y, X, "arx")
+    with pytest.raises(ValueError, match="noise_model=wls"):
+        K.fit_block(Y, X, "wls")
+    with pytest.raises(ValueError, match=r"\(4, 6\)"):
+        K.ols(Y[:4], X[:4])
+    with pytest.raises(ValueError, match=r"Y \(100, 300\) and X \(99, 6\)"):
+        K.ols(Y, X[:99])
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        K.t_contrast(np.eye(P)[1], np.zeros((P, 2)), np.ones(2), np.zeros((3, P, P)), np.array([0, 3]), 10)
+
+
+# ----------------------------------------------------------------------------- AR(2): two passes
+def test_ar2_two_pass_matches_run_glm():
+    from sklearn.cluster import KMeans
+
+    Y, X = dataset()
+    bins = 10
+    labels, results = run_glm(mean_scaling(Y, 0)[0], X, noise_model="ar2", bins=bins, random_state=0)
+    blocks = [slice(0, 120), slice(120, None)]
+    coeffs = np.hstack([K.ar_coefficients_block(Y[:, s], X, 2) for s in blocks])  # pass 1
+    kmeans = KMeans(n_clusters=min(bins, V), n_init=10, random_state=0).fit(coeffs.T)  # client
+    index, coeffs_per_label, names = K.merge_ar_clusters(kmeans.cluster_centers_, kmeans.labels_)
+    fits = [K.refit_block(Y[:, s], X, index[s], coeffs_per_label, signal_scaling=0) for s in blocks]  # pass 2
+    np.testing.assert_array_equal(names[index], labels)
+    np.testing.assert_array_equal(names, sorted(results))
+    beta, sigma2 = assemble(labels, results)
+    assert_close(np.hstack([f.beta for f in fits]), beta)
+    assert_close(np.hstack([f.sigma2 for f in fits]), sigma2)
+    for i, name in enumerate(names):
+        assert_close(K.label_covariance(X, coeffs_per_label[i]).cov, results[name].model.normalized_cov_beta)
