@@ -180,7 +180,10 @@ def scale_signal(
 
     Returns
     -------
-    Y_scaled : ndarray, shape (n, v), float64
+    Y_scaled : ndarray, shape (n, v)
+        float32 for float32 input (nilearn scales the masker's float32 output
+        in float32, and matching its rounding is what makes the statistics
+        agree to ~1e-7), float64 otherwise. Fits cast it to float64.
     mean : ndarray (v,), float or None
         The floored mean used (None for mode False).
     """
@@ -197,19 +200,21 @@ def scale_signal(
             f"signal_scaling must be 0, (0, 1) or False; got {mode!r} (mode 1, a per-scan mean "
             "over voxels, fails in nilearn 0.14 with a broadcasting error)"
         )
+    Y = np.asarray(Y)
+    dtype = np.float32 if Y.dtype == np.float32 else np.float64
     if mean is None:
-        mean = np.asarray(Y).mean(axis=axis, dtype=np.float64)
-    mean = np.asarray(mean, dtype=np.float64)
+        mean = Y.mean(axis=axis, dtype=dtype)
+    mean = np.asarray(mean, dtype=dtype)
     if axis is None and mean.ndim != 0:
         raise ValueError(f"a grand mean must be a scalar; got an array of shape {mean.shape}")
     if axis == 0 and mean.shape not in ((), (np.shape(Y)[1],)):
         raise ValueError(f"mean must have shape ({np.shape(Y)[1]},); got {mean.shape}")
     if np.any(mean == 0):
         warnings.warn(_ZERO_MEAN_WARNING, UserWarning, stacklevel=2)
-    mean = np.maximum(mean, 1.0)
-    out = np.divide(Y, mean, dtype=np.float64)
-    out -= 1.0
-    out *= 100.0
+    mean = np.maximum(mean, dtype(1.0))
+    out = np.divide(Y, mean, dtype=dtype)
+    out -= dtype(1.0)
+    out *= dtype(100.0)
     return out, (float(mean) if mean.ndim == 0 else mean)
 
 

@@ -135,13 +135,21 @@ def test_scale_signal_small_zero_negative_means_and_false():
         K.scale_signal(Y, 1)
 
 
-def test_scale_signal_float32_computes_in_float64():
-    Y, _ = dataset()
-    Y32 = Y.astype(np.float32)
+def test_scale_signal_float32_rounds_exactly_as_nilearn():
+    """nilearn scales the masker's float32 output in float32: reproduce it bit for bit,
+    block by block (a per-voxel mean does not depend on the other voxels)."""
+    Y, X = dataset()
+    Y32 = (Y + 1000).astype(np.float32)
+    ref, _ = mean_scaling(Y32, 0)
     ours, _ = K.scale_signal(Y32, 0)
-    ref, _ = mean_scaling(Y32.astype(np.float64), 0)
-    assert ours.dtype == np.float64
-    assert_close(ours, ref, rtol=1e-12)
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, ref)
+    parts = [K.scale_signal(Y32[:, s], 0)[0] for s in (slice(0, 7), slice(7, 8), slice(8, None))]
+    np.testing.assert_array_equal(np.hstack(parts), ref)
+    # ...and the fit on it equals run_glm on nilearn's scaled data.
+    labels, results = run_glm(ref, X, "ols")
+    fit = K.fit_block(Y32, X, "ols")
+    assert_close(fit.beta, results[0.0].theta, rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------- fits vs nilearn

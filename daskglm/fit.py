@@ -1,0 +1,199 @@
+"""Fit the GLM of one run over voxel blocks: a lazy xarray/Dask graph.
+
+The run store's ``bold(time, voxel)`` is read in columns of ``v_chunk`` voxels
+over all time points (the time chunks of one column are concatenated, never an
+all-to-all rechunk) and :func:`daskglm._kernels.fit_block` runs on each column.
+The result is a lazy :class:`xarray.Dataset`::
+
+    beta(regressor, voxel)       float64
+    sigma2(voxel)                float64   dispersion RSS / (n - p) of the whitened fit
+    label_index(voxel)           int64     row of ``cov`` that applies to the voxel
+    cov(label, regressor, regressor_)      numpy, normalised covariance of beta per noise label
+    label_value(label, lag)                AR coefficients of each label (empty for OLS)
+
+Because nilearn's AR(1) labels lie on a fixed grid (``trunc(rho * bins) / bins``),
+``cov`` is tabulated for every grid value up front from the design alone, and
+the whole fit stays lazy. AR(p > 1) needs a global KMeans of the voxels' AR
+coefficients: that pass is computed (on the client's cluster) when the graph is
+built, and the refit is lazy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import _kernels
+from .cluster import compute
+
+__all__ = ["fit_run", "FIT_VARIABLES"]
+
+FIT_VARIABLES = ("beta", "sigma2", "label_index")
+
+
+def _design(design: Any, n_scans: int) -> tuple[np.ndarray, list[str]]:
+    if isinstance(design, pd.DataFrame):
+        columns = [str(c) for c in design.columns]
+        X = design.to_numpy(dtype=np.float64)
+    else:
+        X = np.asarray(design, dtype=np.float64)
+        if X.ndim != 2:
+            raise ValueError(f"the design matrix must be 2D (n_scans, n_regressors); got shape {X.shape}")
+        columns = [str(c) for c in range(X.shape[1])]
+    if X.shape[0] != n_scans:
+        raise ValueError(
+            f"the design matrix has {X.shape[0]} rows but the run has {n_scans} scans"
+        )
+    return X, columns
+
+
+def _check_scaling(signal_scaling: Any) -> Any:
+    if signal_scaling is False or signal_scaling is None:
+        return False
+    if isinstance(signal_scaling, (list, tuple)) and tuple(signal_scaling) == (0, 1):
+        return (0, 1)
+    if signal_scaling == 0 and not isinstance(signal_scaling, bool):
+        return 0
+    raise ValueError(f"signal_scaling must be 0, (0, 1) or False; got {signal_scaling!r}")
+
+
+def _packed_fit(Y, X, noise_model, bins, signal_scaling, scaling_mean=None):
+    """Block task: fit, then pack [beta; sigma2; label] into one (p + 2, v) array."""
+    fit = _kernels.fit_block(
+        Y, X, noise_model=noise_model, bins=bins, signal_scaling=signal_scaling,
+        scaling_mean=None if scaling_mean is None else float(scaling_mean),
+    )
+    return np.vstack([fit.beta, fit.sigma2[None], fit.label[None]])
+
+
+def _packed_refit(Y, labels, X, coeffs, signal_scaling, scaling_mean=None):
+    fit = _kernels.refit_block(
+        Y, X, labels.astype(np.intp), coeffs, signal_scaling=signal_scaling,
+        scaling_mean=None if scaling_mean is None else float(scaling_mean),
+    )
+    return np.vstack([fit.beta, fit.sigma2[None], fit.label[None]])
+
+
+def _coefficients(Y, X, order, signal_scaling, scaling_mean=None):
+    return _kernels.ar_coefficients_block(
+        Y, X, order, signal_scaling=signal_scaling,
+        scaling_mean=None if scaling_mean is None else float(scaling_mean),
+    )
+
+
+def _grand_mean(Y: da.Array) -> da.Array:
+    """0-d lazy grand mean of the run (for ``signal_scaling=(0, 1)``)."""
+    return Y.sum(dtype=np.float64) / Y.size
+
+
+def _blockwise(func, Y: da.Array, n_rows: int, *extra, **kwargs) -> da.Array:
+    """Apply ``func`` to each column of ``Y`` (all scans), output ``(n_rows, v)`` per column.
+
+    ``extra`` holds pairs (array, index): a voxel-aligned ``(v,)`` array
+    (index ``"v"``) or a 0-d array broadcast to every block (index ``""``).
+    """
+    return da.blockwise(
+        func, "rv", Y, "tv", *extra,
+        new_axes={"r": n_rows}, concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),
+        **kwargs,
+    )
+
+
+def fit_run(
+    ds: xr.Dataset,
+    design: Any,
+    noise_model: str = "ar1",
+    bins: int = 100,
+    signal_scaling: Any = 0,
+    random_state: Any = None,
+    client: Any = None,
+) -> xr.Dataset:
+    """Lazy GLM fit of one ingested run, as nilearn's ``run_glm``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A run store from :func:`daskglm.store.ingest_run` / ``open_run``.
+    design : pandas.DataFrame or ndarray, shape (n_scans, p)
+    noise_model : {"ols", "ar1", "ar2", ...}
+    bins : int
+        AR(1): quantisation bins of rho; AR(p>1): KMeans clusters.
+    signal_scaling : 0, (0, 1) or False
+        As nilearn's ``FirstLevelModel(signal_scaling=...)``.
+    random_state : int, RandomState or None
+        KMeans seed for AR(p > 1).
+    client : see :func:`daskglm.cluster.get_client`
+        Used only by the AR(p > 1) coefficient pass.
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy ``beta``, ``sigma2``, ``label_index`` over ``voxel`` (with the
+        run's ``i, j, k`` coordinates); in-memory ``cov`` and ``label_value``
+        tables; attrs ``dof``, ``noise_model``, ``bins`` and the run geometry.
+    """
+    order = _kernels.parse_noise_model(noise_model)
+    if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool) or bins < 1:
+        raise ValueError(f"bins must be a positive integer; got {bins!r}")
+    scaling = _check_scaling(signal_scaling)
+    bold = ds["bold"]
+    n_scans = bold.sizes["time"]
+    X, columns = _design(design, n_scans)
+    p = X.shape[1]
+    Y = bold.data.rechunk({0: -1})
+    extra: list[Any] = []
+    if scaling == (0, 1):
+        extra = [_grand_mean(Y), ""]
+
+    if order <= 1:
+        packed = _blockwise(_packed_fit, Y, p + 2, *extra, X=X, noise_model=noise_model,
+                            bins=int(bins), signal_scaling=scaling)
+        if order == 0:
+            label_value = np.zeros((1, 0))
+            offset = 0
+        else:
+            grid = np.arange(-bins, bins + 1, dtype=np.float64)
+            label_value = (grid / bins)[:, None]
+            offset = bins
+        label_index = da.map_blocks(
+            lambda lab: (np.rint(lab * bins) + offset).astype(np.int64) if order else
+            np.zeros(lab.shape, np.int64), packed[p + 1], dtype=np.int64,
+        )
+    else:
+        coefs = _blockwise(_coefficients, Y, order, *extra, X=X, order=order, signal_scaling=scaling)
+        (coefs_np,) = compute(coefs, client=client)
+        from sklearn.cluster import KMeans
+
+        kmeans = KMeans(n_clusters=min(int(bins), coefs_np.shape[1]), n_init=10,
+                        random_state=random_state).fit(coefs_np.T)
+        index, label_value, _ = _kernels.merge_ar_clusters(kmeans.cluster_centers_, kmeans.labels_)
+        labels = da.from_array(index.astype(np.float64), chunks=(Y.chunks[1],))
+        packed = _blockwise(_packed_refit, Y, p + 2, labels, "v", *extra, X=X,
+                            coeffs=label_value, signal_scaling=scaling)
+        label_index = da.from_array(index.astype(np.int64), chunks=(Y.chunks[1],))
+
+    cov = np.stack([_kernels.label_covariance(X, coeffs if coeffs.size else None).cov
+                    for coeffs in label_value])
+    voxel_coords = {name: bold.coords[name] for name in "ijk" if name in bold.coords}
+    return xr.Dataset(
+        {
+            "beta": (("regressor", "voxel"), packed[:p]),
+            "sigma2": (("voxel",), packed[p]),
+            "label_index": (("voxel",), label_index),
+            "cov": (("label", "regressor", "regressor_"), cov),
+            "label_value": (("label", "lag"), label_value),
+        },
+        coords={"regressor": columns, "regressor_": columns, **voxel_coords},
+        attrs={
+            "dof": int(_kernels.residual_dof(X)),
+            "noise_model": noise_model,
+            "bins": int(bins),
+            "signal_scaling": str(scaling),
+            "n_scans": n_scans,
+            **{k: ds.attrs[k] for k in ("affine", "volume_shape", "t_r", "store") if k in ds.attrs},
+        },
+    )
