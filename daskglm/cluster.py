@@ -3,7 +3,8 @@
 Resolution order of :func:`get_client`:
 
 1. a :class:`distributed.Client` given explicitly;
-2. a dask *local* scheduler name (``"threads"``, ``"sync"``, ``"processes"``):
+2. a dask *local* scheduler name (``"threads"``, ``"sync"``, ``"processes"``),
+   given or already set in ``dask.config`` (e.g. by an outer ``get_client``):
    no distributed client, dask's own scheduler (tests, debugging);
 3. a scheduler address given explicitly (``"tcp://127.0.0.1:8786"``);
 4. the active client (``Client.current()``, e.g. made in a notebook);
@@ -89,6 +90,11 @@ def get_client(
             f"{LOCAL_SCHEDULERS} or None; got {type(client).__name__}: {client!r}"
         )
     address = client
+    if address is None and dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:
+        # Inside an outer get_client("threads") (or dask.config.set(scheduler=...)):
+        # the caller chose a local scheduler; honour it.
+        yield None
+        return
     if address is None:
         active = _active_client()
         if active is not None:

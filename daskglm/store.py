@@ -35,7 +35,7 @@ from . import _plan, _volume
 from .cluster import compute
 from .nifti import RunInfo, build_gzip_index, inspect_run, load_mask, mask_from_mean, read_volumes
 
-__all__ = ["ingest_run", "open_run", "StoreIncompleteError", "STORE_FORMAT"]
+__all__ = ["ingest_run", "open_run", "save_fit", "open_fit", "StoreIncompleteError", "STORE_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
@@ -417,3 +417,62 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None) -> x
     ds.attrs["store"] = store
     # Voxel indices are small and needed by every unmasking: hold them in memory.
     return ds.assign_coords({name: ds[name].load() for name in "ijk"})
+
+
+# --------------------------------------------------------------------------- fit results
+
+
+def save_fit(fit: xr.Dataset, store: str | os.PathLike, name: str = "glm",
+             storage_options: dict | None = None, client: Any = None) -> xr.Dataset:
+    """Compute a (lazy) fit Dataset into group ``name`` of a run store and reopen it.
+
+    The group is marked ``complete`` last; :func:`open_fit` refuses an
+    incomplete one.
+
+    Parameters
+    ----------
+    fit : xarray.Dataset
+        From :func:`daskglm.fit.fit_run`.
+    store : str or path
+        The run store (or any zarr location).
+    name : str
+        Group name inside the store.
+    storage_options : dict, optional
+    client : see :func:`daskglm.cluster.get_client`
+
+    Returns
+    -------
+    xarray.Dataset
+        The persisted fit, lazily opened (see :func:`open_fit`).
+    """
+    store = _url(store)
+    out = fit.drop_vars([n for n in "ijk" if n in fit.coords]).copy()
+    out.attrs = {**{k: v for k, v in fit.attrs.items() if k != "store"}, "complete": False}
+    for var in out.variables.values():
+        var.encoding.clear()
+    delayed = out.to_zarr(store, group=name, mode="w", consolidated=False, zarr_format=3,
+                          storage_options=storage_options, compute=False)
+    compute(delayed, client=client)
+    _open_group(f"{store.rstrip('/')}/{name}", "r+", storage_options).attrs["complete"] = True
+    return open_fit(store, name, storage_options)
+
+
+def open_fit(store: str | os.PathLike, name: str = "glm", storage_options: dict | None = None) -> xr.Dataset:
+    """Open a fit saved by :func:`save_fit`, with the run's voxel coordinates.
+
+    Raises
+    ------
+    StoreIncompleteError
+        When the fit group was not marked complete.
+    """
+    store = _url(store)
+    fit = xr.open_zarr(store, group=name, consolidated=False, zarr_format=3, chunks={},
+                       storage_options=storage_options)
+    if not fit.attrs.get("complete"):
+        raise StoreIncompleteError(f"the fit {name!r} in {store!r} is incomplete: fit again")
+    run = open_run(store, storage_options)
+    fit = fit.assign_coords({n: run[n] for n in "ijk"})
+    for key in ("cov", "label_value"):
+        fit[key] = fit[key].load()
+    fit.attrs["store"] = store
+    return fit
