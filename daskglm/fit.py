@@ -61,7 +61,7 @@ def _check_scaling(signal_scaling: Any) -> Any:
     raise ValueError(f"signal_scaling must be 0, (0, 1) or False; got {signal_scaling!r}")
 
 
-def _packed_fit(Y, X, noise_model, bins, signal_scaling, scaling_mean=None):
+def _packed_fit(Y, scaling_mean=None, *, X, noise_model, bins, signal_scaling):
     """Block task: fit, then pack [beta; sigma2; label] into one (p + 2, v) array."""
     fit = _kernels.fit_block(
         Y, X, noise_model=noise_model, bins=bins, signal_scaling=signal_scaling,
@@ -70,7 +70,7 @@ def _packed_fit(Y, X, noise_model, bins, signal_scaling, scaling_mean=None):
     return np.vstack([fit.beta, fit.sigma2[None], fit.label[None]])
 
 
-def _packed_refit(Y, labels, X, coeffs, signal_scaling, scaling_mean=None):
+def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling):
     fit = _kernels.refit_block(
         Y, X, labels.astype(np.intp), coeffs, signal_scaling=signal_scaling,
         scaling_mean=None if scaling_mean is None else float(scaling_mean),
@@ -78,7 +78,7 @@ def _packed_refit(Y, labels, X, coeffs, signal_scaling, scaling_mean=None):
     return np.vstack([fit.beta, fit.sigma2[None], fit.label[None]])
 
 
-def _coefficients(Y, X, order, signal_scaling, scaling_mean=None):
+def _coefficients(Y, scaling_mean=None, *, X, order, signal_scaling):
     return _kernels.ar_coefficients_block(
         Y, X, order, signal_scaling=signal_scaling,
         scaling_mean=None if scaling_mean is None else float(scaling_mean),

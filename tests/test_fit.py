@@ -1,0 +1,146 @@
+"""The lazy per-voxel-block fit against nilearn's run_glm on the same data."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import numpy as np
+import pytest
+from dask.callbacks import Callback
+from nilearn.glm.first_level import mean_scaling, run_glm
+from nilearn.maskers import NiftiMasker
+
+from daskglm.fit import fit_run
+from daskglm.store import ingest_run, open_fit, save_fit
+
+
+@pytest.fixture(scope="module")
+def fiac_small(tmp_path_factory):
+    from daskglm.datasets import simulate_fiac
+
+    root = tmp_path_factory.mktemp("fit")
+    data = simulate_fiac(data_dir=root / "data", shape=(24, 26, 12), n_scans=80, n_runs=1)
+    X = np.load(data["design_matrix1"])["X"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Y = NiftiMasker(data["mask"], smoothing_fwhm=5).fit_transform(data["func1"])
+    return {"data": data, "X": X, "Y": Y, "root": root}
+
+
+def _ingest(fiac_small, v_chunk, name=None):
+    data = fiac_small["data"]
+    return ingest_run(data["func1"], fiac_small["root"] / (name or f"v{v_chunk}.zarr"),
+                      mask_img=data["mask"], smoothing_fwhm=5, v_chunk=v_chunk, client="threads")
+
+
+def _nilearn_maps(Y, X, noise_model, signal_scaling=0):
+    Ys = mean_scaling(Y, signal_scaling)[0] if signal_scaling is not False else Y
+    labels, results = run_glm(Ys, X, noise_model=noise_model, random_state=0)
+    beta = np.zeros((X.shape[1], Y.shape[1]))
+    sigma2 = np.zeros(Y.shape[1])
+    for label, res in results.items():
+        beta[:, labels == label] = res.theta
+        sigma2[labels == label] = res.dispersion
+    return beta, sigma2, labels, results
+
+
+class CountTasks(Callback):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def _pretask(self, key, dsk, state):
+        self.count += 1
+
+
+@pytest.mark.parametrize("noise_model", ["ols", "ar1"])
+def test_fit_equals_run_glm(fiac_small, noise_model):
+    ds = _ingest(fiac_small, 600)
+    fit = fit_run(ds, fiac_small["X"], noise_model=noise_model)
+    beta, sigma2, labels, results = _nilearn_maps(fiac_small["Y"], fiac_small["X"], noise_model)
+    with dask.config.set(scheduler="threads"):
+        np.testing.assert_allclose(fit["beta"].values, beta, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(fit["sigma2"].values, sigma2, rtol=1e-9)
+        index = fit["label_index"].values
+    # Each voxel's covariance row is nilearn's normalized_cov_beta for its label.
+    for label, res in results.items():
+        rows = np.unique(index[labels == label])
+        assert rows.size == 1
+        np.testing.assert_allclose(fit["cov"].values[rows[0]], res.cov, rtol=1e-9, atol=1e-14)
+        assert fit.attrs["dof"] == res.df_residuals
+
+
+def test_building_the_graph_computes_nothing(fiac_small):
+    ds = _ingest(fiac_small, 600)
+    with CountTasks() as counter:
+        fit = fit_run(ds, fiac_small["X"], noise_model="ar1", signal_scaling=(0, 1))
+    assert counter.count == 0
+    assert isinstance(fit["beta"].data, dask.array.Array)
+    assert fit["beta"].data.npartitions == ds["bold"].data.numblocks[1]
+
+
+def test_chunk_size_does_not_change_results(fiac_small):
+    n_vox = _ingest(fiac_small, 600).sizes["voxel"]
+    results = []
+    for v_chunk in (257, 1000, n_vox):  # 257 does not divide the voxel count
+        fit = fit_run(_ingest(fiac_small, v_chunk), fiac_small["X"], noise_model="ar1")
+        with dask.config.set(scheduler="threads"):
+            results.append({k: fit[k].values for k in ("beta", "sigma2", "label_index")})
+    assert n_vox % 257 != 0
+    for other in results[1:]:
+        # AR labels identical; floats equal up to BLAS blocking round-off.
+        np.testing.assert_array_equal(other["label_index"], results[0]["label_index"])
+        np.testing.assert_allclose(other["beta"], results[0]["beta"], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(other["sigma2"], results[0]["sigma2"], rtol=1e-10)
+
+
+def test_grand_mean_scaling_and_no_scaling(fiac_small):
+    ds = _ingest(fiac_small, 600)
+    for scaling in [(0, 1), False]:
+        fit = fit_run(ds, fiac_small["X"], noise_model="ols", signal_scaling=scaling)
+        beta, sigma2, _, _ = _nilearn_maps(fiac_small["Y"], fiac_small["X"], "ols", scaling)
+        # (0, 1): nilearn's grand mean is a float32 pairwise sum over the whole run,
+        # which no blockwise reduction reproduces bit for bit; scaled values then
+        # differ by float32 round-off (~1e-5 of the signal in percent units).
+        atol = (1e-4 if scaling == (0, 1) else 1e-9) * np.abs(beta).max()
+        with dask.config.set(scheduler="threads"):
+            np.testing.assert_allclose(fit["beta"].values, beta, rtol=1e-5, atol=atol)
+            np.testing.assert_allclose(fit["sigma2"].values, sigma2, rtol=1e-4)
+
+
+def test_ar2_two_pass_equals_run_glm(fiac_small):
+    ds = _ingest(fiac_small, 600)
+    fit = fit_run(ds, fiac_small["X"], noise_model="ar2", bins=10, random_state=0, client="threads")
+    Ys = mean_scaling(fiac_small["Y"], 0)[0]
+    labels, results = run_glm(Ys, fiac_small["X"], noise_model="ar2", bins=10, random_state=0)
+    beta = np.zeros_like(fit["beta"].values)
+    for label, res in results.items():
+        beta[:, labels == label] = res.theta
+    np.testing.assert_allclose(fit["beta"].values, beta, rtol=1e-6, atol=1e-9)
+
+
+def test_save_and_reopen_fit(fiac_small, tmp_path):
+    ds = _ingest(fiac_small, 700, name="saved.zarr")
+    lazy = fit_run(ds, fiac_small["X"], noise_model="ar1")
+    saved = save_fit(lazy, ds.attrs["store"], client="threads")
+    reopened = open_fit(ds.attrs["store"])
+    with dask.config.set(scheduler="threads"):
+        np.testing.assert_array_equal(reopened["beta"].values, lazy["beta"].values)
+        np.testing.assert_array_equal(saved["label_index"].values, lazy["label_index"].values)
+    np.testing.assert_array_equal(reopened["i"].values, ds["i"].values)
+    assert reopened.attrs["dof"] == lazy.attrs["dof"]
+
+
+def test_bad_parameters_are_named(fiac_small):
+    ds = _ingest(fiac_small, 600)
+    X = fiac_small["X"]
+    with pytest.raises(ValueError, match="79 rows but the run has 80 scans"):
+        fit_run(ds, X[:-1])
+    with pytest.raises(ValueError, match="bins.*0"):
+        fit_run(ds, X, bins=0)
+    with pytest.raises(ValueError, match="signal_scaling.*'yes'"):
+        fit_run(ds, X, signal_scaling="yes")
+    for bad in ("ar0", "foo"):
+        with pytest.raises(ValueError, match=bad):
+            fit_run(ds, X, noise_model=bad)
