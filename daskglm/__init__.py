@@ -17,6 +17,11 @@ _EXPORTS = {
     "to_volume": "daskglm.maps",
     "get_client": "daskglm.cluster",
     "simulate_fiac": "daskglm.datasets",
+    "FirstLevelModel": "daskglm.model",
+    "compute_fixed_effects": "daskglm.fixed_effects",
+    "fit_run": "daskglm.fit",
+    "save_fit": "daskglm.store",
+    "open_fit": "daskglm.store",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,280 @@
+"""``FirstLevelModel``: nilearn's estimator, fitted out of core on Dask.
+
+The estimator only orchestrates: design matrices come from
+:mod:`daskglm.design` (nilearn's ``make_first_level_design_matrix``), runs are
+ingested into zarr stores by :mod:`daskglm.store`, fitted per voxel block by
+:mod:`daskglm.fit`, and contrasts are computed by :mod:`daskglm.contrasts`.
+``fit`` persists each run's fit (beta, sigma2, AR labels) into the run's store;
+``compute_contrast`` reads them back per voxel block and returns NIfTI images
+like nilearn's, and ``contrast_dataset`` returns the same maps lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import xarray as xr
+
+from . import _kernels
+from . import contrasts as _contrasts
+from . import design as _design
+from .cluster import compute, get_client
+from .fit import fit_run
+from .maps import scatter_to_volume
+from .nifti import inspect_run
+from .store import ingest_run, save_fit
+
+__all__ = ["FirstLevelModel", "default_store_root"]
+
+
+def default_store_root() -> Path:
+    """Where run stores go when no ``store`` is given: ``$DASKGLM_CACHE`` or ``~/.cache/daskglm/stores``."""
+    root = os.environ.get("DASKGLM_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "daskglm" / "stores"
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class FirstLevelModel:
+    """nilearn-compatible first-level GLM, computed out of core on Dask.
+
+    Parameters
+    ----------
+    t_r, slice_time_ref, hrf_model, drift_model, high_pass, drift_order, fir_delays, min_onset
+        As nilearn's ``FirstLevelModel`` (design matrices from events).
+    mask_img : path or image, optional
+        Brain mask; ``None`` computes nilearn's EPI mask from the first run.
+    target_affine, target_shape
+        Not supported yet (must be ``None``): resample runs beforehand.
+    smoothing_fwhm : float, optional
+    signal_scaling : 0, (0, 1) or False
+    noise_model : {"ar1", "ols", "ar2", ...}
+    minimize_memory : bool
+        Accepted for compatibility; daskglm never holds residuals in memory.
+    subject_label : str, optional
+    random_state : int or None
+        KMeans seed for AR(p > 1).
+    store : str or path, optional
+        Folder (local path or fsspec URL) for the run stores. Default:
+        :func:`default_store_root`, one store per source file.
+    storage_options : dict, optional
+        fsspec options for a remote ``store``.
+    t_chunk, v_chunk : int, optional
+        Chunk sizes of the run stores (default: planned from the data size).
+    client : distributed.Client, address, local scheduler name, or None
+        See :func:`daskglm.cluster.get_client` (default: the active client,
+        ``DASK_SCHEDULER_ADDRESS``, or an embedded ``LocalCluster``).
+    """
+
+    def __init__(
+        self,
+        t_r: float | None = None,
+        slice_time_ref: float = 0.0,
+        hrf_model: str | None = "glover",
+        drift_model: str | None = "cosine",
+        high_pass: float = 0.01,
+        drift_order: int = 1,
+        fir_delays: Any = None,
+        min_onset: float = -24,
+        mask_img: Any = None,
+        target_affine: Any = None,
+        target_shape: Any = None,
+        smoothing_fwhm: float | None = None,
+        signal_scaling: Any = 0,
+        noise_model: str = "ar1",
+        minimize_memory: bool = True,
+        subject_label: str | None = None,
+        random_state: Any = None,
+        store: str | os.PathLike | None = None,
+        storage_options: dict | None = None,
+        t_chunk: int | None = None,
+        v_chunk: int | None = None,
+        client: Any = None,
+    ) -> None:
+        self.t_r = t_r
+        self.slice_time_ref = slice_time_ref
+        self.hrf_model = hrf_model
+        self.drift_model = drift_model
+        self.high_pass = high_pass
+        self.drift_order = drift_order
+        self.fir_delays = fir_delays
+        self.min_onset = min_onset
+        self.mask_img = mask_img
+        self.target_affine = target_affine
+        self.target_shape = target_shape
+        self.smoothing_fwhm = smoothing_fwhm
+        self.signal_scaling = signal_scaling
+        self.noise_model = noise_model
+        self.minimize_memory = minimize_memory
+        self.subject_label = subject_label
+        self.random_state = random_state
+        self.store = store
+        self.storage_options = storage_options
+        self.t_chunk = t_chunk
+        self.v_chunk = v_chunk
+        self.client = client
+
+    # ------------------------------------------------------------------ fit
+
+    def _store_for(self, run: Any, index: int) -> str:
+        root = os.fspath(self.store) if self.store is not None else os.fspath(default_store_root())
+        info = inspect_run(run)
+        key = info.path or info.provenance.get("sha1", str(index))
+        digest = hashlib.sha1(str(key).encode()).hexdigest()[:16]
+        stem = Path(info.path).name.split(".")[0] if info.path else "in-memory"
+        return f"{root.rstrip('/')}/{stem}-{digest}.zarr"
+
+    def _check_params(self) -> None:
+        if self.target_affine is not None or self.target_shape is not None:
+            raise NotImplementedError(
+                "target_affine/target_shape are not supported yet: resample the runs "
+                f"beforehand (got target_affine={self.target_affine!r}, "
+                f"target_shape={self.target_shape!r})"
+            )
+        _kernels.parse_noise_model(self.noise_model)
+
+    def fit(
+        self,
+        run_imgs: Any,
+        events: Any = None,
+        confounds: Any = None,
+        sample_masks: Any = None,
+        design_matrices: Any = None,
+        bins: int = 100,
+    ) -> FirstLevelModel:
+        """Ingest the runs, build the design matrices and fit every run.
+
+        Parameters
+        ----------
+        run_imgs : path, image, or list of them
+            4D runs.
+        events, confounds, sample_masks, design_matrices
+            As nilearn's ``FirstLevelModel.fit``.
+        bins : int
+            AR(1) quantisation bins / AR(p) clusters.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        runs = _as_list(run_imgs)
+        if not runs:
+            raise ValueError("run_imgs is empty: give at least one 4D run")
+        infos = [inspect_run(run) for run in runs]
+        t_r = self.t_r
+        if t_r is None and design_matrices is None:
+            t_r = infos[0].t_r
+        n_scans = [info.n_scans for info in infos]
+        designs = _design.run_design_matrices(
+            n_scans, t_r, events=events, confounds=confounds, sample_masks=sample_masks,
+            design_matrices=design_matrices, slice_time_ref=self.slice_time_ref,
+            hrf_model=self.hrf_model, drift_model=self.drift_model, high_pass=self.high_pass,
+            drift_order=self.drift_order, fir_delays=self.fir_delays, min_onset=self.min_onset,
+        )
+        masks = _as_list(sample_masks) if sample_masks is not None else [None] * len(runs)
+        self.design_matrices_ = designs
+        self.t_r_ = t_r
+        fits = []
+        with get_client(self.client) as client:
+            mask_img = self.mask_img
+            for index, run in enumerate(runs):
+                store = self._store_for(run, index)
+                ds = ingest_run(
+                    run, store, mask_img=mask_img, smoothing_fwhm=self.smoothing_fwhm,
+                    t_chunk=self.t_chunk, v_chunk=self.v_chunk, client=client,
+                    storage_options=self.storage_options,
+                )
+                if index == 0:
+                    self.mask_img_ = self._mask_image(ds)
+                    if mask_img is None:
+                        mask_img = self.mask_img_  # every run uses the first run's mask
+                if masks[index] is not None:
+                    ds = ds.isel(time=np.asarray(masks[index]))
+                lazy = fit_run(
+                    ds, designs[index], noise_model=self.noise_model, bins=bins,
+                    signal_scaling=self.signal_scaling, random_state=self.random_state,
+                    client=client,
+                )
+                fits.append(save_fit(lazy, store, storage_options=self.storage_options, client=client))
+        self.results_ = fits
+        self.labels_ = [fit["label_index"] for fit in fits]
+        return self
+
+    @staticmethod
+    def _mask_image(ds: xr.Dataset) -> nib.Nifti1Image:
+        shape = tuple(ds.attrs["volume_shape"])
+        mask = scatter_to_volume(np.ones(ds.sizes["voxel"], np.int8), ds["i"].values,
+                                 ds["j"].values, ds["k"].values, shape)
+        return nib.Nifti1Image(mask, np.asarray(ds.attrs["affine"]))
+
+    # ------------------------------------------------------------------ contrasts
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "results_"):
+            raise ValueError(
+                "This FirstLevelModel instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator."
+            )
+
+    def contrast_dataset(self, contrast_def: Any, stat_type: str | None = None) -> xr.Dataset:
+        """The maps of a contrast as a lazy xarray Dataset (see :func:`daskglm.contrasts.contrast_dataset`).
+
+        Parameters
+        ----------
+        contrast_def : array, str, or list of them (one per run)
+            As nilearn's ``compute_contrast``.
+        stat_type : {"t", "F"}, optional
+
+        Returns
+        -------
+        xarray.Dataset
+        """
+        self._check_fitted()
+        per_run = _design.contrasts_per_run(contrast_def, len(self.results_))
+        columns = [[str(c) for c in dm.columns] for dm in self.design_matrices_]
+        run_contrasts = []
+        for index in _design.nonnull_runs(per_run, columns):  # warns for null runs, as nilearn
+            matrix, kind = _design.parse_contrast(per_run[index], columns[index], stat_type)
+            run_contrasts.append(_contrasts.run_contrast(self.results_[index], matrix, kind))
+        self._last_contrast_name = str(per_run)
+        return _contrasts.contrast_dataset(_contrasts.combine_contrasts(run_contrasts))
+
+    def compute_contrast(
+        self, contrast_def: Any, stat_type: str | None = None, output_type: str = "z_score"
+    ) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
+        """Maps of a contrast as NIfTI images, as nilearn's ``compute_contrast``.
+
+        Parameters
+        ----------
+        contrast_def : array, str, or list of them (one per run)
+        stat_type : {"t", "F"}, optional
+        output_type : {"z_score", "stat", "p_value", "effect_size", "effect_variance", "all"}
+
+        Returns
+        -------
+        Nifti1Image, or dict of them for ``output_type="all"``.
+        """
+        valid = (*_contrasts.OUTPUT_TYPES, "all")
+        if output_type not in valid:
+            raise ValueError(f"output_type must be one of {valid}; got {output_type!r}")
+        ds = self.contrast_dataset(contrast_def, stat_type)
+        names = list(_contrasts.OUTPUT_TYPES) if output_type == "all" else [output_type]
+        values = compute(*[ds[name].data for name in names], client=self.client)
+        affine = np.asarray(ds.attrs["affine"])
+        shape = tuple(ds.attrs["volume_shape"])
+        ijk = [ds[n].values for n in "ijk"]
+        outputs = {}
+        for name, value in zip(names, values):
+            img = nib.Nifti1Image(scatter_to_volume(np.asarray(value, dtype=np.float64), *ijk, shape), affine)
+            img.header["descrip"] = f"{name} of contrast {self._last_contrast_name}"
+            outputs[name] = img
+        return outputs if output_type == "all" else outputs[output_type]
