@@ -446,8 +446,11 @@ def save_fit(fit: xr.Dataset, store: str | os.PathLike, name: str = "glm",
         The persisted fit, lazily opened (see :func:`open_fit`).
     """
     store = _url(store)
-    out = fit.drop_vars([n for n in "ijk" if n in fit.coords]).copy()
-    out.attrs = {**{k: v for k, v in fit.attrs.items() if k != "store"}, "complete": False}
+    # Voxel indices live in the run store; regressor names go to attrs (zarr v3
+    # has no stable fixed-length string dtype).
+    out = fit.drop_vars([n for n in ("i", "j", "k", "regressor", "regressor_") if n in fit.coords]).copy()
+    out.attrs = {**{k: v for k, v in fit.attrs.items() if k != "store"}, "complete": False,
+                 "regressors": [str(r) for r in fit["regressor"].values]}
     for var in out.variables.values():
         var.encoding.clear()
     delayed = out.to_zarr(store, group=name, mode="w", consolidated=False, zarr_format=3,
@@ -471,7 +474,9 @@ def open_fit(store: str | os.PathLike, name: str = "glm", storage_options: dict 
     if not fit.attrs.get("complete"):
         raise StoreIncompleteError(f"the fit {name!r} in {store!r} is incomplete: fit again")
     run = open_run(store, storage_options)
-    fit = fit.assign_coords({n: run[n] for n in "ijk"})
+    regressors = list(fit.attrs.pop("regressors"))
+    fit = fit.assign_coords({**{n: run[n] for n in "ijk"}, "regressor": regressors,
+                             "regressor_": regressors})
     for key in ("cov", "label_value"):
         fit[key] = fit[key].load()
     fit.attrs["store"] = store

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from daskglm.cli import build_parser
@@ -22,10 +23,17 @@ def test_demo_runs_end_to_end_on_an_embedded_cluster(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "LocalCluster" in proc.stdout
-    for run in (1, 2):
-        ds = open_run(out / f"run-{run}.zarr")
-        assert ds["bold"].shape[0] == 40
-        assert f"run {run}:" in proc.stdout
+    maps = sorted(p.name for p in (out / "maps").glob("*_z_map.nii.gz"))
+    assert len(maps) == 8 and "Effects_of_interest_z_map.nii.gz" in maps
+    assert (out / "maps" / "fixed_DSt_minus_SSt_z_score.nii.gz").exists()
+    stores = sorted((out / "stores").glob("*.zarr"))
+    assert len(stores) == 2
+    for store in stores:
+        assert open_run(store)["bold"].shape[0] == 40
+    import nibabel as nib
+
+    z = nib.load(out / "maps" / "DSt_minus_SSt_z_map.nii.gz")
+    assert z.shape == (16, 18, 10) and np.isfinite(z.get_fdata()).all()
 
 
 def test_missing_required_argument_is_named(capsys):
