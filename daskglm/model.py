@@ -27,7 +27,7 @@ from . import design as _design
 from .cluster import compute, get_client
 from .fit import fit_run
 from .maps import scatter_to_volume
-from .nifti import inspect_run
+from .nifti import RunInfo, inspect_run
 from .store import ingest_run, save_fit
 
 __all__ = ["FirstLevelModel", "default_store_root"]
@@ -124,9 +124,8 @@ class FirstLevelModel:
 
     # ------------------------------------------------------------------ fit
 
-    def _store_for(self, run: Any, index: int) -> str:
+    def _store_for(self, info: RunInfo, index: int) -> str:
         root = os.fspath(self.store) if self.store is not None else os.fspath(default_store_root())
-        info = inspect_run(run)
         key = info.path or info.provenance.get("sha1", str(index))
         digest = hashlib.sha1(str(key).encode()).hexdigest()[:16]
         stem = Path(info.path).name.split(".")[0] if info.path else "in-memory"
@@ -187,7 +186,7 @@ class FirstLevelModel:
         with get_client(self.client) as client:
             mask_img = self.mask_img
             for index, run in enumerate(runs):
-                store = self._store_for(run, index)
+                store = self._store_for(infos[index], index)
                 ds = ingest_run(
                     run, store, mask_img=mask_img, smoothing_fwhm=self.smoothing_fwhm,
                     t_chunk=self.t_chunk, v_chunk=self.v_chunk, client=client,

@@ -109,6 +109,11 @@ def _load_image(run: Any, role: str) -> tuple[Any, str | None]:
     raise TypeError(f"{role} must be a path or a nibabel image; got {type(run).__name__}")
 
 
+def content_sha1(img: Any) -> str:
+    """SHA-1 of an in-memory image's voxel data (its identity when it has no file)."""
+    return hashlib.sha1(np.ascontiguousarray(np.asanyarray(img.dataobj)).view(np.uint8)).hexdigest()
+
+
 def inspect_run(run: str | os.PathLike | nib.spatialimages.SpatialImage) -> RunInfo:
     """Read a run's header (never its data) and check it is a usable 4D run.
 
@@ -146,8 +151,7 @@ def inspect_run(run: str | os.PathLike | nib.spatialimages.SpatialImage) -> RunI
         provenance = {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     else:
         compressed = False
-        digest = hashlib.sha1(np.ascontiguousarray(img.dataobj).view(np.uint8)).hexdigest()
-        provenance = {"sha1": digest, "shape": list(shape)}
+        provenance = {"sha1": content_sha1(img), "shape": list(shape)}
     return RunInfo(
         path=path,
         shape=shape,  # type: ignore[arg-type]

@@ -33,7 +33,15 @@ import zarr
 
 from . import _plan, _volume
 from .cluster import compute
-from .nifti import RunInfo, build_gzip_index, inspect_run, load_mask, mask_from_mean, read_volumes
+from .nifti import (
+    RunInfo,
+    build_gzip_index,
+    content_sha1,
+    inspect_run,
+    load_mask,
+    mask_from_mean,
+    read_volumes,
+)
 
 __all__ = ["ingest_run", "open_run", "save_fit", "open_fit", "StoreIncompleteError", "STORE_FORMAT"]
 
@@ -158,11 +166,8 @@ def _mask_identity(mask_img: Any) -> Any:
         except OSError:
             return {"path": path}
         return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    data = np.ascontiguousarray(np.asanyarray(mask_img.dataobj))
-    import hashlib
-
     return {
-        "sha1": hashlib.sha1(data.view(np.uint8)).hexdigest(),
+        "sha1": content_sha1(mask_img),
         "affine": np.asarray(mask_img.affine).round(6).tolist(),
     }
 
