@@ -4,8 +4,7 @@ A block is ``Y (n, v)``: all ``n`` scans of ``v`` voxels. Everything here is a
 pure function of plain arrays and reproduces nilearn 0.14
 (``nilearn.glm.first_level.run_glm`` / ``mean_scaling``, ``OLSModel``,
 ``ARModel``) up to floating-point rounding. Statistics are computed in float64
-even for float32 data. Contrast statistics live in :mod:`daskglm._stats` and
-are re-exported here.
+even for float32 data. Contrast statistics live in :mod:`daskglm._stats`.
 
 Definitions (each defined once, here):
 
@@ -34,21 +33,6 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg
 
-from daskglm._stats import (  # noqa: F401  (re-exported API)
-    DOF_MAX,
-    FIXED_EFFECTS_TINY,
-    TINY,
-    ContrastStats,
-    FixedEffects,
-    combine_runs,
-    contrast_stats,
-    f_contrast,
-    fixed_effects,
-    pad_contrast,
-    t_contrast,
-    z_score,
-)
-
 __all__ = [
     "OLSFit",
     "BlockFit",
@@ -67,15 +51,6 @@ __all__ = [
     "refit_block",
     "label_covariance",
     "merge_ar_clusters",
-    "ContrastStats",
-    "FixedEffects",
-    "z_score",
-    "contrast_stats",
-    "pad_contrast",
-    "t_contrast",
-    "f_contrast",
-    "combine_runs",
-    "fixed_effects",
 ]
 
 ScalingMode = bool | int | tuple[int, int]

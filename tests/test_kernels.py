@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daskglm import _kernels as K
+from daskglm import _stats as S
 
 nilearn = pytest.importorskip("nilearn")
 from nilearn.glm.contrasts import (  # noqa: E402
@@ -313,13 +314,13 @@ def test_single_voxel_blocks_and_single_label_block(noise_model):
 
 
 # ----------------------------------------------------------------------------- contrasts
-def our_contrast(fit: K.BlockFit, X: np.ndarray, con: np.ndarray, stat_type: str) -> K.ContrastStats:
+def our_contrast(fit: K.BlockFit, X: np.ndarray, con: np.ndarray, stat_type: str) -> S.ContrastStats:
     covs, index = covariance_stack(X, fit.label)
-    func = K.t_contrast if stat_type == "t" else K.f_contrast
+    func = S.t_contrast if stat_type == "t" else S.f_contrast
     return func(con, fit.beta, fit.sigma2, covs, index, fit.dof)
 
 
-def assert_contrast_equal(ours: K.ContrastStats, ref: Contrast, rtol: float = RTOL) -> None:
+def assert_contrast_equal(ours: S.ContrastStats, ref: Contrast, rtol: float = RTOL) -> None:
     assert_close(ours.effect, np.atleast_2d(ref.effect_size()), rtol)
     assert_close(ours.variance, ref.effect_variance(), rtol)
     assert_close(ours.stat, ref.stat(), rtol)
@@ -368,8 +369,8 @@ def test_short_contrasts_padded_with_nilearn_warning_and_long_rejected():
         ref = compute_contrast(labels, results, np.eye(4)[1:3], "F")
     assert_contrast_equal(ours, ref)
     with pytest.warns(UserWarning, match="padded"):
-        np.testing.assert_array_equal(K.pad_contrast([1, 2], 4), [1, 2, 0, 0])
-    np.testing.assert_array_equal(K.pad_contrast(np.ones((2, 4)), 4), np.ones((2, 4)))
+        np.testing.assert_array_equal(S.pad_contrast([1, 2], 4), [1, 2, 0, 0])
+    np.testing.assert_array_equal(S.pad_contrast(np.ones((2, 4)), 4), np.ones((2, 4)))
     with pytest.raises(ValueError, match=rf"t contrasts should be of length P={P}, but it has length 8\."):
         our_contrast(fit, X, np.ones(8), "t")
     with pytest.raises(ValueError, match=rf"F contrasts should have {P} columns, but it has 8\."):
@@ -388,15 +389,15 @@ def test_combine_runs_matches_fixed_effect_contrast(stat_type):
     per_run = [our_contrast(K.fit_block(Y, X, "ar1"), X, con, stat_type) for (Y, X), _ in runs]
     if stat_type == "F":
         with pytest.warns(UserWarning, match="approximate fixed effects on F"):
-            ours = K.combine_runs(per_run)
+            ours = S.combine_runs(per_run)
     else:
-        ours = K.combine_runs(per_run)
+        ours = S.combine_runs(per_run)
     assert ours.dof == 2 * per_run[0].dof
     assert_contrast_equal(ours, ref)
     other = "F" if stat_type == "t" else "t"
     mismatched = our_contrast(whole_fit("ar1"), dataset()[1], CONTRASTS[other][0], other)
     with pytest.raises(ValueError, match="consistent type"):
-        K.combine_runs([per_run[0], mismatched])
+        S.combine_runs([per_run[0], mismatched])
 
 
 @pytest.mark.parametrize("precision_weighted", [False, True])
@@ -407,7 +408,7 @@ def test_fixed_effects_matches_nilearn(precision_weighted, dofs):
     variances = rng.uniform(0.1, 3, (3, V))
     variances[:, :3] = [[0.0], [1e-20], [2.0]]  # floored at 1e-16
     ref = _compute_fixed_effects_params(effects, variances, precision_weighted, [100] * 3 if dofs is None else dofs)
-    ours = K.fixed_effects(effects, variances, dofs, precision_weighted)
+    ours = S.fixed_effects(effects, variances, dofs, precision_weighted)
     for a, b in zip(ours, ref, strict=True):
         assert_close(a, b)
 
@@ -425,7 +426,7 @@ def test_fixed_effects_default_dofs_through_compute_fixed_effects():
         return nib.Nifti1Image(a.reshape(shape), np.eye(4))
 
     ref = compute_fixed_effects([img(e) for e in effects], [img(v) for v in variances], mask=mask)
-    ours = K.fixed_effects(effects, variances)
+    ours = S.fixed_effects(effects, variances)
     for a, b in zip(ours, ref, strict=True):
         assert_close(a, b.get_fdata().ravel())
 
@@ -434,7 +435,7 @@ def test_fixed_effects_f_statistic():
     rng = np.random.default_rng(7)
     effects, variances = rng.normal(0, 2, (2, 3, 40)), rng.uniform(0.1, 3, (2, 40))
     ref = _compute_fixed_effects_params(effects, variances, False, [90, 90])
-    ours = K.fixed_effects(effects, variances, [90, 90])
+    ours = S.fixed_effects(effects, variances, [90, 90])
     for a, b in zip(ours, ref, strict=True):
         assert_close(a, b)
 
@@ -447,7 +448,7 @@ def test_fixed_effects_f_statistic():
 def test_extreme_statistics_z_finite_and_equal_to_nilearn(effect, variance, dof, stat_type):
     e, v = np.array([[effect]]), np.array([variance])
     ref = Contrast(effect=e if stat_type == "F" else e[0], variance=v, dof=dof, stat_type=stat_type)
-    ours = K.contrast_stats(e, v, dof, stat_type)
+    ours = S.contrast_stats(e, v, dof, stat_type)
     assert np.all(np.isfinite(ours.z_score))
     assert_close(ours.z_score, ref.z_score(), rtol=1e-12)
     assert_close(ours.p_value, ref.p_value(), rtol=1e-12)
@@ -506,9 +507,9 @@ def test_singular_design_fits_with_pinv(noise_model):
     covs, index = covariance_stack(Xs, fit.label)
     diff = np.zeros(P + 1)
     diff[2], diff[-1] = 1, -1
-    res = K.t_contrast(diff, fit.beta, fit.sigma2, covs, index, fit.dof)
+    res = S.t_contrast(diff, fit.beta, fit.sigma2, covs, index, fit.dof)
     assert all(np.all(np.isfinite(a)) for a in res[:5])
-    f = K.f_contrast(np.eye(P + 1)[[2, P]], fit.beta, fit.sigma2, covs, index, fit.dof)
+    f = S.f_contrast(np.eye(P + 1)[[2, P]], fit.beta, fit.sigma2, covs, index, fit.dof)
     assert all(np.all(np.isfinite(a)) for a in f[:5])  # singular c cov c': nilearn's inv fails
 
 
@@ -551,7 +552,7 @@ def test_errors_quote_values():
     with pytest.raises(ValueError, match=r"Y \(100, 300\) and X \(99, 6\)"):
         K.ols(Y, X[:99])
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
-        K.t_contrast(np.eye(P)[1], np.zeros((P, 2)), np.ones(2), np.zeros((3, P, P)), np.array([0, 3]), 10)
+        S.t_contrast(np.eye(P)[1], np.zeros((P, 2)), np.ones(2), np.zeros((3, P, P)), np.array([0, 3]), 10)
 
 
 # ----------------------------------------------------------------------------- AR(2): two passes

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import dask.array as da
-import nibabel as nib
 import numpy as np
 import pytest
 from nilearn.maskers import NiftiMasker
