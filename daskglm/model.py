@@ -276,3 +276,26 @@ class FirstLevelModel:
             img.header["descrip"] = f"{name} of contrast {self._last_contrast_name}"
             outputs[name] = img
         return outputs if output_type == "all" else outputs[output_type]
+
+    # ------------------------------------------------------------------ report
+
+    def generate_report(self, contrasts: Any = None, **kwargs: Any) -> Any:
+        """HTML report of the fitted model, as nilearn's ``generate_report``.
+
+        Parameters
+        ----------
+        contrasts : str, array, list or dict of them
+            The contrasts to show (as nilearn: a dict maps names to definitions).
+        **kwargs
+            ``title, bg_img, threshold, alpha, cluster_threshold, height_control,
+            two_sided, min_distance, plot_type, cut_coords, display_mode,
+            report_dims`` — see :func:`daskglm.report.make_glm_report`.
+
+        Returns
+        -------
+        daskglm.report.GLMReport
+            With ``save_as_html(path)``, ``open_in_browser()`` and a Jupyter repr.
+        """
+        from .report import make_glm_report
+
+        return make_glm_report(self, contrasts, **kwargs)
