@@ -28,9 +28,10 @@ import pandas as pd
 import xarray as xr
 
 from . import _kernels
+from ._voxelwise import VOXELWISE_ATTRIBUTES, voxelwise_block
 from .cluster import compute
 
-__all__ = ["fit_run", "FIT_VARIABLES"]
+__all__ = ["fit_run", "voxelwise_run", "FIT_VARIABLES"]
 
 FIT_VARIABLES = ("beta", "sigma2", "label_index")
 
@@ -94,7 +95,8 @@ def _blockwise(func, Y: da.Array, n_rows: int, *extra, **kwargs) -> da.Array:
     """Apply ``func`` to each column of ``Y`` (all scans), output ``(n_rows, v)`` per column.
 
     ``extra`` holds pairs (array, index): a voxel-aligned ``(v,)`` array
-    (index ``"v"``) or a 0-d array broadcast to every block (index ``""``).
+    (index ``"v"``), a ``(p, v)`` array with one chunk over ``p`` (index
+    ``"pv"``) or a 0-d array broadcast to every block (index ``""``).
     """
     return da.blockwise(
         func, "rv", Y, "tv", *extra,
@@ -197,3 +199,62 @@ def fit_run(
             **{k: ds.attrs[k] for k in ("affine", "volume_shape", "t_r", "store") if k in ds.attrs},
         },
     )
+
+
+def _voxelwise_task(Y, beta, label_index, scaling_mean=None, *, X, label_value, attribute, signal_scaling):
+    return voxelwise_block(
+        Y, X, beta, label_index, label_value, attribute, signal_scaling=signal_scaling,
+        scaling_mean=None if scaling_mean is None else float(scaling_mean),
+    )
+
+
+def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
+                  signal_scaling: Any = 0) -> xr.DataArray:
+    """Lazy ``residuals``, ``predicted`` or ``r_square`` of a fitted run, as nilearn's.
+
+    Recomputed per voxel column from the run store and the stored fit (see
+    :mod:`daskglm._voxelwise` for nilearn's definitions), so nothing of the
+    run's size is held between the fit and this call.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The run (``bold(time, voxel)``) the fit was computed from, with the
+        same scans (after ``sample_masks``).
+    fit : xarray.Dataset
+        From :func:`fit_run` or :func:`daskglm.store.open_fit`.
+    design : pandas.DataFrame or ndarray, shape (n_scans, p)
+    attribute : {"residuals", "predicted", "r_square"}
+    signal_scaling : 0, (0, 1) or False
+        As in the fit.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy float64, dims ``(time, voxel)`` (``r_square``: ``(voxel,)``),
+        with the run's ``i, j, k`` coordinates.
+    """
+    if attribute not in VOXELWISE_ATTRIBUTES:
+        raise ValueError(f"attribute must be one of {VOXELWISE_ATTRIBUTES}; got {attribute!r}")
+    scaling = _check_scaling(signal_scaling)
+    bold = ds["bold"]
+    X, _ = _design(design, bold.sizes["time"])
+    if fit.sizes["voxel"] != bold.sizes["voxel"] or fit.sizes["regressor"] != X.shape[1]:
+        raise ValueError(
+            f"the fit ({fit.sizes['regressor']} regressors, {fit.sizes['voxel']} voxels) does not "
+            f"belong to this run and design ({X.shape[1]} columns, {bold.sizes['voxel']} voxels)"
+        )
+    Y = bold.data.rechunk({0: -1})
+    columns = Y.chunks[1]
+    beta = da.asarray(fit["beta"].data).rechunk({0: -1, 1: columns})
+    labels = da.asarray(fit["label_index"].data).rechunk((columns,))
+    extra: list[Any] = [_grand_mean(Y), ""] if scaling == (0, 1) else []
+    n_rows = 1 if attribute == "r_square" else X.shape[0]
+    out = _blockwise(
+        _voxelwise_task, Y, n_rows, beta, "pv", labels, "v", *extra, X=X, label_value=np.asarray(fit["label_value"].values, dtype=np.float64),
+        attribute=attribute, signal_scaling=scaling,
+    )
+    coords = {name: bold.coords[name] for name in "ijk" if name in bold.coords}
+    if attribute == "r_square":
+        return xr.DataArray(out[0], dims=("voxel",), coords=coords, name=attribute, attrs=dict(fit.attrs))
+    return xr.DataArray(out, dims=("time", "voxel"), coords=coords, name=attribute, attrs=dict(fit.attrs))

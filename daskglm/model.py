@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from . import _kernels
 from . import contrasts as _contrasts
 from . import design as _design
 from .cluster import compute, get_client
-from .fit import fit_run
+from .fit import fit_run, voxelwise_run
 from .maps import scatter_to_volume
 from .nifti import RunInfo, inspect_run
 from .store import ingest_run, save_fit
@@ -57,7 +58,10 @@ class FirstLevelModel:
     signal_scaling : 0, (0, 1) or False
     noise_model : {"ar1", "ols", "ar2", ...}
     minimize_memory : bool
-        Accepted for compatibility; daskglm never holds residuals in memory.
+        As nilearn: ``False`` enables the ``residuals_``, ``predicted_`` and
+        ``r_square_`` image lists. daskglm never holds them: they are
+        recomputed per voxel block from the run stores when asked for (and
+        :meth:`voxelwise` gives them lazily whatever this setting).
     subject_label : str, optional
     random_state : int or None
         KMeans seed for AR(p > 1).
@@ -181,7 +185,7 @@ class FirstLevelModel:
         masks = _as_list(sample_masks) if sample_masks is not None else [None] * len(runs)
         self.design_matrices_ = designs
         self.t_r_ = t_r
-        fits = []
+        fits, datasets = [], []
         with get_client(self.client) as client:
             mask_img = self.mask_img
             for index, run in enumerate(runs):
@@ -197,6 +201,7 @@ class FirstLevelModel:
                         mask_img = self.mask_img_  # every run uses the first run's mask
                 if masks[index] is not None:
                     ds = ds.isel(time=np.asarray(masks[index]))
+                datasets.append(ds)
                 lazy = fit_run(
                     ds, designs[index], noise_model=self.noise_model, bins=bins,
                     signal_scaling=self.signal_scaling, random_state=self.random_state,
@@ -204,6 +209,7 @@ class FirstLevelModel:
                 )
                 fits.append(save_fit(lazy, store, storage_options=self.storage_options, client=client))
         self.results_ = fits
+        self._run_datasets = datasets
         self.labels_ = [fit["label_index"] for fit in fits]
         return self
 
@@ -276,6 +282,77 @@ class FirstLevelModel:
             img.header["descrip"] = f"{name} of contrast {self._last_contrast_name}"
             outputs[name] = img
         return outputs if output_type == "all" else outputs[output_type]
+
+    # ------------------------------------------------------------------ voxel-wise fit attributes
+
+    def voxelwise(self, attribute: str) -> list[xr.DataArray]:
+        """Lazy ``residuals``, ``predicted`` or ``r_square`` of each run.
+
+        Available whatever ``minimize_memory``: each is recomputed per voxel
+        block from the run store and the stored fit when computed (see
+        :func:`daskglm.fit.voxelwise_run`).
+
+        Parameters
+        ----------
+        attribute : {"residuals", "predicted", "r_square"}
+
+        Returns
+        -------
+        list of xarray.DataArray
+            One per run: ``(time, voxel)`` float64, or ``(voxel,)`` for
+            ``r_square``; turn one into an image with :func:`daskglm.maps.to_nifti`.
+        """
+        self._check_fitted()
+        return [
+            voxelwise_run(ds, fit, design, attribute, signal_scaling=self.signal_scaling)
+            for ds, fit, design in zip(self._run_datasets, self.results_, self.design_matrices_)
+        ]
+
+    def _voxelwise_images(self, attribute: str) -> list[nib.Nifti1Image]:
+        self._check_fitted()
+        if self.minimize_memory:
+            raise AttributeError(
+                "To access voxelwise attributes like R-squared, residuals, and predictions, "
+                "the `FirstLevelModel`-object needs to store there attributes. To do so, set "
+                "`minimize_memory` to `False` when initializing the `FirstLevelModel`-object. "
+                "(daskglm: model.voxelwise(attribute) gives them lazily whatever minimize_memory.)"
+            )
+        arrays = self.voxelwise(attribute)
+        values = compute(*[a.data for a in arrays], client=self.client)
+        images = []
+        for array, value in zip(arrays, values):
+            value = np.atleast_2d(value)  # r_square: one volume, as nilearn's masker gives
+            shape = tuple(array.attrs["volume_shape"])
+            ijk = [array[n].values for n in "ijk"]
+            images.append(nib.Nifti1Image(scatter_to_volume(value, *ijk, shape),
+                                          np.asarray(array.attrs["affine"])))
+        return images
+
+    @property
+    def residuals_(self) -> list[nib.Nifti1Image]:
+        """Residuals of each run, 4D images (needs ``minimize_memory=False``, as nilearn)."""
+        return self._voxelwise_images("residuals")
+
+    @property
+    def predicted_(self) -> list[nib.Nifti1Image]:
+        """Predicted signal of each run, 4D images (needs ``minimize_memory=False``, as nilearn)."""
+        return self._voxelwise_images("predicted")
+
+    @property
+    def r_square_(self) -> list[nib.Nifti1Image]:
+        """(Pseudo) R² of each run, one-volume 4D images (needs ``minimize_memory=False``, as nilearn)."""
+        return self._voxelwise_images("r_square")
+
+    def _deprecated(self, name: str) -> list[nib.Nifti1Image]:
+        warnings.warn(
+            f"'{name}' is deprecated (as in nilearn 0.14, removed in 0.16). Use '{name}_' instead.",
+            FutureWarning, stacklevel=3,
+        )
+        return self._voxelwise_images(name)
+
+    residuals = property(lambda self: self._deprecated("residuals"), doc="Deprecated: use ``residuals_``.")
+    predicted = property(lambda self: self._deprecated("predicted"), doc="Deprecated: use ``predicted_``.")
+    r_square = property(lambda self: self._deprecated("r_square"), doc="Deprecated: use ``r_square_``.")
 
     # ------------------------------------------------------------------ report
 

@@ -141,3 +141,59 @@ def test_bad_use_is_reported(fiac):
     ours.fit(fiac["runs"][0], design_matrices=fiac["designs"][0])
     with pytest.raises(ValueError, match="output_type"):
         ours.compute_contrast([1, 0], output_type="zz")
+
+
+@pytest.mark.parametrize("noise_model,scaling", [("ols", 0), ("ar1", 0), ("ar1", (0, 1)), ("ar2", False)])
+def test_voxelwise_attributes_match_nilearn(fiac, noise_model, scaling):
+    """minimize_memory=False: residuals, predicted and r_square images, as nilearn's."""
+    kwargs = dict(mask_img=fiac["data"]["mask"], smoothing_fwhm=5.0, noise_model=noise_model,
+                  signal_scaling=scaling, random_state=0, minimize_memory=False)
+    ours = FirstLevelModel(store=fiac["stores"], client="threads", **kwargs)
+    theirs = NilearnModel(**kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours.fit(fiac["runs"], design_matrices=fiac["designs"])
+        theirs.fit(fiac["runs"], design_matrices=fiac["designs"])
+    labels_agree = [np.asarray(a) for a in ours.labels_]
+    for name in ("residuals_", "predicted_", "r_square_"):
+        a_list, b_list = getattr(ours, name), getattr(theirs, name)
+        assert len(a_list) == len(b_list) == 2
+        for run, (a, b) in enumerate(zip(a_list, b_list)):
+            a, b = a.get_fdata(), b.get_fdata()
+            assert a.shape == b.shape, (name, a.shape, b.shape)
+            # Voxels whose AR label sits on a bin edge may differ (see assert_maps_match).
+            diff = np.abs(a - b).reshape(-1, a.shape[-1]).max(axis=1)
+            scale = max(1.0, float(np.abs(b).max()))
+            close = diff <= 1e-5 * scale
+            assert close.mean() >= 0.998, (name, run, diff.max())
+            if noise_model == "ols":
+                assert close.all(), (name, run, diff.max())
+    assert len(labels_agree) == 2
+
+
+def test_voxelwise_needs_minimize_memory_false_but_lazy_always_works(fiac):
+    model = FirstLevelModel(mask_img=fiac["data"]["mask"], store=fiac["stores"], client="threads",
+                            noise_model="ols")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(fiac["runs"][0], design_matrices=fiac["designs"][0])
+    with pytest.raises(AttributeError, match="minimize_memory"):
+        model.residuals_
+    with pytest.warns(FutureWarning, match="'predicted_'"), pytest.raises(AttributeError):
+        model.predicted
+    (lazy,) = model.voxelwise("residuals")
+    assert lazy.dims == ("time", "voxel") and lazy.chunks is not None  # dask-backed, not computed
+    # Oracle: per-voxel least squares on the scaled signal read from the store.
+    from daskglm.store import open_run
+
+    Y = np.asarray(open_run(model.results_[0].attrs["store"])["bold"].values, dtype=np.float64)
+    mean = np.maximum(Y.mean(axis=0), 1.0)
+    Ys = 100 * (Y / mean - 1)
+    X = fiac["designs"][0].to_numpy()
+    beta, *_ = np.linalg.lstsq(X, Ys, rcond=None)
+    np.testing.assert_allclose(lazy.values, Ys - X @ beta, atol=1e-3)
+    (r2,) = model.voxelwise("r_square")
+    pred = X @ beta
+    np.testing.assert_allclose(r2.values, pred.var(axis=0) / Ys.var(axis=0), rtol=1e-4)
+    with pytest.raises(ValueError, match="'sse'"):
+        model.voxelwise("sse")
