@@ -197,3 +197,36 @@ def test_voxelwise_needs_minimize_memory_false_but_lazy_always_works(fiac):
     np.testing.assert_allclose(r2.values, pred.var(axis=0) / Ys.var(axis=0), rtol=1e-4)
     with pytest.raises(ValueError, match="'sse'"):
         model.voxelwise("sse")
+
+
+@pytest.mark.parametrize("fwhm", [None, 5.0])
+def test_non_finite_data_are_zeroed_as_nilearn(fiac, tmp_path, fwhm):
+    """NaN and inf in a run become 0 before smoothing and masking, as nilearn's maskers do."""
+    import nibabel as nib
+
+    img = nib.load(fiac["runs"][0])
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    inside = np.argwhere(nib.load(fiac["data"]["mask"]).get_fdata() > 0)
+    data[tuple(inside[0])][5] = np.nan
+    data[tuple(inside[10])][:] = np.nan  # a whole voxel lost: constant 0 once zeroed
+    data[tuple(inside[20])][7] = np.inf
+    data[tuple(inside[30])][9] = -np.inf
+    path = tmp_path / "nonfinite.nii"
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
+    kwargs = dict(mask_img=fiac["data"]["mask"], smoothing_fwhm=fwhm)
+    design = fiac["designs"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = FirstLevelModel(store=tmp_path / "stores", client="threads", **kwargs).fit(
+            path, design_matrices=design).compute_contrast([[1, 0, 0, -1]], output_type="all")
+        theirs = NilearnModel(**kwargs).fit(path, design_matrices=design).compute_contrast(
+            [[1, 0, 0, -1]], output_type="all")
+    # Without smoothing the all-NaN voxel has a constant signal: its residuals are
+    # rounding noise (sigma2 ~ 1e-28) and both tools' statistics there are noise.
+    degenerate = np.zeros(img.shape[:3], bool)
+    if fwhm is None:
+        degenerate[tuple(inside[10])] = True
+    for key in theirs:
+        a, b = ours[key].get_fdata(), theirs[key].get_fdata()
+        assert np.isfinite(a).all(), key
+        np.testing.assert_allclose(a[~degenerate], b[~degenerate], rtol=1e-4, atol=1e-4, err_msg=key)
