@@ -17,6 +17,8 @@ _EXPORTS = {
     "to_volume": "daskglm.maps",
     "get_client": "daskglm.cluster",
     "simulate_fiac": "daskglm.datasets",
+    "simulate_bids": "daskglm.datasets",
+    "first_level_from_bids": "daskglm.bids",
     "FirstLevelModel": "daskglm.model",
     "compute_fixed_effects": "daskglm.fixed_effects",
     "fit_run": "daskglm.fit",

@@ -27,8 +27,10 @@ import pandas as pd
 from scipy import ndimage
 from sklearn.utils import Bunch
 
+from ._bids_sim import simulate_bids  # _bids_sim imports this module inside its functions
+
 __all__ = ["CONDITIONS", "DESIGN_PARAMS", "fiac_design_matrix", "fiac_events",
-           "fiac_ground_truth", "load_fiac_design_matrix", "simulate_fiac"]
+           "fiac_ground_truth", "load_fiac_design_matrix", "simulate_bids", "simulate_fiac"]
 
 #: Condition names, in design-matrix column order.
 CONDITIONS: tuple[str, ...] = ("SStSSp", "SStDSp", "DStSSp", "DStDSp", "FirstSt")
