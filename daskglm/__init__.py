@@ -21,6 +21,7 @@ _EXPORTS = {
     "first_level_from_bids": "daskglm.bids",
     "FirstLevelModel": "daskglm.model",
     "compute_fixed_effects": "daskglm.fixed_effects",
+    "SecondLevelModel": "daskglm.second_level",
     "fit_run": "daskglm.fit",
     "save_fit": "daskglm.store",
     "open_fit": "daskglm.store",
