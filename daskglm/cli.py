@@ -4,6 +4,11 @@
                     (per-run maps, fixed effects, multi-run fit, eight contrasts
                     written as .nii.gz), on an embedded LocalCluster (or ``--scheduler``).
 ``daskglm ingest``  convert one run into a zarr store.
+
+Both run on the Dask cluster given by ``--scheduler`` (an address, a scheduler
+file, or a local scheduler name such as ``sync``), else on the one named by
+``DASK_SCHEDULER_ADDRESS``, else on an embedded ``LocalCluster`` sized by
+``--workers`` and ``--memory-limit`` (see :func:`daskglm.cluster.get_client`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .cluster import get_client
     from .datasets import simulate_fiac
     from .fixed_effects import compute_fixed_effects
+    from .maps import save_nifti
     from .model import FirstLevelModel
 
     out = Path(args.output).resolve()
@@ -56,7 +62,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"simulated FIAC-shaped data in {out / 'data'}")
     runs = [data["func1"], data["func2"]]
     designs = [pd.DataFrame(np.load(data[f"design_matrix{r}"])["X"]) for r in (1, 2)]
-    with get_client(args.scheduler, n_workers=args.workers) as client:
+    with get_client(args.scheduler, n_workers=args.workers, memory_limit=args.memory_limit) as client:
         where = "dask's local threads" if client is None else getattr(client, "cluster", None) or client
         print(f"running on {where}")
         model = FirstLevelModel(mask_img=data["mask"], smoothing_fwhm=args.smoothing_fwhm,
@@ -67,13 +73,13 @@ def _demo(args: argparse.Namespace) -> int:
         for index, (run, design) in enumerate(zip(runs, designs), start=1):
             stats = model.fit(run, design_matrices=design).compute_contrast(contrast_val, output_type="all")
             for name, img in stats.items():
-                img.to_filename(maps / f"run-{index}_DSt_minus_SSt_{name}.nii.gz")
+                save_nifti(img, maps / f"run-{index}_DSt_minus_SSt_{name}.nii.gz")
             per_run.append(stats)
             print(f"run {index}: DSt_minus_SSt peak |z| = {np.abs(stats['z_score'].get_fdata()).max():.2f}")
         fixed = compute_fixed_effects([s["effect_size"] for s in per_run],
                                       [s["effect_variance"] for s in per_run], data["mask"], client=client)
         for name, img in zip(("effect", "variance", "stat", "z_score"), fixed):
-            img.to_filename(maps / f"fixed_DSt_minus_SSt_{name}.nii.gz")
+            save_nifti(img, maps / f"fixed_DSt_minus_SSt_{name}.nii.gz")
         print(f"fixed effects (compute_fixed_effects): peak |stat| = {np.abs(fixed[2].get_fdata()).max():.2f}")
         model.fit(runs, design_matrices=designs)
         z_map = model.compute_contrast([np.array(contrast_val)] * 2, output_type="z_score")
@@ -83,21 +89,43 @@ def _demo(args: argparse.Namespace) -> int:
             con = np.eye(n_columns)[:5] if con == "eye5" else np.array(con)
             z_map = model.compute_contrast(con, output_type="z_score")
             path = maps / f"{name}_z_map.nii.gz"
-            z_map.to_filename(path)
+            save_nifti(z_map, path)
             print(f"  contrast {index:02d}/8 {name:24s} peak |z| {np.abs(z_map.get_fdata()).max():6.2f} -> {path}")
     print(f"done in {time.perf_counter() - start:.1f} s; maps in {maps}")
     return 0
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    from .cluster import get_client
     from .store import ingest_run
 
-    ds = ingest_run(
-        args.run, args.store, mask_img=args.mask, smoothing_fwhm=args.smoothing_fwhm,
-        t_chunk=args.t_chunk, v_chunk=args.v_chunk, client=args.scheduler,
-    )
+    # One client for the whole command (gzip index, mean volume, blocks), not one per step.
+    with get_client(args.scheduler, n_workers=args.workers, memory_limit=args.memory_limit) as client:
+        ds = ingest_run(
+            args.run, args.store, mask_img=args.mask, smoothing_fwhm=args.smoothing_fwhm,
+            t_chunk=args.t_chunk, v_chunk=args.v_chunk, client=client,
+        )
     print(ds)
     return 0
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduler", default=None,
+        help="Dask scheduler address (tcp://host:port), scheduler file, or local scheduler name "
+             "(sync, threads); default: DASK_SCHEDULER_ADDRESS, else an embedded LocalCluster",
+    )
+    parser.add_argument("--workers", type=_positive_int, default=None,
+                        help="worker processes of the embedded LocalCluster (default: one per core)")
+    parser.add_argument("--memory-limit", default=None,
+                        help="memory limit per worker of the embedded LocalCluster, e.g. 4GiB "
+                             "(default: the available memory split between the workers)")
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,8 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-scans", type=int, default=191)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--smoothing-fwhm", type=float, default=5.0)
-    demo.add_argument("--workers", type=int, default=None, help="workers of the embedded LocalCluster")
-    demo.add_argument("--scheduler", default=None, help="scheduler address (default: embedded LocalCluster)")
+    _add_cluster_options(demo)
     demo.set_defaults(func=_demo)
 
     ingest = sub.add_parser("ingest", help="convert one 4D run into a zarr store")
@@ -121,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--smoothing-fwhm", type=float, default=None)
     ingest.add_argument("--t-chunk", type=int, default=None)
     ingest.add_argument("--v-chunk", type=int, default=None)
-    ingest.add_argument("--scheduler", default=None, help="scheduler address (default: embedded LocalCluster)")
+    _add_cluster_options(ingest)
     ingest.set_defaults(func=_ingest)
     return parser
 

@@ -3,10 +3,17 @@
 The geometry comes from a run store (or any object with ``affine`` and
 ``volume_shape`` attributes) and the ``i, j, k`` voxel coordinates that travel
 with every DataArray derived from ``bold``.
+
+:func:`save_nifti` / :func:`load_nifti` write and read maps at a local path or
+an fsspec URL (``s3://bucket/maps/z.nii.gz``), so outputs can live next to
+remote run stores.
 """
 
 from __future__ import annotations
 
+import gzip
+import os
+import uuid
 from typing import Any
 
 import dask
@@ -15,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
-__all__ = ["to_volume", "to_nifti", "scatter_to_volume"]
+__all__ = ["to_volume", "to_nifti", "scatter_to_volume", "save_nifti", "load_nifti"]
 
 
 def scatter_to_volume(
@@ -119,3 +126,75 @@ def to_nifti(values: xr.DataArray, like: Any = None, descrip: str | None = None)
     if descrip:
         img.header["descrip"] = descrip[:80].encode()
     return img
+
+
+def save_nifti(img: nib.Nifti1Image, url: str | os.PathLike, storage_options: dict | None = None) -> str:
+    """Write a NIfTI image to a local path or an fsspec URL, all or nothing.
+
+    The file is serialised in memory (gzip-compressed for a ``.gz`` name, as
+    nibabel's ``to_filename`` does) and written in one go: on an object store
+    as a single upload (an object appears whole or not at all); on a local
+    filesystem to a temporary name in the same folder, then renamed over the
+    target. Readers never see a half-written map.
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image (or Nifti2Image)
+        A single-file image (maps are small: a few MB).
+    url : str or path
+        ``maps/z.nii.gz``, ``s3://bucket/maps/z.nii.gz``...; parent folders are
+        created as needed.
+    storage_options : dict, optional
+        fsspec options for a URL (ignored for a local path).
+
+    Returns
+    -------
+    str
+        ``url`` as a string.
+    """
+    import fsspec
+
+    from .nifti import is_url
+
+    url = os.fspath(url)
+    data = img.to_bytes()
+    if url.endswith(".gz"):
+        data = gzip.compress(data, compresslevel=1, mtime=0)  # nibabel's level; reproducible bytes
+    if is_url(url):  # object stores have no folders to create
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs.pipe_file(path, data)
+        return url
+    path = os.path.abspath(url.removeprefix("file://"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return url
+
+
+def load_nifti(url: str | os.PathLike, storage_options: dict | None = None) -> nib.Nifti1Image:
+    """Read a NIfTI image (``.nii`` / ``.nii.gz``) whole from a local path or an fsspec URL.
+
+    Parameters
+    ----------
+    url : str or path
+    storage_options : dict, optional
+        fsspec options for a URL.
+
+    Returns
+    -------
+    nibabel.Nifti1Image (or Nifti2Image)
+        With its data in memory (meant for maps, not 4D runs).
+    """
+    from .nifti import is_url, load_url_image
+
+    url = os.fspath(url)
+    if is_url(url):
+        return load_url_image(url, storage_options)
+    img = nib.load(url)
+    return img.__class__(np.asanyarray(img.dataobj), img.affine, img.header)

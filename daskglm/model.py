@@ -28,7 +28,7 @@ from .cluster import compute, get_client
 from .fit import fit_run, voxelwise_run
 from .maps import scatter_to_volume
 from .nifti import RunInfo, inspect_run
-from .store import ingest_run, save_fit
+from .store import ingest_run, open_run, save_fit
 
 __all__ = ["FirstLevelModel", "default_store_root"]
 
@@ -171,7 +171,7 @@ class FirstLevelModel:
         runs = _as_list(run_imgs)
         if not runs:
             raise ValueError("run_imgs is empty: give at least one 4D run")
-        infos = [inspect_run(run) for run in runs]
+        infos = [inspect_run(run, self.storage_options) for run in runs]
         t_r = self.t_r
         if t_r is None and design_matrices is None:
             t_r = infos[0].t_r
@@ -195,6 +195,8 @@ class FirstLevelModel:
                     t_chunk=self.t_chunk, v_chunk=self.v_chunk, client=client,
                     storage_options=self.storage_options,
                 )
+                # Whole voxel columns: one read task per fit block (a small graph).
+                ds = open_run(store, self.storage_options, columns=True)
                 if index == 0:
                     self.mask_img_ = self._mask_image(ds)
                     if mask_img is None:

@@ -7,14 +7,22 @@ task, given a path (never an array) so the graph stays small. ``.nii.gz`` runs
 are read through indexed_gzip with an index built once (:func:`build_gzip_index`)
 and shipped to the tasks, so each task seeks straight to its volumes instead of
 decompressing the file from the start.
+
+Runs and masks may also be fsspec URLs (``s3://bucket/run.nii.gz``, with
+``storage_options``): the header is read from the start of the object, blocks
+of volumes with ranged reads (``.nii``) or through indexed_gzip over the
+fsspec file object (``.nii.gz``), and a mask is read whole (it is small).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,9 @@ import numpy as np
 
 __all__ = [
     "RunInfo",
+    "is_url",
+    "url_identity",
+    "load_url_image",
     "inspect_run",
     "read_volumes",
     "build_gzip_index",
@@ -44,7 +55,8 @@ class RunInfo:
     Attributes
     ----------
     path : str or None
-        Absolute path of the file, ``None`` for an in-memory image.
+        Absolute path of the file (or its fsspec URL), ``None`` for an
+        in-memory image.
     shape : tuple of 4 int
         (x, y, z, n_scans).
     affine : ndarray, shape (4, 4)
@@ -53,8 +65,11 @@ class RunInfo:
     compressed : bool
         Whether the file is gzip-compressed.
     provenance : dict
-        JSON-able identity of the source: path, size and mtime for a file, a
+        JSON-able identity of the source: path, size and mtime for a file;
+        URL, size and ETag (or modification time) for a remote object; a
         content hash for an in-memory image.
+    data_bytes : int
+        Bytes of the uncompressed file: header, extensions and voxel data.
     """
 
     path: str | None
@@ -63,6 +78,7 @@ class RunInfo:
     t_r: float | None
     compressed: bool
     provenance: dict
+    data_bytes: int = 0
 
     @property
     def n_scans(self) -> int:
@@ -87,6 +103,100 @@ def _header_t_r(header: Any) -> float | None:
     elif unit == "usec":
         t_r /= 1e6
     return t_r
+
+
+def is_url(path: Any) -> bool:
+    """Whether ``path`` is an fsspec URL of a non-local filesystem (``s3://...``, ``gs://...``)."""
+    if not isinstance(path, str) or "://" not in path:
+        return False
+    return path.split("://", 1)[0].lower() not in ("file", "local")
+
+
+def _fs(url: str, storage_options: dict | None) -> tuple[Any, str]:
+    import fsspec
+
+    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+
+
+def _image_from_stream(fobj: Any) -> nib.Nifti1Image:
+    """A NIfTI-1 or NIfTI-2 image over an open binary stream; reads the header only.
+
+    The version is told by ``sizeof_hdr`` (348 or 540, in either byte order).
+    """
+    start = fobj.tell()
+    first = fobj.read(4)
+    fobj.seek(start)
+    sizes = {int.from_bytes(first, "little"), int.from_bytes(first, "big")}
+    if 540 in sizes:
+        return nib.Nifti2Image.from_stream(fobj)
+    if 348 not in sizes:
+        raise ValueError(f"not a NIfTI-1/2 header (sizeof_hdr bytes {first!r})")
+    return nib.Nifti1Image.from_stream(fobj)
+
+
+def _url_stat(url: str, role: str, storage_options: dict | None) -> tuple[Any, str, dict]:
+    """(filesystem, path, info) of a remote object, with the errors of a local file."""
+    fs, path = _fs(url, storage_options)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{role} not found: {url!r}") from None
+    if info.get("type") == "directory":
+        raise IsADirectoryError(f"{role} {url!r} is a directory, not a NIfTI file")
+    return fs, path, info
+
+
+def _url_header(url: str, role: str, storage_options: dict | None) -> tuple[Any, dict]:
+    """Header-only image of a remote run (its data proxy is not usable) and the object's info."""
+    fs, path, info = _url_stat(url, role, storage_options)
+    try:
+        with fs.open(path, "rb") as raw:
+            fobj = gzip.GzipFile(fileobj=raw, mode="rb") if url.endswith(".gz") else raw
+            return _image_from_stream(fobj), info
+    except Exception as exc:
+        raise ValueError(f"{role} {url!r} is not a readable NIfTI image: {exc}") from exc
+
+
+def load_url_image(url: str, storage_options: dict | None = None, role: str = "image") -> Any:
+    """Read a whole (small) NIfTI image from an fsspec URL into memory.
+
+    Parameters
+    ----------
+    url : str
+        ``.nii`` or ``.nii.gz`` object, e.g. ``s3://bucket/mask.nii.gz``.
+    storage_options : dict, optional
+
+    Returns
+    -------
+    nibabel.Nifti1Image or Nifti2Image
+        Backed by an in-memory copy of the file.
+    """
+    fs, path, _ = _url_stat(url, role, storage_options)
+    try:
+        raw = fs.cat_file(path)
+        if url.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        img = _image_from_stream(io.BytesIO(raw))
+        return img.__class__(np.asanyarray(img.dataobj), img.affine, img.header)
+    except Exception as exc:
+        raise ValueError(f"{role} {url!r} is not a readable NIfTI image: {exc}") from exc
+
+
+def _remote_identity(url: str, info: dict) -> dict:
+    """JSON-able identity of a remote object: URL, size, and ETag or modification time."""
+    version = next((str(info[key]) for key in ("ETag", "etag", "LastModified", "last_modified",
+                                               "mtime", "updated") if info.get(key) is not None), None)
+    return {"url": url, "size": int(info.get("size") or 0), "version": version}
+
+
+def url_identity(url: str, storage_options: dict | None = None) -> dict:
+    """Identity of a remote object (URL, size, ETag or mtime), from its metadata only.
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError
+    """
+    return _remote_identity(url, _url_stat(url, "file", storage_options)[2])
 
 
 def _load_image(run: Any, role: str) -> tuple[Any, str | None]:
@@ -114,12 +224,16 @@ def content_sha1(img: Any) -> str:
     return hashlib.sha1(np.ascontiguousarray(np.asanyarray(img.dataobj)).view(np.uint8)).hexdigest()
 
 
-def inspect_run(run: str | os.PathLike | nib.spatialimages.SpatialImage) -> RunInfo:
+def inspect_run(
+    run: str | os.PathLike | nib.spatialimages.SpatialImage, storage_options: dict | None = None
+) -> RunInfo:
     """Read a run's header (never its data) and check it is a usable 4D run.
 
     Parameters
     ----------
-    run : path or nibabel image
+    run : path, fsspec URL or nibabel image
+    storage_options : dict, optional
+        fsspec options for a URL (ignored otherwise).
 
     Returns
     -------
@@ -130,7 +244,12 @@ def inspect_run(run: str | os.PathLike | nib.spatialimages.SpatialImage) -> RunI
     FileNotFoundError, IsADirectoryError, ValueError
         With the file name and the problem.
     """
-    img, path = _load_image(run, "run image")
+    remote = None
+    if is_url(run):
+        img, remote = _url_header(run, "run image", storage_options)
+        path = run
+    else:
+        img, path = _load_image(run, "run image")
     name = repr(path) if path else "in-memory run image"
     shape = tuple(int(s) for s in img.shape)
     if len(shape) != 4:
@@ -139,16 +258,21 @@ def inspect_run(run: str | os.PathLike | nib.spatialimages.SpatialImage) -> RunI
         )
     if shape[3] < 1:
         raise ValueError(f"{name} has no volume: shape {shape}")
+    expected = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
     if path is not None:
-        stat = os.stat(path)
-        expected = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
+        if remote is not None:
+            provenance = _remote_identity(path, remote)
+            size = provenance["size"]
+        else:
+            stat = os.stat(path)
+            size = stat.st_size
+            provenance = {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         compressed = path.endswith(".gz")
-        if not compressed and stat.st_size < expected:
+        if not compressed and size < expected:
             raise ValueError(
-                f"{name} is truncated: {stat.st_size} bytes on disk, its header "
+                f"{name} is truncated: {size} bytes on disk, its header "
                 f"announces {expected}"
             )
-        provenance = {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     else:
         compressed = False
         provenance = {"sha1": content_sha1(img), "shape": list(shape)}
@@ -159,17 +283,36 @@ def inspect_run(run: str | os.PathLike | nib.spatialimages.SpatialImage) -> RunI
         t_r=_header_t_r(img.header),
         compressed=compressed,
         provenance=provenance,
+        data_bytes=expected,
     )
 
 
-def build_gzip_index(path: str, uncompressed_bytes: int) -> bytes:
+@contextlib.contextmanager
+def _gzip_reader(path: str, storage_options: dict | None, **kwargs: Any) -> Iterator[Any]:
+    """indexed_gzip over a local file (by name) or over an fsspec file object (URL)."""
+    import indexed_gzip
+
+    if not is_url(path):
+        with indexed_gzip.IndexedGzipFile(path, **kwargs) as fobj:
+            yield fobj
+        return
+    fs, fspath = _fs(path, storage_options)
+    with fs.open(fspath, "rb") as raw:
+        with indexed_gzip.IndexedGzipFile(fileobj=raw, **kwargs) as fobj:
+            yield fobj
+
+
+def build_gzip_index(path: str, uncompressed_bytes: int, storage_options: dict | None = None) -> bytes:
     """Decompress a ``.nii.gz`` once and return an indexed_gzip seek index.
 
     Parameters
     ----------
     path : str
+        Local path or fsspec URL.
     uncompressed_bytes : int
         Expected size of the decompressed file (to space the seek points).
+    storage_options : dict, optional
+        fsspec options for a URL.
 
     Returns
     -------
@@ -181,11 +324,9 @@ def build_gzip_index(path: str, uncompressed_bytes: int) -> bytes:
     ValueError
         When the file is truncated or its compressed data is corrupt.
     """
-    import indexed_gzip
-
     spacing = max(MIN_GZIP_SPACING, int(uncompressed_bytes // MAX_GZIP_POINTS))
     try:
-        with indexed_gzip.IndexedGzipFile(path, spacing=spacing) as fobj:
+        with _gzip_reader(path, storage_options, spacing=spacing) as fobj:
             fobj.build_full_index()
             fobj.seek(0, os.SEEK_END)
             size = fobj.tell()
@@ -202,17 +343,21 @@ def build_gzip_index(path: str, uncompressed_bytes: int) -> bytes:
 
 
 def read_volumes(
-    path: str, start: int, stop: int, gzip_index: bytes | None = None
+    path: str, start: int, stop: int, gzip_index: bytes | None = None,
+    storage_options: dict | None = None,
 ) -> np.ndarray:
     """Read volumes ``start:stop`` of a run straight from its file.
 
     Parameters
     ----------
     path : str
+        Local path or fsspec URL.
     start, stop : int
         Half-open range of volumes.
     gzip_index : bytes, optional
         From :func:`build_gzip_index`, for ``.nii.gz`` files.
+    storage_options : dict, optional
+        fsspec options for a URL.
 
     Returns
     -------
@@ -221,12 +366,15 @@ def read_volumes(
     """
     try:
         if gzip_index is not None:
-            import indexed_gzip
-
-            with indexed_gzip.IndexedGzipFile(path) as fobj:
+            with _gzip_reader(path, storage_options) as fobj:
                 fobj.import_index(fileobj=io.BytesIO(gzip_index))
-                holder = nib.FileHolder(fileobj=fobj)
-                img = nib.Nifti1Image.from_file_map({"header": holder, "image": holder})
+                img = _image_from_stream(fobj)
+                return np.asanyarray(img.dataobj[..., start:stop])
+        if is_url(path):
+            fs, fspath = _fs(path, storage_options)
+            with fs.open(fspath, "rb") as raw:
+                fobj = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+                img = _image_from_stream(fobj)
                 return np.asanyarray(img.dataobj[..., start:stop])
         img = nib.load(path)
         return np.asanyarray(img.dataobj[..., start:stop])
@@ -239,7 +387,7 @@ def _same_grid(affine_a: np.ndarray, shape_a: tuple, affine_b: np.ndarray, shape
 
 
 def load_mask(
-    mask_img: Any, info: RunInfo
+    mask_img: Any, info: RunInfo, storage_options: dict | None = None
 ) -> tuple[np.ndarray, dict]:
     """Load a binary mask on the run's grid.
 
@@ -248,9 +396,11 @@ def load_mask(
 
     Parameters
     ----------
-    mask_img : path or nibabel image
+    mask_img : path, fsspec URL or nibabel image
     info : RunInfo
         The run the mask applies to.
+    storage_options : dict, optional
+        fsspec options for a URL.
 
     Returns
     -------
@@ -261,7 +411,10 @@ def load_mask(
     from nilearn.image import resample_img
     from nilearn.masking import load_mask_img
 
-    img, path = _load_image(mask_img, "mask image")
+    if is_url(mask_img):
+        img, path = load_url_image(mask_img, storage_options, "mask image"), mask_img
+    else:
+        img, path = _load_image(mask_img, "mask image")
     name = repr(path) if path else "in-memory mask image"
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:

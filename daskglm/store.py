@@ -10,8 +10,15 @@ Store layout (a zarr v3 group, local path or fsspec URL)::
                              n_scans, t_r, smoothing_fwhm, source, mask, chunks,
                              complete (written last)
 
+Remote locations: a store, a run or a mask may be an fsspec URL
+(``s3://bucket/stores/run-1.zarr``); one ``storage_options`` dict serves every
+URL of a call and is ignored for local paths. Tasks receive the URL and the
+options and open the store (or the run) themselves: no array travels from the
+client to the workers.
+
 Hygiene: the ``fingerprint`` attribute is the identity of the source (path,
-size, mtime — or a content hash) and of every parameter that shapes the data.
+size, mtime; URL, size, ETag; or a content hash) and of every parameter that
+shapes the data.
 A complete store with the same fingerprint is reused without reading the run;
 an incomplete one with the same fingerprint is resumed (blocks whose
 ``ingest_done`` flag is set are kept); any other store at that location is
@@ -38,9 +45,11 @@ from .nifti import (
     build_gzip_index,
     content_sha1,
     inspect_run,
+    is_url,
     load_mask,
     mask_from_mean,
     read_volumes,
+    url_identity,
 )
 
 __all__ = ["ingest_run", "open_run", "save_fit", "open_fit", "StoreIncompleteError", "STORE_FORMAT"]
@@ -64,9 +73,19 @@ def _url(store: str | os.PathLike) -> str:
     return os.fspath(store)
 
 
+def _fsspec_kwargs(location: str, storage_options: dict | None) -> dict:
+    """``{"storage_options": ...}`` for a remote location; ``{}`` for a local path.
+
+    One ``storage_options`` serves every remote location of a call (store and
+    input URLs); zarr and xarray refuse options for a local path, so they are
+    dropped there. The same keyword suits :func:`read_volumes` and
+    :func:`build_gzip_index`.
+    """
+    return {"storage_options": storage_options} if storage_options and is_url(location) else {}
+
+
 def _open_group(store: str, mode: str, storage_options: dict | None) -> zarr.Group:
-    kwargs = {"storage_options": storage_options} if storage_options else {}
-    return zarr.open_group(store, mode=mode, zarr_format=3, **kwargs)
+    return zarr.open_group(store, mode=mode, zarr_format=3, **_fsspec_kwargs(store, storage_options))
 
 
 def _read_attrs(store: str, storage_options: dict | None) -> dict | None:
@@ -82,7 +101,8 @@ def _read_attrs(store: str, storage_options: dict | None) -> dict | None:
 def _remove(store: str, storage_options: dict | None) -> None:
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(store, **(storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(store, **(storage_options if is_url(store) and storage_options else {}))
+    fs.invalidate_cache(path)  # another process may have written there since we last listed
     if fs.exists(path):
         fs.rm(path, recursive=True)
 
@@ -111,7 +131,7 @@ def _ingest_block(
 ) -> int:
     """Task: read volumes ``start:stop``, smooth, mask, write rows, flag the block."""
     if isinstance(source, str):
-        volumes = read_volumes(source, start, stop, gzip_index)
+        volumes = read_volumes(source, start, stop, gzip_index, **_fsspec_kwargs(source, storage_options))
     else:
         volumes = source
     rows = _volume.smooth_and_mask(volumes, crop, sigma)
@@ -121,9 +141,11 @@ def _ingest_block(
     return block
 
 
-def _volume_sum(source: str | np.ndarray, start: int, stop: int, gzip_index: bytes | None) -> np.ndarray:
+def _volume_sum(source: str | np.ndarray, start: int, stop: int, gzip_index: bytes | None,
+                storage_options: dict | None = None) -> np.ndarray:
     """Task: sum of volumes ``start:stop`` in float64, shape (x, y, z)."""
-    volumes = read_volumes(source, start, stop, gzip_index) if isinstance(source, str) else source
+    volumes = (read_volumes(source, start, stop, gzip_index, **_fsspec_kwargs(source, storage_options))
+               if isinstance(source, str) else source)
     total = np.zeros(volumes.shape[:3])
     for t in range(volumes.shape[3]):
         volume = np.asarray(volumes[..., t], dtype=float)
@@ -155,10 +177,15 @@ def _fingerprint(info: RunInfo, fwhm: float | None, mask_id: Any, t_chunk: Any, 
     )
 
 
-def _mask_identity(mask_img: Any) -> Any:
+def _mask_identity(mask_img: Any, storage_options: dict | None = None) -> Any:
     """What identifies the mask *argument* (before loading it) in the fingerprint."""
     if mask_img is None:
         return "compute_epi_mask"
+    if is_url(mask_img):
+        try:
+            return url_identity(mask_img, storage_options)
+        except OSError:  # missing: load_mask says so
+            return {"url": mask_img}
     if isinstance(mask_img, (str, os.PathLike)):
         path = os.path.abspath(os.fspath(mask_img))
         try:
@@ -260,11 +287,11 @@ def ingest_run(
 
     Parameters
     ----------
-    run_img : path or nibabel image
+    run_img : path, fsspec URL or nibabel image
         A 4D run, ``.nii`` or ``.nii.gz``.
     store : str or path
         Where the zarr store goes: a local path or an fsspec URL.
-    mask_img : path or nibabel image, optional
+    mask_img : path, fsspec URL or nibabel image, optional
         Binary mask. On another grid it is resampled to the run's (nearest
         neighbour, with a warning). ``None``: nilearn's ``compute_epi_mask`` on
         the run's mean volume (one extra pass over the run).
@@ -274,7 +301,8 @@ def ingest_run(
         Chunk sizes along time and voxel; chosen from the data size when omitted.
     client : see :func:`daskglm.cluster.get_client`
     storage_options : dict, optional
-        fsspec options for a remote ``store``.
+        fsspec options for every remote location of the call: a URL ``store``,
+        a URL ``run_img`` or ``mask_img`` (ignored for local paths).
     compressor : {"lz4", "zstd", None}
         Blosc codec of the ``bold`` chunks.
     overwrite : bool
@@ -287,10 +315,11 @@ def ingest_run(
         ``(n_scans, n_voxels)``.
     """
     store = _url(store)
-    info = inspect_run(run_img)
+    info = inspect_run(run_img, storage_options)
     sigma = _volume.fwhm_to_sigma(smoothing_fwhm, info.affine)
     _codec(compressor)
-    fingerprint = _fingerprint(info, smoothing_fwhm, _mask_identity(mask_img), t_chunk, v_chunk, compressor)
+    fingerprint = _fingerprint(info, smoothing_fwhm, _mask_identity(mask_img, storage_options),
+                               t_chunk, v_chunk, compressor)
 
     existing = None if overwrite else _read_attrs(store, storage_options)
     if existing and existing.get("fingerprint") == fingerprint and existing.get("complete"):
@@ -317,13 +346,15 @@ def ingest_run(
         gzip_index = None
         if source is not None and info.compressed:
             gzip_index = compute(
-                dask.delayed(build_gzip_index)(source, _uncompressed_size(source)), client=client
+                dask.delayed(build_gzip_index)(source, info.data_bytes,
+                                               **_fsspec_kwargs(source, storage_options)),
+                client=client,
             )[0]
         if mask_img is None:
-            mean = _mean_volume(run_img, info, gzip_index, client)
+            mean = _mean_volume(run_img, info, gzip_index, client, storage_options)
             mask, mask_provenance = mask_from_mean(mean, info.affine), {"source": "compute_epi_mask"}
         else:
-            mask, mask_provenance = load_mask(mask_img, info)
+            mask, mask_provenance = load_mask(mask_img, info, storage_options)
         plan = _plan.plan_chunks(
             info.n_scans, int(mask.sum()), int(np.prod(info.volume_shape)), t_chunk, v_chunk
         )
@@ -353,19 +384,13 @@ def ingest_run(
     return open_run(store, storage_options)
 
 
-def _uncompressed_size(path: str) -> int:
-    import nibabel as nib
-
-    img = nib.load(path)
-    return int(img.header.get_data_offset()) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
-
-
-def _mean_volume(run_img: Any, info: RunInfo, gzip_index: bytes | None, client: Any) -> np.ndarray:
+def _mean_volume(run_img: Any, info: RunInfo, gzip_index: bytes | None, client: Any,
+                 storage_options: dict | None = None) -> np.ndarray:
     """Mean over time of the run, shape (x, y, z), as one lazy pass of block sums."""
     block = _plan.plan_chunks(info.n_scans, 1, int(np.prod(info.volume_shape))).t_chunk
     bounds = _plan.block_bounds(info.n_scans, block)
     if info.path is not None:
-        parts = [dask.delayed(_volume_sum)(info.path, a, b, gzip_index) for a, b in bounds]
+        parts = [dask.delayed(_volume_sum)(info.path, a, b, gzip_index, storage_options) for a, b in bounds]
     else:
         parts = [dask.delayed(_volume_sum)(blk, 0, blk.shape[3], None)
                  for blk in _in_memory_blocks(run_img, bounds)]
@@ -376,13 +401,18 @@ def _mean_volume(run_img: Any, info: RunInfo, gzip_index: bytes | None, client: 
 # --------------------------------------------------------------------------- opening
 
 
-def open_run(store: str | os.PathLike, storage_options: dict | None = None) -> xr.Dataset:
+def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
+             columns: bool = False) -> xr.Dataset:
     """Open a complete run store lazily.
 
     Parameters
     ----------
     store : str or path
     storage_options : dict, optional
+    columns : bool
+        ``True``: dask chunks of whole voxel columns (all scans by ``v_chunk``
+        voxels), the fit's access pattern: one read task per column, so the
+        graph of a long run stays small. ``False``: the store's chunks.
 
     Returns
     -------
@@ -415,13 +445,15 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None) -> x
         store,
         consolidated=False,
         zarr_format=3,
-        chunks={},
+        chunks={"time": -1} if columns else {},
         drop_variables=_INTERNAL_VARS,
-        storage_options=storage_options,
+        **_fsspec_kwargs(store, storage_options),
     )
     ds.attrs["store"] = store
-    # Voxel indices are small and needed by every unmasking: hold them in memory.
-    return ds.assign_coords({name: ds[name].load() for name in "ijk"})
+    # Voxel indices are small and needed by every unmasking: hold them in memory,
+    # read straight from zarr (a dask .load() would compute on a local scheduler).
+    group = _open_group(store, "r", storage_options)
+    return ds.assign_coords({name: ds[name].copy(data=group[name][:]) for name in "ijk"})
 
 
 # --------------------------------------------------------------------------- fit results
@@ -459,7 +491,7 @@ def save_fit(fit: xr.Dataset, store: str | os.PathLike, name: str = "glm",
     for var in out.variables.values():
         var.encoding.clear()
     delayed = out.to_zarr(store, group=name, mode="w", consolidated=False, zarr_format=3,
-                          storage_options=storage_options, compute=False)
+                          compute=False, **_fsspec_kwargs(store, storage_options))
     compute(delayed, client=client)
     _open_group(f"{store.rstrip('/')}/{name}", "r+", storage_options).attrs["complete"] = True
     return open_fit(store, name, storage_options)
@@ -475,14 +507,15 @@ def open_fit(store: str | os.PathLike, name: str = "glm", storage_options: dict 
     """
     store = _url(store)
     fit = xr.open_zarr(store, group=name, consolidated=False, zarr_format=3, chunks={},
-                       storage_options=storage_options)
+                       **_fsspec_kwargs(store, storage_options))
     if not fit.attrs.get("complete"):
         raise StoreIncompleteError(f"the fit {name!r} in {store!r} is incomplete: fit again")
     run = open_run(store, storage_options)
     regressors = list(fit.attrs.pop("regressors"))
     fit = fit.assign_coords({**{n: run[n] for n in "ijk"}, "regressor": regressors,
                              "regressor_": regressors})
-    for key in ("cov", "label_value"):
-        fit[key] = fit[key].load()
+    group = _open_group(f"{store.rstrip('/')}/{name}", "r", storage_options)
+    for key in ("cov", "label_value"):  # small tables, read straight from zarr (not via dask)
+        fit[key] = fit[key].copy(data=group[key][:])
     fit.attrs["store"] = store
     return fit
