@@ -6,14 +6,21 @@ Resolution order of :func:`get_client`:
 2. a dask *local* scheduler name (``"threads"``, ``"sync"``, ``"processes"``),
    given or already set in ``dask.config`` (e.g. by an outer ``get_client``):
    no distributed client, dask's own scheduler (tests, debugging);
-3. a scheduler address given explicitly (``"tcp://127.0.0.1:8786"``);
+3. a scheduler address given explicitly (``"tcp://127.0.0.1:8786"``), or the
+   path of a scheduler file written by ``dask scheduler --scheduler-file``;
 4. the active client (``Client.current()``, e.g. made in a notebook);
 5. ``DASK_SCHEDULER_ADDRESS`` from the environment;
-6. an embedded :class:`distributed.LocalCluster` of processes sized to the
-   machine, closed when the work is done.
+6. an embedded :class:`distributed.LocalCluster` of single-threaded worker
+   processes, one per core available to this process, closed when the work
+   is done.
 
 A client that :func:`get_client` created is closed on exit; one it found is
 left alone.
+
+Every computation of daskglm goes through :func:`compute`, so with a
+distributed client (given, active, or from the environment) nothing runs on
+dask's local threaded scheduler behind the user's back: graphs are submitted
+with ``client.compute`` and only their (small) results come back.
 """
 
 from __future__ import annotations
@@ -40,14 +47,42 @@ def _active_client() -> Any | None:
 
 
 def _local_cluster_kwargs(n_workers: int | None, memory_limit: str | int | None) -> dict:
-    n_cpu = os.cpu_count() or 1
+    from dask.system import CPU_COUNT  # cores this process may use (affinity, cgroup quota)
+
+    if n_workers is not None and (not isinstance(n_workers, int) or isinstance(n_workers, bool)
+                                  or n_workers < 1):
+        raise ValueError(f"n_workers must be a positive integer or None; got {n_workers!r}")
     return {
-        "n_workers": n_workers or n_cpu,
+        "n_workers": n_workers or max(1, CPU_COUNT),
         "threads_per_worker": 1,
         "processes": True,
+        "host": "127.0.0.1",
+        # "auto": the memory available to this process, shared between the workers.
         "memory_limit": memory_limit if memory_limit is not None else "auto",
         "dashboard_address": None,
     }
+
+
+def _looks_like_address(text: str) -> bool:
+    return "://" in text or ":" in text
+
+
+def _connect(target: str, origin: str) -> Any:
+    """A new client of the scheduler at ``target`` (an address or a scheduler file)."""
+    from distributed import Client
+
+    is_file = not _looks_like_address(target) and os.path.isfile(target)
+    if not is_file and not _looks_like_address(target):
+        raise ValueError(
+            f"{origin} {target!r} is neither a scheduler address like 'tcp://127.0.0.1:8786', "
+            f"nor an existing scheduler file, nor one of {LOCAL_SCHEDULERS}"
+        )
+    try:
+        if is_file:
+            return Client(scheduler_file=target, set_as_default=False)
+        return Client(target, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise OSError(f"cannot connect to the Dask scheduler at {target!r} ({origin}): {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -62,18 +97,32 @@ def get_client(
     ----------
     client : distributed.Client, str or None
         A client; a local scheduler name (see :data:`LOCAL_SCHEDULERS`); a
-        scheduler address; or ``None`` to use the active client,
-        ``DASK_SCHEDULER_ADDRESS``, or an embedded ``LocalCluster`` in turn.
+        scheduler address or scheduler-file path; or ``None`` to use the
+        active client, ``DASK_SCHEDULER_ADDRESS``, or an embedded
+        ``LocalCluster`` in turn.
     n_workers : int, optional
-        Workers of an embedded ``LocalCluster`` (default: one per core, one
-        thread each).
+        Workers of an embedded ``LocalCluster`` (default: one per core
+        available to this process, one thread each).
     memory_limit : str or int, optional
-        Memory limit per worker of an embedded ``LocalCluster``.
+        Memory limit per worker of an embedded ``LocalCluster`` (``"4GiB"``,
+        bytes, or ``"auto"``: the available memory split between the workers).
 
     Yields
     ------
     distributed.Client or None
         ``None`` means "run on dask's local scheduler named by ``client``".
+        A client found or made here is also the current client inside the
+        block (``Client.current()``).
+
+    Raises
+    ------
+    TypeError
+        ``client`` of another type.
+    ValueError
+        A string that is neither a local scheduler name, an address nor a file.
+    OSError
+        The scheduler cannot be reached (the message names the address and
+        where it came from).
     """
     from distributed import Client, LocalCluster
 
@@ -84,25 +133,26 @@ def get_client(
         with dask.config.set(scheduler=client):
             yield None
         return
-    if client is not None and not isinstance(client, str):
+    if client is not None and not isinstance(client, (str, os.PathLike)):
         raise TypeError(
             f"client must be a distributed.Client, a scheduler address, one of "
             f"{LOCAL_SCHEDULERS} or None; got {type(client).__name__}: {client!r}"
         )
-    address = client
-    if address is None and dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:
+    target, origin = (os.fspath(client), "client") if client is not None else (None, "")
+    if target is None and dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:
         # Inside an outer get_client("threads") (or dask.config.set(scheduler=...)):
         # the caller chose a local scheduler; honour it.
         yield None
         return
-    if address is None:
+    if target is None:
         active = _active_client()
         if active is not None:
             yield active
             return
-        address = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
-    if address is not None:
-        with Client(address, set_as_default=False) as remote:
+        target = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+        origin = "DASK_SCHEDULER_ADDRESS"
+    if target is not None:
+        with _connect(target, origin) as remote:
             with remote.as_current():
                 yield remote
         return
@@ -114,6 +164,10 @@ def get_client(
 
 def compute(*collections: Any, client: Any = None) -> tuple:
     """Compute dask collections on ``client`` (resolved by :func:`get_client`).
+
+    With a distributed client the graph is submitted with ``client.compute``
+    (never ``dask.compute``, whose scheduler is whatever ``dask.config`` says)
+    and the results are gathered.
 
     Parameters
     ----------

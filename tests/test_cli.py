@@ -47,3 +47,32 @@ def test_bad_shape_is_named(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo", "--shape", "64x64"])
     assert "64x64" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["demo", "ingest"])
+def test_cluster_options(command):
+    positional = ["run.nii", "store.zarr"] if command == "ingest" else []
+    args = build_parser().parse_args([command, *positional, "--scheduler", "tcp://127.0.0.1:8786",
+                                      "--workers", "3", "--memory-limit", "2GiB"])
+    assert (args.scheduler, args.workers, args.memory_limit) == ("tcp://127.0.0.1:8786", 3, "2GiB")
+    defaults = build_parser().parse_args([command, *positional])
+    assert (defaults.scheduler, defaults.workers, defaults.memory_limit) == (None, None, None)
+
+
+def test_bad_worker_count_is_named(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ingest", "run.nii", "store.zarr", "--workers", "0"])
+    assert "'0'" in capsys.readouterr().err
+
+
+def test_ingest_on_a_named_local_scheduler(small_run, tmp_path, capsys):
+    """``--scheduler sync``: no cluster at all, the rows nilearn's masker gives (see test_store)."""
+    from daskglm.cli import main
+
+    store = tmp_path / "run.zarr"
+    assert main(["ingest", str(small_run["nii"]), str(store), "--mask", str(small_run["mask_path"]),
+                 "--scheduler", "sync"]) == 0
+    assert "bold" in capsys.readouterr().out
+    bold = open_run(store)["bold"]
+    expected = small_run["data"][small_run["mask"]].T.astype(np.float32)
+    np.testing.assert_array_equal(bold.values, expected)

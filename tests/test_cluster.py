@@ -1,12 +1,99 @@
-"""Client resolution: explicit client, local schedulers, active client, address, embedded cluster."""
+"""Client resolution: explicit client, local schedulers, active client, address, embedded
+cluster; and no computation on a local scheduler behind a distributed client's back."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import warnings
+
 import dask
+import dask.array
+import numpy as np
+import pandas as pd
 import pytest
 from distributed import Client
 
-from daskglm.cluster import compute, get_client
+from daskglm.cluster import _local_cluster_kwargs, compute, get_client
+
+
+def _refuse_local(*args, **kwargs):
+    raise AssertionError("a dask computation ran on a local scheduler in the client process")
+
+
+@contextlib.contextmanager
+def no_local_compute():
+    """Every dask computation of this process must go to a distributed client.
+
+    dask's local schedulers (threads, sync, processes) all execute through
+    ``dask.local.get_async``: it is replaced by a function that raises, and so
+    is the configured default scheduler, which catches an implicit
+    ``.compute()`` / ``.values`` / ``.load()`` / ``np.asarray(dask_array)`` /
+    ``dask.compute`` even where a current distributed client would have taken
+    it. (Worker processes are not affected: they run the tasks.)
+    """
+    import dask.local
+    import dask.multiprocessing
+    import dask.threaded
+
+    with pytest.MonkeyPatch.context() as patch, dask.config.set(scheduler=_refuse_local):
+        for module in (dask.local, dask.threaded, dask.multiprocessing):
+            patch.setattr(module, "get_async", _refuse_local)
+        yield
+
+
+def test_local_compute_is_detected():
+    """The trap works: any local compute fails, whatever scheduler is asked for."""
+    x = dask.array.ones(10, chunks=5).sum()
+    with no_local_compute():
+        for attempt in (x.compute, lambda: dask.compute(x, scheduler="threads"),
+                        lambda: x.compute(scheduler="sync"), lambda: np.asarray(x)):
+            with pytest.raises(AssertionError, match="local scheduler"):
+                attempt()
+    assert x.compute(scheduler="sync") == 10
+
+
+@pytest.fixture(scope="module")
+def tiny_fiac(tmp_path_factory):
+    from daskglm.datasets import simulate_fiac
+
+    data = simulate_fiac(data_dir=tmp_path_factory.mktemp("cluster_data"), shape=(16, 18, 10),
+                         n_scans=40)
+    designs = [pd.DataFrame(np.load(data[f"design_matrix{r}"])["X"]) for r in (1, 2)]
+    return data, designs
+
+
+@pytest.mark.parametrize("how", ["explicit", "active"])
+def test_nothing_runs_locally_with_a_distributed_client(tiny_fiac, cluster_client, tmp_path, how):
+    """Ingest, fit (AR(2): a computed KMeans pass), contrasts, voxel-wise maps, fixed
+    effects with a computed mask, lazy maps: all on the cluster, none in this process."""
+    from daskglm.fixed_effects import compute_fixed_effects
+    from daskglm.model import FirstLevelModel
+    from daskglm.store import ingest_run
+
+    data, designs = tiny_fiac
+    runs = [data["func1"], data["func2"]]
+    client = cluster_client if how == "explicit" else None
+    current = cluster_client.as_current() if how == "active" else contextlib.nullcontext()
+    with current, no_local_compute(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = ingest_run(data["func1"], tmp_path / "nomask.zarr", client=client,
+                        mask_img=data["mask"], smoothing_fwhm=4.0)
+        assert ds["bold"].shape[0] == 40
+        model = FirstLevelModel(mask_img=data["mask"], smoothing_fwhm=4.0, noise_model="ar2",
+                                random_state=0, store=tmp_path / "stores", client=client,
+                                minimize_memory=False)
+        model.fit(runs, design_matrices=designs)
+        maps = model.compute_contrast([[-1, -1, 1, 1]], output_type="all")
+        assert np.isfinite(maps["z_score"].get_fdata()).all()
+        assert len(model.r_square) == 2
+        fixed = compute_fixed_effects([maps["effect_size"]] * 2, [maps["effect_variance"]] * 2,
+                                      client=client)
+        assert len(fixed) == 4
+        lazy = model.contrast_dataset([[-1, -1, 1, 1]])
+        (z,) = compute(lazy["z_score"].data, client=client)
+    mask = np.asarray(model.mask_img_.dataobj) > 0
+    np.testing.assert_allclose(z, maps["z_score"].get_fdata()[mask], rtol=1e-12)
 
 
 def test_explicit_client_is_used_and_left_open(cluster_client):
@@ -56,3 +143,42 @@ def test_bad_client_type_is_named():
     with pytest.raises(TypeError, match="client must be.*int: 42"):
         with get_client(42):
             pass
+
+
+def test_scheduler_file_is_accepted(cluster_client, tmp_path):
+    path = tmp_path / "scheduler.json"
+    path.write_text(json.dumps({"address": cluster_client.scheduler.address}))
+    with get_client(str(path)) as client:
+        assert client.scheduler.address == cluster_client.scheduler.address
+        assert compute(dask.delayed(sum)([1, 2]), client=client) == (3,)
+    assert client.status == "closed"
+
+
+def test_unusable_addresses_are_named(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="client 'thread' is neither a scheduler address"):
+        with get_client("thread"):  # a typo of "threads"
+            pass
+    with pytest.raises(ValueError, match="scheduler.json"):
+        with get_client(str(tmp_path / "scheduler.json")):  # no such file
+            pass
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}):
+        with pytest.raises(OSError, match=r"scheduler at 'tcp://127\.0\.0\.1:9' \(client\)"):
+            with get_client("tcp://127.0.0.1:9"):
+                pass
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:9")
+        with pytest.raises(OSError, match="DASK_SCHEDULER_ADDRESS"):
+            with get_client():
+                pass
+
+
+def test_embedded_cluster_is_sized_to_the_machine():
+    from dask.system import CPU_COUNT
+
+    kwargs = _local_cluster_kwargs(None, None)
+    assert kwargs["n_workers"] == CPU_COUNT and kwargs["threads_per_worker"] == 1
+    assert kwargs["processes"] is True and kwargs["host"] == "127.0.0.1"
+    assert kwargs["memory_limit"] == "auto"
+    assert _local_cluster_kwargs(3, "2GiB")["memory_limit"] == "2GiB"
+    with pytest.raises(ValueError, match="n_workers.*0"):
+        _local_cluster_kwargs(0, None)
