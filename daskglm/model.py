@@ -26,6 +26,7 @@ from . import contrasts as _contrasts
 from . import design as _design
 from .cluster import compute, get_client
 from .fit import fit_run, voxelwise_run
+from .grid import check_target
 from .maps import scatter_to_volume
 from .nifti import RunInfo, inspect_run
 from .store import ingest_run, open_run, save_fit
@@ -135,12 +136,7 @@ class FirstLevelModel:
         return f"{root.rstrip('/')}/{stem}-{digest}.zarr"
 
     def _check_params(self) -> None:
-        if self.target_affine is not None or self.target_shape is not None:
-            raise NotImplementedError(
-                "target_affine/target_shape are not supported yet: resample the runs "
-                f"beforehand (got target_affine={self.target_affine!r}, "
-                f"target_shape={self.target_shape!r})"
-            )
+        check_target(self.target_affine, self.target_shape)
         _kernels.parse_noise_model(self.noise_model)
 
     def fit(
@@ -193,7 +189,8 @@ class FirstLevelModel:
                 ds = ingest_run(
                     run, store, mask_img=mask_img, smoothing_fwhm=self.smoothing_fwhm,
                     t_chunk=self.t_chunk, v_chunk=self.v_chunk, client=client,
-                    storage_options=self.storage_options,
+                    storage_options=self.storage_options, target_affine=self.target_affine,
+                    target_shape=self.target_shape,
                 )
                 # Whole voxel columns: one read task per fit block (a small graph).
                 ds = open_run(store, self.storage_options, columns=True)

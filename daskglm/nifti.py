@@ -21,7 +21,6 @@ import gzip
 import hashlib
 import io
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -382,33 +381,25 @@ def read_volumes(
         raise ValueError(f"{path!r}: cannot read volumes {start}..{stop - 1}: {exc}") from exc
 
 
-def _same_grid(affine_a: np.ndarray, shape_a: tuple, affine_b: np.ndarray, shape_b: tuple) -> bool:
-    return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b, atol=1e-4)
+def load_mask(mask_img: Any, storage_options: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Load a binary mask on its own grid (nilearn's ``load_mask_img`` checks).
 
-
-def load_mask(
-    mask_img: Any, info: RunInfo, storage_options: dict | None = None
-) -> tuple[np.ndarray, dict]:
-    """Load a binary mask on the run's grid.
-
-    A mask on another grid is resampled to the run's grid with nearest
-    neighbour interpolation, with a warning.
+    Where the analysis then happens (the run's grid, a target grid, or the
+    mask's) is decided by :func:`daskglm.grid.analysis_grid`.
 
     Parameters
     ----------
     mask_img : path, fsspec URL or nibabel image
-    info : RunInfo
-        The run the mask applies to.
     storage_options : dict, optional
         fsspec options for a URL.
 
     Returns
     -------
     mask : ndarray of bool, shape (x, y, z)
+    affine : ndarray, shape (4, 4)
     provenance : dict
         JSON-able identity of the mask (file identity and voxel hash).
     """
-    from nilearn.image import resample_img
     from nilearn.masking import load_mask_img
 
     if is_url(mask_img):
@@ -423,54 +414,39 @@ def load_mask(
     if len(shape) != 3:
         raise ValueError(f"mask {name} must be 3D; got shape {shape}")
     try:
-        mask_loaded, _ = load_mask_img(img)
+        mask_loaded, affine = load_mask_img(img)
     except Exception as exc:
         raise ValueError(f"mask {name} is not a usable binary mask: {exc}") from exc
     mask = np.asarray(mask_loaded, dtype=bool)
-    if not _same_grid(img.affine, shape, info.affine, info.volume_shape):
-        warnings.warn(
-            f"mask {name} (shape {shape}) is not on the grid of the run (shape "
-            f"{info.volume_shape}): resampling it to the run with nearest-neighbour "
-            "interpolation",
-            UserWarning,
-            stacklevel=3,
-        )
-        resampled = resample_img(
-            nib.Nifti1Image(mask.astype(np.int8), img.affine),
-            target_affine=info.affine,
-            target_shape=info.volume_shape,
-            interpolation="nearest",
-            force_resample=True,
-            copy_header=True,
-        )
-        mask = np.asarray(resampled.dataobj) > 0
-        if not mask.any():
-            raise ValueError(
-                f"mask {name} has no voxel inside the field of view of the run "
-                f"(shape {info.volume_shape}) after resampling"
-            )
     digest = hashlib.sha1(np.packbits(mask).tobytes()).hexdigest()
-    return mask, {"source": path or "in-memory", "voxels_sha1": digest}
+    return mask, np.asarray(affine, dtype=np.float64), {"source": path or "in-memory", "voxels_sha1": digest}
 
 
-def mask_from_mean(mean: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def mask_from_mean(mean: np.ndarray, affine: np.ndarray, target_affine: Any = None,
+                   target_shape: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """nilearn's ``compute_epi_mask`` on a mean EPI volume.
 
     Parameters
     ----------
     mean : ndarray, shape (x, y, z)
     affine : ndarray, shape (4, 4)
+    target_affine, target_shape : optional
+        As ``compute_epi_mask``: the mean is resampled onto this grid first.
 
     Returns
     -------
-    ndarray of bool, shape (x, y, z)
+    mask : ndarray of bool
+        On the target grid if given, else on the mean's.
+    affine : ndarray, shape (4, 4)
     """
     from nilearn.masking import compute_epi_mask
 
-    mask = np.asarray(compute_epi_mask(nib.Nifti1Image(mean, affine)).dataobj) > 0
+    img = compute_epi_mask(nib.Nifti1Image(mean, affine), target_affine=target_affine,
+                           target_shape=target_shape)
+    mask = np.asarray(img.dataobj) > 0
     if not mask.any():
         raise ValueError(
             "the mask computed from the mean EPI (nilearn's compute_epi_mask) is "
             "empty; give mask_img explicitly"
         )
-    return mask
+    return mask, np.asarray(img.affine, dtype=np.float64)

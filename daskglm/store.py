@@ -40,6 +40,7 @@ import zarr
 
 from . import _plan, _volume
 from .cluster import compute
+from .grid import Grid, analysis_grid, check_target, resample_volumes
 from .nifti import (
     RunInfo,
     build_gzip_index,
@@ -128,12 +129,19 @@ def _ingest_block(
     crop: _volume.Crop,
     sigma: np.ndarray,
     gzip_index: bytes | None,
+    resample: tuple | None = None,
 ) -> int:
-    """Task: read volumes ``start:stop``, smooth, mask, write rows, flag the block."""
+    """Task: read volumes ``start:stop``, (resample,) smooth, mask, write rows, flag the block.
+
+    ``resample`` is ``(run_affine, grid_affine, grid_shape, vmin, vmax)``
+    when the volumes go onto another grid first (see :mod:`daskglm.grid`).
+    """
     if isinstance(source, str):
         volumes = read_volumes(source, start, stop, gzip_index, **_fsspec_kwargs(source, storage_options))
     else:
         volumes = source
+    if resample is not None:
+        volumes = resample_volumes(volumes, *resample)
     rows = _volume.smooth_and_mask(volumes, crop, sigma)
     group = _open_group(store, "r+", storage_options)
     group["bold"][start:stop, :] = rows
@@ -141,16 +149,29 @@ def _ingest_block(
     return block
 
 
-def _volume_sum(source: str | np.ndarray, start: int, stop: int, gzip_index: bytes | None,
-                storage_options: dict | None = None) -> np.ndarray:
-    """Task: sum of volumes ``start:stop`` in float64, shape (x, y, z)."""
+def _block_summary(source: str | np.ndarray, start: int, stop: int, gzip_index: bytes | None,
+                   storage_options: dict | None = None, *, want_sum: bool = True
+                   ) -> tuple[np.ndarray | None, float, float]:
+    """Task: float64 sum of volumes ``start:stop`` (non-finite as 0), shape (x, y, z), or
+    None; and their ``nanmin`` / ``nanmax``."""
     volumes = (read_volumes(source, start, stop, gzip_index, **_fsspec_kwargs(source, storage_options))
                if isinstance(source, str) else source)
-    total = np.zeros(volumes.shape[:3])
+    total = np.zeros(volumes.shape[:3]) if want_sum else None
+    low, high = np.inf, -np.inf
     for t in range(volumes.shape[3]):
         volume = np.asarray(volumes[..., t], dtype=float)
-        total += np.where(np.isfinite(volume), volume, 0.0)
-    return total
+        finite = np.isfinite(volume)
+        if total is not None:
+            total += np.where(finite, volume, 0.0)
+        if not np.isnan(volume).all():
+            low, high = min(low, float(np.nanmin(volume))), max(high, float(np.nanmax(volume)))
+    return total, low, high
+
+
+def _combine_summaries(parts: list[tuple[np.ndarray | None, float, float]]
+                       ) -> tuple[np.ndarray | None, float, float]:
+    sums = [p[0] for p in parts if p[0] is not None]
+    return (sum(sums) if sums else None, min(p[1] for p in parts), max(p[2] for p in parts))
 
 
 # --------------------------------------------------------------------------- ingestion
@@ -162,13 +183,16 @@ def _in_memory_blocks(run: Any, bounds: list[tuple[int, int]]) -> list[np.ndarra
 
 
 def _fingerprint(info: RunInfo, fwhm: float | None, mask_id: Any, t_chunk: Any, v_chunk: Any,
-                 compressor: str | None) -> str:
+                 compressor: str | None, target: tuple[Any, Any] = (None, None)) -> str:
+    target_affine, target_shape = target
     return json.dumps(
         {
             "format": STORE_FORMAT,
             "source": info.provenance,
             "smoothing_fwhm": None if fwhm is None else np.asarray(fwhm, dtype=float).tolist(),
             "mask": mask_id,
+            "target_affine": None if target_affine is None else np.round(target_affine, 6).tolist(),
+            "target_shape": None if target_shape is None else list(target_shape),
             "t_chunk": t_chunk,
             "v_chunk": v_chunk,
             "compressor": compressor,
@@ -203,7 +227,7 @@ def _create_store(
     store: str,
     storage_options: dict | None,
     info: RunInfo,
-    mask: np.ndarray,
+    grid: Grid,
     mask_provenance: dict,
     plan: _plan.ChunkPlan,
     n_blocks: int,
@@ -211,13 +235,19 @@ def _create_store(
     fwhm: float | None,
     fingerprint: str,
     compressor: str | None,
+    value_range: Any = None,
 ) -> None:
     attrs = {
         "daskglm_store_format": STORE_FORMAT,
         "fingerprint": fingerprint,
         "complete": False,
-        "affine": info.affine.tolist(),
-        "volume_shape": list(info.volume_shape),
+        "affine": np.asarray(grid.affine).tolist(),
+        "volume_shape": list(grid.shape),
+        # Runs resampled onto the grid (nilearn's masker rules, see daskglm.grid):
+        "resampled_from": {"affine": info.affine.tolist(), "volume_shape": list(info.volume_shape),
+                           "crop": [[sl.start, sl.stop] for sl in grid.crop],
+                           "value_range": list(value_range)}
+        if grid.resample else None,
         "n_scans": info.n_scans,
         "t_r": info.t_r,
         "smoothing_fwhm": None if fwhm is None else np.asarray(fwhm, dtype=float).tolist(),
@@ -230,6 +260,7 @@ def _create_store(
         group = _open_group(store, "w", storage_options)
     except Exception as exc:
         raise OSError(f"cannot create the store at {store!r}: {exc}") from exc
+    mask = grid.mask
     n_voxels = int(mask.sum())
     group.create_array(
         "bold",
@@ -277,6 +308,8 @@ def ingest_run(
     storage_options: dict | None = None,
     compressor: str | None = "lz4",
     overwrite: bool = False,
+    target_affine: Any = None,
+    target_shape: Any = None,
 ) -> xr.Dataset:
     """Convert one 4D run into a zarr store of smoothed, masked voxel time series.
 
@@ -292,9 +325,10 @@ def ingest_run(
     store : str or path
         Where the zarr store goes: a local path or an fsspec URL.
     mask_img : path, fsspec URL or nibabel image, optional
-        Binary mask. On another grid it is resampled to the run's (nearest
-        neighbour, with a warning). ``None``: nilearn's ``compute_epi_mask`` on
-        the run's mean volume (one extra pass over the run).
+        Binary mask. ``None``: nilearn's ``compute_epi_mask`` on the run's mean
+        volume (one extra pass over the run). A mask on another grid than the
+        run is handled as nilearn's masker does: the run is resampled onto
+        the mask's cropped grid, with nilearn's warning (see :mod:`daskglm.grid`).
     smoothing_fwhm : float, optional
         Gaussian smoothing FWHM in mm, as nilearn's ``smoothing_fwhm``.
     t_chunk, v_chunk : int, optional
@@ -307,6 +341,10 @@ def ingest_run(
         Blosc codec of the ``bold`` chunks.
     overwrite : bool
         Rebuild the store even if it is complete and up to date.
+    target_affine, target_shape : optional
+        As nilearn's ``FirstLevelModel``: the mask goes onto this grid
+        (nearest neighbour) and each block of volumes is resampled onto its
+        bounding box (continuous interpolation) before smoothing.
 
     Returns
     -------
@@ -316,10 +354,11 @@ def ingest_run(
     """
     store = _url(store)
     info = inspect_run(run_img, storage_options)
-    sigma = _volume.fwhm_to_sigma(smoothing_fwhm, info.affine)
+    target = check_target(target_affine, target_shape)
+    _volume.fwhm_to_sigma(smoothing_fwhm, info.affine)  # validates smoothing_fwhm early
     _codec(compressor)
     fingerprint = _fingerprint(info, smoothing_fwhm, _mask_identity(mask_img, storage_options),
-                               t_chunk, v_chunk, compressor)
+                               t_chunk, v_chunk, compressor, target)
 
     existing = None if overwrite else _read_attrs(store, storage_options)
     if existing and existing.get("fingerprint") == fingerprint and existing.get("complete"):
@@ -337,7 +376,11 @@ def ingest_run(
     source: str | None = info.path
     if resume:
         group = _open_group(store, "r", storage_options)
-        mask = _stored_mask(group, info.volume_shape)
+        shape = tuple(int(n) for n in existing["volume_shape"])
+        resampled = existing.get("resampled_from") or {}
+        crop, value_range = resampled.get("crop"), resampled.get("value_range")
+        grid = Grid(np.asarray(existing["affine"], dtype=np.float64), shape, _stored_mask(group, shape),
+                    None if not crop else tuple(slice(a, b) for a, b in crop))
         gzip_index = bytes(group["gzip_index"][:]) or None
         plan = _plan.ChunkPlan(group["bold"].chunks[0], group["bold"].chunks[1])
         done = np.asarray(group["ingest_done"][:], dtype=bool)
@@ -350,27 +393,36 @@ def ingest_run(
                                                **_fsspec_kwargs(source, storage_options)),
                 client=client,
             )[0]
+        value_range = None
         if mask_img is None:
-            mean = _mean_volume(run_img, info, gzip_index, client, storage_options)
-            mask, mask_provenance = mask_from_mean(mean, info.affine), {"source": "compute_epi_mask"}
+            mean, *value_range = _run_summary(run_img, info, gzip_index, client, storage_options)
+            mask, mask_affine = mask_from_mean(mean, info.affine, *target)
+            mask_provenance = {"source": "compute_epi_mask"}
+            name = "the mask computed from the run (compute_epi_mask)"
         else:
-            mask, mask_provenance = load_mask(mask_img, info, storage_options)
-        plan = _plan.plan_chunks(
-            info.n_scans, int(mask.sum()), int(np.prod(info.volume_shape)), t_chunk, v_chunk
-        )
+            mask, mask_affine, mask_provenance = load_mask(mask_img, storage_options)
+            name = f"mask {mask_provenance['source']!r}"
+        grid = analysis_grid(mask, mask_affine, info.affine, info.volume_shape, *target, name=name)
+        if grid.resample and value_range is None:
+            value_range = _run_summary(run_img, info, gzip_index, client, storage_options, False)[1:]
+        volume_size = max(int(np.prod(info.volume_shape)), int(np.prod(grid.shape)))
+        plan = _plan.plan_chunks(info.n_scans, int(grid.mask.sum()), volume_size, t_chunk, v_chunk)
         n_blocks = len(_plan.block_bounds(info.n_scans, plan.t_chunk))
-        _create_store(store, storage_options, info, mask, mask_provenance, plan, n_blocks,
-                      gzip_index, smoothing_fwhm, fingerprint, compressor)
+        _create_store(store, storage_options, info, grid, mask_provenance, plan, n_blocks,
+                      gzip_index, smoothing_fwhm, fingerprint, compressor, value_range)
         done = np.zeros(n_blocks, dtype=bool)
 
     bounds = _plan.block_bounds(info.n_scans, plan.t_chunk)
-    crop = _volume.smoothing_crop(mask, sigma)
+    work_affine, crop_shape, work_mask = grid.working_grid()  # where volumes are smoothed and masked
+    sigma = _volume.fwhm_to_sigma(smoothing_fwhm, work_affine)
+    crop = _volume.smoothing_crop(work_mask, sigma)
+    resample = (info.affine, work_affine, crop_shape, *value_range) if grid.resample else None
     blocks = (
         [source] * len(bounds) if source is not None else _in_memory_blocks(run_img, bounds)
     )
     tasks = [
         dask.delayed(_ingest_block, pure=False)(
-            store, storage_options, blocks[b], b, start, stop, crop, sigma, gzip_index
+            store, storage_options, blocks[b], b, start, stop, crop, sigma, gzip_index, resample
         )
         for b, (start, stop) in enumerate(bounds)
         if not done[b]
@@ -384,18 +436,24 @@ def ingest_run(
     return open_run(store, storage_options)
 
 
-def _mean_volume(run_img: Any, info: RunInfo, gzip_index: bytes | None, client: Any,
-                 storage_options: dict | None = None) -> np.ndarray:
-    """Mean over time of the run, shape (x, y, z), as one lazy pass of block sums."""
+def _run_summary(run_img: Any, info: RunInfo, gzip_index: bytes | None, client: Any,
+                 storage_options: dict | None = None, want_mean: bool = True
+                 ) -> tuple[np.ndarray | None, float, float]:
+    """One lazy pass over the run: its mean volume (x, y, z) if wanted, and its value range.
+
+    The range is what nilearn's ``resample_img(clip=True)`` clips to (see
+    :mod:`daskglm.grid`); the mean is what ``compute_epi_mask`` needs.
+    """
     block = _plan.plan_chunks(info.n_scans, 1, int(np.prod(info.volume_shape))).t_chunk
     bounds = _plan.block_bounds(info.n_scans, block)
     if info.path is not None:
-        parts = [dask.delayed(_volume_sum)(info.path, a, b, gzip_index, storage_options) for a, b in bounds]
+        parts = [dask.delayed(_block_summary)(info.path, a, b, gzip_index, storage_options,
+                                              want_sum=want_mean) for a, b in bounds]
     else:
-        parts = [dask.delayed(_volume_sum)(blk, 0, blk.shape[3], None)
+        parts = [dask.delayed(_block_summary)(blk, 0, blk.shape[3], None, want_sum=want_mean)
                  for blk in _in_memory_blocks(run_img, bounds)]
-    total = dask.delayed(sum)(parts)
-    return compute(total, client=client)[0] / info.n_scans
+    total, low, high = compute(dask.delayed(_combine_summaries)(parts), client=client)[0]
+    return (None if total is None else total / info.n_scans), low, high
 
 
 # --------------------------------------------------------------------------- opening

@@ -230,3 +230,27 @@ def test_non_finite_data_are_zeroed_as_nilearn(fiac, tmp_path, fwhm):
         a, b = ours[key].get_fdata(), theirs[key].get_fdata()
         assert np.isfinite(a).all(), key
         np.testing.assert_allclose(a[~degenerate], b[~degenerate], rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_target_affine_matches_nilearn(fiac, tmp_path, with_mask):
+    """Runs resampled onto a 4 mm grid (nilearn's masker rules), two runs, AR(1)."""
+    import nibabel as nib
+
+    affine = nib.load(fiac["runs"][0]).affine
+    target_affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    target_affine[:3, 3] = affine[:3, 3]
+    kwargs = dict(mask_img=fiac["data"]["mask"] if with_mask else None, smoothing_fwhm=5.0,
+                  target_affine=target_affine, target_shape=(22, 24, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = FirstLevelModel(store=tmp_path, client="threads", **kwargs).fit(
+            fiac["runs"], design_matrices=fiac["designs"])
+        theirs = NilearnModel(**kwargs).fit(fiac["runs"], design_matrices=fiac["designs"])
+        a = ours.compute_contrast([[-1, -1, 1, 1]], output_type="all")
+        b = theirs.compute_contrast([[-1, -1, 1, 1]], output_type="all")
+    np.testing.assert_array_equal(ours.mask_img_.get_fdata() > 0, theirs.masker_.mask_img_.get_fdata() > 0)
+    for key in b:
+        assert a[key].shape == b[key].shape == (22, 24, 10)
+        np.testing.assert_allclose(a[key].affine, target_affine)
+        assert_maps_match(a[key], b[key], "ar1", key)

@@ -85,17 +85,67 @@ def test_epi_mask_is_computed_when_none_given(small_run, tmp_path):
     np.testing.assert_array_equal(got, expected)
 
 
-def test_mask_on_another_grid_is_resampled_with_warning(small_run, tmp_path):
-    with pytest.warns(UserWarning, match="resampling it to the run"):
-        ds = ingest_run(small_run["nii"], tmp_path / "s.zarr",
-                        mask_img=small_run["fine_mask_path"], client="sync")
-    from nilearn.image import resample_to_img
+@pytest.mark.parametrize("fwhm", [None, 5.0])
+def test_mask_on_another_grid_resamples_the_run_as_nilearn(small_run, tmp_path, fwhm):
+    """nilearn's masker: the run goes onto the mask's cropped grid; maps stay on the mask's grid."""
+    from nilearn.maskers import NiftiMasker
 
-    expected = np.asarray(resample_to_img(
-        str(small_run["fine_mask_path"]), str(small_run["mask_path"]), interpolation="nearest",
-        force_resample=True, copy_header=True).dataobj) > 0
-    assert ds.sizes["voxel"] == expected.sum()
-    np.testing.assert_array_equal(ds["bold"].values, small_run["data"][expected].T.astype(np.float32))
+    with pytest.warns(UserWarning, match="imgs are being resampled to the mask_img resolution"):
+        ds = ingest_run(small_run["nii"], tmp_path / "s.zarr", mask_img=small_run["fine_mask_path"],
+                        smoothing_fwhm=fwhm, client="sync")
+    fine = nib.load(small_run["fine_mask_path"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = NiftiMasker(small_run["fine_mask_path"], smoothing_fwhm=fwhm).fit_transform(
+            str(small_run["nii"]))
+    np.testing.assert_allclose(ds["bold"].values, expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(ds.attrs["affine"], fine.affine)
+    assert tuple(ds.attrs["volume_shape"]) == fine.shape
+    i, j, k = np.nonzero(np.asarray(fine.dataobj) > 0)
+    np.testing.assert_array_equal(ds["i"].values, i)
+    np.testing.assert_array_equal(ds["k"].values, k)
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_target_affine_and_shape_as_nilearn(small_run, tmp_path, with_mask):
+    from nilearn.maskers import NiftiMasker
+
+    target_affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    target_affine[:3, 3] = [-30.0, -33.0, -24.0]
+    target_shape = (15, 17, 13)
+    mask = small_run["mask_path"] if with_mask else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = ingest_run(small_run["nii"], tmp_path / "t.zarr", mask_img=mask, smoothing_fwhm=5.0,
+                        target_affine=target_affine, target_shape=target_shape, client="sync")
+        if mask is None:  # as FirstLevelModel's masker: the EPI mask of the mean resampled to the target
+            mask = compute_epi_mask(str(small_run["nii"]), target_affine=target_affine,
+                                    target_shape=target_shape)
+        masker = NiftiMasker(mask, target_affine=target_affine, target_shape=target_shape,
+                             smoothing_fwhm=5.0)
+        expected = masker.fit_transform(str(small_run["nii"]))
+    np.testing.assert_allclose(ds["bold"].values, expected, rtol=1e-5, atol=1e-3)
+    assert tuple(ds.attrs["volume_shape"]) == target_shape
+    np.testing.assert_allclose(ds.attrs["affine"], target_affine)
+    got = np.zeros(target_shape, bool)
+    got[ds["i"].values, ds["j"].values, ds["k"].values] = True
+    np.testing.assert_array_equal(got, np.asarray(masker.mask_img_.dataobj) > 0)
+    # Another target is another store: rebuilt, not reused.
+    with pytest.warns(UserWarning, match="rebuilding"):
+        other = ingest_run(small_run["nii"], tmp_path / "t.zarr", mask_img=mask, smoothing_fwhm=5.0,
+                           target_affine=np.diag([5.0, 5.0, 5.0, 1.0]), client="sync")
+    assert tuple(other.attrs["volume_shape"]) != target_shape
+
+
+def test_bad_target_is_named(small_run, tmp_path):
+    with pytest.raises(ValueError, match="target_shape needs a 4x4 target_affine"):
+        ingest_run(small_run["nii"], tmp_path / "a.zarr", target_shape=(10, 10, 10), client="sync")
+    with pytest.raises(ValueError, match="target_affine must be a finite 3x3 or 4x4"):
+        ingest_run(small_run["nii"], tmp_path / "b.zarr", target_affine=np.eye(2), client="sync")
+    with pytest.raises(ValueError, match=r"target_shape must be 3 positive integers; got \(10, 0, 10\)"):
+        ingest_run(small_run["nii"], tmp_path / "c.zarr", target_affine=np.eye(4),
+                   target_shape=(10, 0, 10), client="sync")
+    assert not any((tmp_path / n).exists() for n in ("a.zarr", "b.zarr", "c.zarr"))
 
 
 # --------------------------------------------------------------------------- hygiene
@@ -245,9 +295,8 @@ def test_bad_masks_get_clear_errors(small_run, tmp_path):
     far[:3, 3] += 1000  # a mask entirely outside the run's field of view
     outside = tmp_path / "outside.nii.gz"
     nib.save(nib.Nifti1Image(small_run["mask"].astype(np.uint8), far), str(outside))
-    with pytest.warns(UserWarning, match="resampling"):
-        with pytest.raises(ValueError, match="outside.nii.gz.*no voxel inside the field of view"):
-            ingest_run(small_run["nii"], tmp_path / "c.zarr", mask_img=outside, client="sync")
+    with pytest.raises(ValueError, match="outside.nii.gz.*no voxel inside the field of view"):
+        ingest_run(small_run["nii"], tmp_path / "c.zarr", mask_img=outside, client="sync")
     with pytest.raises(FileNotFoundError, match="nope.nii.gz"):
         ingest_run(small_run["nii"], tmp_path / "d.zarr", mask_img=tmp_path / "nope.nii.gz",
                    client="sync")
