@@ -22,6 +22,7 @@ _EXPORTS = {
     "FirstLevelModel": "daskglm.model",
     "compute_fixed_effects": "daskglm.fixed_effects",
     "SecondLevelModel": "daskglm.second_level",
+    "run_batch": "daskglm.batch",
     "fit_run": "daskglm.fit",
     "save_fit": "daskglm.store",
     "open_fit": "daskglm.store",

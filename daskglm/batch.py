@@ -1,0 +1,538 @@
+"""Many subjects of a BIDS dataset: fit, contrasts and BIDS-derivatives outputs, resumable.
+
+:func:`run_batch` fits every subject's first-level model (found by
+:func:`daskglm.first_level_from_bids`), computes a list of contrasts and writes
+each subject's outputs under the names nilearn 0.14's
+:func:`nilearn.glm.save_glm_to_bids` gives them; ``daskglm bids`` is its
+command line (:func:`add_bids_parser`). One subject's work is in
+:mod:`daskglm._batch_subject`.
+
+Execution: one task per subject. On a ``distributed`` client each subject is a
+``client.submit`` task (unique non-pure key) whose body runs the subject's whole
+pipeline in the worker: BIDS discovery (its events and confounds are read
+there, never gathered on the client), ingestion, fit, contrasts, writing, with
+the subject's block graph on the worker's local scheduler (``"sync"`` for a
+one-thread worker, else ``"threads"`` with the worker's thread count). Subjects
+run concurrently across workers and memory stays bounded: at most
+``max_concurrent_subjects`` (default: the number of workers) subjects are in
+flight, the next submitted as one finishes (:class:`distributed.as_completed`),
+and each subject streams its runs block by block. The price: one subject's
+blocks do not spread over several workers. With a local scheduler name as
+``client`` (``"sync"``, ``"threads"``) subjects run one after the other here.
+A subject's errors come back as its ``failed`` status (error text and
+traceback) and stop nothing else; a worker lost mid-task is retried by the
+scheduler (``distributed.scheduler.allowed-failures``), then reported failed.
+
+Resumption: files are written under a temporary name and renamed into place;
+``sub-<label>/.daskglm-complete.json`` is written last. It holds a fingerprint
+of the job (dataset, task, space, derivatives folder, contrasts, model
+parameters and options; not ``store`` or chunk sizes), the size and mtime of
+the subject's inputs (its files of the task in the raw and derivatives
+folders, and dataset-level sidecars of the task) and the files written. A
+subject is skipped when its marker has the same fingerprint, unchanged inputs
+and all its outputs; otherwise its marker is removed first, its outputs
+rewritten, previous outputs no longer produced deleted, a new marker written.
+One batch at a time per output folder.
+
+Names are nilearn's own (its ``BaseGLM._generate_filenames_output`` called on a
+stand-in for the model): the same set of files as ``save_glm_to_bids``, except
+``report.html`` (only with ``report=True``), the PNG figures (skipped with
+``figures=False``) and the per-run ``stat-errorts`` / ``stat-rsquared`` maps
+(only with ``minimize_memory=False``; nilearn 0.14 cannot save a model without
+them). ``dataset_description.json`` names daskglm in ``GeneratedBy``. Two
+deliberate differences: cluster tables are computed on the z map (nilearn 0.14
+uses the last map it wrote, the variance), and a contrast is computed with the
+statistic its file name says (nilearn tests the statistic inferred from the
+contrast's shape, so a one-row 2D array, named ``F``, gets a t test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import os
+import sys
+import time
+import traceback
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._batch_subject import (
+    BATCH_FORMAT,
+    MARKER,
+    Job,
+    SubjectResult,
+    input_files,
+    is_complete,
+    run_subject,
+    write_json,
+)
+
+__all__ = ["BATCH_FORMAT", "MARKER", "BatchResult", "SubjectResult", "add_bids_parser", "run_batch"]
+
+#: ``first_level_kwargs`` that only say how or where to compute: not in the fingerprint.
+_EXECUTION = frozenset({"store", "storage_options", "t_chunk", "v_chunk", "n_jobs", "memory", "memory_level"})
+_PREFIX = "[daskglm bids]"
+
+
+@dataclass
+class BatchResult:
+    """Per-subject outcomes of :func:`run_batch`, in subject order."""
+
+    output_dir: str
+    subjects: dict[str, SubjectResult] = field(default_factory=dict)
+
+    def _with(self, status: str) -> list[str]:
+        return [label for label, r in self.subjects.items() if r.status == status]
+
+    @property
+    def done(self) -> list[str]:
+        """Labels of the subjects computed by this run."""
+        return self._with("done")
+
+    @property
+    def skipped(self) -> list[str]:
+        """Labels of the subjects whose outputs were already complete."""
+        return self._with("skipped")
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """``{label: error text}`` of the failed subjects."""
+        return {label: r.error or "" for label, r in self.subjects.items() if r.status == "failed"}
+
+    @property
+    def ok(self) -> bool:
+        """True when no subject failed."""
+        return not self.failures
+
+    def __str__(self) -> str:
+        return (f"BatchResult({len(self.done)} done, {len(self.skipped)} skipped, "
+                f"{len(self.failures)} failed; outputs in {self.output_dir})")
+
+
+# ------------------------------------------------------------------ contrasts and fingerprint
+
+
+def _clean_name(name: str) -> str:
+    from nilearn.glm._base import _clean_contrast_name
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _clean_contrast_name(name)
+
+
+def _prepare_contrasts(contrasts: Any, contrast_types: dict[str, str] | None
+                       ) -> tuple[dict[str, Any], dict[str, str]]:
+    """Contrasts as ``{name: definition}`` (nilearn's rules) and the stat type of each file name."""
+    from .report import _contrast_dict
+
+    defs = _contrast_dict(contrasts)
+    for name, value in defs.items():
+        runs = value if isinstance(value, (list, tuple)) else [value]
+        for run in runs or [None]:
+            try:
+                ok = isinstance(run, str) or np.asarray(run, dtype=float).ndim in (1, 2)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"contrast {name!r}: a definition is a str, a 1D or 2D array of weights, "
+                                 f"or a list of them (one per run); got {value!r}")
+    types = dict(contrast_types or {})
+    unknown = sorted(set(types) - set(defs))
+    bad = {k: v for k, v in types.items() if v not in ("t", "F")}
+    if unknown or bad:
+        raise ValueError(f"contrast_types must map contrast names {sorted(defs)} to 't' or 'F'; "
+                         f"unknown names {unknown}, bad types {bad}")
+    stat_types = {}
+    for name, value in defs.items():
+        first = value[0] if isinstance(value, (list, tuple)) else value  # per-run list
+        default = "t" if isinstance(first, str) or np.asarray(first).ndim <= 1 else "F"
+        stat_types[name] = types.get(name, default)  # nilearn's rule for file names
+    clean: dict[str, str] = {}
+    for name in defs:
+        other = clean.setdefault(_clean_name(name), name)
+        if other != name:
+            raise ValueError(f"contrasts {other!r} and {name!r} would both be written as "
+                             f"contrast-{_clean_name(name)}: rename one")
+    return defs, stat_types
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON-able, stable form of a parameter value (for fingerprints and markers)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if hasattr(value, "affine") and hasattr(value, "dataobj"):  # an in-memory image
+        digest = hashlib.sha1(np.ascontiguousarray(np.asanyarray(value.dataobj)).tobytes())
+        digest.update(np.asarray(value.affine, dtype=float).tobytes())
+        return {"image_sha1": digest.hexdigest()}
+    return repr(value)
+
+
+def _fingerprint(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def _dataset_description(out_dir: Path) -> None:
+    """``dataset_description.json`` at the output root (``GeneratedBy`` gains a daskglm entry)."""
+    from . import __version__
+
+    path = out_dir / "dataset_description.json"
+    entry = {"Name": "daskglm", "Version": __version__,
+             "Description": "A daskglm first-level GLM (nilearn's FirstLevelModel, out of core).",
+             "CodeURL": "https://pypi.org/project/daskglm/"}
+    try:
+        description = json.loads(path.read_text())
+    except (OSError, ValueError):
+        description = {"BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": []}
+    generated = description.setdefault("GeneratedBy", [])
+    if entry not in generated:
+        generated.append(entry)
+        write_json(path, description, indent=4, sort_keys=True)
+
+
+# ------------------------------------------------------------------ the batch
+
+
+def _subjects(dataset: Path, derivatives: Path, task_label: str, space_label: str | None,
+              sub_labels: Sequence[str] | None, exclude: Sequence[str]) -> list[str]:
+    """Subject labels to run, with nilearn's checks made once, up front (not once per subject)."""
+    from nilearn.interfaces.bids import get_bids_files
+
+    from .bids import _bold_entities, _is_surface, _pipelines
+
+    if not isinstance(task_label, str) or not task_label.isalnum():
+        raise ValueError(f"task_label must be an alphanumeric str; got {task_label!r}")
+    if _is_surface(space_label):
+        raise NotImplementedError(f"space_label={space_label!r} selects surface data, which daskglm does not fit")
+    if not dataset.is_dir():
+        raise ValueError(f"'dataset_path' does not exist: {str(dataset)!r}")
+    if not derivatives.is_dir():
+        raise ValueError(f"derivatives folder not found: {str(derivatives)!r}; folders with subject "
+                         f"folders: {_pipelines(dataset)}")
+    found = sorted(p.name[len("sub-"):] for p in derivatives.glob("sub-*") if p.is_dir())
+    labels = found if sub_labels is None else [s for s in dict.fromkeys(sub_labels) if s in found]
+    missing = [] if sub_labels is None else [s for s in sub_labels if s not in found]
+    if missing:
+        warnings.warn(f"subjects {missing} not found in {str(derivatives)!r}", UserWarning, stacklevel=3)
+    labels = [s for s in labels if s not in set(exclude)]
+    if not labels:
+        raise RuntimeError(f"No subject found in {str(derivatives)!r} (sub_labels={sub_labels!r}, "
+                           f"exclude_subjects={list(exclude)!r}; present: {found})")
+    space = space_label or "MNI152NLin2009cAsym"
+    if not get_bids_files(derivatives, file_tag="bold", file_type="nii*", modality_folder="func",
+                          filters=[("task", task_label), ("space", space)]):
+        held = _bold_entities(derivatives)
+        raise ValueError(f"No BOLD files found for task_label={task_label!r}, space_label={space!r} in "
+                         f"{str(derivatives)!r}: its runs have tasks {held['task']} and spaces {held['space']}")
+    return labels
+
+
+def run_batch(
+    dataset_path: str | os.PathLike,
+    task_label: str,
+    contrasts: Any,
+    output_dir: str | os.PathLike,
+    space_label: str | None = None,
+    sub_labels: Sequence[str] | None = None,
+    derivatives_folder: str = "derivatives",
+    max_concurrent_subjects: int | None = None,
+    client: Any = None,
+    verbose: int = 1,
+    report: bool = False,
+    figures: bool = True,
+    contrast_types: dict[str, str] | None = None,
+    **first_level_kwargs: Any,
+) -> BatchResult:
+    """Fit every subject's first-level model and write its contrasts as BIDS derivatives.
+
+    See the module docstring for the execution, memory bound, file names and
+    resumption.
+
+    Parameters
+    ----------
+    dataset_path : str or os.PathLike
+        Root of the BIDS dataset.
+    task_label : str
+        ``task-<task_label>`` of the runs to model.
+    contrasts : str, array, list of them, or dict of name to definition
+        As nilearn's ``save_glm_to_bids(contrasts=...)``; definitions as
+        :meth:`daskglm.FirstLevelModel.compute_contrast` reads them.
+    output_dir : str or os.PathLike
+        Output root: ``dataset_description.json`` and ``sub-<label>/`` folders.
+    space_label, sub_labels, derivatives_folder
+        As :func:`daskglm.first_level_from_bids` (default: every subject).
+    max_concurrent_subjects : int, optional
+        Subjects in flight on a distributed client (default: its number of workers).
+    client : distributed.Client, address, local scheduler name or None
+        See :func:`daskglm.cluster.get_client`; a local scheduler name runs
+        the subjects one after the other in this process.
+    verbose : int
+        0: silent; 1: a line per subject (``k/n``) and a summary; 2: also
+        the warnings raised for each subject.
+    report : bool
+        Also write each subject's HTML report (``report.html``).
+    figures : bool
+        Write nilearn's PNG figures of the design and contrast matrices
+        (a few tenths of a second each; False skips them).
+    contrast_types : dict of str to {"t", "F"}, optional
+        As nilearn's ``save_glm_to_bids``: statistic of some contrasts.
+    **first_level_kwargs
+        Passed to :func:`daskglm.first_level_from_bids` (``smoothing_fwhm``,
+        ``mask_img``, ``img_filters``, ``confounds_*``, ``store``, ...).
+
+    Returns
+    -------
+    BatchResult
+        ``.subjects[label].status`` is ``"done"``, ``"skipped"`` or ``"failed"``
+        (``.error`` holds the error text); ``.failures``, ``.ok``.
+
+    Raises
+    ------
+    ValueError, RuntimeError, NotImplementedError, TypeError
+        Problems shared by all subjects (no dataset, no subject, unknown
+        task or space, invalid contrasts or keywords), before any work.
+    """
+    from .bids import first_level_from_bids
+    from .cluster import get_client
+
+    accepted = set(inspect.signature(first_level_from_bids).parameters)
+    unknown = sorted(k for k in first_level_kwargs
+                     if (k not in accepted and not k.startswith("confounds_")) or k in
+                     {"dataset_path", "task_label", "space_label", "sub_labels", "derivatives_folder", "client"})
+    if unknown:
+        raise TypeError(f"run_batch got keyword arguments {unknown} that first_level_from_bids does not take "
+                        "(or that run_batch sets itself)")
+    if max_concurrent_subjects is not None and (not isinstance(max_concurrent_subjects, int)
+                                                or max_concurrent_subjects < 1):
+        raise ValueError(f"max_concurrent_subjects must be a positive int; got {max_concurrent_subjects!r}")
+    start = time.perf_counter()
+    dataset = Path(dataset_path).absolute()
+    derivatives = dataset / derivatives_folder
+    out = Path(output_dir).absolute()
+    kwargs = dict(first_level_kwargs)
+    exclude = list(kwargs.pop("exclude_subjects", None) or [])
+    labels = _subjects(dataset, derivatives, task_label, space_label, sub_labels, exclude)
+    defs, stat_types = _prepare_contrasts(contrasts, contrast_types)
+    parameters = _canonical({
+        "format": BATCH_FORMAT, "dataset": str(dataset), "task_label": task_label,
+        "space_label": space_label, "derivatives_folder": derivatives_folder, "contrasts": defs,
+        "stat_types": stat_types, "report": bool(report), "figures": bool(figures),
+        "first_level": {k: v for k, v in kwargs.items() if k not in _EXECUTION},
+    })
+    fingerprint = _fingerprint(parameters)
+    out.mkdir(parents=True, exist_ok=True)
+    _dataset_description(out)
+
+    result = BatchResult(str(out))
+    progress = _Progress(len(labels), verbose)
+    todo = []
+    for label in labels:
+        if is_complete(out / f"sub-{label}", fingerprint,
+                     input_files(dataset, derivatives, label, task_label)):
+            result.subjects[label] = SubjectResult(label, "skipped")
+            progress(result.subjects[label])
+        else:
+            todo.append(Job(label, str(dataset), task_label, space_label, derivatives_folder, str(out),
+                             defs, stat_types, fingerprint, parameters, bool(report), bool(figures), kwargs))
+    if todo:
+        with get_client(client) as resolved:
+            if resolved is None:  # a local scheduler: one subject after the other, here
+                import dask
+
+                scheduler = client if isinstance(client, str) else dask.config.get("scheduler", "sync")
+                for job in todo:
+                    result.subjects[job.label] = progress(run_subject(job, scheduler))
+            else:
+                limit = max_concurrent_subjects or max(1, len(resolved.nthreads()))
+                progress.note(f"{len(todo)} subjects to compute, up to {limit} at a time on {resolved}")
+                for outcome in _run_distributed(resolved, todo, limit):
+                    result.subjects[outcome.label] = progress(outcome)
+    result.subjects = {label: result.subjects[label] for label in labels}
+    progress.note(f"{len(result.done)} done, {len(result.skipped)} skipped, {len(result.failures)} failed "
+                  f"in {time.perf_counter() - start:.1f} s; outputs in {out}")
+    return result
+
+
+def _run_distributed(client: Any, jobs: list[Job], limit: int) -> Any:
+    """Yield each job's :class:`SubjectResult` as it finishes, at most ``limit`` in flight."""
+    from distributed import as_completed
+
+    pending = iter(jobs)
+    flying: dict[str, tuple[Any, Job]] = {}
+
+    def submit() -> Any:
+        job = next(pending, None)
+        if job is None:
+            return None
+        future = client.submit(run_subject, job, key=f"daskglm-bids-sub-{job.label}-{uuid.uuid4().hex[:8]}",
+                               pure=False)
+        flying[future.key] = (future, job)
+        return future
+
+    in_flight = as_completed([f for f in (submit() for _ in range(limit)) if f is not None])
+    try:
+        for future in in_flight:
+            _, job = flying.pop(future.key)
+            try:
+                outcome = future.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: the worker died, not the code
+                outcome = SubjectResult(job.label, "failed", f"{type(exc).__name__}: {exc}",
+                                        traceback.format_exc())
+            future.release()
+            nxt = submit()
+            if nxt is not None:
+                in_flight.add(nxt)
+            yield outcome
+    finally:  # interrupted (Ctrl-C, an error here): do not leave subjects running
+        if flying:
+            client.cancel([f for f, _ in flying.values()])
+
+
+class _Progress:
+    """``k/n sub-XX status`` lines on stdout when ``verbose``."""
+
+    def __init__(self, total: int, verbose: int) -> None:
+        self.total, self.count, self.verbose = total, 0, verbose
+
+    def note(self, text: str) -> None:
+        if self.verbose:
+            print(f"{_PREFIX} {text}", flush=True)
+
+    def __call__(self, outcome: SubjectResult) -> SubjectResult:
+        self.count += 1
+        if not self.verbose:
+            return outcome
+        where = f" on {outcome.worker}" if outcome.worker else ""
+        text = {"skipped": "skipped (complete)",
+                "done": f"done in {outcome.seconds or 0:.1f} s{where}",
+                "failed": f"FAILED{where}: {outcome.error}"}[outcome.status]
+        print(f"{_PREFIX} {self.count}/{self.total} sub-{outcome.label} {text}", flush=True)
+        if self.verbose >= 2:
+            for message in outcome.warnings:
+                print(f"{_PREFIX}   warning: {message}", flush=True)
+        return outcome
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _contrast_arg(text: str) -> tuple[str, str]:
+    name, sep, expression = text.partition("=")
+    name, expression = (name.strip(), expression.strip()) if sep else (text.strip(), text.strip())
+    if not name or not expression:
+        raise argparse.ArgumentTypeError(f"expected NAME=EXPRESSION (or EXPRESSION); got {text!r}")
+    return name, expression
+
+
+def _filter_arg(text: str) -> tuple[str, str]:
+    entity, sep, label = text.partition("=")
+    if not sep or not entity.strip() or not label.strip():
+        raise argparse.ArgumentTypeError(f"expected ENTITY=LABEL, e.g. desc=preproc; got {text!r}")
+    return entity.strip(), label.strip()
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return int(text)
+
+
+def add_bids_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``bids`` subcommand to an ``argparse`` subparsers object.
+
+    ``args.func(args)`` runs it and returns the exit code: 0 when every
+    subject is done or skipped, 1 when some failed (one line each on stderr),
+    2 for a problem shared by all subjects (bad dataset, task, contrast...).
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        From ``parser.add_subparsers()``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``bids`` parser.
+    """
+    p = subparsers.add_parser("bids", help="fit every subject of a BIDS dataset; BIDS-derivatives outputs",
+                              description="Fit every subject's first-level model of a BIDS dataset, "
+                                          "compute contrasts, write BIDS-derivatives outputs (resumable).")
+    p.add_argument("dataset", help="root of the BIDS dataset")
+    p.add_argument("--task", required=True, help="task label")
+    p.add_argument("--contrast", required=True, action="append", type=_contrast_arg, metavar="NAME=EXPR",
+                   help="contrast name and expression of design columns (repeatable), e.g. "
+                        "'language=DStDSp + DStSSp - SStDSp - SStSSp'")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--space", default=None, help="space label (default: MNI152NLin2009cAsym)")
+    p.add_argument("--sub", action="extend", nargs="+", default=None, metavar="LABEL",
+                   help="subject labels (default: all)")
+    p.add_argument("--derivatives-folder", default="derivatives",
+                   help="preprocessed runs, relative to the dataset (default: %(default)s)")
+    p.add_argument("--img-filter", action="append", type=_filter_arg, default=None, metavar="ENTITY=LABEL",
+                   help="extra BIDS entity filter of the runs (repeatable), e.g. desc=preproc")
+    p.add_argument("--confounds-strategy", nargs="+", default=None, metavar="STRATEGY",
+                   help="nilearn's load_confounds strategy, e.g. motion wm_csf ('none': no confounds; "
+                        "default: every confounds column)")
+    p.add_argument("--smoothing-fwhm", type=float, default=None, help="smoothing FWHM in mm")
+    p.add_argument("--noise-model", default=None, help="ar1 (default), ols, ar2...")
+    p.add_argument("--mask", default=None, help="mask image, or 'derivatives' for the runs' brain masks")
+    p.add_argument("--store", default=None, help="folder for the run stores (default: daskglm's cache)")
+    p.add_argument("--scheduler", default=None,
+                   help="Dask scheduler address or file, or a local scheduler name (sync, threads); "
+                        "default: DASK_SCHEDULER_ADDRESS, else an embedded LocalCluster")
+    p.add_argument("--workers", type=_positive, default=None, help="workers of the embedded LocalCluster")
+    p.add_argument("--memory-limit", default=None, help="memory limit per worker of the embedded LocalCluster")
+    p.add_argument("--max-subjects", type=_positive, default=None,
+                   help="subjects in flight at once (default: the number of workers)")
+    p.add_argument("--report", action="store_true", help="also write each subject's HTML report")
+    p.add_argument("--no-figures", action="store_true", help="skip the design and contrast PNG figures")
+    p.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: a line per subject (default), 2: warnings")
+    p.set_defaults(func=_bids_command)
+    return p
+
+
+def _bids_command(args: argparse.Namespace) -> int:
+    """Handler of ``daskglm bids``: the exit code."""
+    from .cluster import get_client
+
+    options = {"smoothing_fwhm": args.smoothing_fwhm, "noise_model": args.noise_model,
+               "mask_img": args.mask, "store": args.store, "img_filters": args.img_filter}
+    kwargs = {k: v for k, v in options.items() if v is not None}
+    if args.confounds_strategy is not None:
+        none = [s.lower() for s in args.confounds_strategy] == ["none"]
+        kwargs["confounds_strategy"] = None if none else tuple(args.confounds_strategy)
+    try:
+        with get_client(args.scheduler, n_workers=args.workers, memory_limit=args.memory_limit) as client:
+            result = run_batch(args.dataset, args.task, dict(args.contrast), args.out, space_label=args.space,
+                               sub_labels=args.sub, derivatives_folder=args.derivatives_folder,
+                               max_concurrent_subjects=args.max_subjects,
+                               client=client if client is not None else args.scheduler,
+                               verbose=args.verbose, report=args.report,
+                               figures=not args.no_figures, **kwargs)
+    except (ValueError, RuntimeError, NotImplementedError, TypeError, OSError) as exc:
+        print(f"daskglm bids: error: {exc}".replace("\n", " "), file=sys.stderr)
+        return 2
+    if result.failures:
+        print(f"daskglm bids: {len(result.failures)} of {len(result.subjects)} subjects failed:", file=sys.stderr)
+        for label, error in result.failures.items():
+            print(f"sub-{label}: {' '.join(error.split())}", file=sys.stderr)
+        return 1
+    return 0
