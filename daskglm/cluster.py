@@ -26,13 +26,16 @@ with ``client.compute`` and only their (small) results come back.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import dask
+import numpy as np
 
-__all__ = ["get_client", "compute", "LOCAL_SCHEDULERS"]
+__all__ = ["verbosity", "get_client", "compute", "LOCAL_SCHEDULERS"]
 
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded", "processes")
 
@@ -162,7 +165,52 @@ def get_client(
                 yield local
 
 
-def compute(*collections: Any, client: Any = None) -> tuple:
+_VERBOSE: contextvars.ContextVar[int] = contextvars.ContextVar("daskglm_verbose", default=0)
+
+
+@contextlib.contextmanager
+def verbosity(level: int | None):
+    """Set the default ``verbose`` of :func:`compute` inside the block.
+
+    Models set it from their ``verbose`` parameter around their work, so every
+    computation they run shows (or hides) its progress bar.
+
+    Parameters
+    ----------
+    level : int or None
+        0: silent; 1 or more: progress bars for computations lasting longer
+        than about a second. ``None`` leaves the current level.
+    """
+    if level is None:
+        yield
+        return
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 0:
+        raise ValueError(f"verbose must be a non-negative integer; got {level!r}")
+    token = _VERBOSE.set(int(level))
+    try:
+        yield
+    finally:
+        _VERBOSE.reset(token)
+
+
+def _in_notebook_with_widgets() -> bool:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None or not hasattr(shell, "kernel"):
+            return False
+        import ipywidgets  # noqa: F401  (dask's notebook bar needs it)
+    except Exception:
+        return False
+    return True
+
+
+#: Seconds a computation runs before its progress bar appears.
+PROGRESS_AFTER = 1.0
+
+
+def compute(*collections: Any, client: Any = None, verbose: int | None = None) -> tuple:
     """Compute dask collections on ``client`` (resolved by :func:`get_client`).
 
     With a distributed client the graph is submitted with ``client.compute``
@@ -174,13 +222,35 @@ def compute(*collections: Any, client: Any = None) -> tuple:
     *collections
         Dask collections or ``dask.delayed`` objects.
     client : see :func:`get_client`
+    verbose : int, optional
+        > 0: dask's progress bar for the scheduler in use (distributed's
+        ``progress``: a widget in a notebook with ipywidgets, text in a
+        terminal; ``dask.diagnostics.ProgressBar`` on local schedulers), shown
+        once the work has lasted :data:`PROGRESS_AFTER` seconds. Default: the
+        level set by :func:`verbosity` (0 outside of it).
 
     Returns
     -------
     tuple
         The computed values, in order.
     """
+    level = _VERBOSE.get() if verbose is None else verbose
     with get_client(client) as resolved:
         if resolved is None:
+            if level > 0:
+                from dask.diagnostics import ProgressBar
+
+                with ProgressBar(minimum=PROGRESS_AFTER):
+                    return dask.compute(*collections)
             return dask.compute(*collections)
-        return tuple(resolved.gather(resolved.compute(list(collections))))
+        futures = resolved.compute(list(collections))
+        if level > 0:
+            from distributed import progress
+
+            deadline = time.monotonic() + PROGRESS_AFTER
+            while not all(f.done() for f in futures) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not all(f.done() for f in futures):
+                progress(futures, notebook=_in_notebook_with_widgets(),
+                         scheduler=resolved.scheduler.address)
+        return tuple(resolved.gather(futures))

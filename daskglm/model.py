@@ -24,7 +24,7 @@ import xarray as xr
 from . import _kernels
 from . import contrasts as _contrasts
 from . import design as _design
-from .cluster import compute, get_client
+from .cluster import compute, get_client, verbosity
 from .fit import fit_run, voxelwise_run
 from .grid import check_target
 from .maps import scatter_to_volume
@@ -63,6 +63,10 @@ class FirstLevelModel:
         ``r_square_`` image lists. daskglm never holds them: they are
         recomputed per voxel block from the run stores when asked for (and
         :meth:`voxelwise` gives them lazily whatever this setting).
+    verbose : int
+        0: silent. 1 (default, unlike nilearn's 0): dask's progress bars for
+        ingestion, fits and contrasts lasting more than about a second (a
+        widget in a notebook with ipywidgets, text in a terminal).
     subject_label : str, optional
     random_state : int or None
         KMeans seed for AR(p > 1).
@@ -95,6 +99,7 @@ class FirstLevelModel:
         signal_scaling: Any = 0,
         noise_model: str = "ar1",
         minimize_memory: bool = True,
+        verbose: int = 1,
         subject_label: str | None = None,
         random_state: Any = None,
         store: str | os.PathLike | None = None,
@@ -118,6 +123,7 @@ class FirstLevelModel:
         self.signal_scaling = signal_scaling
         self.noise_model = noise_model
         self.minimize_memory = minimize_memory
+        self.verbose = verbose
         self.subject_label = subject_label
         self.random_state = random_state
         self.store = store
@@ -182,7 +188,7 @@ class FirstLevelModel:
         self.design_matrices_ = designs
         self.t_r_ = t_r
         fits, datasets = [], []
-        with get_client(self.client) as client:
+        with get_client(self.client) as client, verbosity(self.verbose):
             mask_img = self.mask_img
             for index, run in enumerate(runs):
                 store = self._store_for(infos[index], index)
@@ -271,7 +277,7 @@ class FirstLevelModel:
             raise ValueError(f"output_type must be one of {valid}; got {output_type!r}")
         ds = self.contrast_dataset(contrast_def, stat_type)
         names = list(_contrasts.OUTPUT_TYPES) if output_type == "all" else [output_type]
-        values = compute(*[ds[name].data for name in names], client=self.client)
+        values = compute(*[ds[name].data for name in names], client=self.client, verbose=self.verbose)
         affine = np.asarray(ds.attrs["affine"])
         shape = tuple(ds.attrs["volume_shape"])
         ijk = [ds[n].values for n in "ijk"]
@@ -317,7 +323,7 @@ class FirstLevelModel:
                 "(daskglm: model.voxelwise(attribute) gives them lazily whatever minimize_memory.)"
             )
         arrays = self.voxelwise(attribute)
-        values = compute(*[a.data for a in arrays], client=self.client)
+        values = compute(*[a.data for a in arrays], client=self.client, verbose=self.verbose)
         images = []
         for array, value in zip(arrays, values):
             value = np.atleast_2d(value)  # r_square: one volume, as nilearn's masker gives

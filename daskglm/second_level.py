@@ -344,7 +344,8 @@ class SecondLevelModel:
         Accepted and ignored: nothing is cached with joblib, parallelism is
         the Dask client's, and there is no report yet.
     verbose : int
-        Accepted and ignored.
+        > 0: dask's progress bar for contrasts lasting more than about a
+        second (see :func:`daskglm.cluster.compute`); 0 (nilearn's default): silent.
     minimize_memory : bool
         Must be ``True``: per-voxel regression results are never gathered.
     client : distributed.Client, address, local scheduler name, or None
@@ -600,7 +601,7 @@ class SecondLevelModel:
             raise ValueError(f"'output_type' must be one of {list(valid)}; got {output_type!r}")
         ds = self.contrast_dataset(second_level_contrast, first_level_contrast, second_level_stat_type)
         names = list(OUTPUT_TYPES) if output_type == "all" else [output_type]
-        values = compute(*[ds[name].data for name in names], client=self.client)
+        values = compute(*[ds[name].data for name in names], client=self.client, verbose=self.verbose)
         ijk = [ds[n].values for n in "ijk"]
         shape, affine = tuple(ds.attrs["volume_shape"]), np.asarray(ds.attrs["affine"])
         outputs = {}

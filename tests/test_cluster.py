@@ -182,3 +182,33 @@ def test_embedded_cluster_is_sized_to_the_machine():
     assert _local_cluster_kwargs(3, "2GiB")["memory_limit"] == "2GiB"
     with pytest.raises(ValueError, match="n_workers.*0"):
         _local_cluster_kwargs(0, None)
+
+
+def _slow(x):
+    import time
+
+    time.sleep(0.5)
+    return x
+
+
+@pytest.mark.parametrize("where", ["threads", "distributed"])
+def test_progress_bar_shows_for_long_work_and_is_switchable_off(where, capsys, cluster_client):
+    import dask
+
+    from daskglm import cluster as cluster_mod
+
+    client = "threads" if where == "threads" else cluster_client
+    work = [dask.delayed(_slow)(i) for i in range(12)]  # ~3 s on two workers
+    assert compute(*work, client=client, verbose=0) == tuple(range(12))
+    assert capsys.readouterr().out == ""
+    work = [dask.delayed(_slow)(i) for i in range(12)]  # new keys: nothing cached
+    assert compute(*work, client=client, verbose=1) == tuple(range(12))
+    out = capsys.readouterr().out
+    assert "100%" in out and "#" in out, out
+    # The default comes from verbosity(); quick work shows nothing.
+    with cluster_mod.verbosity(1):
+        assert compute(dask.delayed(sum)([1, 2]), client=client) == (3,)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ValueError, match="verbose must be a non-negative integer; got -1"):
+        with cluster_mod.verbosity(-1):
+            pass
