@@ -46,6 +46,7 @@ __all__ = [
     "yule_walker",
     "ar1_labels",
     "whiten",
+    "label_covariances",
     "fit_block",
     "ar_coefficients_block",
     "refit_block",
@@ -372,6 +373,27 @@ def label_covariance(X: np.ndarray, coeffs: np.ndarray | float | None = None) ->
     c = np.zeros(0) if coeffs is None else np.atleast_1d(np.asarray(coeffs, dtype=np.float64))
     pinv = _whitened_pinv(X, c)[1]
     return LabelCovariance(pinv @ pinv.T, residual_dof(X))
+
+
+def label_covariances(X: np.ndarray, label_values: np.ndarray) -> np.ndarray:
+    """``label_covariance(X, c).cov`` for every row ``c`` of a label table.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, p)
+    label_values : ndarray, shape (L, order)
+        AR coefficients per label (``order == 0``: OLS).
+
+    Returns
+    -------
+    ndarray, shape (L, p, p)
+    """
+    X = np.asarray(X, dtype=np.float64)
+    out = np.empty((len(label_values), X.shape[1], X.shape[1]))
+    for index, coeffs in enumerate(np.asarray(label_values, dtype=np.float64)):
+        pinv = _whitened_pinv(X, coeffs)[1]
+        out[index] = pinv @ pinv.T
+    return out
 
 
 def _fit_groups(

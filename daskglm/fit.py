@@ -178,8 +178,7 @@ def fit_run(
                             coeffs=label_value, signal_scaling=scaling)
         label_index = da.from_array(index.astype(np.int64), chunks=(Y.chunks[1],))
 
-    cov = np.stack([_kernels.label_covariance(X, coeffs if coeffs.size else None).cov
-                    for coeffs in label_value])
+    cov = _kernels.label_covariances(X, label_value)  # one pinv per label, no SVD for the dof
     voxel_coords = {name: bold.coords[name] for name in "ijk" if name in bold.coords}
     return xr.Dataset(
         {

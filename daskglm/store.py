@@ -27,6 +27,7 @@ deleted and rebuilt. ``complete`` is set only after every block is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -106,6 +107,27 @@ def _remove(store: str, storage_options: dict | None) -> None:
     fs.invalidate_cache(path)  # another process may have written there since we last listed
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def _shared(value: Any) -> Any:
+    """A constant many tasks use, as one graph key (``None`` stays ``None``)."""
+    return None if value is None else dask.delayed(value, traverse=False)
+
+
+def _sweep_partials(store: str) -> None:
+    """Remove the ``*.partial`` files a killed writer left in a local store.
+
+    zarr writes a chunk to ``<key>.<uuid>.partial`` and renames it; a process
+    killed in between leaves that file. The chunk itself is then rewritten
+    whole by the retried task, so the leftover is debris, never data.
+    """
+    if is_url(store):
+        return  # object stores write each chunk in one request: nothing to sweep
+    for root, _, files in os.walk(store):
+        for name in files:
+            if name.endswith(".partial"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(root, name))
 
 
 def _codec(compressor: str | None) -> Any:
@@ -420,9 +442,11 @@ def ingest_run(
     blocks = (
         [source] * len(bounds) if source is not None else _in_memory_blocks(run_img, bounds)
     )
+    # Large constants are graph keys of their own, sent once (not once per task).
+    crop_key, index_key = _shared(crop), _shared(gzip_index)
     tasks = [
         dask.delayed(_ingest_block, pure=False)(
-            store, storage_options, blocks[b], b, start, stop, crop, sigma, gzip_index, resample
+            store, storage_options, blocks[b], b, start, stop, crop_key, sigma, index_key, resample
         )
         for b, (start, stop) in enumerate(bounds)
         if not done[b]
@@ -432,6 +456,7 @@ def ingest_run(
     group = _open_group(store, "r+", storage_options)
     if not np.asarray(group["ingest_done"][:], dtype=bool).all():
         raise StoreIncompleteError(f"ingestion into {store!r} did not write every block")
+    _sweep_partials(store)
     group.attrs["complete"] = True  # last: only now is the store usable
     return open_run(store, storage_options)
 
@@ -447,7 +472,8 @@ def _run_summary(run_img: Any, info: RunInfo, gzip_index: bytes | None, client: 
     block = _plan.plan_chunks(info.n_scans, 1, int(np.prod(info.volume_shape))).t_chunk
     bounds = _plan.block_bounds(info.n_scans, block)
     if info.path is not None:
-        parts = [dask.delayed(_block_summary)(info.path, a, b, gzip_index, storage_options,
+        index_key = _shared(gzip_index)
+        parts = [dask.delayed(_block_summary)(info.path, a, b, index_key, storage_options,
                                               want_sum=want_mean) for a, b in bounds]
     else:
         parts = [dask.delayed(_block_summary)(blk, 0, blk.shape[3], None, want_sum=want_mean)
@@ -551,6 +577,7 @@ def save_fit(fit: xr.Dataset, store: str | os.PathLike, name: str = "glm",
     delayed = out.to_zarr(store, group=name, mode="w", consolidated=False, zarr_format=3,
                           compute=False, **_fsspec_kwargs(store, storage_options))
     compute(delayed, client=client)
+    _sweep_partials(f"{store.rstrip('/')}/{name}")
     _open_group(f"{store.rstrip('/')}/{name}", "r+", storage_options).attrs["complete"] = True
     return open_fit(store, name, storage_options)
 

@@ -574,3 +574,16 @@ def test_ar2_two_pass_matches_run_glm():
     assert_close(np.hstack([f.sigma2 for f in fits]), sigma2)
     for i, name in enumerate(names):
         assert_close(K.label_covariance(X, coeffs_per_label[i]).cov, results[name].model.normalized_cov_beta)
+
+
+def test_label_covariances_equal_one_label_at_a_time():
+    from daskglm._kernels import label_covariance, label_covariances
+
+    rng = np.random.default_rng(5)
+    X = np.column_stack([rng.standard_normal((50, 3)), np.ones(50)])
+    table = np.array([[-0.3], [0.0], [0.42]])
+    got = label_covariances(X, table)
+    for row, coeffs in enumerate(table):
+        np.testing.assert_allclose(got[row], label_covariance(X, coeffs).cov, rtol=1e-12)
+    np.testing.assert_allclose(label_covariances(X, np.zeros((1, 0)))[0], np.linalg.pinv(X) @ np.linalg.pinv(X).T,
+                               rtol=1e-10, atol=1e-14)
