@@ -29,7 +29,7 @@ from .fit import fit_run, voxelwise_run
 from .grid import check_target
 from .maps import scatter_to_volume
 from .nifti import RunInfo, inspect_run
-from .store import ingest_run, open_run, save_fit
+from .store import ingest_run, mean_image, open_run, save_fit
 
 __all__ = ["FirstLevelModel", "default_store_root"]
 
@@ -52,7 +52,8 @@ class FirstLevelModel:
     t_r, slice_time_ref, hrf_model, drift_model, high_pass, drift_order, fir_delays, min_onset
         As nilearn's ``FirstLevelModel`` (design matrices from events).
     mask_img : path or image, optional
-        Brain mask; ``None`` computes nilearn's EPI mask from the first run.
+        Brain mask; ``None`` computes nilearn's EPI mask of the runs
+        (``compute_multi_epi_mask`` of their mean volumes, as nilearn).
     target_affine, target_shape
         Not supported yet (must be ``None``): resample runs beforehand.
     smoothing_fwhm : float, optional
@@ -190,6 +191,8 @@ class FirstLevelModel:
         fits, datasets = [], []
         with get_client(self.client) as client, verbosity(self.verbose):
             mask_img = self.mask_img
+            if mask_img is None and len(runs) > 1:
+                mask_img = self._multi_run_mask(runs, client)
             for index, run in enumerate(runs):
                 store = self._store_for(infos[index], index)
                 ds = ingest_run(
@@ -202,8 +205,6 @@ class FirstLevelModel:
                 ds = open_run(store, self.storage_options, columns=True)
                 if index == 0:
                     self.mask_img_ = self._mask_image(ds)
-                    if mask_img is None:
-                        mask_img = self.mask_img_  # every run uses the first run's mask
                 if masks[index] is not None:
                     ds = ds.isel(time=np.asarray(masks[index]))
                 datasets.append(ds)
@@ -217,6 +218,21 @@ class FirstLevelModel:
         self._run_datasets = datasets
         self.labels_ = [fit["label_index"] for fit in fits]
         return self
+
+    def _multi_run_mask(self, runs: list, client: Any) -> nib.Nifti1Image:
+        """nilearn's implicit mask of several runs: ``compute_multi_epi_mask`` of their means.
+
+        Each run's mean volume is one out-of-core pass over the run.
+        """
+        from nilearn.masking import compute_multi_epi_mask
+
+        means = [mean_image(run, client, self.storage_options) for run in runs]
+        mask = compute_multi_epi_mask(means, target_affine=self.target_affine,
+                                      target_shape=self.target_shape)
+        if not np.asarray(mask.dataobj).any():
+            raise ValueError("the mask computed from the runs' mean EPI volumes "
+                             "(nilearn's compute_multi_epi_mask) is empty; give mask_img")
+        return mask
 
     @staticmethod
     def _mask_image(ds: xr.Dataset) -> nib.Nifti1Image:

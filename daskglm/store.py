@@ -40,7 +40,7 @@ import xarray as xr
 import zarr
 
 from . import _plan, _volume
-from .cluster import compute
+from .cluster import compute, get_client
 from .grid import Grid, analysis_grid, check_target, resample_volumes
 from .nifti import (
     RunInfo,
@@ -54,7 +54,7 @@ from .nifti import (
     url_identity,
 )
 
-__all__ = ["ingest_run", "open_run", "save_fit", "open_fit", "StoreIncompleteError", "STORE_FORMAT"]
+__all__ = ["mean_image", "ingest_run", "open_run", "save_fit", "open_fit", "StoreIncompleteError", "STORE_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
@@ -408,13 +408,7 @@ def ingest_run(
         done = np.asarray(group["ingest_done"][:], dtype=bool)
         logger.info("resuming store %s: %d of %d blocks done", store, done.sum(), done.size)
     else:
-        gzip_index = None
-        if source is not None and info.compressed:
-            gzip_index = compute(
-                dask.delayed(build_gzip_index)(source, info.data_bytes,
-                                               **_fsspec_kwargs(source, storage_options)),
-                client=client,
-            )[0]
+        gzip_index = _gzip_index(info, client, storage_options)
         value_range = None
         if mask_img is None:
             mean, *value_range = _run_summary(run_img, info, gzip_index, client, storage_options)
@@ -459,6 +453,40 @@ def ingest_run(
     _sweep_partials(store)
     group.attrs["complete"] = True  # last: only now is the store usable
     return open_run(store, storage_options)
+
+
+def _gzip_index(info: RunInfo, client: Any, storage_options: dict | None) -> bytes | None:
+    """The seek index of a ``.nii.gz`` run (one decompression pass, as a task), or None."""
+    if info.path is None or not info.compressed:
+        return None
+    task = dask.delayed(build_gzip_index)(info.path, info.data_bytes,
+                                          **_fsspec_kwargs(info.path, storage_options))
+    return compute(task, client=client)[0]
+
+
+def mean_image(run_img: Any, client: Any = None, storage_options: dict | None = None) -> Any:
+    """Mean over time of a 4D run, computed out of core (one pass of block sums).
+
+    Non-finite values count as 0, as nilearn's maskers see them.
+
+    Parameters
+    ----------
+    run_img : path, fsspec URL or nibabel image
+    client : see :func:`daskglm.cluster.get_client`
+    storage_options : dict, optional
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        3D float64, on the run's grid.
+    """
+    import nibabel as nib
+
+    info = inspect_run(run_img, storage_options)
+    with get_client(client) as resolved:
+        index = _gzip_index(info, resolved, storage_options)
+        mean = _run_summary(run_img, info, index, resolved, storage_options)[0]
+    return nib.Nifti1Image(mean, info.affine)
 
 
 def _run_summary(run_img: Any, info: RunInfo, gzip_index: bytes | None, client: Any,

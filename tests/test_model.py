@@ -254,3 +254,27 @@ def test_target_affine_matches_nilearn(fiac, tmp_path, with_mask):
         assert a[key].shape == b[key].shape == (22, 24, 10)
         np.testing.assert_allclose(a[key].affine, target_affine)
         assert_maps_match(a[key], b[key], "ar1", key)
+
+
+def test_implicit_mask_of_runs_with_different_coverage_matches_nilearn(fiac, tmp_path):
+    """mask_img=None over two runs: nilearn's compute_multi_epi_mask of both runs."""
+    import nibabel as nib
+
+    img = nib.load(fiac["runs"][1])
+    data = np.asarray(img.dataobj).copy()
+    data[:, :, -4:] = 0  # the second run lost its top slices
+    cut = tmp_path / "cut.nii"
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), cut)
+    runs = [fiac["runs"][0], cut]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = FirstLevelModel(store=tmp_path / "stores", client="threads", noise_model="ols").fit(
+            runs, design_matrices=fiac["designs"])
+        theirs = NilearnModel(noise_model="ols").fit(runs, design_matrices=fiac["designs"])
+        a, b = ours.compute_contrast([[-1, -1, 1, 1]]), theirs.compute_contrast([[-1, -1, 1, 1]])
+    mask_ours, mask_theirs = ours.mask_img_.get_fdata() > 0, theirs.masker_.mask_img_.get_fdata() > 0
+    first_only = FirstLevelModel(store=tmp_path / "stores", client="threads").fit(
+        runs[0], design_matrices=fiac["designs"][0]).mask_img_.get_fdata() > 0
+    assert (first_only != mask_theirs).any()  # the first run's mask alone would not do
+    np.testing.assert_array_equal(mask_ours, mask_theirs)
+    assert_maps_match(a, b, "ols")
