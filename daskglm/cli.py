@@ -1,34 +1,53 @@
 """The ``daskglm`` command line.
 
-``daskglm demo``    nilearn's two-run walkthrough on simulated FIAC-shaped data
-                    (per-run maps, fixed effects, multi-run fit, eight contrasts
-                    written as .nii.gz), on an embedded LocalCluster (or ``--scheduler``).
-``daskglm ingest``  convert one run into a zarr store.
+``daskglm demo``     nilearn's two-run walkthrough on simulated FIAC-shaped data: per-run maps,
+                     fixed effects, the multi-run fit, eight contrasts and ``report.html``.
+``daskglm convert``  convert one run into a zarr store (alias: ``ingest``).
+``daskglm fit``      fit runs from design matrices or events, write contrast maps under
+                     nilearn's BIDS-derivatives names (see :mod:`daskglm._cli_fit`).
+``daskglm bids``     every subject of a BIDS dataset (see :mod:`daskglm.batch`).
 
-Both run on the Dask cluster given by ``--scheduler`` (an address, a scheduler
+Each runs on the Dask cluster given by ``--scheduler`` (an address, a scheduler
 file, or a local scheduler name such as ``sync``), else on the one named by
 ``DASK_SCHEDULER_ADDRESS``, else on an embedded ``LocalCluster`` sized by
-``--workers`` and ``--memory-limit`` (see :func:`daskglm.cluster.get_client`).
+``--n-workers`` and ``--memory-limit`` (see :func:`daskglm.cluster.get_client`).
+
+Errors are one line on stderr, ``daskglm: error: ...``: exit status 2 for a
+bad command line (argparse's, and options that do not go together), 1 for a
+problem found while running (a file that is not a 4D run, a contrast naming no
+design column, an unreachable scheduler...).
+``--debug`` (or ``DASKGLM_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-__all__ = ["main"]
+from ._cli_common import (Parser, UsageError, add_cluster_options, add_common_options, cluster, input_path,
+                          nonnegative_float, one_line, positive_int, say, warnings_as_lines, write_bytes)
+from ._cli_fit import add_fit_parser
+from .batch import add_bids_parser
+
+__all__ = ["main", "build_parser", "WALKTHROUGH_CONTRASTS"]
+
+#: Errors reported as one line (daskglm's, nilearn's, dask's and the file system's); others show a traceback.
+ERRORS = (ValueError, TypeError, OSError, NotImplementedError, IndexError, KeyError, RuntimeError)
 
 
 def _shape(text: str) -> tuple[int, int, int]:
     parts = text.lower().replace(",", "x").split("x")
-    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"shape must look like 64x64x30; got {text!r}")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"shape must be three positive integers like 64x64x30; got {text!r}")
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
 
 
+#: The walkthrough's contrasts (plot_two_runs_model), on the 13 FIAC design columns.
 WALKTHROUGH_CONTRASTS = {
     "SStSSp_minus_DStDSp": [[1, 0, 0, -1]],
     "DStDSp_minus_SStSSp": [[-1, 0, 0, 1]],
@@ -41,6 +60,13 @@ WALKTHROUGH_CONTRASTS = {
 }
 
 
+def _walkthrough_contrasts(n_columns: int) -> dict:
+    import numpy as np
+
+    return {name: np.eye(n_columns)[:5] if con == "eye5" else np.array(con, dtype=float)
+            for name, con in WALKTHROUGH_CONTRASTS.items()}
+
+
 def _demo(args: argparse.Namespace) -> int:
     """nilearn's plot_two_runs_model walkthrough, with daskglm, on simulated data."""
     import warnings
@@ -48,7 +74,6 @@ def _demo(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from .cluster import get_client
     from .datasets import simulate_fiac
     from .fixed_effects import compute_fixed_effects
     from .maps import save_nifti
@@ -56,107 +81,144 @@ def _demo(args: argparse.Namespace) -> int:
 
     out = Path(args.output).resolve()
     maps = out / "maps"
-    maps.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    data = simulate_fiac(data_dir=out / "data", shape=args.shape, n_scans=args.n_scans, seed=args.seed)
-    print(f"simulated FIAC-shaped data in {out / 'data'}")
+    data = simulate_fiac(data_dir=out / "data", shape=args.shape, n_scans=args.n_scans, seed=args.seed,
+                         verbose=max(0, args.verbose - 1))
+    say(args, 1, f"simulated FIAC-shaped data in {out / 'data'}")
     runs = [data["func1"], data["func2"]]
     designs = [pd.DataFrame(np.load(data[f"design_matrix{r}"])["X"]) for r in (1, 2)]
-    with get_client(args.scheduler, n_workers=args.workers, memory_limit=args.memory_limit) as client:
-        where = "dask's local threads" if client is None else getattr(client, "cluster", None) or client
-        print(f"running on {where}")
-        model = FirstLevelModel(mask_img=data["mask"], smoothing_fwhm=args.smoothing_fwhm,
-                                minimize_memory=True, store=out / "stores", client=client)
-        warnings.simplefilter("ignore", UserWarning)
-        contrast_val = [[-1, -1, 1, 1]]
-        per_run = []
-        for index, (run, design) in enumerate(zip(runs, designs), start=1):
-            stats = model.fit(run, design_matrices=design).compute_contrast(contrast_val, output_type="all")
-            for name, img in stats.items():
-                save_nifti(img, maps / f"run-{index}_DSt_minus_SSt_{name}.nii.gz")
-            per_run.append(stats)
-            print(f"run {index}: DSt_minus_SSt peak |z| = {np.abs(stats['z_score'].get_fdata()).max():.2f}")
-        fixed = compute_fixed_effects([s["effect_size"] for s in per_run],
-                                      [s["effect_variance"] for s in per_run], data["mask"], client=client)
-        for name, img in zip(("effect", "variance", "stat", "z_score"), fixed):
-            save_nifti(img, maps / f"fixed_DSt_minus_SSt_{name}.nii.gz")
-        print(f"fixed effects (compute_fixed_effects): peak |stat| = {np.abs(fixed[2].get_fdata()).max():.2f}")
-        model.fit(runs, design_matrices=designs)
-        z_map = model.compute_contrast([np.array(contrast_val)] * 2, output_type="z_score")
-        print(f"multi-run fit: DSt_minus_SSt peak |z| = {np.abs(z_map.get_fdata()).max():.2f}")
-        n_columns = designs[0].shape[1]
-        for index, (name, con) in enumerate(WALKTHROUGH_CONTRASTS.items(), start=1):
-            con = np.eye(n_columns)[:5] if con == "eye5" else np.array(con)
-            z_map = model.compute_contrast(con, output_type="z_score")
-            path = maps / f"{name}_z_map.nii.gz"
-            save_nifti(z_map, path)
-            print(f"  contrast {index:02d}/8 {name:24s} peak |z| {np.abs(z_map.get_fdata()).max():6.2f} -> {path}")
-    print(f"done in {time.perf_counter() - start:.1f} s; maps in {maps}")
+    with cluster(args) as client:
+        where = f"dask's local {args.scheduler} scheduler" if client is None else (
+            getattr(client, "cluster", None) or client)
+        say(args, 1, f"running on {where}")
+        model = FirstLevelModel(mask_img=data["mask"], smoothing_fwhm=args.smoothing_fwhm or None,
+                                minimize_memory=True, store=out / "stores", client=client,
+                                verbose=max(0, args.verbose))
+        with warnings.catch_warnings():
+            # The walkthrough's short contrasts are zero-padded and used for both runs, by design.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            contrast_val = [[-1, -1, 1, 1]]
+            per_run = []
+            for index, (run, design) in enumerate(zip(runs, designs), start=1):
+                stats = model.fit(run, design_matrices=design).compute_contrast(contrast_val, output_type="all")
+                for name, img in stats.items():
+                    save_nifti(img, maps / f"run-{index}_DSt_minus_SSt_{name}.nii.gz")
+                per_run.append(stats)
+                say(args, 1, f"run {index}: DSt_minus_SSt peak |z| = {np.abs(stats['z_score'].get_fdata()).max():.2f}")
+            fixed = compute_fixed_effects([s["effect_size"] for s in per_run],
+                                          [s["effect_variance"] for s in per_run], data["mask"], client=client)
+            for name, img in zip(("effect", "variance", "stat", "z_score"), fixed):
+                save_nifti(img, maps / f"fixed_DSt_minus_SSt_{name}.nii.gz")
+            say(args, 1, f"fixed effects (compute_fixed_effects): peak |stat| = {np.abs(fixed[2].get_fdata()).max():.2f}")
+            model.fit(runs, design_matrices=designs)
+            z_map = model.compute_contrast([np.array(contrast_val)] * 2, output_type="z_score")
+            say(args, 1, f"multi-run fit: DSt_minus_SSt peak |z| = {np.abs(z_map.get_fdata()).max():.2f}")
+            contrasts = _walkthrough_contrasts(designs[0].shape[1])
+            for index, (name, con) in enumerate(contrasts.items(), start=1):
+                z_map = model.compute_contrast(con, output_type="z_score")
+                path = maps / f"{name}_z_map.nii.gz"
+                save_nifti(z_map, path)
+                say(args, 1, f"  contrast {index:02d}/{len(contrasts)} {name:24s} "
+                             f"peak |z| {np.abs(z_map.get_fdata()).max():6.2f} -> {path}")
+            if not args.no_report:
+                report = model.generate_report(contrasts, title="daskglm demo: two runs of simulated FIAC data")
+                write_bytes(str(out / "report.html"), str(report).encode("utf-8"))
+                say(args, 1, f"report -> {out / 'report.html'}")
+    say(args, 1, f"done in {time.perf_counter() - start:.1f} s; maps in {maps}")
     return 0
 
 
-def _ingest(args: argparse.Namespace) -> int:
-    from .cluster import get_client
+def _convert(args: argparse.Namespace) -> int:
     from .store import ingest_run
 
+    if args.store_pos and args.store and args.store_pos != args.store:
+        raise UsageError(f"two stores given: {args.store_pos!r} and --store {args.store!r}")
+    store = args.store or args.store_pos
+    if not store:
+        raise UsageError("--store STORE is required (the zarr store to write)")
     # One client for the whole command (gzip index, mean volume, blocks), not one per step.
-    with get_client(args.scheduler, n_workers=args.workers, memory_limit=args.memory_limit) as client:
-        ds = ingest_run(
-            args.run, args.store, mask_img=args.mask, smoothing_fwhm=args.smoothing_fwhm,
-            t_chunk=args.t_chunk, v_chunk=args.v_chunk, client=client,
-        )
-    print(ds)
+    with cluster(args) as client:
+        say(args, 1, f"converting {args.run} -> {store}")
+        ds = ingest_run(args.run, store, mask_img=args.mask, smoothing_fwhm=args.smoothing_fwhm or None,
+                        t_chunk=args.t_chunk, v_chunk=args.v_chunk, client=client, overwrite=args.overwrite)
+    bold = ds["bold"]
+    chunks = tuple(c[0] for c in bold.chunks) if bold.chunks else None
+    say(args, 1, f"done: {store}: bold (time={bold.shape[0]}, voxel={bold.shape[1]}) {bold.dtype}, chunks {chunks}")
+    say(args, 2, str(ds))
     return 0
-
-
-def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--scheduler", default=None,
-        help="Dask scheduler address (tcp://host:port), scheduler file, or local scheduler name "
-             "(sync, threads); default: DASK_SCHEDULER_ADDRESS, else an embedded LocalCluster",
-    )
-    parser.add_argument("--workers", type=_positive_int, default=None,
-                        help="worker processes of the embedded LocalCluster (default: one per core)")
-    parser.add_argument("--memory-limit", default=None,
-                        help="memory limit per worker of the embedded LocalCluster, e.g. 4GiB "
-                             "(default: the available memory split between the workers)")
-
-
-def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="daskglm", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The ``daskglm`` parser with its subcommands (``args.func(args)`` runs one)."""
+    parser = Parser(prog="daskglm", description="First-level fMRI GLM (nilearn's FirstLevelModel) out of core "
+                                                "on Dask.",
+                    epilog="Errors are one line on stderr; --debug or DASKGLM_DEBUG=1 shows the traceback.")
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="show the Python traceback of an error (default: off; or set DASKGLM_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="two-run analysis on simulated FIAC-shaped data")
-    demo.add_argument("--output", default="daskglm_demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--shape", type=_shape, default=(64, 64, 30), help="volume shape, e.g. 64x64x30")
-    demo.add_argument("--n-scans", type=int, default=191)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--smoothing-fwhm", type=float, default=5.0)
-    _add_cluster_options(demo)
+    demo = sub.add_parser("demo", help="the two-run walkthrough on simulated FIAC-shaped data",
+                          description="nilearn's plot_two_runs_model walkthrough with daskglm, on simulated "
+                                      "FIAC-shaped data: per-run maps, compute_fixed_effects, the multi-run "
+                                      "fit, the eight contrasts' z maps (in OUT/maps) and OUT/report.html.")
+    demo.add_argument("--out", "--output", dest="output", default="daskglm_demo", metavar="DIR",
+                      help="output folder: data/, stores/, maps/, report.html (default: %(default)s)")
+    demo.add_argument("--shape", type=_shape, default=(64, 64, 30), metavar="XxYxZ",
+                      help="volume shape of the simulated runs (default: 64x64x30)")
+    demo.add_argument("--n-scans", type=positive_int, default=191, metavar="N",
+                      help="scans per simulated run, >= 20 (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
+    demo.add_argument("--smoothing-fwhm", type=nonnegative_float, default=5.0, metavar="MM",
+                      help="smoothing FWHM in mm, 0 for none (default: %(default)s)")
+    demo.add_argument("--no-report", action="store_true", help="skip report.html (default: write it)")
+    add_cluster_options(demo)
+    add_common_options(demo)
     demo.set_defaults(func=_demo)
 
-    ingest = sub.add_parser("ingest", help="convert one 4D run into a zarr store")
-    ingest.add_argument("run", help="4D NIfTI run (.nii or .nii.gz)")
-    ingest.add_argument("store", help="zarr store path or fsspec URL")
-    ingest.add_argument("--mask", default=None, help="mask image (default: compute_epi_mask)")
-    ingest.add_argument("--smoothing-fwhm", type=float, default=None)
-    ingest.add_argument("--t-chunk", type=int, default=None)
-    ingest.add_argument("--v-chunk", type=int, default=None)
-    _add_cluster_options(ingest)
-    ingest.set_defaults(func=_ingest)
+    convert = sub.add_parser("convert", aliases=["ingest"], help="convert one 4D run into a zarr store",
+                             description="Convert one 4D NIfTI run into a chunked zarr store: smoothed, masked "
+                                         "voxel time series bold(time, voxel), as nilearn's NiftiMasker gives "
+                                         "them. A complete store of the same run and options is reused.")
+    convert.add_argument("run", type=input_path, metavar="RUN", help="4D NIfTI run (.nii, .nii.gz, or fsspec URL)")
+    convert.add_argument("store_pos", nargs="?", default=None, metavar="STORE",
+                         help="the zarr store, as a second argument (same as --store)")
+    convert.add_argument("--store", default=None, help="zarr store path or fsspec URL to write (required, "
+                                                       "here or as STORE)")
+    convert.add_argument("--mask", type=input_path, default=None,
+                         help="mask image (default: nilearn's compute_epi_mask of the run's mean)")
+    convert.add_argument("--smoothing-fwhm", type=nonnegative_float, default=None, metavar="MM",
+                         help="Gaussian smoothing FWHM in mm (default: no smoothing)")
+    convert.add_argument("--t-chunk", type=positive_int, default=None, metavar="N",
+                         help="scans per chunk (default: planned from the data size)")
+    convert.add_argument("--v-chunk", type=positive_int, default=None, metavar="N",
+                         help="voxels per chunk (default: planned from the data size)")
+    convert.add_argument("--overwrite", action="store_true",
+                         help="rebuild the store even when it is complete (default: reuse it)")
+    add_cluster_options(convert)
+    add_common_options(convert)
+    convert.set_defaults(func=_convert)
+
+    add_fit_parser(sub)
+    add_bids_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``daskglm`` command."""
+    """Entry point of the ``daskglm`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    debug = args.debug or os.environ.get("DASKGLM_DEBUG", "").strip() not in ("", "0")
+    try:
+        with warnings_as_lines(getattr(args, "verbose", 1)):
+            return int(args.func(args))
+    except KeyboardInterrupt:
+        print("daskglm: interrupted", file=sys.stderr)
+        return 130
+    except ERRORS as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"daskglm: error: {one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,78 +1,371 @@
-"""The command line, run as a user runs it (a subprocess, an embedded LocalCluster)."""
+"""The command line, run as a user runs it: the installed ``daskglm`` script and ``python -m daskglm``
+in subprocesses, on small simulated data; nilearn 0.14 is the oracle for maps and file names."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 
+import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
+from nilearn.glm import save_glm_to_bids
+from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 
 from daskglm.cli import build_parser
+from daskglm.datasets import load_fiac_design_matrix, simulate_fiac
+from daskglm.model import FirstLevelModel
 from daskglm.store import open_run
 
+SCRIPT = shutil.which("daskglm", path=os.path.dirname(sys.executable)) or shutil.which("daskglm")
+MODULE = [sys.executable, "-m", "daskglm"]
+N_COLUMNS = 13
+#: --contrast arguments, and the same contrasts as nilearn is given them (full-length weights).
+CONTRASTS = {
+    "DSt minus SSt": ("-1,-1,1,1", np.array([-1, -1, 1, 1] + [0] * 9, dtype=float)),
+    "language": ("DStDSp + DStSSp - SStDSp - SStSSp", "DStDSp + DStSSp - SStDSp - SStSSp"),
+    "Effects_of_interest": (";".join(",".join("1" if i == j else "0" for j in range(5)) for i in range(5)),
+                            np.eye(N_COLUMNS)[:5]),
+}
 
-def test_demo_runs_end_to_end_on_an_embedded_cluster(tmp_path):
-    env = {**os.environ, "DASK_SCHEDULER_ADDRESS": ""}
+
+def run_cli(*args: str, script: bool = True, env: dict | None = None, timeout: float = 300
+            ) -> subprocess.CompletedProcess:
+    """Run the installed console script (or ``python -m daskglm``) in a subprocess."""
+    assert SCRIPT, f"the daskglm console script is not installed next to {sys.executable}"
+    environment = {k: v for k, v in os.environ.items() if k not in ("DASK_SCHEDULER_ADDRESS", "DASKGLM_DEBUG")}
+    environment.update(env or {})
+    command = [SCRIPT] if script else MODULE
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=environment)
+
+
+def contrast_options(contrasts: dict = CONTRASTS) -> list[str]:
+    return [item for name, (expr, _) in contrasts.items() for item in ("--contrast", f"{name}={expr}")]
+
+
+def assert_maps_match(ours, theirs, noise_model: str, what: str = "") -> None:
+    """As tests/test_model.py: AR(1) voxels whose rho lies on a bin edge may fall in the neighbouring bin."""
+    a, b = np.asarray(ours.get_fdata()), np.asarray(theirs.get_fdata())
+    assert a.shape == b.shape, what
+    if noise_model == "ols":
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-10, err_msg=what)
+    else:
+        diff = np.abs(a - b)
+        assert (diff <= 1e-4).mean() >= 0.999, what
+        assert diff.max() <= 1e-2, what
+
+
+@pytest.fixture(scope="module")
+def fiac(tmp_path_factory):
+    """Two simulated runs, their design matrices (run 1 as .npz, run 2 as .tsv) and BIDS-named links."""
+    root = tmp_path_factory.mktemp("cli")
+    data = simulate_fiac(data_dir=root / "data", shape=(20, 22, 10), n_scans=60)
+    designs = [load_fiac_design_matrix(data[f"design_matrix{r}"]) for r in (1, 2)]
+    tsv = root / "run2_design.tsv"
+    designs[1].to_csv(tsv, sep="\t", index=False)
+    bids = root / "bids"
+    bids.mkdir()
+    linked = []
+    for r in (1, 2):
+        link = bids / f"sub-01_task-fiac_run-{r}_desc-preproc_bold.nii.gz"
+        link.symlink_to(data[f"func{r}"])
+        linked.append(str(link))
+    return {"root": root, "data": data, "designs": designs, "design_files": [data["design_matrix1"], str(tsv)],
+            "runs": [data["func1"], data["func2"]], "bids_runs": linked,
+            "events": [data["events1"], data["events2"]]}
+
+
+def test_console_script_is_installed():
+    assert SCRIPT and os.access(SCRIPT, os.X_OK)
+    proc = run_cli("--help")
+    assert proc.returncode == 0, proc.stderr
+    for command in ("demo", "convert", "fit", "bids"):
+        assert command in proc.stdout
+
+
+# ------------------------------------------------------------------ demo
+
+
+def test_demo_writes_maps_and_report_on_an_embedded_cluster(tmp_path):
+    """README's ``python -m daskglm demo`` (legacy --output/--workers spellings), embedded LocalCluster."""
     out = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, "-m", "daskglm", "demo", "--output", str(out), "--shape", "16x18x10",
-         "--n-scans", "40", "--workers", "2"],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
+    proc = run_cli("demo", "--output", out, "--shape", "16x18x10", "--n-scans", "40", "--workers", "1",
+                   script=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "LocalCluster" in proc.stdout
+    assert "Traceback" not in proc.stderr
     maps = sorted(p.name for p in (out / "maps").glob("*_z_map.nii.gz"))
     assert len(maps) == 8 and "Effects_of_interest_z_map.nii.gz" in maps
     assert (out / "maps" / "fixed_DSt_minus_SSt_z_score.nii.gz").exists()
+    assert len(list((out / "maps").glob("run-[12]_DSt_minus_SSt_*.nii.gz"))) == 10
     stores = sorted((out / "stores").glob("*.zarr"))
     assert len(stores) == 2
     for store in stores:
         assert open_run(store)["bold"].shape[0] == 40
-    import nibabel as nib
-
     z = nib.load(out / "maps" / "DSt_minus_SSt_z_map.nii.gz")
     assert z.shape == (16, 18, 10) and np.isfinite(z.get_fdata()).all()
+    page = (out / "report.html").read_text()
+    assert page.lstrip().lower().startswith("<!doctype html") or "<html" in page[:500].lower()
+    for name in ("DSt_minus_SSt", "Effects_of_interest", "Deactivation"):
+        assert name in page
+    assert "data:image/png;base64," in page
 
 
-def test_missing_required_argument_is_named(capsys):
-    with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args(["ingest", "run.nii.gz"])
-    assert exc.value.code == 2
-    assert "store" in capsys.readouterr().err
+# ------------------------------------------------------------------ fit
 
 
-def test_bad_shape_is_named(capsys):
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["demo", "--shape", "64x64"])
-    assert "64x64" in capsys.readouterr().err
+def test_fit_design_matrices_equals_daskglm_and_nilearn_with_nilearn_names(fiac, tmp_path):
+    """BIDS-named runs, an .npz and a .tsv design: nilearn's file names, daskglm's and nilearn's maps."""
+    out = tmp_path / "out"
+    mask = fiac["data"]["mask"]
+    proc = run_cli("fit", *fiac["bids_runs"], "--design-matrix", fiac["design_files"][0],
+                   "--design-matrix", fiac["design_files"][1], "--mask", mask, "--smoothing-fwhm", "5",
+                   *contrast_options(), "--out", out, "--store", tmp_path / "stores", "--scheduler", "sync",
+                   "--report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert all(line.startswith("daskglm: warning:") for line in proc.stderr.splitlines()), proc.stderr
+
+    # The same inputs through nilearn's own save_glm_to_bids: the same names.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = NilearnModel(mask_img=mask, smoothing_fwhm=5, minimize_memory=False)
+        theirs.fit(fiac["bids_runs"], design_matrices=fiac["designs"])
+        save_glm_to_bids(theirs, {name: value for name, (_, value) in CONTRASTS.items()},
+                         out_dir=tmp_path / "nilearn")
+    ours_files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    nilearn_files = {p.relative_to(tmp_path / "nilearn").as_posix()
+                     for p in (tmp_path / "nilearn").rglob("*") if p.is_file()}
+    statmaps = {f for f in nilearn_files if "contrast-" in f and f.endswith("_statmap.nii.gz")}
+    assert len(statmaps) == 5 * len(CONTRASTS)
+    assert "sub-01/sub-01_task-fiac_contrast-dstMinusSst_stat-z_statmap.nii.gz" in statmaps
+    assert "sub-01/sub-01_task-fiac_contrast-effectsOfInterest_stat-F_statmap.nii.gz" in statmaps
+    expected = statmaps | {f for f in nilearn_files if f.endswith(("_design.tsv", "_design.json", "_mask.nii.gz"))}
+    expected |= {"dataset_description.json", "sub-01/report.html"}
+    assert ours_files == expected
+    for index, design in enumerate(fiac["designs"], start=1):
+        written = pd.read_csv(out / f"sub-01/sub-01_task-fiac_run-{index}_design.tsv", sep="\t")
+        pd.testing.assert_frame_equal(written, design, check_exact=False)
+
+    # The maps: daskglm in-process (fresh stores), and nilearn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = FirstLevelModel(mask_img=mask, smoothing_fwhm=5, store=tmp_path / "inprocess", client="sync")
+        ours.fit(fiac["bids_runs"], design_matrices=fiac["designs"])
+        for name, (_, value) in CONTRASTS.items():
+            stat = "t" if isinstance(value, str) or value.ndim == 1 else "F"
+            clean = {"DSt minus SSt": "dstMinusSst", "language": "language",
+                     "Effects_of_interest": "effectsOfInterest"}[name]
+            files = {key: out / "sub-01" / f"sub-01_task-fiac_contrast-{clean}_stat-{label}_statmap.nii.gz"
+                     for key, label in (("effect_size", "effect"), ("stat", stat), ("effect_variance", "variance"),
+                                        ("z_score", "z"), ("p_value", "p"))}
+            in_process = ours.compute_contrast([value, value], stat_type=stat, output_type="all")
+            nilearn_maps = theirs.compute_contrast(value, stat_type=stat, output_type="all")
+            for key, path in files.items():
+                written = nib.load(path)
+                np.testing.assert_allclose(written.get_fdata(), in_process[key].get_fdata(), rtol=1e-12, atol=0,
+                                           err_msg=f"{name} {key}")
+                np.testing.assert_allclose(written.affine, nilearn_maps[key].affine)
+                if key != "p_value":  # p underflows differently where z is large; z carries it
+                    assert_maps_match(written, nilearn_maps[key], "ar1", f"{name} {key} vs nilearn")
+    page = (out / "sub-01" / "report.html").read_text()
+    assert all(name in page for name in CONTRASTS)
 
 
-@pytest.mark.parametrize("command", ["demo", "ingest"])
-def test_cluster_options(command):
-    positional = ["run.nii", "store.zarr"] if command == "ingest" else []
-    args = build_parser().parse_args([command, *positional, "--scheduler", "tcp://127.0.0.1:8786",
-                                      "--workers", "3", "--memory-limit", "2GiB"])
-    assert (args.scheduler, args.workers, args.memory_limit) == ("tcp://127.0.0.1:8786", 3, "2GiB")
-    defaults = build_parser().parse_args([command, *positional])
-    assert (defaults.scheduler, defaults.workers, defaults.memory_limit) == (None, None, None)
+def test_fit_events_and_t_r_equals_nilearn(fiac, tmp_path):
+    """Designs from events (+ confounds, non-default HRF and drifts), OLS: nilearn's maps and designs."""
+    rng = np.random.default_rng(0)
+    confounds = []
+    for r in (1, 2):
+        path = tmp_path / f"run{r}_confounds.tsv"
+        pd.DataFrame(rng.normal(size=(60, 2)), columns=["motion_x", "motion_y"]).to_csv(path, sep="\t", index=False)
+        confounds.append(str(path))
+    out = tmp_path / "out"
+    contrasts = {"language": CONTRASTS["language"], "DSt_minus_SSt": ("DStDSp + DStSSp - SStSSp - SStDSp", None)}
+    proc = run_cli("fit", *fiac["runs"], "--events", fiac["events"][0], "--events", fiac["events"][1],
+                   "--confounds", confounds[0], "--confounds", confounds[1], "--t-r", "2.5",
+                   "--hrf-model", "spm", "--drift-model", "polynomial", "--drift-order", "2",
+                   "--noise-model", "ols", "--mask", fiac["data"]["mask"], "--smoothing-fwhm", "5",
+                   *contrast_options(contrasts), "--out", out, "--store", tmp_path / "stores",
+                   "--scheduler", "threads", "--verbose", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == "" and proc.stderr == ""  # --verbose 0
+    # Plain file names (no subject in the run names): nilearn's names with prefix "".
+    names = sorted(p.name for p in out.iterdir())
+    expected = sorted([f"contrast-{c}_stat-{s}_statmap.nii.gz" for c in ("language", "dstMinusSst")
+                       for s in ("effect", "t", "variance", "z", "p")]
+                      + ["run-1_design.tsv", "run-1_design.json", "run-2_design.tsv", "run-2_design.json",
+                         "mask.nii.gz", "dataset_description.json"])
+    assert names == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = NilearnModel(t_r=2.5, hrf_model="spm", drift_model="polynomial", drift_order=2, noise_model="ols",
+                              mask_img=fiac["data"]["mask"], smoothing_fwhm=5, minimize_memory=True)
+        theirs.fit(fiac["runs"], events=fiac["events"], confounds=confounds)
+        for index, design in enumerate(theirs.design_matrices_, start=1):
+            written = pd.read_csv(out / f"run-{index}_design.tsv", sep="\t")
+            assert list(written.columns) == [str(c) for c in design.columns]
+            np.testing.assert_allclose(written.to_numpy(), design.to_numpy(), rtol=1e-12, atol=1e-15)
+        for clean, expr in (("language", contrasts["language"][0]), ("dstMinusSst", contrasts["DSt_minus_SSt"][0])):
+            maps = theirs.compute_contrast(expr, output_type="all")
+            for key, label in (("z_score", "z"), ("stat", "t"), ("effect_size", "effect")):
+                written = nib.load(out / f"contrast-{clean}_stat-{label}_statmap.nii.gz")
+                assert_maps_match(written, maps[key], "ols", f"{clean} {key}")
 
 
-def test_bad_worker_count_is_named(capsys):
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["ingest", "run.nii", "store.zarr", "--workers", "0"])
-    assert "'0'" in capsys.readouterr().err
+def test_fit_takes_the_repetition_time_from_the_header(fiac, tmp_path):
+    """Without --t-r, events use the run's header TR (2.5 s): the same design as --t-r 2.5."""
+    out = tmp_path / "out"
+    proc = run_cli("fit", fiac["runs"][0], "--events", fiac["events"][0], "--mask", fiac["data"]["mask"],
+                   "--contrast", "a=DStDSp-SStSSp", "--noise-model", "ols", "--out", out,
+                   "--store", tmp_path / "stores", "--scheduler", "sync", "--verbose", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "t_r = 2.5" in proc.stdout
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    events = pd.read_csv(fiac["events"][0], sep="\t")
+    expected = make_first_level_design_matrix(np.arange(60) * 2.5, events)
+    written = pd.read_csv(out / "design.tsv", sep="\t")
+    np.testing.assert_allclose(written.to_numpy(), expected.to_numpy(), rtol=1e-12, atol=1e-15)
+    assert (out / "contrast-a_stat-z_statmap.nii.gz").exists()
 
 
-def test_ingest_on_a_named_local_scheduler(small_run, tmp_path, capsys):
-    """``--scheduler sync``: no cluster at all, the rows nilearn's masker gives (see test_store)."""
-    from daskglm.cli import main
+# ------------------------------------------------------------------ convert
 
-    store = tmp_path / "run.zarr"
-    assert main(["ingest", str(small_run["nii"]), str(store), "--mask", str(small_run["mask_path"]),
-                 "--scheduler", "sync"]) == 0
-    assert "bold" in capsys.readouterr().out
-    bold = open_run(store)["bold"]
+
+def test_convert_and_its_ingest_alias(small_run, tmp_path):
+    """``convert RUN --store S`` and the older ``ingest RUN STORE``: the rows nilearn's masker gives."""
     expected = small_run["data"][small_run["mask"]].T.astype(np.float32)
-    np.testing.assert_array_equal(bold.values, expected)
+    for argv in (["convert", small_run["nii.gz"], "--store", tmp_path / "a.zarr"],
+                 ["ingest", small_run["nii"], tmp_path / "b.zarr"]):
+        proc = run_cli(*argv, "--mask", small_run["mask_path"], "--scheduler", "sync")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "bold (time=30" in proc.stdout
+    for store in ("a.zarr", "b.zarr"):
+        np.testing.assert_array_equal(open_run(tmp_path / store)["bold"].values, expected)
+
+
+# ------------------------------------------------------------------ help and errors
+
+
+def _subcommand_parsers() -> dict:
+    import argparse
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", ["demo", "convert", "fit"])
+def test_help_documents_every_option_with_its_default(command):
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    parser = _subcommand_parsers()[command]
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert action.help, action.option_strings
+        assert "default" in action.help or "required" in action.help, action.option_strings
+        assert action.option_strings[0] in proc.stdout
+
+
+def test_parser_keeps_the_old_spellings():
+    args = build_parser().parse_args(["demo", "--output", "x", "--workers", "3", "--memory-limit", "2GiB"])
+    assert (args.output, args.n_workers, args.memory_limit, args.verbose) == ("x", 3, "2GiB", 1)
+    assert build_parser().parse_args(["demo", "--out", "y", "--n-workers", "2"]).output == "y"
+    defaults = build_parser().parse_args(["demo"])
+    assert (defaults.output, defaults.scheduler, defaults.n_workers, defaults.memory_limit) == (
+        "daskglm_demo", None, None, None)
+    parsers = _subcommand_parsers()
+    assert parsers["ingest"] is parsers["convert"]
+
+
+def _bad_cases(fiac, tmp_path) -> dict:
+    """argv of each bad-argument case, and what its error line must name."""
+    run1, run2 = fiac["runs"]
+    dm1 = fiac["design_files"][0]
+    short = tmp_path / "short_design.tsv"
+    fiac["designs"][0].iloc[:50].to_csv(short, sep="\t", index=False)
+    out = ["--out", tmp_path / "out", "--store", tmp_path / "stores"]
+    fit = ["fit", run1, "--design-matrix", dm1, *out]
+    return {
+        "missing run": (["fit", tmp_path / "nope.nii.gz", "--design-matrix", dm1, "--contrast", "a=1", *out],
+                        "nope.nii.gz"),
+        "missing design": (["fit", run1, "--design-matrix", tmp_path / "dm.npz", "--contrast", "a=1", *out],
+                           "dm.npz"),
+        "missing mask": ([*fit, "--contrast", "a=1", "--mask", tmp_path / "mask.nii.gz"], "mask.nii.gz"),
+        "contrast without name": ([*fit, "--contrast", "=-1,1"], "NAME=EXPR"),
+        "unknown column": ([*fit, "--contrast", "a=DStDSp - Nope"], "Nope"),
+        "too many weights": ([*fit, "--contrast", "a=" + ",".join(["1"] * 14)], "length 14"),
+        "ragged F": ([*fit, "--contrast", "a=1,0;0"], "same number of weights"),
+        "duplicate contrast": ([*fit, "--contrast", "a=1", "--contrast", "a=0,1"], "'a'"),
+        "design rows": (["fit", run1, "--design-matrix", short, "--contrast", "a=1", *out], "50 rows"),
+        "run not 4D": (["fit", fiac["data"]["mask"], "--design-matrix", dm1, "--contrast", "a=1", *out], "4D"),
+        "design count": (["fit", run1, run2, "--design-matrix", dm1, "--contrast", "a=1", *out],
+                         "--design-matrix"),
+        "design and events": ([*fit, "--events", fiac["events"][0], "--contrast", "a=1"], "--events"),
+        "events option with designs": ([*fit, "--hrf-model", "spm", "--contrast", "a=1"], "--hrf-model"),
+        "no design": (["fit", run1, "--contrast", "a=1", *out], "--design-matrix"),
+        "no contrast": (fit, "--contrast"),
+        "no output": (["fit", run1, "--design-matrix", dm1, "--contrast", "a=1"], "--out"),
+        "bad noise model": ([*fit, "--contrast", "a=1", "--noise-model", "ar0"], "ar0"),
+        "bad hrf": ([*fit, "--contrast", "a=1", "--hrf-model", "gamma"], "gamma"),
+        "bad t_r": (["fit", run1, "--events", fiac["events"][0], "--t-r", "-2", "--contrast", "a=1", *out],
+                    "--t-r"),
+        "bad fwhm": ([*fit, "--contrast", "a=1", "--smoothing-fwhm", "-1"], "--smoothing-fwhm"),
+        "bad workers": ([*fit, "--contrast", "a=1", "--n-workers", "0"], "'0'"),
+        "bad memory": ([*fit, "--contrast", "a=1", "--memory-limit", "lots"], "'lots'"),
+        "bad scheduler": ([*fit, "--contrast", "a=1", "--scheduler", "nosuchscheduler"], "nosuchscheduler"),
+        "unreachable scheduler": ([*fit, "--contrast", "a=1", "--scheduler", "tcp://127.0.0.1:9"],
+                                  "tcp://127.0.0.1:9"),
+        "bad shape": (["demo", "--shape", "64x64", "--out", tmp_path / "out"], "64x64"),
+        "convert without store": (["convert", run1], "--store"),
+        "unknown command": (["frobnicate"], "frobnicate"),
+    }
+
+
+BAD_CASES = ["missing run", "missing design", "missing mask", "contrast without name", "unknown column",
+             "too many weights", "ragged F", "duplicate contrast", "design rows", "run not 4D",
+             "design count", "design and events", "events option with designs", "no design", "no contrast",
+             "no output", "bad noise model", "bad hrf", "bad t_r", "bad fwhm", "bad workers", "bad memory",
+             "bad scheduler", "unreachable scheduler", "bad shape", "convert without store", "unknown command"]
+
+
+@pytest.fixture(scope="module")
+def bad_runs(fiac, tmp_path_factory):
+    """Every bad-argument case run once, three subprocesses at a time: {case: (process, named, root)}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("bad")
+    cases = _bad_cases(fiac, root)
+    assert sorted(cases) == sorted(BAD_CASES)
+    env = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}
+    with ThreadPoolExecutor(3) as pool:
+        futures = {case: pool.submit(run_cli, *argv, env=env, timeout=120) for case, (argv, _) in cases.items()}
+        return {case: (future.result(), cases[case][1], root) for case, future in futures.items()}
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_arguments_give_one_error_line(bad_runs, case):
+    proc, named, root = bad_runs[case]
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("daskglm: error:"), lines[0]
+    assert named in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (root / "out").exists()  # nothing written before the arguments are known good
+
+
+def test_debug_shows_the_traceback(fiac, tmp_path):
+    argv, _ = _bad_cases(fiac, tmp_path)["design and events"]
+    for extra_env, extra_args in (({"DASKGLM_DEBUG": "1"}, []), ({}, ["--debug"])):
+        proc = run_cli(*(extra_args + [str(a) for a in argv]), env=extra_env)
+        assert proc.returncode == 2
+        assert "Traceback" in proc.stderr
+        assert proc.stderr.splitlines()[-1].startswith("daskglm: error:")
