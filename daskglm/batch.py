@@ -75,6 +75,7 @@ from ._batch_subject import (
     run_subject,
     write_json,
 )
+from ._cli_common import add_cluster_options, add_common_options, one_line, positive_int
 
 __all__ = ["BATCH_FORMAT", "MARKER", "BatchResult", "SubjectResult", "add_bids_parser", "run_batch"]
 
@@ -449,12 +450,6 @@ def _filter_arg(text: str) -> tuple[str, str]:
     return entity.strip(), label.strip()
 
 
-def _positive(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return int(text)
-
-
 def add_bids_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``bids`` subcommand to an ``argparse`` subparsers object.
 
@@ -495,16 +490,12 @@ def add_bids_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--noise-model", default=None, help="ar1 (default), ols, ar2...")
     p.add_argument("--mask", default=None, help="mask image, or 'derivatives' for the runs' brain masks")
     p.add_argument("--store", default=None, help="folder for the run stores (default: daskglm's cache)")
-    p.add_argument("--scheduler", default=None,
-                   help="Dask scheduler address or file, or a local scheduler name (sync, threads); "
-                        "default: DASK_SCHEDULER_ADDRESS, else an embedded LocalCluster")
-    p.add_argument("--workers", type=_positive, default=None, help="workers of the embedded LocalCluster")
-    p.add_argument("--memory-limit", default=None, help="memory limit per worker of the embedded LocalCluster")
-    p.add_argument("--max-subjects", type=_positive, default=None,
+    p.add_argument("--max-subjects", type=positive_int, default=None,
                    help="subjects in flight at once (default: the number of workers)")
     p.add_argument("--report", action="store_true", help="also write each subject's HTML report")
     p.add_argument("--no-figures", action="store_true", help="skip the design and contrast PNG figures")
-    p.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: a line per subject (default), 2: warnings")
+    add_cluster_options(p)  # --scheduler, --n-workers/--workers, --memory-limit: as every command
+    add_common_options(p)   # --verbose (1: a line per subject, 2: their warnings), --debug
     p.set_defaults(func=_bids_command)
     return p
 
@@ -520,7 +511,7 @@ def _bids_command(args: argparse.Namespace) -> int:
         none = [s.lower() for s in args.confounds_strategy] == ["none"]
         kwargs["confounds_strategy"] = None if none else tuple(args.confounds_strategy)
     try:
-        with get_client(args.scheduler, n_workers=args.workers, memory_limit=args.memory_limit) as client:
+        with get_client(args.scheduler, n_workers=args.n_workers, memory_limit=args.memory_limit) as client:
             result = run_batch(args.dataset, args.task, dict(args.contrast), args.out, space_label=args.space,
                                sub_labels=args.sub, derivatives_folder=args.derivatives_folder,
                                max_concurrent_subjects=args.max_subjects,
@@ -528,7 +519,7 @@ def _bids_command(args: argparse.Namespace) -> int:
                                verbose=args.verbose, report=args.report,
                                figures=not args.no_figures, **kwargs)
     except (ValueError, RuntimeError, NotImplementedError, TypeError, OSError) as exc:
-        print(f"daskglm bids: error: {exc}".replace("\n", " "), file=sys.stderr)
+        print(f"daskglm: error: {one_line(exc)}", file=sys.stderr)
         return 2
     if result.failures:
         print(f"daskglm bids: {len(result.failures)} of {len(result.subjects)} subjects failed:", file=sys.stderr)

@@ -21,6 +21,17 @@ Every computation of daskglm goes through :func:`compute`, so with a
 distributed client (given, active, or from the environment) nothing runs on
 dask's local threaded scheduler behind the user's back: graphs are submitted
 with ``client.compute`` and only their (small) results come back.
+
+Retries: on a distributed client every task of :func:`compute` is retried up
+to :func:`task_retries` times (dask config key ``daskglm.retries``, default
+2; ``DASK_DASKGLM__RETRIES`` in the environment) when it raises, so a
+transient read error from object storage costs a retry, not the run. Every
+daskglm task may run twice: each one rewrites whole chunks of its own. (A
+worker that dies, e.g. killed by its nanny for exceeding its memory limit,
+is a different matter: the scheduler reruns its tasks elsewhere, up to
+``distributed.scheduler.allowed-failures`` times.) dask's local schedulers
+(``"sync"``, ``"threads"``, ``"processes"``) have no retries: there an error
+is raised at once.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from typing import Any
 import dask
 import numpy as np
 
-__all__ = ["verbosity", "get_client", "compute", "LOCAL_SCHEDULERS"]
+__all__ = ["verbosity", "get_client", "compute", "task_retries", "LOCAL_SCHEDULERS"]
 
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded", "processes")
 
@@ -62,7 +73,7 @@ def _local_cluster_kwargs(n_workers: int | None, memory_limit: str | int | None)
         "host": "127.0.0.1",
         # "auto": the memory available to this process, shared between the workers.
         "memory_limit": memory_limit if memory_limit is not None else "auto",
-        "dashboard_address": None,
+        "dashboard_address": "127.0.0.1:0",  # None still binds :8787; a free loopback port never clashes
     }
 
 
@@ -210,12 +221,36 @@ def _in_notebook_with_widgets() -> bool:
 PROGRESS_AFTER = 1.0
 
 
+#: Retries of a failed task on a distributed client when ``daskglm.retries`` is not set.
+DEFAULT_RETRIES = 2
+
+
+def task_retries() -> int:
+    """How many times a task that raised is retried on a distributed client.
+
+    The dask config key ``daskglm.retries`` (``dask.config.set({"daskglm.retries": 5})``,
+    or ``DASK_DASKGLM__RETRIES=5`` in the environment), default :data:`DEFAULT_RETRIES`.
+
+    Raises
+    ------
+    ValueError
+        The configured value is not a non-negative integer.
+    """
+    value = dask.config.get("daskglm.retries", DEFAULT_RETRIES)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"dask config 'daskglm.retries' must be a non-negative integer; got {value!r}")
+    return int(value)
+
+
 def compute(*collections: Any, client: Any = None, verbose: int | None = None) -> tuple:
     """Compute dask collections on ``client`` (resolved by :func:`get_client`).
 
     With a distributed client the graph is submitted with ``client.compute``
-    (never ``dask.compute``, whose scheduler is whatever ``dask.config`` says)
-    and the results are gathered.
+    (never ``dask.compute``, whose scheduler is whatever ``dask.config`` says),
+    each task retried up to :func:`task_retries` times if it raises, and the
+    results are gathered. Local schedulers do not retry.
 
     Parameters
     ----------
@@ -235,6 +270,7 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None) -
         The computed values, in order.
     """
     level = _VERBOSE.get() if verbose is None else verbose
+    retries = task_retries()
     with get_client(client) as resolved:
         if resolved is None:
             if level > 0:
@@ -243,7 +279,7 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None) -
                 with ProgressBar(minimum=PROGRESS_AFTER):
                     return dask.compute(*collections)
             return dask.compute(*collections)
-        futures = resolved.compute(list(collections))
+        futures = resolved.compute(list(collections), retries=retries)
         if level > 0:
             from distributed import progress
 
