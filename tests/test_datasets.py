@@ -307,12 +307,15 @@ def test_validation(tmp_path: Path, kwargs: dict, match: str) -> None:
 def test_streaming_memory_is_bounded(tmp_path: Path) -> None:
     shape, n_scans = (91, 109, 91), 120
     script = textwrap.dedent(f"""
-        import resource, sys
+        import sys
         from daskglm.datasets import simulate_fiac
         data = simulate_fiac({str(tmp_path)!r}, shape={shape}, n_scans={n_scans},
                              n_runs=1, compress=False)
         print(data["func1"])
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        # VmHWM: this process image's peak RSS. (ru_maxrss would also count the
+        # parent's RSS at fork time, which Linux carries across exec.)
+        hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+        print(int(hwm.split()[1]))
     """)
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join([str(Path(datasets.__file__).parents[1]),
