@@ -78,7 +78,13 @@ def fwhm_to_sigma(fwhm: float | None, affine: np.ndarray) -> np.ndarray:
     ndarray, shape (3,)
         Zeros when there is no smoothing.
     """
-    if fwhm is None or fwhm == 0:
+    if fwhm is None:
+        return np.zeros(3)
+    if isinstance(fwhm, (str, bytes, bool, np.bool_)) or np.asarray(fwhm).dtype.kind not in "iuf":
+        # nilearn's type check: np.asarray("5", dtype=float) would silently accept a string
+        raise TypeError(f"smoothing_fwhm must be None or a number (or 3 of them); got {fwhm!r} "
+                        f"of type {type(fwhm).__name__}")
+    if np.ndim(fwhm) == 0 and fwhm == 0:
         return np.zeros(3)
     fwhm_arr = np.asarray(fwhm, dtype=float).ravel()
     if fwhm_arr.size not in (1, 3) or np.any(~np.isfinite(fwhm_arr)) or np.any(fwhm_arr < 0):

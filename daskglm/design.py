@@ -187,6 +187,21 @@ def _warn_negative_durations(events: pd.DataFrame, idx: int) -> None:
                       f"them as given (a negative box before the onset):\n{rows.to_string()}", stacklevel=3)
 
 
+def _warn_events_beyond_run(events: pd.DataFrame, idx: int, n_scans: int, t_r: float,
+                            slice_time_ref: float) -> None:
+    # nilearn drops them silently: they add nothing to the design (onsets in
+    # ms, a wrong t_r or another run's events are common mistakes).
+    if "onset" not in events.columns:
+        return
+    last = frame_times(n_scans, t_r, slice_time_ref)[-1]
+    late = pd.to_numeric(events["onset"], errors="coerce") > last
+    if late.any():
+        rows = events.loc[late, [c for c in ("onset", "duration", "trial_type") if c in events.columns]]
+        warnings.warn(f"events[{idx}] has {int(late.sum())} event(s) with an onset after the last scan of run "
+                      f"{idx} (t = {last:g} s: {n_scans} scans, t_r = {t_r:g} s); they add nothing to the "
+                      f"design:\n{rows.to_string()}", stacklevel=3)
+
+
 def run_design_matrices(
     n_scans: Sequence[int] | int,
     t_r: float | None,
@@ -292,6 +307,7 @@ def run_design_matrices(
         for i, n in enumerate(n_scans):
             add_regs, add_names = (None, None) if conf_tables[i] is None else _confounds_matrix(conf_tables[i], n, i)
             _warn_negative_durations(ev_tables[i], i)
+            _warn_events_beyond_run(ev_tables[i], i, n, t_r, slice_time_ref)
             fir = [0] if fir_delays is None else fir_delays
             try:
                 dm = make_first_level_design_matrix(frame_times(n, t_r, slice_time_ref), ev_tables[i], hrf_model,
@@ -370,6 +386,9 @@ def parse_contrast(
     ValueError
         Invalid expression or unknown name (listing the columns), invalid
         ``stat_type``, multi-row t, empty, or more than p columns.
+    numpy.linalg.LinAlgError
+        (a ``ValueError``) An F contrast whose rows are linearly dependent:
+        nilearn fails on it with the same type.
     """
     p = len(columns)
     if isinstance(contrast, str):
@@ -391,7 +410,13 @@ def parse_contrast(
         raise ValueError(f"{stat_type} contrasts cannot be empty: got {con}")
     if stat_type == "t" and con.shape[0] != 1:
         raise ValueError(f"t contrasts should have only one row: got {con}.")
-    return pad_contrast(con, p, stat_type), stat_type
+    padded = pad_contrast(con, p, stat_type)
+    if stat_type == "F" and con.shape[0] > 1 and np.linalg.matrix_rank(padded) < con.shape[0]:
+        # nilearn fails with LinAlgError('Singular matrix') inverting c cov c'; same type, said why
+        raise np.linalg.LinAlgError(
+            f"F contrast is rank deficient: its {con.shape[0]} rows have rank {np.linalg.matrix_rank(padded)}, so "
+            f"c cov c' is singular; give linearly independent rows. Contrast:\n{con}")
+    return padded, stat_type
 
 
 def contrasts_per_run(contrast_def: Any, n_runs: int) -> list:

@@ -31,7 +31,7 @@ from . import _kernels
 from ._voxelwise import VOXELWISE_ATTRIBUTES, voxelwise_block
 from .cluster import compute
 
-__all__ = ["fit_run", "voxelwise_run", "FIT_VARIABLES"]
+__all__ = ["fit_run", "voxelwise_run", "check_bins", "FIT_VARIABLES"]
 
 FIT_VARIABLES = ("beta", "sigma2", "label_index")
 
@@ -50,6 +50,12 @@ def _design(design: Any, n_scans: int) -> tuple[np.ndarray, list[str]]:
             f"the design matrix has {X.shape[0]} rows but the run has {n_scans} scans"
         )
     return X, columns
+
+
+def check_bins(bins: Any) -> None:
+    """Refuse anything but a positive integer number of AR bins (nilearn's ``run_glm`` fails on 0)."""
+    if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool) or bins < 1:
+        raise ValueError(f"bins must be a positive integer; got {bins!r}")
 
 
 def _check_scaling(signal_scaling: Any) -> Any:
@@ -139,8 +145,7 @@ def fit_run(
         tables; attrs ``dof``, ``noise_model``, ``bins`` and the run geometry.
     """
     order = _kernels.parse_noise_model(noise_model)
-    if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool) or bins < 1:
-        raise ValueError(f"bins must be a positive integer; got {bins!r}")
+    check_bins(bins)
     scaling = _check_scaling(signal_scaling)
     bold = ds["bold"]
     n_scans = bold.sizes["time"]

@@ -18,14 +18,18 @@ nilearn behaviours reproduced: the mask is an image or path (nilearn's
 ``load_mask_img`` checks: binary, non-empty), a ``NiftiMasker`` (fitted as
 nilearn does) or ``None``: nilearn's ``compute_background_mask`` of the mean
 of all contrast volumes (the mean computed out of core). Non-finite inputs
-become 0 and variances are floored at 1e-16, silently. 4D contrast maps of
+become 0 and variances are floored at 1e-16, silently (zero variances, e.g.
+of constant voxels, included). 4D contrast maps of
 q > 1 volumes give an F statistic and a 4D effect image; a 4D map of one
 volume counts as 3D. Output dtypes are nilearn's (float32 effect, variance
 and stat for float32 inputs; float64 z), values are computed in float64.
 
 Deliberate differences: all maps and the mask must share one grid (nilearn
-resamples the maps to the mask), and ``NiftiMasker`` options that transform
-the maps (smoothing, filtering, standardising...) are refused.
+resamples the maps to the mask), ``NiftiMasker`` options that transform
+the maps (smoothing, filtering, standardising...) are refused, and a
+variance map with negative values inside the mask is an error when the
+block holding them is computed (nilearn floors them at 1e-16: most often
+the effect maps were given as ``variance_imgs``).
 """
 
 from __future__ import annotations
@@ -269,9 +273,30 @@ def _plane_blocks(mask: np.ndarray, v_chunk: int) -> list[tuple[int, int, int, i
     return blocks
 
 
+def _check_variances(variances: list[np.ndarray], names: list[str]) -> None:
+    """Refuse clearly negative variances (nilearn floors them silently at 1e-16).
+
+    A variance map is never negative: negative values mean a wrong input,
+    most often the effect maps given as ``variance_imgs``. Rounding noise
+    around 0 (above ``-1e-10`` times the largest magnitude) is let through.
+    """
+    for values, name in zip(variances, names):
+        values = np.asarray(values, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            continue
+        bad = finite < -1e-10 * max(1.0, float(np.abs(finite).max()))
+        if bad.any():
+            raise ValueError(
+                f"{name} has {int(bad.sum())} negative value(s) inside the mask in this block (min "
+                f"{finite.min():.6g}): a variance cannot be negative (were contrast_imgs and "
+                "variance_imgs swapped?)")
+
+
 def _combine_block(effects: list[np.ndarray], variances: list[np.ndarray], dofs: list[float],
-                   precision_weighted: bool) -> np.ndarray:
+                   precision_weighted: bool, names: list[str] | None = None) -> np.ndarray:
     """Fixed effects of one block, packed as rows (effect (q), variance, stat, z)."""
+    _check_variances(variances, names or [f"variance_imgs[{n}]" for n in range(len(variances))])
     eff = np.stack(effects)  # (R, q, v_block)
     res = fixed_effects(eff[:, 0] if eff.shape[1] == 1 else eff,
                         np.stack([v[0] for v in variances]), dofs, precision_weighted)
@@ -368,7 +393,8 @@ def fixed_effects_dataset(
     combine = dask.delayed(_combine_block, pure=True)
     packed = da.concatenate([
         da.from_delayed(combine([p[b] for p in eff_parts], [p[b] for p in var_parts], dofs,
-                                bool(precision_weighted)), (q + 3, v1 - v0), np.float64)
+                                bool(precision_weighted), [src.name for src in variances]),
+                        (q + 3, v1 - v0), np.float64)
         for b, (_, _, v0, v1) in enumerate(blocks)
     ], axis=1)
     # dtypes of nilearn's outputs: numpy's promotion of the masked input dtypes

@@ -20,12 +20,16 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import xarray as xr
+from sklearn.exceptions import NotFittedError
 
 from . import _kernels
 from . import contrasts as _contrasts
 from . import design as _design
+from ._plan import _check_positive as check_positive
+from ._volume import fwhm_to_sigma
 from .cluster import compute, get_client, verbosity
-from .fit import fit_run, voxelwise_run
+from .fit import _check_scaling as check_scaling
+from .fit import check_bins, fit_run, voxelwise_run
 from .grid import check_target
 from .maps import scatter_to_volume
 from .nifti import RunInfo, inspect_run
@@ -142,9 +146,15 @@ class FirstLevelModel:
         stem = Path(info.path).name.split(".")[0] if info.path else "in-memory"
         return f"{root.rstrip('/')}/{stem}-{digest}.zarr"
 
-    def _check_params(self) -> None:
+    def _check_params(self, bins: Any = 100) -> None:
+        """Check every parameter that can be checked before any run is read or written."""
         check_target(self.target_affine, self.target_shape)
         _kernels.parse_noise_model(self.noise_model)
+        check_bins(bins)
+        check_scaling(self.signal_scaling)
+        fwhm_to_sigma(self.smoothing_fwhm, np.eye(4))
+        for name in ("t_chunk", "v_chunk"):
+            check_positive(name, getattr(self, name))
 
     def fit(
         self,
@@ -170,7 +180,7 @@ class FirstLevelModel:
         -------
         self
         """
-        self._check_params()
+        self._check_params(bins)
         runs = _as_list(run_imgs)
         if not runs:
             raise ValueError("run_imgs is empty: give at least one 4D run")
@@ -245,7 +255,7 @@ class FirstLevelModel:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "results_"):
-            raise ValueError(
+            raise NotFittedError(  # nilearn's type (sklearn's: a ValueError and an AttributeError)
                 "This FirstLevelModel instance is not fitted yet. Call 'fit' with "
                 "appropriate arguments before using this estimator."
             )

@@ -198,6 +198,28 @@ def url_identity(url: str, storage_options: dict | None = None) -> dict:
     return _remote_identity(url, _url_stat(url, "file", storage_options)[2])
 
 
+def _gzip_problem(path: str) -> str | None:
+    """What is wrong with a local ``.gz`` file nibabel could not open, if it is the compression.
+
+    Only called on that error path: decompresses the whole file once.
+    """
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as fobj:
+            while fobj.read(1 << 24):
+                pass
+    except gzip.BadGzipFile as exc:
+        if "Not a gzipped file" in str(exc):
+            return "is not gzip-compressed, although its name ends in .gz"
+        return f"is a corrupt or truncated gzip file: {exc}"
+    except EOFError as exc:
+        return f"is a corrupt or truncated gzip file (truncated): {exc}"
+    except (OSError, zlib.error) as exc:
+        return f"is a corrupt or truncated gzip file: {exc}"
+    return None
+
+
 def _load_image(run: Any, role: str) -> tuple[Any, str | None]:
     """Open a path (header only) or accept an image; return (image, abs path or None)."""
     if isinstance(run, (str, os.PathLike)):
@@ -208,8 +230,12 @@ def _load_image(run: Any, role: str) -> tuple[Any, str | None]:
             raise IsADirectoryError(f"{role} {str(path)!r} is a directory, not a NIfTI file")
         try:
             img = nib.load(str(path))
+        except PermissionError as exc:  # a file system problem, not a bad value: keep its type
+            raise PermissionError(exc.errno, f"{role} {str(path)!r} cannot be read: {exc.strerror}",
+                                  str(path)) from exc
         except Exception as exc:
-            raise ValueError(f"{role} {str(path)!r} is not a readable NIfTI image: {exc}") from exc
+            problem = _gzip_problem(str(path)) if path.name.endswith(".gz") else None
+            raise ValueError(f"{role} {str(path)!r} {problem or f'is not a readable NIfTI image: {exc}'}") from exc
         return img, str(path.resolve())
     if isinstance(run, nib.spatialimages.SpatialImage):
         filename = run.get_filename()

@@ -21,23 +21,54 @@ size, mtime; URL, size, ETag; or a content hash) and of every parameter that
 shapes the data.
 A complete store with the same fingerprint is reused without reading the run;
 an incomplete one with the same fingerprint is resumed (blocks whose
-``ingest_done`` flag is set are kept); any other store at that location is
-deleted and rebuilt. ``complete`` is set only after every block is written.
+``ingest_done`` flag is set are kept); any other store at that location (or
+one of another store format) is deleted and rebuilt, with a warning; a
+location holding anything but a daskglm store (a folder of other files, a
+file) is refused, never deleted. ``complete`` is set only after every block
+is written.
+
+Crash safety and concurrency: every chunk write is atomic (zarr writes a
+``.partial`` file and renames it; an object store stores each chunk in one
+request), a block's ``ingest_done`` flag is written after its rows and the
+store's ``complete`` flag after every block, so a process killed at any point
+leaves a store that is either complete or resumed by the next run (only the
+unflagged blocks are ingested again; ``.partial`` debris is swept before
+``complete``). Two processes ingesting into the same *local* store are
+serialised by a lock: an exclusive ``flock`` on ``<store>.lock``, a file next
+to the store that records the holder (pid, host, time) and is removed on
+release. The second process waits, then finds the store complete and reuses
+it (or resumes it if the first one failed). The kernel releases the lock when
+its holder dies, even by SIGKILL, so a lock is never stale: a leftover file
+is taken over. :func:`save_fit` takes the same lock. On a filesystem without
+``flock`` support (some FUSE or Lustre mounts without ``-o flock``) a warning
+says so and the work goes on unlocked. Stores at fsspec URLs (object
+storage) are not locked: do not ingest one run into one remote store from
+two processes at once (one store per source, as :class:`FirstLevelModel`
+makes, never clashes across subjects).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import socket
+import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import dask
 import numpy as np
 import xarray as xr
 import zarr
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no store locks
+    fcntl = None  # type: ignore[assignment]
 
 from . import _plan, _volume
 from .cluster import compute, get_client
@@ -54,7 +85,8 @@ from .nifti import (
     url_identity,
 )
 
-__all__ = ["mean_image", "ingest_run", "open_run", "save_fit", "open_fit", "StoreIncompleteError", "STORE_FORMAT"]
+__all__ = ["mean_image", "ingest_run", "open_run", "save_fit", "open_fit", "store_lock",
+           "StoreIncompleteError", "STORE_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +155,120 @@ def _sweep_partials(store: str) -> None:
     """
     if is_url(store):
         return  # object stores write each chunk in one request: nothing to sweep
-    for root, _, files in os.walk(store):
+    for root, _, files in os.walk(_local_path(store)):
         for name in files:
             if name.endswith(".partial"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(root, name))
+
+
+def _local_path(store: str) -> str:
+    """The filesystem path of a local store (``file://`` and ``local://`` prefixes removed)."""
+    return store.split("://", 1)[1] if "://" in store else store
+
+
+#: errno values of a filesystem that does not support flock.
+_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+@contextlib.contextmanager
+def store_lock(store: str | os.PathLike) -> Iterator[None]:
+    """Hold the exclusive lock of a local store for the duration of the block.
+
+    The lock is an ``flock`` on ``<store>.lock`` (next to the store, so it
+    exists before the store does). The file holds the holder's pid, host and
+    start time, shown to a process that has to wait, and is removed on
+    release. The kernel drops the lock when its holder dies, whatever the
+    signal: a file left by a killed process is simply taken over. A no-op for
+    fsspec URLs and where ``fcntl`` does not exist. Not re-entrant: a second
+    ``store_lock`` of the same store inside the block waits forever.
+
+    Parameters
+    ----------
+    store : str or path
+        The store (local path, ``file://`` URL, or any fsspec URL).
+
+    Raises
+    ------
+    OSError
+        The folder of the store cannot be created (the message names the store).
+    """
+    store = os.fspath(store)
+    if is_url(store) or fcntl is None:
+        yield
+        return
+    folder, name = os.path.split(os.path.abspath(_local_path(store)).rstrip(os.sep))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create the store at {store!r}: {exc}") from exc
+    # One lock per folder, however it is reached (relative paths, symlinked parents).
+    path = os.path.join(os.path.realpath(folder), f"{name}.lock")
+    fd = _acquire(path, store)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            # Unlinked while still held: a process that opened this file meanwhile
+            # sees, once it holds the lock, that the path no longer names it, and retries.
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
+
+
+def _acquire(path: str, store: str) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive flock (None: flock unsupported)."""
+    waited = False
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise OSError(f"cannot create the store at {store!r}: cannot open its lock file "
+                          f"{path!r}: {exc}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    holder = _holder(fd)
+                    logger.warning("the store %s is being written by another process (%s): waiting "
+                                   "for it to finish", store, holder or "holder unknown")
+                    waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in _NO_FLOCK:
+                raise
+            warnings.warn(f"cannot lock the store at {store!r} ({exc.strerror}: the filesystem "
+                          "does not support flock): concurrent ingestions into it are not "
+                          "protected", UserWarning, stacklevel=4)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return None
+        try:
+            current = os.stat(path)
+            held = os.fstat(fd)
+            same = (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev)
+        except FileNotFoundError:
+            same = False
+        if same:
+            record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record.encode(), 0)
+            if waited:
+                logger.info("got the lock of the store %s", store)
+            return fd
+        os.close(fd)  # the previous holder removed that file: lock the new one
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock file, as it says ("pid 12 on host x since ...") or ''."""
+    try:
+        record = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {record['pid']} on host {record['host']} since {record['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def _codec(compressor: str | None) -> Any:
@@ -277,6 +418,7 @@ def _create_store(
         "mask": mask_provenance,
         "chunks": {"time": plan.t_chunk, "voxel": plan.v_chunk},
     }
+    _check_replaceable(store, storage_options)
     try:
         _remove(store, storage_options)
         group = _open_group(store, "w", storage_options)
@@ -311,6 +453,73 @@ def _create_store(
     if index.size:
         gz[:] = index
     group.attrs.update(attrs)
+
+
+#: What the root of a daskglm store holds (a store interrupted before its attributes were written too).
+_STORE_ENTRIES = {"zarr.json", "bold", "i", "j", "k", "ingest_done", "gzip_index", "glm"}
+
+
+def _check_protocol(store: str) -> None:
+    """Refuse a store URL whose protocol fsspec does not know, before any work."""
+    import fsspec
+
+    for part in store.split("::"):  # fsspec chains: simplecache::s3://...
+        if "://" not in part:
+            continue
+        protocol = part.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ValueError as exc:
+            raise ValueError(f"store {store!r}: unknown protocol {protocol!r} ({exc})") from None
+        except ImportError as exc:
+            raise ImportError(f"store {store!r}: protocol {protocol!r} needs a package that is not "
+                              f"installed: {exc}") from exc
+
+
+def _same_store(existing: dict | None, fingerprint: str) -> bool:
+    """Whether the store's attributes say: this daskglm's format, same source and parameters."""
+    return (bool(existing) and existing.get("daskglm_store_format") == STORE_FORMAT
+            and existing.get("fingerprint") == fingerprint)
+
+
+def _rebuild_reason(existing: dict) -> str:
+    """Why a store that is there is not reused (for the warning)."""
+    found = existing.get("daskglm_store_format")
+    if not existing:
+        return "holds no daskglm store attributes (unreadable, or its creation was interrupted)"
+    if found != STORE_FORMAT:
+        return f"has daskglm store format {found!r} while this daskglm writes format {STORE_FORMAT}"
+    return "was made from another source or with other parameters"
+
+
+def _check_replaceable(store: str, storage_options: dict | None) -> None:
+    """Refuse to delete a location that holds anything but a daskglm store.
+
+    Creating a store removes what is at its location first; a folder of other
+    files (or a file) given as the store by mistake must survive that.
+    Hidden entries (``.DS_Store``...) and ``.partial`` debris are ignored.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(store, **(storage_options if is_url(store) and storage_options else {}))
+    try:
+        fs.invalidate_cache(path)
+        if not fs.exists(path):
+            return
+        entries = (None if fs.isfile(path) else
+                   sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}))
+    except OSError:
+        return  # unreachable or unreadable: creating the store reports it
+    if entries is not None:
+        # hidden files, and .partial debris of a writer killed mid-rename (zarr.json.<uuid>.partial)
+        entries = [name for name in entries if not name.startswith(".") and not name.endswith(".partial")]
+        attrs = _read_attrs(store, storage_options) if entries else None
+        if not entries or set(entries) <= _STORE_ENTRIES or (attrs and "daskglm_store_format" in attrs):
+            return
+    what = "a file" if entries is None else (f"a folder holding {entries[:5]}"
+                                             f"{' and more' if len(entries) > 5 else ''}")
+    raise FileExistsError(f"the store location {store!r} is {what}, not a daskglm store: refusing to "
+                          "delete it to make a store there; give another store path")
 
 
 def _stored_mask(group: zarr.Group, shape: tuple[int, int, int]) -> np.ndarray:
@@ -379,80 +588,85 @@ def ingest_run(
     target = check_target(target_affine, target_shape)
     _volume.fwhm_to_sigma(smoothing_fwhm, info.affine)  # validates smoothing_fwhm early
     _codec(compressor)
+    _plan._check_positive("t_chunk", t_chunk)
+    _plan._check_positive("v_chunk", v_chunk)
+    _check_protocol(store)
     fingerprint = _fingerprint(info, smoothing_fwhm, _mask_identity(mask_img, storage_options),
                                t_chunk, v_chunk, compressor, target)
 
-    existing = None if overwrite else _read_attrs(store, storage_options)
-    if existing and existing.get("fingerprint") == fingerprint and existing.get("complete"):
-        logger.info("reusing complete store %s", store)
-        return open_run(store, storage_options)
-    resume = bool(existing) and existing.get("fingerprint") == fingerprint
-    if existing is not None and not resume and not overwrite:
-        warnings.warn(
-            f"the store at {store!r} was made from another source or with other "
-            "parameters: rebuilding it",
-            UserWarning,
-            stacklevel=2,
-        )
+    # One ingestion of a local store at a time: a second process waits here, then
+    # finds the store complete (reused) or interrupted (resumed).
+    with store_lock(store):
+        existing = None if overwrite else _read_attrs(store, storage_options)
+        resume = _same_store(existing, fingerprint)
+        if resume and existing.get("complete"):
+            logger.info("reusing complete store %s", store)
+            return open_run(store, storage_options)
+        if existing is not None and not resume and not overwrite:
+            warnings.warn(
+                f"the store at {store!r} {_rebuild_reason(existing)}: rebuilding it",
+                UserWarning,
+                stacklevel=2,
+            )
 
-    source: str | None = info.path
-    if resume:
-        group = _open_group(store, "r", storage_options)
-        shape = tuple(int(n) for n in existing["volume_shape"])
-        resampled = existing.get("resampled_from") or {}
-        crop, value_range = resampled.get("crop"), resampled.get("value_range")
-        grid = Grid(np.asarray(existing["affine"], dtype=np.float64), shape, _stored_mask(group, shape),
-                    None if not crop else tuple(slice(a, b) for a, b in crop))
-        gzip_index = bytes(group["gzip_index"][:]) or None
-        plan = _plan.ChunkPlan(group["bold"].chunks[0], group["bold"].chunks[1])
-        done = np.asarray(group["ingest_done"][:], dtype=bool)
-        logger.info("resuming store %s: %d of %d blocks done", store, done.sum(), done.size)
-    else:
-        gzip_index = _gzip_index(info, client, storage_options)
-        value_range = None
-        if mask_img is None:
-            mean, *value_range = _run_summary(run_img, info, gzip_index, client, storage_options)
-            mask, mask_affine = mask_from_mean(mean, info.affine, *target)
-            mask_provenance = {"source": "compute_epi_mask"}
-            name = "the mask computed from the run (compute_epi_mask)"
+        source: str | None = info.path
+        if resume:
+            group = _open_group(store, "r", storage_options)
+            shape = tuple(int(n) for n in existing["volume_shape"])
+            resampled = existing.get("resampled_from") or {}
+            crop, value_range = resampled.get("crop"), resampled.get("value_range")
+            grid = Grid(np.asarray(existing["affine"], dtype=np.float64), shape, _stored_mask(group, shape),
+                        None if not crop else tuple(slice(a, b) for a, b in crop))
+            gzip_index = bytes(group["gzip_index"][:]) or None
+            plan = _plan.ChunkPlan(group["bold"].chunks[0], group["bold"].chunks[1])
+            done = np.asarray(group["ingest_done"][:], dtype=bool)
+            logger.info("resuming store %s: %d of %d blocks done", store, done.sum(), done.size)
         else:
-            mask, mask_affine, mask_provenance = load_mask(mask_img, storage_options)
-            name = f"mask {mask_provenance['source']!r}"
-        grid = analysis_grid(mask, mask_affine, info.affine, info.volume_shape, *target, name=name)
-        if grid.resample and value_range is None:
-            value_range = _run_summary(run_img, info, gzip_index, client, storage_options, False)[1:]
-        volume_size = max(int(np.prod(info.volume_shape)), int(np.prod(grid.shape)))
-        plan = _plan.plan_chunks(info.n_scans, int(grid.mask.sum()), volume_size, t_chunk, v_chunk)
-        n_blocks = len(_plan.block_bounds(info.n_scans, plan.t_chunk))
-        _create_store(store, storage_options, info, grid, mask_provenance, plan, n_blocks,
-                      gzip_index, smoothing_fwhm, fingerprint, compressor, value_range)
-        done = np.zeros(n_blocks, dtype=bool)
+            gzip_index = _gzip_index(info, client, storage_options)
+            value_range = None
+            if mask_img is None:
+                mean, *value_range = _run_summary(run_img, info, gzip_index, client, storage_options)
+                mask, mask_affine = mask_from_mean(mean, info.affine, *target)
+                mask_provenance = {"source": "compute_epi_mask"}
+                name = "the mask computed from the run (compute_epi_mask)"
+            else:
+                mask, mask_affine, mask_provenance = load_mask(mask_img, storage_options)
+                name = f"mask {mask_provenance['source']!r}"
+            grid = analysis_grid(mask, mask_affine, info.affine, info.volume_shape, *target, name=name)
+            if grid.resample and value_range is None:
+                value_range = _run_summary(run_img, info, gzip_index, client, storage_options, False)[1:]
+            volume_size = max(int(np.prod(info.volume_shape)), int(np.prod(grid.shape)))
+            plan = _plan.plan_chunks(info.n_scans, int(grid.mask.sum()), volume_size, t_chunk, v_chunk)
+            n_blocks = len(_plan.block_bounds(info.n_scans, plan.t_chunk))
+            _create_store(store, storage_options, info, grid, mask_provenance, plan, n_blocks,
+                          gzip_index, smoothing_fwhm, fingerprint, compressor, value_range)
+            done = np.zeros(n_blocks, dtype=bool)
 
-    bounds = _plan.block_bounds(info.n_scans, plan.t_chunk)
-    work_affine, crop_shape, work_mask = grid.working_grid()  # where volumes are smoothed and masked
-    sigma = _volume.fwhm_to_sigma(smoothing_fwhm, work_affine)
-    crop = _volume.smoothing_crop(work_mask, sigma)
-    resample = (info.affine, work_affine, crop_shape, *value_range) if grid.resample else None
-    blocks = (
-        [source] * len(bounds) if source is not None else _in_memory_blocks(run_img, bounds)
-    )
-    # Large constants are graph keys of their own, sent once (not once per task).
-    crop_key, index_key = _shared(crop), _shared(gzip_index)
-    tasks = [
-        dask.delayed(_ingest_block, pure=False)(
-            store, storage_options, blocks[b], b, start, stop, crop_key, sigma, index_key, resample
+        bounds = _plan.block_bounds(info.n_scans, plan.t_chunk)
+        work_affine, crop_shape, work_mask = grid.working_grid()  # where volumes are smoothed and masked
+        sigma = _volume.fwhm_to_sigma(smoothing_fwhm, work_affine)
+        crop = _volume.smoothing_crop(work_mask, sigma)
+        resample = (info.affine, work_affine, crop_shape, *value_range) if grid.resample else None
+        blocks = (
+            [source] * len(bounds) if source is not None else _in_memory_blocks(run_img, bounds)
         )
-        for b, (start, stop) in enumerate(bounds)
-        if not done[b]
-    ]
-    if tasks:
-        compute(*tasks, client=client)
-    group = _open_group(store, "r+", storage_options)
-    if not np.asarray(group["ingest_done"][:], dtype=bool).all():
-        raise StoreIncompleteError(f"ingestion into {store!r} did not write every block")
-    _sweep_partials(store)
-    group.attrs["complete"] = True  # last: only now is the store usable
-    return open_run(store, storage_options)
+        # Large constants are graph keys of their own, sent once (not once per task).
+        crop_key, index_key = _shared(crop), _shared(gzip_index)
+        tasks = [
+            dask.delayed(_ingest_block, pure=False)(
+                store, storage_options, blocks[b], b, start, stop, crop_key, sigma, index_key, resample
+            )
+            for b, (start, stop) in enumerate(bounds)
+            if not done[b]
+        ]
+        if tasks:
+            compute(*tasks, client=client)
+        group = _open_group(store, "r+", storage_options)
+        if not np.asarray(group["ingest_done"][:], dtype=bool).all():
+            raise StoreIncompleteError(f"ingestion into {store!r} did not write every block")
+        _sweep_partials(store)
+        group.attrs["complete"] = True  # last: only now is the store usable
+        return open_run(store, storage_options)
 
 
 def _gzip_index(info: RunInfo, client: Any, storage_options: dict | None) -> bytes | None:
@@ -575,8 +789,9 @@ def save_fit(fit: xr.Dataset, store: str | os.PathLike, name: str = "glm",
              storage_options: dict | None = None, client: Any = None) -> xr.Dataset:
     """Compute a (lazy) fit Dataset into group ``name`` of a run store and reopen it.
 
-    The group is marked ``complete`` last; :func:`open_fit` refuses an
-    incomplete one.
+    The group is rewritten whole (whatever was there) and marked
+    ``complete`` last; :func:`open_fit` refuses an incomplete one. The
+    store's lock (see :func:`store_lock`) is held meanwhile.
 
     Parameters
     ----------
@@ -602,11 +817,12 @@ def save_fit(fit: xr.Dataset, store: str | os.PathLike, name: str = "glm",
                  "regressors": [str(r) for r in fit["regressor"].values]}
     for var in out.variables.values():
         var.encoding.clear()
-    delayed = out.to_zarr(store, group=name, mode="w", consolidated=False, zarr_format=3,
-                          compute=False, **_fsspec_kwargs(store, storage_options))
-    compute(delayed, client=client)
-    _sweep_partials(f"{store.rstrip('/')}/{name}")
-    _open_group(f"{store.rstrip('/')}/{name}", "r+", storage_options).attrs["complete"] = True
+    with store_lock(store):  # not interleaved with another process's ingestion or fit
+        delayed = out.to_zarr(store, group=name, mode="w", consolidated=False, zarr_format=3,
+                              compute=False, **_fsspec_kwargs(store, storage_options))
+        compute(delayed, client=client)
+        _sweep_partials(f"{store.rstrip('/')}/{name}")
+        _open_group(f"{store.rstrip('/')}/{name}", "r+", storage_options).attrs["complete"] = True
     return open_fit(store, name, storage_options)
 
 

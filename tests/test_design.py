@@ -95,7 +95,11 @@ def test_single_run_designs_match_nilearn(model_kw):
     theirs, w_theirs = _nilearn_designs(IMG40, model_kw, events=EVENTS, confounds=confounds)
     ours, w_ours = _ours([40], model_kw, events=EVENTS, confounds=confounds)
     _assert_same_designs(ours, theirs)
-    assert w_ours == w_theirs
+    # nilearn's warnings, plus ours for events after the last scan (nilearn drops them silently)
+    late = [w for w in w_ours if "after the last scan" in w[1]]
+    assert [w for w in w_ours if w not in late] == w_theirs
+    last_scan = (40 - 1 + model_kw.get("slice_time_ref", 0.0)) * model_kw["t_r"]
+    assert len(late) == int((EVENTS["onset"] > last_scan).any())
 
 
 def test_multi_run_designs_with_array_confounds_and_sample_masks():
@@ -152,6 +156,17 @@ def test_negative_durations_warn_but_match_nilearn():
     _assert_same_designs(ours, theirs)
     assert w_theirs == []  # nilearn is silent; we warn
     assert len(w_ours) == 1 and "negative duration" in w_ours[0][1] and "-3.0" in w_ours[0][1]
+
+
+def test_events_after_the_last_scan_warn_but_match_nilearn():
+    events = EVENTS.assign(onset=[4.0, 18.0, 33.0, 79.0, 610.0])  # last scan at t = 78 s
+    theirs, w_theirs = _nilearn_designs(IMG40, {"t_r": T_R}, events=events)
+    ours, w_ours = _ours([40], {"t_r": T_R}, events=events)
+    _assert_same_designs(ours, theirs)
+    assert w_theirs == []  # nilearn drops them silently; we warn
+    assert len(w_ours) == 1
+    assert "events[0] has 2 event(s) with an onset after the last scan of run 0 (t = 78 s" in w_ours[0][1]
+    assert "610.0" in w_ours[0][1] and "79.0" in w_ours[0][1]
 
 
 def test_frame_times_and_array():
@@ -307,6 +322,20 @@ def test_parse_too_long_matches_nilearn(con):
     with pytest.raises(ValueError) as ours:
         parse_contrast(con, COLS)
     assert str(ours.value) == str(nl.value)
+
+
+@pytest.mark.parametrize("con", [np.array([[1, -1, 0], [-1, 1, 0]]), np.array([[1, 0], [2, 0], [0, 1]])])
+def test_rank_deficient_f_contrast_fails_as_nilearn(fitted, con):
+    with pytest.raises(np.linalg.LinAlgError):  # nilearn: 'Singular matrix', from inverting c cov c'
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitted[0].compute_contrast(con, stat_type="F")
+    rank = np.linalg.matrix_rank(con)
+    message = f"F contrast is rank deficient: its {len(con)} rows have rank {rank}"
+    with pytest.raises(np.linalg.LinAlgError, match=message):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parse_contrast(con, COLS, "F")
 
 
 @pytest.fixture(scope="module")

@@ -312,6 +312,46 @@ def test_unwritable_store_is_named(small_run, tmp_path):
                    client="sync")
 
 
+def test_a_location_holding_other_files_is_never_deleted(small_run, tmp_path):
+    kwargs = dict(mask_img=small_run["mask_path"], client="sync")
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"results' is a folder holding \['notes.txt'\], not a daskglm store"):
+            ingest_run(small_run["nii"], folder, overwrite=overwrite, **kwargs)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    a_file = tmp_path / "data.zarr"
+    a_file.write_text("not a store")
+    with pytest.raises(FileExistsError, match="data.zarr' is a file"):
+        ingest_run(small_run["nii"], a_file, **kwargs)
+    assert a_file.read_text() == "not a store"
+    # What a daskglm store holds before its attributes are written is rebuilt, as is an empty folder.
+    half = tmp_path / "half.zarr"
+    zarr.open_group(str(half), mode="w").create_array("bold", shape=(2, 2), dtype="float32")
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.warns(UserWarning, match="holds no daskglm store attributes .*: rebuilding it"):
+        assert ingest_run(small_run["nii"], half, **kwargs).sizes["time"] == 30
+    assert ingest_run(small_run["nii"], tmp_path / "empty.zarr", **kwargs).sizes["time"] == 30
+
+
+def test_stores_of_another_format_are_rebuilt_and_bad_urls_refused(small_run, tmp_path):
+    kwargs = dict(mask_img=small_run["mask_path"], client="sync")
+    first = ingest_run(small_run["nii"], tmp_path / "s.zarr", **kwargs).bold.values
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    group.attrs["daskglm_store_format"] = 0  # as an older daskglm wrote it
+    group["bold"][:] = 0.0
+    with pytest.warns(UserWarning, match="has daskglm store format 0 while this daskglm writes format 1: rebuilding"):
+        again = ingest_run(small_run["nii"], tmp_path / "s.zarr", **kwargs)
+    np.testing.assert_array_equal(again.bold.values, first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused before any work: no "rebuilding" warning
+        with pytest.raises(ValueError, match="store 'nosuch://b/s.zarr': unknown protocol 'nosuch'"):
+            ingest_run(small_run["nii"], "nosuch://b/s.zarr", **kwargs)
+        with pytest.raises(ValueError, match="v_chunk must be a positive integer or None; got 0"):
+            ingest_run(small_run["nii"], tmp_path / "s.zarr", v_chunk=0, **kwargs)
+
+
 def test_bad_chunk_and_compressor_are_named(small_run, tmp_path):
     with pytest.raises(ValueError, match="t_chunk.*0"):
         ingest_run(small_run["nii"], tmp_path / "s.zarr", mask_img=small_run["mask_path"],
