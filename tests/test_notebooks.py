@@ -58,3 +58,11 @@ def test_connect_to_cluster_notebook(tmp_path, monkeypatch):
     leftovers = [p for p in psutil.process_iter(["cmdline"])
                  if str(tmp_path / "scheduler.json") in " ".join(p.info["cmdline"] or [])]
     assert not leftovers, leftovers
+
+
+@pytest.mark.slow
+def test_group_analysis_notebook(tmp_path, monkeypatch):
+    notebook = _execute("group_analysis", tmp_path, monkeypatch)
+    text = _text(notebook)
+    assert "skipped on rerun" in text and "mean group z inside the sentence blob" in text
+    assert len(list((tmp_path / "first_level").glob("sub-*/.daskglm-complete.json"))) == 6
