@@ -212,6 +212,8 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
     out = Path(job.output_dir)
     dataset = Path(job.dataset)
     derivatives = dataset / job.derivatives_folder
+    if not (isinstance(job.label, str) and job.label.isalnum()):  # a BIDS label: no separator, no ".."
+        raise ValueError(f"subject label must be alphanumeric (BIDS); got {job.label!r}")
     inputs = input_files(dataset, derivatives, job.label, job.task_label)  # before reading them
     sub_dir = out / f"sub-{job.label}"
     sub_dir.mkdir(parents=True, exist_ok=True)
