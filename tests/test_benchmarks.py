@@ -15,10 +15,74 @@ def test_ingest_benchmark_runs_small(tmp_path):
     env = {**os.environ, "DASKGLM_BENCH_DATA": str(tmp_path / "data"), "DASK_SCHEDULER_ADDRESS": ""}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "ingest.py"), "--size", "small", "--json"],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True, text=True, timeout=600, env=env, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["size"] == "small" and record["n_scans"] == 60
     # The measurement saw the process tree (interpreter + cluster): tens of MiB at least.
     assert record["peak_rss_mib"] > 50 and record["wall_s"] > 0
+
+
+def _load_compare():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("daskglm_bench_compare", ROOT / "benchmarks" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_benchmark_runs_tiny(tmp_path):
+    """nilearn and daskglm side by side at CI size: both lines printed, valid JSON, no timing asserted."""
+    env = {**os.environ, "DASKGLM_BENCH_DATA": str(tmp_path / "data"), "DASK_SCHEDULER_ADDRESS": ""}
+    out = tmp_path / "compare.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--size", "tiny", "--repeat", "1",
+         "--json", str(out), "--timeout", "600"],
+        capture_output=True, text=True, timeout=1200, env=env, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    lines = proc.stdout.splitlines()
+    for tool in ("nilearn", "daskglm", "roofline"):
+        assert any(line.startswith(f"{tool} ") and "tiny 1/1" in line for line in lines), proc.stdout
+    assert any("nilearn/daskglm" in line for line in lines), proc.stdout
+
+    result = json.loads(out.read_text())
+    size = result["sizes"]["tiny"]
+    assert (size["shape"], size["n_scans"], size["n_runs"]) == ([32, 32, 16], 60, 2)
+    assert {run["tool"] for run in size["runs"]} == {"nilearn", "daskglm"}
+    for run in size["runs"]:
+        assert run["returncode"] == 0 and run["wall_s"] > 0
+        # The whole process tree was sampled: an interpreter with numpy and nilearn at least.
+        assert run["peak_rss_bytes"] > 50 * 2**20
+        assert all(value >= 0 for value in run["phases_s"].values())
+    daskglm = next(run for run in size["runs"] if run["tool"] == "daskglm")
+    assert daskglm["cluster"]["n_workers"] >= 1 and len(daskglm["stores"]) == 2
+    assert daskglm["roofline_s"] > 0 and daskglm["fit_alone_s"] > 0
+    # Same data, same model: the z maps agree (nilearn 0.14 is the oracle).
+    assert daskglm["zmap_agreement"]["max_abs_dz"] < 1e-3
+    assert size["ratios"]["wall_nilearn_over_daskglm"] > 0 and size["ratios"]["peak_nilearn_over_daskglm"] > 0
+    for entry in size["tools"].values():
+        assert entry["wall_s_median"] > 0 and entry["peak_rss_mib_median"] > 0
+    # Fresh stores per repeat, removed afterwards; the temporary work folder is gone.
+    assert not any(Path(store).exists() for store in daskglm["stores"])
+
+
+def test_measured_kills_leftover_processes(tmp_path):
+    """A grandchild that outlives its parent is found in the sampled tree and killed."""
+    compare = _load_compare()
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(0.5)\n"  # long enough to be sampled, then exit without waiting for it
+    )
+    measured = compare.Measured([sys.executable, "-c", script], tmp_path / "log", grace=0.5).run()
+    assert measured["returncode"] == 0 and measured["peak_rss_bytes"] > 0
+    pid = int(pid_file.read_text())
+    assert any(entry.startswith(f"{pid}:") for entry in measured["leftovers_killed"])
+    import psutil
+
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

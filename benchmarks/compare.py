@@ -1,0 +1,722 @@
+"""Benchmark: nilearn vs daskglm on the same simulated data, each in its own process.
+
+The workload is nilearn's two-run walkthrough at scale: ``FirstLevelModel(mask_img,
+smoothing_fwhm=5, minimize_memory=True)`` (AR(1)) fitted on all runs at once, then
+the walkthrough's eight contrasts computed as z maps. nilearn runs with
+``n_jobs=1`` (its fastest setting on 2 cores); daskglm runs on the embedded
+``LocalCluster`` a user gets by default (or ``--workers N``), with a fresh store
+folder per repeat, so ingestion is part of the work.
+
+Each tool runs in a child process of this script. Wall time is that process's
+life (interpreter start, imports and cluster start-up included); peak memory is
+the largest sum of resident set sizes over the child and all its descendants
+(scheduler, nannies, workers), sampled every 50 ms. Processes of the tree still
+alive when the child exits are killed and reported.
+
+For daskglm two more figures come from a second child on the stores the run
+left behind: the *roofline* (one streaming pass over the zarr-resident data
+doing a single ``pinv(X) @ Y`` per voxel column, on the same kind of cluster)
+and the fit alone on already-ingested data (``FirstLevelModel.fit`` reusing the
+complete stores).
+
+    python benchmarks/compare.py --size fiac --repeat 3
+    python benchmarks/compare.py --size hcp --json hcp.json
+    python benchmarks/compare.py --size hcp8 --memory-limit 3GiB
+    python benchmarks/compare.py --size hcp --scaling           # daskglm, 1 vs 2 workers
+    python benchmarks/compare.py --size tiny                    # CI-sized
+
+Data are simulated once with ``daskglm.datasets.simulate_fiac`` into
+``$DASKGLM_BENCH_DATA`` (default ``~/.cache/daskglm/bench``), outside git.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+# size -> simulate_fiac arguments; "tools" limits who can run it.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"shape": (32, 32, 16), "n_scans": 60, "n_runs": 2, "compress": True},
+    "fiac": {"shape": (64, 64, 30), "n_scans": 191, "n_runs": 2, "compress": True},
+    "hcp": {"shape": (91, 109, 91), "n_scans": 1200, "n_runs": 2, "compress": False},
+    "hcp8": {"shape": (91, 109, 91), "n_scans": 1200, "n_runs": 8, "compress": False,
+             "tools": ("daskglm",), "memory_limit": "3GiB"},
+}
+TOOLS = ("nilearn", "daskglm")
+MiB = 2**20
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+class Measured:
+    """Run a command; sample the RSS of its process tree; kill what it leaves behind."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict | None = None,
+                 interval: float = 0.05, timeout: float | None = None, grace: float = 3.0) -> None:
+        self.cmd, self.log, self.env, self.interval, self.timeout = cmd, log, env, interval, timeout
+        self.grace = grace
+        self.seen: dict[int, Any] = {}  # pid -> psutil.Process, every process of the tree ever sampled
+        self.peak = 0
+        self.samples = 0
+
+    def _sample(self, root: Any) -> None:
+        import psutil
+
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs = [root]
+        total = 0
+        for proc in procs:
+            known = self.seen.setdefault(proc.pid, proc)
+            try:
+                if known is not proc and not known.is_running():  # pid reused
+                    self.seen[proc.pid] = known = proc
+                total += known.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
+        self.samples += 1
+
+    def run(self) -> dict:
+        import psutil
+
+        done = threading.Event()
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with open(self.log, "wb") as out:
+            start = time.perf_counter()
+            proc = psutil.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+
+        def sampler() -> None:
+            while not done.is_set():
+                self._sample(proc)
+                done.wait(self.interval)
+
+        thread = threading.Thread(target=sampler, name="rss-sampler", daemon=True)
+        thread.start()
+        timed_out = False
+        try:
+            try:
+                proc.wait(timeout=self.timeout)
+            except psutil.TimeoutExpired:
+                timed_out = True
+            wall = time.perf_counter() - start
+        finally:
+            done.set()
+            thread.join()
+            leftovers = self._kill_leftovers(proc)
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU seconds of the child and every descendant it waited for (the cluster's
+        # workers): less sensitive than wall time to other users of a shared machine.
+        cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+        return {"wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": self.peak, "returncode": proc.returncode,
+                "timed_out": timed_out, "samples": self.samples, "processes": len(self.seen),
+                "leftovers_killed": leftovers}
+
+    def _kill_leftovers(self, root: Any) -> list[str]:
+        """Kill (by pid) every process of the sampled tree still alive; name them."""
+        import psutil
+
+        alive = []
+        for proc in [*self.seen.values(), root]:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+            except psutil.Error:
+                pass
+        # Grace: helpers such as multiprocessing's resource tracker exit on their own
+        # a moment after their parent; kill only what is still there after it.
+        _, alive = psutil.wait_procs(alive, timeout=self.grace)
+        names = []
+        for proc in alive:
+            try:
+                names.append(f"{proc.pid}:{' '.join(proc.cmdline())[:120]}")
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        try:
+            root.wait(timeout=5)
+        except psutil.Error:
+            pass
+        return names
+
+
+# ----------------------------------------------------------------------------- child workloads
+
+
+def _contrast(value: Any, n_columns: int) -> Any:
+    import numpy as np
+
+    return np.eye(n_columns)[:5] if value == "eye5" else np.array(value)
+
+
+def _designs(spec: dict) -> list:
+    import numpy as np
+    import pandas as pd
+
+    return [pd.DataFrame(np.load(path)["X"]) for path in spec["designs"]]
+
+
+def _save_zmaps(path: str, zmaps: dict) -> None:
+    import numpy as np
+
+    np.savez(path, **zmaps)
+
+
+def _worker_nilearn(spec: dict) -> dict:
+    t = {"start": time.perf_counter()}
+    import numpy as np
+    from nilearn.glm.first_level import FirstLevelModel
+
+    t["imported"] = time.perf_counter()
+    designs = _designs(spec)
+    model = FirstLevelModel(mask_img=spec["mask"], smoothing_fwhm=spec["smoothing_fwhm"],
+                            minimize_memory=True, n_jobs=1)
+    model.fit(spec["runs"], design_matrices=designs)
+    t["fitted"] = time.perf_counter()
+    zmaps = {}
+    for name, value in spec["contrasts"].items():
+        z = model.compute_contrast(_contrast(value, designs[0].shape[1]), output_type="z_score")
+        zmaps[name] = np.asarray(z.get_fdata(), dtype=np.float32)
+    t["contrasts"] = time.perf_counter()
+    _save_zmaps(spec["zmaps"], zmaps)
+    return {"phases_s": {"import": t["imported"] - t["start"], "fit": t["fitted"] - t["imported"],
+                         "contrasts": t["contrasts"] - t["fitted"]}}
+
+
+class _Timeline:
+    """Named wall-clock intervals (time.time(), comparable with the workers' task stream).
+
+    With a ``probe`` (a callable returning CPU seconds by process), each interval
+    also records the CPU time each process spent in it: unlike wall time, that
+    is not inflated by other users of a shared machine.
+    """
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, float, float]] = []
+        self.cpu: dict[str, dict[str, float]] = {}
+        self.probe: Any = None
+
+    def wrap(self, label: str, func: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            before = self.probe() if self.probe else None
+            start = time.time()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.spans.append((label, start, time.time()))
+                if before is not None:
+                    after = self.probe()
+                    spent = self.cpu.setdefault(label, {})
+                    for who, value in after.items():
+                        spent[who] = spent.get(who, 0.0) + value - before.get(who, value)
+        return timed
+
+    def total(self, label: str) -> float:
+        return sum(b - a for name, a, b in self.spans if name == label)
+
+
+def _process_cpu() -> float:
+    import psutil
+
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+def _cpu_probe(client: Any) -> Any:
+    """CPU seconds of this process (client and, for a LocalCluster, scheduler) and of each worker."""
+    def probe() -> dict[str, float]:
+        workers = client.run(_process_cpu)
+        return {"client+scheduler": _process_cpu(),
+                **{f"worker{i}": workers[w] for i, w in enumerate(sorted(workers))}}
+    return probe
+
+
+def _cluster_info(client: Any) -> dict:
+    workers = client.scheduler_info(n_workers=-1)["workers"] if client is not None else {}
+    return {"n_workers": len(workers),
+            "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+            "memory_limit_per_worker": sorted({w.get("memory_limit") for w in workers.values()})}
+
+
+def _task_profile(tasks: list[dict], spans: list[tuple[str, float, float]], n_workers: int) -> dict:
+    """Worker compute seconds per phase and per task prefix; busy = compute / (wall * workers)."""
+    from dask.utils import key_split
+
+    phases: dict[str, dict] = {}
+    for name, a, b in spans:
+        entry = phases.setdefault(name, {"wall_s": 0.0, "compute_s": 0.0, "transfer_s": 0.0,
+                                         "tasks": 0, "by_prefix": {}})
+        entry["wall_s"] += b - a
+        for task in tasks:
+            for ss in task.get("startstops", ()):
+                if not a <= ss["start"] < b:
+                    continue
+                dt = ss["stop"] - ss["start"]
+                if ss["action"] == "compute":
+                    entry["compute_s"] += dt
+                    entry["tasks"] += 1
+                    prefix = key_split(task["key"])
+                    entry["by_prefix"][prefix] = entry["by_prefix"].get(prefix, 0.0) + dt
+                else:
+                    entry["transfer_s"] += dt
+    for entry in phases.values():
+        entry["busy"] = entry["compute_s"] / max(entry["wall_s"] * max(n_workers, 1), 1e-9)
+        entry["by_prefix"] = dict(sorted(entry["by_prefix"].items(), key=lambda kv: -kv[1])[:6])
+    return phases
+
+
+def _worker_daskglm(spec: dict) -> dict:
+    t0 = time.time()
+    import contextlib
+
+    import numpy as np
+
+    import daskglm.model as model_module
+    from daskglm.cluster import get_client
+
+    timeline = _Timeline()
+    timeline.spans.append(("import", t0, time.time()))
+    model_module.ingest_run = timeline.wrap("ingest", model_module.ingest_run)
+    model_module.save_fit = timeline.wrap("fit_compute", model_module.save_fit)
+    designs = _designs(spec)
+    stream = None
+    start = time.time()
+    manager = get_client(None, n_workers=spec["workers"], memory_limit=spec["memory_limit_per_worker"])
+    client = manager.__enter__()
+    try:
+        timeline.spans.append(("cluster_start", start, time.time()))
+        info = _cluster_info(client)
+        with contextlib.ExitStack() as stack:
+            if spec["profile"]:
+                from distributed import get_task_stream
+
+                stream = stack.enter_context(get_task_stream(client))
+                timeline.probe = _cpu_probe(client)
+            model = model_module.FirstLevelModel(
+                mask_img=spec["mask"], smoothing_fwhm=spec["smoothing_fwhm"], minimize_memory=True,
+                store=spec["store"], client=client)
+            timeline.wrap("fit", model.fit)(spec["runs"], design_matrices=designs)
+            zmaps = {}
+            for name, value in spec["contrasts"].items():
+                z = timeline.wrap("contrasts", model.compute_contrast)(
+                    _contrast(value, designs[0].shape[1]), output_type="z_score")
+                zmaps[name] = np.asarray(z.get_fdata(), dtype=np.float32)
+    finally:
+        closing = time.time()
+        manager.__exit__(None, None, None)
+        timeline.spans.append(("cluster_close", closing, time.time()))
+    _save_zmaps(spec["zmaps"], zmaps)
+    fit = timeline.total("fit")
+    phases = {name: timeline.total(name) for name in
+              ("import", "cluster_start", "ingest", "fit_compute", "contrasts", "cluster_close")}
+    phases["fit_other"] = fit - phases["ingest"] - phases["fit_compute"]
+    out = {"phases_s": phases, "cluster": info,
+           "stores": [str(result.attrs["store"]) for result in model.results_]}
+    if stream is not None:
+        spans = [s for s in timeline.spans if s[0] not in ("fit", "import")]
+        out["task_profile"] = _task_profile(stream.data, spans, info["n_workers"])
+        for phase, spent in timeline.cpu.items():
+            if phase in out["task_profile"]:
+                out["task_profile"][phase]["cpu_s"] = {k: round(v, 2) for k, v in spent.items()}
+    return out
+
+
+def _pinv_block(Y: Any, P: Any = None) -> Any:
+    """One pinv(X) @ Y on a voxel column; returns a (1, v) reduction so nothing big travels."""
+    return (P @ Y).sum(axis=0, keepdims=True)
+
+
+def _warm_up() -> None:
+    """Import on a worker what the first task of the fit would import."""
+    from importlib import import_module
+
+    for name in ("daskglm._kernels", "daskglm.contrasts", "daskglm.fit", "daskglm.store"):
+        import_module(name)
+
+
+def _worker_roofline(spec: dict) -> dict:
+    """Roofline pass, then the fit alone, on the stores of a finished daskglm run."""
+    import numpy as np
+
+    import daskglm.model as model_module
+    from daskglm.cluster import compute, get_client
+    from daskglm.store import open_run
+
+    timeline = _Timeline()
+    model_module.save_fit = timeline.wrap("fit_compute", model_module.save_fit)
+    designs = _designs(spec)
+    with get_client(None, n_workers=spec["workers"], memory_limit=spec["memory_limit_per_worker"]) as client:
+        info = _cluster_info(client)
+        client.run(_warm_up)  # worker-side imports: not part of either figure
+        rooflines = []
+        for _ in range(2):  # the better of two passes: a floor
+            start = time.perf_counter()
+            passes = []
+            for store, design in zip(spec["stores"], designs):
+                Y = open_run(store, columns=True)["bold"].data
+                P = np.linalg.pinv(design.to_numpy(np.float64))
+                passes.append(Y.map_blocks(_pinv_block, P=P, chunks=((1,), Y.chunks[1]), dtype=np.float64).sum())
+            compute(*passes, client=client)
+            rooflines.append(time.perf_counter() - start)
+        n_blocks = sum(len(open_run(s, columns=True)["bold"].data.chunks[1]) for s in spec["stores"])
+        model = model_module.FirstLevelModel(
+            mask_img=spec["mask"], smoothing_fwhm=spec["smoothing_fwhm"], minimize_memory=True,
+            store=spec["store"], client=client)
+        start = time.perf_counter()
+        model.fit(spec["runs"], design_matrices=designs)
+        fit_alone = time.perf_counter() - start
+    return {"roofline_s": min(rooflines), "roofline_passes_s": rooflines, "fit_alone_s": fit_alone, "fit_compute_s": timeline.total("fit_compute"),
+            "voxel_blocks": n_blocks, "cluster": info}
+
+
+WORKERS = {"nilearn": _worker_nilearn, "daskglm": _worker_daskglm, "roofline": _worker_roofline}
+
+
+def _child_main(kind: str, spec_path: str, out_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    result = WORKERS[kind](spec)
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _machine() -> dict:
+    import psutil
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("daskglm", "nilearn", "dask", "distributed", "zarr", "numpy", "scipy", "nibabel"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "git": _git_state(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
+
+
+def _git_state() -> dict | None:
+    """The daskglm checkout measured: commit and locally modified files."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "modified": [line[3:] for line in status if line[:2].strip()]}
+
+
+def _data_root() -> Path:
+    return Path(os.environ.get("DASKGLM_BENCH_DATA") or Path.home() / ".cache" / "daskglm" / "bench")
+
+
+def _generate(size: str) -> dict:
+    from daskglm.datasets import simulate_fiac
+
+    params = {k: v for k, v in SIZES[size].items() if k not in ("tools", "memory_limit")}
+    start = time.perf_counter()
+    data = simulate_fiac(data_dir=_data_root(), seed=0, **params)
+    print(f"[{size}] data: {Path(data['func1']).parent} ({time.perf_counter() - start:.1f} s to generate or find)",
+          flush=True)
+    return data
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env.pop("DASK_SCHEDULER_ADDRESS", None)  # the daskglm side must start its own cluster
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _run_child(kind: str, spec: dict, work: Path, label: str, timeout: float | None) -> dict:
+    spec_path, out_path, log = (work / f"{label}.{ext}" for ext in ("spec.json", "out.json", "log"))
+    spec_path.write_text(json.dumps(spec))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", kind, str(spec_path), str(out_path)]
+    load_before = os.getloadavg()[0]
+    measured = Measured(cmd, log, env=_child_env(), timeout=timeout).run()
+    measured["loadavg_1min_before"] = load_before
+    if measured["returncode"] != 0 or not out_path.exists():
+        tail = log.read_text(errors="replace")[-4000:]
+        why = "timed out" if measured["timed_out"] else f"exit code {measured['returncode']}"
+        raise RuntimeError(f"{label} ({kind}) failed: {why}; log tail:\n{tail}")
+    measured.update(json.loads(out_path.read_text()))
+    if measured["leftovers_killed"]:
+        print(f"  ! {label}: killed {len(measured['leftovers_killed'])} leftover process(es): "
+              f"{measured['leftovers_killed']}", flush=True)
+    return measured
+
+
+def _zmap_difference(a: str, b: str, mask_path: str) -> dict:
+    import nibabel as nib
+    import numpy as np
+
+    mask = np.asarray(nib.load(mask_path).dataobj) > 0
+    with np.load(a) as za, np.load(b) as zb:
+        diffs = [np.abs(za[k][mask].astype(np.float64) - zb[k][mask]) for k in za.files]
+    worst = max(float(d.max()) for d in diffs)
+    over = sum(int((d > 1e-2).sum()) for d in diffs)
+    return {"max_abs_dz": worst, "voxels_dz_over_0.01": over, "voxels_compared": int(sum(d.size for d in diffs))}
+
+
+def _fmt_phases(phases: dict) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + " s"
+
+
+def _line(tool: str, size: str, rep: int, n: int, r: dict) -> str:
+    extra = ""
+    if "cluster" in r:
+        extra = f", workers: {r['cluster']['n_workers']}"
+    return (f"{tool:8s} {size} {rep}/{n}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, peak RSS (all processes) "
+            f"{r['peak_rss_bytes'] / MiB:.0f} MiB{extra} [{_fmt_phases(r['phases_s'])}]")
+
+
+def _spec(size: str, data: dict, contrasts: dict, args: argparse.Namespace, workers: int | None,
+          memory_limit: str | None, store: Path, zmaps: Path) -> dict:
+    from dask.system import CPU_COUNT
+    from dask.utils import parse_bytes
+
+    n_runs = SIZES[size]["n_runs"]
+    per_worker = None
+    if memory_limit:
+        per_worker = parse_bytes(memory_limit) // (workers or max(1, CPU_COUNT))
+    return {"runs": [data[f"func{r}"] for r in range(1, n_runs + 1)],
+            "designs": [data[f"design_matrix{r}"] for r in range(1, n_runs + 1)],
+            "mask": data["mask"], "smoothing_fwhm": args.smoothing_fwhm, "contrasts": contrasts,
+            "workers": workers, "memory_limit_per_worker": per_worker, "store": str(store),
+            "zmaps": str(zmaps), "profile": args.profile}
+
+
+def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict) -> dict:
+    data = _generate(size)
+    allowed = SIZES[size].get("tools", TOOLS)
+    tools = [t for t in args.tools if t in allowed]
+    if len(tools) < len(args.tools):
+        print(f"[{size}] skipping {sorted(set(args.tools) - set(tools))}: not run at this size", flush=True)
+    memory_limit = args.memory_limit or SIZES[size].get("memory_limit")
+    configs: list[tuple[str, int | None]] = (
+        [("daskglm", 1), ("daskglm", 2)] if args.scaling else [(t, args.workers) for t in tools])
+    records: list[dict] = []
+    for rep in range(1, args.repeat + 1):
+        rep_dir = work / f"{size}-rep{rep}"
+        rep_dir.mkdir(parents=True, exist_ok=True)
+        zmaps: dict[str, str] = {}
+        for tool, workers in configs:
+            tag = f"{tool}-w{workers}" if args.scaling else tool
+            store = (_data_root() / f"stores-{size}" if args.keep_stores else rep_dir / f"stores-{tag}")
+            spec = _spec(size, data, contrasts, args, workers, memory_limit, store, rep_dir / f"z-{tag}.npz")
+            result = _run_child(tool, spec, rep_dir, tag, args.timeout)
+            record = {"size": size, "tool": tool, "repeat": rep, "workers_option": workers,
+                      "memory_limit_total": memory_limit, "fresh_store": not args.keep_stores, **result}
+            print(_line(tag, size, rep, args.repeat, result), flush=True)
+            zmaps[tag] = spec["zmaps"]
+            if tool == "daskglm" and args.roofline and not args.scaling:
+                post = _run_child("roofline", {**spec, "stores": result["stores"]}, rep_dir, f"{tag}-roofline",
+                                  args.timeout)
+                record["roofline_s"] = post["roofline_s"]
+                record["fit_alone_s"] = post["fit_alone_s"]
+                record["fit_alone_compute_s"] = post["fit_compute_s"]
+                record["voxel_blocks"] = post["voxel_blocks"]
+                print(f"{'roofline':8s} {size} {rep}/{args.repeat}: one pinv(X) @ Y pass over the stores "
+                      f"{post['roofline_s']:.2f} s ({post['voxel_blocks']} voxel columns); fit alone on ingested "
+                      f"stores {post['fit_alone_s']:.2f} s = {post['fit_alone_s'] / post['roofline_s']:.1f}x "
+                      f"roofline", flush=True)
+            if "task_profile" in result:
+                for phase, entry in result["task_profile"].items():
+                    cpu = entry.get("cpu_s", {})
+                    cpu_text = (f"; CPU: workers {sum(v for k, v in cpu.items() if k.startswith('worker')):.1f} s, "
+                                f"client+scheduler {cpu.get('client+scheduler', 0.0):.1f} s" if cpu else "")
+                    print(f"    {phase:14s} wall {entry['wall_s']:7.2f} s, in tasks {entry['compute_s']:7.2f} s "
+                          f"({entry['tasks']} tasks, busy {entry['busy']:.0%}){cpu_text}; "
+                          + ", ".join(f"{k} {v:.1f}" for k, v in entry["by_prefix"].items()), flush=True)
+            records.append(record)
+            if not args.keep_stores:
+                shutil.rmtree(store, ignore_errors=True)
+        if "nilearn" in zmaps and "daskglm" in zmaps:
+            diff = _zmap_difference(zmaps["nilearn"], zmaps["daskglm"], data["mask"])
+            for r in records[-len(configs):]:
+                r["zmap_agreement"] = diff
+            print(f"  z maps, nilearn vs daskglm (8 contrasts, in mask): max |dz| {diff['max_abs_dz']:.2e}, "
+                  f"{diff['voxels_dz_over_0.01']} of {diff['voxels_compared']} voxel values differ by > 0.01",
+                  flush=True)
+        for path in zmaps.values():
+            Path(path).unlink(missing_ok=True)
+    summary = _summarise(size, records, args)
+    summary["runs"] = records
+    return summary
+
+
+def _summarise(size: str, records: list[dict], args: argparse.Namespace) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        key = f"{r['tool']}-w{r['workers_option']}" if args.scaling else r["tool"]
+        groups.setdefault(key, []).append(r)
+    summary: dict[str, Any] = {"size": size, "shape": list(SIZES[size]["shape"]), "n_scans": SIZES[size]["n_scans"],
+                               "n_runs": SIZES[size]["n_runs"], "tools": {}}
+    print(f"\n[{size}] summary over {args.repeat} repeat(s) (median; all values)")
+    for key, rs in groups.items():
+        walls = [round(r["wall_s"], 2) for r in rs]
+        peaks = [round(r["peak_rss_bytes"] / MiB, 1) for r in rs]
+        cpus = [round(r["cpu_s"], 2) for r in rs]
+        entry = {"wall_s_median": _median(walls), "wall_s": walls, "cpu_s_median": _median(cpus), "cpu_s": cpus,
+                 "peak_rss_mib_median": _median(peaks), "peak_rss_mib": peaks,
+                 "phases_s_median": {k: round(_median([r["phases_s"][k] for r in rs]), 2)
+                                     for k in rs[0]["phases_s"]}}
+        if "roofline_s" in rs[0]:
+            for name in ("roofline_s", "fit_alone_s", "fit_alone_compute_s"):
+                entry[name] = [round(r[name], 2) for r in rs]
+                entry[f"{name}_median"] = _median(entry[name])
+            entry["fit_alone_over_roofline"] = round(entry["fit_alone_s_median"] / entry["roofline_s_median"], 2)
+        summary["tools"][key] = entry
+        print(f"  {key:11s} wall {entry['wall_s_median']:8.1f} s {walls}   CPU {entry['cpu_s_median']:8.1f} s {cpus}   "
+              f"peak RSS {entry['peak_rss_mib_median']:7.0f} MiB {peaks}")
+        if "roofline_s" in entry:
+            print(f"  {'roofline':11s} pass {entry['roofline_s_median']:.2f} s {entry['roofline_s']}; fit alone "
+                  f"{entry['fit_alone_s_median']:.2f} s {entry['fit_alone_s']} = "
+                  f"{entry['fit_alone_over_roofline']:.1f}x roofline")
+    tools = summary["tools"]
+    if "nilearn" in tools and "daskglm" in tools:
+        n, d = tools["nilearn"], tools["daskglm"]
+        summary["ratios"] = {
+            "wall_nilearn_over_daskglm": round(n["wall_s_median"] / d["wall_s_median"], 2),
+            "peak_nilearn_over_daskglm": round(n["peak_rss_mib_median"] / d["peak_rss_mib_median"], 2),
+            "cpu_nilearn_over_daskglm": round(n["cpu_s_median"] / d["cpu_s_median"], 2),
+        }
+        print(f"  ratio      nilearn/daskglm: wall {summary['ratios']['wall_nilearn_over_daskglm']:.2f}x, "
+              f"peak memory {summary['ratios']['peak_nilearn_over_daskglm']:.2f}x, "
+              f"CPU time {summary['ratios']['cpu_nilearn_over_daskglm']:.2f}x")
+    if args.scaling and "daskglm-w1" in tools and "daskglm-w2" in tools:
+        speedup = tools["daskglm-w1"]["wall_s_median"] / tools["daskglm-w2"]["wall_s_median"]
+        summary["ratios"] = {"wall_1_worker_over_2_workers": round(speedup, 2)}
+        print(f"  scaling    1 worker / 2 workers: {speedup:.2f}x")
+    return summary
+
+
+def _targets(summaries: dict[str, dict]) -> list[dict]:
+    """Issue 7's targets, for the sizes measured in this invocation."""
+    out = []
+
+    def check(name: str, value: float | None, limit: float, lower_is_better: bool = True) -> None:
+        if value is None:
+            return
+        ok = value <= limit if lower_is_better else value >= limit
+        out.append({"target": name, "value": round(value, 2), "limit": limit, "met": ok})
+
+    for size, s in summaries.items():
+        tools, ratios = s["tools"], s.get("ratios", {})
+        d = tools.get("daskglm")
+        if size == "hcp" and "wall_nilearn_over_daskglm" in ratios:
+            check("hcp: nilearn wall / daskglm wall >= 3.5", ratios["wall_nilearn_over_daskglm"], 3.5, False)
+        if size == "hcp" and d:
+            check("hcp: daskglm peak (all processes) <= 2048 MiB", d["peak_rss_mib_median"], 2048)
+        if size == "fiac" and "wall_nilearn_over_daskglm" in ratios:
+            check("fiac: nilearn wall / daskglm wall >= 1", ratios["wall_nilearn_over_daskglm"], 1.0, False)
+        if d and "fit_alone_over_roofline" in d:
+            check(f"{size}: fit alone / roofline <= 3", d["fit_alone_over_roofline"], 3.0)
+        if size == "hcp8" and d:
+            check("hcp8: daskglm peak (all processes) <= 3072 MiB", d["peak_rss_mib_median"], 3072)
+            hcp = summaries.get("hcp", {}).get("tools", {}).get("daskglm")
+            if hcp:
+                check("hcp8: wall / hcp wall <= 4.5", d["wall_s_median"] / hcp["wall_s_median"], 4.5)
+        if "wall_1_worker_over_2_workers" in ratios and size.startswith("hcp"):
+            check(f"{size}: 1-worker wall / 2-worker wall >= 1.7", ratios["wall_1_worker_over_2_workers"], 1.7, False)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--_child"]:
+        return _child_main(*argv[1:4])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("--size", default="fiac",
+                        help=f"one or more of {', '.join(SIZES)}, comma-separated (default: %(default)s)")
+    parser.add_argument("--tools", default="nilearn,daskglm", help="comma-separated subset of nilearn,daskglm")
+    parser.add_argument("--repeat", type=int, default=1, help="repeats per tool (median reported)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="daskglm: worker processes of the LocalCluster (default: daskglm's default, one per core)")
+    parser.add_argument("--memory-limit", default=None,
+                        help="daskglm: TOTAL worker memory limit, split evenly across the workers, e.g. 3GiB "
+                             "(default: none, i.e. daskglm's default; hcp8: 3GiB)")
+    parser.add_argument("--scaling", action="store_true", help="daskglm only: 1 worker vs 2 workers")
+    parser.add_argument("--keep-stores", action="store_true",
+                        help="daskglm: keep and reuse stores in $DASKGLM_BENCH_DATA/stores-SIZE (default: a fresh "
+                             "store folder per repeat, deleted afterwards, so ingestion is measured)")
+    parser.add_argument("--no-roofline", dest="roofline", action="store_false",
+                        help="skip the roofline pass and the fit-alone measurement")
+    parser.add_argument("--profile", action="store_true",
+                        help="daskglm: record the task stream; print worker compute time per phase")
+    parser.add_argument("--smoothing-fwhm", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per child process")
+    parser.add_argument("--json", default=None, metavar="OUT", help="write all results as JSON to OUT")
+    args = parser.parse_args(argv)
+    sizes = [s.strip() for s in args.size.split(",") if s.strip()]
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    bad = [s for s in sizes if s not in SIZES] + [t for t in args.tools if t not in TOOLS]
+    if bad or not sizes or not args.tools or args.repeat < 1 or (args.workers is not None and args.workers < 1):
+        parser.error(f"invalid --size/--tools/--repeat/--workers: {bad or (sizes, args.tools, args.repeat)}")
+
+    from daskglm.cli import WALKTHROUGH_CONTRASTS
+
+    machine = _machine()
+    print(f"machine: {machine['cpu']}, {machine['logical_cpus']} CPUs, {machine['memory_gib']} GiB; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    if machine["git"]:
+        print(f"daskglm checkout: {machine['git']['commit'][:10]}"
+              + (f" + local changes to {', '.join(machine['git']['modified'])}" if machine["git"]["modified"] else ""),
+              flush=True)
+    work = Path(tempfile.mkdtemp(prefix="daskglm-compare-"))
+    summaries: dict[str, dict] = {}
+    records: dict[str, Any] = {}
+    try:
+        for size in sizes:
+            summaries[size] = _bench_size(size, args, work, WALKTHROUGH_CONTRASTS)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    targets = _targets(summaries)
+    if targets:
+        print("\nissue 7 targets:")
+        for t in targets:
+            print(f"  [{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']}")
+    if args.json:
+        records = {"command": " ".join(["python", "benchmarks/compare.py", *argv]), "machine": machine,
+                   "date": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average_end": os.getloadavg(),
+                   "options": {k: v for k, v in vars(args).items()}, "sizes": summaries, "targets": targets}
+        Path(args.json).write_text(json.dumps(records, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
