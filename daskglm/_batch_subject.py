@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 import traceback
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +60,9 @@ class SubjectResult:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name next to ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from .maps import write_bytes  # atomic: temporary name renamed over ``path``
+
+    write_bytes(path, data)
 
 
 def write_json(path: Path, obj: Any, **kwargs: Any) -> None:

@@ -11,13 +11,12 @@ import contextlib
 import math
 import os
 import sys
-import uuid
 import warnings
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
 __all__ = ["Parser", "one_line", "positive_int", "positive_float", "nonnegative_float", "memory_size",
-           "input_path", "add_cluster_options", "add_common_options", "warnings_as_lines", "write_bytes",
+           "input_path", "add_cluster_options", "add_common_options", "warnings_as_lines",
            "say", "cluster", "UsageError"]
 
 
@@ -175,38 +174,3 @@ def warnings_as_lines(verbose: int) -> Iterator[None]:
             warnings.simplefilter("ignore")  # else Python's filters (ResourceWarning etc. stay hidden)
         warnings.showwarning = show
         yield
-
-
-def write_bytes(url: str, data: bytes) -> str:
-    """Write a small file all at once: a local temporary name renamed into place, or one upload.
-
-    Parameters
-    ----------
-    url : str
-        Local path or fsspec URL; local parent folders are created.
-    data : bytes
-
-    Returns
-    -------
-    str
-        ``url``.
-    """
-    from .nifti import is_url
-
-    if is_url(url):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(url)
-        fs.pipe_file(path, data)
-        return url
-    path = os.path.abspath(url)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return url

@@ -27,8 +27,19 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._cli_common import (add_cluster_options, add_common_options, input_path, nonnegative_float,
-                          UsageError, cluster, one_line, positive_float, positive_int, say, write_bytes)
+from ._cli_common import (
+    UsageError,
+    add_cluster_options,
+    add_common_options,
+    cluster,
+    input_path,
+    nonnegative_float,
+    one_line,
+    positive_float,
+    positive_int,
+    say,
+)
+from .maps import write_bytes
 
 if TYPE_CHECKING:
     import pandas as pd

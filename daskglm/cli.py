@@ -29,10 +29,22 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._cli_common import (Parser, UsageError, add_cluster_options, add_common_options, cluster, input_path,
-                          nonnegative_float, one_line, positive_int, say, warnings_as_lines, write_bytes)
+from ._cli_common import (
+    Parser,
+    UsageError,
+    add_cluster_options,
+    add_common_options,
+    cluster,
+    input_path,
+    nonnegative_float,
+    one_line,
+    positive_int,
+    say,
+    warnings_as_lines,
+)
 from ._cli_fit import add_fit_parser
 from .batch import add_bids_parser
+from .maps import write_bytes
 
 __all__ = ["main", "build_parser", "WALKTHROUGH_CONTRASTS"]
 

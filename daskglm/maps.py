@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
-__all__ = ["to_volume", "to_nifti", "scatter_to_volume", "save_nifti", "load_nifti"]
+__all__ = ["to_volume", "to_nifti", "scatter_to_volume", "write_bytes", "save_nifti", "load_nifti"]
 
 
 def scatter_to_volume(
@@ -128,6 +128,44 @@ def to_nifti(values: xr.DataArray, like: Any = None, descrip: str | None = None)
     return img
 
 
+def write_bytes(url: str | os.PathLike, data: bytes, storage_options: dict | None = None) -> str:
+    """Write a small file all at once: one upload, or a local temporary name renamed into place.
+
+    Parameters
+    ----------
+    url : str or path
+        Local path or fsspec URL; local parent folders are created.
+    data : bytes
+    storage_options : dict, optional
+        fsspec options for a URL (ignored for a local path).
+
+    Returns
+    -------
+    str
+        ``url`` as a string.
+    """
+    import fsspec
+
+    from .nifti import is_url
+
+    url = os.fspath(url)
+    if is_url(url):  # object stores have no folders to create; one upload is all or nothing
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs.pipe_file(path, data)
+        return url
+    path = os.path.abspath(url.removeprefix("file://"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return url
+
+
 def save_nifti(img: nib.Nifti1Image, url: str | os.PathLike, storage_options: dict | None = None) -> str:
     """Write a NIfTI image to a local path or an fsspec URL, all or nothing.
 
@@ -152,29 +190,11 @@ def save_nifti(img: nib.Nifti1Image, url: str | os.PathLike, storage_options: di
     str
         ``url`` as a string.
     """
-    import fsspec
-
-    from .nifti import is_url
-
     url = os.fspath(url)
     data = img.to_bytes()
     if url.endswith(".gz"):
         data = gzip.compress(data, compresslevel=1, mtime=0)  # nibabel's level; reproducible bytes
-    if is_url(url):  # object stores have no folders to create
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        fs.pipe_file(path, data)
-        return url
-    path = os.path.abspath(url.removeprefix("file://"))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return url
+    return write_bytes(url, data, storage_options)
 
 
 def load_nifti(url: str | os.PathLike, storage_options: dict | None = None) -> nib.Nifti1Image:
