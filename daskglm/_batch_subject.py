@@ -4,7 +4,7 @@
 or in this process for a local scheduler). It never raises for the subject's
 own errors: they come back in the :class:`SubjectResult`. File names are
 nilearn's (``BaseGLM._generate_filenames_output`` called on a small stand-in
-for the model, :func:`_nilearn_view`); files are written under a temporary
+for the model, :func:`nilearn_view`); files are written under a temporary
 name and renamed into place, the marker :data:`MARKER` last (see
 :mod:`daskglm.batch`).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import traceback
 import warnings
@@ -101,8 +102,13 @@ def is_complete(sub_dir: Path, fingerprint: str, inputs: dict[str, list[int]]) -
             and all((sub_dir.parent / name).is_file() for name in marker.get("outputs", [None])))
 
 
-def _nilearn_view(model: Any, run_imgs: list[str]) -> Any:
-    """A stand-in with what nilearn's naming and metadata code reads from a fitted model."""
+def nilearn_view(design_matrices: list, run_imgs: list, model: Any = None) -> Any:
+    """A stand-in with what nilearn's naming and metadata code reads from a fitted model.
+
+    nilearn's ``BaseGLM._generate_filenames_output`` (BIDS-derivatives names)
+    and ``_attributes_to_dict`` (``statmap.json``) run on it; ``model`` supplies
+    the parameters the latter reads (optional when only names are wanted).
+    """
     from nilearn.glm._base import BaseGLM
     from nilearn.interfaces.bids import parse_bids_filename
     from sklearn.base import BaseEstimator
@@ -124,13 +130,14 @@ def _nilearn_view(model: Any, run_imgs: list[str]) -> Any:
             return "First Level Model"
 
     view = _View()
-    for name in ("subject_label", "drift_model", "hrf_model", "noise_model", "t_r", "signal_scaling",
-                 "smoothing_fwhm", "slice_time_ref", "target_shape", "target_affine", "fir_delays",
-                 "high_pass", "drift_order"):
-        setattr(view, name, getattr(model, name))
-    view.standardize = False  # daskglm never standardizes (nilearn's default)
-    view.design_matrices_ = model.design_matrices_
-    view._reporting_data = {"run_imgs": {i: parse_bids_filename(p) for i, p in enumerate(run_imgs)}}
+    if model is not None:
+        for name in ("subject_label", "drift_model", "hrf_model", "noise_model", "t_r", "signal_scaling",
+                     "smoothing_fwhm", "slice_time_ref", "target_shape", "target_affine", "fir_delays",
+                     "high_pass", "drift_order"):
+            setattr(view, name, getattr(model, name))
+        view.standardize = False  # daskglm never standardizes (nilearn's default)
+    view.design_matrices_ = design_matrices
+    view._reporting_data = {"run_imgs": {i: parse_bids_filename(os.fspath(p)) for i, p in enumerate(run_imgs)}}
     return view
 
 
@@ -228,7 +235,7 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
     with get_client(scheduler):
         model.fit(run_imgs, events=events[0], confounds=confounds[0])
         stage[0] = "writing the design and model files"
-        view = _nilearn_view(model, run_imgs)
+        view = nilearn_view(model.design_matrices_, run_imgs, model)
         view._generate_filenames_output(None, {n: "c" for n in job.contrasts}, job.stat_types, out)
         names = view._reporting_data["filenames"]
         folder: Path = names["dir"]

@@ -327,32 +327,12 @@ def bids_filenames(design_matrices: list[pd.DataFrame], runs: list[Any], contras
         ``mask``, ``statistical_maps[name][output_type]``,
         ``design_matrices_dict[run]["design_matrix_tsv"]``...
     """
-    from nilearn.glm._base import BaseGLM
-    from nilearn.interfaces.bids import parse_bids_filename
-    from sklearn.base import BaseEstimator
+    from ._batch_subject import nilearn_view
 
-    class _Names(BaseEstimator):  # what nilearn's naming code reads from a fitted first-level model
-        _generate_filenames_output = BaseGLM._generate_filenames_output
-
-        def fit(self) -> None:  # pragma: no cover - sklearn's check_is_fitted wants one
-            raise NotImplementedError
-
-        def __sklearn_is_fitted__(self) -> bool:
-            return True
-
-        def _is_volume_glm(self) -> bool:
-            return True
-
-        def __str__(self) -> str:
-            return "First Level Model"
-
-    parsed = {i: parse_bids_filename(os.fspath(run)) for i, run in enumerate(runs)}
-    subjects = {info["entities"].get("sub") for info in parsed.values()}
+    view = nilearn_view(design_matrices, runs)
+    subjects = {info["entities"].get("sub") for info in view._reporting_data["run_imgs"].values()}
     if prefix is None and (len(subjects) != 1 or None in subjects):
         prefix = ""
-    view = _Names()
-    view.design_matrices_ = design_matrices
-    view._reporting_data = {"run_imgs": parsed}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         view._generate_filenames_output(prefix, contrasts, stat_types, ".")
