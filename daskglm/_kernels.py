@@ -204,6 +204,11 @@ def residual_dof(X: np.ndarray) -> int:
     return int(X.shape[0] - np.linalg.matrix_rank(X, tol))
 
 
+def _as_float64(Y: np.ndarray) -> np.ndarray:
+    """One float64 copy of a (float32) block, so no later step converts it again."""
+    return np.asarray(Y, dtype=np.float64)
+
+
 def _dispersion_df(X: np.ndarray) -> int:
     df = X.shape[0] - X.shape[1]
     if df <= 0:
@@ -251,10 +256,12 @@ def ols(Y: np.ndarray, X: np.ndarray) -> OLSFit:
     OLSFit
     """
     X = _check_design(Y, X)
-    beta = scipy.linalg.pinv(X) @ Y
-    residuals = Y - X @ beta
+    pinv, dof = _pinv_and_dof(X, np.zeros(0))
+    beta = pinv @ Y
+    residuals = X @ beta
+    np.subtract(Y, residuals, out=residuals)
     sigma2 = np.einsum("tv,tv->v", residuals, residuals) / _dispersion_df(X)
-    return OLSFit(beta, residuals, sigma2, residual_dof(X))
+    return OLSFit(beta, residuals, sigma2, dof)
 
 
 def yule_walker(residuals: np.ndarray, order: int, center: float = 0.0) -> np.ndarray:
@@ -348,10 +355,80 @@ def whiten(A: np.ndarray, coeffs: np.ndarray | float) -> np.ndarray:
     return out
 
 
+def _whiten_inplace(A: np.ndarray, coeffs: np.ndarray, rows: int = 64) -> None:
+    """`whiten` of ``A (n, m)`` in place with per-column ``coeffs (order, m)``.
+
+    Rows are processed bottom-up in slabs of ``rows`` (cache-sized), each slab
+    reading only rows above it that are still unmodified, so no array of
+    ``A``'s size is allocated.
+    """
+    n = A.shape[0]
+    order = coeffs.shape[0]
+    for hi in range(n, order, -rows):
+        lo = max(hi - rows, order)
+        lagged = coeffs[0] * A[lo - 1:hi - 1]
+        for k in range(2, order + 1):
+            lagged += coeffs[k - 1] * A[lo - k:hi - k]
+        A[lo:hi] -= lagged
+    for t in range(min(order, n) - 1, 0, -1):  # the first rows use the lags they have
+        A[t] -= sum(coeffs[k - 1] * A[t - k] for k in range(1, t + 1))
+
+
 def _whitened_pinv(X: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Whitened design and its pseudo-inverse (scipy's default cutoff, as nilearn)."""
     wx = whiten(X, coeffs) if np.size(coeffs) else np.asarray(X, dtype=np.float64)
     return wx, scipy.linalg.pinv(wx)
+
+
+class _PinvCache:
+    """Pseudo-inverses of whitened designs, kept per worker process.
+
+    Every block of a run has the same design and AR(1) labels on a fixed grid,
+    so the same ``pinv(whiten(X, rho))`` would be recomputed for every label of
+    every block. Entries are keyed by the design's bytes and the coefficients
+    and evicted oldest first beyond ``max_bytes``. The cached values are equal
+    to a fresh computation (same function, same inputs).
+    """
+
+    def __init__(self, max_bytes: int = 64 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: dict[tuple, np.ndarray] = {}
+        self._dofs: dict[bytes, int] = {}
+        self._bytes = 0
+
+    @staticmethod
+    def design_key(X: np.ndarray) -> bytes:
+        import hashlib
+
+        return hashlib.sha1(repr(X.shape).encode() + np.ascontiguousarray(X).tobytes()).digest()
+
+    def pinv(self, X: np.ndarray, coeffs: np.ndarray, key: bytes | None = None) -> np.ndarray:
+        entry = (key or self.design_key(X), np.asarray(coeffs, np.float64).tobytes())
+        value = self._entries.get(entry)
+        if value is None:
+            value = _whitened_pinv(X, coeffs)[1]
+            value.setflags(write=False)
+            self._entries[entry] = value
+            self._bytes += value.nbytes
+            while self._bytes > self.max_bytes and len(self._entries) > 1:
+                self._bytes -= self._entries.pop(next(iter(self._entries))).nbytes
+        return value
+
+    def dof(self, X: np.ndarray, key: bytes | None = None) -> int:
+        key = key or self.design_key(X)
+        if key not in self._dofs:
+            if len(self._dofs) > 64:
+                self._dofs.clear()
+            self._dofs[key] = residual_dof(X)
+        return self._dofs[key]
+
+
+_PINVS = _PinvCache()
+
+
+def _pinv_and_dof(X: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, int]:
+    key = _PINVS.design_key(X)
+    return _PINVS.pinv(X, coeffs, key), _PINVS.dof(X, key)
 
 
 def label_covariance(X: np.ndarray, coeffs: np.ndarray | float | None = None) -> LabelCovariance:
@@ -399,28 +476,41 @@ def label_covariances(X: np.ndarray, label_values: np.ndarray) -> np.ndarray:
 def _fit_groups(
     Y: np.ndarray, X: np.ndarray, group: np.ndarray, group_coeffs: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Whitened least squares, one pinv and one GEMM per group of voxels.
+    """Whitened least squares, one cached pinv and one GEMM per group of voxels.
 
     ``group (v,)`` int in [0, G), ``group_coeffs (G, order)``.
     Returns ``beta (p, v)``, ``sigma2 (v,)``.
+
+    The voxels are permuted once so that each group is a contiguous column
+    slice (BLAS reads it in place), instead of gathering scattered columns
+    once per group.
     """
     n, v = Y.shape
     df = _dispersion_df(X)
-    beta = np.empty((X.shape[1], v))
-    sigma2 = np.empty(v)
+    key = _PINVS.design_key(X)
     sorter = np.argsort(group, kind="stable")
     bounds = np.searchsorted(group[sorter], np.arange(len(group_coeffs) + 1))
+    identity = bool(np.all(sorter[1:] > sorter[:-1]))
+    # Whiten every voxel at once with its group's coefficients, in group order.
+    coeffs_sorted = np.asarray(group_coeffs, dtype=np.float64)[group[sorter]].T  # (order, v)
+    wy = np.array(Y, dtype=np.float64) if identity else np.take(Y, sorter, axis=1)
+    _whiten_inplace(wy, coeffs_sorted)
+    beta = np.empty((X.shape[1], v))
+    sigma2 = np.empty(v)
     for g, coeffs in enumerate(group_coeffs):
         lo, hi = bounds[g], bounds[g + 1]
         if lo == hi:
             continue
-        cols = slice(None) if hi - lo == v else sorter[lo:hi]
-        wx, pinv = _whitened_pinv(X, coeffs)
-        wy = whiten(Y[:, cols], coeffs)
-        b = pinv @ wy
-        wy -= wx @ b
-        beta[:, cols] = b
-        sigma2[cols] = np.einsum("tv,tv->v", wy, wy) / df
+        wx = whiten(X, coeffs) if np.size(coeffs) else X
+        b = _PINVS.pinv(X, coeffs, key) @ wy[:, lo:hi]
+        resid = wx @ b
+        np.subtract(wy[:, lo:hi], resid, out=resid)
+        beta[:, lo:hi] = b
+        sigma2[lo:hi] = np.einsum("tv,tv->v", resid, resid)
+    sigma2 /= df
+    if not identity:
+        beta[:, sorter] = beta.copy()
+        sigma2[sorter] = sigma2.copy()
     return beta, sigma2
 
 
@@ -450,7 +540,7 @@ def ar_coefficients_block(
     ndarray, shape (order, v)
     """
     X = _check_design(Y, X)
-    Ys, _ = scale_signal(Y, signal_scaling, scaling_mean)
+    Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean)[0])
     return yule_walker(ols(Ys, X).residuals, order, ar_center)
 
 
@@ -496,7 +586,7 @@ def fit_block(
             "ar_coefficients_block, cluster the coefficients, then refit_block"
         )
     X = _check_design(Y, X)
-    Ys, _ = scale_signal(Y, signal_scaling, scaling_mean)
+    Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean)[0])
     fit = ols(Ys, X)
     if order == 0:
         return BlockFit(fit.beta, fit.sigma2, np.zeros(Ys.shape[1]), fit.dof)
@@ -505,7 +595,7 @@ def fit_block(
     label = ar1_labels(rho, bins)
     values, group = np.unique(label, return_inverse=True)
     beta, sigma2 = _fit_groups(Ys, X, group, values[:, None])
-    return BlockFit(beta, sigma2, label, residual_dof(X))
+    return BlockFit(beta, sigma2, label, _PINVS.dof(X))
 
 
 def refit_block(
@@ -546,9 +636,9 @@ def refit_block(
         raise ValueError(
             f"labels must lie in [0, {coeffs.shape[0]}); got range [{labels.min()}, {labels.max()}]"
         )
-    Ys, _ = scale_signal(Y_scaled, signal_scaling, scaling_mean)
+    Ys = _as_float64(scale_signal(Y_scaled, signal_scaling, scaling_mean)[0])
     beta, sigma2 = _fit_groups(Ys, X, labels.astype(np.intp), coeffs)
-    return BlockFit(beta, sigma2, labels.astype(np.float64), residual_dof(X))
+    return BlockFit(beta, sigma2, labels.astype(np.float64), _PINVS.dof(X))
 
 
 def merge_ar_clusters(centers: np.ndarray, voxel_cluster: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -587,3 +587,15 @@ def test_label_covariances_equal_one_label_at_a_time():
         np.testing.assert_allclose(got[row], label_covariance(X, coeffs).cov, rtol=1e-12)
     np.testing.assert_allclose(label_covariances(X, np.zeros((1, 0)))[0], np.linalg.pinv(X) @ np.linalg.pinv(X).T,
                                rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("order, n", [(1, 2), (1, 130), (2, 3), (2, 200), (3, 70)])
+def test_whiten_inplace_equals_whiten(order, n):
+    """The cache-blocked in-place whitening used by the fit equals `whiten` (per-column coefficients)."""
+    rng = np.random.default_rng(order * 1000 + n)
+    A = rng.standard_normal((n, 7))
+    coeffs = rng.uniform(-0.6, 0.6, (order, 7))
+    expected = K.whiten(A, coeffs)
+    out = A.copy()
+    K._whiten_inplace(out, coeffs, rows=16)
+    np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
