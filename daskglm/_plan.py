@@ -1,11 +1,20 @@
 """Chunk planning: pure arithmetic, no I/O.
 
 A run is stored as ``bold(time, voxel)`` with chunks ``(t_chunk, v_chunk)``.
-Ingestion writes whole rows of ``t_chunk`` volumes; the fit reads whole columns
-of ``v_chunk`` voxels over all time points. The plan keeps both the ingestion
-working set (``t_chunk`` full volumes) and the fit working set (all scans of a
-column, in float64) under a memory budget, and keeps the number of tasks small
-for small data.
+Ingestion writes whole rows of ``t_chunk`` volumes (one task per row of
+chunks, reading ``volumes_per_read`` volumes at a time into a row buffer); the
+fit reads whole columns of ``v_chunk`` voxels over all time points. The plan
+keeps both working sets under a memory budget, makes chunks large (zarr costs
+about a millisecond per chunk read, whatever its size) and keeps the number of
+tasks small for small data.
+
+Working sets, in bytes, with ``V`` mask voxels and ``S`` voxels per volume:
+
+* ingestion task: ``4 * t_chunk * V`` (float32 row buffer) plus
+  ``12 * volumes_per_read * S`` (volumes as read, their float32 crop, the
+  masked rows);
+* fit task: ``FIT_BYTES_PER_VALUE * n_scans * v_chunk`` (float32 column,
+  its float64 scaled copy, residuals, whitened data and one temporary).
 """
 
 from __future__ import annotations
@@ -13,13 +22,17 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-__all__ = ["ChunkPlan", "plan_chunks", "block_bounds"]
+__all__ = ["ChunkPlan", "plan_chunks", "volumes_per_read", "block_bounds"]
 
 MiB = 2**20
 #: Working-set budget per task, in bytes, used when none is given.
 DEFAULT_TASK_BYTES = 128 * MiB
 #: Fewer voxels than this per fit block is rarely worth a task.
 MIN_V_CHUNK = 1024
+#: Bytes the fit kernel holds per value of its column (see the module notes).
+FIT_BYTES_PER_VALUE = 40
+#: Bytes an ingestion task holds per voxel of each volume it has read.
+READ_BYTES_PER_VOXEL = 12
 
 
 class ChunkPlan(NamedTuple):
@@ -59,7 +72,9 @@ def plan_chunks(
     n_voxels : int
         Number of voxels in the mask.
     volume_size : int
-        Voxels in one full volume (x * y * z): what ingestion holds per volume.
+        Voxels in one full volume (x * y * z) as read. Not used by the plan
+        itself since ingestion reads a few volumes at a time (see
+        `volumes_per_read`); validated for the callers' sake.
     t_chunk, v_chunk : int or None
         Explicit sizes; ``None`` lets the plan choose. Explicit sizes larger
         than the data are clipped to it.
@@ -79,18 +94,40 @@ def plan_chunks(
         raise ValueError(f"task_bytes must be positive; got {task_bytes!r}")
 
     if t_chunk is None:
-        # Ingestion holds a block of full volumes in the input dtype and a
-        # float32 crop of it: about 8 bytes per voxel per volume.
-        by_budget = max(1, task_bytes // (8 * volume_size))
+        # Three quarters of the budget for the float32 row buffer, the rest for
+        # the volumes being read (see volumes_per_read).
+        by_budget = max(1, (3 * task_bytes // 4) // (4 * n_voxels))
         # At least ~4 tasks when the run allows, so ingestion runs in parallel.
         by_parallelism = max(1, math.ceil(n_scans / 4))
         t_chunk = int(min(by_budget, by_parallelism, n_scans))
     if v_chunk is None:
-        # The fit holds a column in float64 plus a few copies of that size.
-        by_budget = max(MIN_V_CHUNK, task_bytes // (32 * n_scans))
+        by_budget = max(MIN_V_CHUNK, task_bytes // (FIT_BYTES_PER_VALUE * n_scans))
         # Small data: few tasks. Aim for at least 2 blocks so both cores work.
         v_chunk = int(min(by_budget, max(MIN_V_CHUNK, math.ceil(n_voxels / 2))))
     return ChunkPlan(int(min(t_chunk, n_scans)), int(min(v_chunk, n_voxels)))
+
+
+def volumes_per_read(volume_size: int, t_chunk: int, task_bytes: int = DEFAULT_TASK_BYTES) -> int:
+    """How many volumes an ingestion task reads, smooths and masks at a time.
+
+    Parameters
+    ----------
+    volume_size : int
+        Voxels in one full volume as read (x * y * z).
+    t_chunk : int
+        Volumes of the task's row of chunks.
+    task_bytes : int
+        Working-set budget of one task; a quarter of it goes to the volumes
+        being read (the rest is the row buffer, see `plan_chunks`).
+
+    Returns
+    -------
+    int
+        ``1 <= step <= t_chunk``.
+    """
+    _check_positive("volume_size", volume_size)
+    _check_positive("t_chunk", t_chunk)
+    return int(max(1, min(t_chunk, (task_bytes // 4) // (READ_BYTES_PER_VOXEL * volume_size))))
 
 
 def block_bounds(length: int, chunk: int) -> list[tuple[int, int]]:

@@ -125,7 +125,8 @@ def smoothing_crop(mask: np.ndarray, sigma: np.ndarray) -> Crop:
     return Crop(box, mask[box])
 
 
-def smooth_and_mask(volumes: np.ndarray, crop: Crop, sigma: np.ndarray) -> np.ndarray:
+def smooth_and_mask(volumes: np.ndarray, crop: Crop, sigma: np.ndarray,
+                    out: np.ndarray | None = None) -> np.ndarray:
     """Smooth each volume of a block inside the crop, then take the mask voxels.
 
     Parameters
@@ -136,6 +137,8 @@ def smooth_and_mask(volumes: np.ndarray, crop: Crop, sigma: np.ndarray) -> np.nd
         From :func:`smoothing_crop`.
     sigma : ndarray, shape (3,)
         Gaussian standard deviation in voxels per axis (0: no smoothing).
+    out : ndarray of float32, shape (t, n_voxels), optional
+        Where to write the rows (e.g. a slice of a larger row buffer).
 
     Returns
     -------
@@ -144,14 +147,21 @@ def smooth_and_mask(volumes: np.ndarray, crop: Crop, sigma: np.ndarray) -> np.nd
     """
     if volumes.ndim != 4:
         raise ValueError(f"expected a block of volumes (x, y, z, t); got shape {volumes.shape}")
-    # float32 working copy of the crop only, volumes along the first axis so each
-    # volume is contiguous and filtered in cache.
-    box = np.ascontiguousarray(
-        np.moveaxis(volumes[crop.slices], -1, 0), dtype=np.float32
-    )
-    if not np.isfinite(box).all():
+    # NIfTI data come in Fortran order: (x, y, z, t) Fortran is (t, z, y, x) in
+    # C order, so transposing is free and each volume is one contiguous block,
+    # filtered in cache. The float32 working copy covers the crop only.
+    box = np.array(volumes[crop.slices].T, dtype=np.float32, order="C")  # (t, z, y, x)
+    if box.dtype.kind == "f" and volumes.dtype.kind not in "iub" and not np.isfinite(box).all():
         box[~np.isfinite(box)] = 0
+    # nilearn filters along x, then y, then z: axes 3, 2, 1 here.
     for axis in range(3):
         if sigma[axis] > 0:
-            gaussian_filter1d(box, float(sigma[axis]), axis=axis + 1, output=box)
-    return box[:, crop.mask]
+            gaussian_filter1d(box, float(sigma[axis]), axis=3 - axis, output=box)
+    # Mask voxels in C order over (x, y, z), as flat indices into (z, y, x).
+    i, j, k = np.nonzero(crop.mask)
+    index = np.ravel_multi_index((k, j, i), box.shape[1:])
+    flat = box.reshape(box.shape[0], -1)
+    if out is None:
+        return np.take(flat, index, axis=1)
+    np.take(flat, index, axis=1, out=out)
+    return out

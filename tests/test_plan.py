@@ -29,18 +29,29 @@ def test_plan_within_data_and_budget(n_scans, n_voxels, volume_size, budget):
     plan = _plan.plan_chunks(n_scans, n_voxels, volume_size, task_bytes=budget)
     assert 1 <= plan.t_chunk <= n_scans
     assert 1 <= plan.v_chunk <= n_voxels
-    # Ingestion working set within budget unless one volume alone exceeds it.
-    assert plan.t_chunk == 1 or 8 * volume_size * plan.t_chunk <= budget
+    step = _plan.volumes_per_read(volume_size, plan.t_chunk, task_bytes=budget)
+    assert 1 <= step <= plan.t_chunk
+    # Ingestion working set (row buffer + volumes being read) within budget,
+    # unless a single row or a single volume alone exceeds its share.
+    row_buffer = 4 * n_voxels * plan.t_chunk
+    read_set = _plan.READ_BYTES_PER_VOXEL * volume_size * step
+    assert plan.t_chunk == 1 or row_buffer <= 3 * budget // 4
+    assert step == 1 or read_set <= budget // 4
     # Fit working set within budget unless the minimum block size forces more.
-    assert plan.v_chunk <= _plan.MIN_V_CHUNK or 32 * n_scans * plan.v_chunk <= budget
+    assert plan.v_chunk <= _plan.MIN_V_CHUNK or _plan.FIT_BYTES_PER_VALUE * n_scans * plan.v_chunk <= budget
 
 
 def test_fiac_and_hcp_plans_are_sensible():
     fiac = _plan.plan_chunks(191, 40_000, 64 * 64 * 30)
-    assert fiac.t_chunk == 48 and fiac.v_chunk == 20_000  # 4 ingest tasks, 2 fit tasks
+    assert fiac.t_chunk == 48  # 4 ingest tasks
+    assert fiac.v_chunk == 17_567  # 3 fit tasks: 191 scans x 40 bytes x 17,567 = 128 MiB
+    assert _plan.volumes_per_read(64 * 64 * 30, fiac.t_chunk) == 22
     hcp = _plan.plan_chunks(1200, 280_000, 91 * 109 * 91)
-    assert hcp.t_chunk == 18  # 18 full volumes of 902,629 voxels: 130 MB
-    assert hcp.v_chunk == 3495  # 1200 scans in float64 with copies: 134 MB
+    assert hcp.t_chunk == 89  # float32 rows of 280,000 voxels: 96 MiB
+    assert _plan.volumes_per_read(91 * 109 * 91, hcp.t_chunk) == 3  # 3 x 902,629 x 12 bytes: 32 MiB
+    assert hcp.v_chunk == 2796  # 1200 scans x 40 bytes per value: 128 MiB
+    # chunks of ~1 MB: a column is 14 reads, not hundreds
+    assert 4 * hcp.t_chunk * hcp.v_chunk > 2**20 - 2**17
 
 
 def test_explicit_sizes_are_clipped_and_validated():
