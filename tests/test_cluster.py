@@ -139,6 +139,28 @@ def test_embedded_local_cluster_is_created_and_closed(monkeypatch):
     assert client.status == "closed"
 
 
+def _malloc_environ() -> dict:
+    import os
+
+    return {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")}
+
+
+def test_embedded_cluster_workers_keep_freed_memory_for_the_next_task(monkeypatch):
+    """Workers of the embedded cluster start with daskglm's malloc settings, not dask's 64 KiB trim."""
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with get_client(None, n_workers=1) as client:
+        (seen,) = client.run(_malloc_environ).values()
+    assert seen == {"MALLOC_TRIM_THRESHOLD_": str(128 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+
+
+def test_user_malloc_setting_is_left_alone(monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 12345}):
+        with get_client(None, n_workers=1) as client:
+            (seen,) = client.run(_malloc_environ).values()
+    assert seen["MALLOC_TRIM_THRESHOLD_"] == "12345" and seen["MALLOC_MMAP_THRESHOLD_"] is None
+
+
 def test_bad_client_type_is_named():
     with pytest.raises(TypeError, match="client must be.*int: 42"):
         with get_client(42):
