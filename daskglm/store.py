@@ -604,34 +604,116 @@ def ingest_run(
         The store opened lazily (see :func:`open_run`): ``bold`` of shape
         ``(n_scans, n_voxels)``.
     """
-    store = _url(store)
-    info = inspect_run(run_img, storage_options)
-    target = check_target(target_affine, target_shape)
-    _volume.fwhm_to_sigma(smoothing_fwhm, info.affine)  # validates smoothing_fwhm early
-    compressor = _resolve_compressor(compressor, store)
-    _plan._check_positive("t_chunk", t_chunk)
-    _plan._check_positive("v_chunk", v_chunk)
-    _check_protocol(store)
-    fingerprint = _fingerprint(info, smoothing_fwhm, _mask_identity(mask_img, storage_options),
-                               t_chunk, v_chunk, compressor, target)
+    return ingest_runs(
+        [run_img], [store], mask_img=mask_img, smoothing_fwhm=smoothing_fwhm, t_chunk=t_chunk,
+        v_chunk=v_chunk, client=client, storage_options=storage_options, compressor=compressor,
+        overwrite=overwrite, target_affine=target_affine, target_shape=target_shape,
+    )[0]
 
+
+def ingest_runs(
+    run_imgs: list,
+    stores: list,
+    mask_img: Any = None,
+    smoothing_fwhm: float | None = None,
+    t_chunk: int | None = None,
+    v_chunk: int | None = None,
+    client: Any = None,
+    storage_options: dict | None = None,
+    compressor: str | None = "auto",
+    overwrite: bool = False,
+    target_affine: Any = None,
+    target_shape: Any = None,
+) -> list[xr.Dataset]:
+    """:func:`ingest_run` for several runs at once, one store each.
+
+    Every run is checked before any store is touched; then the stores are
+    locked (in sorted order), complete ones reused, and the blocks of all the
+    other runs go into one computation (as do the ``.nii.gz`` seek indexes),
+    so small runs keep every worker busy instead of waiting for each other.
+
+    Parameters
+    ----------
+    run_imgs : list of path, fsspec URL or nibabel image
+    stores : list of str or path
+        One distinct store per run.
+    mask_img, smoothing_fwhm, t_chunk, v_chunk, client, storage_options, compressor, overwrite, target_affine, target_shape
+        As :func:`ingest_run`, for every run (``mask_img=None``: each run's own
+        ``compute_epi_mask``).
+
+    Returns
+    -------
+    list of xarray.Dataset
+        The stores opened lazily, in the order of ``run_imgs``.
+    """
+    if len(run_imgs) != len(stores):
+        raise ValueError(f"got {len(run_imgs)} runs but {len(stores)} stores: give one store per run")
+    urls = [_url(store) for store in stores]
+    shared = sorted({u for u in urls if urls.count(u) > 1})
+    if shared:
+        raise ValueError(f"two runs cannot share a store; {shared[0]!r} is given more than once")
+    jobs = [
+        _Ingestion(run, url, mask_img=mask_img, smoothing_fwhm=smoothing_fwhm, t_chunk=t_chunk,
+                   v_chunk=v_chunk, storage_options=storage_options, compressor=compressor,
+                   target=check_target(target_affine, target_shape))
+        for run, url in zip(run_imgs, urls)
+    ]
     # One ingestion of a local store at a time: a second process waits here, then
     # finds the store complete (reused) or interrupted (resumed).
-    with store_lock(store):
-        existing = None if overwrite else _read_attrs(store, storage_options)
-        resume = _same_store(existing, fingerprint)
-        if resume and existing.get("complete"):
-            logger.info("reusing complete store %s", store)
-            return open_run(store, storage_options)
-        if existing is not None and not resume and not overwrite:
-            warnings.warn(
-                f"the store at {store!r} {_rebuild_reason(existing)}: rebuilding it",
-                UserWarning,
-                stacklevel=2,
-            )
+    with contextlib.ExitStack() as locks:
+        for url in sorted(urls):
+            locks.enter_context(store_lock(url))
+        results: list[xr.Dataset | None] = [job.reuse(overwrite) for job in jobs]
+        todo = [job for job, done in zip(jobs, results) if done is None]
+        index_tasks = {id(job): _gzip_index_task(job.info, job.storage_options)
+                       for job in todo if not job.resume}
+        index_tasks = {key: task for key, task in index_tasks.items() if task is not None}
+        indexes = (dict(zip(index_tasks, compute(*index_tasks.values(), client=client)))
+                   if index_tasks else {})
+        for job in todo:
+            job.prepare(indexes.get(id(job)), client)
+        tasks = [task for job in todo for task in job.tasks()]
+        if tasks:
+            compute(*tasks, client=client)
+        return [done if done is not None else job.finish() for job, done in zip(jobs, results)]
 
-        source: str | None = info.path
-        if resume:
+
+class _Ingestion:
+    """One run's ingestion, in the steps :func:`ingest_runs` interleaves across runs."""
+
+    def __init__(self, run_img: Any, store: str, *, mask_img: Any, smoothing_fwhm: Any, t_chunk: Any,
+                 v_chunk: Any, storage_options: dict | None, compressor: Any, target: tuple) -> None:
+        self.run_img, self.store, self.mask_img = run_img, store, mask_img
+        self.fwhm, self.t_chunk, self.v_chunk = smoothing_fwhm, t_chunk, v_chunk
+        self.storage_options, self.target = storage_options, target
+        self.info = inspect_run(run_img, storage_options)
+        _volume.fwhm_to_sigma(smoothing_fwhm, self.info.affine)  # validates smoothing_fwhm early
+        self.compressor = _resolve_compressor(compressor, store)
+        _plan._check_positive("t_chunk", t_chunk)
+        _plan._check_positive("v_chunk", v_chunk)
+        _check_protocol(store)
+        self.fingerprint = _fingerprint(self.info, smoothing_fwhm, _mask_identity(mask_img, storage_options),
+                                        t_chunk, v_chunk, self.compressor, target)
+        self.resume = False
+
+    def reuse(self, overwrite: bool) -> xr.Dataset | None:
+        """The store opened if it is complete and up to date; else None (resume or rebuild)."""
+        existing = None if overwrite else _read_attrs(self.store, self.storage_options)
+        self.existing = existing
+        self.resume = _same_store(existing, self.fingerprint)
+        if self.resume and existing.get("complete"):
+            logger.info("reusing complete store %s", self.store)
+            return open_run(self.store, self.storage_options)
+        if existing is not None and not self.resume and not overwrite:
+            warnings.warn(f"the store at {self.store!r} {_rebuild_reason(existing)}: rebuilding it",
+                          UserWarning, stacklevel=4)
+        return None
+
+    def prepare(self, gzip_index: bytes | None, client: Any) -> None:
+        """Resume the store (blocks already flagged done are skipped) or create it afresh."""
+        info, store, storage_options = self.info, self.store, self.storage_options
+        if self.resume:
+            existing = self.existing
             group = _open_group(store, "r", storage_options)
             shape = tuple(int(n) for n in existing["volume_shape"])
             resampled = existing.get("resampled_from") or {}
@@ -643,63 +725,72 @@ def ingest_run(
             done = np.asarray(group["ingest_done"][:], dtype=bool)
             logger.info("resuming store %s: %d of %d blocks done", store, done.sum(), done.size)
         else:
-            gzip_index = _gzip_index(info, client, storage_options)
             value_range = None
-            if mask_img is None:
-                mean, *value_range = _run_summary(run_img, info, gzip_index, client, storage_options)
-                mask, mask_affine = mask_from_mean(mean, info.affine, *target)
+            if self.mask_img is None:
+                mean, *value_range = _run_summary(self.run_img, info, gzip_index, client, storage_options)
+                mask, mask_affine = mask_from_mean(mean, info.affine, *self.target)
                 mask_provenance = {"source": "compute_epi_mask"}
                 name = "the mask computed from the run (compute_epi_mask)"
             else:
-                mask, mask_affine, mask_provenance = load_mask(mask_img, storage_options)
+                mask, mask_affine, mask_provenance = load_mask(self.mask_img, storage_options)
                 name = f"mask {mask_provenance['source']!r}"
-            grid = analysis_grid(mask, mask_affine, info.affine, info.volume_shape, *target, name=name)
+            grid = analysis_grid(mask, mask_affine, info.affine, info.volume_shape, *self.target, name=name)
             if grid.resample and value_range is None:
-                value_range = _run_summary(run_img, info, gzip_index, client, storage_options, False)[1:]
+                value_range = _run_summary(self.run_img, info, gzip_index, client, storage_options, False)[1:]
             volume_size = max(int(np.prod(info.volume_shape)), int(np.prod(grid.shape)))
-            plan = _plan.plan_chunks(info.n_scans, int(grid.mask.sum()), volume_size, t_chunk, v_chunk)
+            plan = _plan.plan_chunks(info.n_scans, int(grid.mask.sum()), volume_size, self.t_chunk, self.v_chunk)
             n_blocks = len(_plan.block_bounds(info.n_scans, plan.t_chunk))
             _create_store(store, storage_options, info, grid, mask_provenance, plan, n_blocks,
-                          gzip_index, smoothing_fwhm, fingerprint, compressor, value_range)
+                          gzip_index, self.fwhm, self.fingerprint, self.compressor, value_range)
             done = np.zeros(n_blocks, dtype=bool)
+        self.grid, self.plan, self.done = grid, plan, done
+        self.gzip_index, self.value_range = gzip_index, value_range
 
+    def tasks(self) -> list:
+        """One delayed ``_ingest_block`` per block not yet flagged done."""
+        info, grid, plan = self.info, self.grid, self.plan
         bounds = _plan.block_bounds(info.n_scans, plan.t_chunk)
         work_affine, crop_shape, work_mask = grid.working_grid()  # where volumes are smoothed and masked
-        sigma = _volume.fwhm_to_sigma(smoothing_fwhm, work_affine)
+        sigma = _volume.fwhm_to_sigma(self.fwhm, work_affine)
         crop = _volume.smoothing_crop(work_mask, sigma)
-        resample = (info.affine, work_affine, crop_shape, *value_range) if grid.resample else None
-        blocks = (
-            [source] * len(bounds) if source is not None else _in_memory_blocks(run_img, bounds)
-        )
+        resample = (info.affine, work_affine, crop_shape, *self.value_range) if grid.resample else None
+        blocks = ([info.path] * len(bounds) if info.path is not None
+                  else _in_memory_blocks(self.run_img, bounds))
         # Large constants are graph keys of their own, sent once (not once per task).
-        crop_key, index_key = _shared(crop), _shared(gzip_index)
+        crop_key, index_key = _shared(crop), _shared(self.gzip_index)
         step = _plan.volumes_per_read(max(int(np.prod(info.volume_shape)), int(np.prod(crop_shape))),
                                       plan.t_chunk)
-        tasks = [
+        return [
             dask.delayed(_ingest_block, pure=False)(
-                store, storage_options, blocks[b], b, start, stop, crop_key, sigma, index_key, resample,
-                step,
+                self.store, self.storage_options, blocks[b], b, start, stop, crop_key, sigma, index_key,
+                resample, step,
             )
             for b, (start, stop) in enumerate(bounds)
-            if not done[b]
+            if not self.done[b]
         ]
-        if tasks:
-            compute(*tasks, client=client)
-        group = _open_group(store, "r+", storage_options)
+
+    def finish(self) -> xr.Dataset:
+        """Check every block is flagged, then mark the store complete (last) and open it."""
+        group = _open_group(self.store, "r+", self.storage_options)
         if not np.asarray(group["ingest_done"][:], dtype=bool).all():
-            raise StoreIncompleteError(f"ingestion into {store!r} did not write every block")
-        _sweep_partials(store)
+            raise StoreIncompleteError(f"ingestion into {self.store!r} did not write every block")
+        _sweep_partials(self.store)
         group.attrs["complete"] = True  # last: only now is the store usable
-        return open_run(store, storage_options)
+        return open_run(self.store, self.storage_options)
+
+
+def _gzip_index_task(info: RunInfo, storage_options: dict | None) -> Any:
+    """Delayed seek index of a ``.nii.gz`` run (one decompression pass), or None."""
+    if info.path is None or not info.compressed:
+        return None
+    return dask.delayed(build_gzip_index)(info.path, info.data_bytes,
+                                          **_fsspec_kwargs(info.path, storage_options))
 
 
 def _gzip_index(info: RunInfo, client: Any, storage_options: dict | None) -> bytes | None:
-    """The seek index of a ``.nii.gz`` run (one decompression pass, as a task), or None."""
-    if info.path is None or not info.compressed:
-        return None
-    task = dask.delayed(build_gzip_index)(info.path, info.data_bytes,
-                                          **_fsspec_kwargs(info.path, storage_options))
-    return compute(task, client=client)[0]
+    """The seek index of a ``.nii.gz`` run, computed now, or None."""
+    task = _gzip_index_task(info, storage_options)
+    return None if task is None else compute(task, client=client)[0]
 
 
 def mean_image(run_img: Any, client: Any = None, storage_options: dict | None = None) -> Any:

@@ -359,3 +359,36 @@ def test_bad_chunk_and_compressor_are_named(small_run, tmp_path):
     with pytest.raises(ValueError, match="compressor.*'brotli'"):
         ingest_run(small_run["nii"], tmp_path / "s.zarr", mask_img=small_run["mask_path"],
                    compressor="brotli", client="sync")
+
+
+def test_several_runs_in_one_computation_equal_one_at_a_time(small_run, tmp_path, cluster_client):
+    """ingest_runs (one computation for every run's blocks) writes what ingest_run writes run by run,
+    reuses a complete store, and resumes an interrupted one."""
+    from daskglm.store import ingest_runs
+
+    kwargs = dict(mask_img=small_run["mask_path"], smoothing_fwhm=5.0, t_chunk=7)
+    runs = [small_run["nii"], small_run["nii.gz"]]
+    alone = [ingest_run(run, tmp_path / f"alone{i}.zarr", client="sync", **kwargs).bold.values
+             for i, run in enumerate(runs)]
+    stores = [tmp_path / "a.zarr", tmp_path / "b.zarr"]
+    together = ingest_runs(runs, stores, client=cluster_client, **kwargs)
+    for ds, expected in zip(together, alone):
+        np.testing.assert_array_equal(ds.bold.values, expected)
+    # interrupt the second store: flag one block undone, zero its rows
+    group = zarr.open_group(str(stores[1]), mode="r+")
+    group.attrs["complete"] = False
+    group["ingest_done"][1] = 0
+    group["bold"][7:14, :] = 0
+    again = ingest_runs(runs, stores, client=cluster_client, **kwargs)
+    np.testing.assert_array_equal(again[1].bold.values, alone[1])
+    np.testing.assert_array_equal(again[0].bold.values, alone[0])
+
+
+def test_runs_cannot_share_a_store(small_run, tmp_path):
+    from daskglm.store import ingest_runs
+
+    with pytest.raises(ValueError, match="share a store.*same.zarr"):
+        ingest_runs([small_run["nii"], small_run["nii.gz"]], [tmp_path / "same.zarr"] * 2, client="sync")
+    with pytest.raises(ValueError, match="2 runs but 1 stores"):
+        ingest_runs([small_run["nii"], small_run["nii.gz"]], [tmp_path / "x.zarr"], client="sync")
+    assert not (tmp_path / "same.zarr").exists()
