@@ -11,6 +11,7 @@ __version__ = "0.1.0.dev0"
 # `import daskglm` stays cheap and a notebook pays only for what it touches.
 _EXPORTS = {
     "ingest_run": "daskglm.store",
+    "ingest_runs": "daskglm.store",
     "open_run": "daskglm.store",
     "StoreIncompleteError": "daskglm.store",
     "to_nifti": "daskglm.maps",
@@ -25,6 +26,7 @@ _EXPORTS = {
     "run_batch": "daskglm.batch",
     "fit_run": "daskglm.fit",
     "save_fit": "daskglm.store",
+    "save_fits": "daskglm.store",
     "open_fit": "daskglm.store",
 }
 

@@ -37,7 +37,9 @@ __all__ = [
     "contrast_stats",
     "pad_contrast",
     "t_contrast",
+    "t_effect",
     "f_contrast",
+    "f_effect",
     "combine_runs",
     "fixed_effects",
 ]
@@ -236,6 +238,34 @@ def t_contrast(
 ) -> ContrastStats:
     """t contrast per voxel (nilearn ``compute_contrast(..., "t")``).
 
+    :func:`contrast_stats` of :func:`t_effect`.
+
+    Parameters
+    ----------
+    con, beta, sigma2, cov, label_index
+        As in `t_effect`.
+    dof : float
+        Residual degrees of freedom.
+
+    Returns
+    -------
+    ContrastStats
+    """
+    return contrast_stats(*t_effect(con, beta, sigma2, cov, label_index), dof, "t")
+
+
+def t_effect(
+    con: np.ndarray,
+    beta: np.ndarray,
+    sigma2: np.ndarray,
+    cov: np.ndarray,
+    label_index: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Effect and variance of a t contrast per voxel, without the statistics.
+
+    (The statistics of runs combined by fixed effects are those of the sum:
+    :func:`combine_runs` needs no run's own.)
+
     Parameters
     ----------
     con : ndarray, shape (k,) or (1, k), k <= p
@@ -247,13 +277,13 @@ def t_contrast(
         Normalised covariance of beta of each label (``label_covariance``).
     label_index : ndarray of int, shape (v,), or None
         Row of ``cov`` for each voxel (None: a single covariance).
-    dof : float
-        Residual degrees of freedom.
 
     Returns
     -------
-    ContrastStats
-        ``effect`` (1, v) = c beta; ``variance`` (v,) = c cov c' sigma2.
+    effect : ndarray, shape (1, v)
+        c beta.
+    variance : ndarray, shape (v,)
+        c cov c' sigma2.
     """
     beta = np.asarray(beta, dtype=np.float64)
     con = np.asarray(con, dtype=np.float64)
@@ -265,7 +295,7 @@ def t_contrast(
     cov, label_index = _check_labels(beta, cov, label_index)
     ccc = np.maximum(np.einsum("i,lij,j->l", c, cov, c), 0.0)
     effect = (c @ beta)[None]
-    return contrast_stats(effect, ccc[label_index] * sigma2, dof, "t")
+    return effect, ccc[label_index] * sigma2
 
 
 def _inverse_sqrt(mat: np.ndarray) -> np.ndarray:
@@ -286,19 +316,45 @@ def f_contrast(
 ) -> ContrastStats:
     """F contrast per voxel (nilearn ``compute_contrast(..., "F")``).
 
+    :func:`contrast_stats` of :func:`f_effect`: F = |effect|^2 / q / sigma2.
+
     Parameters
     ----------
-    con : ndarray, shape (q, k) or (k,), k <= p
-        Contrast matrix (zero-padded to p columns with a warning).
-    beta, sigma2, cov, label_index, dof
-        As in `t_contrast`.
+    con, beta, sigma2, cov, label_index
+        As in `f_effect`.
+    dof : float
+        Residual degrees of freedom.
 
     Returns
     -------
     ContrastStats
-        ``effect`` (q, v) = (c cov_l c')^(-1/2) c beta (symmetric inverse
-        square root; a singular c cov c' uses its pseudo-inverse where nilearn
-        fails), ``variance`` (v,) = sigma2, F = |effect|^2 / q / sigma2.
+    """
+    return contrast_stats(*f_effect(con, beta, sigma2, cov, label_index), dof, "F")
+
+
+def f_effect(
+    con: np.ndarray,
+    beta: np.ndarray,
+    sigma2: np.ndarray,
+    cov: np.ndarray,
+    label_index: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Effect and variance of an F contrast per voxel, without the statistics.
+
+    Parameters
+    ----------
+    con : ndarray, shape (q, k) or (k,), k <= p
+        Contrast matrix (zero-padded to p columns with a warning).
+    beta, sigma2, cov, label_index
+        As in `t_effect`.
+
+    Returns
+    -------
+    effect : ndarray, shape (q, v)
+        (c cov_l c')^(-1/2) c beta (symmetric inverse square root; a
+        singular c cov c' uses its pseudo-inverse where nilearn fails).
+    variance : ndarray, shape (v,)
+        sigma2.
     """
     beta = np.asarray(beta, dtype=np.float64)
     con = np.atleast_2d(pad_contrast(con, beta.shape[0], "F"))
@@ -306,7 +362,7 @@ def f_contrast(
     ccc = np.einsum("ai,lij,bj->lab", con, cov, con)
     root = _inverse_sqrt(0.5 * (ccc + np.swapaxes(ccc, -1, -2)))
     effect = np.einsum("vab,bv->av", root[label_index], con @ beta)
-    return contrast_stats(effect, np.asarray(sigma2, dtype=np.float64), dof, "F")
+    return effect, np.asarray(sigma2, dtype=np.float64)
 
 
 def combine_runs(runs: Sequence[ContrastStats]) -> ContrastStats:

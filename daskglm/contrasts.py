@@ -2,11 +2,15 @@
 
 A contrast of one run is computed per voxel block from the fit Dataset of
 :func:`daskglm.fit.fit_run` (``beta``, ``sigma2``, ``label_index`` and the
-``cov`` table) by :func:`daskglm._stats.t_contrast` / ``f_contrast``. Several
-runs are combined per voxel block by :func:`daskglm._stats.combine_runs`
-(nilearn's fixed effects inside ``compute_contrast``). Everything stays lazy
-when the fit is lazy; with an in-memory fit the same block functions run on
-whole arrays.
+``cov`` table): its effect and variance by :func:`daskglm._stats.t_effect` /
+``f_effect``. Several runs are combined per voxel block by
+:func:`daskglm._stats.combine_runs` (nilearn's fixed effects inside
+``compute_contrast``), which gives the statistics of the sum; a single run's
+statistics come from :func:`daskglm._stats.contrast_stats` (what
+``t_contrast`` / ``f_contrast`` give). Like nilearn, no statistic of a run is
+computed when runs are combined: t/F survival functions are most of the cost
+of a contrast. Everything stays lazy when the fit is lazy; with an in-memory
+fit the same block functions run on whole arrays.
 
 The result is an :class:`xarray.Dataset` with nilearn's output names::
 
@@ -29,25 +33,32 @@ __all__ = ["OUTPUT_TYPES", "run_contrast", "combine_contrasts", "contrast_datase
 OUTPUT_TYPES = ("z_score", "stat", "p_value", "effect_size", "effect_variance")
 
 
-def _contrast_block(beta, sigma2, label_index, con, cov, dof, stat_type):
-    """Block task: ContrastStats of one block packed as (q + 4, v)."""
-    kernel = _stats.t_contrast if stat_type == "t" else _stats.f_contrast
-    res = kernel(con, beta, sigma2, cov, label_index.astype(np.intp), dof)
-    return _pack(res)
+def _contrast_block(beta, sigma2, label_index, con, cov, stat_type):
+    """Block task: effect and variance of one run's block packed as (q + 1, v), no statistics."""
+    kernel = _stats.t_effect if stat_type == "t" else _stats.f_effect
+    effect, variance = kernel(con, beta, sigma2, cov, label_index.astype(np.intp))
+    return np.vstack([np.atleast_2d(effect), variance[None]])
 
 
 def _pack(res: _stats.ContrastStats) -> np.ndarray:
+    """ContrastStats packed as (q + 4, v): effect, variance, stat, p_value, z_score.
+
+    The first q + 1 rows are those of :func:`_contrast_block`.
+    """
     return np.vstack([np.atleast_2d(res.effect), res.variance[None], res.stat[None],
                       res.p_value[None], res.z_score[None]])
 
 
-def _unpack(block: np.ndarray, q: int, dof: float, stat_type: str) -> _stats.ContrastStats:
-    return _stats.ContrastStats(block[:q], block[q], block[q + 1], block[q + 2], block[q + 3],
-                                dof, stat_type)
+def _stats_block(block, *, q, dof, stat_type):
+    """Block task: the statistics of one run's (q + 1, v) block, packed as (q + 4, v)."""
+    return _pack(_stats.contrast_stats(block[:q], block[q], dof, stat_type))
 
 
 def _combine_block(*packed, q, dofs, stat_type):
-    runs = [_unpack(block, q, dof, stat_type) for block, dof in zip(packed, dofs)]
+    """Block task: fixed effects of the runs' blocks ((q + 1 or q + 4, v) each), packed as (q + 4, v)."""
+    # combine_runs reads the runs' effect, variance and dof only.
+    runs = [_stats.ContrastStats(block[:q], block[q], None, None, None, dof, stat_type)
+            for block, dof in zip(packed, dofs)]
     return _pack(_stats.combine_runs(runs))
 
 
@@ -56,10 +67,15 @@ def _is_lazy(*arrays) -> bool:
 
 
 class RunContrast:
-    """A packed ``(q + 4, voxel)`` contrast of one run or of combined runs (internal)."""
+    """A packed contrast of one run, ``(q + 1, voxel)`` (effect and variance: no
+    statistics yet), or of combined runs, ``(q + 4, voxel)`` (internal)."""
 
     def __init__(self, packed, q: int, dof: float, stat_type: str, template: xr.Dataset):
         self.packed, self.q, self.dof, self.stat_type, self.template = packed, q, dof, stat_type, template
+
+    @property
+    def has_stats(self) -> bool:
+        return self.packed.shape[0] == self.q + 4
 
 
 def run_contrast(fit: xr.Dataset, con: np.ndarray, stat_type: str) -> RunContrast:
@@ -76,6 +92,8 @@ def run_contrast(fit: xr.Dataset, con: np.ndarray, stat_type: str) -> RunContras
     Returns
     -------
     RunContrast
+        Effect and variance; the statistics come with :func:`contrast_dataset`
+        (or, for several runs, with :func:`combine_contrasts`).
     """
     con = np.atleast_2d(np.asarray(con, dtype=np.float64))
     if stat_type not in ("t", "F"):
@@ -84,14 +102,14 @@ def run_contrast(fit: xr.Dataset, con: np.ndarray, stat_type: str) -> RunContras
     cov = np.asarray(fit["cov"].values)
     dof = float(fit.attrs["dof"])
     q = 1 if stat_type == "t" else con.shape[0]
-    kwargs = dict(con=con[0] if stat_type == "t" else con, cov=cov, dof=dof, stat_type=stat_type)
+    kwargs = dict(con=con[0] if stat_type == "t" else con, cov=cov, stat_type=stat_type)
     if _is_lazy(beta, sigma2, label_index):
         beta = da.asarray(beta)
         chunks = (beta.chunks[1],)
         packed = da.blockwise(
             _contrast_block, "rv", beta, "pv", da.asarray(sigma2).rechunk(chunks), "v",
             da.asarray(label_index).rechunk(chunks), "v",
-            new_axes={"r": q + 4}, concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),
+            new_axes={"r": q + 1}, concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),
             **kwargs,
         )
     else:
@@ -124,14 +142,14 @@ def combine_contrasts(contrasts: Sequence[RunContrast]) -> RunContrast:
         )
     dofs = [c.dof for c in contrasts]
     kwargs = dict(q=first.q, dofs=dofs, stat_type=first.stat_type)
-    blocks = [c.packed for c in contrasts]
+    blocks = [c.packed[: first.q + 1] for c in contrasts]  # effect and variance
     if _is_lazy(*blocks):
         chunks = next(b.chunks for b in blocks if isinstance(b, da.Array))
         args = []
         for block in blocks:
             args += [da.asarray(block).rechunk(chunks), "rv"]
-        packed = da.blockwise(_combine_block, "rv", *args, dtype=np.float64,
-                              meta=np.empty((0, 0)), **kwargs)
+        packed = da.blockwise(_combine_block, "rv", *args, adjust_chunks={"r": first.q + 4},
+                              dtype=np.float64, meta=np.empty((0, 0)), **kwargs)
     else:
         packed = _combine_block(*blocks, **kwargs)
     return RunContrast(packed, first.q, float(sum(dofs)), first.stat_type, first.template)
@@ -153,6 +171,13 @@ def contrast_dataset(contrast: RunContrast) -> xr.Dataset:
         ``stat_type`` and the run geometry; ``i, j, k`` coordinates.
     """
     q, packed = contrast.q, contrast.packed
+    if not contrast.has_stats:
+        kwargs = dict(q=q, dof=contrast.dof, stat_type=contrast.stat_type)
+        if isinstance(packed, da.Array):
+            packed = packed.map_blocks(_stats_block, chunks=((q + 4,), packed.chunks[1]),
+                                       dtype=np.float64, meta=np.empty((0, 0)), **kwargs)
+        else:
+            packed = _stats_block(packed, **kwargs)
     effect = (("voxel",), packed[0]) if contrast.stat_type == "t" else (("contrast_row", "voxel"), packed[:q])
     template = contrast.template
     coords = {name: template.coords[name] for name in "ijk" if name in template.coords}

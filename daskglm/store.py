@@ -85,7 +85,7 @@ from .nifti import (
     url_identity,
 )
 
-__all__ = ["mean_image", "ingest_run", "open_run", "save_fit", "open_fit", "store_lock",
+__all__ = ["mean_image", "ingest_run", "ingest_runs", "open_run", "save_fit", "save_fits", "open_fit", "store_lock",
            "StoreIncompleteError", "STORE_FORMAT"]
 
 logger = logging.getLogger(__name__)
@@ -902,66 +902,13 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
 # --------------------------------------------------------------------------- fit results
 
 
-def save_fit(fit: xr.Dataset, store: str | os.PathLike, name: str = "glm",
-             storage_options: dict | None = None, client: Any = None) -> xr.Dataset:
-    """Compute a (lazy) fit Dataset into group ``name`` of a run store and reopen it.
-
-    The group is rewritten whole (whatever was there) and marked
-    ``complete`` last; :func:`open_fit` refuses an incomplete one. The
-    store's lock (see :func:`store_lock`) is held meanwhile.
-
-    Parameters
-    ----------
-    fit : xarray.Dataset
-        From :func:`daskglm.fit.fit_run`.
-    store : str or path
-        The run store (or any zarr location).
-    name : str
-        Group name inside the store.
-    storage_options : dict, optional
-    client : see :func:`daskglm.cluster.get_client`
-
-    Returns
-    -------
-    xarray.Dataset
-        The persisted fit, lazily opened (see :func:`open_fit`).
-    """
-    store = _url(store)
-    # Voxel indices live in the run store; regressor names go to attrs (zarr v3
-    # has no stable fixed-length string dtype).
-    out = fit.drop_vars([n for n in ("i", "j", "k", "regressor", "regressor_") if n in fit.coords]).copy()
-    out.attrs = {**{k: v for k, v in fit.attrs.items() if k != "store"}, "complete": False,
-                 "regressors": [str(r) for r in fit["regressor"].values]}
-    for var in out.variables.values():
-        var.encoding.clear()
-    with store_lock(store):  # not interleaved with another process's ingestion or fit
-        delayed = out.to_zarr(store, group=name, mode="w", consolidated=False, zarr_format=3,
-                              compute=False, **_fsspec_kwargs(store, storage_options))
-        compute(delayed, client=client)
-        _sweep_partials(f"{store.rstrip('/')}/{name}")
-        _open_group(f"{store.rstrip('/')}/{name}", "r+", storage_options).attrs["complete"] = True
-    return open_fit(store, name, storage_options)
-
-
-def open_fit(store: str | os.PathLike, name: str = "glm", storage_options: dict | None = None) -> xr.Dataset:
-    """Open a fit saved by :func:`save_fit`, with the run's voxel coordinates.
-
-    Raises
-    ------
-    StoreIncompleteError
-        When the fit group was not marked complete.
-    """
-    store = _url(store)
-    fit = xr.open_zarr(store, group=name, consolidated=False, zarr_format=3, chunks={},
-                       **_fsspec_kwargs(store, storage_options))
-    if not fit.attrs.get("complete"):
-        raise StoreIncompleteError(f"the fit {name!r} in {store!r} is incomplete: fit again")
-    run = open_run(store, storage_options)
-    regressors = list(fit.attrs.pop("regressors"))
-    fit = fit.assign_coords({**{n: run[n] for n in "ijk"}, "regressor": regressors,
-                             "regressor_": regressors})
-    group = _open_group(f"{store.rstrip('/')}/{name}", "r", storage_options)
-    for key in ("cov", "label_value"):  # small tables, read straight from zarr (not via dask)
-        fit[key] = fit[key].copy(data=group[key][:])
-    fit.attrs["store"] = store
-    return fit
+# Fit persistence (``save_fits``, ``save_fit``, ``open_fit``...) lives in daskglm/_fitstore.py,
+# which uses the helpers above; re-exported here.
+from ._fitstore import (  # noqa: F401
+    FIT_MEMORY_KEY,
+    fit_memory_bytes,
+    open_fit,
+    reopen_fit,
+    save_fit,
+    save_fits,
+)

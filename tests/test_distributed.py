@@ -6,8 +6,10 @@ The cluster is made of the real console scripts: ``dask scheduler`` and two
 as a group at teardown. Nothing here uses another network address.
 
 - The two-run model ingested and fitted through ``client=<address>`` and
-  through ``DASK_SCHEDULER_ADDRESS`` gives the in-process results; and the
-  client process runs no task itself (dask's local schedulers are booby-trapped).
+  through ``DASK_SCHEDULER_ADDRESS`` gives the in-process results, with its
+  fits held in memory (contrasts in the client, in numpy) and kept lazy
+  (contrasts on the cluster); and the client process runs no dask task itself
+  (dask's local schedulers are booby-trapped).
 - A worker SIGKILLed once about half of a fit's (or an ingestion's) blocks are
   written: the work completes on the remaining worker, the maps are identical
   to an uninterrupted run, and the store holds exactly the reference data.
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import dask
@@ -93,20 +96,27 @@ def test_model_on_real_cluster_equals_in_process(fiac, reference, shared_cluster
                                                  monkeypatch):
     assert shared_cluster.listening() == {"127.0.0.1"}
     stores = tmp_path / "stores"
+    before = _executed(shared_cluster)
     with no_local_compute():
         by_address = _fit_and_maps(_model(fiac, stores, shared_cluster.address), fiac)
     assert_same_maps(by_address, reference["maps"])
     ran = _executed(shared_cluster)
-    assert {"build_gzip_index", "ingest_block", "packed_fit", "contrast_block"} <= ran.keys(), ran
+    ran = {key: n - before.get(key, 0) for key, n in ran.items() if n > before.get(key, 0)}
+    assert {"build_gzip_index", "ingest_block", "packed_fit"} <= ran.keys(), ran
+    assert "contrast_block" not in ran, ran  # small fits: held in memory, contrasts in numpy here
     assert ran["ingest_block"] == 2 * _n_time_blocks()
 
-    # Through DASK_SCHEDULER_ADDRESS (and the stores just made: ingestion is reused, the fit redone).
+    # Through DASK_SCHEDULER_ADDRESS (and the stores just made: ingestion is reused, the fit
+    # redone), with the fits kept lazy: the contrasts run on the cluster.
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", shared_cluster.address)
-    with no_local_compute():
+    before = _executed(shared_cluster)
+    with no_local_compute(), dask.config.set({"daskglm.fit-memory-bytes": 0}):
         model = _model(fiac, stores, None)
         by_env = _fit_and_maps(model, fiac)
     assert_same_maps(by_env, reference["maps"])
-    assert _executed(shared_cluster)["packed_fit"] > ran["packed_fit"]
+    after = _executed(shared_cluster)
+    assert after["packed_fit"] > before["packed_fit"]
+    assert after.get("contrast_block", 0) > before.get("contrast_block", 0)
     for store, expected in zip(_stores(model), reference["stores"]):
         assert_same_store(store, expected)
 
@@ -252,6 +262,7 @@ def _sparse_hcp_run(root: Path) -> tuple[Path, Path]:
 
 def test_hcp_sized_graphs_are_small(tmp_path, monkeypatch):
     """Workers read the data: the graphs of an HCP-sized run stay < 1 MB."""
+    import daskglm._fitstore
     import daskglm.model
     import daskglm.store
 
@@ -267,6 +278,7 @@ def test_hcp_sized_graphs_are_small(tmp_path, monkeypatch):
                      for c in collections)
 
     monkeypatch.setattr(daskglm.store, "compute", record)
+    monkeypatch.setattr(daskglm._fitstore, "compute", record)
     monkeypatch.setattr(daskglm.model, "compute", record)
     design = pd.DataFrame(np.random.default_rng(0).normal(size=(1200, 13)))
     model = FirstLevelModel(mask_img=mask, smoothing_fwhm=5.0, store=tmp_path / "stores",
@@ -282,11 +294,21 @@ def test_hcp_sized_graphs_are_small(tmp_path, monkeypatch):
     assert open_run(store)["bold"].shape[0] == 1200
     sent.clear()
     model.fit(str(run), design_matrices=design)  # reuses the store; the fit graph is recorded
-    model.compute_contrast(np.eye(13)[:1], output_type="all")
-    ((_, n_fit, fit_bytes), (_, n_contrast, contrast_bytes)) = sent
+    # The fit (290k voxels x 13 regressors: 35 MB) is held in memory: a contrast submits nothing.
+    assert isinstance(model.results_[0]["beta"].data, np.ndarray)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the betas read back are the fill value, NaN
+        model.compute_contrast(np.eye(13)[:1], output_type="all")
+    ((_, n_fit, fit_bytes),) = sent
+    sent.clear()
+    with dask.config.set({"daskglm.fit-memory-bytes": 0}):  # kept lazy: in large chunks
+        model.fit(str(run), design_matrices=design)
+        model.compute_contrast(np.eye(13)[:1], output_type="all")
+    (_, (_, n_contrast, contrast_bytes)) = sent
     sizes = {"ingest": (n_ingest, ingest_bytes), "fit": (n_fit, fit_bytes),
              "contrast": (n_contrast, contrast_bytes)}
     print(f"HCP-sized graphs submitted (tasks, bytes): {sizes}")
+    assert n_contrast <= 16, sizes  # a handful of tasks, not a few per fit block
     # One task per block, plus the shared smoothing crop (one key for all tasks).
     assert n_ingest == -(-1200 // group.attrs["chunks"]["time"]) + 1, sizes
     for what, (_, size) in sizes.items():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import dask
+import dask.array
 import numpy as np
 import pytest
 from dask.callbacks import Callback
@@ -12,7 +14,7 @@ from nilearn.glm.first_level import mean_scaling, run_glm
 from nilearn.maskers import NiftiMasker
 
 from daskglm.fit import fit_run
-from daskglm.store import ingest_run, open_fit, save_fit
+from daskglm.store import ingest_run, open_fit, open_run, save_fit
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +132,134 @@ def test_save_and_reopen_fit(fiac_small, tmp_path):
         np.testing.assert_array_equal(saved["label_index"].values, lazy["label_index"].values)
     np.testing.assert_array_equal(reopened["i"].values, ds["i"].values)
     assert reopened.attrs["dof"] == lazy.attrs["dof"]
+
+
+def _two_stores(fiac_small, tmp_path):
+    """The run ingested into two stores (200-voxel blocks), with an AR(1) and an OLS fit."""
+    import shutil
+
+    ds = _ingest(fiac_small, 200, name="two-a.zarr")
+    shutil.copytree(ds.attrs["store"], tmp_path / "two-b.zarr")
+    stores = [ds.attrs["store"], str(tmp_path / "two-b.zarr")]
+    X = fiac_small["X"]
+    runs = [open_run(store, columns=True) for store in stores]
+    fits = [fit_run(runs[0], X, noise_model="ar1"), fit_run(runs[1], X[:, :-1], noise_model="ols")]
+    return stores, fits
+
+
+def test_save_fits_is_one_computation_equal_to_save_fit(fiac_small, tmp_path, monkeypatch):
+    """Two runs' fits written by one compute; read back in memory (numpy, straight from zarr) or
+    lazily in large chunks: the same Datasets as save_fit + open_fit, one run at a time."""
+    import xarray as xr
+
+    import daskglm._fitstore as fitstore
+    from daskglm.store import save_fits
+
+    stores, fits = _two_stores(fiac_small, tmp_path)
+    alone = []
+    for fit, store in zip(fits, stores):
+        save_fit(fit, store, client="threads")
+        with dask.config.set(scheduler="threads"):
+            alone.append(open_fit(store).load())
+    calls = []
+    real = fitstore.compute
+    monkeypatch.setattr(fitstore, "compute", lambda *a, **k: calls.append(len(a)) or real(*a, **k))
+    in_memory = save_fits(fits, stores, client="threads", in_memory=True)
+    assert calls == [2]  # one computation writes both groups
+    for got, expected in zip(in_memory, alone):
+        assert all(isinstance(got[n].data, np.ndarray) for n in got.variables)
+        xr.testing.assert_identical(got, expected)
+        assert got.attrs == expected.attrs and got.attrs["complete"] is True
+    # Lazy: whole multiples of the stored 200-voxel blocks, ~64 MiB of beta (here: one chunk).
+    lazy = save_fits(fits, stores, client="threads", in_memory=False)
+    for got, expected in zip(lazy, alone):
+        beta = got["beta"].data
+        assert isinstance(beta, dask.array.Array) and beta.numblocks == (1, 1)
+        assert got["sigma2"].data.chunks == (beta.chunks[1],)
+        with dask.config.set(scheduler="threads"):
+            xr.testing.assert_identical(got.load(), expected)
+    # Over a budget of 1 KiB they stay lazy, here in chunks of 400 voxels (two stored blocks).
+    with dask.config.set({"daskglm.fit-memory-bytes": "1 KiB"}):
+        assert fitstore.fit_memory_bytes() == 1024
+        monkeypatch.setattr(fitstore, "LAZY_CHUNK_BYTES", 8 * 13 * 400 + 1)
+        small = save_fits(fits, stores, client="threads")
+    chunks = small[0]["beta"].data.chunks[1]
+    assert len(chunks) > 2 and set(chunks[:-1]) == {400}, chunks
+    with dask.config.set(scheduler="threads"):
+        xr.testing.assert_identical(small[0].load(), alone[0])
+    # The default budget holds these fits (a few hundred KiB) in memory.
+    assert sum(fitstore.fit_nbytes(f) for f in fits) < fitstore.DEFAULT_FIT_MEMORY_BYTES
+    assert all(isinstance(f["beta"].data, np.ndarray) for f in save_fits(fits, stores, client="threads"))
+
+
+def test_save_fits_budget_and_bad_budget(fiac_small, tmp_path):
+    from daskglm._fitstore import fit_memory_bytes, fit_nbytes
+    from daskglm.store import save_fits
+
+    stores, fits = _two_stores(fiac_small, tmp_path)
+    total = sum(fit_nbytes(f) for f in fits)
+    assert total == sum(f[n].size * f[n].dtype.itemsize for f in fits for n in ("beta", "sigma2", "label_index"))
+    for budget, held in ((total, True), (total - 1, False), (0, False)):
+        with dask.config.set({"daskglm.fit-memory-bytes": budget}):
+            out = save_fits(fits, stores, client="threads")
+        assert [isinstance(f["beta"].data, np.ndarray) for f in out] == [held, held], budget
+    for bad in (-1, "lots", True, None, [1]):
+        with dask.config.set({"daskglm.fit-memory-bytes": bad}), \
+                pytest.raises(ValueError, match=r"'daskglm.fit-memory-bytes' must be a non-negative"):
+            fit_memory_bytes()
+
+
+def test_save_fits_of_a_store_given_twice(fiac_small, tmp_path):
+    """The same run fitted twice (same store): each result is its own fit; the store keeps the last."""
+    from daskglm.store import save_fits
+
+    ds = _ingest(fiac_small, 200, name="twice.zarr")
+    store = ds.attrs["store"]
+    run = open_run(store, columns=True)
+    X = fiac_small["X"]
+    fits = [fit_run(run, X, noise_model="ols"), fit_run(run, X[:, :-2], noise_model="ols")]
+    with dask.config.set(scheduler="threads"):
+        expected = [f["beta"].values for f in fits]
+    out = save_fits(fits, [store, store], client="threads", in_memory=True)
+    for got, beta in zip(out, expected):
+        np.testing.assert_array_equal(got["beta"].values, beta)
+    assert open_fit(store)["beta"].shape[0] == X.shape[1] - 2
+    # A fit without the voxel indices gets the run store's.
+    (bare,) = save_fits([fits[0].drop_vars(["i", "j", "k"])], [store], client="threads", in_memory=True)
+    for n in "ijk":
+        np.testing.assert_array_equal(bare[n].values, run[n].values)
+
+
+def test_save_fits_waits_for_every_store_lock(fiac_small, tmp_path):
+    """Another holder of the second store's lock: no group is rewritten until it lets go."""
+    import threading
+    import time
+
+    from daskglm.store import save_fits, store_lock
+
+    stores, fits = _two_stores(fiac_small, tmp_path)
+    save_fits(fits, stores, client="threads")
+    marker = Path(stores[0]) / "glm" / "zarr.json"
+    before = marker.stat().st_mtime_ns
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with store_lock(stores[1]):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(30)
+    done = []
+    writer = threading.Thread(target=lambda: done.append(save_fits(fits, stores, client="threads")))
+    writer.start()
+    time.sleep(1.0)
+    assert not done and marker.stat().st_mtime_ns == before  # waiting, nothing rewritten
+    release.set()
+    holder.join(30)
+    writer.join(60)
+    assert done and marker.stat().st_mtime_ns != before
 
 
 def test_bad_parameters_are_named(fiac_small):

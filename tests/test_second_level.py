@@ -189,14 +189,23 @@ def test_dataframe_input_equals_nilearn(maps):
 
 @pytest.fixture(scope="module")
 def first_level(tmp_path_factory):
-    """Four simulated FIAC-like subjects fitted (OLS) by daskglm and by nilearn."""
+    """Four simulated FIAC-like subjects fitted (OLS) by daskglm and by nilearn.
+
+    ``ours`` hold their (small) fits in memory, as by default; ``ours_lazy`` keep them lazy in
+    the stores' 64-voxel blocks (a ``daskglm.fit-memory-bytes`` budget of 0, lazy chunks of one
+    stored block).
+    """
+    from unittest import mock
+
+    import dask
     from nilearn.glm.first_level import FirstLevelModel as NilearnFirstLevel
 
+    import daskglm._fitstore
     from daskglm.datasets import load_fiac_design_matrix, simulate_fiac
     from daskglm.model import FirstLevelModel
 
     root = tmp_path_factory.mktemp("first_level")
-    ours, theirs = [], []
+    ours, ours_lazy, theirs = [], [], []
     for seed in range(4):
         data = simulate_fiac(data_dir=root / "data", shape=(10, 11, 8), n_scans=40, n_runs=1, seed=seed,
                              compress=False)
@@ -204,10 +213,16 @@ def first_level(tmp_path_factory):
         kwargs = {"mask_img": data["mask"], "noise_model": "ols", "subject_label": f"{seed:02d}"}
         ours.append(FirstLevelModel(store=root / "stores", client="threads", v_chunk=64, **kwargs)
                     .fit(data["func1"], design_matrices=design))
+        with dask.config.set({"daskglm.fit-memory-bytes": 0}), \
+                mock.patch.object(daskglm._fitstore, "LAZY_CHUNK_BYTES", 1):
+            ours_lazy.append(FirstLevelModel(store=root / "stores_lazy", client="threads", v_chunk=64, **kwargs)
+                             .fit(data["func1"], design_matrices=design))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             theirs.append(NilearnFirstLevel(**kwargs).fit(data["func1"], design_matrices=design))
-    return {"ours": ours, "theirs": theirs, "mask": data["mask"]}
+    assert all(isinstance(m.results_[0]["beta"].data, np.ndarray) for m in ours)
+    assert all(len(m.results_[0]["beta"].data.chunks[1]) > 1 for m in ours_lazy)
+    return {"ours": ours, "ours_lazy": ours_lazy, "theirs": theirs, "mask": data["mask"]}
 
 
 @pytest.mark.parametrize(("mask_kind", "fwhm"), [(None, None), ("given", 5.0)])
@@ -237,10 +252,11 @@ class _Counter(Callback):
         self.started += 1
 
 
-@pytest.mark.parametrize("kind", ["paths", "images", "4d_path", "models"])
+@pytest.mark.parametrize("kind", ["paths", "images", "4d_path", "models", "lazy_models"])
 def test_graph_is_lazy_and_no_task_holds_all_maps(maps, first_level, kind, tmp_path, monkeypatch):
-    if kind == "models":
-        inputs, design, fwhm, mask = first_level["ours"], None, 5.0, first_level["mask"]
+    if kind in ("models", "lazy_models"):
+        inputs = first_level["ours" if kind == "models" else "ours_lazy"]
+        design, fwhm, mask = None, 5.0, first_level["mask"]
     else:
         inputs = {"paths": maps["paths"], "images": [nib.Nifti1Image(a, maps["affine"]) for a in maps["arrays"]],
                   "4d_path": str(tmp_path / "all.nii")}[kind]
@@ -249,7 +265,7 @@ def test_graph_is_lazy_and_no_task_holds_all_maps(maps, first_level, kind, tmp_p
         design, fwhm, mask = maps["designs"]["two_sample"], 6.0, maps["mask_path"]
     model = SecondLevelModel(mask_img=mask, smoothing_fwhm=fwhm, client="threads", v_chunk=90)
     model.fit(inputs, design_matrix=design)
-    con, first = ("intercept", "SStSSp") if kind == "models" else ("group_a - group_b", None)
+    con, first = ("intercept", "SStSSp") if kind.endswith("models") else ("group_a - group_b", None)
     first_level_blocks = []  # each first-level contrast block is computed once, whatever the slabs
     real_block = contrasts._contrast_block
     monkeypatch.setattr(contrasts, "_contrast_block", lambda *a, **k: first_level_blocks.append(1) or real_block(*a, **k))
@@ -279,7 +295,9 @@ def test_graph_is_lazy_and_no_task_holds_all_maps(maps, first_level, kind, tmp_p
     assert len(fits) == len(chunks) and all(shape[0] == n_maps and shape[1] < n_vox for shape in fits)
     assert len(reads) == n_maps * len(chunks)
     assert max(int(np.prod(shape)) for shape in reads) < volume  # slabs of x-planes, never a whole map
-    if kind == "models":
+    if kind == "models":  # fits in memory: each model's contrast computed once, in numpy
+        assert len(first_level_blocks) == len(inputs)
+    if kind == "lazy_models":
         expected = sum(len(m.contrast_dataset("SStSSp").effect_size.data.chunks[0]) for m in inputs)
         assert len(first_level_blocks) == expected > len(inputs)
 

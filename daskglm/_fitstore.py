@@ -1,0 +1,309 @@
+"""Fit results in run stores: several runs written in one computation, read back in memory or lazily.
+
+A run's fit is group ``glm`` of its store (see :mod:`daskglm.store`)::
+
+    beta(regressor, voxel)             float64, chunks of the fit's voxel blocks
+    sigma2(voxel)                      float64
+    label_index(voxel)                 int64
+    cov(label, regressor, regressor_)  float64
+    label_value(label, lag)            float64
+    attrs                              dof, noise_model, bins, signal_scaling, n_scans, affine,
+                                       volume_shape, t_r, regressors, complete (written last)
+
+:func:`save_fits` writes the fits of several runs with a single ``compute``
+(one graph: every worker busy, one round trip to the scheduler), each group
+rewritten whole under its store's lock and marked ``complete`` once every
+group is written. It then hands the fits back:
+
+- in memory, when the fits of all the runs hold at most
+  :func:`fit_memory_bytes` (dask config key ``daskglm.fit-memory-bytes``,
+  default 256 MiB): ``beta``, ``sigma2`` and ``label_index`` are read
+  straight from zarr into numpy (no dask computation, so nothing runs on a
+  local scheduler behind a distributed client), and contrasts are numpy
+  operations in the client;
+- lazily otherwise, in dask chunks of about :data:`LAZY_CHUNK_BYTES` (whole
+  multiples of the stored voxel blocks), so that a contrast is a handful of
+  tasks whatever the number of fit blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.utils import parse_bytes
+
+from .cluster import compute
+
+__all__ = [
+    "DEFAULT_FIT_MEMORY_BYTES",
+    "FIT_MEMORY_KEY",
+    "LAZY_CHUNK_BYTES",
+    "fit_memory_bytes",
+    "fit_nbytes",
+    "open_fit",
+    "reopen_fit",
+    "save_fit",
+    "save_fits",
+]
+
+#: The dask config key of the in-memory budget of fit results (bytes, or a string like "1 GiB").
+FIT_MEMORY_KEY = "daskglm.fit-memory-bytes"
+#: Default of :data:`FIT_MEMORY_KEY`: the fits of an HCP-sized subject (2 runs of
+#: 306k voxels, 13 regressors: 73 MB) stay in memory.
+DEFAULT_FIT_MEMORY_BYTES = 256 * 2**20
+#: Target size of a dask chunk of ``beta`` when fits are kept lazy.
+LAZY_CHUNK_BYTES = 64 * 2**20
+#: The per-voxel variables of a fit (the tables ``cov`` and ``label_value`` are always numpy).
+_VOXEL_VARIABLES = ("beta", "sigma2", "label_index")
+
+
+def fit_memory_bytes() -> int:
+    """The in-memory budget of fit results: dask config ``daskglm.fit-memory-bytes``.
+
+    ``dask.config.set({"daskglm.fit-memory-bytes": "1 GiB"})``, or
+    ``DASK_DASKGLM__FIT_MEMORY_BYTES=0`` in the environment (0: fits always
+    stay lazy); default :data:`DEFAULT_FIT_MEMORY_BYTES`.
+
+    Raises
+    ------
+    ValueError
+        The configured value is not a non-negative number of bytes.
+    """
+    value = dask.config.get(FIT_MEMORY_KEY, DEFAULT_FIT_MEMORY_BYTES)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = parse_bytes(value) if isinstance(value, str) else value
+        if not isinstance(number, (int, float, np.integer, np.floating)) or not number >= 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"dask config {FIT_MEMORY_KEY!r} must be a non-negative number of bytes "
+                         f"(or a string such as '256 MiB'); got {value!r}") from None
+    return int(number)
+
+
+def fit_nbytes(fit: xr.Dataset) -> int:
+    """Bytes of a fit's per-voxel results (``beta``, ``sigma2``, ``label_index``) once in memory."""
+    return sum(int(fit[name].nbytes) for name in _VOXEL_VARIABLES if name in fit)
+
+
+def _to_write(fit: xr.Dataset) -> xr.Dataset:
+    """What goes into the group: no voxel indices (in the run store), regressor names as attrs
+    (zarr v3 has no stable fixed-length string dtype), ``complete`` False until written."""
+    out = fit.drop_vars([n for n in ("i", "j", "k", "regressor", "regressor_") if n in fit.coords]).copy()
+    out.attrs = {**{k: v for k, v in fit.attrs.items() if k != "store"}, "complete": False,
+                 "regressors": [str(r) for r in fit["regressor"].values]}
+    for var in out.variables.values():
+        var.encoding.clear()
+    return out
+
+
+def _rounds(stores: list[str]) -> list[list[int]]:
+    """Indexes of ``stores`` in rounds where no store occurs twice (a run given twice
+    shares its store: its fits are written one after the other, as before)."""
+    rounds: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for index, store in enumerate(stores):
+        turn = seen.get(store, 0)
+        seen[store] = turn + 1
+        if turn == len(rounds):
+            rounds.append([])
+        rounds[turn].append(index)
+    return rounds
+
+
+def save_fits(
+    fits: Sequence[xr.Dataset],
+    stores: Sequence[str | os.PathLike],
+    name: str = "glm",
+    storage_options: dict | None = None,
+    client: Any = None,
+    in_memory: bool | None = None,
+) -> list[xr.Dataset]:
+    """Compute (lazy) fits into group ``name`` of their run stores, in one computation.
+
+    Each group is rewritten whole (whatever was there) and marked
+    ``complete`` after every group is written; :func:`open_fit` refuses an
+    incomplete one. The stores' locks (see :func:`daskglm.store.store_lock`)
+    are held meanwhile, taken in sorted order. A store given twice (the same
+    run fitted twice) gets its fits one after the other, the last one stays.
+
+    Parameters
+    ----------
+    fits : sequence of xarray.Dataset
+        From :func:`daskglm.fit.fit_run`, with the run's ``i, j, k`` coordinates.
+    stores : sequence of str or path
+        The run store of each fit.
+    name : str
+        Group name inside the stores.
+    storage_options : dict, optional
+    client : see :func:`daskglm.cluster.get_client`
+    in_memory : bool, optional
+        Return the fits in memory (numpy) or lazily (dask); default: in
+        memory when :func:`fit_nbytes` of all fits is at most
+        :func:`fit_memory_bytes`.
+
+    Returns
+    -------
+    list of xarray.Dataset
+        The persisted fits, in order: as :func:`open_fit` gives them, with
+        numpy data or dask chunks of about :data:`LAZY_CHUNK_BYTES`.
+    """
+    if len(fits) != len(stores):
+        raise ValueError(f"got {len(fits)} fits but {len(stores)} stores: give one store per fit")
+    if in_memory is None:
+        in_memory = sum(fit_nbytes(fit) for fit in fits) <= fit_memory_bytes()
+
+    def read(fit: xr.Dataset, url: str, written: xr.Dataset) -> xr.Dataset:
+        if all(n in fit.coords for n in "ijk"):
+            coords = {n: fit[n] for n in "ijk"}
+        else:  # not from fit_run: the voxel indices of the run store
+            run = open_run(url, storage_options)
+            coords = {n: run[n] for n in "ijk"}
+        if in_memory:
+            return _read(url, name, storage_options, written, coords)
+        return _open_lazy(url, name, storage_options, coords, LAZY_CHUNK_BYTES)
+
+    return _save(fits, [_url(store) for store in stores], name, storage_options, client, read)
+
+
+def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_options: dict | None,
+          client: Any, read: Any) -> list[Any]:
+    """Write the fits (one computation per round of distinct stores, under their locks), then
+    ``read(fit, url, written)`` each, the locks still held: what is read is what was written."""
+    results: list[Any] = [None] * len(fits)
+    for indexes in _rounds(urls):
+        with contextlib.ExitStack() as locks:  # not interleaved with another process's ingestion or fit
+            for url in sorted({urls[i] for i in indexes}):
+                locks.enter_context(store_lock(url))
+            outs = {i: _to_write(fits[i]) for i in indexes}
+            writes = [outs[i].to_zarr(urls[i], group=name, mode="w", consolidated=False, zarr_format=3,
+                                      compute=False, **_fsspec_kwargs(urls[i], storage_options))
+                      for i in indexes]
+            compute(*writes, client=client)
+            for i in indexes:
+                group = f"{urls[i].rstrip('/')}/{name}"
+                _sweep_partials(group)
+                _open_group(group, "r+", storage_options).attrs["complete"] = True
+            for i in indexes:
+                results[i] = read(fits[i], urls[i], outs[i])
+    return results
+
+
+def save_fit(fit: xr.Dataset, store: str | os.PathLike, name: str = "glm",
+             storage_options: dict | None = None, client: Any = None) -> xr.Dataset:
+    """Compute a (lazy) fit Dataset into group ``name`` of a run store and reopen it.
+
+    One run's :func:`save_fits`: the group is rewritten whole (whatever was
+    there) and marked ``complete`` last, under the store's lock.
+
+    Parameters
+    ----------
+    fit : xarray.Dataset
+        From :func:`daskglm.fit.fit_run`.
+    store : str or path
+        The run store (or any zarr location).
+    name : str
+        Group name inside the store.
+    storage_options : dict, optional
+    client : see :func:`daskglm.cluster.get_client`
+
+    Returns
+    -------
+    xarray.Dataset
+        The persisted fit, lazily opened (see :func:`open_fit`).
+    """
+    store = _url(store)
+    _save([fit], [store], name, storage_options, client, lambda *_: None)
+    return open_fit(store, name, storage_options)
+
+
+def open_fit(store: str | os.PathLike, name: str = "glm", storage_options: dict | None = None) -> xr.Dataset:
+    """Open a fit saved by :func:`save_fit` lazily, with the run's voxel coordinates.
+
+    Dask chunks are the stored ones (the fit's voxel blocks, the columns of
+    the run's ``bold``).
+
+    Raises
+    ------
+    StoreIncompleteError
+        When the fit group was not marked complete.
+    """
+    store = _url(store)
+    run = open_run(store, storage_options)
+    return _open_lazy(store, name, storage_options, {n: run[n] for n in "ijk"})
+
+
+def reopen_fit(fit: xr.Dataset, name: str = "glm", storage_options: dict | None = None) -> xr.Dataset:
+    """The stored fit behind a fit held in memory, opened lazily (a lazy fit is returned as is).
+
+    For graphs that workers should read the fit into themselves
+    (:func:`daskglm.fit.voxelwise_run`): dask chunks are the stored voxel
+    blocks, the voxel coordinates those of ``fit``.
+    """
+    if any(isinstance(fit[n].data, da.Array) for n in _VOXEL_VARIABLES):
+        return fit
+    return _open_lazy(fit.attrs["store"], name, storage_options, {n: fit[n] for n in "ijk"})
+
+
+def _complete_group(store: str, name: str, storage_options: dict | None) -> Any:
+    group = _open_group(f"{store.rstrip('/')}/{name}", "r", storage_options)
+    if not group.attrs.get("complete"):
+        raise StoreIncompleteError(f"the fit {name!r} in {store!r} is incomplete: fit again")
+    return group
+
+
+def _read(store: str, name: str, storage_options: dict | None, written: xr.Dataset,
+          coords: dict) -> xr.Dataset:
+    """The fit in group ``name`` read into numpy straight from zarr (no dask), as :func:`open_fit` gives it.
+
+    ``written`` is the Dataset that was written (its variables' dimensions).
+    """
+    group = _complete_group(store, name, storage_options)
+    attrs = dict(group.attrs)
+    regressors = list(attrs.pop("regressors"))
+    data = {key: (written[key].dims, group[key][...]) for key in written.data_vars}
+    return xr.Dataset(data, coords={**coords, "regressor": regressors, "regressor_": regressors},
+                      attrs={**attrs, "store": store})
+
+
+def _open_lazy(store: str, name: str, storage_options: dict | None, coords: dict,
+               chunk_bytes: int | None = None) -> xr.Dataset:
+    """The fit in group ``name`` opened lazily: the stored voxel chunks, or (``chunk_bytes``)
+    whole multiples of them making ``beta`` chunks of about that size."""
+    group = _complete_group(store, name, storage_options)
+    chunks: dict = {}
+    if chunk_bytes:
+        n_regressors, stored = group["beta"].shape[0], group["beta"].chunks[1]
+        per_voxel = 8 * max(1, n_regressors)
+        chunks = {"voxel": stored * max(1, chunk_bytes // (per_voxel * stored))}
+    fit = xr.open_zarr(store, group=name, consolidated=False, zarr_format=3, chunks=chunks,
+                       **_fsspec_kwargs(store, storage_options))
+    if not fit.attrs.get("complete"):  # rewritten since the check above
+        raise StoreIncompleteError(f"the fit {name!r} in {store!r} is incomplete: fit again")
+    regressors = list(fit.attrs.pop("regressors"))
+    fit = fit.assign_coords({**coords, "regressor": regressors, "regressor_": regressors})
+    for key in ("cov", "label_value"):  # small tables, read straight from zarr (not via dask)
+        fit[key] = fit[key].copy(data=group[key][:])
+    fit.attrs["store"] = store
+    return fit
+
+
+# Last: daskglm.store re-exports this module's functions and this module uses the
+# store's helpers; imported here, either module can be imported first.
+from .store import (
+    StoreIncompleteError,
+    _fsspec_kwargs,
+    _open_group,
+    _sweep_partials,
+    _url,
+    open_run,
+    store_lock,
+)
