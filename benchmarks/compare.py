@@ -291,8 +291,8 @@ def _worker_daskglm(spec: dict) -> dict:
 
     timeline = _Timeline()
     timeline.spans.append(("import", t0, time.time()))
-    model_module.ingest_run = timeline.wrap("ingest", model_module.ingest_run)
-    model_module.save_fit = timeline.wrap("fit_compute", model_module.save_fit)
+    model_module.ingest_runs = timeline.wrap("ingest", model_module.ingest_runs)
+    model_module.save_fits = timeline.wrap("fit_compute", model_module.save_fits)
     designs = _designs(spec)
     stream = None
     start = time.time()
@@ -362,7 +362,7 @@ def _worker_roofline(spec: dict) -> dict:
     from daskglm.store import open_run
 
     timeline = _Timeline()
-    model_module.save_fit = timeline.wrap("fit_compute", model_module.save_fit)
+    model_module.save_fits = timeline.wrap("fit_compute", model_module.save_fits)
     designs = _designs(spec)
     with get_client(None, n_workers=spec["workers"], memory_limit=spec["memory_limit_per_worker"]) as client:
         info = _cluster_info(client)

@@ -4,9 +4,11 @@ The estimator only orchestrates: design matrices come from
 :mod:`daskglm.design` (nilearn's ``make_first_level_design_matrix``), runs are
 ingested into zarr stores by :mod:`daskglm.store`, fitted per voxel block by
 :mod:`daskglm.fit`, and contrasts are computed by :mod:`daskglm.contrasts`.
-``fit`` persists each run's fit (beta, sigma2, AR labels) into the run's store;
-``compute_contrast`` reads them back per voxel block and returns NIfTI images
-like nilearn's, and ``contrast_dataset`` returns the same maps lazily.
+``fit`` persists every run's fit (beta, sigma2, AR labels) into the run's store
+in one computation and keeps them in memory when they are small (see
+:mod:`daskglm._fitstore`, dask config ``daskglm.fit-memory-bytes``), lazy in
+large chunks otherwise; ``compute_contrast`` returns NIfTI images like
+nilearn's, and ``contrast_dataset`` the same maps as an xarray Dataset.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import nibabel as nib
 import numpy as np
 import xarray as xr
@@ -32,8 +35,8 @@ from .fit import _check_scaling as check_scaling
 from .fit import check_bins, fit_run, voxelwise_run
 from .grid import check_target
 from .maps import scatter_to_volume
-from .nifti import RunInfo, inspect_run
-from .store import ingest_run, mean_image, open_run, save_fit
+from .nifti import RunInfo, inspect_run, is_url
+from .store import ingest_runs, mean_image, open_run, reopen_fit, save_fits
 
 __all__ = ["FirstLevelModel", "default_store_root"]
 
@@ -46,6 +49,24 @@ def default_store_root() -> Path:
 
 def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _inspect(run: Any, storage_options: dict | None) -> tuple[RunInfo, Any]:
+    """A run's header, and what to hand ingestion for the run.
+
+    A local file is opened by nibabel once, and ingestion gets that
+    file-backed image: its header is not read again (its blocks are still
+    read by path, in the tasks). Anything nibabel cannot open, or any other
+    input, goes to :func:`inspect_run` as given (which names the problem).
+    """
+    if isinstance(run, (str, os.PathLike)) and not is_url(run):
+        try:
+            img = nib.load(os.path.expanduser(os.fspath(run)))
+        except Exception:  # noqa: BLE001 - whatever it is, inspect_run names it below
+            img = None
+        if img is not None and isinstance(img.dataobj, nib.arrayproxy.ArrayProxy):
+            return inspect_run(img, storage_options), img
+    return inspect_run(run, storage_options), run
 
 
 class FirstLevelModel:
@@ -85,6 +106,16 @@ class FirstLevelModel:
     client : distributed.Client, address, local scheduler name, or None
         See :func:`daskglm.cluster.get_client` (default: the active client,
         ``DASK_SCHEDULER_ADDRESS``, or an embedded ``LocalCluster``).
+
+    Attributes
+    ----------
+    results_ : list of xarray.Dataset
+        Each run's fit (``beta``, ``sigma2``, ``label_index``, ``cov``,
+        ``label_value``), persisted in the run's store (group ``glm``). Held in
+        memory (numpy) when the fits of all runs take at most the dask config
+        ``daskglm.fit-memory-bytes`` (default 256 MiB; 0: always lazy), so
+        that contrasts are numpy operations in this process; lazy otherwise,
+        in large chunks the workers read.
     """
 
     def __init__(
@@ -167,6 +198,10 @@ class FirstLevelModel:
     ) -> FirstLevelModel:
         """Ingest the runs, build the design matrices and fit every run.
 
+        The runs are ingested one after the other (a store that is complete
+        and up to date is reused), then all of them are fitted and their fits
+        written into their stores in one computation (see ``results_``).
+
         Parameters
         ----------
         run_imgs : path, image, or list of them
@@ -184,7 +219,7 @@ class FirstLevelModel:
         runs = _as_list(run_imgs)
         if not runs:
             raise ValueError("run_imgs is empty: give at least one 4D run")
-        infos = [inspect_run(run, self.storage_options) for run in runs]
+        infos, runs = map(list, zip(*[_inspect(run, self.storage_options) for run in runs]))
         t_r = self.t_r
         if t_r is None and design_matrices is None:
             t_r = infos[0].t_r
@@ -198,19 +233,21 @@ class FirstLevelModel:
         masks = _as_list(sample_masks) if sample_masks is not None else [None] * len(runs)
         self.design_matrices_ = designs
         self.t_r_ = t_r
-        fits, datasets = [], []
+        stores = [self._store_for(info, index) for index, info in enumerate(infos)]
+        datasets = []
         with get_client(self.client) as client, verbosity(self.verbose):
             mask_img = self.mask_img
             if mask_img is None and len(runs) > 1:
                 mask_img = self._multi_run_mask(runs, client)
-            for index, run in enumerate(runs):
-                store = self._store_for(infos[index], index)
-                ds = ingest_run(
-                    run, store, mask_img=mask_img, smoothing_fwhm=self.smoothing_fwhm,
-                    t_chunk=self.t_chunk, v_chunk=self.v_chunk, client=client,
-                    storage_options=self.storage_options, target_affine=self.target_affine,
-                    target_shape=self.target_shape,
-                )
+            # Every run's blocks in one computation (a run given twice is ingested once).
+            unique = {store: run for run, store in zip(runs, stores)}
+            ingest_runs(
+                list(unique.values()), list(unique), mask_img=mask_img, smoothing_fwhm=self.smoothing_fwhm,
+                t_chunk=self.t_chunk, v_chunk=self.v_chunk, client=client,
+                storage_options=self.storage_options, target_affine=self.target_affine,
+                target_shape=self.target_shape,
+            )
+            for index, store in enumerate(stores):
                 # Whole voxel columns: one read task per fit block (a small graph).
                 ds = open_run(store, self.storage_options, columns=True)
                 if index == 0:
@@ -218,12 +255,13 @@ class FirstLevelModel:
                 if masks[index] is not None:
                     ds = ds.isel(time=np.asarray(masks[index]))
                 datasets.append(ds)
-                lazy = fit_run(
-                    ds, designs[index], noise_model=self.noise_model, bins=bins,
-                    signal_scaling=self.signal_scaling, random_state=self.random_state,
-                    client=client,
-                )
-                fits.append(save_fit(lazy, store, storage_options=self.storage_options, client=client))
+            lazy = [
+                fit_run(ds, design, noise_model=self.noise_model, bins=bins,
+                        signal_scaling=self.signal_scaling, random_state=self.random_state, client=client)
+                for ds, design in zip(datasets, designs)
+            ]
+            # Every run's fit in one computation; small results come back in memory.
+            fits = save_fits(lazy, stores, storage_options=self.storage_options, client=client)
         self.results_ = fits
         self._run_datasets = datasets
         self.labels_ = [fit["label_index"] for fit in fits]
@@ -261,7 +299,11 @@ class FirstLevelModel:
             )
 
     def contrast_dataset(self, contrast_def: Any, stat_type: str | None = None) -> xr.Dataset:
-        """The maps of a contrast as a lazy xarray Dataset (see :func:`daskglm.contrasts.contrast_dataset`).
+        """The maps of a contrast as an xarray Dataset (see :func:`daskglm.contrasts.contrast_dataset`).
+
+        Lazy when the fits are (``results_`` larger than the dask config
+        ``daskglm.fit-memory-bytes``, see :mod:`daskglm._fitstore`); computed
+        now, in numpy, when they are held in memory.
 
         Parameters
         ----------
@@ -303,7 +345,9 @@ class FirstLevelModel:
             raise ValueError(f"output_type must be one of {valid}; got {output_type!r}")
         ds = self.contrast_dataset(contrast_def, stat_type)
         names = list(_contrasts.OUTPUT_TYPES) if output_type == "all" else [output_type]
-        values = compute(*[ds[name].data for name in names], client=self.client, verbose=self.verbose)
+        values = [ds[name].data for name in names]
+        if any(isinstance(value, da.Array) for value in values):  # in-memory fits: nothing to compute
+            values = compute(*values, client=self.client, verbose=self.verbose)
         affine = np.asarray(ds.attrs["affine"])
         shape = tuple(ds.attrs["volume_shape"])
         ijk = [ds[n].values for n in "ijk"]
@@ -321,7 +365,8 @@ class FirstLevelModel:
 
         Available whatever ``minimize_memory``: each is recomputed per voxel
         block from the run store and the stored fit when computed (see
-        :func:`daskglm.fit.voxelwise_run`).
+        :func:`daskglm.fit.voxelwise_run`; the workers read the fit from the
+        store, also when ``results_`` holds it in memory).
 
         Parameters
         ----------
@@ -335,7 +380,8 @@ class FirstLevelModel:
         """
         self._check_fitted()
         return [
-            voxelwise_run(ds, fit, design, attribute, signal_scaling=self.signal_scaling)
+            voxelwise_run(ds, reopen_fit(fit, storage_options=self.storage_options), design, attribute,
+                          signal_scaling=self.signal_scaling)
             for ds, fit, design in zip(self._run_datasets, self.results_, self.design_matrices_)
         ]
 

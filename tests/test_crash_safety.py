@@ -13,7 +13,8 @@ by monkeypatching *in the child* (no hook in the library):
   (n blocks of volumes ingested over both runs);
 - ``bold:n``: in the middle of writing the n-th ``bold`` chunk (a half-written
   ``.partial`` file of zarr's atomic write left behind; its block not flagged);
-- ``glm:n``: in the middle of writing the n-th chunk of a ``glm`` group (a fit);
+- ``glm:n``: in the middle of writing the n-th chunk of a ``glm`` group (the
+  fits: both runs' in one computation, once both runs are ingested);
 - ``map:n``: before the n-th map is saved (n - 1 maps written);
 - ``rename:n``: in the n-th ``save_nifti``, after its temporary file is
   written, before it is renamed into place.
@@ -250,9 +251,12 @@ def flags(store: Path) -> np.ndarray:
 
 
 def is_complete(store: Path, group: str | None = None) -> bool:
+    """Whether the store (or its ``group``) is marked complete (a missing group is not)."""
     import zarr
 
     node = zarr.open_group(str(store), mode="r")
+    if group and group not in node:
+        return False
     return bool((node[group] if group else node).attrs.get("complete"))
 
 
@@ -318,40 +322,38 @@ def missing_blocks(store: Path) -> list[int]:
 
 @pytest.mark.parametrize("k", [3, N_TIME_BLOCKS + 5])
 def test_killed_during_ingestion_resumes_only_the_missing_blocks(fiac, reference, tmp_path, k):
-    """SIGKILL right after k blocks are flagged: those k are kept, the others are ingested again."""
+    """SIGKILL right after k blocks are flagged (the blocks of both runs go into one
+    computation, in dask's order): those k are kept, the others are ingested again."""
     from daskglm.store import StoreIncompleteError, open_run
 
     run_child(fiac, tmp_path, crash=f"flag:{k}")
-    run = 1 if k <= N_TIME_BLOCKS else 2
-    store = store_of(tmp_path, run, fiac)
-    assert flags(store).sum() == k - (run - 1) * N_TIME_BLOCKS
-    assert not is_complete(store)
-    with pytest.raises(StoreIncompleteError, match="incomplete"):
-        open_run(store)
-    assert Path(f"{store}.lock").exists()  # the killed holder could not remove it: taken over below
-    expect = {Path(fiac["func1"]).name: [] if run == 2 else missing_blocks(store),
-              Path(fiac["func2"]).name: missing_blocks(store) if run == 2 else list(
-                  range(0, N_SCANS, CHUNKS["t_chunk"]))}
-    if run == 2:
-        assert is_complete(store_of(tmp_path, 1, fiac), "glm")  # run 1 was fitted before
+    stores = [store_of(tmp_path, run, fiac) for run in (1, 2)]
+    assert sum(int(flags(store).sum()) for store in stores) == k
+    for store in stores:  # complete only once every run's blocks are in: neither is
+        assert not is_complete(store) and not is_complete(store, "glm")
+        with pytest.raises(StoreIncompleteError, match="incomplete"):
+            open_run(store)
+        assert Path(f"{store}.lock").exists()  # the killed holder could not remove it: taken over below
+    expect = {Path(fiac[f"func{run}"]).name: missing_blocks(store) for run, store in zip((1, 2), stores)}
+    assert sum(map(len, expect.values())) == 2 * N_TIME_BLOCKS - k
     assert not (tmp_path / "maps").exists()
     rerun_and_check(fiac, tmp_path, reference, expect)
 
 
 def test_killed_mid_chunk_write_during_ingestion(fiac, reference, tmp_path):
-    """SIGKILL half-way through a bold chunk of run 2: its block is not flagged, its debris is swept."""
+    """SIGKILL half-way through a bold chunk: its block is not flagged, its debris is swept."""
     import zarr
 
     n_voxel_blocks = zarr.open_group(str(store_of(reference, 1, fiac)), mode="r")["bold"].cdata_shape[1]
     assert n_voxel_blocks >= 3
-    # Run 1 whole, then 3 blocks and one chunk of the 4th block of run 2.
+    # N_TIME_BLOCKS + 3 blocks whole (over both runs), then one chunk of the next block.
     n = (N_TIME_BLOCKS + 3) * n_voxel_blocks + 2
     run_child(fiac, tmp_path, crash=f"bold:{n}")
-    store = store_of(tmp_path, 2, fiac)
-    assert flags(store).sum() == 3
-    assert list(store.rglob("*.partial")), "no half-written chunk left by the kill"
+    stores = [store_of(tmp_path, run, fiac) for run in (1, 2)]
+    assert sum(int(flags(store).sum()) for store in stores) == N_TIME_BLOCKS + 3
+    assert list((tmp_path / "stores").rglob("*.partial")), "no half-written chunk left by the kill"
     rerun_and_check(fiac, tmp_path, reference,
-                    {Path(fiac["func2"]).name: missing_blocks(store)})
+                    {Path(fiac[f"func{run}"]).name: missing_blocks(store) for run, store in zip((1, 2), stores)})
     assert not list((tmp_path / "stores").rglob("*.partial"))
 
 
@@ -363,25 +365,23 @@ def _n_glm_chunks(reference: Path, fiac: dict) -> int:
     return sum(1 for p in glm.rglob("*") if p.is_file() and "c" in p.relative_to(glm).parts)
 
 
-@pytest.mark.parametrize("run", [1, 2])
-def test_killed_during_the_fit_is_refitted(fiac, reference, tmp_path, run):
-    """SIGKILL half-way through writing a run's glm group: open_fit refuses it; the rerun
-    reuses both complete stores (no block read) and rewrites the fit."""
+@pytest.mark.parametrize("when", ["early", "late"])
+def test_killed_during_the_fit_is_refitted(fiac, reference, tmp_path, when):
+    """SIGKILL half-way through writing the glm groups (both runs' fits are one computation, after
+    both runs are ingested), early or late: open_fit refuses both; the rerun reuses both complete
+    stores (no block read) and rewrites the fits."""
     from daskglm.store import StoreIncompleteError, open_fit, open_run
 
     per_run = _n_glm_chunks(reference, fiac)
     assert per_run >= 8
-    run_child(fiac, tmp_path, crash=f"glm:{(run - 1) * per_run + per_run // 2}")
-    store = store_of(tmp_path, run, fiac)
-    assert is_complete(store) and open_run(store).sizes["time"] == N_SCANS  # ingested before the fit
-    assert not is_complete(store, "glm")
-    with pytest.raises(StoreIncompleteError, match="fit 'glm'.*incomplete"):
-        open_fit(store)
-    if run == 2:
-        assert open_fit(store_of(tmp_path, 1, fiac))["beta"].shape[0] == 13
-    # Run 2 was ingested before the kill only if the kill came during its fit.
-    rerun_and_check(fiac, tmp_path, reference, {} if run == 2 else {
-        Path(fiac["func2"]).name: list(range(0, N_SCANS, CHUNKS["t_chunk"]))})
+    run_child(fiac, tmp_path, crash=f"glm:{per_run // 2 if when == 'early' else per_run + per_run // 2}")
+    for run in (1, 2):
+        store = store_of(tmp_path, run, fiac)
+        assert is_complete(store) and open_run(store).sizes["time"] == N_SCANS  # ingested before the fit
+        assert not is_complete(store, "glm")
+        with pytest.raises(StoreIncompleteError, match="fit 'glm'.*incomplete"):
+            open_fit(store)
+    rerun_and_check(fiac, tmp_path, reference, {})
 
 
 def test_a_complete_fit_of_another_design_is_not_reused(fiac, reference, tmp_path):

@@ -115,21 +115,103 @@ def test_warnings_match_nilearn(fiac):
                 model.compute_contrast([[-1, -1, 1, 1]])
 
 
+def _all_maps(model) -> dict[str, np.ndarray]:
+    maps = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, con in CONTRASTS.items():
+            for kind, img in model.compute_contrast(con, output_type="all").items():
+                maps[f"{name}/{kind}"] = np.asarray(img.dataobj)
+    return maps
+
+
 def test_contrast_dataset_is_lazy_and_equals_images(fiac):
+    """Fits over the ``daskglm.fit-memory-bytes`` budget stay lazy (in a few large chunks), and so
+    does ``contrast_dataset``; its maps are those of compute_contrast."""
+    import dask
     import dask.array as da
 
     ours, _ = _models(fiac, "ar1", 5.0)
-    ours.fit(fiac["runs"], design_matrices=fiac["designs"])
+    with dask.config.set({"daskglm.fit-memory-bytes": 0}):
+        ours.fit(fiac["runs"], design_matrices=fiac["designs"])
+    assert all(isinstance(fit["beta"].data, da.Array) for fit in ours.results_)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = ours.contrast_dataset([[-1, -1, 1, 1]])
         img = ours.compute_contrast([[-1, -1, 1, 1]], output_type="stat")
     assert isinstance(ds["z_score"].data, da.Array)
+    assert ds["z_score"].data.npartitions == 1  # ~64 MiB chunks of the fits, not the fit's blocks
     mask = np.asarray(ours.mask_img_.dataobj) > 0
-    import dask
-
     with dask.config.set(scheduler="threads"):
         np.testing.assert_allclose(img.get_fdata()[mask], ds["stat"].values, rtol=1e-12)
+
+
+def test_small_fits_are_held_in_memory(fiac, monkeypatch):
+    """Within the budget (default 256 MiB) the fits are numpy, read from the stores: the same
+    Datasets as open_fit gives, and contrasts, computed without any dask computation, give the
+    same maps, bit for bit, as the lazy fits (the walkthrough test holds them against nilearn)."""
+    import dask
+    import xarray as xr
+    from dask.callbacks import Callback
+
+    import daskglm.model
+    from daskglm.store import open_fit
+
+    lazy, _ = _models(fiac, "ar1", 5.0)
+    with dask.config.set({"daskglm.fit-memory-bytes": 0}):
+        expected = _all_maps(lazy.fit(fiac["runs"], design_matrices=fiac["designs"]))
+    ours, _ = _models(fiac, "ar1", 5.0)
+    ours.fit(fiac["runs"], design_matrices=fiac["designs"])
+    for fit in ours.results_:
+        assert all(isinstance(fit[n].data, np.ndarray) for n in fit.variables)
+        with dask.config.set(scheduler="threads"):
+            xr.testing.assert_identical(fit, open_fit(fit.attrs["store"]).load())
+    assert all(isinstance(labels.data, np.ndarray) for labels in ours.labels_)
+
+    class Started(Callback):
+        count = 0
+
+        def _pretask(self, key, dsk, state):
+            Started.count += 1
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("compute_contrast computed something")
+
+    monkeypatch.setattr(daskglm.model, "compute", no_compute)
+    with Started():
+        got = _all_maps(ours)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = ours.contrast_dataset([[-1, -1, 1, 1]])
+    assert Started.count == 0
+    assert isinstance(ds["z_score"].data, np.ndarray)  # not lazy: the fits are not
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    # The lazy voxel-wise attributes read the stored fits (workers read them on a cluster).
+    (residuals, _) = ours.voxelwise("residuals")
+    assert isinstance(residuals.data, dask.array.Array)
+
+
+def test_fit_reads_headers_once_and_computes_once(fiac, monkeypatch):
+    """Stores already ingested: each run's header is read once, and both runs' fits are one
+    computation (the stores' complete ``glm`` groups written by it)."""
+    import nibabel
+
+    import daskglm._fitstore
+    import daskglm.store
+
+    model, _ = _models(fiac, "ols", None)
+    model.fit(fiac["runs"], design_matrices=fiac["designs"])  # ingests (or reuses) the stores
+    loads, computes = [], []
+    real_load, real_compute = nibabel.load, daskglm._fitstore.compute
+    monkeypatch.setattr(nibabel, "load", lambda path, *a, **k: loads.append(str(path)) or real_load(path, *a, **k))
+    monkeypatch.setattr(daskglm._fitstore, "compute", lambda *a, **k: computes.append(len(a)) or real_compute(*a, **k))
+    monkeypatch.setattr(daskglm.store, "compute", lambda *a, **k: computes.append(("store", len(a))))
+    model.fit(fiac["runs"], design_matrices=fiac["designs"])
+    assert computes == [2]  # the stores are reused: nothing ingested, one computation for both fits
+    runs = [str(r) for r in fiac["runs"]]
+    assert sorted(p for p in loads if p in runs) == sorted(runs)
 
 
 def test_bad_use_is_reported(fiac):

@@ -98,7 +98,8 @@ def _graph_bytes(collection) -> int:
 
 def test_ingest_reopen_and_reuse_on_s3(s3, fiac, tmp_path, monkeypatch):
     url = f"{s3['root']}/stores/ingest/run1.zarr"
-    kwargs = dict(mask_img=fiac["data"]["mask"], smoothing_fwhm=5.0, t_chunk=16, v_chunk=700)
+    # The same codec on both sides (the default, "auto", picks none locally and lz4 on S3).
+    kwargs = dict(mask_img=fiac["data"]["mask"], smoothing_fwhm=5.0, t_chunk=16, v_chunk=700, compressor="lz4")
     local = ingest_run(fiac["runs"][0], tmp_path / "run1.zarr", client="sync", **kwargs)
     remote = ingest_run(fiac["runs"][0], url, client="sync", storage_options=s3["options"], **kwargs)
     assert s3["fs"].exists(f"{BUCKET}/stores/ingest/run1.zarr/zarr.json")
