@@ -458,7 +458,7 @@ def _data_root() -> Path:
 def _generate(size: str) -> dict:
     from daskglm.datasets import simulate_fiac
 
-    params = {k: v for k, v in SIZES[size].items() if k not in ("tools", "memory_limit")}
+    params = {k: v for k, v in SIZES[size].items() if k not in ("tools", "memory_limit", "scaling")}
     start = time.perf_counter()
     data = simulate_fiac(data_dir=_data_root(), seed=0, **params)
     print(f"[{size}] data: {Path(data['func1']).parent} ({time.perf_counter() - start:.1f} s to generate or find)",
