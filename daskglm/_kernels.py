@@ -33,6 +33,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg
 
+from . import _ar1_moments
+
 __all__ = [
     "OLSFit",
     "BlockFit",
@@ -559,6 +561,10 @@ def fit_block(
     labels ``ar1_labels(rho, bins)`` -> per label: whiten X and the voxels'
     Y with the label value, ``beta = pinv(WX) WY``, ``sigma2 = RSS / (n - p)``.
     Labels lie on a fixed grid, so any voxel partition gives the same result.
+    AR(1) is computed from the block's moments (:mod:`daskglm._ar1_moments`:
+    one GEMM for the block) when the design is well conditioned; voxels whose
+    rounding-error bound there is too large, and every voxel of other designs,
+    take the exact path above.
 
     Parameters
     ----------
@@ -587,15 +593,33 @@ def fit_block(
         )
     X = _check_design(Y, X)
     Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean)[0])
-    fit = ols(Ys, X)
     if order == 0:
+        fit = ols(Ys, X)
         return BlockFit(fit.beta, fit.sigma2, np.zeros(Ys.shape[1]), fit.dof)
+    design = _ar1_moments.prepare(X, bins) if not ar_center else None
+    if design is None:  # rank deficient or ill-conditioned design, or a centre: exact path only
+        return BlockFit(*_ar1_exact(Ys, X, bins, ar_center), _PINVS.dof(X))
+    fast = _ar1_moments.ar1_fit_moments(Ys, design)
+    beta, sigma2, label = fast.beta, fast.sigma2, fast.label
+    redo = np.flatnonzero(fast.redo)
+    if redo.size:  # voxels the moments cannot fit to full precision: the exact path
+        beta[:, redo], sigma2[redo], label[redo] = _ar1_exact(np.ascontiguousarray(Ys[:, redo]), X, bins)
+    return BlockFit(beta, sigma2, label, _PINVS.dof(X))
+
+
+def _ar1_exact(Ys: np.ndarray, X: np.ndarray, bins: int, ar_center: float = 0.0
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AR(1) fit as nilearn computes it: OLS, residuals, Yule-Walker, one whitened GEMM per label.
+
+    Returns ``beta (p, v)``, ``sigma2 (v,)``, ``label (v,)``.
+    """
+    fit = ols(Ys, X)
     rho = yule_walker(fit.residuals, 1, ar_center)[0]
     del fit
     label = ar1_labels(rho, bins)
     values, group = np.unique(label, return_inverse=True)
     beta, sigma2 = _fit_groups(Ys, X, group, values[:, None])
-    return BlockFit(beta, sigma2, label, _PINVS.dof(X))
+    return beta, sigma2, label
 
 
 def refit_block(

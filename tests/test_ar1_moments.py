@@ -1,0 +1,187 @@
+"""The AR(1) fit from a block's moments against the exact path and per-voxel oracles.
+
+The exact path (:func:`daskglm._kernels._ar1_exact`: OLS, residuals, Yule-Walker,
+one whitened lstsq per label) is itself tested against nilearn's ``run_glm`` in
+tests/test_kernels.py; here the moment fit must give the same labels and the
+same betas and dispersions to ~1e-10, flag every voxel it cannot fit to that
+precision, and refuse designs it cannot handle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from daskglm import _ar1_moments as M
+from daskglm import _kernels as K
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def drift_design(rng: np.random.Generator, n: int, p: int) -> np.ndarray:
+    """Event regressors, cosine drifts and an intercept, columns on very different scales (as nilearn's)."""
+    t = np.arange(n)
+    hrf = np.exp(-0.5 * ((np.arange(8) - 3) / 1.5) ** 2)
+    cols = [np.ones(n)]
+    for k in range(1, p):
+        if k % 2:
+            onsets = (rng.random(n) < 0.2).astype(float)
+            cols.append(np.convolve(onsets, hrf)[:n] * rng.uniform(0.1, 10))
+        else:
+            cols.append(np.sqrt(2 / n) * np.cos(np.pi * (t + 0.5) * (k // 2) / n))
+    return np.column_stack(cols[::-1])
+
+
+def nilearn_design(n: int = 400, t_r: float = 2.0) -> np.ndarray:
+    """A design as users have them: nilearn's, 4 conditions, cosine drifts, intercept."""
+    import pandas as pd
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    rng = np.random.default_rng(0)
+    onsets = np.sort(rng.uniform(0, n * t_r - 20, 40))
+    events = pd.DataFrame({"onset": onsets, "duration": 10.0, "trial_type": [f"c{i % 4}" for i in range(40)]})
+    return make_first_level_design_matrix(np.arange(n) * t_r, events, drift_model="cosine").to_numpy()
+
+
+def ar1_data(rng: np.random.Generator, X: np.ndarray, v: int, rho_range=(-0.4, 0.8)) -> np.ndarray:
+    n, p = X.shape
+    rho = rng.uniform(*rho_range, size=v)
+    e = rng.standard_normal((n, v))
+    for t in range(1, n):
+        e[t] += rho * e[t - 1]
+    return (1000 + X @ rng.normal(0, 20, (p, v)) + 15 * e).astype(np.float32)
+
+
+def scaled(Y: np.ndarray) -> np.ndarray:
+    return np.asarray(K.scale_signal(Y, 0)[0], dtype=np.float64)
+
+
+def near_edge(label_a: np.ndarray, Ys: np.ndarray, X: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Voxels whose rho (computed by hand) lies within ``tol`` of a bin edge."""
+    beta = np.linalg.lstsq(X, Ys, rcond=None)[0]
+    e = Ys - X @ beta
+    rho = (np.sum(e[1:] * e[:-1], axis=0) / (len(e) - 1)) / (np.sum(e * e, axis=0) / len(e))
+    x = rho * 100
+    return np.abs(x - np.round(x)) < tol
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(12, 300), p=st.integers(1, 14), v=st.integers(1, 60))
+def test_moment_fit_equals_exact_path(seed, n, p, v):
+    assume(n >= p + 8)
+    rng = np.random.default_rng(seed)
+    X = drift_design(rng, n, p)
+    Ys = scaled(ar1_data(rng, X, v))
+    design = M.prepare(X, 100)
+    assume(design is not None)  # a random design may be ill-conditioned: tested below
+    fast = M.ar1_fit_moments(Ys, design)
+    beta, sigma2, label = K._ar1_exact(Ys, X, 100)
+    ok = ~fast.redo
+    keep = ok & ~near_edge(label, Ys, X)
+    np.testing.assert_array_equal(fast.label[keep], label[keep])
+    keep &= fast.label == label
+    # |d beta_j| against |beta_j| + |y| / |x_j|: a beta that is itself rounding (an
+    # intercept of scaled data) is compared at the scale of the data
+    scale = np.abs(beta) + np.linalg.norm(Ys, axis=0)[None] / np.linalg.norm(X, axis=0)[:, None]
+    error = (np.abs(fast.beta - beta) / scale)[:, keep]
+    assert error.size == 0 or error.max() < 1e-9, error.max()
+    np.testing.assert_allclose(fast.sigma2[keep], sigma2[keep], rtol=1e-9)
+
+
+def test_typical_data_take_the_fast_path_everywhere():
+    """Scaled data with noise: no voxel needs the exact refit (or the fast path would buy nothing)."""
+    rng = np.random.default_rng(3)
+    X = nilearn_design()
+    assert X.shape[1] >= 10
+    fast = M.ar1_fit_moments(scaled(ar1_data(rng, X, 500)), M.prepare(X, 100))
+    assert not fast.redo.any()
+
+
+def test_degenerate_voxels_are_flagged_and_fit_block_refits_them_exactly():
+    rng = np.random.default_rng(4)
+    X = drift_design(rng, 200, 9)
+    Y = ar1_data(rng, X, 40).astype(np.float64)
+    Y[:, 0] = 750.0                                    # constant: scales to ~0, zero residuals
+    Y[:, 1] = 1000 + X @ rng.normal(0, 5, X.shape[1])  # in the span of X: residuals are rounding
+    Y[:, 2] = 0.0                                      # all zero (nilearn's mean floor)
+    with pytest.warns(UserWarning, match="Mean values of 0"):
+        Ys = np.asarray(K.scale_signal(Y, 0)[0], dtype=np.float64)
+    fast = M.ar1_fit_moments(Ys, M.prepare(X, 100))
+    assert fast.redo[:3].all()
+    assert not fast.redo[3:].any()
+    with pytest.warns(UserWarning, match="Mean values of 0"):
+        fit = K.fit_block(Y, X, "ar1")
+    beta, sigma2, label = K._ar1_exact(np.ascontiguousarray(Ys[:, :3]), X, 100)
+    np.testing.assert_array_equal(fit.beta[:, :3], beta)   # the exact path itself, on those voxels
+    np.testing.assert_array_equal(fit.sigma2[:3], sigma2)
+    np.testing.assert_array_equal(fit.label[:3], label)
+    beta, sigma2, label = K._ar1_exact(Ys, X, 100)
+    np.testing.assert_allclose(fit.beta[:, 3:], beta[:, 3:], rtol=1e-9, atol=1e-9 * np.abs(beta).max())
+    np.testing.assert_allclose(fit.sigma2[3:], sigma2[3:], rtol=1e-9)
+
+
+def test_non_finite_voxels_are_flagged():
+    rng = np.random.default_rng(5)
+    X = drift_design(rng, 100, 5)
+    Ys = scaled(ar1_data(rng, X, 6))
+    Ys[10, 2] = np.nan
+    Ys[20, 4] = np.inf
+    fast = M.ar1_fit_moments(Ys, M.prepare(X, 100))
+    assert fast.redo[2] and fast.redo[4]
+    assert not fast.redo[[0, 1, 3, 5]].any()
+
+
+def test_fit_block_sends_only_flagged_voxels_to_the_exact_path(monkeypatch):
+    rng = np.random.default_rng(6)
+    X = drift_design(rng, 150, 8)
+    Y = ar1_data(rng, X, 30).astype(np.float64)
+    Y[:, 7] = 500.0
+    seen = []
+    exact = K._ar1_exact
+    monkeypatch.setattr(K, "_ar1_exact", lambda Ys, *a, **k: seen.append(Ys.shape[1]) or exact(Ys, *a, **k))
+    K.fit_block(Y, X, "ar1")
+    assert seen == [1]
+
+
+@pytest.mark.parametrize("case", ["zero column", "duplicate column", "too few scans", "ill-conditioned"])
+def test_designs_the_moments_cannot_fit_are_refused(case):
+    rng = np.random.default_rng(7)
+    X = drift_design(rng, 60, 5)
+    if case == "zero column":
+        X[:, 1] = 0.0
+    elif case == "duplicate column":
+        X[:, 2] = X[:, 3]
+    elif case == "too few scans":
+        X = X[:6]
+    else:
+        X[:, 2] = X[:, 3] + 1e-5 * rng.standard_normal(len(X))
+    assert M.prepare(X, 100) is None
+    # fit_block then takes the exact path for the whole block, as before
+    Y = ar1_data(rng, X, 10)
+    fit = K.fit_block(Y, X, "ar1")
+    beta, sigma2, label = K._ar1_exact(scaled(Y), X, 100)
+    np.testing.assert_array_equal(fit.beta, beta)
+    np.testing.assert_array_equal(fit.sigma2, sigma2)
+
+
+def test_design_cache_is_keyed_by_design_and_bins():
+    rng = np.random.default_rng(8)
+    X = drift_design(rng, 80, 4)
+    a, b = M.prepare(X, 100), M.prepare(X.copy(), 100)
+    assert a is b
+    assert M.prepare(X, 10).label_inv.shape[0] == 21
+    assert M.prepare(X[:70], 100) is not a
+
+
+def test_label_inverses_are_whitened_covariances():
+    """The table of inv(X' W' W X) equals pinv(WX) pinv(WX)' (nilearn's normalised covariance)."""
+    rng = np.random.default_rng(9)
+    X = drift_design(rng, 90, 6)
+    design = M.prepare(X, 100)
+    for k in (-100, -37, 0, 55, 100):
+        wx = K.whiten(X, k / 100)
+        pinv = np.linalg.pinv(wx)
+        cov = np.diag(1 / design.scale) @ design.label_inv[k + 100] @ np.diag(1 / design.scale)
+        np.testing.assert_allclose(cov, pinv @ pinv.T, rtol=1e-9, atol=1e-12 * np.abs(pinv @ pinv.T).max())
