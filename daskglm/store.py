@@ -315,7 +315,8 @@ def _ingest_block(
     when the volumes go onto another grid first (see :mod:`daskglm.grid`).
     """
     step = step or (stop - start)
-    rows = np.empty((stop - start, int(crop.mask.sum())), dtype=np.float32)
+    plan = _volume.mask_plan(crop, sigma)  # once per task, not once per read
+    rows = np.empty((stop - start, plan.index.size), dtype=np.float32)
     for a in range(start, stop, step):
         b = min(a + step, stop)
         if isinstance(source, str):
@@ -324,7 +325,7 @@ def _ingest_block(
             volumes = source[..., a - start:b - start]
         if resample is not None:
             volumes = resample_volumes(volumes, *resample)
-        _volume.smooth_and_mask(volumes, crop, sigma, out=rows[a - start:b - start])
+        _volume.smooth_and_mask(volumes, crop, sigma, out=rows[a - start:b - start], plan=plan)
         del volumes
     group = _open_group(store, "r+", storage_options)
     group["bold"][start:stop, :] = rows
