@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["MAX_RELATIVE_ERROR", "MomentFit", "MomentDesign", "prepare", "ar1_fit_moments"]
+__all__ = ["MAX_RELATIVE_ERROR", "MomentDesign", "MomentFit", "ar1_fit_moments", "prepare"]
 
 #: Largest rounding-error bound (relative) a voxel may carry on the fast path.
 MAX_RELATIVE_ERROR = 1e-10

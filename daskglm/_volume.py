@@ -32,9 +32,9 @@ from . import _smoothing
 __all__ = [
     "Crop",
     "fwhm_to_sigma",
-    "smoothing_crop",
-    "smooth_and_mask",
     "mask_plan",
+    "smooth_and_mask",
+    "smoothing_crop",
     "voxel_sizes",
 ]
 

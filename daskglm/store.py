@@ -70,7 +70,7 @@ try:
 except ImportError:  # not POSIX: no store locks
     fcntl = None  # type: ignore[assignment]
 
-from . import _plan, _volume
+from . import _plan, _smoothing, _volume
 from .cluster import compute, get_client
 from .grid import Grid, analysis_grid, check_target, resample_volumes
 from .nifti import (
@@ -306,6 +306,7 @@ def _ingest_block(
     gzip_index: bytes | None,
     resample: tuple | None = None,
     step: int | None = None,
+    compiled: bool | None = None,
 ) -> int:
     """Task: read volumes ``start:stop``, (resample,) smooth, mask, write rows, flag the block.
 
@@ -313,6 +314,8 @@ def _ingest_block(
     float32 row buffer, written to the store in a single call.
     ``resample`` is ``(run_affine, grid_affine, grid_shape, vmin, vmax)``
     when the volumes go onto another grid first (see :mod:`daskglm.grid`).
+    ``compiled`` chooses the smoothing filter (see
+    :func:`daskglm._volume.smooth_and_mask`; the same numbers either way).
     """
     step = step or (stop - start)
     plan = _volume.mask_plan(crop, sigma)  # once per task, not once per read
@@ -325,7 +328,8 @@ def _ingest_block(
             volumes = source[..., a - start:b - start]
         if resample is not None:
             volumes = resample_volumes(volumes, *resample)
-        _volume.smooth_and_mask(volumes, crop, sigma, out=rows[a - start:b - start], plan=plan)
+        _volume.smooth_and_mask(volumes, crop, sigma, out=rows[a - start:b - start], plan=plan,
+                                compiled=compiled)
         del volumes
     group = _open_group(store, "r+", storage_options)
     group["bold"][start:stop, :] = rows
@@ -761,10 +765,11 @@ class _Ingestion:
         crop_key, index_key = _shared(crop), _shared(self.gzip_index)
         step = _plan.volumes_per_read(max(int(np.prod(info.volume_shape)), int(np.prod(crop_shape))),
                                       plan.t_chunk)
+        compiled = _smoothing.AVAILABLE and _plan.compiled_smoothing_pays(crop.mask.size, info.n_scans)
         return [
             dask.delayed(_ingest_block, pure=False)(
                 self.store, self.storage_options, blocks[b], b, start, stop, crop_key, sigma, index_key,
-                resample, step,
+                resample, step, compiled,
             )
             for b, (start, stop) in enumerate(bounds)
             if not self.done[b]

@@ -61,3 +61,11 @@ def test_explicit_sizes_are_clipped_and_validated():
             _plan.plan_chunks(10, 50, 100, t_chunk=bad)
         with pytest.raises(ValueError, match="v_chunk"):
             _plan.plan_chunks(10, 50, 100, v_chunk=bad)
+
+
+def test_compiled_smoothing_only_for_runs_that_pay_for_numba():
+    # FIAC-sized: 64 x 64 x 30 crop, 191 scans -> scipy; HCP-sized: 79 x 107 x 87, 1200 scans -> compiled
+    assert not _plan.compiled_smoothing_pays(64 * 64 * 30, 191)
+    assert _plan.compiled_smoothing_pays(79 * 107 * 87, 1200)
+    limit = _plan.COMPILED_SMOOTHING_MIN_VOXELS
+    assert _plan.compiled_smoothing_pays(limit, 1) and not _plan.compiled_smoothing_pays(limit - 1, 1)
