@@ -280,6 +280,13 @@ def _task_profile(tasks: list[dict], spans: list[tuple[str, float, float]], n_wo
     return phases
 
 
+def _work_bytes(spec: dict) -> int:
+    """The data size ``FirstLevelModel.fit`` gives its embedded cluster, from the runs' headers."""
+    from daskglm.nifti import inspect_run
+
+    return sum(inspect_run(run).data_bytes for run in spec["runs"])
+
+
 def _worker_daskglm(spec: dict) -> dict:
     t0 = time.time()
     import contextlib
@@ -296,7 +303,8 @@ def _worker_daskglm(spec: dict) -> dict:
     designs = _designs(spec)
     stream = None
     start = time.time()
-    manager = get_client(None, n_workers=spec["workers"], memory_limit=spec["memory_limit_per_worker"])
+    manager = get_client(None, n_workers=spec["workers"], memory_limit=spec["memory_limit_per_worker"],
+                         work_bytes=_work_bytes(spec))
     client = manager.__enter__()
     try:
         timeline.spans.append(("cluster_start", start, time.time()))
@@ -364,7 +372,8 @@ def _worker_roofline(spec: dict) -> dict:
     timeline = _Timeline()
     model_module.save_fits = timeline.wrap("fit_compute", model_module.save_fits)
     designs = _designs(spec)
-    with get_client(None, n_workers=spec["workers"], memory_limit=spec["memory_limit_per_worker"]) as client:
+    with get_client(None, n_workers=spec["workers"], memory_limit=spec["memory_limit_per_worker"],
+                    work_bytes=_work_bytes(spec)) as client:
         info = _cluster_info(client)
         client.run(_warm_up)  # worker-side imports: not part of either figure
         probe = _cpu_probe(client)

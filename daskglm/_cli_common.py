@@ -131,8 +131,10 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def cluster(args: argparse.Namespace) -> Iterator[Any]:
+def cluster(args: argparse.Namespace, work_bytes: int | None = None) -> Iterator[Any]:
     """:func:`daskglm.cluster.get_client` from ``--scheduler``, ``--n-workers``, ``--memory-limit``.
+
+    ``work_bytes``: the size of the runs to process (see :func:`daskglm.cluster.get_client`).
 
     A bad or unreachable ``--scheduler`` is reported as such. Inside the block,
     computations show progress bars when ``--verbose`` > 0
@@ -143,7 +145,7 @@ def cluster(args: argparse.Namespace) -> Iterator[Any]:
     with contextlib.ExitStack() as stack:
         try:
             client = stack.enter_context(get_client(args.scheduler, n_workers=args.n_workers,
-                                                    memory_limit=args.memory_limit))
+                                                    memory_limit=args.memory_limit, work_bytes=work_bytes))
         except (ValueError, OSError) as exc:
             if args.scheduler is None:
                 raise

@@ -419,7 +419,7 @@ def run_fit(args: argparse.Namespace) -> int:
                   signal_scaling=_SIGNAL_SCALING[args.signal_scaling], random_state=args.random_state,
                   store=args.store, t_chunk=args.t_chunk, v_chunk=args.v_chunk, minimize_memory=True,
                   verbose=max(0, args.verbose), **design_params)
-    with cluster(args) as client:
+    with cluster(args, sum(info.data_bytes for info in infos)) as client:
         where = f"dask's local {args.scheduler} scheduler" if client is None else client
         say(args, 1, f"fitting {len(runs)} run(s) ({args.noise_model}, {designs[0].shape[1]} regressors) on {where}")
         model = FirstLevelModel(client=client, **params)

@@ -466,12 +466,24 @@ def label_covariances(X: np.ndarray, label_values: np.ndarray) -> np.ndarray:
     Returns
     -------
     ndarray, shape (L, p, p)
+        ``pinv(WX) pinv(WX)'`` (scipy's pinv cutoff), from one batched SVD
+        per 64 labels.
     """
     X = np.asarray(X, dtype=np.float64)
-    out = np.empty((len(label_values), X.shape[1], X.shape[1]))
-    for index, coeffs in enumerate(np.asarray(label_values, dtype=np.float64)):
-        pinv = _whitened_pinv(X, coeffs)[1]
-        out[index] = pinv @ pinv.T
+    coeffs = np.asarray(label_values, dtype=np.float64).reshape(len(label_values), -1)
+    n, p = X.shape
+    out = np.empty((len(coeffs), p, p))
+    for lo in range(0, len(coeffs), 64):  # whitened designs of 64 labels at a time, one batched SVD
+        c = coeffs[lo:lo + 64]
+        wx = np.repeat(X[None], len(c), axis=0)
+        for k in range(1, c.shape[1] + 1):
+            wx[:, k:] -= c[:, k - 1, None, None] * X[None, :-k]
+        _, sv, vt = np.linalg.svd(wx, full_matrices=False)
+        # scipy.linalg.pinv's cutoff (nilearn's): singular values above max(n, p) * eps * s_max
+        keep = sv > (max(n, p) * np.finfo(np.float64).eps) * sv[:, :1]
+        inv2 = np.where(keep, 1.0 / np.where(keep, sv, 1.0) ** 2, 0.0)
+        # pinv pinv' = V diag(1 / s^2) V'
+        out[lo:lo + len(c)] = np.einsum("lki,lk,lkj->lij", vt, inv2, vt)
     return out
 
 

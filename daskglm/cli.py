@@ -90,6 +90,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .fixed_effects import compute_fixed_effects
     from .maps import save_nifti
     from .model import FirstLevelModel
+    from .nifti import inspect_run
 
     out = Path(args.output).resolve()
     maps = out / "maps"
@@ -99,7 +100,8 @@ def _demo(args: argparse.Namespace) -> int:
     say(args, 1, f"simulated FIAC-shaped data in {out / 'data'}")
     runs = [data["func1"], data["func2"]]
     designs = [pd.DataFrame(np.load(data[f"design_matrix{r}"])["X"]) for r in (1, 2)]
-    with cluster(args) as client:
+    work_bytes = sum(inspect_run(run).data_bytes for run in runs)
+    with cluster(args, work_bytes) as client:
         where = f"dask's local {args.scheduler} scheduler" if client is None else (
             getattr(client, "cluster", None) or client)
         say(args, 1, f"running on {where}")

@@ -12,7 +12,9 @@ Resolution order of :func:`get_client`:
 5. ``DASK_SCHEDULER_ADDRESS`` from the environment;
 6. an embedded :class:`distributed.LocalCluster` of single-threaded worker
    processes, one per core available to this process, closed when the work
-   is done.
+   is done; for small data (``work_bytes`` below the dask config
+   ``daskglm.threads-below``, 512 MiB) one worker with a thread per core in
+   this process instead.
 
 A client that :func:`get_client` created is closed on exit; one it found is
 left alone.
@@ -113,14 +115,49 @@ def _worker_malloc() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _local_cluster_kwargs(n_workers: int | None, memory_limit: str | int | None) -> dict:
+#: dask config key: runs smaller than this (bytes of data, uncompressed) are
+#: processed by an embedded cluster of threads in this process.
+THREADS_BELOW_KEY = "daskglm.threads-below"
+#: Default of :data:`THREADS_BELOW_KEY`. A FIAC-sized pair of runs (94 MB) is
+#: done in a few seconds, of which worker processes would add several more
+#: (spawning, importing daskglm, numba and zarr in each, shipping tasks);
+#: HCP-sized runs (2 GB each) are worth processes: no GIL between the blocks.
+DEFAULT_THREADS_BELOW = 512 * 2**20
+
+
+def threads_below() -> int:
+    """:data:`THREADS_BELOW_KEY` from dask's config (bytes; 0: always worker processes)."""
+    value = dask.config.get(THREADS_BELOW_KEY, DEFAULT_THREADS_BELOW)
+    try:
+        number = dask.utils.parse_bytes(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or not number >= 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"dask config {THREADS_BELOW_KEY!r} must be a non-negative number of bytes "
+                         f"(or a string such as '512 MiB'); got {value!r}") from None
+    return int(number)
+
+
+def _local_cluster_kwargs(n_workers: int | None, memory_limit: str | int | None,
+                          work_bytes: int | None = None) -> dict:
+    """``LocalCluster`` arguments: worker processes, or threads in this process for small work.
+
+    Threads are used when ``work_bytes`` (the size of the data to process) is
+    known and below :func:`threads_below`, and no ``memory_limit`` is asked
+    for (a limit is enforced per worker process); ``n_workers`` is then the
+    number of threads.
+    """
     from dask.system import CPU_COUNT  # cores this process may use (affinity, cgroup quota)
 
     if n_workers is not None and (not isinstance(n_workers, int) or isinstance(n_workers, bool)
                                   or n_workers < 1):
         raise ValueError(f"n_workers must be a positive integer or None; got {n_workers!r}")
+    workers = n_workers or max(1, CPU_COUNT)
+    if work_bytes is not None and memory_limit is None and work_bytes < threads_below():
+        return {"n_workers": 1, "threads_per_worker": workers, "processes": False,
+                "memory_limit": "auto", "dashboard_address": "127.0.0.1:0"}
     return {
-        "n_workers": n_workers or max(1, CPU_COUNT),
+        "n_workers": workers,
         "threads_per_worker": 1,
         "processes": True,
         "host": "127.0.0.1",
@@ -157,6 +194,7 @@ def get_client(
     client: Any = None,
     n_workers: int | None = None,
     memory_limit: str | int | None = None,
+    work_bytes: int | None = None,
 ) -> Iterator[Any]:
     """Context manager yielding the client to run on (or ``None`` for a local scheduler).
 
@@ -173,6 +211,12 @@ def get_client(
     memory_limit : str or int, optional
         Memory limit per worker of an embedded ``LocalCluster`` (``"4GiB"``,
         bytes, or ``"auto"``: the available memory split between the workers).
+    work_bytes : int, optional
+        Size of the data the embedded cluster will process (uncompressed
+        bytes of the runs). Below the dask config ``daskglm.threads-below``
+        (default 512 MiB) and without ``memory_limit``, the embedded cluster
+        is one worker of ``n_workers`` threads in this process instead of
+        worker processes: small analyses do not pay for starting processes.
 
     Yields
     ------
@@ -223,10 +267,19 @@ def get_client(
             with remote.as_current():
                 yield remote
         return
-    with _worker_malloc(), LocalCluster(**_local_cluster_kwargs(n_workers, memory_limit)) as cluster:
-        with Client(cluster, set_as_default=False) as local:
-            with local.as_current():
-                yield local
+    kwargs = _local_cluster_kwargs(n_workers, memory_limit, work_bytes)
+    with contextlib.ExitStack() as stack:
+        if not kwargs["processes"]:
+            # Threads of this process: one BLAS thread each, so threads x BLAS threads = cores
+            # (worker processes get the same from dask's OPENBLAS/OMP/MKL_NUM_THREADS=1).
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
+        stack.enter_context(_worker_malloc())
+        cluster = stack.enter_context(LocalCluster(**kwargs))
+        local = stack.enter_context(Client(cluster, set_as_default=False))
+        with local.as_current():
+            yield local
 
 
 _VERBOSE: contextvars.ContextVar[int] = contextvars.ContextVar("daskglm_verbose", default=0)

@@ -235,7 +235,8 @@ class FirstLevelModel:
         self.t_r_ = t_r
         stores = [self._store_for(info, index) for index, info in enumerate(infos)]
         datasets = []
-        with get_client(self.client) as client, verbosity(self.verbose):
+        work_bytes = sum(int(info.data_bytes) for info in infos)  # an embedded cluster's size
+        with get_client(self.client, work_bytes=work_bytes) as client, verbosity(self.verbose):
             mask_img = self.mask_img
             if mask_img is None and len(runs) > 1:
                 mask_img = self._multi_run_mask(runs, client)

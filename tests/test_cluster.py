@@ -234,3 +234,40 @@ def test_progress_bar_shows_for_long_work_and_is_switchable_off(where, capsys, c
     with pytest.raises(ValueError, match="verbose must be a non-negative integer; got -1"):
         with cluster_mod.verbosity(-1):
             pass
+
+
+def test_small_work_runs_on_threads_in_this_process_and_large_on_processes():
+    import dask
+
+    from daskglm.cluster import DEFAULT_THREADS_BELOW, THREADS_BELOW_KEY
+
+    small = _local_cluster_kwargs(None, None, work_bytes=DEFAULT_THREADS_BELOW - 1)
+    assert small["processes"] is False and small["n_workers"] == 1
+    large = _local_cluster_kwargs(None, None, work_bytes=DEFAULT_THREADS_BELOW)
+    assert large["processes"] is True and large["threads_per_worker"] == 1
+    # a memory limit is per worker process: asked for, processes it is
+    assert _local_cluster_kwargs(2, "1GiB", work_bytes=10)["processes"] is True
+    assert _local_cluster_kwargs(3, None, work_bytes=10)["threads_per_worker"] == 3
+    with dask.config.set({THREADS_BELOW_KEY: 0}):
+        assert _local_cluster_kwargs(None, None, work_bytes=10)["processes"] is True
+    with dask.config.set({THREADS_BELOW_KEY: "1 GiB"}):
+        assert _local_cluster_kwargs(None, None, work_bytes=2**29)["processes"] is False
+    with dask.config.set({THREADS_BELOW_KEY: "lots"}), pytest.raises(ValueError, match="threads-below.*lots"):
+        _local_cluster_kwargs(None, None, work_bytes=10)
+
+
+def test_threaded_embedded_cluster_runs_in_this_process_with_one_blas_thread():
+    import os
+
+    from threadpoolctl import threadpool_info
+
+    def where():
+        return os.getpid(), [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    with get_client(None, n_workers=2, work_bytes=1000) as client:
+        assert len(client.scheduler_info()["workers"]) == 1
+        assert sum(client.nthreads().values()) == 2
+        pid, blas = client.submit(where, pure=False).result()
+        assert pid == os.getpid() and blas and all(n == 1 for n in blas)
+    with get_client(None, n_workers=1, work_bytes=10**12) as client:
+        assert client.submit(where, pure=False).result()[0] != os.getpid()
