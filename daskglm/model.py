@@ -36,7 +36,7 @@ from .fit import check_bins, fit_run, voxelwise_run
 from .grid import check_target
 from .maps import scatter_to_volume
 from .nifti import RunInfo, inspect_run, is_url
-from .store import ingest_runs, mean_image, open_run, reopen_fit, save_fits
+from .store import ingest_runs, mean_image, reopen_fit, save_fits
 
 __all__ = ["FirstLevelModel", "default_store_root"]
 
@@ -242,15 +242,15 @@ class FirstLevelModel:
                 mask_img = self._multi_run_mask(runs, client)
             # Every run's blocks in one computation (a run given twice is ingested once).
             unique = {store: run for run, store in zip(runs, stores)}
-            ingest_runs(
+            # Whole voxel columns: one read task per fit block (a small graph).
+            opened = dict(zip(unique, ingest_runs(
                 list(unique.values()), list(unique), mask_img=mask_img, smoothing_fwhm=self.smoothing_fwhm,
                 t_chunk=self.t_chunk, v_chunk=self.v_chunk, client=client,
                 storage_options=self.storage_options, target_affine=self.target_affine,
-                target_shape=self.target_shape,
-            )
+                target_shape=self.target_shape, columns=True,
+            )))
             for index, store in enumerate(stores):
-                # Whole voxel columns: one read task per fit block (a small graph).
-                ds = open_run(store, self.storage_options, columns=True)
+                ds = opened[store]
                 if index == 0:
                     self.mask_img_ = self._mask_image(ds)
                 if masks[index] is not None:

@@ -629,6 +629,7 @@ def ingest_runs(
     overwrite: bool = False,
     target_affine: Any = None,
     target_shape: Any = None,
+    columns: bool = False,
 ) -> list[xr.Dataset]:
     """:func:`ingest_run` for several runs at once, one store each.
 
@@ -645,6 +646,8 @@ def ingest_runs(
     mask_img, smoothing_fwhm, t_chunk, v_chunk, client, storage_options, compressor, overwrite, target_affine, target_shape
         As :func:`ingest_run`, for every run (``mask_img=None``: each run's own
         ``compute_epi_mask``).
+    columns : bool
+        Open the stores in whole voxel columns (see :func:`open_run`).
 
     Returns
     -------
@@ -668,7 +671,7 @@ def ingest_runs(
     with contextlib.ExitStack() as locks:
         for url in sorted(urls):
             locks.enter_context(store_lock(url))
-        results: list[xr.Dataset | None] = [job.reuse(overwrite) for job in jobs]
+        results: list[xr.Dataset | None] = [job.reuse(overwrite, columns) for job in jobs]
         todo = [job for job, done in zip(jobs, results) if done is None]
         index_tasks = {id(job): _gzip_index_task(job.info, job.storage_options)
                        for job in todo if not job.resume}
@@ -680,7 +683,7 @@ def ingest_runs(
         tasks = [task for job in todo for task in job.tasks()]
         if tasks:
             compute(*tasks, client=client)
-        return [done if done is not None else job.finish() for job, done in zip(jobs, results)]
+        return [done if done is not None else job.finish(columns) for job, done in zip(jobs, results)]
 
 
 class _Ingestion:
@@ -701,14 +704,14 @@ class _Ingestion:
                                         t_chunk, v_chunk, self.compressor, target)
         self.resume = False
 
-    def reuse(self, overwrite: bool) -> xr.Dataset | None:
+    def reuse(self, overwrite: bool, columns: bool = False) -> xr.Dataset | None:
         """The store opened if it is complete and up to date; else None (resume or rebuild)."""
         existing = None if overwrite else _read_attrs(self.store, self.storage_options)
         self.existing = existing
         self.resume = _same_store(existing, self.fingerprint)
         if self.resume and existing.get("complete"):
             logger.info("reusing complete store %s", self.store)
-            return open_run(self.store, self.storage_options)
+            return open_run(self.store, self.storage_options, columns=columns)
         if existing is not None and not self.resume and not overwrite:
             warnings.warn(f"the store at {self.store!r} {_rebuild_reason(existing)}: rebuilding it",
                           UserWarning, stacklevel=4)
@@ -775,14 +778,14 @@ class _Ingestion:
             if not self.done[b]
         ]
 
-    def finish(self) -> xr.Dataset:
+    def finish(self, columns: bool = False) -> xr.Dataset:
         """Check every block is flagged, then mark the store complete (last) and open it."""
         group = _open_group(self.store, "r+", self.storage_options)
         if not np.asarray(group["ingest_done"][:], dtype=bool).all():
             raise StoreIncompleteError(f"ingestion into {self.store!r} did not write every block")
         _sweep_partials(self.store)
         group.attrs["complete"] = True  # last: only now is the store usable
-        return open_run(self.store, self.storage_options)
+        return open_run(self.store, self.storage_options, columns=columns)
 
 
 def _gzip_index_task(info: RunInfo, storage_options: dict | None) -> Any:
