@@ -525,6 +525,28 @@ def _line(tool: str, size: str, rep: int, n: int, r: dict) -> str:
             f"{r['peak_rss_bytes'] / MiB:.0f} MiB{extra} [{_fmt_phases(r['phases_s'])}]")
 
 
+def _set_cache(mode: str, paths: list[str]) -> None:
+    """Put every tool's inputs in the same page-cache state before its child starts (not timed).
+
+    ``warm``: read each input file once, so every run starts with its inputs in
+    memory (whatever an earlier run or data generation evicted); ``cold``: write
+    back and drop the page cache (root only), so every run reads from disk;
+    ``asis``: leave it.
+    """
+    start = time.perf_counter()
+    if mode == "warm":
+        for path in paths:
+            with open(path, "rb") as f:
+                while f.read(16 * MiB):
+                    pass
+    elif mode == "cold":
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    else:
+        return
+    print(f"  page cache: {mode} ({time.perf_counter() - start:.1f} s, not timed)", flush=True)
+
+
 def _spec(size: str, data: dict, contrasts: dict, args: argparse.Namespace, workers: int | None,
           memory_limit: str | None, store: Path, zmaps: Path) -> dict:
     from dask.system import CPU_COUNT
@@ -560,6 +582,7 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
         for tool, workers, tag in configs:
             store = (_data_root() / f"stores-{size}" if args.keep_stores else rep_dir / f"stores-{tag}")
             spec = _spec(size, data, contrasts, args, workers, memory_limit, store, rep_dir / f"z-{tag}.npz")
+            _set_cache(args.cache, [*spec["runs"], spec["mask"]])
             result = _run_child(tool, spec, rep_dir, tag, args.timeout)
             record = {"size": size, "tool": tool, "tag": tag, "repeat": rep, "workers_option": workers,
                       "memory_limit_total": memory_limit, "fresh_store": not args.keep_stores, **result}
@@ -711,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="daskglm: record the task stream; print worker compute time per phase")
     parser.add_argument("--smoothing-fwhm", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per child process")
+    parser.add_argument("--cache", choices=("warm", "cold", "asis"), default="warm",
+                        help="page-cache state of the inputs before each tool's run: warm (read them "
+                             "first), cold (drop the page cache; root), asis (default: %(default)s)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write all results as JSON to OUT")
     args = parser.parse_args(argv)
     sizes = [s.strip() for s in args.size.split(",") if s.strip()]

@@ -168,26 +168,45 @@ def save_fits(
             run = open_run(url, storage_options)
             coords = {n: run[n] for n in "ijk"}
         if in_memory:
-            return _read(url, name, storage_options, written, coords)
+            return _in_memory(url, name, storage_options, written, coords)
         return _open_lazy(url, name, storage_options, coords, LAZY_CHUNK_BYTES)
 
-    return _save(fits, [_url(store) for store in stores], name, storage_options, client, read)
+    return _save(fits, [_url(store) for store in stores], name, storage_options, client, read, eager=in_memory)
+
+
+def _computed(outs: dict[int, xr.Dataset], client: Any) -> None:
+    """Compute the dask variables of ``outs`` in one computation, in place, keeping their chunks
+    as the zarr chunks to write."""
+    lazy = [(i, key) for i, out in outs.items() for key in out.data_vars if isinstance(out[key].data, da.Array)]
+    values = compute(*[outs[i][key].data for i, key in lazy], client=client)
+    for (i, key), value in zip(lazy, values):
+        chunks = tuple(int(c[0]) for c in outs[i][key].data.chunks)
+        outs[i][key] = outs[i][key].copy(data=np.asarray(value))
+        outs[i][key].encoding["chunks"] = chunks
 
 
 def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_options: dict | None,
-          client: Any, read: Any) -> list[Any]:
+          client: Any, read: Any, eager: bool = False) -> list[Any]:
     """Write the fits (one computation per round of distinct stores, under their locks), then
-    ``read(fit, url, written)`` each, the locks still held: what is read is what was written."""
+    ``read(fit, url, written)`` each, the locks still held: what is read is what was written.
+
+    ``eager``: compute the fits into this process first and write them from here (small fits:
+    no write tasks, and ``written`` holds the values, so nothing needs reading back); else the
+    workers write their blocks.
+    """
     results: list[Any] = [None] * len(fits)
     for indexes in _rounds(urls):
         with contextlib.ExitStack() as locks:  # not interleaved with another process's ingestion or fit
             for url in sorted({urls[i] for i in indexes}):
                 locks.enter_context(store_lock(url))
             outs = {i: _to_write(fits[i]) for i in indexes}
+            if eager:
+                _computed(outs, client)
             writes = [outs[i].to_zarr(urls[i], group=name, mode="w", consolidated=False, zarr_format=3,
-                                      compute=False, **_fsspec_kwargs(urls[i], storage_options))
+                                      compute=eager, **_fsspec_kwargs(urls[i], storage_options))
                       for i in indexes]
-            compute(*writes, client=client)
+            if not eager:
+                compute(*writes, client=client)
             for i in indexes:
                 group = f"{urls[i].rstrip('/')}/{name}"
                 _sweep_partials(group)
@@ -260,16 +279,14 @@ def _complete_group(store: str, name: str, storage_options: dict | None) -> Any:
     return group
 
 
-def _read(store: str, name: str, storage_options: dict | None, written: xr.Dataset,
-          coords: dict) -> xr.Dataset:
-    """The fit in group ``name`` read into numpy straight from zarr (no dask), as :func:`open_fit` gives it.
-
-    ``written`` is the Dataset that was written (its variables' dimensions).
-    """
+def _in_memory(store: str, name: str, storage_options: dict | None, written: xr.Dataset,
+               coords: dict) -> xr.Dataset:
+    """The fit just written in group ``name`` (``written``, numpy), as :func:`open_fit` gives it
+    once loaded: the group's attributes (read back: it must be complete), the values written."""
     group = _complete_group(store, name, storage_options)
     attrs = dict(group.attrs)
     regressors = list(attrs.pop("regressors"))
-    data = {key: (written[key].dims, group[key][...]) for key in written.data_vars}
+    data = {key: (written[key].dims, np.asarray(written[key].values)) for key in written.data_vars}
     return xr.Dataset(data, coords={**coords, "regressor": regressors, "regressor_": regressors},
                       attrs={**attrs, "store": store})
 

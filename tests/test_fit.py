@@ -165,7 +165,7 @@ def test_save_fits_is_one_computation_equal_to_save_fit(fiac_small, tmp_path, mo
     real = fitstore.compute
     monkeypatch.setattr(fitstore, "compute", lambda *a, **k: calls.append(len(a)) or real(*a, **k))
     in_memory = save_fits(fits, stores, client="threads", in_memory=True)
-    assert calls == [2]  # one computation writes both groups
+    assert calls == [6]  # one computation of both runs' beta, sigma2, label_index (then written from here)
     for got, expected in zip(in_memory, alone):
         assert all(isinstance(got[n].data, np.ndarray) for n in got.variables)
         xr.testing.assert_identical(got, expected)
