@@ -201,6 +201,11 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_option
                 locks.enter_context(store_lock(url))
             outs = {i: _to_write(fits[i]) for i in indexes}
             if eager:
+                # Every group of the round emptied and marked incomplete before any is computed
+                # or written, as to_zarr(compute=False) does below: a kill leaves no old fit
+                # marked complete beside a new one.
+                for i in indexes:
+                    _open_group(f"{urls[i].rstrip('/')}/{name}", "w", storage_options).attrs["complete"] = False
                 _computed(outs, client)
             writes = [outs[i].to_zarr(urls[i], group=name, mode="w", consolidated=False, zarr_format=3,
                                       compute=eager, **_fsspec_kwargs(urls[i], storage_options))
