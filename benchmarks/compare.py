@@ -577,7 +577,8 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
     if args.scaling and "daskglm" in tools and SIZES[size].get("scaling", True):
         configs.append(("daskglm", 1, "daskglm-w1"))
     records: list[dict] = []
-    for rep in range(1, args.repeat + 1):
+    repeat = args.repeats.get(size, args.repeats.get("*", 1))
+    for rep in range(1, repeat + 1):
         rep_dir = work / f"{size}-rep{rep}"
         rep_dir.mkdir(parents=True, exist_ok=True)
         zmaps: dict[str, str] = {}
@@ -588,7 +589,7 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
             result = _run_child(tool, spec, rep_dir, tag, args.timeout)
             record = {"size": size, "tool": tool, "tag": tag, "repeat": rep, "workers_option": workers,
                       "memory_limit_total": memory_limit, "fresh_store": not args.keep_stores, **result}
-            print(_line(tag, size, rep, args.repeat, result), flush=True)
+            print(_line(tag, size, rep, repeat, result), flush=True)
             zmaps[tag] = spec["zmaps"]
             if tag == "daskglm" and args.roofline:
                 post = _run_child("roofline", {**spec, "stores": result["stores"]}, rep_dir, f"{tag}-roofline",
@@ -599,7 +600,7 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
                 record["roofline_cpu_s"] = post["roofline_cpu_s"]
                 record["fit_alone_cpu_s"] = post["fit_alone_cpu_s"]
                 record["voxel_blocks"] = post["voxel_blocks"]
-                print(f"{'roofline':8s} {size} {rep}/{args.repeat}: one pinv(X) @ Y pass over the stores "
+                print(f"{'roofline':8s} {size} {rep}/{repeat}: one pinv(X) @ Y pass over the stores "
                       f"{post['roofline_s']:.2f} s, CPU {post['roofline_cpu_s']:.1f} s ({post['voxel_blocks']} voxel "
                       f"columns); fit alone on ingested stores {post['fit_alone_s']:.2f} s, CPU "
                       f"{post['fit_alone_cpu_s']:.1f} s = {post['fit_alone_s'] / post['roofline_s']:.1f}x roofline "
@@ -636,7 +637,8 @@ def _summarise(size: str, records: list[dict], args: argparse.Namespace) -> dict
         groups.setdefault(key, []).append(r)
     summary: dict[str, Any] = {"size": size, "shape": list(SIZES[size]["shape"]), "n_scans": SIZES[size]["n_scans"],
                                "n_runs": SIZES[size]["n_runs"], "tools": {}}
-    print(f"\n[{size}] summary over {args.repeat} repeat(s) (median; all values)")
+    print(f"\n[{size}] summary over {len(records) // max(1, len({r['tag'] for r in records}))} repeat(s) "
+          "(median; all values)")
     for key, rs in groups.items():
         walls = [round(r["wall_s"], 2) for r in rs]
         peaks = [round(r["peak_rss_bytes"] / MiB, 1) for r in rs]
@@ -726,7 +728,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="fiac",
                         help=f"one or more of {', '.join(SIZES)}, comma-separated (default: %(default)s)")
     parser.add_argument("--tools", default="nilearn,daskglm", help="comma-separated subset of nilearn,daskglm")
-    parser.add_argument("--repeat", type=int, default=1, help="repeats per tool (median reported)")
+    parser.add_argument("--repeat", default="1",
+                        help="repeats per tool (median reported): N for every size, or per size, "
+                             "e.g. fiac=3,hcp=1 (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None,
                         help="daskglm: worker processes of the LocalCluster (default: daskglm's default, one per core)")
     parser.add_argument("--memory-limit", default=None,
@@ -751,7 +755,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [s.strip() for s in args.size.split(",") if s.strip()]
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     bad = [s for s in sizes if s not in SIZES] + [t for t in args.tools if t not in TOOLS]
-    if bad or not sizes or not args.tools or args.repeat < 1 or (args.workers is not None and args.workers < 1):
+    try:  # "3" for every size, or "fiac=3,hcp=1" (sizes not named: 1)
+        args.repeats = ({"*": int(args.repeat)} if "=" not in args.repeat else
+                        {k.strip(): int(v) for k, v in (item.split("=") for item in args.repeat.split(","))})
+    except ValueError:
+        args.repeats = {}
+    if (bad or not sizes or not args.tools or not args.repeats or min(args.repeats.values()) < 1
+            or (args.workers is not None and args.workers < 1)):
         parser.error(f"invalid --size/--tools/--repeat/--workers: {bad or (sizes, args.tools, args.repeat)}")
 
     from daskglm.cli import WALKTHROUGH_CONTRASTS
