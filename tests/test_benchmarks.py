@@ -86,3 +86,12 @@ def test_measured_kills_leftover_processes(tmp_path):
     import psutil
 
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_kernel_benchmark_runs_and_checks_its_pairs():
+    """benchmarks/kernels.py: each fast kernel timed against the one it replaces, results compared."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--repeat", "1"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "same labels" in proc.stdout and "moments" in proc.stdout
+    assert "bit-identical" in proc.stdout or "numba is not installed" in proc.stdout
