@@ -19,6 +19,7 @@ doing a single ``pinv(X) @ Y`` per voxel column, on the same kind of cluster)
 and the fit alone on already-ingested data (``FirstLevelModel.fit`` reusing the
 complete stores).
 
+    python benchmarks/compare.py --size fiac,hcp,hcp8 --repeat fiac=3 --scaling --json issue7.json
     python benchmarks/compare.py --size fiac --repeat 3
     python benchmarks/compare.py --size hcp --json hcp.json
     python benchmarks/compare.py --size hcp8 --memory-limit 3GiB
@@ -27,6 +28,9 @@ complete stores).
 
 Data are simulated once with ``daskglm.datasets.simulate_fiac`` into
 ``$DASKGLM_BENCH_DATA`` (default ``~/.cache/daskglm/bench``), outside git.
+Before each tool's run its input files are read once (``--cache warm``, not
+timed), so that every run starts with its inputs in the page cache whatever
+ran before (``cold`` drops the page cache instead; hcp8's 16 GB stay as they are).
 """
 
 from __future__ import annotations
