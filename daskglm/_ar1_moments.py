@@ -144,6 +144,11 @@ def _build(X: np.ndarray, bins: int) -> MomentDesign | None:
                         label_inv, label_error, float(gram_error), int(bins), n - p)
 
 
+def design_key(X: np.ndarray) -> bytes:
+    """A digest of a design's shape and values: the key of the per-process design caches."""
+    return hashlib.sha1(repr(X.shape).encode() + np.ascontiguousarray(X).tobytes()).digest()
+
+
 class _Cache:
     """Per-process cache of :class:`MomentDesign` (every block of a run shares its design)."""
 
@@ -152,7 +157,7 @@ class _Cache:
         self.entries: dict[tuple[bytes, int], MomentDesign | None] = {}
 
     def get(self, X: np.ndarray, bins: int) -> MomentDesign | None:
-        key = (hashlib.sha1(repr(X.shape).encode() + np.ascontiguousarray(X).tobytes()).digest(), int(bins))
+        key = (design_key(X), int(bins))
         if key not in self.entries:
             if len(self.entries) >= self.size:
                 self.entries.pop(next(iter(self.entries)))

@@ -398,11 +398,7 @@ class _PinvCache:
         self._dofs: dict[bytes, int] = {}
         self._bytes = 0
 
-    @staticmethod
-    def design_key(X: np.ndarray) -> bytes:
-        import hashlib
-
-        return hashlib.sha1(repr(X.shape).encode() + np.ascontiguousarray(X).tobytes()).digest()
+    design_key = staticmethod(_ar1_moments.design_key)
 
     def pinv(self, X: np.ndarray, coeffs: np.ndarray, key: bytes | None = None) -> np.ndarray:
         entry = (key or self.design_key(X), np.asarray(coeffs, np.float64).tobytes())
