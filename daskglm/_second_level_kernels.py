@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _kernels, _stats
-from ._volume import TRUNCATE, fwhm_to_sigma
+from ._smoothing import kernel_radius
+from ._volume import fwhm_to_sigma
 
 __all__ = ["ols_contrast", "smoothing_halo"]
 
@@ -35,8 +36,7 @@ def smoothing_halo(fwhm: float | None, affine: np.ndarray) -> int:
     int
         0 without smoothing.
     """
-    sigma = float(fwhm_to_sigma(fwhm, affine)[0])
-    return int(TRUNCATE * sigma + 0.5) if sigma > 0 else 0
+    return kernel_radius(float(fwhm_to_sigma(fwhm, affine)[0]))
 
 
 def ols_contrast(

@@ -42,6 +42,11 @@ __all__ = ["AVAILABLE", "SmoothingPlan", "gaussian_weights", "plan_smoothing", "
 TRUNCATE = 4.0
 
 
+def kernel_radius(sigma: float) -> int:
+    """scipy's ``gaussian_filter1d`` radius ``int(4 sigma + 0.5)`` (0 for no smoothing)."""
+    return int(TRUNCATE * float(sigma) + 0.5) if sigma > 0 else 0
+
+
 class SmoothingPlan(NamedTuple):
     """Where each pass is computed, for a box ``(z, y, x)`` of a crop.
 
@@ -79,7 +84,7 @@ def gaussian_weights(sigma: float) -> np.ndarray:
     """
     if not sigma > 0:
         return np.ones(1)
-    radius = int(TRUNCATE * float(sigma) + 0.5)
+    radius = kernel_radius(sigma)
     x = np.arange(-radius, radius + 1)
     phi = np.exp(-0.5 / (float(sigma) * float(sigma)) * x**2)
     return phi / phi.sum()

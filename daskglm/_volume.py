@@ -38,8 +38,6 @@ __all__ = [
     "voxel_sizes",
 ]
 
-#: scipy's default truncation of the Gaussian kernel, in standard deviations.
-TRUNCATE = 4.0
 FWHM_OVER_SIGMA = float(np.sqrt(8 * np.log(2)))
 
 
@@ -126,7 +124,7 @@ def smoothing_crop(mask: np.ndarray, sigma: np.ndarray) -> Crop:
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         present = np.flatnonzero(mask.any(axis=other))
-        radius = int(TRUNCATE * float(sigma[axis]) + 0.5) if sigma[axis] > 0 else 0
+        radius = _smoothing.kernel_radius(float(sigma[axis]))
         lo = max(int(present[0]) - radius, 0)
         hi = min(int(present[-1]) + 1 + radius, mask.shape[axis])
         slices.append(slice(lo, hi))
