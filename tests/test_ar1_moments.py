@@ -185,3 +185,17 @@ def test_label_inverses_are_whitened_covariances():
         pinv = np.linalg.pinv(wx)
         cov = np.diag(1 / design.scale) @ design.label_inv[k + 100] @ np.diag(1 / design.scale)
         np.testing.assert_allclose(cov, pinv @ pinv.T, rtol=1e-9, atol=1e-12 * np.abs(pinv @ pinv.T).max())
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), labels=st.integers(1, 9), p=st.integers(1, 6), v=st.integers(0, 60))
+def test_solve_by_label_equals_one_product_per_voxel(seed, labels, p, v):
+    """Oracle: each voxel's own matrix-vector product (any label order, repeats, absent labels)."""
+    rng = np.random.default_rng(seed)
+    inverses = rng.normal(size=(labels, p, p))
+    index = rng.integers(0, labels, size=v)
+    rhs = rng.normal(size=(p, v))
+    expected = np.zeros((p, v))
+    for j in range(v):
+        expected[:, j] = inverses[index[j]] @ rhs[:, j]
+    np.testing.assert_allclose(M._solve_by_label(inverses, index, rhs), expected, rtol=1e-12, atol=1e-12)
