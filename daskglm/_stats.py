@@ -21,11 +21,11 @@ Statistic definitions (each defined once, here):
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
-from scipy import stats as sps
+from scipy import special
 
 __all__ = [
     "TINY",
@@ -102,26 +102,31 @@ class FixedEffects(NamedTuple):
     z_score: np.ndarray
 
 
-def z_score(p_value: np.ndarray, one_minus_p: np.ndarray | None = None) -> np.ndarray:
-    """z-scores of upper-tail p-values, precise in both tails.
+def z_score(p_value: np.ndarray, lower_tail: Callable[[np.ndarray], np.ndarray] | np.ndarray | None = None
+            ) -> np.ndarray:
+    """z-scores of upper-tail p-values, precise in both tails (nilearn's ``z_score``).
 
     Parameters
     ----------
     p_value : ndarray, shape (v,)
         Upper-tail probabilities (survival function).
-    one_minus_p : ndarray, shape (v,), optional
-        Lower-tail probabilities (cdf) of the same statistic; used where the
+    lower_tail : ndarray, shape (v,), or callable, optional
+        Lower-tail probabilities (cdf) of the same statistic, used where the
         upper tail gives a negative z, which keeps precision for p near 1.
+        A callable gets a boolean mask ``(v,)`` and returns the cdf of those
+        voxels only (nilearn evaluates it everywhere; the values are the same).
 
     Returns
     -------
     ndarray, shape (v,)
         Finite z-scores (|z| <= about 37.5).
     """
-    z = sps.norm.isf(np.clip(np.atleast_1d(p_value), _P_MIN, _P_MAX))
-    if one_minus_p is not None:
-        z_low = sps.norm.ppf(np.clip(np.atleast_1d(one_minus_p), _P_MIN, _P_MAX))
-        z = np.where(z < 0, z_low, z)
+    # norm.isf(p) is -ndtri(p) and norm.ppf(p) is ndtri(p) in scipy, bit for bit.
+    z = -special.ndtri(np.clip(np.atleast_1d(p_value), _P_MIN, _P_MAX))
+    if lower_tail is not None:
+        low = z < 0
+        cdf = lower_tail(low) if callable(lower_tail) else np.atleast_1d(lower_tail)[low]
+        z[low] = special.ndtri(np.clip(cdf, _P_MIN, _P_MAX))
     return z
 
 
@@ -154,15 +159,20 @@ def contrast_stats(effect: np.ndarray, variance: np.ndarray, dof: float, stat_ty
     dof = float(dof)
     df = min(dof, DOF_MAX)
     floor = np.maximum(variance, TINY)
+    # scipy.stats' t.sf / t.cdf are special.stdtr(df, -x) / stdtr(df, x), and f.sf / f.cdf are
+    # fdtrc / fdtr, bit for bit; called directly they skip scipy.stats' argument handling, and
+    # the cdf (for the z of p > 1/2) is evaluated only where it is used.
     if stat_type == "t":
         stat = effect[0] / np.sqrt(floor)
-        p, one_minus_p = sps.t.sf(stat, df), sps.t.cdf(stat, df)
+        p = special.stdtr(df, -stat)
+        z = z_score(p, lambda low: special.stdtr(df, stat[low]))
     elif stat_type == "F":
         stat = np.sum(effect**2, axis=0) / q / floor
-        p, one_minus_p = sps.f.sf(stat, q, df), sps.f.cdf(stat, q, df)
+        p = special.fdtrc(q, df, stat)
+        z = z_score(p, lambda low: special.fdtr(q, df, stat[low]))
     else:
         raise ValueError(f"stat_type must be 't' or 'F'; got {stat_type!r}")
-    return ContrastStats(effect, variance, stat, p, z_score(p, one_minus_p), dof, stat_type)
+    return ContrastStats(effect, variance, stat, p, z, dof, stat_type)
 
 
 def pad_contrast(con: np.ndarray, p: int, stat_type: str | None = None) -> np.ndarray:
