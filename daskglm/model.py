@@ -35,7 +35,7 @@ from .fit import _check_scaling as check_scaling
 from .fit import check_bins, fit_run, voxelwise_run
 from .grid import check_target
 from .maps import scatter_to_volume
-from .nifti import RunInfo, inspect_run, is_url
+from .nifti import RunInfo, inspect_run, is_url, load_image
 from .store import ingest_runs, mean_image, reopen_fit, save_fits
 
 __all__ = ["FirstLevelModel", "default_store_root"]
@@ -61,7 +61,7 @@ def _inspect(run: Any, storage_options: dict | None) -> tuple[RunInfo, Any]:
     """
     if isinstance(run, (str, os.PathLike)) and not is_url(run):
         try:
-            img = nib.load(os.path.expanduser(os.fspath(run)))
+            img = load_image(os.path.expanduser(os.fspath(run)))
         except Exception:  # noqa: BLE001 - whatever it is, inspect_run names it below
             img = None
         if img is not None and isinstance(img.dataobj, nib.arrayproxy.ArrayProxy):

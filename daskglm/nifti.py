@@ -220,6 +220,43 @@ def _gzip_problem(path: str) -> str | None:
     return None
 
 
+def load_image(path: str) -> nib.spatialimages.SpatialImage:
+    """``nibabel.load(path)``, reading a local ``.nii.gz`` header through Python's gzip.
+
+    nibabel opens ``.gz`` files with indexed_gzip when it is installed, whose
+    first read decompresses a large buffer: ~45 ms per header of a FIAC run,
+    against ~2 ms here. The image is the one nibabel would make: file-backed
+    (its array proxy opens the file by name when asked for data), picklable.
+
+    Parameters
+    ----------
+    path : str
+        A local file.
+
+    Returns
+    -------
+    nibabel image
+    """
+    if not path.endswith(".gz"):
+        return nib.load(path)
+    try:
+        with gzip.open(path, "rb") as fobj:
+            first = fobj.read(4)
+            sizes = {int.from_bytes(first, "little"), int.from_bytes(first, "big")} if len(first) == 4 else set()
+            klass = nib.Nifti1Image if 348 in sizes else nib.Nifti2Image if 540 in sizes else None
+            if klass is None:
+                return nib.load(path)  # not NIfTI: nibabel's own sniffing (and message)
+            fobj.seek(0)
+            header = klass.header_class.from_fileobj(fobj)
+    except PermissionError:
+        raise
+    except (OSError, EOFError, nib.spatialimages.HeaderDataError):
+        return nib.load(path)  # not gzip, truncated, a bad header: nibabel names the problem
+    # As nibabel's from_file_map: the header's own affine (an equal affine leaves the header as read).
+    return klass(klass.ImageArrayProxy(path, header.copy()), header.get_best_affine(), header,
+                 file_map=klass.filespec_to_file_map(path))
+
+
 def _load_image(run: Any, role: str) -> tuple[Any, str | None]:
     """Open a path (header only) or accept an image; return (image, abs path or None)."""
     if isinstance(run, (str, os.PathLike)):
@@ -229,7 +266,7 @@ def _load_image(run: Any, role: str) -> tuple[Any, str | None]:
         if path.is_dir():
             raise IsADirectoryError(f"{role} {str(path)!r} is a directory, not a NIfTI file")
         try:
-            img = nib.load(str(path))
+            img = load_image(str(path))
         except PermissionError as exc:  # a file system problem, not a bad value: keep its type
             raise PermissionError(exc.errno, f"{role} {str(path)!r} cannot be read: {exc.strerror}",
                                   str(path)) from exc

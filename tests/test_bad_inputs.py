@@ -23,6 +23,7 @@ scheduler.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import gzip
 import json
@@ -219,7 +220,9 @@ def _nilearn_fit_small(c: Ctx, run: Any) -> Any:
 
 
 def _unreadable(c: Ctx) -> Any:
-    """chmod 000; as root (who reads it anyway) the kernel's EACCES is simulated at nibabel.load."""
+    """chmod 000; as root (who reads it anyway) the kernel's EACCES is simulated where the file is
+    opened: nibabel.load (indexed_gzip opens files in C) and Python's own open (daskglm reads
+    .nii.gz headers through gzip)."""
     path = c.tmp / "unreadable.nii.gz"
     shutil.copy(c.small_run["nii.gz"], path)
     path.chmod(0)
@@ -237,7 +240,14 @@ def _unreadable(c: Ctx) -> Any:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(filename))
         return real_load(filename, *args, **kwargs)
 
-    with mock.patch.object(nib, "load", load):
+    real_open = builtins.open
+
+    def open_(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(os.fspath(file)) == str(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return real_open(file, *args, **kwargs)
+
+    with mock.patch.object(nib, "load", load), mock.patch.object(builtins, "open", open_):
         return _fit_small(c, path)
 
 
