@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -387,12 +386,13 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None) -
             return dask.compute(*collections)
         futures = resolved.compute(list(collections), retries=retries)
         if level > 0:
-            from distributed import progress
+            from distributed import TimeoutError as WaitTimeout
+            from distributed import progress, wait
 
-            deadline = time.monotonic() + PROGRESS_AFTER
-            while not all(f.done() for f in futures) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if not all(f.done() for f in futures):
+            try:  # returns the moment the work is done (polling cost up to its period per compute)
+                with resolved.as_current():
+                    wait(futures, timeout=PROGRESS_AFTER)
+            except WaitTimeout:
                 progress(futures, notebook=_in_notebook_with_widgets(),
                          scheduler=resolved.scheduler.address)
         return tuple(resolved.gather(futures))
