@@ -40,12 +40,20 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["MAX_RELATIVE_ERROR", "MomentDesign", "MomentFit", "ar1_fit_moments", "prepare"]
+__all__ = ["MAX_RELATIVE_ERROR", "MAX_COVARIANCE_ERROR", "MomentDesign", "MomentFit", "ar1_fit_moments",
+           "prepare"]
 
 #: Largest rounding-error bound (relative) a voxel may carry on the fast path.
 MAX_RELATIVE_ERROR = 1e-10
 #: Largest condition number of a scaled Gram matrix the fast path accepts.
 MAX_CONDITION = 1e6
+#: Largest rounding-error bound (relative) of a label covariance taken from the
+#: moment design instead of an SVD (:func:`daskglm._kernels.ar1_label_covariances`).
+MAX_COVARIANCE_ERROR = 1e-12
+#: The covariances from the moment design are used only when every whitened
+#: design is this far from the SVD pseudo-inverse's rank cutoff
+#: (``max(n, p) * eps`` relative), so that the cutoff discards nothing there.
+_CUTOFF_MARGIN = 1e-2
 _EPS = float(np.finfo(np.float64).eps)
 
 
@@ -73,6 +81,11 @@ class MomentDesign(NamedTuple):
     bins : int
     df : int
         Dispersion degrees of freedom ``n - p``.
+    covariances : ndarray, shape (2 bins + 1, p, p), or None
+        ``label_inv`` unscaled: ``pinv(W X) pinv(W X)'`` of every label to
+        ``label_error`` (relative), read-only; None when the SVD
+        pseudo-inverse's rank cutoff could discard a singular value of some
+        ``W X`` (see :func:`daskglm._kernels.ar1_label_covariances`).
     """
 
     scale: np.ndarray
@@ -85,6 +98,7 @@ class MomentDesign(NamedTuple):
     gram_error: float
     bins: int
     df: int
+    covariances: np.ndarray | None
 
 
 class MomentFit(NamedTuple):
@@ -141,7 +155,24 @@ def _build(X: np.ndarray, bins: int) -> MomentDesign | None:
     label_gram = gram[None] - (2 * rho)[:, None, None] * lag[None] + (rho**2)[:, None, None] * tail[None]
     label_inv, label_error = _inverse_and_error(label_gram)
     return MomentDesign(scale, np.ascontiguousarray(np.hstack([Xs, lagged])), gram_inv, lag, last,
-                        label_inv, label_error, float(gram_error), int(bins), n - p)
+                        label_inv, label_error, float(gram_error), int(bins), n - p,
+                        _covariances(X, scale, label_inv))
+
+
+def _covariances(X: np.ndarray, scale: np.ndarray, label_inv: np.ndarray) -> np.ndarray | None:
+    """``label_inv`` unscaled, or None when it may differ from nilearn's pinv-based covariances.
+
+    ``W`` (``I - l L``, ``|l| <= 1``) has singular values in ``[~1 / (2n), 2]``,
+    so ``cond(W X) <= 4 n cond(X)``; far below ``1 / (max(n, p) eps)`` the
+    pseudo-inverse keeps every singular value and equals the inverse used here.
+    """
+    n, p = X.shape
+    sv = np.linalg.svd(X, compute_uv=False)
+    if not (sv[-1] > 0 and 4 * n * (sv[0] / sv[-1]) <= _CUTOFF_MARGIN / (max(n, p) * _EPS)):
+        return None
+    covariances = label_inv / np.outer(scale, scale)[None]
+    covariances.setflags(write=False)  # cached with the design and shared by every fit of it
+    return covariances
 
 
 def design_key(X: np.ndarray) -> bytes:

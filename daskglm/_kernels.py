@@ -49,6 +49,7 @@ __all__ = [
     "ar1_labels",
     "whiten",
     "label_covariances",
+    "ar1_label_covariances",
     "fit_block",
     "ar_coefficients_block",
     "refit_block",
@@ -480,6 +481,35 @@ def label_covariances(X: np.ndarray, label_values: np.ndarray) -> np.ndarray:
         inv2 = np.where(keep, 1.0 / np.where(keep, sv, 1.0) ** 2, 0.0)
         # pinv pinv' = V diag(1 / s^2) V'
         out[lo:lo + len(c)] = np.einsum("lki,lk,lkj->lij", vt, inv2, vt)
+    return out
+
+
+def ar1_label_covariances(X: np.ndarray, bins: int) -> np.ndarray:
+    """`label_covariances` on nilearn's AR(1) grid ``k / bins``, ``k`` in [-bins, bins].
+
+    The moment fit's whitened inverses (:mod:`daskglm._ar1_moments`) serve the
+    labels where their rounding-error bound is at most
+    :data:`daskglm._ar1_moments.MAX_COVARIANCE_ERROR` (all but the one or two
+    labels next to ``|rho| = 1`` for FIAC and HCP designs); the others, and
+    every label of a design the moments refuse, take one SVD per label.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, p)
+    bins : int
+
+    Returns
+    -------
+    ndarray, shape (2 bins + 1, p, p)
+    """
+    grid = (np.arange(-bins, bins + 1, dtype=np.float64) / bins)[:, None]
+    design = _ar1_moments.prepare(X, bins)
+    if design is None or design.covariances is None:
+        return label_covariances(X, grid)
+    out = np.array(design.covariances)
+    redo = np.flatnonzero(~(design.label_error <= _ar1_moments.MAX_COVARIANCE_ERROR))
+    if redo.size:
+        out[redo] = label_covariances(X, grid[redo])
     return out
 
 

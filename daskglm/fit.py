@@ -183,7 +183,10 @@ def fit_run(
                             coeffs=label_value, signal_scaling=scaling)
         label_index = da.from_array(index.astype(np.int64), chunks=(Y.chunks[1],))
 
-    cov = _kernels.label_covariances(X, label_value)  # one pinv per label, no SVD for the dof
+    if order == 1:  # the moment fit's whitened inverses where accurate, else one pinv per label
+        cov = _kernels.ar1_label_covariances(X, int(bins))
+    else:
+        cov = _kernels.label_covariances(X, label_value)  # one pinv per label, no SVD for the dof
     voxel_coords = {name: bold.coords[name] for name in "ijk" if name in bold.coords}
     return xr.Dataset(
         {

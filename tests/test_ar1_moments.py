@@ -199,3 +199,27 @@ def test_solve_by_label_equals_one_product_per_voxel(seed, labels, p, v):
     for j in range(v):
         expected[:, j] = inverses[index[j]] @ rhs[:, j]
     np.testing.assert_allclose(M._solve_by_label(inverses, index, rhs), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_ar1_label_covariances_equal_the_svd_pseudo_inverses():
+    """Oracle: pinv(WX) pinv(WX)' from one SVD per label (nilearn's definition) for every label,
+    FIAC-like designs (whose labels next to rho = 1 take the SVD); a design the moments refuse
+    gets the SVD everywhere."""
+    rng = np.random.default_rng(3)
+    for n, p, bins in ((191, 13, 100), (60, 4, 7), (1200, 13, 100)):
+        t = np.arange(n)
+        X = np.column_stack([np.cos(np.pi * (k + 1) * t / n) for k in range(p - 2)]
+                            + [rng.normal(size=n) * 50.0, np.ones(n)])
+        design = M.prepare(X, bins)
+        assert design is not None and design.covariances is not None
+        assert not design.covariances.flags.writeable
+        assert (design.label_error <= M.MAX_COVARIANCE_ERROR).sum() > bins  # most labels: no SVD
+        grid = (np.arange(-bins, bins + 1) / bins)[:, None]
+        expected = K.label_covariances(X, grid)
+        got = K.ar1_label_covariances(X, bins)
+        scale = np.abs(expected).max(axis=(1, 2))[:, None, None]
+        np.testing.assert_allclose(got / scale, expected / scale, rtol=0, atol=1e-11)
+    X = np.column_stack([np.ones(50), np.arange(50.0), np.arange(50.0) + 1e-9 * np.sin(np.arange(50.0))])
+    assert M.prepare(X, 10) is None
+    np.testing.assert_array_equal(K.ar1_label_covariances(X, 10),
+                                  K.label_covariances(X, (np.arange(-10, 11) / 10)[:, None]))
