@@ -190,8 +190,7 @@ def _computed(outs: dict[int, xr.Dataset], client: Any) -> None:
     for (i, key), value in zip(lazy, values):
         chunks = tuple(int(c[0]) for c in outs[i][key].data.chunks)
         outs[i][key] = outs[i][key].copy(data=np.asarray(value))
-        outs[i][key].encoding["chunks"] = chunks
-        _raw_floats(outs[i][key].encoding, outs[i][key].dtype)
+        outs[i][key].encoding["chunks"] = chunks  # the codec set by _to_write stays (copy keeps encoding)
 
 
 def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_options: dict | None,

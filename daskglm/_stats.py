@@ -102,19 +102,18 @@ class FixedEffects(NamedTuple):
     z_score: np.ndarray
 
 
-def z_score(p_value: np.ndarray, lower_tail: Callable[[np.ndarray], np.ndarray] | np.ndarray | None = None
-            ) -> np.ndarray:
+def z_score(p_value: np.ndarray, lower_tail: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """z-scores of upper-tail p-values, precise in both tails (nilearn's ``z_score``).
 
     Parameters
     ----------
     p_value : ndarray, shape (v,)
         Upper-tail probabilities (survival function).
-    lower_tail : ndarray, shape (v,), or callable, optional
-        Lower-tail probabilities (cdf) of the same statistic, used where the
-        upper tail gives a negative z, which keeps precision for p near 1.
-        A callable gets a boolean mask ``(v,)`` and returns the cdf of those
-        voxels only (nilearn evaluates it everywhere; the values are the same).
+    lower_tail : callable, optional
+        Given a boolean mask ``(v,)``, the lower-tail probabilities (cdf) of
+        the same statistic at those voxels: used where the upper tail gives a
+        negative z, which keeps precision for p near 1 (nilearn evaluates the
+        cdf everywhere; the values are the same).
 
     Returns
     -------
@@ -125,8 +124,7 @@ def z_score(p_value: np.ndarray, lower_tail: Callable[[np.ndarray], np.ndarray] 
     z = -special.ndtri(np.clip(np.atleast_1d(p_value), _P_MIN, _P_MAX))
     if lower_tail is not None:
         low = z < 0
-        cdf = lower_tail(low) if callable(lower_tail) else np.atleast_1d(lower_tail)[low]
-        z[low] = special.ndtri(np.clip(cdf, _P_MIN, _P_MAX))
+        z[low] = special.ndtri(np.clip(lower_tail(low), _P_MIN, _P_MAX))
     return z
 
 
