@@ -39,6 +39,15 @@ import numpy as np
 import xarray as xr
 from dask.utils import parse_bytes
 
+from ._locks import store_lock
+from ._zarrio import (
+    StoreIncompleteError,
+    _fsspec_kwargs,
+    _open_group,
+    _sweep_partials,
+    _url,
+    open_run,
+)
 from .cluster import compute
 
 __all__ = [
@@ -325,15 +334,3 @@ def _open_lazy(store: str, name: str, storage_options: dict | None, coords: dict
     fit.attrs["store"] = store
     return fit
 
-
-# Last: daskglm.store re-exports this module's functions and this module uses the
-# store's helpers; imported here, either module can be imported first.
-from .store import (
-    StoreIncompleteError,
-    _fsspec_kwargs,
-    _open_group,
-    _sweep_partials,
-    _url,
-    open_run,
-    store_lock,
-)

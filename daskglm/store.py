@@ -33,44 +33,49 @@ request), a block's ``ingest_done`` flag is written after its rows and the
 store's ``complete`` flag after every block, so a process killed at any point
 leaves a store that is either complete or resumed by the next run (only the
 unflagged blocks are ingested again; ``.partial`` debris is swept before
-``complete``). Two processes ingesting into the same *local* store are
-serialised by a lock: an exclusive ``flock`` on ``<store>.lock``, a file next
-to the store that records the holder (pid, host, time) and is removed on
-release. The second process waits, then finds the store complete and reuses
-it (or resumes it if the first one failed). The kernel releases the lock when
-its holder dies, even by SIGKILL, so a lock is never stale: a leftover file
-is taken over. :func:`save_fit` takes the same lock. On a filesystem without
-``flock`` support (some FUSE or Lustre mounts without ``-o flock``) a warning
-says so and the work goes on unlocked. Stores at fsspec URLs (object
-storage) are not locked: do not ingest one run into one remote store from
-two processes at once (one store per source, as :class:`FirstLevelModel`
-makes, never clashes across subjects).
+``complete``). Two processes ingesting into the same local store are serialised
+by :func:`store_lock` (see :mod:`daskglm._locks`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
-import socket
-import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import dask
 import numpy as np
 import xarray as xr
-import zarr
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no store locks
-    fcntl = None  # type: ignore[assignment]
 
 from . import _plan, _smoothing, _volume
+from ._fitstore import (  # noqa: F401  (fit persistence, re-exported here)
+    FIT_MEMORY_KEY,
+    fit_memory_bytes,
+    open_fit,
+    reopen_fit,
+    save_fit,
+    save_fits,
+)
+from ._locks import store_lock
+from ._zarrio import (
+    STORE_FORMAT,
+    StoreIncompleteError,
+    _check_protocol,
+    _create_store,
+    _fsspec_kwargs,
+    _open_group,
+    _read_attrs,
+    _rebuild_reason,
+    _resolve_compressor,
+    _same_store,
+    _stored_mask,
+    _sweep_partials,
+    _url,
+    open_run,
+)
 from .cluster import compute, get_client
 from .grid import Grid, analysis_grid, check_target, resample_volumes
 from .nifti import (
@@ -90,205 +95,10 @@ __all__ = ["mean_image", "ingest_run", "ingest_runs", "open_run", "save_fit", "s
 
 logger = logging.getLogger(__name__)
 
-#: Bumped whenever the layout changes; stores of another format are rebuilt.
-STORE_FORMAT = 1
-_INTERNAL_VARS = ["ingest_done", "gzip_index"]
-_COMPRESSORS = ("lz4", "zstd", None)
-#: ``compressor="auto"``: uncompressed chunks on a local disk (reading a column
-#: of an HCP-sized run took 8 ms uncompressed vs 15 ms with lz4, writing 79 vs
-#: 123 ms, for 1.37x less space; BENCHMARKS.md), lz4 on remote stores where
-#: bytes cost more than decoding.
-_AUTO_COMPRESSOR = {"local": None, "remote": "lz4"}
-
-
-class StoreIncompleteError(RuntimeError):
-    """A store exists but was not marked complete (interrupted ingestion)."""
-
-
-# --------------------------------------------------------------------------- zarr helpers
-
-
-def _url(store: str | os.PathLike) -> str:
-    return os.fspath(store)
-
-
-def _fsspec_kwargs(location: str, storage_options: dict | None) -> dict:
-    """``{"storage_options": ...}`` for a remote location; ``{}`` for a local path.
-
-    One ``storage_options`` serves every remote location of a call (store and
-    input URLs); zarr and xarray refuse options for a local path, so they are
-    dropped there. The same keyword suits :func:`read_volumes` and
-    :func:`build_gzip_index`.
-    """
-    return {"storage_options": storage_options} if storage_options and is_url(location) else {}
-
-
-def _open_group(store: str, mode: str, storage_options: dict | None) -> zarr.Group:
-    return zarr.open_group(store, mode=mode, zarr_format=3, **_fsspec_kwargs(store, storage_options))
-
-
-def _read_attrs(store: str, storage_options: dict | None) -> dict | None:
-    """Attributes of an existing daskglm store, ``None`` if there is none."""
-    try:
-        return dict(_open_group(store, "r", storage_options).attrs)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-        return None
-    except Exception:  # something unreadable at that location: treat as foreign
-        return {}
-
-
-def _remove(store: str, storage_options: dict | None) -> None:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(store, **(storage_options if is_url(store) and storage_options else {}))
-    fs.invalidate_cache(path)  # another process may have written there since we last listed
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
 
 def _shared(value: Any) -> Any:
     """A constant many tasks use, as one graph key (``None`` stays ``None``)."""
     return None if value is None else dask.delayed(value, traverse=False)
-
-
-def _sweep_partials(store: str) -> None:
-    """Remove the ``*.partial`` files a killed writer left in a local store.
-
-    zarr writes a chunk to ``<key>.<uuid>.partial`` and renames it; a process
-    killed in between leaves that file. The chunk itself is then rewritten
-    whole by the retried task, so the leftover is debris, never data.
-    """
-    if is_url(store):
-        return  # object stores write each chunk in one request: nothing to sweep
-    for root, _, files in os.walk(_local_path(store)):
-        for name in files:
-            if name.endswith(".partial"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(root, name))
-
-
-def _local_path(store: str) -> str:
-    """The filesystem path of a local store (``file://`` and ``local://`` prefixes removed)."""
-    return store.split("://", 1)[1] if "://" in store else store
-
-
-#: errno values of a filesystem that does not support flock.
-_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
-
-
-@contextlib.contextmanager
-def store_lock(store: str | os.PathLike) -> Iterator[None]:
-    """Hold the exclusive lock of a local store for the duration of the block.
-
-    The lock is an ``flock`` on ``<store>.lock`` (next to the store, so it
-    exists before the store does). The file holds the holder's pid, host and
-    start time, shown to a process that has to wait, and is removed on
-    release. The kernel drops the lock when its holder dies, whatever the
-    signal: a file left by a killed process is simply taken over. A no-op for
-    fsspec URLs and where ``fcntl`` does not exist. Not re-entrant: a second
-    ``store_lock`` of the same store inside the block waits forever.
-
-    Parameters
-    ----------
-    store : str or path
-        The store (local path, ``file://`` URL, or any fsspec URL).
-
-    Raises
-    ------
-    OSError
-        The folder of the store cannot be created (the message names the store).
-    """
-    store = os.fspath(store)
-    if is_url(store) or fcntl is None:
-        yield
-        return
-    folder, name = os.path.split(os.path.abspath(_local_path(store)).rstrip(os.sep))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise OSError(f"cannot create the store at {store!r}: {exc}") from exc
-    # One lock per folder, however it is reached (relative paths, symlinked parents).
-    path = os.path.join(os.path.realpath(folder), f"{name}.lock")
-    fd = _acquire(path, store)
-    try:
-        yield
-    finally:
-        if fd is not None:
-            # Unlinked while still held: a process that opened this file meanwhile
-            # sees, once it holds the lock, that the path no longer names it, and retries.
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            os.close(fd)
-
-
-def _acquire(path: str, store: str) -> int | None:
-    """An open descriptor of ``path`` holding its exclusive flock (None: flock unsupported)."""
-    waited = False
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise OSError(f"cannot create the store at {store!r}: cannot open its lock file "
-                          f"{path!r}: {exc}") from exc
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not waited:
-                    holder = _holder(fd)
-                    logger.warning("the store %s is being written by another process (%s): waiting "
-                                   "for it to finish", store, holder or "holder unknown")
-                    waited = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in _NO_FLOCK:
-                raise
-            warnings.warn(f"cannot lock the store at {store!r} ({exc.strerror}: the filesystem "
-                          "does not support flock): concurrent ingestions into it are not "
-                          "protected", UserWarning, stacklevel=4)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            return None
-        try:
-            current = os.stat(path)
-            held = os.fstat(fd)
-            same = (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev)
-        except FileNotFoundError:
-            same = False
-        if same:
-            record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, record.encode(), 0)
-            if waited:
-                logger.info("got the lock of the store %s", store)
-            return fd
-        os.close(fd)  # the previous holder removed that file: lock the new one
-
-
-def _holder(fd: int) -> str:
-    """Who holds a lock file, as it says ("pid 12 on host x since ...") or ''."""
-    try:
-        record = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {record['pid']} on host {record['host']} since {record['since']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
-
-
-def _resolve_compressor(compressor: str | None, store: str) -> str | None:
-    if compressor == "auto":
-        return _AUTO_COMPRESSOR["remote" if is_url(store) else "local"]
-    _codec(compressor)
-    return compressor
-
-
-def _codec(compressor: str | None) -> Any:
-    if compressor not in _COMPRESSORS:
-        raise ValueError(f"compressor must be one of {('auto', *_COMPRESSORS)}; got {compressor!r}")
-    if compressor is None:
-        return None
-    return zarr.codecs.BloscCodec(cname=compressor, clevel=3, shuffle="shuffle")
 
 
 # --------------------------------------------------------------------------- tasks
@@ -409,148 +219,6 @@ def _mask_identity(mask_img: Any, storage_options: dict | None = None) -> Any:
         "sha1": content_sha1(mask_img),
         "affine": np.asarray(mask_img.affine).round(6).tolist(),
     }
-
-
-def _create_store(
-    store: str,
-    storage_options: dict | None,
-    info: RunInfo,
-    grid: Grid,
-    mask_provenance: dict,
-    plan: _plan.ChunkPlan,
-    n_blocks: int,
-    gzip_index: bytes | None,
-    fwhm: float | None,
-    fingerprint: str,
-    compressor: str | None,
-    value_range: Any = None,
-) -> None:
-    attrs = {
-        "daskglm_store_format": STORE_FORMAT,
-        "fingerprint": fingerprint,
-        "complete": False,
-        "affine": np.asarray(grid.affine).tolist(),
-        "volume_shape": list(grid.shape),
-        # Runs resampled onto the grid (nilearn's masker rules, see daskglm.grid):
-        "resampled_from": {"affine": info.affine.tolist(), "volume_shape": list(info.volume_shape),
-                           "crop": [[sl.start, sl.stop] for sl in grid.crop],
-                           "value_range": list(value_range)}
-        if grid.resample else None,
-        "n_scans": info.n_scans,
-        "t_r": info.t_r,
-        "smoothing_fwhm": None if fwhm is None else np.asarray(fwhm, dtype=float).tolist(),
-        "source": info.provenance,
-        "mask": mask_provenance,
-        "chunks": {"time": plan.t_chunk, "voxel": plan.v_chunk},
-    }
-    _check_replaceable(store, storage_options)
-    try:
-        _remove(store, storage_options)
-        group = _open_group(store, "w", storage_options)
-    except Exception as exc:
-        raise OSError(f"cannot create the store at {store!r}: {exc}") from exc
-    mask = grid.mask
-    n_voxels = int(mask.sum())
-    group.create_array(
-        "bold",
-        shape=(info.n_scans, n_voxels),
-        chunks=(plan.t_chunk, plan.v_chunk),
-        dtype="float32",
-        dimension_names=("time", "voxel"),
-        compressors=_codec(compressor),
-        fill_value=0.0,
-        attributes={"coordinates": "i j k", "long_name": "BOLD signal, smoothed and masked"},
-    )
-    for axis, name in enumerate("ijk"):
-        arr = group.create_array(
-            name, shape=(n_voxels,), chunks=(n_voxels,), dtype="int32", dimension_names=("voxel",)
-        )
-        arr[:] = np.nonzero(mask)[axis].astype(np.int32)
-    group.create_array(
-        "ingest_done", shape=(n_blocks,), chunks=(1,), dtype="uint8",
-        dimension_names=("block",), fill_value=0,
-    )
-    index = np.frombuffer(gzip_index or b"", dtype=np.uint8)
-    gz = group.create_array(
-        "gzip_index", shape=(index.size,), chunks=(max(index.size, 1),), dtype="uint8",
-        dimension_names=("byte",), fill_value=0,
-    )
-    if index.size:
-        gz[:] = index
-    group.attrs.update(attrs)
-
-
-#: What the root of a daskglm store holds (a store interrupted before its attributes were written too).
-_STORE_ENTRIES = {"zarr.json", "bold", "i", "j", "k", "ingest_done", "gzip_index", "glm"}
-
-
-def _check_protocol(store: str) -> None:
-    """Refuse a store URL whose protocol fsspec does not know, before any work."""
-    import fsspec
-
-    for part in store.split("::"):  # fsspec chains: simplecache::s3://...
-        if "://" not in part:
-            continue
-        protocol = part.split("://", 1)[0]
-        try:
-            fsspec.get_filesystem_class(protocol)
-        except ValueError as exc:
-            raise ValueError(f"store {store!r}: unknown protocol {protocol!r} ({exc})") from None
-        except ImportError as exc:
-            raise ImportError(f"store {store!r}: protocol {protocol!r} needs a package that is not "
-                              f"installed: {exc}") from exc
-
-
-def _same_store(existing: dict | None, fingerprint: str) -> bool:
-    """Whether the store's attributes say: this daskglm's format, same source and parameters."""
-    return (bool(existing) and existing.get("daskglm_store_format") == STORE_FORMAT
-            and existing.get("fingerprint") == fingerprint)
-
-
-def _rebuild_reason(existing: dict) -> str:
-    """Why a store that is there is not reused (for the warning)."""
-    found = existing.get("daskglm_store_format")
-    if not existing:
-        return "holds no daskglm store attributes (unreadable, or its creation was interrupted)"
-    if found != STORE_FORMAT:
-        return f"has daskglm store format {found!r} while this daskglm writes format {STORE_FORMAT}"
-    return "was made from another source or with other parameters"
-
-
-def _check_replaceable(store: str, storage_options: dict | None) -> None:
-    """Refuse to delete a location that holds anything but a daskglm store.
-
-    Creating a store removes what is at its location first; a folder of other
-    files (or a file) given as the store by mistake must survive that.
-    Hidden entries (``.DS_Store``...) and ``.partial`` debris are ignored.
-    """
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(store, **(storage_options if is_url(store) and storage_options else {}))
-    try:
-        fs.invalidate_cache(path)
-        if not fs.exists(path):
-            return
-        entries = (None if fs.isfile(path) else
-                   sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}))
-    except OSError:
-        return  # unreachable or unreadable: creating the store reports it
-    if entries is not None:
-        # hidden files, and .partial debris of a writer killed mid-rename (zarr.json.<uuid>.partial)
-        entries = [name for name in entries if not name.startswith(".") and not name.endswith(".partial")]
-        attrs = _read_attrs(store, storage_options) if entries else None
-        if not entries or set(entries) <= _STORE_ENTRIES or (attrs and "daskglm_store_format" in attrs):
-            return
-    what = "a file" if entries is None else (f"a folder holding {entries[:5]}"
-                                             f"{' and more' if len(entries) > 5 else ''}")
-    raise FileExistsError(f"the store location {store!r} is {what}, not a daskglm store: refusing to "
-                          "delete it to make a store there; give another store path")
-
-
-def _stored_mask(group: zarr.Group, shape: tuple[int, int, int]) -> np.ndarray:
-    mask = np.zeros(shape, dtype=bool)
-    mask[group["i"][:], group["j"][:], group["k"][:]] = True
-    return mask
 
 
 def ingest_run(
@@ -848,76 +516,3 @@ def _run_summary(run_img: Any, info: RunInfo, gzip_index: bytes | None, client: 
                  for blk in _in_memory_blocks(run_img, bounds)]
     total, low, high = compute(dask.delayed(_combine_summaries)(parts), client=client)[0]
     return (None if total is None else total / info.n_scans), low, high
-
-
-# --------------------------------------------------------------------------- opening
-
-
-def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
-             columns: bool = False) -> xr.Dataset:
-    """Open a complete run store lazily.
-
-    Parameters
-    ----------
-    store : str or path
-    storage_options : dict, optional
-    columns : bool
-        ``True``: dask chunks of whole voxel columns (all scans by ``v_chunk``
-        voxels), the fit's access pattern: one read task per column, so the
-        graph of a long run stays small. ``False``: the store's chunks.
-
-    Returns
-    -------
-    xarray.Dataset
-        ``bold(time, voxel)`` float32 backed by dask with the store's chunks,
-        coordinates ``i, j, k (voxel)``, and the store's attributes (affine,
-        volume_shape, t_r, smoothing_fwhm, source, mask, chunks).
-
-    Raises
-    ------
-    FileNotFoundError
-        No store there.
-    StoreIncompleteError
-        The store was not marked complete.
-    """
-    store = _url(store)
-    attrs = _read_attrs(store, storage_options)
-    if attrs is None:
-        raise FileNotFoundError(f"no daskglm store at {store!r}")
-    if attrs.get("daskglm_store_format") != STORE_FORMAT:
-        raise ValueError(
-            f"{store!r} is not a daskglm run store of format {STORE_FORMAT} "
-            f"(found format {attrs.get('daskglm_store_format')!r})"
-        )
-    if not attrs.get("complete"):
-        raise StoreIncompleteError(
-            f"the store at {store!r} is incomplete (interrupted ingestion?): rerun ingest_run"
-        )
-    ds = xr.open_zarr(
-        store,
-        consolidated=False,
-        zarr_format=3,
-        chunks={"time": -1} if columns else {},
-        drop_variables=_INTERNAL_VARS,
-        **_fsspec_kwargs(store, storage_options),
-    )
-    ds.attrs["store"] = store
-    # Voxel indices are small and needed by every unmasking: hold them in memory,
-    # read straight from zarr (a dask .load() would compute on a local scheduler).
-    group = _open_group(store, "r", storage_options)
-    return ds.assign_coords({name: ds[name].copy(data=group[name][:]) for name in "ijk"})
-
-
-# --------------------------------------------------------------------------- fit results
-
-
-# Fit persistence (``save_fits``, ``save_fit``, ``open_fit``...) lives in daskglm/_fitstore.py,
-# which uses the helpers above; re-exported here.
-from ._fitstore import (  # noqa: F401
-    FIT_MEMORY_KEY,
-    fit_memory_bytes,
-    open_fit,
-    reopen_fit,
-    save_fit,
-    save_fits,
-)

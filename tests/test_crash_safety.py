@@ -459,43 +459,5 @@ def test_two_processes_ingesting_one_store_at_once(fiac, reference, tmp_path):
     assert files(store.parent) == [f"run-1.zarr/{f}" for f in files(store)]  # no run-1.zarr.lock
 
 
-def test_store_lock_waits_records_its_holder_and_cleans_up(tmp_path, caplog):
-    """In-process: a second holder waits for the first; the lock file names the holder
-    while held and is gone after; a file left by a dead holder is taken over at once."""
-    import logging
-    import socket
-
-    from daskglm.store import store_lock
-
-    store = tmp_path / "sub" / "run.zarr"
-    lock = tmp_path / "sub" / "run.zarr.lock"
-    events: list[str] = []
-    with store_lock(store):
-        holder = json.loads(lock.read_text())
-        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
-
-        def second() -> None:
-            with store_lock(str(store)):
-                events.append("second got it")
-
-        with caplog.at_level(logging.WARNING, logger="daskglm.store"):
-            thread = threading.Thread(target=second)
-            thread.start()
-            time.sleep(0.5)
-            assert events == [] and thread.is_alive()  # waiting
-            events.append("first releases")
-        assert f"pid {os.getpid()} on host" in caplog.text and "waiting" in caplog.text
-    thread.join(timeout=10)
-    assert events == ["first releases", "second got it"]
-    assert not lock.exists() and not store.exists()
-    lock.write_text('{"pid": 999999999, "host": "gone", "since": "yesterday"}')  # a dead holder's
-    started = time.monotonic()
-    with store_lock(store):
-        assert json.loads(lock.read_text())["pid"] == os.getpid()
-    assert time.monotonic() - started < 1 and not lock.exists()
-    with store_lock("s3://bucket/run.zarr"):  # object storage: no lock (documented)
-        pass
-
-
 if __name__ == "__main__":  # the child process of these tests
     _drive(Path(sys.argv[1]))
