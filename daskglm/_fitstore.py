@@ -13,7 +13,10 @@ A run's fit is group ``glm`` of its store (see :mod:`daskglm.store`)::
 :func:`save_fits` writes the fits of several runs with a single ``compute``
 (one graph: every worker busy, one round trip to the scheduler), each group
 rewritten whole under its store's lock and marked ``complete`` once every
-group is written. It then hands the fits back:
+group is written. A :func:`daskglm.fit.fit_run` result is computed as its
+packed estimates, each voxel column written by the task that fits it (one
+task per column after its read; nothing is shipped to be written). It then
+hands the fits back:
 
 - in memory, when the fits of all the runs hold at most
   :func:`fit_memory_bytes` (dask config key ``daskglm.fit-memory-bytes``,
@@ -49,6 +52,7 @@ from ._zarrio import (
     open_run,
 )
 from .cluster import compute
+from .fit import FIT_VARIABLES, packed_estimates, split_estimates
 
 __all__ = [
     "DEFAULT_FIT_MEMORY_BYTES",
@@ -191,15 +195,36 @@ def save_fits(
     return _save(fits, [_url(store) for store in stores], name, storage_options, client, read, eager=in_memory)
 
 
-def _computed(outs: dict[int, xr.Dataset], client: Any) -> None:
-    """Compute the dask variables of ``outs`` in one computation, in place, keeping their chunks
-    as the zarr chunks to write (the same files as when the workers write them)."""
-    lazy = [(i, key) for i, out in outs.items() for key in out.data_vars if isinstance(out[key].data, da.Array)]
-    values = compute(*[outs[i][key].data for i, key in lazy], client=client)
-    for (i, key), value in zip(lazy, values):
-        chunks = tuple(int(c[0]) for c in outs[i][key].data.chunks)
-        outs[i][key] = outs[i][key].copy(data=np.asarray(value))
-        outs[i][key].encoding["chunks"] = chunks  # the codec set by _to_write stays (copy keeps encoding)
+def _write_fit_block(packed: np.ndarray, *, arrays: dict, noise_model: str, bins: int, gather: bool,
+                  block_info: dict | None = None) -> np.ndarray:
+    """Block task: write one voxel column of packed estimates (p + 2, v) into the group's
+    ``beta``, ``sigma2`` and ``label_index`` (whole zarr chunks); return it (``gather``) or
+    an empty (0, v) block."""
+    lo, hi = block_info[0]["array-location"][1]
+    for key, values in split_estimates(packed, noise_model, bins).items():
+        arrays[key][..., lo:hi] = values
+    return packed if gather else packed[:0]
+
+
+def _written_by_workers(out: xr.Dataset, packed: da.Array, url: str, name: str,
+                        storage_options: dict | None, gather: bool) -> da.Array:
+    """Create group ``name`` (metadata, the numpy tables, ``complete`` False) for a
+    :func:`daskglm.fit.fit_run` result and return the lazy packed estimates, each column
+    written by the task that fits it (nothing travels to be written, no write task apart)."""
+    # Metadata from a template whose fit variables have the same chunks and trivial graphs
+    # (xarray would build and optimise the store graph of the whole fit); its writes are not used.
+    template = out.copy()
+    for key in FIT_VARIABLES:
+        template[key] = out[key].copy(data=da.zeros(out[key].shape, dtype=out[key].dtype, chunks=out[key].data.chunks))
+    template.to_zarr(url, group=name, mode="w", consolidated=False, zarr_format=3, compute=False,
+                     **_fsspec_kwargs(url, storage_options))
+    group = _open_group(f"{url.rstrip('/')}/{name}", "r+", storage_options)
+    rows = packed.shape[0] if gather else 0
+    return da.map_blocks(
+        _write_fit_block, packed, arrays={key: group[key] for key in FIT_VARIABLES},
+        noise_model=out.attrs["noise_model"], bins=int(out.attrs["bins"]), gather=gather,
+        chunks=((rows,), packed.chunks[1]), dtype=packed.dtype, meta=np.empty((0, 0), packed.dtype),
+    )
 
 
 def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_options: dict | None,
@@ -207,9 +232,13 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_option
     """Write the fits (one computation per round of distinct stores, under their locks), then
     ``read(fit, url, written)`` each, the locks still held: what is read is what was written.
 
-    ``eager``: compute the fits into this process first and write them from here (small fits:
-    no write tasks, and ``written`` holds the values, so nothing needs reading back); else the
-    workers write their blocks.
+    :func:`daskglm.fit.fit_run` results are written by the tasks that fit their voxel columns
+    (:func:`_written_by_workers`). Other fits: ``eager`` computes them into this process and
+    writes them from here, else the workers write their blocks (xarray's ``to_zarr``).
+    ``eager``: the values come back (``written`` holds them, so nothing needs reading back).
+    Every group of a round is emptied and marked incomplete before anything is computed or
+    written, and marked complete after everything is: a kill leaves no old fit marked
+    complete beside a new one.
     """
     results: list[Any] = [None] * len(fits)
     for indexes in _rounds(urls):
@@ -217,18 +246,30 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_option
             for url in sorted({urls[i] for i in indexes}):
                 locks.enter_context(store_lock(url))
             outs = {i: _to_write(fits[i]) for i in indexes}
-            if eager:
-                # Every group of the round emptied and marked incomplete before any is computed
-                # or written, as to_zarr(compute=False) does below: a kill leaves no old fit
-                # marked complete beside a new one.
-                for i in indexes:
+            jobs: list[tuple[int, str | None, Any]] = []  # (fit, variable or None: packed, collection)
+            for i in indexes:
+                packed = packed_estimates(outs[i])
+                if packed is not None:
+                    jobs.append((i, None, _written_by_workers(outs[i], packed, urls[i], name,
+                                                              storage_options, eager)))
+                elif eager:
                     _open_group(f"{urls[i].rstrip('/')}/{name}", "w", storage_options).attrs["complete"] = False
-                _computed(outs, client)
-            writes = [outs[i].to_zarr(urls[i], group=name, mode="w", consolidated=False, zarr_format=3,
-                                      compute=eager, **_fsspec_kwargs(urls[i], storage_options))
-                      for i in indexes]
-            if not eager:
-                compute(*writes, client=client)
+                    jobs += [(i, key, outs[i][key].data) for key in outs[i].data_vars
+                             if isinstance(outs[i][key].data, da.Array)]
+                else:
+                    jobs.append((i, "", outs[i].to_zarr(urls[i], group=name, mode="w", consolidated=False,
+                                                        zarr_format=3, compute=False,
+                                                        **_fsspec_kwargs(urls[i], storage_options))))
+            values = compute(*[collection for _, _, collection in jobs], client=client)
+            for (i, key, _), value in zip(jobs, values):
+                if key is None and eager:
+                    _hold(outs[i], split_estimates(value, outs[i].attrs["noise_model"], int(outs[i].attrs["bins"])))
+                elif key:
+                    _hold(outs[i], {key: value})
+            for i in indexes:
+                if eager and not any(key is None for j, key, _ in jobs if j == i):
+                    outs[i].to_zarr(urls[i], group=name, mode="w", consolidated=False, zarr_format=3,
+                                    **_fsspec_kwargs(urls[i], storage_options))
             for i in indexes:
                 group = f"{urls[i].rstrip('/')}/{name}"
                 _sweep_partials(group)
@@ -236,6 +277,15 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_option
             for i in indexes:
                 results[i] = read(fits[i], urls[i], outs[i])
     return results
+
+
+def _hold(out: xr.Dataset, values: dict[str, np.ndarray]) -> None:
+    """Put computed values in place of ``out``'s dask variables, in place, their dask chunks kept
+    as the zarr chunks to write (the codec set by :func:`_to_write` stays: copy keeps encoding)."""
+    for key, data in values.items():
+        chunks = tuple(int(c[0]) for c in out[key].data.chunks)
+        out[key] = out[key].copy(data=np.asarray(data))
+        out[key].encoding["chunks"] = chunks
 
 
 def save_fit(fit: xr.Dataset, store: str | os.PathLike, name: str = "glm",

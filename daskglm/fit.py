@@ -31,7 +31,7 @@ from . import _kernels
 from ._voxelwise import VOXELWISE_ATTRIBUTES, voxelwise_block
 from .cluster import compute
 
-__all__ = ["fit_run", "voxelwise_run", "check_bins", "FIT_VARIABLES"]
+__all__ = ["fit_run", "voxelwise_run", "check_bins", "packed_estimates", "split_estimates", "FIT_VARIABLES"]
 
 FIT_VARIABLES = ("beta", "sigma2", "label_index")
 
@@ -83,6 +83,64 @@ def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling):
         scaling_mean=None if scaling_mean is None else float(scaling_mean),
     )
     return np.vstack([fit.beta, fit.sigma2[None], fit.label[None]])
+
+
+def _label_index(label: np.ndarray, order: int, bins: int) -> np.ndarray:
+    """Row of ``cov`` per voxel from the fit's label: AR(1) the grid value's row
+    (``-bins..bins`` -> ``0..2 bins``), AR(p > 1) the cluster index itself, OLS 0."""
+    if order == 0:
+        return np.zeros(label.shape, np.int64)
+    if order == 1:
+        return (np.rint(label * bins) + bins).astype(np.int64)
+    return np.rint(label).astype(np.int64)
+
+
+def _estimate(packed: np.ndarray, *, variable: str, p: int, order: int, bins: int) -> np.ndarray:
+    """One of :data:`FIT_VARIABLES` from packed rows ``[beta (p); sigma2; label]``, shape (p + 2, v)."""
+    if variable == "beta":
+        return packed[:p]
+    if variable == "sigma2":
+        return packed[p]
+    return _label_index(packed[p + 1], order, bins)
+
+
+def _unpacked(packed: da.Array, p: int, order: int, bins: int) -> dict[str, da.Array]:
+    """The fit variables as lazy rows of ``packed``: one layer each, named ``<variable>-<packed>``
+    and depending on ``packed`` alone, so :func:`packed_estimates` can find ``packed`` again."""
+    out = {}
+    for variable in FIT_VARIABLES:
+        shape = {"chunks": ((p,), packed.chunks[1])} if variable == "beta" else {"drop_axis": 0}
+        out[variable] = da.map_blocks(
+            _estimate, packed, name=f"{variable}-{packed.name}", variable=variable, p=p, order=order,
+            bins=bins, dtype=np.int64 if variable == "label_index" else np.float64, **shape,
+        )
+    return out
+
+
+def packed_estimates(fit: xr.Dataset) -> da.Array | None:
+    """The lazy ``(p + 2, voxel)`` rows ``[beta; sigma2; label]`` a :func:`fit_run` result's
+    variables are slices of, or None (a fit from elsewhere, or transformed since).
+
+    Computing this one array and :func:`split_estimates` on the client gives the fit's
+    variables with one task per voxel column instead of one per variable and column.
+    """
+    arrays = [fit[name].data if name in fit else None for name in FIT_VARIABLES]
+    if not all(isinstance(a, da.Array) for a in arrays):
+        return None
+    beta = arrays[0]
+    source = beta.name.removeprefix("beta-")
+    for name, array in zip(FIT_VARIABLES, arrays):
+        if array.name != f"{name}-{source}" or array.dask.dependencies.get(array.name) != {source}:
+            return None
+    return da.Array(beta.dask, source, chunks=((beta.shape[0] + 2,), beta.chunks[1]), dtype=np.float64)
+
+
+def split_estimates(packed: np.ndarray, noise_model: str, bins: int) -> dict[str, np.ndarray]:
+    """:data:`FIT_VARIABLES` from (a voxel block of) computed :func:`packed_estimates`,
+    shape (p + 2, v), of a fit with these ``noise_model`` and ``bins`` attributes."""
+    order = _kernels.parse_noise_model(noise_model)
+    p = packed.shape[0] - 2
+    return {name: _estimate(packed, variable=name, p=p, order=order, bins=int(bins)) for name in FIT_VARIABLES}
 
 
 def _coefficients(Y, scaling_mean=None, *, X, order, signal_scaling):
@@ -159,17 +217,8 @@ def fit_run(
     if order <= 1:
         packed = _blockwise(_packed_fit, Y, p + 2, *extra, X=X, noise_model=noise_model,
                             bins=int(bins), signal_scaling=scaling)
-        if order == 0:
-            label_value = np.zeros((1, 0))
-            offset = 0
-        else:
-            grid = np.arange(-bins, bins + 1, dtype=np.float64)
-            label_value = (grid / bins)[:, None]
-            offset = bins
-        label_index = da.map_blocks(
-            lambda lab: (np.rint(lab * bins) + offset).astype(np.int64) if order else
-            np.zeros(lab.shape, np.int64), packed[p + 1], dtype=np.int64,
-        )
+        label_value = (np.zeros((1, 0)) if order == 0
+                       else (np.arange(-bins, bins + 1, dtype=np.float64) / bins)[:, None])
     else:
         coefs = _blockwise(_coefficients, Y, order, *extra, X=X, order=order, signal_scaling=scaling)
         (coefs_np,) = compute(coefs, client=client)
@@ -181,7 +230,7 @@ def fit_run(
         labels = da.from_array(index.astype(np.float64), chunks=(Y.chunks[1],))
         packed = _blockwise(_packed_refit, Y, p + 2, labels, "v", *extra, X=X,
                             coeffs=label_value, signal_scaling=scaling)
-        label_index = da.from_array(index.astype(np.int64), chunks=(Y.chunks[1],))
+    estimates = _unpacked(packed, p, order, int(bins))
 
     if order == 1:  # the moment fit's whitened inverses where accurate, else one pinv per label
         cov = _kernels.ar1_label_covariances(X, int(bins))
@@ -190,9 +239,9 @@ def fit_run(
     voxel_coords = {name: bold.coords[name] for name in "ijk" if name in bold.coords}
     return xr.Dataset(
         {
-            "beta": (("regressor", "voxel"), packed[:p]),
-            "sigma2": (("voxel",), packed[p]),
-            "label_index": (("voxel",), label_index),
+            "beta": (("regressor", "voxel"), estimates["beta"]),
+            "sigma2": (("voxel",), estimates["sigma2"]),
+            "label_index": (("voxel",), estimates["label_index"]),
             "cov": (("label", "regressor", "regressor_"), cov),
             "label_value": (("label", "lag"), label_value),
         },

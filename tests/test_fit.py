@@ -122,6 +122,32 @@ def test_ar2_two_pass_equals_run_glm(fiac_small):
     np.testing.assert_allclose(fit["beta"].values, beta, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("noise_model", ["ols", "ar1", "ar2"])
+def test_packed_estimates_split_into_the_fit_variables(fiac_small, noise_model):
+    """The packed rows of a fit_run result give its variables (same values and dtypes) with one
+    task per voxel column after the reads; a fit sliced or reopened has none."""
+    from daskglm.fit import FIT_VARIABLES, packed_estimates, split_estimates
+
+    ds = _ingest(fiac_small, 600)
+    fit = fit_run(ds, fiac_small["X"], noise_model=noise_model, bins=10, random_state=0, client="sync")
+    packed = packed_estimates(fit)
+    assert packed is not None and packed.shape == (fit.sizes["regressor"] + 2, fit.sizes["voxel"])
+    with dask.config.set(scheduler="sync"):
+        with CountTasks() as counter:
+            values = packed.compute()
+        alone = CountTasks()
+        with alone:
+            expected = dask.compute(*[fit[name].data for name in FIT_VARIABLES])
+    columns = ds["bold"].data.numblocks[1]
+    assert alone.count - counter.count >= len(FIT_VARIABLES) * columns  # the slices saved
+    split = split_estimates(values, fit.attrs["noise_model"], fit.attrs["bins"])
+    for name, want in zip(FIT_VARIABLES, expected):
+        assert split[name].dtype == want.dtype
+        np.testing.assert_array_equal(split[name], want)
+    assert packed_estimates(fit.isel(voxel=slice(0, 10))) is None
+    assert packed_estimates(fit.assign(sigma2=fit["sigma2"] * 2)) is None
+
+
 def test_save_and_reopen_fit(fiac_small, tmp_path):
     ds = _ingest(fiac_small, 700, name="saved.zarr")
     lazy = fit_run(ds, fiac_small["X"], noise_model="ar1")
@@ -165,7 +191,7 @@ def test_save_fits_is_one_computation_equal_to_save_fit(fiac_small, tmp_path, mo
     real = fitstore.compute
     monkeypatch.setattr(fitstore, "compute", lambda *a, **k: calls.append(len(a)) or real(*a, **k))
     in_memory = save_fits(fits, stores, client="threads", in_memory=True)
-    assert calls == [6]  # one computation of both runs' beta, sigma2, label_index (then written from here)
+    assert calls == [2]  # one computation of both runs' packed estimates (then split and written from here)
     for got, expected in zip(in_memory, alone):
         assert all(isinstance(got[n].data, np.ndarray) for n in got.variables)
         xr.testing.assert_identical(got, expected)

@@ -223,9 +223,9 @@ def test_fit_reads_headers_once_and_computes_once(fiac, monkeypatch):
     monkeypatch.setattr(daskglm._fitstore, "compute", lambda *a, **k: computes.append(len(a)) or real_compute(*a, **k))
     monkeypatch.setattr(daskglm.store, "compute", lambda *a, **k: computes.append(("store", len(a))))
     model.fit(fiac["runs"], design_matrices=fiac["designs"])
-    # the stores are reused: nothing ingested; one computation for both fits (beta, sigma2 and
-    # label_index of each run, small enough to be written from this process)
-    assert computes == [6]
+    # the stores are reused: nothing ingested; one computation for both fits (each run's packed
+    # estimates, split into beta, sigma2 and label_index and written from this process)
+    assert computes == [2]
     runs = [str(r) for r in fiac["runs"]]
     assert sorted(p for p in loads if p in runs) == sorted(runs)
 
