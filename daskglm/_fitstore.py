@@ -40,6 +40,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
 from dask.utils import parse_bytes
 
 from ._locks import store_lock
@@ -214,14 +215,16 @@ def _written_by_workers(out: xr.Dataset, packed: da.Array, url: str, name: str,
     # Metadata from a template whose fit variables have the same chunks and trivial graphs
     # (xarray would build and optimise the store graph of the whole fit); its writes are not used.
     template = out.copy()
-    for key in FIT_VARIABLES:
-        template[key] = out[key].copy(data=da.zeros(out[key].shape, dtype=out[key].dtype, chunks=out[key].data.chunks))
+    for key in FIT_VARIABLES:  # named (not tokenized): these graphs are never computed
+        template[key] = out[key].copy(data=da.zeros(out[key].shape, dtype=out[key].dtype, chunks=out[key].data.chunks,
+                                                    name=f"template-{out[key].data.name}"))
     template.to_zarr(url, group=name, mode="w", consolidated=False, zarr_format=3, compute=False,
                      **_fsspec_kwargs(url, storage_options))
     group = _open_group(f"{url.rstrip('/')}/{name}", "r+", storage_options)
     rows = packed.shape[0] if gather else 0
-    return da.map_blocks(
-        _write_fit_block, packed, arrays={key: group[key] for key in FIT_VARIABLES},
+    return da.map_blocks(  # named from what it writes where (tokenizing the zarr arrays is slow)
+        _write_fit_block, packed, name=f"write_fit_block-{tokenize(packed.name, url, name, gather)}",
+        arrays={key: group[key] for key in FIT_VARIABLES},
         noise_model=out.attrs["noise_model"], bins=int(out.attrs["bins"]), gather=gather,
         chunks=((rows,), packed.chunks[1]), dtype=packed.dtype, meta=np.empty((0, 0), packed.dtype),
     )
