@@ -133,7 +133,17 @@ def smooth_masked(box: np.ndarray, plan: SmoothingPlan, out: np.ndarray) -> np.n
     -------
     ndarray
         ``out``.
+
+    Raises
+    ------
+    ValueError
+        ``out`` is not float32 rows of this shape: the compiled loop does no
+        bounds checks, so a short ``out`` would be written past its end.
     """
+    want = (box.shape[0], plan.index.size)
+    if out.shape != want or out.dtype != np.float32 or not (out.ndim == 2 and out.strides[1] == 4):
+        raise ValueError(f"out must be float32 rows (C-contiguous rows) of shape {want} for {box.shape[0]} "
+                         f"volumes; got {out.dtype} of shape {out.shape} and strides {out.strides}")
     wx, wy, wz = plan.weights
     _kernel()(box, wx, wy, wz, plan.lo, plan.hi, plan.index, out)
     return out

@@ -108,6 +108,24 @@ def test_empty_mask_and_wrong_ndim_are_refused():
         _volume.smooth_and_mask(np.zeros((3, 3, 3)), crop, np.zeros(3))
 
 
+@pytest.mark.skipif(not _smoothing.AVAILABLE, reason="numba is a dependency; this checks the compiled path")
+def test_compiled_smoothing_refuses_an_out_it_would_overrun():
+    """The compiled loop has no bounds checks: rows for fewer volumes than given (or of another
+    dtype, or strided) are refused before it runs, with both shapes in the message."""
+    mask = np.ones((6, 5, 4), bool)
+    sigma = np.array([1.0, 1.0, 1.0])
+    crop = _volume.smoothing_crop(mask, sigma)
+    volumes = np.random.default_rng(0).normal(size=(6, 5, 4, 3)).astype(np.float32)
+    good = _volume.smooth_and_mask(volumes, crop, sigma, compiled=True)
+    for out in (np.zeros((2, 120), np.float32), np.zeros((3, 120), np.float64), np.zeros((3, 240), np.float32)[:, ::2]):
+        with pytest.raises(ValueError, match=r"\(3, 120\)"):
+            _volume.smooth_and_mask(volumes, crop, sigma, out=out, compiled=True)
+    rows = np.zeros((4, 120), np.float32)
+    _volume.smooth_and_mask(volumes, crop, sigma, out=rows[1:], compiled=True)  # a slice of whole rows: fine
+    np.testing.assert_array_equal(rows[1:], good)
+    assert not rows[0].any()
+
+
 def test_gaussian_weights_are_scipys():
     from scipy.ndimage._filters import _gaussian_kernel1d  # what gaussian_filter1d uses
 
