@@ -69,6 +69,25 @@ def test_compare_benchmark_runs_tiny(tmp_path):
     assert not any(Path(store).exists() for store in daskglm["stores"])
 
 
+def test_ceiling_benchmark_runs_tiny(tmp_path):
+    """The no-dask scaling ceiling at CI size: one process, then two at once, for both kinds."""
+    env = {**os.environ, "DASKGLM_BENCH_DATA": str(tmp_path / "data")}
+    out = tmp_path / "ceiling.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ceiling.py"), "--size", "tiny", "--blocks", "1",
+         "--columns", "2", "--repeat", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env=env, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    result = json.loads(out.read_text())
+    assert result["size"] == "tiny" and set(result["kinds"]) == {"ingest", "fit"}
+    for kind in result["kinds"].values():
+        per_unit = kind["per_unit"]
+        assert per_unit["alone_ms"] > 0 and len(per_unit["two_at_once_ms"]) == 1
+        assert len(per_unit["two_at_once_ms"][0]) == 2 and kind["speedup"] > 0
+    assert "volume" in result["kinds"]["ingest"]["unit"]
+
+
 def test_measured_kills_leftover_processes(tmp_path):
     """A grandchild that outlives its parent is found in the sampled tree and killed."""
     compare = _load_compare()

@@ -1,0 +1,158 @@
+"""Benchmark: how much faster two processes get through daskglm's work than one, without dask.
+
+The ceiling against which "2 workers vs 1" (``compare.py --scaling``) is to be
+read: the same task code that the workers run, driven by plain processes on
+the synchronous scheduler (no scheduler, nanny, client or task overhead), one
+process alone, then two at once on the two runs of the ``hcp`` data.
+
+- ``ingest``: blocks of ``daskglm.store``'s ingestion tasks (read the int16
+  ``.nii`` volumes, smooth, mask, write the zarr rows) into a fresh store;
+- ``fit``: ``daskglm._kernels.fit_block`` (AR(1)) on voxel columns of
+  1200 scans held in memory (the fit's arithmetic without its column reads).
+
+    python benchmarks/ceiling.py                 # both, hcp data (generated once, cached)
+    python benchmarks/ceiling.py --kind ingest --blocks 4
+    python benchmarks/ceiling.py --size tiny --blocks 1 --columns 2 --repeat 1   # smoke test
+
+``speedup`` is (time of one process doing the work of both) / (wall of the
+two processes doing half each): 2.0 would be perfect scaling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _ingest_child(run: str, mask: str, blocks: int) -> dict:
+    import dask
+
+    from daskglm import store
+
+    work = tempfile.mkdtemp(prefix="daskglm-ceiling-")
+    try:
+        with dask.config.set(scheduler="sync"):
+            job = store._Ingestion(run, f"{work}/run.zarr", mask_img=mask, smoothing_fwhm=5.0, t_chunk=None,
+                                   v_chunk=None, storage_options=None, compressor="auto", target=(None, None))
+            job.reuse(False)
+            job.prepare(None, "sync")
+            tasks = job.tasks()[: blocks + 1]
+            tasks[0].compute()  # untimed: compiles the smoothing, warms the imports
+            timed = range(1, len(tasks)) if len(tasks) > 1 else range(1)  # a one-block run: that block again
+            wall, cpu = time.perf_counter(), time.process_time()
+            for index in timed:
+                tasks[index].compute()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        from daskglm import _plan
+
+        bounds = _plan.block_bounds(job.info.n_scans, job.plan.t_chunk)
+        volumes = sum(bounds[index][1] - bounds[index][0] for index in timed)
+        return {"wall_s": wall, "cpu_s": cpu, "units": volumes, "unit": "volume"}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _fit_child(design: str, mask: str, columns: int) -> dict:
+    import nibabel as nib
+    import numpy as np
+
+    from daskglm import _kernels, _plan
+
+    X = np.load(design)["X"]
+    mask_img = nib.load(mask)
+    n_voxels = int(np.count_nonzero(np.asarray(mask_img.dataobj)))
+    width = _plan.plan_chunks(X.shape[0], n_voxels, int(np.prod(mask_img.shape))).v_chunk  # the fit's columns
+    rng = np.random.default_rng(0)
+    Y = (100 + rng.standard_normal((X.shape[0], width))).astype(np.float32)
+    _kernels.fit_block(Y, X, noise_model="ar1", bins=100)  # untimed warm-up
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(columns):
+        _kernels.fit_block(Y, X, noise_model="ar1", bins=100)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"wall_s": wall, "cpu_s": cpu, "units": columns, "unit": f"column of {width} voxels"}
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    return subprocess.Popen([sys.executable, __file__, "--_child", *args], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def _collect(procs: list[subprocess.Popen]) -> list[dict]:
+    out = []
+    for proc in procs:
+        stdout, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"a ceiling child failed with exit code {proc.returncode}")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def _measure(kind: str, child_args: list[list[str]], repeat: int) -> dict:
+    alone = [_collect([_spawn(child_args[0])])[0] for _ in range(repeat)]
+    pairs = [_collect([_spawn(a) for a in child_args]) for _ in range(repeat)]
+    t_alone = statistics.median(r["wall_s"] / r["units"] for r in alone)
+    # the pair's wall: the slower of the two, per unit of its share
+    t_pair = statistics.median(max(r["wall_s"] / r["units"] for r in pair) for pair in pairs)
+    per_unit = {
+        "alone_ms": round(1000 * t_alone, 2),
+        "alone_cpu_ms": round(1000 * statistics.median(r["cpu_s"] / r["units"] for r in alone), 2),
+        "two_at_once_ms": [[round(1000 * r["wall_s"] / r["units"], 2) for r in pair] for pair in pairs],
+        "two_at_once_cpu_ms": [[round(1000 * r["cpu_s"] / r["units"], 2) for r in pair] for pair in pairs],
+    }
+    result = {"kind": kind, "unit": alone[0]["unit"], "repeat": repeat, "per_unit": per_unit,
+              "speedup": round(2 * t_alone / t_pair, 2)}
+    print(f"  {kind:7s} per {result['unit']}: alone {per_unit['alone_ms']} ms, two at once "
+          f"{per_unit['two_at_once_ms']} ms -> two processes {result['speedup']:.2f}x one", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="hcp", help="data size of compare.py (default hcp; tiny for a smoke test)")
+    parser.add_argument("--kind", default="ingest,fit", help="ingest, fit or both (default)")
+    parser.add_argument("--blocks", type=int, default=5, help="ingestion blocks timed per process (default 5)")
+    parser.add_argument("--columns", type=int, default=40, help="fit columns timed per process (default 40)")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements of each kind (median; default 3)")
+    parser.add_argument("--json", help="write the results there")
+    parser.add_argument("--_child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._child:
+        kind, *rest = args._child
+        result = _ingest_child(rest[0], rest[1], int(rest[2])) if kind == "ingest" else _fit_child(rest[0], rest[1], int(rest[2]))
+        print(json.dumps(result))
+        return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from compare import SIZES, _generate, _machine
+
+    if args.size not in SIZES or SIZES[args.size]["n_runs"] < 2:
+        parser.error(f"--size: choose one of {sorted(k for k, v in SIZES.items() if v['n_runs'] >= 2)}")
+    data = _generate(args.size)
+    kinds = [k.strip() for k in args.kind.split(",") if k.strip()]
+    bad = sorted(set(kinds) - {"ingest", "fit"})
+    if bad:
+        parser.error(f"--kind: unknown {bad}; choose from ingest, fit")
+    results = {"machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "size": args.size, "kinds": {}}
+    for kind in kinds:
+        if kind == "ingest":
+            child_args = [["ingest", str(data[f"func{r}"]), str(data["mask"]), str(args.blocks)] for r in (1, 2)]
+        else:
+            child_args = [["fit", str(data[f"design_matrix{r}"]), str(data["mask"]), str(args.columns)]
+                          for r in (1, 2)]
+        results["kinds"][kind] = _measure(kind, child_args, args.repeat)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
