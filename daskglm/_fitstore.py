@@ -20,10 +20,10 @@ hands the fits back:
 
 - in memory, when the fits of all the runs hold at most
   :func:`fit_memory_bytes` (dask config key ``daskglm.fit-memory-bytes``,
-  default 256 MiB): ``beta``, ``sigma2`` and ``label_index`` are read
-  straight from zarr into numpy (no dask computation, so nothing runs on a
-  local scheduler behind a distributed client), and contrasts are numpy
-  operations in the client;
+  default 256 MiB): ``beta``, ``sigma2`` and ``label_index`` are the values
+  the computation wrote, gathered as numpy (the packed rows the tasks
+  return, split in the client; nothing is read back), and contrasts are
+  numpy operations in the client;
 - lazily otherwise, in dask chunks of about :data:`LAZY_CHUNK_BYTES` (whole
   multiples of the stored voxel blocks), so that a contrast is a handful of
   tasks whatever the number of fit blocks.
