@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ from pathlib import Path
 def _ingest_child(run: str, mask: str, blocks: int) -> dict:
     import dask
 
-    from daskglm import store
+    from daskglm import _plan, store
 
     work = tempfile.mkdtemp(prefix="daskglm-ceiling-")
     try:
@@ -51,8 +50,6 @@ def _ingest_child(run: str, mask: str, blocks: int) -> dict:
             for index in timed:
                 tasks[index].compute()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        from daskglm import _plan
-
         bounds = _plan.block_bounds(job.info.n_scans, job.plan.t_chunk)
         volumes = sum(bounds[index][1] - bounds[index][0] for index in timed)
         return {"wall_s": wall, "cpu_s": cpu, "units": volumes, "unit": "volume"}
@@ -81,9 +78,10 @@ def _fit_child(design: str, mask: str, columns: int) -> dict:
 
 
 def _spawn(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    src = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    # this checkout's daskglm first, as for compare.py's children
+    from compare import _child_env
+
+    env = {**_child_env(), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, __file__, "--_child", *args], stdout=subprocess.PIPE, text=True, env=env)
 
 

@@ -249,10 +249,12 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_option
             for url in sorted({urls[i] for i in indexes}):
                 locks.enter_context(store_lock(url))
             outs = {i: _to_write(fits[i]) for i in indexes}
-            jobs: list[tuple[int, str | None, Any]] = []  # (fit, variable or None: packed, collection)
+            by_workers: set[int] = set()  # fit_run results: their tasks write them
+            jobs: list[tuple[int, str | None, Any]] = []  # (fit, variable to hold or None, collection)
             for i in indexes:
                 packed = packed_estimates(outs[i])
                 if packed is not None:
+                    by_workers.add(i)
                     jobs.append((i, None, _written_by_workers(outs[i], packed, urls[i], name,
                                                               storage_options, eager)))
                 elif eager:
@@ -260,17 +262,17 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_option
                     jobs += [(i, key, outs[i][key].data) for key in outs[i].data_vars
                              if isinstance(outs[i][key].data, da.Array)]
                 else:
-                    jobs.append((i, "", outs[i].to_zarr(urls[i], group=name, mode="w", consolidated=False,
-                                                        zarr_format=3, compute=False,
-                                                        **_fsspec_kwargs(urls[i], storage_options))))
+                    jobs.append((i, None, outs[i].to_zarr(urls[i], group=name, mode="w", consolidated=False,
+                                                          zarr_format=3, compute=False,
+                                                          **_fsspec_kwargs(urls[i], storage_options))))
             values = compute(*[collection for _, _, collection in jobs], client=client)
             for (i, key, _), value in zip(jobs, values):
-                if key is None and eager:
+                if i in by_workers and eager:
                     _hold(outs[i], split_estimates(value, outs[i].attrs["noise_model"], int(outs[i].attrs["bins"])))
-                elif key:
+                elif key is not None:
                     _hold(outs[i], {key: value})
             for i in indexes:
-                if eager and not any(key is None for j, key, _ in jobs if j == i):
+                if eager and i not in by_workers:
                     outs[i].to_zarr(urls[i], group=name, mode="w", consolidated=False, zarr_format=3,
                                     **_fsspec_kwargs(urls[i], storage_options))
             for i in indexes:

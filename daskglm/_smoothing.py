@@ -141,7 +141,7 @@ def smooth_masked(box: np.ndarray, plan: SmoothingPlan, out: np.ndarray) -> np.n
         bounds checks, so a short ``out`` would be written past its end.
     """
     want = (box.shape[0], plan.index.size)
-    if out.shape != want or out.dtype != np.float32 or not (out.ndim == 2 and out.strides[1] == 4):
+    if out.shape != want or out.dtype != np.float32 or out.strides[1] != 4:
         raise ValueError(f"out must be float32 rows (C-contiguous rows) of shape {want} for {box.shape[0]} "
                          f"volumes; got {out.dtype} of shape {out.shape} and strides {out.strides}")
     wx, wy, wz = plan.weights
