@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["MAX_RELATIVE_ERROR", "MAX_COVARIANCE_ERROR", "MomentDesign", "MomentFit", "ar1_fit_moments",
-           "prepare"]
+           "ar1_grid", "prepare"]
 
 #: Largest rounding-error bound (relative) a voxel may carry on the fast path.
 MAX_RELATIVE_ERROR = 1e-10
@@ -55,6 +55,30 @@ MAX_COVARIANCE_ERROR = 1e-12
 #: (``max(n, p) * eps`` relative), so that the cutoff discards nothing there.
 _CUTOFF_MARGIN = 1e-2
 _EPS = float(np.finfo(np.float64).eps)
+
+
+def ar1_grid(bins: int) -> np.ndarray:
+    """nilearn's AR(1) label values ``k / bins``, ``k`` in ``[-bins, bins]``.
+
+    Row ``k + bins`` of every per-label table (covariances, inverses) is the
+    label ``k / bins``. A label of :func:`daskglm._kernels.ar1_labels`,
+    ``trunc(rho * bins) / bins``, equals its grid value bit for bit; its row
+    is ``rint(label * bins) + bins``. The labels of the grid values
+    themselves are not always the same values: ``(k / bins) * bins`` can
+    round to just below ``k`` (e.g. ``bins=100``, ``k=58``), which truncates
+    to ``k - 1``, as in nilearn.
+
+    Parameters
+    ----------
+    bins : int
+        AR(1) quantisation bins (>= 1).
+
+    Returns
+    -------
+    ndarray, shape (2 bins + 1,), float64
+        The label values in increasing order.
+    """
+    return np.arange(-bins, bins + 1, dtype=np.float64) / bins
 
 
 class MomentDesign(NamedTuple):
@@ -150,7 +174,7 @@ def _build(X: np.ndarray, bins: int) -> MomentDesign | None:
     lag = Xs[1:].T @ Xs[:-1]
     lag = 0.5 * (lag + lag.T)
     last = Xs[n - 1].copy()
-    rho = np.arange(-bins, bins + 1, dtype=np.float64) / bins
+    rho = ar1_grid(bins)
     tail = gram - np.outer(last, last)
     label_gram = gram[None] - (2 * rho)[:, None, None] * lag[None] + (rho**2)[:, None, None] * tail[None]
     label_inv, label_error = _inverse_and_error(label_gram)

@@ -4,7 +4,9 @@ A block is ``Y (n, v)``: all ``n`` scans of ``v`` voxels. Everything here is a
 pure function of plain arrays and reproduces nilearn 0.14
 (``nilearn.glm.first_level.run_glm`` / ``mean_scaling``, ``OLSModel``,
 ``ARModel``) up to floating-point rounding. Statistics are computed in float64
-even for float32 data. Contrast statistics live in :mod:`daskglm._stats`.
+even for float32 data. Contrast statistics live in :mod:`daskglm._stats`, the
+per-label covariances of beta (and the AR(p>1) label table) in
+:mod:`daskglm._covariances`.
 
 Definitions (each defined once, here):
 
@@ -22,7 +24,8 @@ Definitions (each defined once, here):
   (n * V)`` reduced over blocks, i.e. one extra pass). Voxels with all-zero residuals get AR
   coefficients 0 (nilearn raises ``LinAlgError`` when they are alone and
   labels them 1.0 otherwise, as an artefact of the global mean).
-* AR(1) labels: ``trunc(rho * bins) / bins`` (a fixed grid).
+* AR(1) labels: ``trunc(rho * bins) / bins`` (a fixed grid,
+  :func:`daskglm._ar1_moments.ar1_grid`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from . import _ar1_moments
 __all__ = [
     "OLSFit",
     "BlockFit",
-    "LabelCovariance",
     "ScalingMode",
     "scale_signal",
     "grand_mean_parts",
@@ -48,13 +50,9 @@ __all__ = [
     "yule_walker",
     "ar1_labels",
     "whiten",
-    "label_covariances",
-    "ar1_label_covariances",
     "fit_block",
     "ar_coefficients_block",
     "refit_block",
-    "label_covariance",
-    "merge_ar_clusters",
 ]
 
 ScalingMode = bool | int | tuple[int, int]
@@ -97,21 +95,6 @@ class BlockFit(NamedTuple):
     beta: np.ndarray
     sigma2: np.ndarray
     label: np.ndarray
-    dof: int
-
-
-class LabelCovariance(NamedTuple):
-    """Normalised covariance of beta for one noise label.
-
-    Attributes
-    ----------
-    cov : ndarray, shape (p, p)
-        ``pinv(WX) @ pinv(WX).T`` with ``WX`` the whitened design.
-    dof : int
-        ``residual_dof(X)``.
-    """
-
-    cov: np.ndarray
     dof: int
 
 
@@ -324,7 +307,8 @@ def ar1_labels(rho: np.ndarray, bins: int = 100) -> np.ndarray:
     Returns
     -------
     ndarray, shape (v,), float64
-        Labels on the fixed grid ``k / bins`` (truncated toward 0; -0 -> 0).
+        Labels on the fixed grid ``k / bins`` (truncated toward 0; -0 -> 0),
+        :func:`daskglm._ar1_moments.ar1_grid`.
     """
     return np.trunc(np.asarray(rho, dtype=np.float64) * bins) / bins + 0.0
 
@@ -378,7 +362,10 @@ def _whiten_inplace(A: np.ndarray, coeffs: np.ndarray, rows: int = 64) -> None:
 
 
 def _whitened_pinv(X: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Whitened design and its pseudo-inverse (scipy's default cutoff, as nilearn)."""
+    """Whitened design and its pseudo-inverse (scipy's default cutoff, as nilearn).
+
+    Also the definition of :func:`daskglm._covariances.label_covariance`.
+    """
     wx = whiten(X, coeffs) if np.size(coeffs) else np.asarray(X, dtype=np.float64)
     return wx, scipy.linalg.pinv(wx)
 
@@ -428,89 +415,6 @@ _PINVS = _PinvCache()
 def _pinv_and_dof(X: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, int]:
     key = _PINVS.design_key(X)
     return _PINVS.pinv(X, coeffs, key), _PINVS.dof(X, key)
-
-
-def label_covariance(X: np.ndarray, coeffs: np.ndarray | float | None = None) -> LabelCovariance:
-    """Normalised covariance of beta for one AR coefficient vector.
-
-    Parameters
-    ----------
-    X : ndarray, shape (n, p)
-    coeffs : float or ndarray, shape (order,), optional
-        AR coefficients of the label (AR(1): the label value); None, empty or
-        zeros for OLS.
-
-    Returns
-    -------
-    LabelCovariance
-        ``cov`` (p, p) = pinv(WX) pinv(WX)', ``dof`` = ``residual_dof(X)``.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    c = np.zeros(0) if coeffs is None else np.atleast_1d(np.asarray(coeffs, dtype=np.float64))
-    pinv = _whitened_pinv(X, c)[1]
-    return LabelCovariance(pinv @ pinv.T, residual_dof(X))
-
-
-def label_covariances(X: np.ndarray, label_values: np.ndarray) -> np.ndarray:
-    """``label_covariance(X, c).cov`` for every row ``c`` of a label table.
-
-    Parameters
-    ----------
-    X : ndarray, shape (n, p)
-    label_values : ndarray, shape (L, order)
-        AR coefficients per label (``order == 0``: OLS).
-
-    Returns
-    -------
-    ndarray, shape (L, p, p)
-        ``pinv(WX) pinv(WX)'`` (scipy's pinv cutoff), from one batched SVD
-        per 64 labels.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    coeffs = np.asarray(label_values, dtype=np.float64).reshape(len(label_values), -1)
-    n, p = X.shape
-    out = np.empty((len(coeffs), p, p))
-    for lo in range(0, len(coeffs), 64):  # whitened designs of 64 labels at a time, one batched SVD
-        c = coeffs[lo:lo + 64]
-        wx = np.repeat(X[None], len(c), axis=0)
-        for k in range(1, c.shape[1] + 1):
-            wx[:, k:] -= c[:, k - 1, None, None] * X[None, :-k]
-        _, sv, vt = np.linalg.svd(wx, full_matrices=False)
-        # scipy.linalg.pinv's cutoff (nilearn's): singular values above max(n, p) * eps * s_max
-        keep = sv > (max(n, p) * np.finfo(np.float64).eps) * sv[:, :1]
-        inv2 = np.where(keep, 1.0 / np.where(keep, sv, 1.0) ** 2, 0.0)
-        # pinv pinv' = V diag(1 / s^2) V'
-        out[lo:lo + len(c)] = np.einsum("lki,lk,lkj->lij", vt, inv2, vt)
-    return out
-
-
-def ar1_label_covariances(X: np.ndarray, bins: int) -> np.ndarray:
-    """`label_covariances` on nilearn's AR(1) grid ``k / bins``, ``k`` in [-bins, bins].
-
-    The moment fit's whitened inverses (:mod:`daskglm._ar1_moments`) serve the
-    labels where their rounding-error bound is at most
-    :data:`daskglm._ar1_moments.MAX_COVARIANCE_ERROR` (all but the one or two
-    labels next to ``|rho| = 1`` for FIAC and HCP designs); the others, and
-    every label of a design the moments refuse, take one SVD per label.
-
-    Parameters
-    ----------
-    X : ndarray, shape (n, p)
-    bins : int
-
-    Returns
-    -------
-    ndarray, shape (2 bins + 1, p, p)
-    """
-    grid = (np.arange(-bins, bins + 1, dtype=np.float64) / bins)[:, None]
-    design = _ar1_moments.prepare(X, bins)
-    if design is None or design.covariances is None:
-        return label_covariances(X, grid)
-    out = np.array(design.covariances)
-    redo = np.flatnonzero(~(design.label_error <= _ar1_moments.MAX_COVARIANCE_ERROR))
-    if redo.size:
-        out[redo] = label_covariances(X, grid[redo])
-    return out
 
 
 def _fit_groups(
@@ -701,34 +605,3 @@ def refit_block(
     Ys = _as_float64(scale_signal(Y_scaled, signal_scaling, scaling_mean)[0])
     beta, sigma2 = _fit_groups(Ys, X, labels.astype(np.intp), coeffs)
     return BlockFit(beta, sigma2, labels.astype(np.float64), _PINVS.dof(X))
-
-
-def merge_ar_clusters(centers: np.ndarray, voxel_cluster: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """nilearn's AR(p>1) labels from a KMeans clustering of all voxels.
-
-    nilearn names each cluster by its centre rounded to 2 decimals
-    (``"0.12_-0.05"``); clusters with equal names merge into one label whose
-    coefficients are the centre of the first voxel (in voxel order) carrying
-    it. Client-side helper (needs the cluster of every voxel).
-
-    Parameters
-    ----------
-    centers : ndarray, shape (K, order)
-        ``KMeans.cluster_centers_``.
-    voxel_cluster : ndarray of int, shape (V,)
-        ``KMeans.labels_``.
-
-    Returns
-    -------
-    label_index : ndarray of int, shape (V,)
-        Index of each voxel's label (for `refit_block`).
-    coeffs : ndarray, shape (L, order)
-        Coefficients of each label.
-    names : ndarray of str, shape (L,)
-        nilearn's label strings, sorted.
-    """
-    centers = np.asarray(centers, dtype=np.float64)
-    voxel_cluster = np.asarray(voxel_cluster)
-    cluster_names = np.array(["_".join(map(str, np.round(c, 2))) for c in centers])
-    names, first, label_index = np.unique(cluster_names[voxel_cluster], return_index=True, return_inverse=True)
-    return label_index, centers[voxel_cluster[first]], names

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _kernels, _stats
+from . import _covariances, _kernels, _stats
 from ._smoothing import kernel_radius
 from ._volume import fwhm_to_sigma
 
@@ -63,7 +63,7 @@ def ols_contrast(
     """
     X = np.asarray(X, dtype=np.float64)
     if cov is None:
-        cov = _kernels.label_covariance(X).cov
+        cov = _covariances.label_covariance(X).cov
     fit = _kernels.ols(np.asarray(Y, dtype=np.float64), X)
     con = np.asarray(con, dtype=np.float64)
     if stat_type == "t":

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import _kernels
+from . import _ar1_moments, _covariances, _kernels
 from ._voxelwise import VOXELWISE_ATTRIBUTES, voxelwise_block
 from .cluster import compute
 
@@ -218,7 +218,7 @@ def fit_run(
         packed = _blockwise(_packed_fit, Y, p + 2, *extra, X=X, noise_model=noise_model,
                             bins=int(bins), signal_scaling=scaling)
         label_value = (np.zeros((1, 0)) if order == 0
-                       else (np.arange(-bins, bins + 1, dtype=np.float64) / bins)[:, None])
+                       else _ar1_moments.ar1_grid(bins)[:, None])
     else:
         coefs = _blockwise(_coefficients, Y, order, *extra, X=X, order=order, signal_scaling=scaling)
         (coefs_np,) = compute(coefs, client=client)
@@ -226,16 +226,16 @@ def fit_run(
 
         kmeans = KMeans(n_clusters=min(int(bins), coefs_np.shape[1]), n_init=10,
                         random_state=random_state).fit(coefs_np.T)
-        index, label_value, _ = _kernels.merge_ar_clusters(kmeans.cluster_centers_, kmeans.labels_)
+        index, label_value, _ = _covariances.merge_ar_clusters(kmeans.cluster_centers_, kmeans.labels_)
         labels = da.from_array(index.astype(np.float64), chunks=(Y.chunks[1],))
         packed = _blockwise(_packed_refit, Y, p + 2, labels, "v", *extra, X=X,
                             coeffs=label_value, signal_scaling=scaling)
     estimates = _unpacked(packed, p, order, int(bins))
 
     if order == 1:  # the moment fit's whitened inverses where accurate, else one pinv per label
-        cov = _kernels.ar1_label_covariances(X, int(bins))
+        cov = _covariances.ar1_label_covariances(X, int(bins))
     else:
-        cov = _kernels.label_covariances(X, label_value)  # one pinv per label, no SVD for the dof
+        cov = _covariances.label_covariances(X, label_value)  # one pinv per label, no SVD for the dof
     voxel_coords = {name: bold.coords[name] for name in "ijk" if name in bold.coords}
     return xr.Dataset(
         {

@@ -201,25 +201,22 @@ def test_solve_by_label_equals_one_product_per_voxel(seed, labels, p, v):
     np.testing.assert_allclose(M._solve_by_label(inverses, index, rhs), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_ar1_label_covariances_equal_the_svd_pseudo_inverses():
-    """Oracle: pinv(WX) pinv(WX)' from one SVD per label (nilearn's definition) for every label,
-    FIAC-like designs (whose labels next to rho = 1 take the SVD); a design the moments refuse
-    gets the SVD everywhere."""
-    rng = np.random.default_rng(3)
-    for n, p, bins in ((191, 13, 100), (60, 4, 7), (1200, 13, 100)):
-        t = np.arange(n)
-        X = np.column_stack([np.cos(np.pi * (k + 1) * t / n) for k in range(p - 2)]
-                            + [rng.normal(size=n) * 50.0, np.ones(n)])
-        design = M.prepare(X, bins)
-        assert design is not None and design.covariances is not None
-        assert not design.covariances.flags.writeable
-        assert (design.label_error <= M.MAX_COVARIANCE_ERROR).sum() > bins  # most labels: no SVD
-        grid = (np.arange(-bins, bins + 1) / bins)[:, None]
-        expected = K.label_covariances(X, grid)
-        got = K.ar1_label_covariances(X, bins)
-        scale = np.abs(expected).max(axis=(1, 2))[:, None, None]
-        np.testing.assert_allclose(got / scale, expected / scale, rtol=0, atol=1e-11)
-    X = np.column_stack([np.ones(50), np.arange(50.0), np.arange(50.0) + 1e-9 * np.sin(np.arange(50.0))])
-    assert M.prepare(X, 10) is None
-    np.testing.assert_array_equal(K.ar1_label_covariances(X, 10),
-                                  K.label_covariances(X, (np.arange(-10, 11) / 10)[:, None]))
+def test_ar1_grid_is_the_label_table():
+    """``ar1_grid`` by hand, and every AR(1) label is its grid value, bit for bit, at row
+    ``rint(label * bins) + bins`` (the row fit_run's ``label_index`` and the moment fit use)."""
+    np.testing.assert_array_equal(M.ar1_grid(2), [-1.0, -0.5, 0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(M.ar1_grid(1), [-1.0, 0.0, 1.0])
+    assert M.ar1_grid(100).shape == (201,) and M.ar1_grid(100).dtype == np.float64
+    rng = np.random.default_rng(0)
+    for bins in (1, 2, 7, 22, 100, 1000):
+        grid = M.ar1_grid(bins)
+        label = K.ar1_labels(rng.uniform(-1, 1, 5000), bins)
+        np.testing.assert_array_equal(grid[np.rint(label * bins).astype(np.intp) + bins], label)
+    for bins in (1, 2, 10):  # each grid value is its own label
+        np.testing.assert_array_equal(K.ar1_labels(M.ar1_grid(bins), bins), M.ar1_grid(bins))
+    # ...but not always: (k / bins) * bins can round to just below k, which truncates to k - 1
+    # (nilearn's int cast does the same), e.g. 0.58 * 100 = 57.99999999999999 -> label 0.57.
+    grid = M.ar1_grid(100)
+    moved = np.flatnonzero(K.ar1_labels(grid, 100) != grid) - 100
+    np.testing.assert_array_equal(moved, [-58, -57, -29, 29, 57, 58])
+    np.testing.assert_array_equal(K.ar1_labels(grid, 100)[moved + 100], (moved - np.sign(moved)) / 100)

@@ -1,5 +1,7 @@
 """Tests of daskglm._kernels / daskglm._stats against nilearn 0.14 and
-independent per-voxel least-squares oracles."""
+independent per-voxel least-squares oracles (the label covariances of
+daskglm._covariances are checked here against nilearn's fits too; their own
+tests are in tests/test_covariances.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from daskglm import _covariances as C
 from daskglm import _kernels as K
 from daskglm import _stats as S
 
@@ -91,7 +94,7 @@ def assert_close(actual, desired, rtol: float = RTOL) -> None:
 def covariance_stack(X: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Client-side: one normalised covariance per distinct AR(1) label."""
     values, index = np.unique(label, return_inverse=True)
-    covs = np.stack([K.label_covariance(X, val).cov for val in values])
+    covs = np.stack([C.label_covariance(X, val).cov for val in values])
     return covs, index
 
 
@@ -166,7 +169,7 @@ def test_fit_block_matches_run_glm(noise_model):
         mask = labels == key
         assert_close(fit.beta[:, mask], res.theta)
         assert_close(fit.sigma2[mask], res.dispersion)
-        cov = K.label_covariance(X, float(key))
+        cov = C.label_covariance(X, float(key))
         assert_close(cov.cov, res.model.normalized_cov_beta)
         assert cov.dof == res.df_residuals == fit.dof
     beta, sigma2 = assemble(labels, results)
@@ -565,7 +568,7 @@ def test_ar2_two_pass_matches_run_glm():
     blocks = [slice(0, 120), slice(120, None)]
     coeffs = np.hstack([K.ar_coefficients_block(Y[:, s], X, 2) for s in blocks])  # pass 1
     kmeans = KMeans(n_clusters=min(bins, V), n_init=10, random_state=0).fit(coeffs.T)  # client
-    index, coeffs_per_label, names = K.merge_ar_clusters(kmeans.cluster_centers_, kmeans.labels_)
+    index, coeffs_per_label, names = C.merge_ar_clusters(kmeans.cluster_centers_, kmeans.labels_)
     fits = [K.refit_block(Y[:, s], X, index[s], coeffs_per_label, signal_scaling=0) for s in blocks]  # pass 2
     np.testing.assert_array_equal(names[index], labels)
     np.testing.assert_array_equal(names, sorted(results))
@@ -573,20 +576,7 @@ def test_ar2_two_pass_matches_run_glm():
     assert_close(np.hstack([f.beta for f in fits]), beta)
     assert_close(np.hstack([f.sigma2 for f in fits]), sigma2)
     for i, name in enumerate(names):
-        assert_close(K.label_covariance(X, coeffs_per_label[i]).cov, results[name].model.normalized_cov_beta)
-
-
-def test_label_covariances_equal_one_label_at_a_time():
-    from daskglm._kernels import label_covariance, label_covariances
-
-    rng = np.random.default_rng(5)
-    X = np.column_stack([rng.standard_normal((50, 3)), np.ones(50)])
-    table = np.array([[-0.3], [0.0], [0.42]])
-    got = label_covariances(X, table)
-    for row, coeffs in enumerate(table):
-        np.testing.assert_allclose(got[row], label_covariance(X, coeffs).cov, rtol=1e-12)
-    np.testing.assert_allclose(label_covariances(X, np.zeros((1, 0)))[0], np.linalg.pinv(X) @ np.linalg.pinv(X).T,
-                               rtol=1e-10, atol=1e-14)
+        assert_close(C.label_covariance(X, coeffs_per_label[i]).cov, results[name].model.normalized_cov_beta)
 
 
 @pytest.mark.parametrize("order, n", [(1, 2), (1, 130), (2, 3), (2, 200), (3, 70)])

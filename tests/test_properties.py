@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
+from daskglm import _covariances as C
 from daskglm import _kernels as K
 from daskglm import _stats as S
 
@@ -212,7 +213,7 @@ def test_near_collinear_design_finite_and_same_fitted_values(seed, n, p, v, scal
     assert_voxels_close(fit.sigma2[keep], sigma2[keep], ynorm[keep] ** 2, rtol=rtol)
     # the contrast statistics of such a fit are finite too
     covs, index = np.unique(fit.label, return_inverse=True)
-    covs = np.stack([K.label_covariance(X, val).cov for val in covs])
+    covs = np.stack([C.label_covariance(X, val).cov for val in covs])
     c = rng.standard_normal(p + 1)
     t = S.t_contrast(c, fit.beta, fit.sigma2, covs, index, fit.dof)
     for arr in (t.effect, t.variance, t.stat, t.p_value, t.z_score):
@@ -223,7 +224,7 @@ def test_near_collinear_design_finite_and_same_fitted_values(seed, n, p, v, scal
 def random_stats(rng, p, v, n_labels, n=40):
     X = random_design(rng, n, p, intercept=True)
     rhos = rng.uniform(-0.5, 0.9, n_labels)
-    covs = np.stack([K.label_covariance(X, r).cov for r in rhos])
+    covs = np.stack([C.label_covariance(X, r).cov for r in rhos])
     beta = rng.normal(0, 3, (p, v))
     sigma2 = rng.uniform(0.1, 10, v)
     index = rng.integers(0, n_labels, v)
@@ -336,7 +337,7 @@ def test_finite_and_equal_where_nilearn_is(seed, n, p, v, scale, n_constant, noi
         fit = K.fit_block(Y, X, noise_model)
     con = rng.standard_normal(p) if stat_type == "t" else rng.standard_normal((min(2, p), p))
     values, index = np.unique(fit.label, return_inverse=True)
-    covs = np.stack([K.label_covariance(X, val).cov for val in values])
+    covs = np.stack([C.label_covariance(X, val).cov for val in values])
     func = S.t_contrast if stat_type == "t" else S.f_contrast
     ours = func(con, fit.beta, fit.sigma2, covs, index, fit.dof)
     with warnings.catch_warnings():

@@ -1,0 +1,47 @@
+"""Tests of daskglm._covariances: the per-label covariances of beta against
+one pseudo-inverse per label. Their agreement with nilearn's
+``normalized_cov_beta`` (and of ``merge_ar_clusters`` with nilearn's AR(p>1)
+labels) is tested with the fits in tests/test_kernels.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from daskglm import _ar1_moments as M
+from daskglm import _covariances as C
+
+
+def test_label_covariances_equal_one_label_at_a_time():
+    rng = np.random.default_rng(5)
+    X = np.column_stack([rng.standard_normal((50, 3)), np.ones(50)])
+    table = np.array([[-0.3], [0.0], [0.42]])
+    got = C.label_covariances(X, table)
+    for row, coeffs in enumerate(table):
+        np.testing.assert_allclose(got[row], C.label_covariance(X, coeffs).cov, rtol=1e-12)
+    np.testing.assert_allclose(C.label_covariances(X, np.zeros((1, 0)))[0], np.linalg.pinv(X) @ np.linalg.pinv(X).T,
+                               rtol=1e-10, atol=1e-14)
+
+
+def test_ar1_label_covariances_equal_the_svd_pseudo_inverses():
+    """Oracle: pinv(WX) pinv(WX)' from one SVD per label (nilearn's definition) for every label,
+    FIAC-like designs (whose labels next to rho = 1 take the SVD); a design the moments refuse
+    gets the SVD everywhere."""
+    rng = np.random.default_rng(3)
+    for n, p, bins in ((191, 13, 100), (60, 4, 7), (1200, 13, 100)):
+        t = np.arange(n)
+        X = np.column_stack([np.cos(np.pi * (k + 1) * t / n) for k in range(p - 2)]
+                            + [rng.normal(size=n) * 50.0, np.ones(n)])
+        design = M.prepare(X, bins)
+        assert design is not None and design.covariances is not None
+        assert not design.covariances.flags.writeable
+        assert (design.label_error <= M.MAX_COVARIANCE_ERROR).sum() > bins  # most labels: no SVD
+        grid = (np.arange(-bins, bins + 1) / bins)[:, None]
+        expected = C.label_covariances(X, grid)
+        got = C.ar1_label_covariances(X, bins)
+        scale = np.abs(expected).max(axis=(1, 2))[:, None, None]
+        np.testing.assert_allclose(got / scale, expected / scale, rtol=0, atol=1e-11)
+    X = np.column_stack([np.ones(50), np.arange(50.0), np.arange(50.0) + 1e-9 * np.sin(np.arange(50.0))])
+    assert M.prepare(X, 10) is None
+    np.testing.assert_array_equal(C.ar1_label_covariances(X, 10),
+                                  C.label_covariances(X, (np.arange(-10, 11) / 10)[:, None]))
