@@ -21,16 +21,21 @@ whole block costs one GEMM over ``Y`` and two dot-product passes, instead of
 an OLS, a residual matrix, a whitened copy of ``Y`` regrouped by label and a
 GEMM per label (:func:`daskglm._kernels.fit_block`'s exact path).
 
-The price is the normal equations' rounding: results agree with the exact
-path to ``eps * cond * energy ratio``. The design's columns are scaled to unit
-norm first (which leaves the least-squares solution unchanged) so that
-``cond`` is that of the scaled Gram matrices (about 12 for nilearn's FIAC
-design, against 1e8 unscaled). Each voxel carries a bound of its rounding
-error, ``eps * cond(C_l) * |W y|^2 / RSS`` (and the same for the OLS step
-that gives ``rho``); voxels over :data:`MAX_RELATIVE_ERROR`, with a zero
-residual, or with non-finite data are reported so that the caller refits
-them exactly. A design that is rank deficient or too ill-conditioned is
-refused as a whole (:func:`prepare` returns None).
+The price is the normal equations' rounding. The design's columns are
+scaled to unit norm first (which leaves the least-squares solution
+unchanged) so that ``cond`` is that of the scaled Gram matrices (about 12 for
+nilearn's FIAC design, against 1e8 unscaled), and each label's whitened Gram
+matrix ``C_l`` is summed from its whitened design, not from the identity
+above (whose cancellation for labels near 1 loses digits). Each label carries
+a bound of the rounding of ``inv(C_l)`` -- ``eps * cond(C_l) * (n trace(C_l)
+/ |C_l| + p)``, from the worst case of an ``n``-term sum (Higham's
+``gamma_n``), typically 100-1000 times the actual error -- and each voxel
+that bound times ``(s0 + 2 |l s1| + l^2 (s0 + y_last^2)) / RSS``, the size of
+the terms ``|W y|^2`` is summed from against the residual (and the same for
+the OLS step that gives ``rho``); voxels over :data:`MAX_RELATIVE_ERROR`,
+with a zero residual, or with non-finite data are reported so that the
+caller refits them exactly. A design that is rank deficient or too
+ill-conditioned is refused as a whole (:func:`prepare` returns None).
 """
 
 from __future__ import annotations
@@ -44,12 +49,12 @@ __all__ = ["MAX_RELATIVE_ERROR", "MAX_COVARIANCE_ERROR", "MomentDesign", "Moment
            "ar1_grid", "prepare"]
 
 #: Largest rounding-error bound (relative) a voxel may carry on the fast path.
-MAX_RELATIVE_ERROR = 1e-10
+MAX_RELATIVE_ERROR = 1e-8
 #: Largest condition number of a scaled Gram matrix the fast path accepts.
 MAX_CONDITION = 1e6
 #: Largest rounding-error bound (relative) of a label covariance taken from the
-#: moment design instead of an SVD (:func:`daskglm._kernels.ar1_label_covariances`).
-MAX_COVARIANCE_ERROR = 1e-12
+#: moment design instead of an SVD (:func:`daskglm._covariances.ar1_label_covariances`).
+MAX_COVARIANCE_ERROR = 1e-10
 #: The covariances from the moment design are used only when every whitened
 #: design is this far from the SVD pseudo-inverse's rank cutoff
 #: (``max(n, p) * eps`` relative), so that the cutoff discards nothing there.
@@ -99,9 +104,10 @@ class MomentDesign(NamedTuple):
     label_inv : ndarray, shape (2 bins + 1, p, p)
         ``inv(Xs' W' W Xs)`` for every label ``k / bins``, k in [-bins, bins].
     label_error : ndarray, shape (2 bins + 1,)
-        ``eps * cond`` of each of those matrices.
+        Bound of the relative rounding error of each of those inverses (see
+        :func:`_inverse_and_error`).
     gram_error : float
-        ``eps * cond(Xs' Xs)``.
+        The same bound for ``gram_inv``.
     bins : int
     df : int
         Dispersion degrees of freedom ``n - p``.
@@ -109,7 +115,7 @@ class MomentDesign(NamedTuple):
         ``label_inv`` unscaled: ``pinv(W X) pinv(W X)'`` of every label to
         ``label_error`` (relative), read-only; None when the SVD
         pseudo-inverse's rank cutoff could discard a singular value of some
-        ``W X`` (see :func:`daskglm._kernels.ar1_label_covariances`).
+        ``W X`` (see :func:`daskglm._covariances.ar1_label_covariances`).
     """
 
     scale: np.ndarray
@@ -146,14 +152,56 @@ class MomentFit(NamedTuple):
     redo: np.ndarray
 
 
-def _inverse_and_error(mats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverses of symmetric positive matrices ``(..., p, p)`` and ``eps * cond`` of each."""
+def _inverse_and_error(mats: np.ndarray, n_terms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inverses of Gram matrices ``(..., p, p)``, their condition numbers and bounds of their rounding.
+
+    Each ``M = A' A`` was summed from ``n_terms`` products; its entries are
+    then off by at most ``n_terms * eps * |A|'|A|`` (Higham's ``gamma_n``),
+    whose spectral norm is at most ``trace(M)``. The inverse's relative error
+    is within ``cond(M)`` times the relative error of ``M`` and of the
+    eigendecomposition: ``eps * cond * (n_terms * trace / |M| + p)``.
+
+    Returns
+    -------
+    inv : ndarray, shape (..., p, p)
+    cond : ndarray, shape (...)
+        ``inf`` for a singular matrix.
+    error : ndarray, shape (...)
+        The bound (relative).
+    """
     values, vectors = np.linalg.eigh(mats)
     low, high = values[..., 0], values[..., -1]
+    p = mats.shape[-1]
     with np.errstate(divide="ignore", invalid="ignore"):
         cond = np.where(low > 0, high / np.where(low > 0, low, 1.0), np.inf)
         inv = (vectors / np.where(values > 0, values, np.inf)[..., None, :]) @ np.swapaxes(vectors, -1, -2)
-    return inv, _EPS * cond
+        spread = np.trace(mats, axis1=-2, axis2=-1) / np.where(high > 0, high, np.inf)
+    return inv, cond, _EPS * cond * (n_terms * spread + p)
+
+
+def _whitened_grams(Xs: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """``(W_l Xs)' (W_l Xs)`` of every label, each from its whitened design (no cancellation).
+
+    Parameters
+    ----------
+    Xs : ndarray, shape (n, p)
+    rho : ndarray, shape (L,)
+
+    Returns
+    -------
+    ndarray, shape (L, p, p)
+
+    The moment identity ``G - l (K + K') + l^2 (G - x_last' x_last)`` gives
+    the same matrices, but by cancellation: for ``l`` near 1 and smooth
+    columns (drifts, the constant) it loses digits that no bound sees.
+    """
+    out = np.empty((rho.size, Xs.shape[1], Xs.shape[1]))
+    whitened = np.empty_like(Xs)
+    for k, value in enumerate(rho):
+        whitened[0] = Xs[0]  # nilearn's whitening keeps the first scan
+        np.subtract(Xs[1:], value * Xs[:-1], out=whitened[1:])
+        out[k] = whitened.T @ whitened
+    return out
 
 
 def _build(X: np.ndarray, bins: int) -> MomentDesign | None:
@@ -168,16 +216,14 @@ def _build(X: np.ndarray, bins: int) -> MomentDesign | None:
     lagged[1:] += Xs[:-1]  # (L Xs)_t = x_{t-1}
     lagged[:-1] += Xs[1:]  # (L' Xs)_t = x_{t+1}
     gram = Xs.T @ Xs
-    gram_inv, gram_error = _inverse_and_error(gram)
-    if not gram_error <= _EPS * MAX_CONDITION:
+    gram_inv, gram_cond, gram_error = _inverse_and_error(gram, n)
+    if not gram_cond <= MAX_CONDITION:
         return None
     lag = Xs[1:].T @ Xs[:-1]
     lag = 0.5 * (lag + lag.T)
     last = Xs[n - 1].copy()
     rho = ar1_grid(bins)
-    tail = gram - np.outer(last, last)
-    label_gram = gram[None] - (2 * rho)[:, None, None] * lag[None] + (rho**2)[:, None, None] * tail[None]
-    label_inv, label_error = _inverse_and_error(label_gram)
+    label_inv, _, label_error = _inverse_and_error(_whitened_grams(Xs, rho), n)
     return MomentDesign(scale, np.ascontiguousarray(np.hstack([Xs, lagged])), gram_inv, lag, last,
                         label_inv, label_error, float(gram_error), int(bins), n - p,
                         _covariances(X, scale, label_inv))
@@ -327,7 +373,10 @@ def _fit(Y: np.ndarray, design: MomentDesign) -> MomentFit:
     beta_s = _solve_by_label(design.label_inv, index, gram_y)
     energy = s0 - 2 * label * s1 + label**2 * (s0 - y_last * y_last)  # |W y|^2
     rss = energy - _dot(gram_y, beta_s)
-    fit_error = design.label_error[index] * energy / np.where(rss > 0, rss, 1.0)
+    # rounding relative to the RSS: that of the whitened system, and that of the terms |W y|^2
+    # (and X' W' W y) are summed from, which cancel for labels near +-1
+    terms = s0 + 2 * np.abs(label * s1) + label**2 * (s0 + y_last * y_last)
+    fit_error = design.label_error[index] * terms / np.where(rss > 0, rss, 1.0)
     trusted = (usable & in_table & (rss > 0) & (ols_error <= MAX_RELATIVE_ERROR)
                & (fit_error <= MAX_RELATIVE_ERROR))
     return MomentFit(beta_s / design.scale[:, None], rss / design.df, label, ~trusted)
