@@ -8,11 +8,22 @@ process alone, then two at once on the two runs of the ``hcp`` data.
 - ``ingest``: blocks of ``daskglm.store``'s ingestion tasks (read the int16
   ``.nii`` volumes, smooth, mask, write the zarr rows) into a fresh store;
 - ``fit``: ``daskglm._kernels.fit_block`` (AR(1)) on voxel columns of
-  1200 scans held in memory (the fit's arithmetic without its column reads).
+  1200 scans held in memory (the fit's arithmetic without its column reads);
+- ``write``: writing ``--write-mib`` MiB without daskglm, four ways: 1 MiB
+  ``write`` calls into one new file (``new_file``: new page-cache pages),
+  the same again into that file's cached pages (``cached_pages``), one
+  1 MiB file per ``write`` through a temporary name and a rename as zarr's
+  ``LocalStore`` writes a chunk (``chunk_files``), and zarr writing float32
+  rows of 82 volumes in the hcp store's chunks (``zarr_rows``).
 
-    python benchmarks/ceiling.py                 # both, hcp data (generated once, cached)
+``ingest`` also reports its three parts per volume (reading, smoothing and
+masking, and the rest: the zarr write and the block's flag), so that what
+does not scale shows by name.
+
+    python benchmarks/ceiling.py                 # all three, hcp data (generated once, cached)
     python benchmarks/ceiling.py --kind ingest --blocks 4
-    python benchmarks/ceiling.py --size tiny --blocks 1 --columns 2 --repeat 1   # smoke test
+    python benchmarks/ceiling.py --kind write --write-mib 1000
+    python benchmarks/ceiling.py --size tiny --blocks 1 --columns 2 --write-mib 8 --repeat 1   # smoke test
 
 ``speedup`` is (time of one process doing the work of both) / (wall of the
 two processes doing half each): 2.0 would be perfect scaling.
@@ -29,6 +40,27 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+
+def _timed_parts(module: Any, names: dict[str, str]) -> dict[str, float]:
+    """Wrap ``module``'s functions so that their wall times add up, by part name."""
+    spent = dict.fromkeys(names.values(), 0.0)
+
+    def timed(func: Any, part: str) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent[part] += time.perf_counter() - start
+        return wrapper
+
+    for name, part in names.items():
+        target, attr = (module, name) if "." not in name else (getattr(module, name.split(".")[0]),
+                                                                name.split(".")[1])
+        setattr(target, attr, timed(getattr(target, attr), part))
+    return spent
 
 
 def _ingest_child(run: str, mask: str, blocks: int) -> dict:
@@ -36,6 +68,8 @@ def _ingest_child(run: str, mask: str, blocks: int) -> dict:
 
     from daskglm import _plan, store
 
+    # the task's calls, looked up in daskglm.store at call time
+    spent = _timed_parts(store, {"read_volumes": "read", "_volume.smooth_and_mask": "smooth_mask"})
     work = tempfile.mkdtemp(prefix="daskglm-ceiling-")
     try:
         with dask.config.set(scheduler="sync"):
@@ -46,13 +80,16 @@ def _ingest_child(run: str, mask: str, blocks: int) -> dict:
             tasks = job.tasks()[: blocks + 1]
             tasks[0].compute()  # untimed: compiles the smoothing, warms the imports
             timed = range(1, len(tasks)) if len(tasks) > 1 else range(1)  # a one-block run: that block again
+            for part in spent:
+                spent[part] = 0.0
             wall, cpu = time.perf_counter(), time.process_time()
             for index in timed:
                 tasks[index].compute()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         bounds = _plan.block_bounds(job.info.n_scans, job.plan.t_chunk)
         volumes = sum(bounds[index][1] - bounds[index][0] for index in timed)
-        return {"wall_s": wall, "cpu_s": cpu, "units": volumes, "unit": "volume"}
+        parts = {**spent, "write_rest": wall - sum(spent.values())}
+        return {"wall_s": wall, "cpu_s": cpu, "units": volumes, "unit": "volume", "parts_s": parts}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -77,6 +114,52 @@ def _fit_child(design: str, mask: str, columns: int) -> dict:
     return {"wall_s": wall, "cpu_s": cpu, "units": columns, "unit": f"column of {width} voxels"}
 
 
+def _write_child(mib: int) -> dict:
+    import numpy as np
+    import zarr
+
+    buffer = bytes(range(256)) * 4096  # 1 MiB, touched before the clock starts
+    # zarr: mib MiB of an ingestion block's float32 rows (82 volumes), chunked as the hcp store is
+    rows = np.random.default_rng(0).random((82, (mib * 2**20) // (82 * 4)), dtype=np.float32)
+    work = tempfile.mkdtemp(prefix="daskglm-ceiling-")
+    try:
+        path = Path(work) / "new.bin"
+        parts, cpu = {}, {}
+
+        def timed(part: str, func: Any) -> None:
+            start, cpu[part] = time.perf_counter(), time.process_time()
+            func()
+            parts[part], cpu[part] = time.perf_counter() - start, time.process_time() - cpu[part]
+
+        def one_file(mode: str) -> None:
+            with open(path, mode) as out:
+                for _ in range(mib):
+                    out.write(buffer)
+
+        def chunk_files() -> None:  # as zarr's LocalStore writes a chunk: a temporary file, then a rename
+            folder = Path(work) / "chunks"
+            for index in range(mib):
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = folder / f"{index}.partial"
+                with open(tmp, "wb") as out:
+                    out.write(buffer)
+                tmp.replace(folder / str(index))
+
+        def zarr_rows() -> None:
+            array = zarr.create_array(store=str(Path(work) / "rows.zarr"), shape=rows.shape, chunks=(82, 2796),
+                                      dtype="float32", compressors=None, fill_value=0.0)
+            array[:] = rows
+
+        timed("new_file", lambda: one_file("wb"))
+        timed("cached_pages", lambda: one_file("r+b"))  # the pages the first pass made, rewritten
+        timed("chunk_files", chunk_files)
+        timed("zarr_rows", zarr_rows)
+        return {"wall_s": parts["new_file"], "cpu_s": cpu["new_file"], "units": mib, "unit": "MiB written",
+                "parts_s": parts, "parts_cpu_s": cpu}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _spawn(args: list[str]) -> subprocess.Popen:
     # this checkout's daskglm first, as for compare.py's children
     from compare import _child_env
@@ -95,6 +178,11 @@ def _collect(procs: list[subprocess.Popen]) -> list[dict]:
     return out
 
 
+def _per_unit_ms(records: list[dict], key: str) -> float | None:
+    values = [r[key] / r["units"] for r in records if r.get(key) is not None]
+    return round(1000 * statistics.median(values), 2) if values else None
+
+
 def _measure(kind: str, child_args: list[list[str]], repeat: int) -> dict:
     alone = [_collect([_spawn(child_args[0])])[0] for _ in range(repeat)]
     pairs = [_collect([_spawn(a) for a in child_args]) for _ in range(repeat)]
@@ -103,30 +191,48 @@ def _measure(kind: str, child_args: list[list[str]], repeat: int) -> dict:
     t_pair = statistics.median(max(r["wall_s"] / r["units"] for r in pair) for pair in pairs)
     per_unit = {
         "alone_ms": round(1000 * t_alone, 2),
-        "alone_cpu_ms": round(1000 * statistics.median(r["cpu_s"] / r["units"] for r in alone), 2),
+        "alone_cpu_ms": _per_unit_ms(alone, "cpu_s"),
         "two_at_once_ms": [[round(1000 * r["wall_s"] / r["units"], 2) for r in pair] for pair in pairs],
-        "two_at_once_cpu_ms": [[round(1000 * r["cpu_s"] / r["units"], 2) for r in pair] for pair in pairs],
+        "two_at_once_cpu_ms": [[_per_unit_ms([r], "cpu_s") for r in pair] for pair in pairs],
     }
     result = {"kind": kind, "unit": alone[0]["unit"], "repeat": repeat, "per_unit": per_unit,
               "speedup": round(2 * t_alone / t_pair, 2)}
     print(f"  {kind:7s} per {result['unit']}: alone {per_unit['alone_ms']} ms, two at once "
           f"{per_unit['two_at_once_ms']} ms -> two processes {result['speedup']:.2f}x one", flush=True)
+    if "parts_s" in alone[0]:
+        # per part: median per unit alone, and over both processes of every pair; a part that takes
+        # twice as long when two run at once is one they queue for
+        both = [r for pair in pairs for r in pair]
+        result["parts"] = {}
+        for part in alone[0]["parts_s"]:
+            ms_alone = 1000 * statistics.median(r["parts_s"][part] / r["units"] for r in alone)
+            ms_two = 1000 * statistics.median(r["parts_s"][part] / r["units"] for r in both)
+            result["parts"][part] = {"alone_ms": round(ms_alone, 3), "two_at_once_ms": round(ms_two, 3),
+                                     "slowdown": round(ms_two / ms_alone, 2) if ms_alone > 0 else None}
+        print("          parts, ms per unit alone -> two at once: " + ", ".join(
+            f"{part} {v['alone_ms']:.2f} -> {v['two_at_once_ms']:.2f} (x{v['slowdown']})"
+            for part, v in result["parts"].items()), flush=True)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="hcp", help="data size of compare.py (default hcp; tiny for a smoke test)")
-    parser.add_argument("--kind", default="ingest,fit", help="ingest, fit or both (default)")
+    parser.add_argument("--kind", default="ingest,fit,write",
+                        help="comma-separated subset of ingest, fit, write (default: all three)")
     parser.add_argument("--blocks", type=int, default=5, help="ingestion blocks timed per process (default 5)")
     parser.add_argument("--columns", type=int, default=40, help="fit columns timed per process (default 40)")
+    parser.add_argument("--write-mib", type=int, default=1000, help="MiB each write process writes (default 1000)")
     parser.add_argument("--repeat", type=int, default=3, help="measurements of each kind (median; default 3)")
     parser.add_argument("--json", help="write the results there")
     parser.add_argument("--_child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child:
         kind, *rest = args._child
-        result = _ingest_child(rest[0], rest[1], int(rest[2])) if kind == "ingest" else _fit_child(rest[0], rest[1], int(rest[2]))
+        if kind == "write":
+            result = _write_child(int(rest[0]))
+        else:
+            result = (_ingest_child if kind == "ingest" else _fit_child)(rest[0], rest[1], int(rest[2]))
         print(json.dumps(result))
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -134,14 +240,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.size not in SIZES or SIZES[args.size]["n_runs"] < 2:
         parser.error(f"--size: choose one of {sorted(k for k, v in SIZES.items() if v['n_runs'] >= 2)}")
-    data = _generate(args.size)
     kinds = [k.strip() for k in args.kind.split(",") if k.strip()]
-    bad = sorted(set(kinds) - {"ingest", "fit"})
-    if bad:
-        parser.error(f"--kind: unknown {bad}; choose from ingest, fit")
+    bad = sorted(set(kinds) - {"ingest", "fit", "write"})
+    if bad or not kinds:
+        parser.error(f"--kind: unknown {bad or args.kind!r}; choose from ingest, fit, write")
+    if args.write_mib < 1:
+        parser.error(f"--write-mib: at least 1; got {args.write_mib}")
+    data = _generate(args.size) if set(kinds) - {"write"} else None
     results = {"machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "size": args.size, "kinds": {}}
     for kind in kinds:
-        if kind == "ingest":
+        if kind == "write":
+            child_args = [["write", str(args.write_mib)]] * 2
+        elif kind == "ingest":
             child_args = [["ingest", str(data[f"func{r}"]), str(data["mask"]), str(args.blocks)] for r in (1, 2)]
         else:
             child_args = [["fit", str(data[f"design_matrix{r}"]), str(data["mask"]), str(args.columns)]

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -70,22 +72,35 @@ def test_compare_benchmark_runs_tiny(tmp_path):
 
 
 def test_ceiling_benchmark_runs_tiny(tmp_path):
-    """The no-dask scaling ceiling at CI size: one process, then two at once, for both kinds."""
+    """The no-dask scaling ceiling at CI size: one process, then two at once, for the three kinds."""
     env = {**os.environ, "DASKGLM_BENCH_DATA": str(tmp_path / "data")}
     out = tmp_path / "ceiling.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "ceiling.py"), "--size", "tiny", "--blocks", "1",
-         "--columns", "2", "--repeat", "1", "--json", str(out)],
+         "--columns", "2", "--write-mib", "4", "--repeat", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=600, env=env, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     result = json.loads(out.read_text())
-    assert result["size"] == "tiny" and set(result["kinds"]) == {"ingest", "fit"}
+    assert result["size"] == "tiny" and set(result["kinds"]) == {"ingest", "fit", "write"}
     for kind in result["kinds"].values():
         per_unit = kind["per_unit"]
         assert per_unit["alone_ms"] > 0 and len(per_unit["two_at_once_ms"]) == 1
         assert len(per_unit["two_at_once_ms"][0]) == 2 and kind["speedup"] > 0
     assert "volume" in result["kinds"]["ingest"]["unit"]
+    # the parts of a volume's ingestion are timed by name, and add up to its wall time
+    parts = result["kinds"]["ingest"]["parts"]
+    assert set(parts) == {"read", "smooth_mask", "write_rest"}
+    assert all(part["alone_ms"] > 0 for part in parts.values())
+    assert sum(part["alone_ms"] for part in parts.values()) == pytest.approx(
+        result["kinds"]["ingest"]["per_unit"]["alone_ms"], rel=0.02, abs=0.05)
+    assert set(result["kinds"]["write"]["parts"]) == {"new_file", "cached_pages", "chunk_files", "zarr_rows"}
+
+
+def test_ceiling_rejects_unknown_kind():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ceiling.py"), "--kind", "ingest,bogus"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "bogus" in proc.stderr
 
 
 def test_measured_kills_leftover_processes(tmp_path):
