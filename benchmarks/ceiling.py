@@ -183,9 +183,30 @@ def _per_unit_ms(records: list[dict], key: str) -> float | None:
     return round(1000 * statistics.median(values), 2) if values else None
 
 
+def _cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (``/proc/stat``: user ... steal), or None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(v) for v in stat.readline().split()[1:9]]
+    except OSError:
+        return None
+
+
+def _with_steal(run: Any) -> tuple[Any, float | None]:
+    """``run()`` and the share of the machine's CPU time the hypervisor took meanwhile (steal)."""
+    before = _cpu_times()
+    result = run()
+    after = _cpu_times()
+    if before is None or after is None:
+        return result, None
+    delta = [b - a for a, b in zip(before, after)]
+    return result, round(delta[7] / sum(delta), 3) if sum(delta) else None
+
+
 def _measure(kind: str, child_args: list[list[str]], repeat: int) -> dict:
-    alone = [_collect([_spawn(child_args[0])])[0] for _ in range(repeat)]
-    pairs = [_collect([_spawn(a) for a in child_args]) for _ in range(repeat)]
+    alone, steal_alone = zip(*(_with_steal(lambda: _collect([_spawn(child_args[0])])[0]) for _ in range(repeat)))
+    pairs, steal_pairs = zip(*(_with_steal(lambda: _collect([_spawn(a) for a in child_args]))
+                               for _ in range(repeat)))
     t_alone = statistics.median(r["wall_s"] / r["units"] for r in alone)
     # the pair's wall: the slower of the two, per unit of its share
     t_pair = statistics.median(max(r["wall_s"] / r["units"] for r in pair) for pair in pairs)
@@ -196,9 +217,12 @@ def _measure(kind: str, child_args: list[list[str]], repeat: int) -> dict:
         "two_at_once_cpu_ms": [[_per_unit_ms([r], "cpu_s") for r in pair] for pair in pairs],
     }
     result = {"kind": kind, "unit": alone[0]["unit"], "repeat": repeat, "per_unit": per_unit,
-              "speedup": round(2 * t_alone / t_pair, 2)}
+              "speedup": round(2 * t_alone / t_pair, 2),
+              "steal_share": {"alone": list(steal_alone), "two_at_once": list(steal_pairs)}}
     print(f"  {kind:7s} per {result['unit']}: alone {per_unit['alone_ms']} ms, two at once "
-          f"{per_unit['two_at_once_ms']} ms -> two processes {result['speedup']:.2f}x one", flush=True)
+          f"{per_unit['two_at_once_ms']} ms -> two processes {result['speedup']:.2f}x one "
+          f"(CPU time stolen by the hypervisor: alone {list(steal_alone)}, two at once {list(steal_pairs)})",
+          flush=True)
     if "parts_s" in alone[0]:
         # per part: median per unit alone, and over both processes of every pair; a part that takes
         # twice as long when two run at once is one they queue for

@@ -87,6 +87,8 @@ def test_ceiling_benchmark_runs_tiny(tmp_path):
         per_unit = kind["per_unit"]
         assert per_unit["alone_ms"] > 0 and len(per_unit["two_at_once_ms"]) == 1
         assert len(per_unit["two_at_once_ms"][0]) == 2 and kind["speedup"] > 0
+        steal = kind["steal_share"]["alone"] + kind["steal_share"]["two_at_once"]  # from /proc/stat
+        assert len(steal) == 2 and all(share is None or 0 <= share <= 1 for share in steal)
     assert "volume" in result["kinds"]["ingest"]["unit"]
     # the parts of a volume's ingestion are timed by name, and add up to its wall time
     parts = result["kinds"]["ingest"]["parts"]
