@@ -195,11 +195,11 @@ def _whitened_grams(Xs: np.ndarray, rho: np.ndarray) -> np.ndarray:
     the same matrices, but by cancellation: for ``l`` near 1 and smooth
     columns (drifts, the constant) it loses digits that no bound sees.
     """
+    from ._kernels import whiten  # nilearn's whitening; _kernels imports this module
+
     out = np.empty((rho.size, Xs.shape[1], Xs.shape[1]))
-    whitened = np.empty_like(Xs)
     for k, value in enumerate(rho):
-        whitened[0] = Xs[0]  # nilearn's whitening keeps the first scan
-        np.subtract(Xs[1:], value * Xs[:-1], out=whitened[1:])
+        whitened = whiten(Xs, value)
         out[k] = whitened.T @ whitened
     return out
 
