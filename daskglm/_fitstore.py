@@ -46,6 +46,7 @@ from dask.utils import parse_bytes
 from ._locks import store_lock
 from ._zarrio import (
     StoreIncompleteError,
+    _create_group_like,
     _fsspec_kwargs,
     _open_group,
     _sweep_partials,
@@ -212,19 +213,11 @@ def _written_by_workers(out: xr.Dataset, packed: da.Array, url: str, name: str,
     """Create group ``name`` (metadata, the numpy tables, ``complete`` False) for a
     :func:`daskglm.fit.fit_run` result and return the lazy packed estimates, each column
     written by the task that fits it (nothing travels to be written, no write task apart)."""
-    # Metadata from a template whose fit variables have the same chunks and trivial graphs
-    # (xarray would build and optimise the store graph of the whole fit); its writes are not used.
-    template = out.copy()
-    for key in FIT_VARIABLES:  # named (not tokenized): these graphs are never computed
-        template[key] = out[key].copy(data=da.zeros(out[key].shape, dtype=out[key].dtype, chunks=out[key].data.chunks,
-                                                    name=f"template-{out[key].data.name}"))
-    template.to_zarr(url, group=name, mode="w", consolidated=False, zarr_format=3, compute=False,
-                     **_fsspec_kwargs(url, storage_options))
-    group = _open_group(f"{url.rstrip('/')}/{name}", "r+", storage_options)
+    arrays = _create_group_like(f"{url.rstrip('/')}/{name}", out, storage_options)
     rows = packed.shape[0] if gather else 0
     return da.map_blocks(  # named from what it writes where (tokenizing the zarr arrays is slow)
         _write_fit_block, packed, name=f"write_fit_block-{tokenize(packed.name, url, name, gather)}",
-        arrays={key: group[key] for key in FIT_VARIABLES},
+        arrays={key: arrays[key] for key in FIT_VARIABLES},
         noise_model=out.attrs["noise_model"], bins=int(out.attrs["bins"]), gather=gather,
         chunks=((rows,), packed.chunks[1]), dtype=packed.dtype, meta=np.empty((0, 0), packed.dtype),
     )
