@@ -45,7 +45,7 @@ def _design(n: int) -> np.ndarray:
 
 
 def fit_pair(repeat: int) -> dict:
-    from daskglm import _ar1_moments, _kernels
+    from daskglm import _ar1_moments, _kernels, _scaling
 
     rng = np.random.default_rng(0)
     n, v = 1200, 2782
@@ -55,7 +55,7 @@ def fit_pair(repeat: int) -> dict:
     for t in range(1, n):
         e[t] += rho * e[t - 1]
     Y = (1000 + X @ rng.normal(0, 5, (X.shape[1], v)) + 15 * e).astype(np.float32)
-    Ys = np.asarray(_kernels.scale_signal(Y, 0)[0], dtype=np.float64)
+    Ys = np.asarray(_scaling.scale_signal(Y, 0)[0], dtype=np.float64)
     design = _ar1_moments.prepare(X, 100)
     exact = _kernels._ar1_exact(Ys, X, 100)
     fast = _ar1_moments.ar1_fit_moments(Ys, design)

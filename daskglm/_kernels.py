@@ -6,7 +6,8 @@ pure function of plain arrays and reproduces nilearn 0.14
 ``ARModel``) up to floating-point rounding. Statistics are computed in float64
 even for float32 data. Contrast statistics live in :mod:`daskglm._stats`, the
 per-label covariances of beta (and the AR(p>1) label table) in
-:mod:`daskglm._covariances`.
+:mod:`daskglm._covariances`, the percent-signal-change scaling that every fit
+starts with in :mod:`daskglm._scaling`.
 
 Definitions (each defined once, here):
 
@@ -30,20 +31,17 @@ Definitions (each defined once, here):
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
 
 from . import _ar1_moments
+from ._scaling import ScalingMode, scale_signal
 
 __all__ = [
     "OLSFit",
     "BlockFit",
-    "ScalingMode",
-    "scale_signal",
-    "grand_mean_parts",
     "residual_dof",
     "parse_noise_model",
     "ols",
@@ -54,9 +52,6 @@ __all__ = [
     "ar_coefficients_block",
     "refit_block",
 ]
-
-ScalingMode = bool | int | tuple[int, int]
-
 
 class OLSFit(NamedTuple):
     """Ordinary least squares fit of a block.
@@ -96,88 +91,6 @@ class BlockFit(NamedTuple):
     sigma2: np.ndarray
     label: np.ndarray
     dof: int
-
-
-_ZERO_MEAN_WARNING = (
-    "Mean values of 0 observed. The data have probably been centered. Scaling might not work as expected."
-)
-
-
-def grand_mean_parts(Y: np.ndarray) -> tuple[float, int]:
-    """Sum and count of a block, to reduce a grand mean over blocks.
-
-    Parameters
-    ----------
-    Y : ndarray, shape (n, v)
-
-    Returns
-    -------
-    total : float
-        Float64 sum of all values.
-    count : int
-        ``n * v``. The grand mean is ``sum(totals) / sum(counts)``.
-    """
-    Y = np.asarray(Y)
-    return float(Y.sum(dtype=np.float64)), int(Y.size)
-
-
-def scale_signal(
-    Y: np.ndarray, mode: ScalingMode = 0, mean: float | np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray | float | None]:
-    """Percent-signal-change scaling (nilearn ``signal_scaling`` / ``mean_scaling``).
-
-    ``Y = 100 * (Y / max(mean, 1) - 1)``; means below 1 (including 0 and
-    negative means) are replaced by 1, and an exact 0 mean warns, as nilearn.
-
-    Parameters
-    ----------
-    Y : ndarray, shape (n, v)
-    mode : {0, (0, 1), False}
-        0: per-voxel mean over time. (0, 1): grand mean of the whole run (pass
-        the global value as ``mean`` when ``Y`` is one block; see
-        `grand_mean_parts`). False: no scaling. Mode 1 (per-scan mean over
-        voxels) is rejected: nilearn 0.14 cannot broadcast it either.
-    mean : float or ndarray, shape (v,), optional
-        Precomputed mean (before the floor at 1); default: computed from ``Y``.
-
-    Returns
-    -------
-    Y_scaled : ndarray, shape (n, v)
-        float32 for float32 input (nilearn scales the masker's float32 output
-        in float32, and matching its rounding is what makes the statistics
-        agree to ~1e-7), float64 otherwise. Fits cast it to float64.
-    mean : ndarray (v,), float or None
-        The floored mean used (None for mode False).
-    """
-    if mode is False:
-        return np.asarray(Y, dtype=np.float64), None
-    if isinstance(mode, list):
-        mode = tuple(mode)
-    if mode == 0 and not isinstance(mode, tuple):
-        axis: int | None = 0
-    elif mode == (0, 1):
-        axis = None
-    else:
-        raise ValueError(
-            f"signal_scaling must be 0, (0, 1) or False; got {mode!r} (mode 1, a per-scan mean "
-            "over voxels, fails in nilearn 0.14 with a broadcasting error)"
-        )
-    Y = np.asarray(Y)
-    dtype = np.float32 if Y.dtype == np.float32 else np.float64
-    if mean is None:
-        mean = Y.mean(axis=axis, dtype=dtype)
-    mean = np.asarray(mean, dtype=dtype)
-    if axis is None and mean.ndim != 0:
-        raise ValueError(f"a grand mean must be a scalar; got an array of shape {mean.shape}")
-    if axis == 0 and mean.shape not in ((), (np.shape(Y)[1],)):
-        raise ValueError(f"mean must have shape ({np.shape(Y)[1]},); got {mean.shape}")
-    if np.any(mean == 0):
-        warnings.warn(_ZERO_MEAN_WARNING, UserWarning, stacklevel=2)
-    mean = np.maximum(mean, dtype(1.0))
-    out = np.divide(Y, mean, dtype=dtype)
-    out -= dtype(1.0)
-    out *= dtype(100.0)
-    return out, (float(mean) if mean.ndim == 0 else mean)
 
 
 def residual_dof(X: np.ndarray) -> int:
@@ -475,7 +388,7 @@ def ar_coefficients_block(
     X : ndarray, shape (n, p)
     order : int
     signal_scaling, scaling_mean
-        See `scale_signal`.
+        See :func:`daskglm._scaling.scale_signal`.
     ar_center : float
         See `yule_walker` ``center``.
 
@@ -519,7 +432,7 @@ def fit_block(
     bins : int
         AR(1) quantisation bins.
     signal_scaling, scaling_mean
-        See `scale_signal`.
+        See :func:`daskglm._scaling.scale_signal`.
     ar_center : float
         See `yule_walker` ``center``.
 

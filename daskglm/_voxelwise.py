@@ -21,7 +21,8 @@ from typing import Literal
 
 import numpy as np
 
-from ._kernels import ScalingMode, _check_design, scale_signal, whiten
+from ._kernels import _check_design, whiten
+from ._scaling import ScalingMode, scale_signal
 
 __all__ = ["VOXELWISE_ATTRIBUTES", "voxelwise_block"]
 
@@ -54,7 +55,7 @@ def voxelwise_block(
         AR coefficients per label (``order == 0`` for OLS).
     attribute : {"residuals", "predicted", "r_square"}
     signal_scaling, scaling_mean
-        As in the fit (see :func:`daskglm._kernels.scale_signal`).
+        As in the fit (see :func:`daskglm._scaling.scale_signal`).
 
     Returns
     -------

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from daskglm import _ar1_moments as M
 from daskglm import _kernels as K
+from daskglm import _scaling as Sc
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -55,7 +56,7 @@ def ar1_data(rng: np.random.Generator, X: np.ndarray, v: int, rho_range=(-0.4, 0
 
 
 def scaled(Y: np.ndarray) -> np.ndarray:
-    return np.asarray(K.scale_signal(Y, 0)[0], dtype=np.float64)
+    return np.asarray(Sc.scale_signal(Y, 0)[0], dtype=np.float64)
 
 
 def near_edge(label_a: np.ndarray, Ys: np.ndarray, X: np.ndarray, tol: float = 1e-9) -> np.ndarray:
@@ -107,7 +108,7 @@ def test_degenerate_voxels_are_flagged_and_fit_block_refits_them_exactly():
     Y[:, 1] = 1000 + X @ rng.normal(0, 5, X.shape[1])  # in the span of X: residuals are rounding
     Y[:, 2] = 0.0                                      # all zero (nilearn's mean floor)
     with pytest.warns(UserWarning, match="Mean values of 0"):
-        Ys = np.asarray(K.scale_signal(Y, 0)[0], dtype=np.float64)
+        Ys = np.asarray(Sc.scale_signal(Y, 0)[0], dtype=np.float64)
     fast = M.ar1_fit_moments(Ys, M.prepare(X, 100))
     assert fast.redo[:3].all()
     assert not fast.redo[3:].any()

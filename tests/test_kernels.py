@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from daskglm import _covariances as C
 from daskglm import _kernels as K
+from daskglm import _scaling as Sc
 from daskglm import _stats as S
 
 nilearn = pytest.importorskip("nilearn")
@@ -98,64 +99,6 @@ def covariance_stack(X: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.n
     return covs, index
 
 
-# ----------------------------------------------------------------------------- scaling
-def test_scale_signal_voxel_mean_matches_mean_scaling():
-    Y, _ = dataset()
-    ours, mean = K.scale_signal(Y, 0)
-    ref, ref_mean = mean_scaling(Y, 0)
-    assert ours.dtype == np.float64
-    assert_close(ours, ref)
-    assert_close(mean, ref_mean)
-
-
-def test_scale_signal_grand_mean_from_block_parts():
-    Y, _ = dataset()
-    ref, ref_mean = mean_scaling(Y, (0, 1))
-    parts = [K.grand_mean_parts(Y[:, s]) for s in (slice(0, 7), slice(7, 150), slice(150, None))]
-    grand = sum(p[0] for p in parts) / sum(p[1] for p in parts)
-    blocks = [K.scale_signal(Y[:, s], (0, 1), grand)[0] for s in (slice(0, 100), slice(100, None))]
-    assert_close(np.hstack(blocks), ref)
-    assert_close(K.scale_signal(Y, (0, 1))[1], ref_mean)
-
-
-def test_scale_signal_small_zero_negative_means_and_false():
-    Y, _ = dataset()
-    Y = Y[:, :6].copy()
-    Y[:, 0] = 0.0
-    Y[:, 1] -= Y[:, 1].mean()  # mean ~0, not exactly: no warning from this column
-    Y[:, 2] = 0.5
-    Y[:, 3] = -3.0
-    with pytest.warns(UserWarning, match="Mean values of 0 observed"):
-        ref, ref_mean = mean_scaling(Y, 0)
-    with pytest.warns(UserWarning, match="Mean values of 0 observed"):
-        ours, mean = K.scale_signal(Y, 0)
-    assert_close(ours, ref)
-    assert_close(mean, ref_mean)
-    assert np.all(mean >= 1)
-    unscaled, none = K.scale_signal(Y.astype(np.float32), False)
-    assert none is None and unscaled.dtype == np.float64
-    np.testing.assert_array_equal(unscaled, Y.astype(np.float32))
-    with pytest.raises(ValueError, match="got 1"):
-        K.scale_signal(Y, 1)
-
-
-def test_scale_signal_float32_rounds_exactly_as_nilearn():
-    """nilearn scales the masker's float32 output in float32: reproduce it bit for bit,
-    block by block (a per-voxel mean does not depend on the other voxels)."""
-    Y, X = dataset()
-    Y32 = (Y + 1000).astype(np.float32)
-    ref, _ = mean_scaling(Y32, 0)
-    ours, _ = K.scale_signal(Y32, 0)
-    assert ours.dtype == np.float32
-    np.testing.assert_array_equal(ours, ref)
-    parts = [K.scale_signal(Y32[:, s], 0)[0] for s in (slice(0, 7), slice(7, 8), slice(8, None))]
-    np.testing.assert_array_equal(np.hstack(parts), ref)
-    # ...and the fit on it equals run_glm on nilearn's scaled data.
-    labels, results = run_glm(ref, X, "ols")
-    fit = K.fit_block(Y32, X, "ols")
-    assert_close(fit.beta, results[0.0].theta, rtol=1e-10)
-
-
 # ----------------------------------------------------------------------------- fits vs nilearn
 @pytest.mark.parametrize("noise_model", ["ols", "ar1"])
 def test_fit_block_matches_run_glm(noise_model):
@@ -179,7 +122,7 @@ def test_fit_block_matches_run_glm(noise_model):
 
 def test_ols_matches_per_voxel_lstsq():
     Y, X = dataset()
-    Ys, _ = K.scale_signal(Y, 0)
+    Ys, _ = Sc.scale_signal(Y, 0)
     fit = K.ols(Ys, X)
     for j in range(0, V, 37):
         b, rss, rank, _ = np.linalg.lstsq(X, Ys[:, j], rcond=None)
@@ -191,7 +134,7 @@ def test_ols_matches_per_voxel_lstsq():
 
 def test_ar1_matches_hand_whitened_lstsq():
     Y, X = dataset()
-    Ys, _ = K.scale_signal(Y, 0)
+    Ys, _ = Sc.scale_signal(Y, 0)
     fit = K.fit_block(Y, X, "ar1")
     for j in range(0, V, 23):
         rho = fit.label[j]
@@ -229,7 +172,7 @@ def test_ar1_labels_grid():
 # ----------------------------------------------------------------------------- Yule-Walker
 def test_yule_walker_global_mean_negligible_with_intercept():
     Y, X = dataset()
-    resid = K.ols(K.scale_signal(Y, 0)[0], X).residuals
+    resid = K.ols(Sc.scale_signal(Y, 0)[0], X).residuals
     assert abs(resid.mean()) < 1e-12
     for order in (1, 2, 3):
         ref = _yule_walker(resid.T, order).T

@@ -1,0 +1,71 @@
+"""Tests of daskglm._scaling against nilearn 0.14's ``mean_scaling`` (and, for the
+float32 rounding, the fit of nilearn's ``run_glm`` on the scaled data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from daskglm import _kernels as K
+from daskglm import _scaling as Sc
+
+nilearn = pytest.importorskip("nilearn")
+from nilearn.glm.first_level import mean_scaling, run_glm
+from test_kernels import assert_close, dataset  # the kernels' simulated blocks
+
+
+def test_scale_signal_voxel_mean_matches_mean_scaling():
+    Y, _ = dataset()
+    ours, mean = Sc.scale_signal(Y, 0)
+    ref, ref_mean = mean_scaling(Y, 0)
+    assert ours.dtype == np.float64
+    assert_close(ours, ref)
+    assert_close(mean, ref_mean)
+
+
+def test_scale_signal_grand_mean_from_block_parts():
+    Y, _ = dataset()
+    ref, ref_mean = mean_scaling(Y, (0, 1))
+    parts = [Sc.grand_mean_parts(Y[:, s]) for s in (slice(0, 7), slice(7, 150), slice(150, None))]
+    grand = sum(p[0] for p in parts) / sum(p[1] for p in parts)
+    blocks = [Sc.scale_signal(Y[:, s], (0, 1), grand)[0] for s in (slice(0, 100), slice(100, None))]
+    assert_close(np.hstack(blocks), ref)
+    assert_close(Sc.scale_signal(Y, (0, 1))[1], ref_mean)
+
+
+def test_scale_signal_small_zero_negative_means_and_false():
+    Y, _ = dataset()
+    Y = Y[:, :6].copy()
+    Y[:, 0] = 0.0
+    Y[:, 1] -= Y[:, 1].mean()  # mean ~0, not exactly: no warning from this column
+    Y[:, 2] = 0.5
+    Y[:, 3] = -3.0
+    with pytest.warns(UserWarning, match="Mean values of 0 observed"):
+        ref, ref_mean = mean_scaling(Y, 0)
+    with pytest.warns(UserWarning, match="Mean values of 0 observed"):
+        ours, mean = Sc.scale_signal(Y, 0)
+    assert_close(ours, ref)
+    assert_close(mean, ref_mean)
+    assert np.all(mean >= 1)
+    unscaled, none = Sc.scale_signal(Y.astype(np.float32), False)
+    assert none is None and unscaled.dtype == np.float64
+    np.testing.assert_array_equal(unscaled, Y.astype(np.float32))
+    with pytest.raises(ValueError, match="got 1"):
+        Sc.scale_signal(Y, 1)
+
+
+def test_scale_signal_float32_rounds_exactly_as_nilearn():
+    """nilearn scales the masker's float32 output in float32: reproduce it bit for bit,
+    block by block (a per-voxel mean does not depend on the other voxels)."""
+    Y, X = dataset()
+    Y32 = (Y + 1000).astype(np.float32)
+    ref, _ = mean_scaling(Y32, 0)
+    ours, _ = Sc.scale_signal(Y32, 0)
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, ref)
+    parts = [Sc.scale_signal(Y32[:, s], 0)[0] for s in (slice(0, 7), slice(7, 8), slice(8, None))]
+    np.testing.assert_array_equal(np.hstack(parts), ref)
+    # ...and the fit on it equals run_glm on nilearn's scaled data.
+    _, results = run_glm(ref, X, "ols")
+    fit = K.fit_block(Y32, X, "ols")
+    assert_close(fit.beta, results[0.0].theta, rtol=1e-10)
