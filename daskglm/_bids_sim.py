@@ -27,6 +27,8 @@ import pandas as pd
 from scipy import ndimage
 from sklearn.utils import Bunch
 
+from ._simfiles import _nifti_header, _write_nifti, _write_npz, _write_text
+
 __all__ = ["PIPELINE_FOLDER", "SPACE", "TRUTH_FOLDER", "simulate_bids"]
 
 #: Space label of the derivative runs and masks.
@@ -298,19 +300,19 @@ def _write_subject(tmp: Path, final: Path, layout: Bunch, index: int, label: str
         volumes = _watch(fiac._run_volumes(truth, design[list(fiac.CONDITIONS)].to_numpy(), sub_seed, r,
                                            p["noise_smoothing"], p["drift_size"]),
                          truth.mask, csf, wm, signals)
-        fiac._write_nifti(paths["preproc_bold"], fiac._nifti_header(shape + (n_scans,), np.int16, affine, t_r),
+        _write_nifti(paths["preproc_bold"], _nifti_header(shape + (n_scans,), np.int16, affine, t_r),
                           volumes, level)
         shutil.copyfile(paths["preproc_bold"], paths["bold"])  # raw run = "preprocessed" run
-        fiac._write_text(paths["events"], _tsv(events))
-        fiac._write_nifti(paths["brain_mask"], fiac._nifti_header(shape, np.uint8, affine), [truth.mask],
+        _write_text(paths["events"], _tsv(events))
+        _write_nifti(paths["brain_mask"], _nifti_header(shape, np.uint8, affine), [truth.mask],
                           level)
         confounds = _confounds(signals, sub_seed, r, p["motion_size"])
-        fiac._write_text(paths["confounds"], _tsv(confounds))
+        _write_text(paths["confounds"], _tsv(confounds))
         sidecar = {"RepetitionTime": t_r, "TaskName": task}
-        fiac._write_text(_sidecar(paths["bold"]), _json(sidecar))
-        fiac._write_text(_sidecar(paths["preproc_bold"]), _json({**sidecar, "SkullStripped": False}))
-        fiac._write_text(_sidecar(paths["brain_mask"]), _json({"Type": "Brain"}))
-        fiac._write_text(_sidecar(paths["confounds"]),
+        _write_text(_sidecar(paths["bold"]), _json(sidecar))
+        _write_text(_sidecar(paths["preproc_bold"]), _json({**sidecar, "SkullStripped": False}))
+        _write_text(_sidecar(paths["brain_mask"]), _json({"Type": "Brain"}))
+        _write_text(_sidecar(paths["confounds"]),
                          _json({name: {"Description": text} for name, text in _CONFOUNDS_DOC.items()}))
     truth.pattern = pattern
     return sub_seed, effect, truth
@@ -318,21 +320,19 @@ def _write_subject(tmp: Path, final: Path, layout: Bunch, index: int, label: str
 
 def _generate(tmp: Path, final: Path, layout: Bunch, labels: list[str], p: dict, text: str,
               verbose: int) -> None:
-    from . import datasets as fiac
-
     vs = np.asarray(p["voxel_size"])
     affine = np.diag([*vs, 1.0])
     affine[:3, 3] = -vs * (np.asarray(p["shape"]) - 1) / 2
     for folder, description in _dataset_descriptions(p, p["task"]).items():
         (tmp / folder).mkdir(parents=True, exist_ok=True)
-        fiac._write_text(tmp / folder / "dataset_description.json", _json(description))
-    fiac._write_text(tmp / "README", _readme(p, labels))
-    fiac._write_text(tmp / PIPELINE_FOLDER / "README", _readme(p, labels))
+        _write_text(tmp / folder / "dataset_description.json", _json(description))
+    _write_text(tmp / "README", _readme(p, labels))
+    _write_text(tmp / PIPELINE_FOLDER / "README", _readme(p, labels))
     # fMRIPrep's confounds files (which nilearn reads) and the truth are not (yet) in the
     # BIDS specification: list them so that the validator accepts the derivative datasets.
-    fiac._write_text(tmp / PIPELINE_FOLDER / ".bidsignore", "*_desc-confounds_timeseries.*\n")
-    fiac._write_text(tmp / TRUTH_FOLDER / ".bidsignore", f"truth.npz\n{_MARKER}\n")
-    fiac._write_text(tmp / "participants.tsv",
+    _write_text(tmp / PIPELINE_FOLDER / ".bidsignore", "*_desc-confounds_timeseries.*\n")
+    _write_text(tmp / TRUTH_FOLDER / ".bidsignore", f"truth.npz\n{_MARKER}\n")
+    _write_text(tmp / "participants.tsv",
                      _tsv(pd.DataFrame({"participant_id": [f"sub-{s}" for s in labels]})))
     seeds, effects, t = [], [], None
     for index, label in enumerate(labels, start=1):
@@ -340,7 +340,7 @@ def _generate(tmp: Path, final: Path, layout: Bunch, labels: list[str], p: dict,
         seeds.append(sub_seed)
         effects.append(effect)
         t = truth if t is None else t  # mask, pattern and blobs are the same for every subject
-    fiac._write_npz(tmp / TRUTH_FOLDER / "truth.npz", {
+    _write_npz(tmp / TRUTH_FOLDER / "truth.npz", {
         "mask": t.mask, "affine": affine, "conditions": t.conditions,
         "activation_pattern": t.pattern, "group_effect": np.float64(p["group_effect"]),
         "group_activation": (p["group_effect"] * t.pattern).astype(np.float32),
@@ -348,8 +348,8 @@ def _generate(tmp: Path, final: Path, layout: Bunch, labels: list[str], p: dict,
         "subject_seeds": np.array(seeds, dtype=np.int64), "blob_maps": t.blob_maps,
         "blob_names": t.blob_names, "blob_betas": t.blob_betas, "blob_centers": t.blob_centers,
     })
-    fiac._write_text(tmp / TRUTH_FOLDER / "README", _TRUTH_README)
-    fiac._write_text(tmp / TRUTH_FOLDER / _MARKER, text)  # last: marks the dataset complete
+    _write_text(tmp / TRUTH_FOLDER / "README", _TRUTH_README)
+    _write_text(tmp / TRUTH_FOLDER / _MARKER, text)  # last: marks the dataset complete
 
 
 def _sibling(root: Path, kind: str) -> Path:
