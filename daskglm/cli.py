@@ -5,7 +5,7 @@
 ``daskglm convert``  convert one run into a zarr store (alias: ``ingest``).
 ``daskglm fit``      fit runs from design matrices or events, write contrast maps under
                      nilearn's BIDS-derivatives names (see :mod:`daskglm._cli_fit`).
-``daskglm bids``     every subject of a BIDS dataset (see :mod:`daskglm.batch`).
+``daskglm bids``     every subject of a BIDS dataset (see :mod:`daskglm._cli_bids`, :mod:`daskglm.batch`).
 
 Each runs on the Dask cluster given by ``--scheduler`` (an address, a scheduler
 file, or a local scheduler name such as ``sync``), else on the one named by
@@ -29,6 +29,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._cli_bids import add_bids_parser
 from ._cli_common import (
     Parser,
     UsageError,
@@ -43,7 +44,6 @@ from ._cli_common import (
     warnings_as_lines,
 )
 from ._cli_fit import add_fit_parser
-from .batch import add_bids_parser
 from .maps import write_bytes
 
 __all__ = ["main", "build_parser", "WALKTHROUGH_CONTRASTS"]

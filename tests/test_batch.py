@@ -16,11 +16,11 @@ import pytest
 from nilearn.glm import save_glm_to_bids
 from nilearn.glm.first_level import first_level_from_bids as nilearn_from_bids
 
+from daskglm._cli_bids import add_bids_parser
 from daskglm.batch import (
     MARKER,
     BatchResult,
     _prepare_contrasts,
-    add_bids_parser,
     run_batch,
 )
 from daskglm.datasets import simulate_bids
