@@ -16,14 +16,21 @@ process alone, then two at once on the two runs of the ``hcp`` data.
   ``LocalStore`` writes a chunk (``chunk_files``), and zarr writing float32
   rows of 82 volumes in the hcp store's chunks (``zarr_rows``).
 
+- ``memory``: first writes to ``--memory-mib`` MiB of new memory in each
+  process (``after_rest``: 3 s after the previous process freed its own, the
+  state of most memory a run touches for the first time; ``just_freed``:
+  again at once after freeing it). On a VM whose balloon reports free pages
+  to the host, the first costs a host page fault per page.
+
 ``ingest`` also reports its three parts per volume (reading, smoothing and
 masking, and the rest: the zarr write and the block's flag), so that what
 does not scale shows by name.
 
-    python benchmarks/ceiling.py                 # all three, hcp data (generated once, cached)
+    python benchmarks/ceiling.py                 # all four, hcp data (generated once, cached)
     python benchmarks/ceiling.py --kind ingest --blocks 4
     python benchmarks/ceiling.py --kind write --write-mib 1000
-    python benchmarks/ceiling.py --size tiny --blocks 1 --columns 2 --write-mib 8 --repeat 1   # smoke test
+    python benchmarks/ceiling.py --kind memory --memory-mib 4096
+    python benchmarks/ceiling.py --size tiny --blocks 1 --columns 2 --write-mib 8 --memory-mib 8 --repeat 1   # smoke test
 
 ``speedup`` is (time of one process doing the work of both) / (wall of the
 two processes doing half each): 2.0 would be perfect scaling.
@@ -160,6 +167,25 @@ def _write_child(mib: int) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _memory_child(mib: int) -> dict:
+    """Write one float64 per 4 KiB page of ``mib`` MiB of new memory: first after 3 s of rest
+    (memory freed before then: a guest with free-page reporting has handed it back to the host,
+    which must fault each page in again), then again at once after freeing it (pages the guest
+    still holds)."""
+    import numpy as np
+
+    time.sleep(3)  # Linux reports free pages to the host 2 s after they are freed
+    parts, cpu = {}, {}
+    for part in ("after_rest", "just_freed"):
+        start, cpu[part] = time.perf_counter(), time.process_time()
+        block = np.empty(mib * 2**20 // 8)
+        block[::512] = 1.0
+        parts[part], cpu[part] = time.perf_counter() - start, time.process_time() - cpu[part]
+        del block
+    return {"wall_s": parts["after_rest"], "cpu_s": cpu["after_rest"], "units": mib, "unit": "MiB touched",
+            "parts_s": parts, "parts_cpu_s": cpu}
+
+
 def _spawn(args: list[str]) -> subprocess.Popen:
     # this checkout's daskglm first, as for compare.py's children
     from compare import _child_env
@@ -242,19 +268,21 @@ def _measure(kind: str, child_args: list[list[str]], repeat: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="hcp", help="data size of compare.py (default hcp; tiny for a smoke test)")
-    parser.add_argument("--kind", default="ingest,fit,write",
-                        help="comma-separated subset of ingest, fit, write (default: all three)")
+    parser.add_argument("--kind", default="ingest,fit,write,memory",
+                        help="comma-separated subset of ingest, fit, write, memory (default: all four)")
     parser.add_argument("--blocks", type=int, default=5, help="ingestion blocks timed per process (default 5)")
     parser.add_argument("--columns", type=int, default=40, help="fit columns timed per process (default 40)")
     parser.add_argument("--write-mib", type=int, default=1000, help="MiB each write process writes (default 1000)")
+    parser.add_argument("--memory-mib", type=int, default=2048,
+                        help="MiB of new memory each memory process touches (default 2048)")
     parser.add_argument("--repeat", type=int, default=3, help="measurements of each kind (median; default 3)")
     parser.add_argument("--json", help="write the results there")
     parser.add_argument("--_child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child:
         kind, *rest = args._child
-        if kind == "write":
-            result = _write_child(int(rest[0]))
+        if kind in ("write", "memory"):
+            result = (_write_child if kind == "write" else _memory_child)(int(rest[0]))
         else:
             result = (_ingest_child if kind == "ingest" else _fit_child)(rest[0], rest[1], int(rest[2]))
         print(json.dumps(result))
@@ -265,16 +293,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.size not in SIZES or SIZES[args.size]["n_runs"] < 2:
         parser.error(f"--size: choose one of {sorted(k for k, v in SIZES.items() if v['n_runs'] >= 2)}")
     kinds = [k.strip() for k in args.kind.split(",") if k.strip()]
-    bad = sorted(set(kinds) - {"ingest", "fit", "write"})
+    bad = sorted(set(kinds) - {"ingest", "fit", "write", "memory"})
     if bad or not kinds:
-        parser.error(f"--kind: unknown {bad or args.kind!r}; choose from ingest, fit, write")
-    if args.write_mib < 1:
-        parser.error(f"--write-mib: at least 1; got {args.write_mib}")
-    data = _generate(args.size) if set(kinds) - {"write"} else None
+        parser.error(f"--kind: unknown {bad or args.kind!r}; choose from ingest, fit, write, memory")
+    for name in ("write_mib", "memory_mib"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: at least 1; got {getattr(args, name)}")
+    data = _generate(args.size) if set(kinds) - {"write", "memory"} else None
     results = {"machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "size": args.size, "kinds": {}}
     for kind in kinds:
-        if kind == "write":
-            child_args = [["write", str(args.write_mib)]] * 2
+        if kind in ("write", "memory"):
+            child_args = [[kind, str(args.write_mib if kind == "write" else args.memory_mib)]] * 2
         elif kind == "ingest":
             child_args = [["ingest", str(data[f"func{r}"]), str(data["mask"]), str(args.blocks)] for r in (1, 2)]
         else:

@@ -72,17 +72,17 @@ def test_compare_benchmark_runs_tiny(tmp_path):
 
 
 def test_ceiling_benchmark_runs_tiny(tmp_path):
-    """The no-dask scaling ceiling at CI size: one process, then two at once, for the three kinds."""
+    """The no-dask scaling ceiling at CI size: one process, then two at once, for the four kinds."""
     env = {**os.environ, "DASKGLM_BENCH_DATA": str(tmp_path / "data")}
     out = tmp_path / "ceiling.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "ceiling.py"), "--size", "tiny", "--blocks", "1",
-         "--columns", "2", "--write-mib", "4", "--repeat", "1", "--json", str(out)],
+         "--columns", "2", "--write-mib", "4", "--memory-mib", "8", "--repeat", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=600, env=env, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     result = json.loads(out.read_text())
-    assert result["size"] == "tiny" and set(result["kinds"]) == {"ingest", "fit", "write"}
+    assert result["size"] == "tiny" and set(result["kinds"]) == {"ingest", "fit", "write", "memory"}
     for kind in result["kinds"].values():
         per_unit = kind["per_unit"]
         assert per_unit["alone_ms"] > 0 and len(per_unit["two_at_once_ms"]) == 1
@@ -97,6 +97,9 @@ def test_ceiling_benchmark_runs_tiny(tmp_path):
     assert sum(part["alone_ms"] for part in parts.values()) == pytest.approx(
         result["kinds"]["ingest"]["per_unit"]["alone_ms"], rel=0.02, abs=0.05)
     assert set(result["kinds"]["write"]["parts"]) == {"new_file", "cached_pages", "chunk_files", "zarr_rows"}
+    memory = result["kinds"]["memory"]
+    assert memory["unit"] == "MiB touched" and set(memory["parts"]) == {"after_rest", "just_freed"}
+    assert all(part["alone_ms"] > 0 for part in memory["parts"].values())
 
 
 def test_ceiling_rejects_unknown_kind():
