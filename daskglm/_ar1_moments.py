@@ -46,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["MAX_RELATIVE_ERROR", "MAX_COVARIANCE_ERROR", "MomentDesign", "MomentFit", "ar1_fit_moments",
-           "ar1_grid", "prepare"]
+           "ar1_grid", "ar1_labels", "prepare"]
 
 #: Largest rounding-error bound (relative) a voxel may carry on the fast path.
 MAX_RELATIVE_ERROR = 1e-8
@@ -66,7 +66,7 @@ def ar1_grid(bins: int) -> np.ndarray:
     """nilearn's AR(1) label values ``k / bins``, ``k`` in ``[-bins, bins]``.
 
     Row ``k + bins`` of every per-label table (covariances, inverses) is the
-    label ``k / bins``. A label of :func:`daskglm._kernels.ar1_labels`,
+    label ``k / bins``. A label of :func:`ar1_labels`,
     ``trunc(rho * bins) / bins``, equals its grid value bit for bit; its row
     is ``rint(label * bins) + bins``. The labels of the grid values
     themselves are not always the same values: ``(k / bins) * bins`` can
@@ -84,6 +84,23 @@ def ar1_grid(bins: int) -> np.ndarray:
         The label values in increasing order.
     """
     return np.arange(-bins, bins + 1, dtype=np.float64) / bins
+
+
+def ar1_labels(rho: np.ndarray, bins: int = 100) -> np.ndarray:
+    """nilearn's AR(1) quantisation ``trunc(rho * bins) / bins``.
+
+    Parameters
+    ----------
+    rho : ndarray, shape (v,)
+    bins : int
+
+    Returns
+    -------
+    ndarray, shape (v,), float64
+        Labels on the fixed grid ``k / bins`` (truncated toward 0; -0 -> 0),
+        :func:`ar1_grid`.
+    """
+    return np.trunc(np.asarray(rho, dtype=np.float64) * bins) / bins + 0.0
 
 
 class MomentDesign(NamedTuple):
@@ -364,7 +381,7 @@ def _fit(Y: np.ndarray, design: MomentDesign) -> MomentFit:
     safe_r0 = np.where(usable, r0, 1.0)
     rho = np.where(usable, (r1 / ((n - 1) * n)) / (safe_r0 / (n * n)), 0.0)
     ols_error = design.gram_error * s0 / safe_r0
-    label = np.trunc(rho * bins) / bins + 0.0
+    label = ar1_labels(rho, bins)
     in_table = np.abs(label) <= 1  # False for NaN; |rho| > 1 happens only for rounding-noise residuals
     index = np.rint(np.where(in_table, label, 0.0) * bins).astype(np.intp) + bins
 

@@ -37,6 +37,7 @@ import numpy as np
 import scipy.linalg
 
 from . import _ar1_moments
+from ._ar1_moments import ar1_labels  # nilearn's AR(1) quantisation, beside its grid
 from ._scaling import ScalingMode, scale_signal
 
 __all__ = [
@@ -207,23 +208,6 @@ def yule_walker(residuals: np.ndarray, order: int, center: float = 0.0) -> np.nd
         sol = (np.linalg.pinv(toeplitz) @ rr[:, 1:, None])[..., 0]
     rho[:, ok] = sol.T
     return rho
-
-
-def ar1_labels(rho: np.ndarray, bins: int = 100) -> np.ndarray:
-    """nilearn's AR(1) quantisation ``trunc(rho * bins) / bins``.
-
-    Parameters
-    ----------
-    rho : ndarray, shape (v,)
-    bins : int
-
-    Returns
-    -------
-    ndarray, shape (v,), float64
-        Labels on the fixed grid ``k / bins`` (truncated toward 0; -0 -> 0),
-        :func:`daskglm._ar1_moments.ar1_grid`.
-    """
-    return np.trunc(np.asarray(rho, dtype=np.float64) * bins) / bins + 0.0
 
 
 def whiten(A: np.ndarray, coeffs: np.ndarray | float) -> np.ndarray:
