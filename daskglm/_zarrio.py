@@ -194,7 +194,6 @@ def _create_store(
     group.attrs.update(attrs)
 
 
-
 def _json_value(value: Any) -> Any:
     """An attribute value as JSON (numpy scalars and arrays to Python, containers walked)."""
     if isinstance(value, dict):
@@ -217,9 +216,11 @@ def _create_group_like(store: str, dataset: xr.Dataset, storage_options: dict | 
     Numpy variables are written; dask ones are left for their tasks to write.
     Coordinates are not stored, ``dataset.attrs`` become the group's.
 
-    What ``dataset.to_zarr(store, mode="w", compute=False)`` makes, in a
-    tenth of its time: xarray builds (and discards) the store graph of every
-    dask variable and creates arrays one sync round trip after another.
+    What ``dataset.to_zarr(store, mode="w", compute=False)`` makes, without
+    the store graph xarray builds (and here would discard) for every dask
+    variable: creating the two fit groups of the ``fiac`` runs took 38 ms
+    instead of 52 (BENCHMARKS.md, fifth round). Attribute values may be
+    numpy scalars or arrays, as ``to_zarr`` accepts them (zarr's JSON does not).
     """
     try:
         group = _open_group(store, "w", storage_options)
