@@ -174,7 +174,7 @@ def _memory_child(mib: int) -> dict:
     still holds)."""
     import numpy as np
 
-    time.sleep(3)  # Linux reports free pages to the host 2 s after they are freed
+    time.sleep(3)  # Linux reports free pages to the host ~2 s after they are freed (at once where min_free_ms is 0)
     parts, cpu = {}, {}
     for part in ("after_rest", "just_freed"):
         start, cpu[part] = time.perf_counter(), time.process_time()
@@ -184,6 +184,10 @@ def _memory_child(mib: int) -> dict:
         del block
     return {"wall_s": parts["after_rest"], "cpu_s": cpu["after_rest"], "units": mib, "unit": "MiB touched",
             "parts_s": parts, "parts_cpu_s": cpu}
+
+
+#: The children of the kinds that need no data, by kind: each takes its MiB.
+_SIZED_CHILDREN = {"write": _write_child, "memory": _memory_child}
 
 
 def _spawn(args: list[str]) -> subprocess.Popen:
@@ -281,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args._child:
         kind, *rest = args._child
-        if kind in ("write", "memory"):
-            result = (_write_child if kind == "write" else _memory_child)(int(rest[0]))
+        if kind in _SIZED_CHILDREN:
+            result = _SIZED_CHILDREN[kind](int(rest[0]))
         else:
             result = (_ingest_child if kind == "ingest" else _fit_child)(rest[0], rest[1], int(rest[2]))
         print(json.dumps(result))
@@ -296,14 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     bad = sorted(set(kinds) - {"ingest", "fit", "write", "memory"})
     if bad or not kinds:
         parser.error(f"--kind: unknown {bad or args.kind!r}; choose from ingest, fit, write, memory")
-    for name in ("write_mib", "memory_mib"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')}: at least 1; got {getattr(args, name)}")
-    data = _generate(args.size) if set(kinds) - {"write", "memory"} else None
+    mib = {"write": args.write_mib, "memory": args.memory_mib}  # the kinds that need no data, sized in MiB
+    for kind, value in mib.items():
+        if value < 1:
+            parser.error(f"--{kind}-mib: at least 1; got {value}")
+    data = _generate(args.size) if set(kinds) - set(mib) else None
     results = {"machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "size": args.size, "kinds": {}}
     for kind in kinds:
-        if kind in ("write", "memory"):
-            child_args = [[kind, str(args.write_mib if kind == "write" else args.memory_mib)]] * 2
+        if kind in mib:
+            child_args = [[kind, str(mib[kind])]] * 2
         elif kind == "ingest":
             child_args = [["ingest", str(data[f"func{r}"]), str(data["mask"]), str(args.blocks)] for r in (1, 2)]
         else:
