@@ -25,7 +25,9 @@ Definitions (each defined once, here):
   (n * V)`` reduced over blocks, i.e. one extra pass). Voxels with all-zero residuals get AR
   coefficients 0 (nilearn raises ``LinAlgError`` when they are alone and
   labels them 1.0 otherwise, as an artefact of the global mean).
-* AR(1) labels: ``trunc(rho * bins) / bins`` (a fixed grid,
+* AR(1) labels: ``trunc(rho * bins) / bins`` on a fixed grid, both defined
+  beside the moment fit that also uses them
+  (:func:`daskglm._ar1_moments.ar1_labels`, re-exported here, and
   :func:`daskglm._ar1_moments.ar1_grid`).
 """
 
