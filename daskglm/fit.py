@@ -20,12 +20,15 @@ built, and the refit is lazy.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.base import tokenize
+from dask.utils import funcname
 
 from . import _ar1_moments, _covariances, _kernels
 from ._voxelwise import VOXELWISE_ATTRIBUTES, voxelwise_block
@@ -155,16 +158,31 @@ def _grand_mean(Y: da.Array) -> da.Array:
     return Y.sum(dtype=np.float64) / Y.size
 
 
+def _single_blocks(func, *args, **kwargs):
+    """Call ``func`` with each contracted argument's one block (a list of one) unwrapped."""
+    return func(*(a[0] if isinstance(a, list) else a for a in args), **kwargs)
+
+
 def _blockwise(func, Y: da.Array, n_rows: int, *extra, **kwargs) -> da.Array:
     """Apply ``func`` to each column of ``Y`` (all scans), output ``(n_rows, v)`` per column.
 
     ``extra`` holds pairs (array, index): a voxel-aligned ``(v,)`` array
     (index ``"v"``), a ``(p, v)`` array with one chunk over ``p`` (index
     ``"pv"``) or a 0-d array broadcast to every block (index ``""``).
+
+    ``Y`` has one chunk along time and a ``"pv"`` array one along ``p``, so
+    each task gets the blocks themselves: dask's ``concatenate=True`` would
+    copy a column (13 MiB at HCP size) to "concatenate" its one block.
     """
+    for array, index in zip(extra[::2], extra[1::2]):
+        if index == "pv" and len(array.chunks[0]) != 1:
+            raise ValueError(f"a 'pv' argument must have one chunk along p; got chunks {array.chunks[0]}")
+    if len(Y.chunks[0]) != 1:
+        raise ValueError(f"Y must have one chunk along time; got chunks {Y.chunks[0]}")
+    name = f"{funcname(func)}-{tokenize(func, Y, n_rows, *extra, kwargs)}"
     return da.blockwise(
-        func, "rv", Y, "tv", *extra,
-        new_axes={"r": n_rows}, concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),
+        partial(_single_blocks, func), "rv", Y, "tv", *extra, name=name,
+        new_axes={"r": n_rows}, concatenate=False, dtype=np.float64, meta=np.empty((0, 0)),
         **kwargs,
     )
 

@@ -334,3 +334,19 @@ def test_bad_parameters_are_named(fiac_small):
     for bad in ("ar0", "foo"):
         with pytest.raises(ValueError, match=bad):
             fit_run(ds, X, noise_model=bad)
+
+
+def test_blockwise_hands_each_task_its_blocks_and_refuses_split_contracted_axes():
+    """Each column task gets the one time block itself (no concatenation copy); an input split
+    along time or along p would be silently wrong that way, so it is refused."""
+    from daskglm.fit import _blockwise
+
+    Y = dask.array.from_array(np.arange(24.0).reshape(4, 6), chunks=(4, 3))
+    beta = dask.array.from_array(np.ones((2, 6)), chunks=(2, 3))
+    out = _blockwise(lambda y, b: np.vstack([y.sum(axis=0), b.sum(axis=0)]), Y, 2, beta, "pv")
+    np.testing.assert_array_equal(out.compute(scheduler="sync"),
+                                  np.vstack([np.arange(24.0).reshape(4, 6).sum(axis=0), np.full(6, 2.0)]))
+    with pytest.raises(ValueError, match="one chunk along time"):
+        _blockwise(lambda y: y, Y.rechunk((2, 3)), 4)
+    with pytest.raises(ValueError, match="one chunk along p"):
+        _blockwise(lambda y, b: y, Y, 4, beta.rechunk((1, 3)), "pv")
