@@ -41,12 +41,13 @@ ill-conditioned is refused as a whole (:func:`prepare` returns None).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
 __all__ = ["MAX_RELATIVE_ERROR", "MAX_COVARIANCE_ERROR", "MomentDesign", "MomentFit", "ar1_fit_moments",
-           "ar1_grid", "ar1_labels", "prepare"]
+           "ar1_grid", "ar1_labels", "block_moments", "prepare"]
 
 #: Largest rounding-error bound (relative) a voxel may carry on the fast path.
 MAX_RELATIVE_ERROR = 1e-8
@@ -310,23 +311,81 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("iv,iv->v", a, b)
 
 
-def ar1_fit_moments(Y: np.ndarray, design: MomentDesign) -> MomentFit:
+#: Rows per step of :func:`block_moments`: a few MiB of float64 at HCP column widths, so each step's
+#: rows are read by the GEMM and both dot products while they are still in cache.
+MOMENT_ROWS = 128
+
+
+def block_moments(rows: Callable[[int, int, np.ndarray], None], n: int, v: int, stacked: np.ndarray,
+                  step: int = MOMENT_ROWS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The moments of a scaled block, streamed over its rows.
+
+    Parameters
+    ----------
+    rows : callable ``rows(start, stop, out)``
+        Writes rows ``start:stop`` of the scaled float64 block into ``out``,
+        shape (stop - start, v) (e.g. :func:`daskglm._scaling.scaled_rows`).
+    n, v : int
+        Shape of the block.
+    stacked : ndarray, shape (n, 2p)
+        :attr:`MomentDesign.stacked`.
+    step : int
+        Rows per step.
+
+    Returns
+    -------
+    moments : ndarray, shape (2p, v)
+        ``stacked' Y``.
+    s0, s1, y_last : ndarray, shape (v,)
+        ``sum_t y_t^2``, ``sum_t y_t y_{t-1}``, ``y_{n-1}``.
+
+    The whole scaled block is never held: one ``(step, v)`` buffer is
+    refilled, which saves a float64 copy of the block (27 MiB at HCP size)
+    and two passes over it from memory.
+    """
+    buffer = np.empty((min(step, n), v))
+    product = np.empty((stacked.shape[1], v))
+    moments = np.zeros((stacked.shape[1], v))
+    s0, s1, last = np.zeros(v), np.zeros(v), np.empty(v)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        y = buffer[: stop - start]
+        rows(start, stop, y)
+        np.matmul(stacked[start:stop].T, y, out=product)
+        moments += product
+        s0 += _dot(y, y)
+        s1 += _dot(y[1:], y[:-1])
+        if start:
+            s1 += last * y[0]  # the product across the steps' boundary
+        last[...] = y[-1]
+    return moments, s0, s1, last
+
+
+def ar1_fit_moments(Y: np.ndarray, design: MomentDesign,
+                    rows: Callable[[int, int, np.ndarray], None] | None = None) -> MomentFit:
     """nilearn's AR(1) fit of a block, from the block's moments.
 
     Parameters
     ----------
-    Y : ndarray of float64, shape (n, v)
-        The block, already scaled (``scale_signal``).
+    Y : ndarray, shape (n, v)
+        The block, already scaled (``scale_signal``); or, with ``rows``, the
+        raw block (only its shape is used).
     design : MomentDesign
         From :func:`prepare` with the block's design.
+    rows : callable, optional
+        See :func:`block_moments`; default: rows of ``Y`` as float64.
 
     Returns
     -------
     MomentFit
         Values for every voxel; those flagged ``redo`` must be refitted exactly.
     """
+    n, v = np.shape(Y)
+    if rows is None:
+        def rows(start: int, stop: int, out: np.ndarray) -> None:
+            out[...] = Y[start:stop]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # non-finite voxels: flagged
-        return _fit(np.asarray(Y, dtype=np.float64), design)
+        return _fit(n, block_moments(rows, n, v, design.stacked), design)
 
 
 def _solve_by_label(inverses: np.ndarray, index: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -363,15 +422,12 @@ def _solve_by_label(inverses: np.ndarray, index: np.ndarray, rhs: np.ndarray) ->
     return result
 
 
-def _fit(Y: np.ndarray, design: MomentDesign) -> MomentFit:
-    n = Y.shape[0]
+def _fit(n: int, moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+         design: MomentDesign) -> MomentFit:
     p = design.scale.shape[0]
     bins = design.bins
-    moments = design.stacked.T @ Y  # (2p, v)
-    A, B = moments[:p], moments[p:]
-    s0 = _dot(Y, Y)
-    s1 = _dot(Y[1:], Y[:-1])
-    y_last = Y[n - 1]
+    stacked_y, s0, s1, y_last = moments
+    A, B = stacked_y[:p], stacked_y[p:]
 
     # OLS residual moments, then rho as yule_walker computes it (0 without residuals).
     b_ols = design.gram_inv @ A

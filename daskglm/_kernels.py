@@ -33,12 +33,13 @@ Definitions (each defined once, here):
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
 
-from . import _ar1_moments
+from . import _ar1_moments, _scaling
 from ._ar1_moments import ar1_labels  # nilearn's AR(1) quantisation, beside its grid
 from ._scaling import ScalingMode, scale_signal
 
@@ -403,7 +404,9 @@ def fit_block(
     Y with the label value, ``beta = pinv(WX) WY``, ``sigma2 = RSS / (n - p)``.
     Labels lie on a fixed grid, so any voxel partition gives the same result.
     AR(1) is computed from the block's moments (:mod:`daskglm._ar1_moments`:
-    one GEMM for the block) when the design is well conditioned; voxels whose
+    one GEMM for the block, streamed over row steps as the rows are scaled,
+    so no float64 copy of the block is made) when the design is well
+    conditioned; voxels whose
     rounding-error bound there is too large, and every voxel of other designs,
     take the exact path above.
 
@@ -433,18 +436,24 @@ def fit_block(
             "ar_coefficients_block, cluster the coefficients, then refit_block"
         )
     X = _check_design(Y, X)
-    Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean)[0])
-    if order == 0:
-        fit = ols(Ys, X)
-        return BlockFit(fit.beta, fit.sigma2, np.zeros(Ys.shape[1]), fit.dof)
-    design = _ar1_moments.prepare(X, bins) if not ar_center else None
-    if design is None:  # rank deficient or ill-conditioned design, or a centre: exact path only
+    design = _ar1_moments.prepare(X, bins) if order == 1 and not ar_center else None
+    if design is None:  # OLS; or a rank deficient or ill-conditioned design, or a centre: exact path only
+        Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean)[0])
+        if order == 0:
+            fit = ols(Ys, X)
+            return BlockFit(fit.beta, fit.sigma2, np.zeros(Ys.shape[1]), fit.dof)
         return BlockFit(*_ar1_exact(Ys, X, bins, ar_center), _PINVS.dof(X))
-    fast = _ar1_moments.ar1_fit_moments(Ys, design)
+    Y = np.asarray(Y)
+    # the scaled block is streamed into the moments a few rows at a time, never held whole
+    mean = _scaling.scaling_mean(Y, signal_scaling, scaling_mean)
+    fast = _ar1_moments.ar1_fit_moments(Y, design, rows=partial(_scaling.scaled_rows, Y, mean))
     beta, sigma2, label = fast.beta, fast.sigma2, fast.label
     redo = np.flatnonzero(fast.redo)
     if redo.size:  # voxels the moments cannot fit to full precision: the exact path
-        beta[:, redo], sigma2[redo], label[redo] = _ar1_exact(np.ascontiguousarray(Ys[:, redo]), X, bins)
+        Ys = np.empty((Y.shape[0], redo.size))
+        _scaling.scaled_rows(Y[:, redo], mean if mean is None or mean.ndim == 0 else mean[redo],
+                             0, Y.shape[0], Ys)
+        beta[:, redo], sigma2[redo], label[redo] = _ar1_exact(Ys, X, bins)
     return BlockFit(beta, sigma2, label, _PINVS.dof(X))
 
 

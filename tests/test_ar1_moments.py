@@ -257,3 +257,43 @@ def test_ar1_grid_is_the_label_table():
     moved = np.flatnonzero(K.ar1_labels(grid, 100) != grid) - 100
     np.testing.assert_array_equal(moved, [-58, -57, -29, 29, 57, 58])
     np.testing.assert_array_equal(K.ar1_labels(grid, 100)[moved + 100], (moved - np.sign(moved)) / 100)
+
+
+@pytest.mark.parametrize("step", [1, 7, 99, 100, 128, 1000])
+def test_block_moments_streamed_equal_the_whole_block_products(step):
+    """The moments summed over row steps (with the lag-1 product across each step's boundary)
+    equal the products of the whole scaled block, computed directly."""
+    rng = np.random.default_rng(10)
+    X = drift_design(rng, 100, 6)
+    Y = ar1_data(rng, X, 23)
+    Ys = scaled(Y)
+    design = M.prepare(X, 100)
+    mean = Sc.scaling_mean(Y, 0)
+    moments, s0, s1, last = M.block_moments(lambda a, b, out: Sc.scaled_rows(Y, mean, a, b, out),
+                                            *Y.shape, design.stacked, step=step)
+    expected = design.stacked.T @ Ys
+    np.testing.assert_allclose(moments, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    np.testing.assert_allclose(s0, np.sum(Ys * Ys, axis=0), rtol=1e-12)
+    lag = np.array([sum(Ys[t, j] * Ys[t - 1, j] for t in range(1, len(Ys))) for j in range(Ys.shape[1])])
+    np.testing.assert_allclose(s1, lag, rtol=1e-12, atol=1e-12 * np.abs(lag).max())
+    np.testing.assert_array_equal(last, Ys[-1])
+
+
+def test_fit_block_refits_flagged_voxels_from_their_own_scaling_under_a_grand_mean():
+    """With ``signal_scaling=(0, 1)`` the exact refit of a flagged voxel uses the run's grand mean
+    (a scalar), not the voxel's: the same numbers as the exact path on the whole scaled block."""
+    rng = np.random.default_rng(11)
+    X = drift_design(rng, 120, 7)
+    Y = ar1_data(rng, X, 12).astype(np.float64)
+    Y[:, 3] = 990.0  # constant: zero residuals, flagged
+    grand = float(Y.mean()) * 1.01
+    fit = K.fit_block(Y, X, "ar1", signal_scaling=(0, 1), scaling_mean=grand)
+    Ys = np.asarray(Sc.scale_signal(Y, (0, 1), grand)[0], dtype=np.float64)
+    beta, sigma2, label = K._ar1_exact(np.ascontiguousarray(Ys[:, [3]]), X, 100)
+    np.testing.assert_array_equal(fit.beta[:, [3]], beta)
+    np.testing.assert_array_equal(fit.sigma2[[3]], sigma2)
+    np.testing.assert_array_equal(fit.label[[3]], label)
+    others = np.arange(12) != 3  # the constant voxel's residuals are rounding: its label differs by block
+    beta, sigma2, label = K._ar1_exact(np.ascontiguousarray(Ys[:, others]), X, 100)
+    np.testing.assert_array_equal(fit.label[others], label)
+    np.testing.assert_allclose(fit.beta[:, others], beta, rtol=1e-9, atol=1e-9 * np.abs(beta).max())

@@ -69,3 +69,31 @@ def test_scale_signal_float32_rounds_exactly_as_nilearn():
     _, results = run_glm(ref, X, "ols")
     fit = K.fit_block(Y32, X, "ols")
     assert_close(fit.beta, results[0.0].theta, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", [0, (0, 1), False])
+def test_scaled_rows_are_the_rows_of_scale_signal_bit_for_bit(dtype, mode):
+    """Rows scaled a few at a time (as the AR(1) moments stream them) equal the whole block's
+    scaling cast to float64, for every mode and data type, whatever the split."""
+    Y, _ = dataset()
+    Y = (Y + 1000).astype(dtype)
+    whole, _ = Sc.scale_signal(Y, mode)
+    mean = Sc.scaling_mean(Y, mode)
+    assert (mean is None) == (mode is False)
+    out = np.full(Y.shape, np.nan)
+    for start, stop in [(0, 1), (1, 8), (8, 9), (9, Y.shape[0])]:
+        Sc.scaled_rows(Y, mean, start, stop, out[start:stop])
+    np.testing.assert_array_equal(out, whole.astype(np.float64))
+
+
+def test_scaling_mean_warns_and_floors_as_scale_signal():
+    Y, _ = dataset()
+    Y = Y[:, :4].copy()
+    Y[:, 0] = 0.0
+    Y[:, 1] = 0.25
+    with pytest.warns(UserWarning, match="Mean values of 0 observed"):
+        mean = Sc.scaling_mean(Y, 0)
+    np.testing.assert_array_equal(mean[:2], [1.0, 1.0])
+    with pytest.raises(ValueError, match="got 1"):
+        Sc.scaling_mean(Y, 1)
