@@ -133,3 +133,21 @@ def test_gaussian_weights_are_scipys():
         radius = int(4.0 * sigma + 0.5)
         np.testing.assert_array_equal(_smoothing.gaussian_weights(sigma), _gaussian_kernel1d(sigma, 0, radius))
     np.testing.assert_array_equal(_smoothing.gaussian_weights(0.0), [1.0])
+
+
+def test_mask_plan_is_cached_by_value_and_read_only():
+    """Every ingestion task of a run asks for the same plan: one computation per process, keyed by
+    the mask's and sigma's values (an equal copy hits, a changed voxel or sigma does not)."""
+    mask = np.zeros((9, 8, 7), bool)
+    mask[2:6, 3:5, 1:4] = True
+    sigma = np.array([1.0, 0.8, 1.2])
+    crop = _volume.smoothing_crop(mask, sigma)
+    plan = _volume.mask_plan(crop, sigma)
+    assert _volume.mask_plan(_volume.Crop(crop.slices, crop.mask.copy()), sigma.copy()) is plan
+    assert not plan.index.flags.writeable and not plan.weights[0].flags.writeable
+    other = crop.mask.copy()
+    other[other.nonzero()[0][0], other.nonzero()[1][0], other.nonzero()[2][0]] = False
+    changed = _volume.mask_plan(_volume.Crop(crop.slices, other), sigma)
+    assert changed.index.size == plan.index.size - 1
+    assert _volume.mask_plan(crop, sigma * 2) is not plan
+    np.testing.assert_array_equal(_smoothing.plan_smoothing(crop.mask, sigma).index, plan.index)
