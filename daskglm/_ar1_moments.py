@@ -46,6 +46,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._whitening import whiten
+
 __all__ = ["MAX_RELATIVE_ERROR", "MAX_COVARIANCE_ERROR", "MomentDesign", "MomentFit", "ar1_fit_moments",
            "ar1_grid", "ar1_labels", "block_moments", "prepare"]
 
@@ -213,7 +215,6 @@ def _whitened_grams(Xs: np.ndarray, rho: np.ndarray) -> np.ndarray:
     the same matrices, but by cancellation: for ``l`` near 1 and smooth
     columns (drifts, the constant) it loses digits that no bound sees.
     """
-    from ._kernels import whiten  # nilearn's whitening; _kernels imports this module
 
     out = np.empty((rho.size, Xs.shape[1], Xs.shape[1]))
     for k, value in enumerate(rho):

@@ -17,7 +17,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _ar1_moments
-from ._kernels import _whitened_pinv, residual_dof
+from ._kernels import residual_dof
+from ._whitening import _whitened_pinv
 
 __all__ = [
     "LabelCovariance",

@@ -21,8 +21,9 @@ from typing import Literal
 
 import numpy as np
 
-from ._kernels import _check_design, whiten
+from ._kernels import _check_design
 from ._scaling import ScalingMode, scale_signal
+from ._whitening import whiten
 
 __all__ = ["VOXELWISE_ATTRIBUTES", "voxelwise_block"]
 

@@ -27,7 +27,6 @@ from nilearn.glm.contrasts import (  # noqa: E402
 )
 from nilearn.glm.first_level import mean_scaling, run_glm  # noqa: E402
 from nilearn.glm.first_level.first_level import _yule_walker  # noqa: E402
-from nilearn.glm.regression import ARModel  # noqa: E402
 
 RTOL = 1e-10
 N, V, P = 100, 300, 6
@@ -142,21 +141,6 @@ def test_ar1_matches_hand_whitened_lstsq():
         b, rss, _, _ = np.linalg.lstsq(W @ X, W @ Ys[:, j], rcond=None)
         assert_close(fit.beta[:, j], b)
         assert_close(fit.sigma2[j], rss[0] / (N - P))
-
-
-def test_whiten_matches_armodel():
-    _, X = dataset()
-    rng = np.random.default_rng(3)
-    for order in (1, 2, 3):
-        rho = rng.uniform(-0.5, 0.5, order)
-        assert_close(K.whiten(X, rho), ARModel(X, rho).whiten(X))
-    A = rng.standard_normal((N, 8))
-    coeffs = rng.uniform(-0.5, 0.5, (2, 8))
-    per_voxel = K.whiten(A, coeffs)
-    for j in range(8):
-        np.testing.assert_array_equal(per_voxel[:, j], K.whiten(A[:, j], coeffs[:, j]))
-    np.testing.assert_array_equal(per_voxel[0], A[0])
-    np.testing.assert_allclose(per_voxel[1], A[1] - coeffs[0] * A[0])
 
 
 def test_ar1_labels_grid():
@@ -520,15 +504,3 @@ def test_ar2_two_pass_matches_run_glm():
     assert_close(np.hstack([f.sigma2 for f in fits]), sigma2)
     for i, name in enumerate(names):
         assert_close(C.label_covariance(X, coeffs_per_label[i]).cov, results[name].model.normalized_cov_beta)
-
-
-@pytest.mark.parametrize("order, n", [(1, 2), (1, 130), (2, 3), (2, 200), (3, 70)])
-def test_whiten_inplace_equals_whiten(order, n):
-    """The cache-blocked in-place whitening used by the fit equals `whiten` (per-column coefficients)."""
-    rng = np.random.default_rng(order * 1000 + n)
-    A = rng.standard_normal((n, 7))
-    coeffs = rng.uniform(-0.6, 0.6, (order, 7))
-    expected = K.whiten(A, coeffs)
-    out = A.copy()
-    K._whiten_inplace(out, coeffs, rows=16)
-    np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
