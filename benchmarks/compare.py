@@ -5,7 +5,9 @@ smoothing_fwhm=5, minimize_memory=True)`` (AR(1)) fitted on all runs at once, th
 the walkthrough's eight contrasts computed as z maps. nilearn runs with
 ``n_jobs=1`` (its fastest setting on 2 cores); daskglm runs on the embedded
 ``LocalCluster`` a user gets by default (or ``--workers N``), with a fresh store
-folder per repeat, so ingestion is part of the work.
+folder per repeat, so ingestion is part of the work. In each repeat nilearn runs
+first; the daskglm runs (default workers, and 1 worker with ``--scaling``)
+follow in alternating order from one repeat to the next.
 
 Each tool runs in a child process of this script (``compare.py --_child``,
 whose code is in ``_compare_children.py``). Wall time is that process's
@@ -329,7 +331,7 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
         rep_dir = work / f"{size}-rep{rep}"
         rep_dir.mkdir(parents=True, exist_ok=True)
         zmaps: dict[str, str] = {}
-        for tool, workers, tag in configs:
+        for tool, workers, tag in _run_order(configs, rep):
             store = (_data_root() / f"stores-{size}" if args.keep_stores else rep_dir / f"stores-{tag}")
             spec = _spec(size, data, contrasts, args, workers, memory_limit, store, rep_dir / f"z-{tag}.npz")
             _set_cache(args.cache or SIZES[size].get("cache", "warm"), [*spec["runs"], spec["mask"]])
@@ -375,6 +377,18 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
     summary = _summarise(size, records, args)
     summary["runs"] = records
     return summary
+
+
+def _run_order(configs: list[tuple[str, int | None, str]], rep: int) -> list[tuple[str, int | None, str]]:
+    """The order of one repeat's runs: nilearn first, the daskglm runs reversed at every other repeat.
+
+    A run right after nilearn's (13 GiB freed at ``hcp``) pays more for its first touches of
+    memory on a guest that hands freed pages back to its host (see BENCHMARKS.md); alternating
+    which daskglm configuration comes next keeps that cost out of the 2-vs-1-worker ratio.
+    """
+    others = [c for c in configs if c[0] != "daskglm"]
+    ours = [c for c in configs if c[0] == "daskglm"]
+    return others + (ours if rep % 2 else ours[::-1])
 
 
 def _summarise(size: str, records: list[dict], args: argparse.Namespace) -> dict:

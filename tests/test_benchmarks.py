@@ -134,3 +134,13 @@ def test_kernel_benchmark_runs_and_checks_its_pairs():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "same labels" in proc.stdout and "moments" in proc.stdout
     assert "bit-identical" in proc.stdout or "numba is not installed" in proc.stdout
+
+
+def test_compare_alternates_the_daskglm_runs_after_nilearn():
+    """Each daskglm configuration follows nilearn's run at every other repeat (nilearn stays first)."""
+    compare = _load_compare()
+    configs = [("nilearn", None, "nilearn"), ("daskglm", None, "daskglm"), ("daskglm", 1, "daskglm-w1")]
+    tags = [[c[2] for c in compare._run_order(configs, rep)] for rep in (1, 2, 3)]
+    assert tags == [["nilearn", "daskglm", "daskglm-w1"], ["nilearn", "daskglm-w1", "daskglm"],
+                    ["nilearn", "daskglm", "daskglm-w1"]]
+    assert [c[2] for c in compare._run_order(configs[1:2], 2)] == ["daskglm"]
