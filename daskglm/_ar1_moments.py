@@ -276,8 +276,8 @@ class _Cache:
         self.size = size
         self.entries: dict[tuple[bytes, int], MomentDesign | None] = {}
 
-    def get(self, X: np.ndarray, bins: int) -> MomentDesign | None:
-        key = (design_key(X), int(bins))
+    def get(self, X: np.ndarray, bins: int, digest: bytes | None = None) -> MomentDesign | None:
+        key = (digest or design_key(X), int(bins))
         if key not in self.entries:
             if len(self.entries) >= self.size:
                 self.entries.pop(next(iter(self.entries)))
@@ -288,7 +288,7 @@ class _Cache:
 _CACHE = _Cache()
 
 
-def prepare(X: np.ndarray, bins: int) -> MomentDesign | None:
+def prepare(X: np.ndarray, bins: int, key: bytes | None = None) -> MomentDesign | None:
     """The design's part of the moment fit (cached per process), or None when it does not apply.
 
     Parameters
@@ -296,6 +296,8 @@ def prepare(X: np.ndarray, bins: int) -> MomentDesign | None:
     X : ndarray, shape (n, p)
     bins : int
         AR(1) quantisation bins (>= 1).
+    key : bytes, optional
+        ``design_key(X)``, when the caller has it already.
 
     Returns
     -------
@@ -304,7 +306,7 @@ def prepare(X: np.ndarray, bins: int) -> MomentDesign | None:
         or a scaled Gram matrix of condition number over :data:`MAX_CONDITION`
         (rank deficient designs included): fit those exactly.
     """
-    return _CACHE.get(np.asarray(X, dtype=np.float64), bins)
+    return _CACHE.get(np.asarray(X, dtype=np.float64), bins, key)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

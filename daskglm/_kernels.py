@@ -384,13 +384,14 @@ def fit_block(
             "ar_coefficients_block, cluster the coefficients, then refit_block"
         )
     X = _check_design(Y, X)
-    design = _ar1_moments.prepare(X, bins) if order == 1 and not ar_center else None
+    key = _ar1_moments.design_key(X) if order == 1 else None  # hashed once per block: both caches' key
+    design = _ar1_moments.prepare(X, bins, key) if order == 1 and not ar_center else None
     if design is None:  # OLS; or a rank deficient or ill-conditioned design, or a centre: exact path only
         Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean)[0])
         if order == 0:
             fit = ols(Ys, X)
             return BlockFit(fit.beta, fit.sigma2, np.zeros(Ys.shape[1]), fit.dof)
-        return BlockFit(*_ar1_exact(Ys, X, bins, ar_center), _PINVS.dof(X))
+        return BlockFit(*_ar1_exact(Ys, X, bins, ar_center), _PINVS.dof(X, key))
     Y = np.asarray(Y)
     # the scaled block is streamed into the moments a few rows at a time, never held whole
     mean = _scaling.scaling_mean(Y, signal_scaling, scaling_mean)
@@ -402,7 +403,7 @@ def fit_block(
         _scaling.scaled_rows(Y[:, redo], mean if mean is None or mean.ndim == 0 else mean[redo],
                              0, Y.shape[0], Ys)
         beta[:, redo], sigma2[redo], label[redo] = _ar1_exact(Ys, X, bins)
-    return BlockFit(beta, sigma2, label, _PINVS.dof(X))
+    return BlockFit(beta, sigma2, label, _PINVS.dof(X, key))
 
 
 def _ar1_exact(Ys: np.ndarray, X: np.ndarray, bins: int, ar_center: float = 0.0
