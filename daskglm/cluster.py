@@ -114,6 +114,28 @@ def _worker_malloc() -> Iterator[None]:
                 os.environ[key] = value
 
 
+#: distributed's default ``distributed.scheduler.worker-saturation``.
+_DASK_SATURATION = 1.1
+#: The embedded cluster scheduler's ``worker-saturation``: root tasks (an
+#: ingestion block, a fit column) sent to a worker per thread before it asks
+#: for more. dask's 1.1 gives a 1-thread worker two slots; each fit column is a
+#: fused task plus the alias dask's fusion leaves under the output's name, and
+#: with two slots the worker ran out of queued columns after every alias and
+#: waited a scheduler round trip (1.0 s of a 1-worker ``hcp`` fit's 8.7 s;
+#: 0.2 s with 3, BENCHMARKS.md). Queued tasks hold no data: their inputs are
+#: read when they run.
+WORKER_SATURATION = 3.0
+
+
+def _scheduler_config() -> dict:
+    """dask config for the embedded cluster's scheduler: :data:`WORKER_SATURATION`, unless
+    the user configured a worker saturation of their own."""
+    value = dask.config.get("distributed.scheduler.worker-saturation", _DASK_SATURATION)
+    if value not in (_DASK_SATURATION, "1.1"):
+        return {}
+    return {"distributed.scheduler.worker-saturation": WORKER_SATURATION}
+
+
 #: dask config key: runs smaller than this (bytes of data, uncompressed) are
 #: processed by an embedded cluster of threads in this process.
 THREADS_BELOW_KEY = "daskglm.threads-below"
@@ -275,7 +297,8 @@ def get_client(
 
             stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
         stack.enter_context(_worker_malloc())
-        cluster = stack.enter_context(LocalCluster(**kwargs))
+        with dask.config.set(_scheduler_config()):  # read once, when the scheduler starts
+            cluster = stack.enter_context(LocalCluster(**kwargs))
         local = stack.enter_context(Client(cluster, set_as_default=False))
         with local.as_current():
             yield local

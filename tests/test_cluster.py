@@ -161,6 +161,26 @@ def test_user_malloc_setting_is_left_alone(monkeypatch):
     assert seen["MALLOC_TRIM_THRESHOLD_"] == "12345" and seen["MALLOC_MMAP_THRESHOLD_"] is None
 
 
+def _saturation(dask_scheduler) -> float:
+    return dask_scheduler.WORKER_SATURATION
+
+
+@pytest.mark.parametrize("work_bytes", [None, 1])  # worker processes; threads in this process
+def test_embedded_scheduler_keeps_three_root_tasks_per_thread(monkeypatch, work_bytes):
+    """The embedded cluster's scheduler sends each worker 3 root tasks per thread, so that the alias
+    task after each fused fit column does not leave the worker waiting for the next column; a
+    saturation the user configured is theirs."""
+    from daskglm.cluster import WORKER_SATURATION
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with get_client(None, n_workers=1, work_bytes=work_bytes) as client:
+        assert client.run_on_scheduler(_saturation) == WORKER_SATURATION == 3.0
+    with dask.config.set({"distributed.scheduler.worker-saturation": 2.5}):
+        with get_client(None, n_workers=1, work_bytes=work_bytes) as client:
+            assert client.run_on_scheduler(_saturation) == 2.5
+    assert dask.config.get("distributed.scheduler.worker-saturation") == 1.1  # restored
+
+
 def test_bad_client_type_is_named():
     with pytest.raises(TypeError, match="client must be.*int: 42"):
         with get_client(42):
