@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 
+from ._scaling import scaled_rows
 from ._whitening import whiten
 
 __all__ = ["MAX_RELATIVE_ERROR", "MAX_COVARIANCE_ERROR", "MomentDesign", "MomentFit", "ar1_fit_moments",
@@ -385,8 +387,7 @@ def ar1_fit_moments(Y: np.ndarray, design: MomentDesign,
     """
     n, v = np.shape(Y)
     if rows is None:
-        def rows(start: int, stop: int, out: np.ndarray) -> None:
-            out[...] = Y[start:stop]
+        rows = partial(scaled_rows, Y, None)  # the rows as they are, as float64
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # non-finite voxels: flagged
         return _fit(n, block_moments(rows, n, v, design.stacked), design)
 
