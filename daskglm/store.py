@@ -60,6 +60,7 @@ from ._fitstore import (  # noqa: F401  (fit persistence, re-exported here)
     save_fits,
 )
 from ._locks import store_lock
+from ._summary import graph_constant, gzip_index_task, in_memory_blocks, mean_image, run_summary
 from ._zarrio import (
     STORE_FORMAT,
     StoreIncompleteError,
@@ -76,11 +77,10 @@ from ._zarrio import (
     _url,
     open_run,
 )
-from .cluster import compute, get_client
+from .cluster import compute
 from .grid import Grid, analysis_grid, check_target, resample_volumes
 from .nifti import (
     RunInfo,
-    build_gzip_index,
     content_sha1,
     inspect_run,
     is_url,
@@ -96,9 +96,6 @@ __all__ = ["mean_image", "ingest_run", "ingest_runs", "open_run", "save_fit", "s
 logger = logging.getLogger(__name__)
 
 
-def _shared(value: Any) -> Any:
-    """A constant many tasks use, as one graph key (``None`` stays ``None``)."""
-    return None if value is None else dask.delayed(value, traverse=False)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -152,37 +149,10 @@ def _ingest_block(
     return block
 
 
-def _block_summary(source: str | np.ndarray, start: int, stop: int, gzip_index: bytes | None,
-                   storage_options: dict | None = None, *, want_sum: bool = True
-                   ) -> tuple[np.ndarray | None, float, float]:
-    """Task: float64 sum of volumes ``start:stop`` (non-finite as 0), shape (x, y, z), or
-    None; and their ``nanmin`` / ``nanmax``."""
-    volumes = (read_volumes(source, start, stop, gzip_index, **_fsspec_kwargs(source, storage_options))
-               if isinstance(source, str) else source)
-    total = np.zeros(volumes.shape[:3]) if want_sum else None
-    low, high = np.inf, -np.inf
-    for t in range(volumes.shape[3]):
-        volume = np.asarray(volumes[..., t], dtype=float)
-        finite = np.isfinite(volume)
-        if total is not None:
-            total += np.where(finite, volume, 0.0)
-        if not np.isnan(volume).all():
-            low, high = min(low, float(np.nanmin(volume))), max(high, float(np.nanmax(volume)))
-    return total, low, high
-
-
-def _combine_summaries(parts: list[tuple[np.ndarray | None, float, float]]
-                       ) -> tuple[np.ndarray | None, float, float]:
-    sums = [p[0] for p in parts if p[0] is not None]
-    return (sum(sums) if sums else None, min(p[1] for p in parts), max(p[2] for p in parts))
-
 
 # --------------------------------------------------------------------------- ingestion
 
 
-def _in_memory_blocks(run: Any, bounds: list[tuple[int, int]]) -> list[np.ndarray]:
-    data = np.asanyarray(run.dataobj)
-    return [data[..., a:b] for a, b in bounds]
 
 
 def _fingerprint(info: RunInfo, fwhm: float | None, mask_id: Any, t_chunk: Any, v_chunk: Any,
@@ -346,7 +316,7 @@ def ingest_runs(
             locks.enter_context(store_lock(url))
         results: list[xr.Dataset | None] = [job.reuse(overwrite, columns) for job in jobs]
         todo = [job for job, done in zip(jobs, results) if done is None]
-        index_tasks = {id(job): _gzip_index_task(job.info, job.storage_options)
+        index_tasks = {id(job): gzip_index_task(job.info, job.storage_options)
                        for job in todo if not job.resume}
         index_tasks = {key: task for key, task in index_tasks.items() if task is not None}
         indexes = (dict(zip(index_tasks, compute(*index_tasks.values(), client=client)))
@@ -408,7 +378,7 @@ class _Ingestion:
         else:
             value_range = None
             if self.mask_img is None:
-                mean, *value_range = _run_summary(self.run_img, info, gzip_index, client, storage_options)
+                mean, *value_range = run_summary(self.run_img, info, gzip_index, client, storage_options)
                 mask, mask_affine = mask_from_mean(mean, info.affine, *self.target)
                 mask_provenance = {"source": "compute_epi_mask"}
                 name = "the mask computed from the run (compute_epi_mask)"
@@ -417,7 +387,7 @@ class _Ingestion:
                 name = f"mask {mask_provenance['source']!r}"
             grid = analysis_grid(mask, mask_affine, info.affine, info.volume_shape, *self.target, name=name)
             if grid.resample and value_range is None:
-                value_range = _run_summary(self.run_img, info, gzip_index, client, storage_options, False)[1:]
+                value_range = run_summary(self.run_img, info, gzip_index, client, storage_options, False)[1:]
             volume_size = max(int(np.prod(info.volume_shape)), int(np.prod(grid.shape)))
             plan = _plan.plan_chunks(info.n_scans, int(grid.mask.sum()), volume_size, self.t_chunk, self.v_chunk)
             n_blocks = len(_plan.block_bounds(info.n_scans, plan.t_chunk))
@@ -436,9 +406,9 @@ class _Ingestion:
         crop = _volume.smoothing_crop(work_mask, sigma)
         resample = (info.affine, work_affine, crop_shape, *self.value_range) if grid.resample else None
         blocks = ([info.path] * len(bounds) if info.path is not None
-                  else _in_memory_blocks(self.run_img, bounds))
+                  else in_memory_blocks(self.run_img, bounds))
         # Large constants are graph keys of their own, sent once (not once per task).
-        crop_key, index_key = _shared(crop), _shared(self.gzip_index)
+        crop_key, index_key = graph_constant(crop), graph_constant(self.gzip_index)
         step = _plan.volumes_per_read(max(int(np.prod(info.volume_shape)), int(np.prod(crop_shape))),
                                       plan.t_chunk)
         compiled = _smoothing.AVAILABLE and _plan.compiled_smoothing_pays(crop.mask.size, info.n_scans)
@@ -459,65 +429,3 @@ class _Ingestion:
         _sweep_partials(self.store)
         group.attrs["complete"] = True  # last: only now is the store usable
         return open_run(self.store, self.storage_options, columns=columns)
-
-
-def _gzip_index_task(info: RunInfo, storage_options: dict | None) -> Any:
-    """Delayed seek index of a ``.nii.gz`` run (one decompression pass), or None."""
-    if info.path is None or not info.compressed:
-        return None
-    return dask.delayed(build_gzip_index)(info.path, info.data_bytes,
-                                          **_fsspec_kwargs(info.path, storage_options))
-
-
-def _gzip_index(info: RunInfo, client: Any, storage_options: dict | None) -> bytes | None:
-    """The seek index of a ``.nii.gz`` run, computed now, or None."""
-    task = _gzip_index_task(info, storage_options)
-    return None if task is None else compute(task, client=client)[0]
-
-
-def mean_image(run_img: Any, client: Any = None, storage_options: dict | None = None) -> Any:
-    """Mean over time of a 4D run, computed out of core (one pass of block sums).
-
-    Non-finite values count as 0, as nilearn's maskers see them.
-
-    Parameters
-    ----------
-    run_img : path, fsspec URL or nibabel image
-    client : see :func:`daskglm.cluster.get_client`
-    storage_options : dict, optional
-
-    Returns
-    -------
-    nibabel.Nifti1Image
-        3D float64, on the run's grid.
-    """
-    import nibabel as nib
-
-    info = inspect_run(run_img, storage_options)
-    with get_client(client) as resolved:
-        index = _gzip_index(info, resolved, storage_options)
-        mean = _run_summary(run_img, info, index, resolved, storage_options)[0]
-    return nib.Nifti1Image(mean, info.affine)
-
-
-def _run_summary(run_img: Any, info: RunInfo, gzip_index: bytes | None, client: Any,
-                 storage_options: dict | None = None, want_mean: bool = True
-                 ) -> tuple[np.ndarray | None, float, float]:
-    """One lazy pass over the run: its mean volume (x, y, z) if wanted, and its value range.
-
-    The range is what nilearn's ``resample_img(clip=True)`` clips to (see
-    :mod:`daskglm.grid`); the mean is what ``compute_epi_mask`` needs.
-    """
-    volume_size = int(np.prod(info.volume_shape))
-    # A task holds its volumes as read plus float64 copies of one: budgeted like a row buffer.
-    block = _plan.plan_chunks(info.n_scans, volume_size, volume_size).t_chunk
-    bounds = _plan.block_bounds(info.n_scans, block)
-    if info.path is not None:
-        index_key = _shared(gzip_index)
-        parts = [dask.delayed(_block_summary)(info.path, a, b, index_key, storage_options,
-                                              want_sum=want_mean) for a, b in bounds]
-    else:
-        parts = [dask.delayed(_block_summary)(blk, 0, blk.shape[3], None, want_sum=want_mean)
-                 for blk in _in_memory_blocks(run_img, bounds)]
-    total, low, high = compute(dask.delayed(_combine_summaries)(parts), client=client)[0]
-    return (None if total is None else total / info.n_scans), low, high
