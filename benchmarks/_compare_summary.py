@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 from typing import Any
 
@@ -26,7 +27,9 @@ def _summarise(size: str, spec: dict, records: list[dict], workers: int | None) 
         walls = [round(r["wall_s"], 2) for r in rs]
         peaks = [round(r["peak_rss_bytes"] / MiB, 1) for r in rs]
         cpus = [round(r["cpu_s"], 2) for r in rs]
+        machine = [round(r["machine_cpu_s"], 2) for r in rs if r.get("machine_cpu_s") is not None]
         entry = {"wall_s_median": _median(walls), "wall_s": walls, "cpu_s_median": _median(cpus), "cpu_s": cpus,
+                 "machine_cpu_s_median": _median(machine), "machine_cpu_s": machine,
                  "peak_rss_mib_median": _median(peaks), "peak_rss_mib": peaks,
                  "phases_s_median": {k: round(_median([r["phases_s"][k] for r in rs]), 2)
                                      for k in rs[0]["phases_s"]}}
@@ -67,7 +70,25 @@ def _summarise(size: str, spec: dict, records: list[dict], workers: int | None) 
         summary["ratios"]["ingest_and_fit_1_worker_over_2_workers"] = round(work_speedup, 2)
         print(f"  scaling    1 worker / default workers ({workers or 'one per core'}): {speedup:.2f}x "
               f"(whole process); {work_speedup:.2f}x over ingestion + fit (the workers' phases)")
+        bound = _speedup_bound(tools["daskglm-w1"], os.cpu_count() or 1)
+        if bound is not None:
+            summary["ratios"]["speedup_bound_from_1_worker_cpu"] = round(bound, 2)
+            print(f"  bound      {bound:.2f}x: {os.cpu_count()} cores x 1-worker wall / the machine's busy CPU-seconds in the "
+                  "1-worker run (what one worker per core reaches at best, doing no more work than 1 and keeping both "
+                  "cores busy throughout)")
     return summary
+
+
+def _speedup_bound(one_worker: dict, cores: int) -> float | None:
+    """The most a cluster on ``cores`` cores can gain over the 1-worker run, by CPU time.
+
+    The 1-worker run is not one core: zarr's write threads, the scheduler, the
+    client and the kernel's page-cache writeback run beside its task thread.
+    Two workers do at least the same CPU work and have ``cores`` cores, so their
+    wall time is at least (busy CPU-seconds of the 1-worker run) / ``cores``.
+    """
+    busy = one_worker.get("machine_cpu_s_median")
+    return None if not busy else cores * one_worker["wall_s_median"] / busy
 
 
 def _targets(summaries: dict[str, dict]) -> list[dict]:

@@ -213,20 +213,13 @@ def _per_unit_ms(records: list[dict], key: str) -> float | None:
     return round(1000 * statistics.median(values), 2) if values else None
 
 
-def _cpu_times() -> list[int] | None:
-    """The machine's CPU time counters (``/proc/stat``: user ... steal), or None off Linux."""
-    try:
-        with open("/proc/stat") as stat:
-            return [int(v) for v in stat.readline().split()[1:9]]
-    except OSError:
-        return None
-
-
 def _with_steal(run: Any) -> tuple[Any, float | None]:
     """``run()`` and the share of the machine's CPU time the hypervisor took meanwhile (steal)."""
-    before = _cpu_times()
+    from compare import machine_cpu_times
+
+    before = machine_cpu_times()
     result = run()
-    after = _cpu_times()
+    after = machine_cpu_times()
     if before is None or after is None:
         return result, None
     delta = [b - a for a, b in zip(before, after)]

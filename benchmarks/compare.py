@@ -69,6 +69,26 @@ MiB = 2**20
 # ----------------------------------------------------------------------------- measuring
 
 
+def machine_cpu_times() -> list[int] | None:
+    """The machine's CPU time counters in clock ticks (``/proc/stat``: user, nice, system,
+    idle, iowait, irq, softirq, steal), or None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(v) for v in stat.readline().split()[1:9]]
+    except OSError:
+        return None
+
+
+def machine_busy_s(before: list[int] | None, after: list[int] | None) -> float | None:
+    """CPU-seconds the machine spent busy between two :func:`machine_cpu_times` readings:
+    every process and the kernel's own threads (page-cache writeback among them), not idle,
+    iowait or the time the hypervisor stole."""
+    if before is None or after is None:
+        return None
+    delta = [b - a for a, b in zip(before, after)]
+    return (delta[0] + delta[1] + delta[2] + delta[5] + delta[6]) / os.sysconf("SC_CLK_TCK")
+
+
 class Measured:
     """Run a command; sample the RSS of its process tree; kill what it leaves behind."""
 
@@ -104,6 +124,7 @@ class Measured:
 
         done = threading.Event()
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        machine_before = machine_cpu_times()
         with open(self.log, "wb") as out:
             start = time.perf_counter()
             proc = psutil.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
@@ -127,10 +148,11 @@ class Measured:
             thread.join()
             leftovers = self._kill_leftovers(proc)
         cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        machine_cpu = machine_busy_s(machine_before, machine_cpu_times())
         # CPU seconds of the child and every descendant it waited for (the cluster's
         # workers): less sensitive than wall time to other users of a shared machine.
         cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-        return {"wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": self.peak, "returncode": proc.returncode,
+        return {"wall_s": wall, "cpu_s": cpu, "machine_cpu_s": machine_cpu, "peak_rss_bytes": self.peak, "returncode": proc.returncode,
                 "timed_out": timed_out, "samples": self.samples, "processes": len(self.seen),
                 "leftovers_killed": leftovers}
 
@@ -263,7 +285,8 @@ def _line(tool: str, size: str, rep: int, n: int, r: dict) -> str:
     extra = ""
     if "cluster" in r:
         extra = f", workers: {r['cluster']['n_workers']}"
-    return (f"{tool:8s} {size} {rep}/{n}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, peak RSS (all processes) "
+    busy = "" if r.get("machine_cpu_s") is None else f" (machine busy {r['machine_cpu_s']:.1f} s)"
+    return (f"{tool:8s} {size} {rep}/{n}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s{busy}, peak RSS (all processes) "
             f"{r['peak_rss_bytes'] / MiB:.0f} MiB{extra} [{_fmt_phases(r['phases_s'])}]")
 
 

@@ -144,3 +144,27 @@ def test_compare_alternates_the_daskglm_runs_after_nilearn():
     assert tags == [["nilearn", "daskglm", "daskglm-w1"], ["nilearn", "daskglm-w1", "daskglm"],
                     ["nilearn", "daskglm", "daskglm-w1"]]
     assert [c[2] for c in compare._run_order(configs[1:2], 2)] == ["daskglm"]
+
+
+def test_measured_counts_the_machines_busy_cpu(tmp_path):
+    """``machine_cpu_s`` (from ``/proc/stat``) holds at least the child's own CPU time."""
+    compare = _load_compare()
+    spin = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end:\n    pass\n"
+    measured = compare.Measured([sys.executable, "-c", spin], tmp_path / "log").run()
+    assert measured["returncode"] == 0 and measured["cpu_s"] >= 1.0
+    if measured["machine_cpu_s"] is None:  # no /proc/stat: not Linux
+        assert not Path("/proc/stat").exists()
+        return
+    assert measured["machine_cpu_s"] >= measured["cpu_s"] - 0.05  # clock ticks of 10 ms
+
+
+def test_speedup_bound_is_cores_times_wall_over_busy_cpu():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("daskglm_bench_summary",
+                                                  ROOT / "benchmarks" / "_compare_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    # 30 s of wall in which the machine was busy 40 CPU-seconds: 2 cores give at best 60 / 40
+    assert summary._speedup_bound({"wall_s_median": 30.0, "machine_cpu_s_median": 40.0}, 2) == 1.5
+    assert summary._speedup_bound({"wall_s_median": 30.0, "machine_cpu_s_median": None}, 2) is None
