@@ -22,8 +22,9 @@ import xarray as xr
 import zarr
 
 from . import _plan
+from ._remote import is_url, url_options, url_to_fs
 from .grid import Grid
-from .nifti import RunInfo, is_url
+from .nifti import RunInfo
 
 __all__ = ["open_run", "StoreIncompleteError", "STORE_FORMAT"]
 
@@ -65,7 +66,8 @@ def _fsspec_kwargs(location: str, storage_options: dict | None) -> dict:
     dropped there. The same keyword suits :func:`daskglm.nifti.read_volumes` and
     :func:`daskglm.nifti.build_gzip_index`.
     """
-    return {"storage_options": storage_options} if storage_options and is_url(location) else {}
+    options = url_options(location, storage_options)
+    return {"storage_options": options} if options else {}
 
 
 def _open_group(store: str, mode: str, storage_options: dict | None) -> zarr.Group:
@@ -83,9 +85,7 @@ def _read_attrs(store: str, storage_options: dict | None) -> dict | None:
 
 
 def _remove(store: str, storage_options: dict | None) -> None:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(store, **(storage_options if is_url(store) and storage_options else {}))
+    fs, path = url_to_fs(store, storage_options)
     fs.invalidate_cache(path)  # another process may have written there since we last listed
     if fs.exists(path):
         fs.rm(path, recursive=True)
@@ -285,9 +285,7 @@ def _check_replaceable(store: str, storage_options: dict | None) -> None:
     files (or a file) given as the store by mistake must survive that.
     Hidden entries (``.DS_Store``...) and ``.partial`` debris are ignored.
     """
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(store, **(storage_options if is_url(store) and storage_options else {}))
+    fs, path = url_to_fs(store, storage_options)
     try:
         fs.invalidate_cache(path)
         if not fs.exists(path):

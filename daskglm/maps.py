@@ -144,13 +144,11 @@ def write_bytes(url: str | os.PathLike, data: bytes, storage_options: dict | Non
     str
         ``url`` as a string.
     """
-    import fsspec
-
-    from .nifti import is_url
+    from ._remote import is_url, url_to_fs
 
     url = os.fspath(url)
     if is_url(url):  # object stores have no folders to create; one upload is all or nothing
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = url_to_fs(url, storage_options)
         fs.pipe_file(path, data)
         return url
     path = os.path.abspath(url.removeprefix("file://"))

@@ -29,6 +29,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from ._remote import is_url, object_info, remote_identity, url_identity, url_to_fs
+
 __all__ = [
     "RunInfo",
     "is_url",
@@ -104,50 +106,27 @@ def _header_t_r(header: Any) -> float | None:
     return t_r
 
 
-def is_url(path: Any) -> bool:
-    """Whether ``path`` is an fsspec URL of a non-local filesystem (``s3://...``, ``gs://...``)."""
-    if not isinstance(path, str) or "://" not in path:
-        return False
-    return path.split("://", 1)[0].lower() not in ("file", "local")
-
-
-def _fs(url: str, storage_options: dict | None) -> tuple[Any, str]:
-    import fsspec
-
-    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+def _nifti_class(first: bytes) -> type | None:
+    """``Nifti1Image`` or ``Nifti2Image`` by a header's first 4 bytes (``sizeof_hdr``: 348
+    or 540, in either byte order), or None when they are neither."""
+    sizes = {int.from_bytes(first, "little"), int.from_bytes(first, "big")} if len(first) == 4 else set()
+    return nib.Nifti1Image if 348 in sizes else nib.Nifti2Image if 540 in sizes else None
 
 
 def _image_from_stream(fobj: Any) -> nib.Nifti1Image:
-    """A NIfTI-1 or NIfTI-2 image over an open binary stream; reads the header only.
-
-    The version is told by ``sizeof_hdr`` (348 or 540, in either byte order).
-    """
+    """A NIfTI-1 or NIfTI-2 image over an open binary stream; reads the header only."""
     start = fobj.tell()
     first = fobj.read(4)
     fobj.seek(start)
-    sizes = {int.from_bytes(first, "little"), int.from_bytes(first, "big")}
-    if 540 in sizes:
-        return nib.Nifti2Image.from_stream(fobj)
-    if 348 not in sizes:
+    klass = _nifti_class(first)
+    if klass is None:
         raise ValueError(f"not a NIfTI-1/2 header (sizeof_hdr bytes {first!r})")
-    return nib.Nifti1Image.from_stream(fobj)
-
-
-def _url_stat(url: str, role: str, storage_options: dict | None) -> tuple[Any, str, dict]:
-    """(filesystem, path, info) of a remote object, with the errors of a local file."""
-    fs, path = _fs(url, storage_options)
-    try:
-        info = fs.info(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{role} not found: {url!r}") from None
-    if info.get("type") == "directory":
-        raise IsADirectoryError(f"{role} {url!r} is a directory, not a NIfTI file")
-    return fs, path, info
+    return klass.from_stream(fobj)
 
 
 def _url_header(url: str, role: str, storage_options: dict | None) -> tuple[Any, dict]:
     """Header-only image of a remote run (its data proxy is not usable) and the object's info."""
-    fs, path, info = _url_stat(url, role, storage_options)
+    fs, path, info = object_info(url, role, storage_options)
     try:
         with fs.open(path, "rb") as raw:
             fobj = gzip.GzipFile(fileobj=raw, mode="rb") if url.endswith(".gz") else raw
@@ -170,7 +149,7 @@ def load_url_image(url: str, storage_options: dict | None = None, role: str = "i
     nibabel.Nifti1Image or Nifti2Image
         Backed by an in-memory copy of the file.
     """
-    fs, path, _ = _url_stat(url, role, storage_options)
+    fs, path, _ = object_info(url, role, storage_options)
     try:
         raw = fs.cat_file(path)
         if url.endswith(".gz"):
@@ -179,23 +158,6 @@ def load_url_image(url: str, storage_options: dict | None = None, role: str = "i
         return img.__class__(np.asanyarray(img.dataobj), img.affine, img.header)
     except Exception as exc:
         raise ValueError(f"{role} {url!r} is not a readable NIfTI image: {exc}") from exc
-
-
-def _remote_identity(url: str, info: dict) -> dict:
-    """JSON-able identity of a remote object: URL, size, and ETag or modification time."""
-    version = next((str(info[key]) for key in ("ETag", "etag", "LastModified", "last_modified",
-                                               "mtime", "updated") if info.get(key) is not None), None)
-    return {"url": url, "size": int(info.get("size") or 0), "version": version}
-
-
-def url_identity(url: str, storage_options: dict | None = None) -> dict:
-    """Identity of a remote object (URL, size, ETag or mtime), from its metadata only.
-
-    Raises
-    ------
-    FileNotFoundError, IsADirectoryError
-    """
-    return _remote_identity(url, _url_stat(url, "file", storage_options)[2])
 
 
 def _gzip_problem(path: str) -> str | None:
@@ -241,9 +203,7 @@ def load_image(path: str) -> nib.spatialimages.SpatialImage:
         return nib.load(path)
     try:
         with gzip.open(path, "rb") as fobj:
-            first = fobj.read(4)
-            sizes = {int.from_bytes(first, "little"), int.from_bytes(first, "big")} if len(first) == 4 else set()
-            klass = nib.Nifti1Image if 348 in sizes else nib.Nifti2Image if 540 in sizes else None
+            klass = _nifti_class(fobj.read(4))
             if klass is None:
                 return nib.load(path)  # not NIfTI: nibabel's own sniffing (and message)
             fobj.seek(0)
@@ -323,7 +283,7 @@ def inspect_run(
     expected = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
     if path is not None:
         if remote is not None:
-            provenance = _remote_identity(path, remote)
+            provenance = remote_identity(path, remote)
             size = provenance["size"]
         else:
             stat = os.stat(path)
@@ -358,7 +318,7 @@ def _gzip_reader(path: str, storage_options: dict | None, **kwargs: Any) -> Iter
         with indexed_gzip.IndexedGzipFile(path, **kwargs) as fobj:
             yield fobj
         return
-    fs, fspath = _fs(path, storage_options)
+    fs, fspath = url_to_fs(path, storage_options)
     with fs.open(fspath, "rb") as raw:
         with indexed_gzip.IndexedGzipFile(fileobj=raw, **kwargs) as fobj:
             yield fobj
@@ -433,7 +393,7 @@ def read_volumes(
                 img = _image_from_stream(fobj)
                 return np.asanyarray(img.dataobj[..., start:stop])
         if is_url(path):
-            fs, fspath = _fs(path, storage_options)
+            fs, fspath = url_to_fs(path, storage_options)
             with fs.open(fspath, "rb") as raw:
                 fobj = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
                 img = _image_from_stream(fobj)

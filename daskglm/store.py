@@ -60,7 +60,13 @@ from ._fitstore import (  # noqa: F401  (fit persistence, re-exported here)
     save_fits,
 )
 from ._locks import store_lock
-from ._summary import graph_constant, gzip_index_task, in_memory_blocks, mean_image, run_summary
+from ._summary import (
+    graph_constant,
+    gzip_index_task,
+    in_memory_blocks,
+    mean_image,
+    run_summary,
+)
 from ._zarrio import (
     STORE_FORMAT,
     StoreIncompleteError,
