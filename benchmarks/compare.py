@@ -298,9 +298,12 @@ def _set_cache(mode: str, paths: list[str]) -> None:
     memory (whatever an earlier run — nilearn's 13 GiB at hcp — or data
     generation evicted; without it the first daskglm child after nilearn's
     imported for 7 s instead of 4.5); ``cold``: write back and drop the page
-    cache (root only), so every run reads from disk; ``asis``: leave it.
+    cache (root only), so every run reads from disk; ``asis``: leave it. In
+    every mode, what was written before (hcp8's 16 GB of generated data, say) is
+    first written back, so that no run pays the writeback of another's files.
     """
     start = time.perf_counter()
+    os.sync()
     if mode == "warm":
         for path in paths:
             with open(path, "rb") as f:
@@ -309,10 +312,7 @@ def _set_cache(mode: str, paths: list[str]) -> None:
         subprocess.run([sys.executable, "-c", "import daskglm.model, daskglm.cli, distributed, nilearn.glm"],
                        check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elif mode == "cold":
-        os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("1\n")
-    else:
-        return
     print(f"  page cache: {mode} ({time.perf_counter() - start:.1f} s, not timed)", flush=True)
 
 
