@@ -152,8 +152,8 @@ class Measured:
         # CPU seconds of the child and every descendant it waited for (the cluster's
         # workers): less sensitive than wall time to other users of a shared machine.
         cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-        return {"wall_s": wall, "cpu_s": cpu, "machine_cpu_s": machine_cpu, "peak_rss_bytes": self.peak, "returncode": proc.returncode,
-                "timed_out": timed_out, "samples": self.samples, "processes": len(self.seen),
+        return {"wall_s": wall, "cpu_s": cpu, "machine_cpu_s": machine_cpu, "peak_rss_bytes": self.peak,
+                "returncode": proc.returncode, "timed_out": timed_out, "samples": self.samples, "processes": len(self.seen),
                 "leftovers_killed": leftovers}
 
     def _kill_leftovers(self, root: Any) -> list[str]:

@@ -29,6 +29,7 @@ def graph_constant(value: Any) -> Any:
 
 
 def in_memory_blocks(run: Any, bounds: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Views of an in-memory run's volumes ``a:b`` for each bound, shape (x, y, z, b - a)."""
     data = np.asanyarray(run.dataobj)
     return [data[..., a:b] for a, b in bounds]
 
@@ -98,8 +99,8 @@ def mean_image(run_img: Any, client: Any = None, storage_options: dict | None = 
 
 
 def run_summary(run_img: Any, info: RunInfo, gzip_index: bytes | None, client: Any,
-                 storage_options: dict | None = None, want_mean: bool = True
-                 ) -> tuple[np.ndarray | None, float, float]:
+                storage_options: dict | None = None, want_mean: bool = True
+                ) -> tuple[np.ndarray | None, float, float]:
     """One lazy pass over the run: its mean volume (x, y, z) if wanted, and its value range.
 
     The range is what nilearn's ``resample_img(clip=True)`` clips to (see

@@ -102,8 +102,6 @@ __all__ = ["mean_image", "ingest_run", "ingest_runs", "open_run", "save_fit", "s
 logger = logging.getLogger(__name__)
 
 
-
-
 # --------------------------------------------------------------------------- tasks
 
 
