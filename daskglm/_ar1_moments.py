@@ -51,7 +51,7 @@ from ._scaling import scaled_rows
 from ._whitening import whiten
 
 __all__ = ["MAX_RELATIVE_ERROR", "MAX_COVARIANCE_ERROR", "MomentDesign", "MomentFit", "ar1_fit_moments",
-           "ar1_grid", "ar1_labels", "block_moments", "prepare"]
+           "ar1_grid", "ar1_half_width", "ar1_label_index", "ar1_labels", "block_moments", "prepare"]
 
 #: Largest rounding-error bound (relative) a voxel may carry on the fast path.
 MAX_RELATIVE_ERROR = 1e-8
@@ -67,28 +67,89 @@ _CUTOFF_MARGIN = 1e-2
 _EPS = float(np.finfo(np.float64).eps)
 
 
-def ar1_grid(bins: int) -> np.ndarray:
-    """nilearn's AR(1) label values ``k / bins``, ``k`` in ``[-bins, bins]``.
+def ar1_half_width(bins: int, n_scans: int | None = None) -> int:
+    """Largest ``|k|`` of an AR(1) label ``k / bins`` of a run of ``n_scans`` scans.
 
-    Row ``k + bins`` of every per-label table (covariances, inverses) is the
-    label ``k / bins``. A label of :func:`ar1_labels`,
-    ``trunc(rho * bins) / bins``, equals its grid value bit for bit; its row
-    is ``rint(label * bins) + bins``. The labels of the grid values
-    themselves are not always the same values: ``(k / bins) * bins`` can
-    round to just below ``k`` (e.g. ``bins=100``, ``k=58``), which truncates
-    to ``k - 1``, as in nilearn.
+    nilearn's Yule-Walker ``rho = r1 / r0`` is ``n / (n - 1)`` times ``S1 /
+    S0`` (the lag-1 and lag-0 sums of products) and ``|S1| <= S0``
+    (Cauchy-Schwarz), so ``|rho| <= n / (n - 1)`` and its label, truncated,
+    has ``|k| <= floor(bins n / (n - 1))`` (rounding cannot reach the next
+    integer: it is at least ``1 / (n - 1)`` away, or ``bins n / (n - 1)`` is
+    itself an integer). That is ``bins`` for ``n > bins + 1``: only short
+    runs have labels beyond +-1, which nilearn uses as they are (no clipping).
 
     Parameters
     ----------
     bins : int
         AR(1) quantisation bins (>= 1).
+    n_scans : int, optional
+        Scans of the run; None, or fewer than 2 (no lag-1 product: rho is
+        taken as 0), gives ``bins``.
 
     Returns
     -------
-    ndarray, shape (2 bins + 1,), float64
+    int
+    """
+    bins = int(bins)
+    if n_scans is None or n_scans < 2:
+        return bins
+    return max(bins, (bins * int(n_scans)) // (int(n_scans) - 1))
+
+
+def ar1_grid(bins: int, n_scans: int | None = None) -> np.ndarray:
+    """nilearn's AR(1) label values ``k / bins``, ``|k| <= ar1_half_width(bins, n_scans)``.
+
+    Row ``k + K`` (``K = ar1_half_width(bins, n_scans)``) of every per-label
+    table (covariances, inverses) is the label ``k / bins``
+    (:func:`ar1_label_index`). A label of :func:`ar1_labels`,
+    ``trunc(rho * bins) / bins``, equals its grid value bit for bit. The
+    labels of the grid values themselves are not always the same values:
+    ``(k / bins) * bins`` can round to just below ``k`` (e.g. ``bins=100``,
+    ``k=58``), which truncates to ``k - 1``, as in nilearn.
+
+    Parameters
+    ----------
+    bins : int
+        AR(1) quantisation bins (>= 1).
+    n_scans : int, optional
+        Scans of the run: runs of at most ``bins + 1`` scans have labels
+        beyond +-1 (see :func:`ar1_half_width`); default: ``[-1, 1]``.
+
+    Returns
+    -------
+    ndarray, shape (2 K + 1,), float64
         The label values in increasing order.
     """
-    return np.arange(-bins, bins + 1, dtype=np.float64) / bins
+    half = ar1_half_width(bins, n_scans)
+    return np.arange(-half, half + 1, dtype=np.float64) / bins
+
+
+def ar1_label_index(label: np.ndarray, bins: int, n_scans: int | None = None) -> np.ndarray:
+    """Row of each AR(1) label in :func:`ar1_grid` ``(bins, n_scans)``: ``rint(label * bins) + K``.
+
+    Parameters
+    ----------
+    label : ndarray, shape (v,)
+        Labels of :func:`ar1_labels`.
+    bins : int
+    n_scans : int, optional
+
+    Returns
+    -------
+    ndarray of int64, shape (v,)
+
+    Raises
+    ------
+    ValueError
+        A label off the grid (not finite, or beyond ``n / (n - 1)``).
+    """
+    half = ar1_half_width(bins, n_scans)
+    k = np.rint(np.asarray(label, dtype=np.float64) * bins)
+    off = ~(np.abs(k) <= half)
+    if off.any():
+        raise ValueError(f"AR(1) labels must lie on the grid k / {bins}, |k| <= {half} ({n_scans} scans); "
+                         f"got {np.asarray(label)[off][:5]}")
+    return k.astype(np.int64) + half
 
 
 def ar1_labels(rho: np.ndarray, bins: int = 100) -> np.ndarray:
@@ -123,9 +184,10 @@ class MomentDesign(NamedTuple):
         Symmetric part of ``Xs[1:]' Xs[:-1]``.
     last : ndarray, shape (p,)
         ``Xs[n - 1]``.
-    label_inv : ndarray, shape (2 bins + 1, p, p)
-        ``inv(Xs' W' W Xs)`` for every label ``k / bins``, k in [-bins, bins].
-    label_error : ndarray, shape (2 bins + 1,)
+    label_inv : ndarray, shape (2 K + 1, p, p)
+        ``inv(Xs' W' W Xs)`` for every label of ``ar1_grid(bins, n)`` (``K =
+        ar1_half_width(bins, n)``).
+    label_error : ndarray, shape (2 K + 1,)
         Bound of the relative rounding error of each of those inverses (see
         :func:`_inverse_and_error`).
     gram_error : float
@@ -133,7 +195,7 @@ class MomentDesign(NamedTuple):
     bins : int
     df : int
         Dispersion degrees of freedom ``n - p``.
-    covariances : ndarray, shape (2 bins + 1, p, p), or None
+    covariances : ndarray, shape (2 K + 1, p, p), or None
         ``label_inv`` unscaled: ``pinv(W X) pinv(W X)'`` of every label to
         ``label_error`` (relative), read-only; None when the SVD
         pseudo-inverse's rank cutoff could discard a singular value of some
@@ -243,23 +305,36 @@ def _build(X: np.ndarray, bins: int) -> MomentDesign | None:
     lag = Xs[1:].T @ Xs[:-1]
     lag = 0.5 * (lag + lag.T)
     last = Xs[n - 1].copy()
-    rho = ar1_grid(bins)
+    rho = ar1_grid(bins, n)
     label_inv, _, label_error = _inverse_and_error(_whitened_grams(Xs, rho), n)
     return MomentDesign(scale, np.ascontiguousarray(np.hstack([Xs, lagged])), gram_inv, lag, last,
                         label_inv, label_error, float(gram_error), int(bins), n - p,
-                        _covariances(X, scale, label_inv))
+                        _covariances(X, scale, label_inv, float(np.abs(rho).max())))
 
 
-def _covariances(X: np.ndarray, scale: np.ndarray, label_inv: np.ndarray) -> np.ndarray | None:
+def _whitening_condition(n: int, lmax: float) -> float:
+    """A bound of ``cond(W)``, ``W = I - l L`` (n x n), over ``|l| <= lmax``.
+
+    ``|W| <= 1 + lmax`` and ``W^-1 = sum_k l^k L^k`` has norm at most
+    ``sum_{k < n} lmax^k`` (``n`` for ``lmax <= 1``; at most ``e n`` for the
+    grid's ``lmax <= n / (n - 1)``).
+    """
+    geometric = float(n) if lmax <= 1 else float(np.expm1(n * np.log(lmax)) / (lmax - 1))
+    return (1 + lmax) * geometric
+
+
+def _covariances(X: np.ndarray, scale: np.ndarray, label_inv: np.ndarray, lmax: float = 1.0
+                 ) -> np.ndarray | None:
     """``label_inv`` unscaled, or None when it may differ from nilearn's pinv-based covariances.
 
-    ``W`` (``I - l L``, ``|l| <= 1``) has singular values in ``[~1 / (2n), 2]``,
-    so ``cond(W X) <= 4 n cond(X)``; far below ``1 / (max(n, p) eps)`` the
+    ``cond(W X) <= cond(W) cond(X)`` (:func:`_whitening_condition`, ``|l| <=
+    lmax``; twice that here); far below ``1 / (max(n, p) eps)`` the
     pseudo-inverse keeps every singular value and equals the inverse used here.
     """
     n, p = X.shape
     sv = np.linalg.svd(X, compute_uv=False)
-    if not (sv[-1] > 0 and 4 * n * (sv[0] / sv[-1]) <= _CUTOFF_MARGIN / (max(n, p) * _EPS)):
+    bound = 2 * _whitening_condition(n, lmax) * (sv[0] / sv[-1]) if sv[-1] > 0 else np.inf
+    if not bound <= _CUTOFF_MARGIN / (max(n, p) * _EPS):
         return None
     covariances = label_inv / np.outer(scale, scale)[None]
     covariances.setflags(write=False)  # cached with the design and shared by every fit of it
@@ -430,6 +505,7 @@ def _fit(n: int, moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
          design: MomentDesign) -> MomentFit:
     p = design.scale.shape[0]
     bins = design.bins
+    half = (design.label_inv.shape[0] - 1) // 2  # ar1_half_width(bins, n)
     stacked_y, s0, s1, y_last = moments
     A, B = stacked_y[:p], stacked_y[p:]
 
@@ -442,8 +518,9 @@ def _fit(n: int, moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     rho = np.where(usable, (r1 / ((n - 1) * n)) / (safe_r0 / (n * n)), 0.0)
     ols_error = design.gram_error * s0 / safe_r0
     label = ar1_labels(rho, bins)
-    in_table = np.abs(label) <= 1  # False for NaN; |rho| > 1 happens only for rounding-noise residuals
-    index = np.rint(np.where(in_table, label, 0.0) * bins).astype(np.intp) + bins
+    k = np.rint(label * bins)
+    in_table = np.abs(k) <= half  # False for NaN; beyond the grid only for rounding-noise residuals
+    index = np.where(in_table, k, 0.0).astype(np.intp) + half
 
     # Whitened refit with the label value.
     gram_y = A - label * B + label**2 * (A - design.last[:, None] * y_last)  # X' W' W y

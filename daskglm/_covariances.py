@@ -99,7 +99,9 @@ def label_covariances(X: np.ndarray, label_values: np.ndarray) -> np.ndarray:
 
 
 def ar1_label_covariances(X: np.ndarray, bins: int) -> np.ndarray:
-    """`label_covariances` on nilearn's AR(1) grid ``k / bins``, ``k`` in [-bins, bins].
+    """`label_covariances` on nilearn's AR(1) grid ``ar1_grid(bins, n)`` (``k / bins``,
+    ``|k| <= K = ar1_half_width(bins, n)``: ``K = bins`` unless the run has at most ``bins + 1``
+    scans, whose labels can go beyond +-1).
 
     The moment fit's whitened inverses (:mod:`daskglm._ar1_moments`) serve the
     labels where their rounding-error bound is at most
@@ -111,13 +113,17 @@ def ar1_label_covariances(X: np.ndarray, bins: int) -> np.ndarray:
     Parameters
     ----------
     X : ndarray, shape (n, p)
+        Any shape (``n <= p`` included).
     bins : int
 
     Returns
     -------
-    ndarray, shape (2 bins + 1, p, p)
+    ndarray, shape (2 K + 1, p, p)
+        Row ``i`` is the label ``ar1_grid(bins, n)[i]``
+        (:func:`daskglm._ar1_moments.ar1_label_index`).
     """
-    grid = _ar1_moments.ar1_grid(bins)[:, None]
+    X = np.asarray(X, dtype=np.float64)
+    grid = _ar1_moments.ar1_grid(bins, X.shape[0])[:, None]
     design = _ar1_moments.prepare(X, bins)
     if design is None or design.covariances is None:
         return label_covariances(X, grid)

@@ -16,6 +16,12 @@ Definitions (each defined once, here):
   ``eps * sum|X|``; this is the dof of all t/F p-values, for every AR label.
 * dispersion ``sigma2 = RSS / (n - p)`` with ``p`` the number of *columns*
   of X (not its rank: nilearn's choice, it differs for rank-deficient X).
+  Designs with ``n <= p`` are fitted as nilearn fits them: beta is the
+  minimum-norm ``pinv(X) Y``, the divisor ``n - p`` is 0 or negative, so the
+  dispersion is ``inf`` for ``n == p`` (``nan`` for a zero RSS, with numpy's
+  RuntimeWarnings), and ``<= 0`` for ``n < p`` (about ``-1e-28`` when
+  ``rank(X) == n``: the RSS is rounding); the contrasts' statistics follow
+  (:mod:`daskglm._stats`).
 * Yule-Walker autocovariances ``r_k = sum_t y_t y_{t+k} / ((n - k) n)``.
   nilearn subtracts ONE scalar, the mean of the whole residual matrix, before
   this; a per-block mean would make labels depend on the block partition, so
@@ -25,11 +31,23 @@ Definitions (each defined once, here):
   designs without an intercept; it is ``sum(ols(...).residuals.sum()) /
   (n * V)`` reduced over blocks, i.e. one extra pass). Voxels with all-zero residuals get AR
   coefficients 0 (nilearn raises ``LinAlgError`` when they are alone and
-  labels them 1.0 otherwise, as an artefact of the global mean).
+  labels them 1.0 otherwise, as an artefact of the global mean). So do all
+  voxels of a design with ``residual_dof(X) == 0`` (``rank(X) == n``), whose
+  residuals are zero in exact arithmetic: nilearn estimates their AR
+  coefficients from the rounding of its residuals, which no other
+  computation reproduces. Their beta is the same whatever the label (the
+  minimum-norm solution of ``X b = y``, W being invertible), and so are the
+  t contrasts; an F contrast's effect depends on the label's covariance.
+  With ``n <= order`` the lag-``n`` autocovariance is ``0 / 0``:
+  `yule_walker` gives nilearn's NaN coefficients, the AR(1) fit takes them
+  as 0 (whitening one scan changes nothing; nilearn's label is the integer
+  cast of NaN), and AR(p > 1) fits are refused by :func:`daskglm.fit.fit_run`
+  (nilearn's KMeans fails on the NaN).
 * AR(1) labels: ``trunc(rho * bins) / bins`` on a fixed grid, both defined
   beside the moment fit that also uses them
   (:func:`daskglm._ar1_moments.ar1_labels`, re-exported here, and
-  :func:`daskglm._ar1_moments.ar1_grid`).
+  :func:`daskglm._ar1_moments.ar1_grid`). As nilearn's, they are not clipped:
+  ``|rho| <= n / (n - 1)``, so short runs have labels beyond +-1.
 """
 
 from __future__ import annotations
@@ -41,7 +59,7 @@ import numpy as np
 
 from . import _ar1_moments, _scaling
 from ._ar1_moments import ar1_labels  # nilearn's AR(1) quantisation, beside its grid
-from ._scaling import ScalingMode, scale_signal
+from ._scaling import ScalingMode, StandardizeMode, scale_signal
 from ._whitening import (  # nilearn's AR(p) whitening
     _whiten_inplace,
     _whitened_pinv,
@@ -118,10 +136,9 @@ def _as_float64(Y: np.ndarray) -> np.ndarray:
 
 
 def _dispersion_df(X: np.ndarray) -> int:
-    df = X.shape[0] - X.shape[1]
-    if df <= 0:
-        raise ValueError(f"need more scans than design columns; got X of shape {X.shape}")
-    return df
+    """nilearn's dispersion divisor ``n - p``: 0 or negative for ``n <= p`` (then the dispersion is
+    ``inf`` / ``nan`` or ``<= 0``, with numpy's RuntimeWarnings for a division by 0, as nilearn)."""
+    return X.shape[0] - X.shape[1]
 
 
 def _check_design(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -158,6 +175,7 @@ def ols(Y: np.ndarray, X: np.ndarray) -> OLSFit:
     ----------
     Y : ndarray, shape (n, v)
     X : ndarray, shape (n, p)
+        Any shape, ``n <= p`` included (see the module notes on the dispersion).
 
     Returns
     -------
@@ -187,7 +205,9 @@ def yule_walker(residuals: np.ndarray, order: int, center: float = 0.0) -> np.nd
     Returns
     -------
     ndarray, shape (order, v)
-        Coefficients; 0 for voxels whose (centred) residuals are all zero.
+        Coefficients; 0 for voxels whose (centred) residuals are all zero;
+        NaN for the others when ``n <= order`` (nilearn's: the lag-``n``
+        autocovariance is ``0 / 0``).
     """
     if not isinstance(order, int | np.integer) or order < 1:
         raise ValueError(f"AR order must be a positive integer; got {order!r}")
@@ -195,15 +215,17 @@ def yule_walker(residuals: np.ndarray, order: int, center: float = 0.0) -> np.nd
     if center:
         y = y - center
     n, v = y.shape
-    if n <= order:
-        raise ValueError(f"need more than order={order} scans; got {n}")
     r = np.empty((order + 1, v))
     r[0] = np.einsum("tv,tv->v", y, y)
     for k in range(1, order + 1):
-        r[k] = np.einsum("tv,tv->v", y[:-k], y[k:])
-    r /= ((n - np.arange(order + 1)) * n)[:, None]
+        r[k] = np.einsum("tv,tv->v", y[:-k], y[k:]) if k < n else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):  # n <= order: 0 / 0 at lag n, as nilearn
+        r /= ((n - np.arange(order + 1)) * n)[:, None]
     ok = r[0] > 0
     rho = np.zeros((order, v))
+    if n <= order:
+        rho[:, ok] = np.nan
+        return rho
     if order == 1:
         rho[0, ok] = r[1, ok] / r[0, ok]
         return rho
@@ -313,6 +335,7 @@ def ar_coefficients_block(
     signal_scaling: ScalingMode = 0,
     scaling_mean: float | np.ndarray | None = None,
     ar_center: float = 0.0,
+    standardize: StandardizeMode = None,
 ) -> np.ndarray:
     """Pass 1 of AR(p) fits: Yule-Walker coefficients of the OLS residuals.
 
@@ -322,7 +345,7 @@ def ar_coefficients_block(
         Raw block (float32 or float64).
     X : ndarray, shape (n, p)
     order : int
-    signal_scaling, scaling_mean
+    signal_scaling, scaling_mean, standardize
         See :func:`daskglm._scaling.scale_signal`.
     ar_center : float
         See `yule_walker` ``center``.
@@ -330,9 +353,12 @@ def ar_coefficients_block(
     Returns
     -------
     ndarray, shape (order, v)
+        0 for every voxel when ``residual_dof(X) == 0`` (see the module notes).
     """
     X = _check_design(Y, X)
-    Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean)[0])
+    if _PINVS.dof(X) == 0:  # residuals zero in exact arithmetic
+        return np.zeros((order, np.shape(Y)[1]))
+    Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean, standardize)[0])
     return yule_walker(ols(Ys, X).residuals, order, ar_center)
 
 
@@ -344,6 +370,7 @@ def fit_block(
     signal_scaling: ScalingMode = 0,
     scaling_mean: float | np.ndarray | None = None,
     ar_center: float = 0.0,
+    standardize: StandardizeMode = None,
 ) -> BlockFit:
     """Fit the GLM of one block under ``"ols"`` or ``"ar1"`` (nilearn ``run_glm``).
 
@@ -372,6 +399,10 @@ def fit_block(
         See :func:`daskglm._scaling.scale_signal`.
     ar_center : float
         See `yule_walker` ``center``.
+    standardize : {"zscore_sample", "psc", True, False, None}, default None
+        nilearn's masker standardization, applied instead of
+        ``signal_scaling`` (which must then be False); see
+        :func:`daskglm._scaling.scale_signal`.
 
     Returns
     -------
@@ -387,34 +418,39 @@ def fit_block(
     key = _ar1_moments.design_key(X) if order == 1 else None  # hashed once per block: both caches' key
     design = _ar1_moments.prepare(X, bins, key) if order == 1 and not ar_center else None
     if design is None:  # OLS; or a rank deficient or ill-conditioned design, or a centre: exact path only
-        Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean)[0])
+        Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean, standardize)[0])
         if order == 0:
             fit = ols(Ys, X)
             return BlockFit(fit.beta, fit.sigma2, np.zeros(Ys.shape[1]), fit.dof)
-        return BlockFit(*_ar1_exact(Ys, X, bins, ar_center), _PINVS.dof(X, key))
+        return BlockFit(*_ar1_exact(Ys, X, bins, ar_center, key), _PINVS.dof(X, key))
     Y = np.asarray(Y)
     # the scaled block is streamed into the moments a few rows at a time, never held whole
-    mean = _scaling.scaling_mean(Y, signal_scaling, scaling_mean)
-    fast = _ar1_moments.ar1_fit_moments(Y, design, rows=partial(_scaling.scaled_rows, Y, mean))
+    params = _scaling.row_parameters(Y, signal_scaling, scaling_mean, standardize)
+    fast = _ar1_moments.ar1_fit_moments(Y, design, rows=partial(_scaling.scaled_rows, Y, params))
     beta, sigma2, label = fast.beta, fast.sigma2, fast.label
     redo = np.flatnonzero(fast.redo)
     if redo.size:  # voxels the moments cannot fit to full precision: the exact path
         Ys = np.empty((Y.shape[0], redo.size))
-        _scaling.scaled_rows(Y[:, redo], mean if mean is None or mean.ndim == 0 else mean[redo],
-                             0, Y.shape[0], Ys)
-        beta[:, redo], sigma2[redo], label[redo] = _ar1_exact(Ys, X, bins)
+        _scaling.scaled_rows(Y[:, redo], _scaling.select_columns(params, redo), 0, Y.shape[0], Ys)
+        beta[:, redo], sigma2[redo], label[redo] = _ar1_exact(Ys, X, bins, key=key)
     return BlockFit(beta, sigma2, label, _PINVS.dof(X, key))
 
 
-def _ar1_exact(Ys: np.ndarray, X: np.ndarray, bins: int, ar_center: float = 0.0
+def _ar1_exact(Ys: np.ndarray, X: np.ndarray, bins: int, ar_center: float = 0.0, key: bytes | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """AR(1) fit as nilearn computes it: OLS, residuals, Yule-Walker, one whitened GEMM per label.
 
-    Returns ``beta (p, v)``, ``sigma2 (v,)``, ``label (v,)``.
+    Returns ``beta (p, v)``, ``sigma2 (v,)``, ``label (v,)``. rho is 0 where
+    the residuals are zero in exact arithmetic (``residual_dof(X) == 0``) and
+    where it is not finite (``n <= 1``), see the module notes.
     """
-    fit = ols(Ys, X)
-    rho = yule_walker(fit.residuals, 1, ar_center)[0]
-    del fit
+    if _PINVS.dof(X, key) == 0:
+        rho = np.zeros(Ys.shape[1])
+    else:
+        fit = ols(Ys, X)
+        rho = yule_walker(fit.residuals, 1, ar_center)[0]
+        del fit
+        rho[~np.isfinite(rho)] = 0.0
     label = ar1_labels(rho, bins)
     values, group = np.unique(label, return_inverse=True)
     beta, sigma2 = _fit_groups(Ys, X, group, values[:, None])
@@ -428,6 +464,7 @@ def refit_block(
     coeffs_per_label: np.ndarray,
     signal_scaling: ScalingMode = False,
     scaling_mean: float | np.ndarray | None = None,
+    standardize: StandardizeMode = None,
 ) -> BlockFit:
     """Pass 2 of AR(p) fits: whitened fit with given per-label coefficients.
 
@@ -439,8 +476,9 @@ def refit_block(
     labels : ndarray of int, shape (v,)
         Label index of each voxel, in [0, L).
     coeffs_per_label : ndarray, shape (L, order)
-    signal_scaling, scaling_mean
-        Optional scaling applied first (default: none).
+    signal_scaling, scaling_mean, standardize
+        Optional scaling applied first (default: none), see
+        :func:`daskglm._scaling.scale_signal`.
 
     Returns
     -------
@@ -459,6 +497,6 @@ def refit_block(
         raise ValueError(
             f"labels must lie in [0, {coeffs.shape[0]}); got range [{labels.min()}, {labels.max()}]"
         )
-    Ys = _as_float64(scale_signal(Y_scaled, signal_scaling, scaling_mean)[0])
+    Ys = _as_float64(scale_signal(Y_scaled, signal_scaling, scaling_mean, standardize)[0])
     beta, sigma2 = _fit_groups(Ys, X, labels.astype(np.intp), coeffs)
     return BlockFit(beta, sigma2, labels.astype(np.float64), _PINVS.dof(X))

@@ -291,7 +291,11 @@ def t_effect(
     effect : ndarray, shape (1, v)
         c beta.
     variance : ndarray, shape (v,)
-        c cov c' sigma2.
+        c cov c' sigma2; NaN where that is negative (a design with fewer
+        scans than columns has a dispersion ``<= 0``): nilearn's variance is
+        the square of ``sqrt(c cov c' sigma2)``. No warning here (nilearn's
+        ``invalid value encountered in sqrt`` is given by
+        :func:`daskglm.contrasts.run_contrast`).
     """
     beta = np.asarray(beta, dtype=np.float64)
     con = np.asarray(con, dtype=np.float64)
@@ -303,7 +307,9 @@ def t_effect(
     cov, label_index = _check_labels(beta, cov, label_index)
     ccc = np.maximum(np.einsum("i,lij,j->l", c, cov, c), 0.0)
     effect = (c @ beta)[None]
-    return effect, ccc[label_index] * sigma2
+    variance = ccc[label_index] * sigma2
+    variance[variance < 0] = np.nan  # nilearn's sqrt of a negative variance
+    return effect, variance
 
 
 def _inverse_sqrt(mat: np.ndarray) -> np.ndarray:

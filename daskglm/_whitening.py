@@ -19,7 +19,8 @@ def whiten(A: np.ndarray, coeffs: np.ndarray | float) -> np.ndarray:
     """AR(p) pre-whitening ``a'_t = a_t - sum_{k<=min(t,p)} rho_k a_{t-k}``.
 
     The first rows only use the lags available (row 0 is unchanged), as
-    nilearn's ``ARModel.whiten``.
+    nilearn's ``ARModel.whiten``; an order of at least ``n`` is allowed (its
+    lags beyond the last row change nothing, as in nilearn).
 
     Parameters
     ----------
@@ -36,10 +37,10 @@ def whiten(A: np.ndarray, coeffs: np.ndarray | float) -> np.ndarray:
     c = np.atleast_1d(np.asarray(coeffs, dtype=np.float64))
     if c.ndim == 2 and (A.ndim != 2 or c.shape[1] != A.shape[1]):
         raise ValueError(f"per-column coeffs {c.shape} need A of shape (n, {c.shape[1]}); got {A.shape}")
-    if c.ndim > 2 or c.shape[0] >= A.shape[0]:
-        raise ValueError(f"coeffs must be (order,) or (order, m) with order < n={A.shape[0]}; got {c.shape}")
+    if c.ndim > 2:
+        raise ValueError(f"coeffs must be (order,) or (order, m); got {c.shape}")
     out = A.copy()
-    for k in range(1, c.shape[0] + 1):
+    for k in range(1, min(c.shape[0], A.shape[0] - 1) + 1):  # lags beyond the first row: no row to whiten
         out[k:] -= c[k - 1] * A[:-k]
     return out
 

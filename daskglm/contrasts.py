@@ -20,6 +20,7 @@ The result is an :class:`xarray.Dataset` with nilearn's output names::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import dask.array as da
@@ -94,6 +95,12 @@ def run_contrast(fit: xr.Dataset, con: np.ndarray, stat_type: str) -> RunContras
     RunContrast
         Effect and variance; the statistics come with :func:`contrast_dataset`
         (or, for several runs, with :func:`combine_contrasts`).
+
+    Warns
+    -----
+    RuntimeWarning
+        A t contrast of a run with fewer scans than design columns (attrs
+        ``n_scans``): nilearn's ``invalid value encountered in sqrt``.
     """
     con = np.atleast_2d(np.asarray(con, dtype=np.float64))
     if stat_type not in ("t", "F"):
@@ -101,6 +108,14 @@ def run_contrast(fit: xr.Dataset, con: np.ndarray, stat_type: str) -> RunContras
     beta, sigma2, label_index = (fit[name].data for name in ("beta", "sigma2", "label_index"))
     cov = np.asarray(fit["cov"].values)
     dof = float(fit.attrs["dof"])
+    n_scans, p = fit.attrs.get("n_scans"), beta.shape[0]
+    if stat_type == "t" and n_scans is not None and int(n_scans) < p:
+        warnings.warn(
+            f"invalid value encountered in sqrt: the dispersion of a run of {int(n_scans)} scans and {p} "
+            "design columns is negative (RSS / (n_scans - n_regressors)), so its t contrast's variance, "
+            "stat, p-value and z-score are NaN, as nilearn's",
+            RuntimeWarning, stacklevel=2,
+        )
     q = 1 if stat_type == "t" else con.shape[0]
     kwargs = dict(con=con[0] if stat_type == "t" else con, cov=cov, stat_type=stat_type)
     if _is_lazy(beta, sigma2, label_index):

@@ -11,15 +11,27 @@ The result is a lazy :class:`xarray.Dataset`::
     cov(label, regressor, regressor_)      numpy, normalised covariance of beta per noise label
     label_value(label, lag)                AR coefficients of each label (empty for OLS)
 
-Because nilearn's AR(1) labels lie on a fixed grid (``trunc(rho * bins) / bins``),
+Because nilearn's AR(1) labels lie on a fixed grid (``trunc(rho * bins) / bins``,
+``|rho| <= n / (n - 1)``: :func:`daskglm._ar1_moments.ar1_grid`),
 ``cov`` is tabulated for every grid value up front from the design alone, and
 the whole fit stays lazy. AR(p > 1) needs a global KMeans of the voxels' AR
 coefficients: that pass is computed (on the client's cluster) when the graph is
 built, and the refit is lazy.
+
+``standardize`` (nilearn's masker standardization, which its FirstLevelModel
+applies with ``signal_scaling=False``) needs each voxel's mean and standard
+deviation over all its scans: a column holds them, so it stays blockwise.
+
+Designs with at most as many scans as columns are fitted as nilearn fits them
+(see :mod:`daskglm._kernels`): ``dof`` 0 when ``rank(X) == n``, a dispersion
+``inf`` (``n == p``, with nilearn's RuntimeWarning, given here when the graph
+is built) or ``<= 0`` (``n < p``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from functools import partial
 from typing import Any
 
@@ -30,7 +42,7 @@ import xarray as xr
 from dask.base import tokenize
 from dask.utils import funcname
 
-from . import _ar1_moments, _covariances, _kernels
+from . import _ar1_moments, _covariances, _kernels, _scaling
 from ._voxelwise import VOXELWISE_ATTRIBUTES, voxelwise_block
 from .cluster import compute
 
@@ -71,57 +83,60 @@ def _check_scaling(signal_scaling: Any) -> Any:
     raise ValueError(f"signal_scaling must be 0, (0, 1) or False; got {signal_scaling!r}")
 
 
-def _packed_fit(Y, scaling_mean=None, *, X, noise_model, bins, signal_scaling):
-    """Block task: fit, then pack [beta; sigma2; label] into one (p + 2, v) array."""
-    fit = _kernels.fit_block(
-        Y, X, noise_model=noise_model, bins=bins, signal_scaling=signal_scaling,
-        scaling_mean=None if scaling_mean is None else float(scaling_mean),
-    )
+def _quiet_if_short(X: np.ndarray) -> contextlib.AbstractContextManager:
+    """numpy's floating-point warnings off in a block task whose design has ``n <= p`` (the
+    dispersion's division by ``n - p``: :func:`fit_run` gives nilearn's warning once, on the client)."""
+    return np.errstate(divide="ignore", invalid="ignore") if X.shape[0] <= X.shape[1] else contextlib.nullcontext()
+
+
+def _packed_fit(Y, scaling_mean=None, *, X, noise_model, bins, signal_scaling, standardize=None):
+    """Block task: fit, then pack [beta; sigma2; label_index] into one (p + 2, v) array (the row
+    of each voxel's label in the fit's ``cov`` table, as float64)."""
+    with _quiet_if_short(X):
+        fit = _kernels.fit_block(
+            Y, X, noise_model=noise_model, bins=bins, signal_scaling=signal_scaling,
+            scaling_mean=None if scaling_mean is None else float(scaling_mean), standardize=standardize,
+        )
+    if noise_model == "ols":
+        index = np.zeros(fit.label.shape)
+    else:
+        index = _ar1_moments.ar1_label_index(fit.label, bins, X.shape[0]).astype(np.float64)
+    return np.vstack([fit.beta, fit.sigma2[None], index[None]])
+
+
+def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling, standardize=None):
+    with _quiet_if_short(X):
+        fit = _kernels.refit_block(
+            Y, X, labels.astype(np.intp), coeffs, signal_scaling=signal_scaling,
+            scaling_mean=None if scaling_mean is None else float(scaling_mean), standardize=standardize,
+        )
     return np.vstack([fit.beta, fit.sigma2[None], fit.label[None]])
 
 
-def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling):
-    fit = _kernels.refit_block(
-        Y, X, labels.astype(np.intp), coeffs, signal_scaling=signal_scaling,
-        scaling_mean=None if scaling_mean is None else float(scaling_mean),
-    )
-    return np.vstack([fit.beta, fit.sigma2[None], fit.label[None]])
-
-
-def _label_index(label: np.ndarray, order: int, bins: int) -> np.ndarray:
-    """Row of ``cov`` per voxel from the fit's label: AR(1) the grid value's row
-    (``-bins..bins`` -> ``0..2 bins``), AR(p > 1) the cluster index itself, OLS 0."""
-    if order == 0:
-        return np.zeros(label.shape, np.int64)
-    if order == 1:
-        return (np.rint(label * bins) + bins).astype(np.int64)
-    return np.rint(label).astype(np.int64)
-
-
-def _estimate(packed: np.ndarray, *, variable: str, p: int, order: int, bins: int) -> np.ndarray:
-    """One of :data:`FIT_VARIABLES` from packed rows ``[beta (p); sigma2; label]``, shape (p + 2, v)."""
+def _estimate(packed: np.ndarray, *, variable: str, p: int) -> np.ndarray:
+    """One of :data:`FIT_VARIABLES` from packed rows ``[beta (p); sigma2; label_index]``, shape (p + 2, v)."""
     if variable == "beta":
         return packed[:p]
     if variable == "sigma2":
         return packed[p]
-    return _label_index(packed[p + 1], order, bins)
+    return np.rint(packed[p + 1]).astype(np.int64)
 
 
-def _unpacked(packed: da.Array, p: int, order: int, bins: int) -> dict[str, da.Array]:
+def _unpacked(packed: da.Array, p: int) -> dict[str, da.Array]:
     """The fit variables as lazy rows of ``packed``: one layer each, named ``<variable>-<packed>``
     and depending on ``packed`` alone, so :func:`packed_estimates` can find ``packed`` again."""
     out = {}
     for variable in FIT_VARIABLES:
         shape = {"chunks": ((p,), packed.chunks[1])} if variable == "beta" else {"drop_axis": 0}
         out[variable] = da.map_blocks(
-            _estimate, packed, name=f"{variable}-{packed.name}", variable=variable, p=p, order=order,
-            bins=bins, dtype=np.int64 if variable == "label_index" else np.float64, **shape,
+            _estimate, packed, name=f"{variable}-{packed.name}", variable=variable, p=p,
+            dtype=np.int64 if variable == "label_index" else np.float64, **shape,
         )
     return out
 
 
 def packed_estimates(fit: xr.Dataset) -> da.Array | None:
-    """The lazy ``(p + 2, voxel)`` rows ``[beta; sigma2; label]`` a :func:`fit_run` result's
+    """The lazy ``(p + 2, voxel)`` rows ``[beta; sigma2; label_index]`` a :func:`fit_run` result's
     variables are slices of, or None (a fit from elsewhere, or transformed since).
 
     Computing this one array and :func:`split_estimates` on the client gives the fit's
@@ -138,18 +153,24 @@ def packed_estimates(fit: xr.Dataset) -> da.Array | None:
     return da.Array(beta.dask, source, chunks=((beta.shape[0] + 2,), beta.chunks[1]), dtype=np.float64)
 
 
-def split_estimates(packed: np.ndarray, noise_model: str, bins: int) -> dict[str, np.ndarray]:
-    """:data:`FIT_VARIABLES` from (a voxel block of) computed :func:`packed_estimates`,
-    shape (p + 2, v), of a fit with these ``noise_model`` and ``bins`` attributes."""
-    order = _kernels.parse_noise_model(noise_model)
+def split_estimates(packed: np.ndarray, noise_model: str | None = None, bins: int | None = None
+                    ) -> dict[str, np.ndarray]:
+    """:data:`FIT_VARIABLES` from (a voxel block of) computed :func:`packed_estimates`, shape (p + 2, v).
+
+    The packed rows carry each voxel's ``label_index`` itself, so ``noise_model``
+    and ``bins`` (the fit's attributes, formerly needed to turn AR(1) labels into
+    rows of ``cov``) are not needed; ``noise_model`` is still checked when given.
+    """
+    if noise_model is not None:
+        _kernels.parse_noise_model(noise_model)
     p = packed.shape[0] - 2
-    return {name: _estimate(packed, variable=name, p=p, order=order, bins=int(bins)) for name in FIT_VARIABLES}
+    return {name: _estimate(packed, variable=name, p=p) for name in FIT_VARIABLES}
 
 
-def _coefficients(Y, scaling_mean=None, *, X, order, signal_scaling):
+def _coefficients(Y, scaling_mean=None, *, X, order, signal_scaling, standardize=None):
     return _kernels.ar_coefficients_block(
         Y, X, order, signal_scaling=signal_scaling,
-        scaling_mean=None if scaling_mean is None else float(scaling_mean),
+        scaling_mean=None if scaling_mean is None else float(scaling_mean), standardize=standardize,
     )
 
 
@@ -187,6 +208,25 @@ def _blockwise(func, Y: da.Array, n_rows: int, *extra, **kwargs) -> da.Array:
     )
 
 
+def _check_short_run(n_scans: int, p: int, order: int) -> None:
+    """nilearn's behaviour on runs of at most as many scans as design columns or AR order.
+
+    AR(order > 1) with ``n_scans <= order`` fails (the lag-n autocovariance is 0 / 0: nilearn's
+    KMeans refuses the NaN); ``n_scans == p`` warns as nilearn's dispersion ``RSS / 0`` does.
+    """
+    if order > 1 and n_scans <= order:
+        raise ValueError(
+            f"noise_model='ar{order}' needs more than {order} scans; got {n_scans}: the Yule-Walker "
+            f"lag-{n_scans} autocovariance is 0 / 0 (nilearn 0.14 fails in KMeans: 'Input X contains NaN.')"
+        )
+    if n_scans == p:
+        warnings.warn(
+            f"divide by zero encountered in divide: the dispersion RSS / (n_scans - n_regressors) of a run of "
+            f"{n_scans} scans and {p} design columns divides by 0 (inf; nan for a perfect fit), as nilearn's",
+            RuntimeWarning, stacklevel=3,
+        )
+
+
 def fit_run(
     ds: xr.Dataset,
     design: Any,
@@ -195,6 +235,7 @@ def fit_run(
     signal_scaling: Any = 0,
     random_state: Any = None,
     client: Any = None,
+    standardize: _scaling.StandardizeMode = None,
 ) -> xr.Dataset:
     """Lazy GLM fit of one ingested run, as nilearn's ``run_glm``.
 
@@ -212,43 +253,67 @@ def fit_run(
         KMeans seed for AR(p > 1).
     client : see :func:`daskglm.cluster.get_client`
         Used only by the AR(p > 1) coefficient pass.
+    standardize : {"zscore_sample", "psc", True, False, None}, default None
+        nilearn's masker standardization of each voxel's time series
+        (``FirstLevelModel.standardize_``), applied instead of
+        ``signal_scaling``, which must then be False (see
+        :func:`daskglm._scaling.scale_signal`). Booleans warn as nilearn's
+        ``signal.clean`` does; a single scan is left as is, with nilearn's
+        warning.
 
     Returns
     -------
     xarray.Dataset
         Lazy ``beta``, ``sigma2``, ``label_index`` over ``voxel`` (with the
         run's ``i, j, k`` coordinates); in-memory ``cov`` and ``label_value``
-        tables; attrs ``dof``, ``noise_model``, ``bins`` and the run geometry.
+        tables; attrs ``dof``, ``noise_model``, ``bins``, ``signal_scaling``,
+        ``standardize``, ``n_scans`` and the run geometry.
+
+    Raises
+    ------
+    ValueError
+        AR(p > 1) with at most p scans (nilearn's KMeans fails on the NaN
+        coefficients), ``standardize`` with ``signal_scaling``, bad options.
     """
     order = _kernels.parse_noise_model(noise_model)
     check_bins(bins)
     scaling = _check_scaling(signal_scaling)
+    standardize = _scaling.check_standardize(standardize)
+    _scaling.check_scaling_options(scaling, standardize)
     bold = ds["bold"]
     n_scans = bold.sizes["time"]
     X, columns = _design(design, n_scans)
     p = X.shape[1]
+    _check_short_run(n_scans, p, order)
+    if standardize is not None and n_scans == 1:
+        warnings.warn(_scaling.ONE_SCAN_WARNING, UserWarning, stacklevel=2)
+        standardize = None
     Y = bold.data.rechunk({0: -1})
     extra: list[Any] = []
     if scaling == (0, 1):
         extra = [_grand_mean(Y), ""]
+    options = {"signal_scaling": scaling, "standardize": standardize}
 
     if order <= 1:
         packed = _blockwise(_packed_fit, Y, p + 2, *extra, X=X, noise_model=noise_model,
-                            bins=int(bins), signal_scaling=scaling)
+                            bins=int(bins), **options)
         label_value = (np.zeros((1, 0)) if order == 0
-                       else _ar1_moments.ar1_grid(bins)[:, None])
+                       else _ar1_moments.ar1_grid(bins, n_scans)[:, None])
     else:
-        coefs = _blockwise(_coefficients, Y, order, *extra, X=X, order=order, signal_scaling=scaling)
-        (coefs_np,) = compute(coefs, client=client)
-        from sklearn.cluster import KMeans
+        if _kernels.residual_dof(X) == 0:  # zero residuals: every voxel's coefficients are 0
+            index, label_value = np.zeros(Y.shape[1], np.int64), np.zeros((1, order))
+        else:
+            coefs = _blockwise(_coefficients, Y, order, *extra, X=X, order=order, **options)
+            (coefs_np,) = compute(coefs, client=client)
+            from sklearn.cluster import KMeans
 
-        kmeans = KMeans(n_clusters=min(int(bins), coefs_np.shape[1]), n_init=10,
-                        random_state=random_state).fit(coefs_np.T)
-        index, label_value, _ = _covariances.merge_ar_clusters(kmeans.cluster_centers_, kmeans.labels_)
+            kmeans = KMeans(n_clusters=min(int(bins), coefs_np.shape[1]), n_init=10,
+                            random_state=random_state).fit(coefs_np.T)
+            index, label_value, _ = _covariances.merge_ar_clusters(kmeans.cluster_centers_, kmeans.labels_)
         labels = da.from_array(index.astype(np.float64), chunks=(Y.chunks[1],))
         packed = _blockwise(_packed_refit, Y, p + 2, labels, "v", *extra, X=X,
-                            coeffs=label_value, signal_scaling=scaling)
-    estimates = _unpacked(packed, p, order, int(bins))
+                            coeffs=label_value, **options)
+    estimates = _unpacked(packed, p)
 
     if order == 1:  # the moment fit's whitened inverses where accurate, else one pinv per label
         cov = _covariances.ar1_label_covariances(X, int(bins))
@@ -269,21 +334,24 @@ def fit_run(
             "noise_model": noise_model,
             "bins": int(bins),
             "signal_scaling": str(scaling),
+            "standardize": str(standardize),
             "n_scans": n_scans,
             **{k: ds.attrs[k] for k in ("affine", "volume_shape", "t_r", "store") if k in ds.attrs},
         },
     )
 
 
-def _voxelwise_task(Y, beta, label_index, scaling_mean=None, *, X, label_value, attribute, signal_scaling):
-    return voxelwise_block(
-        Y, X, beta, label_index, label_value, attribute, signal_scaling=signal_scaling,
-        scaling_mean=None if scaling_mean is None else float(scaling_mean),
-    )
+def _voxelwise_task(Y, beta, label_index, scaling_mean=None, *, X, label_value, attribute, signal_scaling,
+                    standardize=None):
+    with _quiet_if_short(X):
+        return voxelwise_block(
+            Y, X, beta, label_index, label_value, attribute, signal_scaling=signal_scaling,
+            scaling_mean=None if scaling_mean is None else float(scaling_mean), standardize=standardize,
+        )
 
 
 def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
-                  signal_scaling: Any = 0) -> xr.DataArray:
+                  signal_scaling: Any = 0, standardize: _scaling.StandardizeMode = None) -> xr.DataArray:
     """Lazy ``residuals``, ``predicted`` or ``r_square`` of a fitted run, as nilearn's.
 
     Recomputed per voxel column from the run store and the stored fit (see
@@ -301,6 +369,8 @@ def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
     attribute : {"residuals", "predicted", "r_square"}
     signal_scaling : 0, (0, 1) or False
         As in the fit.
+    standardize : {"zscore_sample", "psc", True, False, None}, default None
+        As in the fit.
 
     Returns
     -------
@@ -311,6 +381,8 @@ def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
     if attribute not in VOXELWISE_ATTRIBUTES:
         raise ValueError(f"attribute must be one of {VOXELWISE_ATTRIBUTES}; got {attribute!r}")
     scaling = _check_scaling(signal_scaling)
+    standardize = _scaling.check_standardize(standardize)
+    _scaling.check_scaling_options(scaling, standardize)
     bold = ds["bold"]
     X, _ = _design(design, bold.sizes["time"])
     if fit.sizes["voxel"] != bold.sizes["voxel"] or fit.sizes["regressor"] != X.shape[1]:
@@ -325,8 +397,9 @@ def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
     extra: list[Any] = [_grand_mean(Y), ""] if scaling == (0, 1) else []
     n_rows = 1 if attribute == "r_square" else X.shape[0]
     out = _blockwise(
-        _voxelwise_task, Y, n_rows, beta, "pv", labels, "v", *extra, X=X, label_value=np.asarray(fit["label_value"].values, dtype=np.float64),
-        attribute=attribute, signal_scaling=scaling,
+        _voxelwise_task, Y, n_rows, beta, "pv", labels, "v", *extra, X=X,
+        label_value=np.asarray(fit["label_value"].values, dtype=np.float64), attribute=attribute,
+        signal_scaling=scaling, standardize=None if bold.sizes["time"] == 1 else standardize,
     )
     coords = {name: bold.coords[name] for name in "ijk" if name in bold.coords}
     if attribute == "r_square":

@@ -181,10 +181,12 @@ def test_label_inverses_are_whitened_covariances():
     rng = np.random.default_rng(9)
     X = drift_design(rng, 90, 6)
     design = M.prepare(X, 100)
-    for k in (-100, -37, 0, 55, 100):
+    half = M.ar1_half_width(100, 90)
+    assert half == 101 and design.label_inv.shape[0] == 2 * half + 1  # |rho| <= 90 / 89 here
+    for k in (-101, -100, -37, 0, 55, 100, 101):
         wx = K.whiten(X, k / 100)
         pinv = np.linalg.pinv(wx)
-        cov = np.diag(1 / design.scale) @ design.label_inv[k + 100] @ np.diag(1 / design.scale)
+        cov = np.diag(1 / design.scale) @ design.label_inv[k + half] @ np.diag(1 / design.scale)
         np.testing.assert_allclose(cov, pinv @ pinv.T, rtol=1e-9, atol=1e-12 * np.abs(pinv @ pinv.T).max())
 
 
@@ -257,6 +259,49 @@ def test_ar1_grid_is_the_label_table():
     moved = np.flatnonzero(K.ar1_labels(grid, 100) != grid) - 100
     np.testing.assert_array_equal(moved, [-58, -57, -29, 29, 57, 58])
     np.testing.assert_array_equal(K.ar1_labels(grid, 100)[moved + 100], (moved - np.sign(moved)) / 100)
+
+
+def test_grid_of_short_runs_covers_nilearns_unclipped_labels():
+    """|rho| <= n / (n - 1) (Cauchy-Schwarz on nilearn's (n - k) n normalisation): runs of at most
+    bins + 1 scans get the grid |k| <= floor(bins n / (n - 1)), longer ones [-1, 1] as before. The
+    largest |rho| of n scans, n / (n - 1) cos(pi / (n + 1)) (the lag-1 extreme of a sine), is on it."""
+    assert [M.ar1_half_width(100, n) for n in (None, 0, 1, 2, 3, 8, 51, 101, 102, 1200)] == \
+        [100, 100, 100, 200, 150, 114, 102, 101, 100, 100]
+    np.testing.assert_array_equal(M.ar1_grid(100, 8), np.arange(-114, 115) / 100)
+    np.testing.assert_array_equal(M.ar1_grid(2, 3), [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5])
+    for n in (2, 3, 4, 5, 8, 20, 101, 300):
+        t = np.arange(1, n + 1)
+        extremes = np.column_stack([np.sin(np.pi * t / (n + 1)), np.sin(np.pi * n * t / (n + 1))])
+        rho = K.yule_walker(extremes, 1)[0]
+        bound = n / (n - 1) * np.cos(np.pi / (n + 1))
+        np.testing.assert_allclose(np.abs(rho), bound, rtol=1e-12)
+        for bins in (1, 7, 100, 1000):
+            label = K.ar1_labels(rho, bins)
+            index = M.ar1_label_index(label, bins, n)
+            np.testing.assert_array_equal(M.ar1_grid(bins, n)[index], label)
+    with pytest.raises(ValueError, match=r"\|k\| <= 100 \(1200 scans\)"):
+        M.ar1_label_index(np.array([0.5, -1.01]), 100, 1200)
+    with pytest.raises(ValueError, match="grid"):
+        M.ar1_label_index(np.array([np.nan]), 100, 8)
+
+
+def test_moment_fit_of_a_short_run_uses_labels_beyond_one():
+    """A design the moments accept on a short run: labels below -1 come from the moment path
+    (rows of the wider label_inv), equal to the exact path's."""
+    rng = np.random.default_rng(12)
+    n = 10
+    X = drift_design(rng, n, 3)
+    Y = (1000 + 30 * (-1.0) ** np.arange(n)[:, None] * (1 + 0.2 * rng.standard_normal((n, 200)))
+         + 3 * rng.standard_normal((n, 200)))
+    design = M.prepare(X, 100)
+    assert design is not None and design.label_inv.shape[0] == 2 * M.ar1_half_width(100, n) + 1
+    fast = M.ar1_fit_moments(scaled(Y), design)
+    used = ~fast.redo & (fast.label < -1)
+    assert used.sum() > 20
+    beta, sigma2, label = K._ar1_exact(scaled(Y), X, 100)
+    np.testing.assert_array_equal(fast.label[~fast.redo], label[~fast.redo])
+    np.testing.assert_allclose(fast.beta[:, used], beta[:, used], rtol=1e-9, atol=1e-9 * np.abs(beta).max())
+    np.testing.assert_allclose(fast.sigma2[used], sigma2[used], rtol=1e-9)
 
 
 @pytest.mark.parametrize("step", [1, 7, 99, 100, 128, 1000])

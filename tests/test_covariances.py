@@ -7,6 +7,7 @@ labels) is tested with the fits in tests/test_kernels.py.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from daskglm import _ar1_moments as M
 from daskglm import _covariances as C
@@ -45,3 +46,22 @@ def test_ar1_label_covariances_equal_the_svd_pseudo_inverses():
     assert M.prepare(X, 10) is None
     np.testing.assert_array_equal(C.ar1_label_covariances(X, 10),
                                   C.label_covariances(X, (np.arange(-10, 11) / 10)[:, None]))
+
+
+@pytest.mark.parametrize("n, p, bins", [(30, 4, 100), (8, 3, 100), (5, 7, 10), (2, 2, 100)])
+def test_ar1_label_covariances_of_short_runs_cover_their_wider_grid(n, p, bins):
+    """Runs of at most bins + 1 scans: one covariance per value of ar1_grid(bins, n) (labels beyond
+    +-1), from the moment design where it applies, else SVDs; nilearn's normalized_cov_beta."""
+    from nilearn.glm.regression import ARModel
+
+    rng = np.random.default_rng(n)
+    X = np.column_stack([np.ones(n), rng.standard_normal((n, p - 1))])
+    grid = M.ar1_grid(bins, n)
+    got = C.ar1_label_covariances(X, bins)
+    assert got.shape == (grid.size, p, p) and grid.size == 2 * M.ar1_half_width(bins, n) + 1 > 2 * bins + 1
+    expected = C.label_covariances(X, grid[:, None])
+    scale = np.abs(expected).max(axis=(1, 2))[:, None, None]
+    np.testing.assert_allclose(got / scale, expected / scale, rtol=0, atol=1e-11)
+    for row in (0, grid.size // 3, grid.size - 1):
+        ref = ARModel(X, grid[row]).normalized_cov_beta
+        np.testing.assert_allclose(got[row], ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())

@@ -350,3 +350,199 @@ def test_blockwise_hands_each_task_its_blocks_and_refuses_split_contracted_axes(
         _blockwise(lambda y: y, Y.rechunk((2, 3)), 4)
     with pytest.raises(ValueError, match="one chunk along p"):
         _blockwise(lambda y, b: y, Y, 4, beta.rechunk((1, 3)), "pv")
+
+
+# ----------------------------------------------------------------------------- short runs, standardize
+def _tiny_run(root: Path, Y: np.ndarray, name: str) -> tuple[Path, Path]:
+    """A 4 x 4 x 3 float32 run of ``Y (n, 48)`` (voxels in C order) and an all-ones mask."""
+    import nibabel as nib
+
+    n = Y.shape[0]
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    img = nib.Nifti1Image(np.ascontiguousarray(Y.T.reshape(4, 4, 3, n)).astype(np.float32), affine)
+    img.header.set_zooms((3.0, 3.0, 3.0, 2.0))
+    path, mask = root / f"{name}.nii.gz", root / f"{name}_mask.nii.gz"
+    nib.save(img, path)
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 3), np.uint8), affine), mask)
+    return path, mask
+
+
+def _nilearn_contrasts(path, mask, X, noise_model, contrasts):
+    """nilearn's FirstLevelModel on the run: each contrast's maps, masked (C order)."""
+    import pandas as pd
+    from nilearn.glm.first_level import FirstLevelModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = FirstLevelModel(mask_img=str(mask), noise_model=noise_model, minimize_memory=True)
+        model.fit(str(path), design_matrices=pd.DataFrame(X, columns=[f"c{i}" for i in range(X.shape[1])]))
+        return [{k: v.get_fdata().reshape(48, -1) if v.ndim == 4 else v.get_fdata().ravel()
+                 for k, v in model.compute_contrast(con, stat_type=kind, output_type="all").items()}
+                for con, kind in contrasts], model
+
+
+def _our_contrasts(fit, contrasts):
+    """Our maps of each contrast, as :func:`_nilearn_contrasts` gives nilearn's (F effects (48, q))."""
+    from daskglm import contrasts as C
+
+    out = []
+    for con, kind in contrasts:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ds = C.contrast_dataset(C.run_contrast(fit, np.atleast_2d(con), kind))
+        with dask.config.set(scheduler="threads"):
+            maps = {name: np.asarray(ds[name].values) for name in ds.data_vars}
+        if kind == "F":
+            maps["effect_size"] = maps["effect_size"].T
+        out.append(maps)
+    return out
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_short_run_labels_beyond_one_through_fit_run_stores_and_contrasts(tmp_path, in_memory):
+    """A run of 8 scans: nilearn's AR(1) labels reach below -1 (its FirstLevelModel uses them as they
+    are). fit_run tabulates cov on ar1_grid(bins, 8), label_index indexes it, the stored fit (in memory
+    or lazy) and its contrasts give nilearn's maps."""
+    from daskglm import _ar1_moments
+    from daskglm.store import save_fits
+
+    n = 8
+    rng = np.random.default_rng(7)
+    alternating = (-1.0) ** np.arange(n)[:, None]
+    Y = 1000 + 20 * alternating * (1 + 0.3 * rng.standard_normal((n, 48))) + 4 * rng.standard_normal((n, 48))
+    t = np.linspace(-1, 1, n)
+    X = np.column_stack([np.ones(n), t, t**2])  # smooth: the residuals keep the alternation
+    path, mask = _tiny_run(tmp_path, Y, "short")
+    ds = ingest_run(path, tmp_path / "short.zarr", mask_img=mask, v_chunk=20, client="threads")
+    (fit,) = save_fits([fit_run(ds, X, noise_model="ar1")], [ds.attrs["store"]], client="threads",
+                       in_memory=in_memory)
+    contrasts = [(np.array([0.0, 1.0, 0.0]), "t"), (np.eye(3)[1:], "F")]
+    refs, model = _nilearn_contrasts(path, mask, X, "ar1", contrasts)
+    labels = np.array([float(label) for label in model.labels_[0]])
+    assert labels.min() < -1
+    grid = _ar1_moments.ar1_grid(100, n)
+    with dask.config.set(scheduler="threads"):
+        index = fit["label_index"].values
+    np.testing.assert_array_equal(fit["label_value"].values[:, 0], grid)
+    np.testing.assert_array_equal(grid[index], labels)
+    assert fit["cov"].shape[0] == grid.size == 2 * ((100 * n) // (n - 1)) + 1
+    for ours, ref in zip(_our_contrasts(fit, contrasts), refs):
+        for name in ("effect_size", "effect_variance", "stat", "p_value", "z_score"):
+            np.testing.assert_allclose(ours[name], ref[name], rtol=1e-5, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("n, p", [(5, 7), (6, 6)])
+def test_fewer_scans_than_columns_through_fit_run_as_first_level_model(tmp_path, n, p):
+    """nilearn's FirstLevelModel fits such runs: the effect (minimum-norm beta) and NaN for the rest
+    (dof 0); fit_run warns as nilearn's fit does for n == p (division by 0), run_contrast as its t
+    contrast does for n < p (sqrt of a negative variance)."""
+    from daskglm import contrasts as C
+
+    rng = np.random.default_rng(8)
+    Y = 500 + 10 * rng.standard_normal((n, 48))
+    X = np.column_stack([np.ones(n), rng.standard_normal((n, p - 1))])
+    path, mask = _tiny_run(tmp_path, Y, f"n{n}p{p}")
+    ds = ingest_run(path, tmp_path / f"n{n}p{p}.zarr", mask_img=mask, client="threads")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = fit_run(ds, X, noise_model="ols")
+    assert any("divide by zero" in str(w.message) for w in caught) == (n == p)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        C.run_contrast(fit, np.eye(p)[[1]], "t")
+    assert any("invalid value encountered in sqrt" in str(w.message) for w in caught) == (n < p)
+    assert fit.attrs["dof"] == 0
+    contrasts = [(np.eye(p)[1], "t"), (np.eye(p)[1:3], "F")]
+    for noise_model in ("ols", "ar1"):
+        refs, _ = _nilearn_contrasts(path, mask, X, noise_model, contrasts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # n == p: the warning checked above
+            ours = _our_contrasts(fit_run(ds, X, noise_model=noise_model) if noise_model == "ar1" else fit,
+                                  contrasts)
+        for (con, kind), got, ref in zip(contrasts, ours, refs):
+            if kind == "t" or noise_model == "ols":  # an F effect of AR(1) depends on its (noise) labels
+                np.testing.assert_allclose(got["effect_size"], ref["effect_size"], rtol=1e-5, atol=1e-6)
+            assert np.all(np.isnan(got["p_value"])) and np.all(np.isnan(ref["p_value"]))
+            assert np.all(np.isnan(got["z_score"])) and np.all(np.isnan(ref["z_score"]))
+            if kind == "t":
+                for name in ("effect_variance", "stat"):
+                    np.testing.assert_array_equal(np.isnan(got[name]), np.isnan(ref[name]), err_msg=name)
+                    np.testing.assert_array_equal(got[name][~np.isnan(got[name])], ref[name][~np.isnan(ref[name])])
+
+
+@pytest.mark.parametrize("standardize", ["zscore_sample", "psc"])
+def test_standardized_fit_run_equals_run_glm_of_the_standardizing_masker(fiac_small, standardize):
+    """nilearn's masker with ``standardize`` then run_glm (what FirstLevelModel does with
+    signal_scaling=False and standardize_ set): betas, dispersions, labels and residuals."""
+    from daskglm.fit import voxelwise_run
+
+    data = fiac_small["data"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Y = NiftiMasker(data["mask"], smoothing_fwhm=5, standardize=standardize).fit_transform(data["func1"])
+    ds = _ingest(fiac_small, 600)
+    X = fiac_small["X"]
+    for noise_model in ("ols", "ar1"):
+        beta, sigma2, labels, results = _nilearn_maps(Y, X, noise_model, signal_scaling=False)
+        fit = fit_run(ds, X, noise_model=noise_model, signal_scaling=False, standardize=standardize)
+        assert fit.attrs["standardize"] == standardize
+        with dask.config.set(scheduler="threads"):
+            np.testing.assert_allclose(fit["beta"].values, beta, rtol=1e-6, atol=1e-9 * np.abs(beta).max())
+            np.testing.assert_allclose(fit["sigma2"].values, sigma2, rtol=1e-6)
+            if noise_model == "ar1":
+                value = fit["label_value"].values[fit["label_index"].values, 0]
+                assert (value == labels.astype(float)).mean() > 0.999  # bin edges aside
+            else:
+                residuals = voxelwise_run(ds, fit, X, "residuals", signal_scaling=False,
+                                          standardize=standardize).values
+                np.testing.assert_allclose(residuals, results[0.0].residuals, rtol=1e-6,
+                                           atol=1e-6 * np.abs(Y).max())
+    with pytest.raises(ValueError, match="needs signal_scaling=False"):
+        fit_run(ds, X, standardize=standardize)
+    with pytest.warns(FutureWarning, match="boolean values for 'standardize'"):
+        assert fit_run(ds, X, signal_scaling=False, standardize=True).attrs["standardize"] == "zscore_sample"
+    with pytest.raises(ValueError, match="'zscore' was provided"):
+        fit_run(ds, X, signal_scaling=False, standardize="zscore")
+
+
+def test_nilearn_first_level_model_never_standardizes():
+    """nilearn 0.14.1 sets ``standardize_`` to None whatever ``signal_scaling`` (``False in [0, 1,
+    (0, 1)]``): what a FirstLevelModel passes to fit_run as ``standardize`` is then None."""
+    import nibabel as nib
+    import pandas as pd
+    from nilearn.glm.first_level import FirstLevelModel
+
+    rng = np.random.default_rng(0)
+    img = nib.Nifti1Image((100 + rng.standard_normal((3, 3, 3, 12))).astype(np.float32), np.eye(4))
+    mask = nib.Nifti1Image(np.ones((3, 3, 3), np.uint8), np.eye(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = FirstLevelModel(mask_img=mask, signal_scaling=False, standardize="psc").fit(
+            img, design_matrices=pd.DataFrame({"a": np.ones(12)}))
+    assert model.standardize_ is None
+
+
+def test_ar2_with_at_most_two_scans_refused_and_with_dof_0_unclustered(tmp_path):
+    """AR(2) of 2 scans: nilearn fails (its KMeans on the NaN coefficients, the lag-2
+    autocovariance being 0 / 0, or before that its Yule-Walker solve: LinAlgError), fit_run
+    refuses it when the graph is built. AR(2) of 5 scans and 7 columns: zero
+    residuals, one label of coefficients 0 (no KMeans), nilearn's t effects."""
+    rng = np.random.default_rng(9)
+    X2 = np.ones((2, 1))
+    path, mask = _tiny_run(tmp_path, 100 + rng.standard_normal((2, 48)), "two")
+    ds = ingest_run(path, tmp_path / "two.zarr", mask_img=mask, client="threads")
+    with pytest.raises(ValueError), warnings.catch_warnings():  # KMeans on NaN, or a singular Toeplitz
+        warnings.simplefilter("ignore", RuntimeWarning)
+        run_glm(ds["bold"].values.astype(np.float64), X2, noise_model="ar2")
+    with pytest.raises(ValueError, match="needs more than 2 scans; got 2"):
+        fit_run(ds, X2, noise_model="ar2")
+    X = np.column_stack([np.ones(5), rng.standard_normal((5, 6))])
+    path, mask = _tiny_run(tmp_path, 100 + rng.standard_normal((5, 48)), "five")
+    ds = ingest_run(path, tmp_path / "five.zarr", mask_img=mask, client="threads")
+    fit = fit_run(ds, X, noise_model="ar2", client="threads")
+    np.testing.assert_array_equal(fit["label_value"].values, np.zeros((1, 2)))
+    refs, _ = _nilearn_contrasts(path, mask, X, "ar2", [(np.eye(7)[1], "t")])
+    (ours,) = _our_contrasts(fit, [(np.eye(7)[1], "t")])
+    np.testing.assert_allclose(ours["effect_size"], refs[0]["effect_size"], rtol=1e-5, atol=1e-6)
+    for name in ("effect_variance", "stat", "p_value", "z_score"):
+        assert np.all(np.isnan(ours[name])) and np.all(np.isnan(refs[0][name])), name

@@ -27,6 +27,9 @@ from nilearn.glm.contrasts import (  # noqa: E402
 )
 from nilearn.glm.first_level import mean_scaling, run_glm  # noqa: E402
 from nilearn.glm.first_level.first_level import _yule_walker  # noqa: E402
+from nilearn.glm.regression import ARModel  # noqa: E402
+
+from daskglm import _ar1_moments as M  # noqa: E402
 
 RTOL = 1e-10
 N, V, P = 100, 300, 6
@@ -477,8 +480,6 @@ def test_errors_quote_values():
         K.fit_block(Y, X, "arx")
     with pytest.raises(ValueError, match="noise_model=wls"):
         K.fit_block(Y, X, "wls")
-    with pytest.raises(ValueError, match=r"\(4, 6\)"):
-        K.ols(Y[:4], X[:4])
     with pytest.raises(ValueError, match=r"Y \(100, 300\) and X \(99, 6\)"):
         K.ols(Y, X[:99])
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
@@ -504,3 +505,247 @@ def test_ar2_two_pass_matches_run_glm():
     assert_close(np.hstack([f.sigma2 for f in fits]), sigma2)
     for i, name in enumerate(names):
         assert_close(C.label_covariance(X, coeffs_per_label[i]).cov, results[name].model.normalized_cov_beta)
+
+
+# ----------------------------------------------------------------------------- at most as many scans as columns
+def short_design(n: int, p: int, rank: int | None = None, seed: int = 0) -> np.ndarray:
+    """An intercept and Gaussian columns; ``rank < min(n, p)``: the last columns repeat the first ones."""
+    rng = np.random.default_rng(seed)
+    rank = min(n, p) if rank is None else rank
+    base = rng.standard_normal((n, rank))
+    base[:, 0] = 1.0
+    return np.column_stack([base, base[:, : p - rank] * 2.0])
+
+
+def short_data(n: int, v: int = 9, seed: int = 1) -> np.ndarray:
+    """Random voxels and an all-zero one (column 0: a zero residual in both implementations)."""
+    Y = np.random.default_rng(seed).standard_normal((n, v)) * 10.0
+    Y[:, 0] = 0.0
+    return Y
+
+
+def nilearn_run(Y: np.ndarray, X: np.ndarray, noise_model: str) -> tuple[np.ndarray, dict, list[str]]:
+    """nilearn's run_glm, with the messages of the RuntimeWarnings it gives."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labels, results = run_glm(Y, X, noise_model=noise_model)
+    return labels, results, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def assert_same_nonfinite_and_close(ours: np.ndarray, ref: np.ndarray, rtol: float, name: str) -> None:
+    """NaN and +-inf where nilearn has them; the finite values close."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref), err_msg=f"{name}: NaN")
+    np.testing.assert_array_equal(np.isposinf(ours), np.isposinf(ref), err_msg=f"{name}: +inf")
+    np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(ref), err_msg=f"{name}: -inf")
+    finite = np.isfinite(ref)
+    assert_close(ours[finite], ref[finite], rtol)
+
+
+SHORT_CASES = [(5, 7, None), (7, 7, None), (6, 6, None), (1, 2, None), (5, 6, 3), (6, 8, 4)]
+
+
+@pytest.mark.parametrize("noise_model", ["ols", "ar1"])
+@pytest.mark.parametrize("n, p, rank", SHORT_CASES)
+def test_fewer_scans_than_columns_fit_as_run_glm(n, p, rank, noise_model):
+    """nilearn fits designs with n <= p: the minimum-norm beta, df_residuals n - rank, the
+    dispersion RSS / (n - p): inf (nan for the zero voxel) for n == p with numpy's RuntimeWarning,
+    <= 0 for n < p (rounding, ~1e-28, when rank == n; a genuine negative value otherwise)."""
+    X, Y = short_design(n, p, rank), short_data(n)
+    labels, results, their_warnings = nilearn_run(Y, X, noise_model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = K.fit_block(Y, X, noise_model, signal_scaling=False)
+    ours_warned = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    divide = "divide by zero encountered in divide"
+    assert (divide in ours_warned) == (divide in their_warnings) == (n == p)
+    dof = n - np.linalg.matrix_rank(X)
+    assert fit.dof == dof == next(iter(results.values())).df_residuals
+    assert fit.label[0] == 0.0  # the zero voxel: nilearn labels it from its global mean, we do not
+    nilearn_label = np.array([float(lab) for lab in labels])
+    if noise_model == "ar1" and dof == 0:
+        # residuals zero in exact arithmetic: nilearn's labels come from their rounding, ours are 0
+        np.testing.assert_array_equal(fit.label, 0.0)
+    else:
+        np.testing.assert_array_equal(fit.label[1:], nilearn_label[1:])
+    beta, sigma2 = assemble(labels, results)
+    # with rank == n the minimum-norm solution is the same for every whitening: nilearn's beta
+    assert_close(fit.beta, beta, rtol=1e-9)
+    if n == p:
+        assert np.isnan(fit.sigma2[0]) and np.all(np.isposinf(fit.sigma2[1:]))
+        assert_same_nonfinite_and_close(fit.sigma2, sigma2, 1e-9, "sigma2")
+    elif dof == 0:
+        scale = np.abs(Y).max() ** 2
+        assert np.all(fit.sigma2 <= 0) and np.all(sigma2 <= 0)
+        assert np.all(np.abs(fit.sigma2) < 1e-20 * scale) and np.all(np.abs(sigma2) < 1e-20 * scale)
+    else:
+        assert np.all(fit.sigma2[1:] < 0)
+        assert_close(fit.sigma2, sigma2, rtol=1e-9)
+
+
+@pytest.mark.parametrize("noise_model", ["ols", "ar1"])
+@pytest.mark.parametrize("stat_type", ["t", "F"])
+@pytest.mark.parametrize("n, p, rank", SHORT_CASES)
+def test_fewer_scans_than_columns_contrasts_as_compute_contrast(n, p, rank, noise_model, stat_type):
+    """The effect of nilearn (the minimum-norm solution's), and its NaN: t variance NaN (the sqrt
+    of a negative variance) or inf (n == p), stat NaN or 0, p-value and z NaN with dof 0; F
+    variance = the dispersion, F stat = |effect|^2 / q / 1e-50 for n < p."""
+    X, Y = short_design(n, p, rank), short_data(n)
+    labels, results, _ = nilearn_run(Y, X, noise_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fit = K.fit_block(Y, X, noise_model, signal_scaling=False)
+    dof = fit.dof
+    con = np.eye(p)[1] if stat_type == "t" else np.eye(p)[[1, min(2, p - 1)]] if min(n, p) > 2 else np.eye(p)[[1]]
+    ours = our_contrast(fit, X, con, stat_type)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = compute_contrast(labels, results, con, stat_type)
+        stat, p_value, z = ref.stat(), ref.p_value(), ref.z_score()
+        if stat_type == "F" and noise_model == "ar1" and dof == 0:
+            # an F effect depends on the label's covariance: our labels are 0 (an AR(1) of label 0
+            # is OLS), nilearn's come from the rounding of its residuals; so does the F stat
+            # |effect|^2 / q / 1e-50; the p-values and z (NaN) do not
+            ols_ref = compute_contrast(*run_glm(Y, X, noise_model="ols"), con, stat_type)
+            np.testing.assert_array_equal(np.isnan(stat), np.isnan(ols_ref.stat()))
+            ref.effect, stat = ols_ref.effect_size(), ols_ref.stat()
+    assert_close(ours.effect, np.atleast_2d(ref.effect_size()), rtol=1e-9)
+    keep = slice(1, None)  # the zero voxel: 0 / 0 in both, nilearn's sd**2 of -0.0 is +0.0
+    variance = ref.effect_variance()
+    if dof == 0 and n < p:
+        if stat_type == "t":
+            assert np.all(np.isnan(ours.variance[keep])) and np.all(np.isnan(variance[keep]))
+        else:  # the dispersion: rounding
+            assert np.all(ours.variance <= 0) and np.all(variance <= 0)
+    elif noise_model == "ols" or dof > 0:
+        assert_same_nonfinite_and_close(ours.variance[keep], variance[keep], 1e-9, "variance")
+    assert_same_nonfinite_and_close(ours.stat[keep], stat[keep], 1e-8, "stat")
+    assert_same_nonfinite_and_close(ours.p_value, p_value, 1e-8, "p_value")
+    assert_same_nonfinite_and_close(ours.z_score, z, 1e-8, "z_score")
+    if dof == 0:
+        assert np.all(np.isnan(ours.p_value)) and np.all(np.isnan(ours.z_score))
+    assert ours.dof == ref.dof == dof
+
+
+@pytest.mark.parametrize("stat_type", ["t", "F"])
+@pytest.mark.parametrize("short", [(5, 7), (7, 7)])
+def test_fixed_effects_over_a_short_run_and_a_long_one(short, stat_type):
+    """nilearn's multi-run sum with a run of dof 0: t variances NaN + v = NaN (n < p), inf + v =
+    inf (n == p: stat 0, p 0.5, z 0 with the other run's dof); F variances are dispersions."""
+    n, p = short
+    Y_long, X_long = simulate(seed=3, n=60, v=9)
+    X_long = np.column_stack([X_long, np.random.default_rng(5).standard_normal((60, p - X_long.shape[1]))])
+    runs = [(short_data(n), short_design(n, p)), (Y_long - Y_long.mean(axis=0), X_long)]
+    con = np.eye(p)[1] if stat_type == "t" else np.eye(p)[1:3]
+    fitted = [nilearn_run(Y, X, "ols")[:2] for Y, X in runs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = compute_fixed_effect_contrast([f[0] for f in fitted], [f[1] for f in fitted], [con, con], stat_type)
+        per_run = [our_contrast(K.fit_block(Y, X, "ols", signal_scaling=False), X, con, stat_type) for Y, X in runs]
+        ours = S.combine_runs(per_run)
+        stat, p_value, z = ref.stat(), ref.p_value(), ref.z_score()
+    assert ours.dof == ref.dof == 60 - p
+    keep = slice(1, None)
+    assert_close(ours.effect, np.atleast_2d(ref.effect_size()), rtol=1e-9)
+    if stat_type == "t" or n == p:
+        assert_same_nonfinite_and_close(ours.variance[keep], ref.effect_variance()[keep], 1e-9, "variance")
+    for name, a, b in (("stat", ours.stat, stat), ("p", ours.p_value, p_value), ("z", ours.z_score, z)):
+        assert_same_nonfinite_and_close(a[keep], b[keep], 1e-8, name)
+    if stat_type == "t":
+        assert np.all(np.isnan(ours.z_score[keep])) if n < p else np.all(ours.z_score[keep] == 0)
+    else:  # the short run's dispersion (~0, or inf for n == p) plus the long run's
+        assert np.all(np.isfinite(ours.z_score[keep]))
+
+
+def test_yule_walker_with_at_most_order_scans_gives_nilearns_nan():
+    """nilearn's lag-n autocovariance of n scans is 0 / 0: NaN coefficients (for AR(1) of one scan
+    its label is then the integer cast of NaN, for AR(p > 1) its KMeans fails)."""
+    rng = np.random.default_rng(0)
+    for n, order in ((1, 1), (1, 2), (2, 2), (2, 3), (3, 3)):
+        resid = rng.standard_normal((n, 5))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref = _yule_walker(resid.T, order).T
+        ours = K.yule_walker(resid, order, center=resid.mean())
+        assert np.all(np.isnan(ref)) and np.all(np.isnan(ours)), (n, order)
+    np.testing.assert_array_equal(K.yule_walker(np.zeros((1, 3)), 1), 0.0)  # zero residuals: 0
+
+
+def test_ar1_of_one_scan_is_its_ols_fit():
+    """One scan: nilearn's AR(1) label is int64-min / bins (NaN cast), whitening one row changes
+    nothing, so the fit is OLS's; ours has label 0 and the same numbers."""
+    X, Y = short_design(1, 2), short_data(1)[:, 1:]
+    labels, results, _ = nilearn_run(Y, X, "ar1")
+    assert float(labels[0]) < -1e15
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fit = K.fit_block(Y, X, "ar1", signal_scaling=False)
+    np.testing.assert_array_equal(fit.label, 0.0)
+    beta, sigma2 = assemble(labels, results)
+    assert_close(fit.beta, beta, rtol=1e-12)
+    assert np.all(fit.sigma2 <= 0) and fit.dof == 0
+    np.testing.assert_array_equal(K.whiten(X, [0.5, 0.2]), X)  # orders beyond the scans whiten nothing
+    np.testing.assert_array_equal(ARModel(X, 0.5).whiten(X), X)
+
+
+# ----------------------------------------------------------------------------- AR(1) labels beyond +-1
+def short_run(n: int = 8, v: int = 400, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A short run with strongly alternating noise: nilearn's rho reaches below -1 (|rho| <= n / (n - 1))."""
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([np.ones(n), np.linspace(-1, 1, n)])
+    alternating = (-1.0) ** np.arange(n)[:, None]
+    Y = 1000 + 20 * alternating * (1 + 0.3 * rng.standard_normal((n, v))) + 4 * rng.standard_normal((n, v))
+    return Y, X
+
+
+@pytest.mark.parametrize("n", [5, 8, 12])
+def test_ar1_labels_beyond_one_as_run_glm(n):
+    """Short runs: nilearn's labels go beyond -1 (unclipped, e.g. '-1.2'); the labels, fits and
+    contrasts (covariances on the grid of ar1_half_width rows) equal nilearn's."""
+    Y, X = short_run(n)
+    labels, results = run_glm(mean_scaling(Y, 0)[0], X, noise_model="ar1")
+    values = labels.astype(float)
+    assert values.min() < -1 and values.min() >= -n / (n - 1)
+    fit = K.fit_block(Y, X, "ar1")
+    np.testing.assert_array_equal(fit.label, values)
+    beta, sigma2 = assemble(labels, results)
+    assert_close(fit.beta, beta, rtol=1e-9)
+    assert_close(fit.sigma2, sigma2, rtol=1e-9)
+    half = M.ar1_half_width(100, n)
+    assert half == (100 * n) // (n - 1) > 100
+    covs = C.ar1_label_covariances(X, 100)
+    index = M.ar1_label_index(fit.label, 100, n)
+    assert covs.shape == (2 * half + 1, 2, 2) and index.min() >= 0 and index.max() < covs.shape[0]
+    np.testing.assert_array_equal(M.ar1_grid(100, n)[index], fit.label)
+    for key, res in results.items():
+        assert_close(covs[index[labels == key][0]], res.model.normalized_cov_beta, rtol=1e-9)
+    for con, stat_type in ((np.array([0.0, 1.0]), "t"), (np.eye(2), "F")):
+        func = S.t_contrast if stat_type == "t" else S.f_contrast
+        ours = func(con, fit.beta, fit.sigma2, covs, index, fit.dof)
+        assert_contrast_equal(ours, compute_contrast(labels, results, con, stat_type), rtol=1e-8)
+
+
+# ----------------------------------------------------------------------------- standardize
+@pytest.mark.parametrize("noise_model", ["ols", "ar1"])
+@pytest.mark.parametrize("standardize", ["zscore_sample", "psc"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_standardized_fit_matches_run_glm_of_signal_clean(standardize, noise_model, dtype):
+    """nilearn's masker standardizes (signal.clean) before run_glm when signal_scaling=False."""
+    from nilearn.signal import clean
+
+    Y, X = dataset()
+    Y = Y.astype(dtype)
+    Y[:, 5] = 812.5  # constant: zscore centres it to 0 (std floored at 1)
+    Ys = clean(Y, detrend=False, standardize=standardize)
+    labels, results = run_glm(Ys, X, noise_model=noise_model)
+    fit = K.fit_block(Y, X, noise_model, signal_scaling=False, standardize=standardize)
+    keep = np.arange(V) != 5  # constant voxel: nilearn's AR(1) label 1.0 (global mean), ours 0.0
+    np.testing.assert_array_equal(fit.label[keep], labels.astype(float)[keep])
+    beta, sigma2 = assemble(labels, results)
+    assert_close(fit.beta, beta, rtol=1e-9)
+    assert_close(fit.sigma2, sigma2, rtol=1e-9)
+    if noise_model == "ar1":  # the AR(p) coefficient pass standardizes too
+        coeffs = K.ar_coefficients_block(Y, X, 1, signal_scaling=False, standardize=standardize)
+        np.testing.assert_array_equal(K.ar1_labels(coeffs[0])[keep], fit.label[keep])
+    with pytest.raises(ValueError, match="needs signal_scaling=False"):
+        K.fit_block(Y, X, noise_model, standardize=standardize)

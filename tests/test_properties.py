@@ -220,6 +220,122 @@ def test_near_collinear_design_finite_and_same_fitted_values(seed, n, p, v, scal
         assert np.all(np.isfinite(arr))
 
 
+# ----------------------------------------------------------------------------- at most as many scans as columns
+@SETTINGS
+@given(
+    seed=seeds,
+    n=st.integers(1, 8),
+    extra=st.integers(0, 4),
+    v=block_sizes,
+    noise_model=st.sampled_from(["ols", "ar1"]),
+    scaling=st.sampled_from([0, False]),
+)
+def test_fit_block_with_at_most_as_many_scans_as_columns(seed, n, extra, v, noise_model, scaling):
+    """Oracle: per-voxel minimum-norm ``lstsq`` (a Gaussian design of n <= p has rank n). dof 0,
+    AR(1) labels 0 (zero residuals in exact arithmetic), dispersion RSS / (n - p): inf (n == p)
+    or <= 0 and ~0 (n < p); t contrasts: the effect, and NaN statistics (dof 0)."""
+    p = n + extra
+    rng = np.random.default_rng(seed)
+    X = random_design(rng, n, p, intercept=True)
+    Y = make_block(rng, X, v, 1.0, n_constant=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # n == p: numpy's division by 0, as nilearn
+        fit = K.fit_block(Y, X, noise_model, signal_scaling=scaling)
+    Ys = Y if scaling is False else oracle_scale(Y)
+    beta = np.linalg.lstsq(X, Ys, rcond=None)[0]
+    assert fit.dof == 0
+    np.testing.assert_array_equal(fit.label, 0.0)
+    assert_voxels_close(fit.beta, beta, np.abs(beta).max(axis=0), rtol=1e-8)
+    if n == p:
+        assert np.all(np.isposinf(fit.sigma2) | np.isnan(fit.sigma2))
+    else:
+        assert np.all(fit.sigma2 <= 0)
+        assert np.all(-fit.sigma2 <= 1e-20 * (np.abs(Ys).max(axis=0) ** 2 + 1))
+    c = rng.standard_normal(p)
+    res = S.t_contrast(c, fit.beta, fit.sigma2, C.label_covariance(X).cov, None, fit.dof)
+    assert_voxels_close(res.effect[0], c @ beta, np.abs(c) @ np.abs(beta), rtol=1e-8)
+    assert np.all(np.isnan(res.p_value)) and np.all(np.isnan(res.z_score))
+    if n < p:
+        assert np.all(np.isnan(res.variance) | (res.variance == 0))
+
+
+@SETTINGS
+@given(seed=seeds, n=st.integers(2, 40), v=st.integers(1, 30), alternation=st.floats(0, 1),
+       bins=st.sampled_from([1, 10, 100, 1000]))
+def test_ar1_labels_of_short_runs_lie_on_their_grid(seed, n, v, alternation, bins):
+    """|rho| <= n / (n - 1): every label of a run of n scans is a value of ar1_grid(bins, n), at the
+    row ar1_label_index gives, on both the moment and the exact path; the covariance table has a
+    row per grid value."""
+    from daskglm import _ar1_moments as M
+
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([np.ones(n), np.linspace(-1, 1, n)])
+    sign = (-1.0) ** np.arange(n)[:, None]
+    Y = 100 + 10 * (alternation * sign * (1 + 0.2 * rng.standard_normal((n, v)))
+                    + (1 - alternation) * rng.standard_normal((n, v)))
+    rho = K.yule_walker(Y - Y.mean(axis=0), 1)[0]
+    assert np.all(np.abs(rho) <= n / (n - 1) * (1 + 1e-12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fit = K.fit_block(Y, X, "ar1", bins=bins, signal_scaling=False)
+    index = M.ar1_label_index(fit.label, bins, n)
+    grid = M.ar1_grid(bins, n)
+    np.testing.assert_array_equal(grid[index], fit.label)
+    assert grid.size == 2 * M.ar1_half_width(bins, n) + 1 and M.ar1_half_width(bins, n) >= bins
+    if n > bins + 1:
+        assert M.ar1_half_width(bins, n) == bins
+    if n <= 12:
+        assert C.ar1_label_covariances(X, bins).shape == (grid.size, 2, 2)
+
+
+def oracle_standardize(Y: np.ndarray, kind: str) -> np.ndarray:
+    """nilearn's standardize_signal written per voxel in float64 (zscore: ddof 1, std < eps -> 1)."""
+    out = np.empty(Y.shape)
+    for j in range(Y.shape[1]):
+        y = Y[:, j].astype(np.float64)
+        m = y.sum() / y.size
+        if kind == "psc":
+            out[:, j] = 0.0 if abs(m) < np.finfo(float).eps else 100 * (y - m) / abs(m)
+        else:
+            s = np.sqrt(((y - m) ** 2).sum() / (y.size - 1))
+            out[:, j] = (y - m) / (s if s >= np.finfo(float).eps else 1.0)
+    return out
+
+
+@SETTINGS
+@given(
+    seed=seeds,
+    n=st.integers(8, 60),
+    p=st.integers(1, 5),
+    v=block_sizes,
+    scale=scales,
+    n_constant=st.integers(0, 2),
+    noise_model=st.sampled_from(["ols", "ar1"]),
+    kind=st.sampled_from(["zscore_sample", "psc"]),
+)
+def test_standardized_fit_block_equals_per_voxel_lstsq(seed, n, p, v, scale, n_constant, noise_model, kind):
+    assume(n >= p + 3)
+    rng = np.random.default_rng(seed)
+    X = random_design(rng, n, p, intercept=True)
+    Y = make_block(rng, X, v, scale, n_constant)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # psc of a zero-mean constant voxel
+        fit = K.fit_block(Y, X, noise_model, signal_scaling=False, standardize=kind)
+    Ys = oracle_standardize(Y, kind)
+    beta, sigma2, label, _, rho, ols_rms = oracle_fit(Ys, X, noise_model)
+    ynorm = np.linalg.norm(Ys, axis=0) / np.sqrt(n)
+    # constant voxels standardize to rounding (|y| eps): compared with that absolute tolerance
+    constant = np.ptp(Y, axis=0) == 0
+    bound = 1e3 * np.finfo(float).eps * (np.abs(Y[:, constant]).max(axis=0) + 100)
+    assert np.all(np.abs(fit.beta[:, constant]) <= bound)
+    keep = ~constant
+    if noise_model == "ar1":
+        keep &= ~near_bin_edge(rho) & ~degenerate(ols_rms, ynorm, 1e-9)
+    np.testing.assert_array_equal(fit.label[keep], label[keep])
+    assert_voxels_close(fit.beta[:, keep], beta[:, keep], ynorm[keep], rtol=1e-8)
+    assert_voxels_close(fit.sigma2[keep], sigma2[keep], ynorm[keep] ** 2, rtol=1e-8)
+
+
 # ----------------------------------------------------------------------------- contrasts by hand
 def random_stats(rng, p, v, n_labels, n=40):
     X = random_design(rng, n, p, intercept=True)

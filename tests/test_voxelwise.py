@@ -56,3 +56,51 @@ def test_bad_arguments_are_named(block):
         voxelwise_block(Y, X, beta, labels, np.zeros((1, 0)), "mse")
     with pytest.raises(ValueError, match=r"beta \(4, 7\)"):
         voxelwise_block(Y, X, beta[:, :3], labels, np.zeros((1, 0)), "predicted")
+
+
+@pytest.mark.parametrize("standardize", ["zscore_sample", "psc"])
+@pytest.mark.parametrize("noise_model", ["ols", "ar1"])
+def test_standardized_attributes_equal_nilearns_regression_results(block, standardize, noise_model):
+    """nilearn's RegressionResults (run_glm on the masker's standardized signal): residuals,
+    predicted, r_square, computed from the standardized block and the fit's labels."""
+    from nilearn.glm.first_level import run_glm
+    from nilearn.signal import clean
+
+    from daskglm import _ar1_moments as M
+    from daskglm import _kernels as K
+
+    X, Y = block
+    labels, results = run_glm(clean(Y, detrend=False, standardize=standardize), X, noise_model=noise_model)
+    fit = K.fit_block(Y, X, noise_model, signal_scaling=False, standardize=standardize)
+    if noise_model == "ols":
+        index, values = np.zeros(Y.shape[1], int), np.zeros((1, 0))
+    else:
+        index, values = M.ar1_label_index(fit.label, 100, X.shape[0]), M.ar1_grid(100, X.shape[0])[:, None]
+    for attribute in ("residuals", "predicted", "r_square"):
+        ours = voxelwise_block(Y, X, fit.beta, index, values, attribute, signal_scaling=False,
+                               standardize=standardize)
+        for key, res in results.items():
+            cols = labels == key
+            ref = np.atleast_2d(getattr(res, attribute))
+            # nilearn's r_square of float32 data is a float32 variance (of its unwhitened OLS Y)
+            rtol = 1e-6 if attribute == "r_square" else 1e-7
+            np.testing.assert_allclose(ours[:, cols], ref, rtol=rtol, atol=1e-9 * np.abs(ref).max())
+
+
+def test_attributes_of_a_run_shorter_than_its_design(block):
+    """n <= p: nilearn's predicted values equal the data (the fit is exact), residuals ~0."""
+    from nilearn.glm.first_level import run_glm
+
+    from daskglm import _kernels as K
+
+    X, Y = block
+    X = np.column_stack([X[:3], np.eye(3)[:, :2]])  # 3 scans, 6 columns
+    Y = Y[:3]
+    _, results = run_glm(Y.astype(np.float64), X, noise_model="ols")
+    fit = K.fit_block(Y, X, "ols", signal_scaling=False)
+    labels, values = np.zeros(Y.shape[1], int), np.zeros((1, 0))
+    predicted = voxelwise_block(Y, X, fit.beta, labels, values, "predicted", signal_scaling=False)
+    np.testing.assert_allclose(predicted, results[0.0].predicted, rtol=1e-10)
+    np.testing.assert_allclose(predicted, Y, rtol=1e-10)
+    residuals = voxelwise_block(Y, X, fit.beta, labels, values, "residuals", signal_scaling=False)
+    np.testing.assert_allclose(residuals, 0.0, atol=1e-10)

@@ -35,3 +35,15 @@ def test_whiten_inplace_equals_whiten(order, n):
     out = A.copy()
     Wh._whiten_inplace(out, coeffs, rows=16)
     np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
+
+
+def test_orders_beyond_the_scans_whiten_the_lags_there_are():
+    """nilearn's ``ARModel.whiten`` with order >= n scans: the missing lags change nothing."""
+    rng = np.random.default_rng(4)
+    for n, order in ((1, 1), (1, 3), (2, 2), (2, 5), (3, 4)):
+        A = rng.standard_normal((n, 3))
+        rho = rng.uniform(-0.9, 0.9, order)
+        np.testing.assert_allclose(Wh.whiten(A, rho), ARModel(A, rho).whiten(A), rtol=1e-15)
+        out = A.copy()
+        Wh._whiten_inplace(out, np.repeat(rho[:, None], 3, axis=1))
+        np.testing.assert_allclose(out, ARModel(A, rho).whiten(A), rtol=1e-15)
