@@ -16,6 +16,11 @@ Resolution order of :func:`get_client`:
    ``daskglm.threads-below``, 512 MiB) one worker with a thread per core in
    this process instead.
 
+The embedded cluster's worker processes never import the user's ``__main__``
+(see :mod:`daskglm._compat`): a script without an ``if __name__ ==
+"__main__":`` guard, as nilearn's examples are written, runs on worker
+processes as it does on threads, its top-level code once.
+
 A client that :func:`get_client` created is closed on exit; one it found is
 left alone.
 
@@ -47,7 +52,10 @@ from typing import Any
 import dask
 import numpy as np
 
-__all__ = ["verbosity", "get_client", "compute", "task_retries", "LOCAL_SCHEDULERS"]
+from ._compat import workers_skip_main
+
+__all__ = ["verbosity", "get_client", "compute", "task_retries", "n_workers_from_n_jobs",
+           "LOCAL_SCHEDULERS"]
 
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded", "processes")
 
@@ -188,6 +196,37 @@ def _local_cluster_kwargs(n_workers: int | None, memory_limit: str | int | None,
     }
 
 
+def n_workers_from_n_jobs(n_jobs: int) -> int:
+    """The embedded cluster's number of workers for a joblib/nilearn-style ``n_jobs``.
+
+    Parameters
+    ----------
+    n_jobs : int
+        Positive: that many workers. Negative: counted back from the cores
+        available to this process (affinity, cgroup quota), as joblib does:
+        -1 all of them, -2 all but one, ...; at least one worker.
+
+    Returns
+    -------
+    int
+        A positive number of workers, for :func:`get_client`'s ``n_workers``.
+
+    Raises
+    ------
+    ValueError
+        ``n_jobs`` is 0 or not an integer (the message names the value).
+    """
+    from dask.system import CPU_COUNT
+
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
+        raise ValueError(f"n_jobs must be a non-zero integer (positive: that many workers; "
+                         f"-1: one per core, -2: all cores but one...); got {n_jobs!r}")
+    n_jobs = int(n_jobs)
+    if n_jobs > 0:
+        return n_jobs
+    return max(1, max(1, CPU_COUNT) + 1 + n_jobs)
+
+
 def _looks_like_address(text: str) -> bool:
     return "://" in text or ":" in text
 
@@ -228,7 +267,8 @@ def get_client(
         ``LocalCluster`` in turn.
     n_workers : int, optional
         Workers of an embedded ``LocalCluster`` (default: one per core
-        available to this process, one thread each).
+        available to this process, one thread each); from a nilearn-style
+        ``n_jobs``, :func:`n_workers_from_n_jobs`.
     memory_limit : str or int, optional
         Memory limit per worker of an embedded ``LocalCluster`` (``"4GiB"``,
         bytes, or ``"auto"``: the available memory split between the workers).
@@ -296,6 +336,9 @@ def get_client(
             from threadpoolctl import threadpool_limits
 
             stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
+        else:
+            # For the cluster's whole life: the nannies also spawn the workers they restart.
+            stack.enter_context(workers_skip_main())
         stack.enter_context(_worker_malloc())
         with dask.config.set(_scheduler_config()):  # read once, when the scheduler starts
             cluster = stack.enter_context(LocalCluster(**kwargs))

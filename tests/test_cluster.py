@@ -291,3 +291,103 @@ def test_threaded_embedded_cluster_runs_in_this_process_with_one_blas_thread():
         assert pid == os.getpid() and blas and all(n == 1 for n in blas)
     with get_client(None, n_workers=1, work_bytes=10**12) as client:
         assert client.submit(where, pure=False).result()[0] != os.getpid()
+
+
+def test_n_jobs_maps_to_workers_as_joblib_counts_cores():
+    from dask.system import CPU_COUNT
+
+    from daskglm.cluster import n_workers_from_n_jobs
+
+    assert n_workers_from_n_jobs(1) == 1 and n_workers_from_n_jobs(7) == 7
+    assert n_workers_from_n_jobs(np.int64(3)) == 3
+    assert n_workers_from_n_jobs(-1) == CPU_COUNT
+    assert n_workers_from_n_jobs(-2) == max(1, CPU_COUNT - 1)
+    assert n_workers_from_n_jobs(-CPU_COUNT - 5) == 1
+    for bad in (0, 1.5, 2.0, "2", None, True):
+        with pytest.raises(ValueError, match=f"n_jobs must be a non-zero integer.*got {bad!r}"):
+            n_workers_from_n_jobs(bad)
+
+
+def _main_of_this_process() -> tuple:
+    import sys
+
+    main = sys.modules["__main__"]
+    return getattr(main, "__file__", None), getattr(getattr(main, "__spec__", None), "name", None)
+
+
+def test_nanny_workers_are_spawned_without_the_main_module_only_inside_the_block():
+    """multiprocessing tells a spawned child to import the parent's __main__; inside
+    workers_skip_main a process named as distributed names a nanny's worker is not told."""
+    import multiprocessing.spawn as spawn
+
+    from daskglm._compat import MAIN_MODULE_KEYS, NANNY_WORKER_PROCESS_NAME, workers_skip_main
+
+    def main_keys(name: str) -> set:
+        return set(spawn.get_preparation_data(name)) & set(MAIN_MODULE_KEYS)
+
+    assert main_keys(NANNY_WORKER_PROCESS_NAME)  # pytest's __main__ (a path or a module name)
+    with workers_skip_main() as installed:
+        assert installed
+        assert main_keys(NANNY_WORKER_PROCESS_NAME) == set()
+        assert main_keys("another process")
+        with workers_skip_main():  # nested: still filtered after the inner block
+            pass
+        assert main_keys(NANNY_WORKER_PROCESS_NAME) == set()
+    assert main_keys(NANNY_WORKER_PROCESS_NAME)  # clusters made outside daskglm: as distributed does
+
+
+def test_distributed_still_names_the_nanny_worker_process_as_daskglm_expects():
+    """If this fails, distributed renamed it: workers import __main__ again (as without daskglm)."""
+    import inspect
+
+    from distributed.nanny import WorkerProcess
+
+    from daskglm._compat import NANNY_WORKER_PROCESS_NAME
+
+    assert repr(NANNY_WORKER_PROCESS_NAME).strip("'") in inspect.getsource(WorkerProcess.start)
+
+
+def _our_wrappers() -> int:
+    import multiprocessing.spawn as spawn
+
+    from daskglm import _compat
+
+    function, count = spawn.get_preparation_data, 0
+    while function is not None:
+        count += function is _compat._wrapper
+        function = getattr(function, "__wrapped__", None)
+    return count
+
+
+def test_filter_is_installed_once_and_stays(monkeypatch):
+    """Installed by the first embedded process cluster and never twice: not by later clusters,
+    nor after another library wrapped it; it stays installed after the cluster is closed, and the
+    embedded cluster's workers, also one its nanny restarts, never import pytest's __main__
+    (under ``python -m pytest`` multiprocessing would not import it anyway: test_unguarded.py
+    runs scripts)."""
+    import functools
+    import multiprocessing.spawn as spawn
+
+    from daskglm import _compat
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    for attempt in range(2):
+        with get_client(None, n_workers=1) as client:
+            assert _compat._active == 1
+            (seen,) = client.run(_main_of_this_process).values()
+            assert seen == (None, None)  # python -c "from multiprocessing.spawn import spawn_main..."
+            if attempt == 0:
+                client.restart()
+                (seen,) = client.run(_main_of_this_process).values()
+                assert seen == (None, None)
+        assert _compat._active == 0 and _our_wrappers() == 1
+    installed = spawn.get_preparation_data
+    assert _compat.install_main_filter() and spawn.get_preparation_data is installed
+
+    @functools.wraps(installed)
+    def someone_elses(*args, **kwargs):
+        return installed(*args, **kwargs)
+
+    monkeypatch.setattr(spawn, "get_preparation_data", someone_elses)
+    assert _compat.main_filter_installed() and _compat.install_main_filter()
+    assert spawn.get_preparation_data is someone_elses and _our_wrappers() == 1
