@@ -18,7 +18,6 @@ Two differences from nilearn 0.14.1:
 
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
 from collections.abc import Iterator
@@ -30,35 +29,16 @@ import pandas as pd
 
 __all__ = ["first_level_from_bids"]
 
-#: nilearn ``FirstLevelModel`` parameters daskglm's model has no use for, or
-#: handles in :func:`first_level_from_bids`: they are not passed on.
-_NOT_PASSED = frozenset({"memory", "memory_level", "n_jobs", "verbose", "standardize", "reports"})
+def _is_surface(space_label: Any) -> bool:
+    # nilearn's test (`space_label not in ("fsaverage5")` is a substring test); nilearn validates the type.
+    return isinstance(space_label, str) and space_label != "" and space_label in "fsaverage5"
 
 
-def _is_surface(space_label: str | None) -> bool:
-    # nilearn's test (`space_label not in ("fsaverage5")` is a substring test).
-    return space_label is not None and space_label != "" and space_label in "fsaverage5"
-
-
-def _check_supported(space_label: str | None, memory: Any, memory_level: int, n_jobs: int,
-                     standardize: Any, signal_scaling: Any, kwargs: dict) -> None:
+def _check_supported(space_label: Any, kwargs: dict) -> None:
     if _is_surface(space_label):
         raise NotImplementedError(
             f"space_label={space_label!r} selects surface (GIFTI) data, which daskglm does not "
-            "fit: use a volumetric space such as 'MNI152NLin2009cAsym'"
-        )
-    if standardize not in (False, None) and signal_scaling is False:
-        raise NotImplementedError(
-            f"standardize={standardize!r} with signal_scaling=False is not supported by daskglm: "
-            "use signal_scaling (0, 1 or (0, 1)) instead"
-        )
-    ignored = {name: value for name, value, default in
-               (("memory", memory, None), ("memory_level", memory_level, 1), ("n_jobs", n_jobs, 1))
-               if value != default}
-    if ignored:
-        warnings.warn(
-            f"daskglm ignores {ignored}: ingested runs are cached in zarr stores (store=) and the "
-            "work is spread by the Dask client (client=)", UserWarning, stacklevel=3,
+            "fit yet: use a volumetric space such as 'MNI152NLin2009cAsym'"
         )
     unknown = sorted(k for k in kwargs if not k.startswith("confounds_"))
     if unknown:
@@ -154,21 +134,9 @@ def _to_daskglm(model: Any, daskglm_params: dict) -> Any:
 
     from .model import FirstLevelModel
 
-    params = model.get_params(deep=False)
-    accepted = inspect.signature(FirstLevelModel.__init__).parameters
-    defaults = inspect.signature(NilearnModel.__init__).parameters
-    for name in sorted(set(params) - set(accepted) - _NOT_PASSED):
-        default = defaults[name].default if name in defaults else inspect.Parameter.empty
-        try:
-            same = bool(params[name] == default)
-        except (TypeError, ValueError):
-            same = False
-        if not same:
-            raise NotImplementedError(
-                f"nilearn's model parameter {name}={params[name]!r} has no daskglm equivalent"
-            )
-    shared = {name: value for name, value in params.items() if name in accepted}
-    return FirstLevelModel(**{**shared, **daskglm_params})
+    # daskglm's model takes every parameter of nilearn's (it is a subclass), plus its own.
+    params = NilearnModel.get_params(model, deep=False)
+    return FirstLevelModel(**{**params, **daskglm_params})
 
 
 def first_level_from_bids(
@@ -196,7 +164,7 @@ def first_level_from_bids(
     signal_scaling: Any = 0,
     noise_model: str = "ar1",
     verbose: int = 0,
-    n_jobs: int = 1,
+    n_jobs: int = -1,
     minimize_memory: bool = True,
     derivatives_folder: str = "derivatives",
     *,
@@ -238,14 +206,12 @@ def first_level_from_bids(
     mask_img : path, image, ``"derivatives"`` or None
         ``"derivatives"``: each subject's model gets the intersection of its
         runs' ``*_desc-brain_mask`` images (threshold 0.5), as nilearn.
-    memory, memory_level, n_jobs
-        Accepted for compatibility and ignored (with a warning when not the
-        defaults): daskglm caches ingested runs in zarr stores and
-        parallelises through Dask.
-    standardize : bool or str
-        Must be False unless ``signal_scaling`` is set (nilearn then ignores it too).
-    verbose : int
-        Verbosity of nilearn's file search.
+    memory, memory_level, standardize, verbose
+        As :class:`daskglm.FirstLevelModel` (``verbose`` also sets nilearn's
+        file search's).
+    n_jobs : int
+        Workers of the embedded Dask cluster, as :class:`daskglm.FirstLevelModel`
+        (default -1: one per core; nilearn's default is 1).
     derivatives_folder : str
         Folder of the preprocessed runs, relative to ``dataset_path``, e.g.
         ``"derivatives/fmriprep"``.
@@ -277,11 +243,11 @@ def first_level_from_bids(
         or space, mismatched events or confounds; daskglm adds what the
         dataset holds.
     NotImplementedError
-        Surface spaces; ``standardize`` without ``signal_scaling``.
+        Surface spaces.
     """
     from nilearn.glm.first_level import first_level_from_bids as nilearn_first_level_from_bids
 
-    _check_supported(space_label, memory, memory_level, n_jobs, standardize, signal_scaling, kwargs)
+    _check_supported(space_label, kwargs)
     from_derivatives = isinstance(mask_img, str) and mask_img == "derivatives"
     with _explained(dataset_path, derivatives_folder, task_label, space_label):
         models, run_imgs, events, confounds = nilearn_first_level_from_bids(
@@ -292,7 +258,7 @@ def first_level_from_bids(
             mask_img=None if from_derivatives else mask_img, target_affine=target_affine,
             target_shape=target_shape, smoothing_fwhm=smoothing_fwhm, memory=memory,
             memory_level=memory_level, standardize=standardize, signal_scaling=signal_scaling,
-            noise_model=noise_model, verbose=verbose, n_jobs=n_jobs, minimize_memory=minimize_memory,
+            noise_model=noise_model, verbose=verbose, n_jobs=1, minimize_memory=minimize_memory,
             derivatives_folder=derivatives_folder, **kwargs,
         )
     daskglm_params = {"random_state": random_state, "store": store, "storage_options": storage_options,
@@ -305,5 +271,6 @@ def first_level_from_bids(
         if from_derivatives:
             extra["mask_img"] = _derivatives_mask(derivatives_path, model.subject_label, task_label,
                                                   space, list(img_filters or []), len(imgs))
+        extra["n_jobs"] = n_jobs  # nilearn's models got its default: daskglm's n_jobs means workers
         ours.append(_to_daskglm(model, extra))
     return ours, run_imgs, events, confounds

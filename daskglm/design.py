@@ -29,7 +29,7 @@ from nilearn.glm.first_level import make_first_level_design_matrix
 
 from ._stats import pad_contrast
 
-__all__ = ["run_design_matrices", "design_matrix_array", "parse_contrast", "contrasts_per_run", "nonnull_runs",
+__all__ = ["run_design_matrices", "design_matrix_array", "sample_mask_indices", "load_events_table", "parse_contrast", "contrasts_per_run", "nonnull_runs",
            "frame_times"]
 
 #: FirstLevelModel's defaults of the design-only parameters, in nilearn's order
@@ -135,6 +135,37 @@ def _sample_masks(sample_masks: Any, n_scans: list[int]) -> list[np.ndarray] | N
             raise IndexError(f"sample_masks[{i}] has indices {bad.tolist()} out of range for run {i}, which has {n} "
                              f"scans (valid indices 0..{n - 1}).")
     return masks
+
+
+def sample_mask_indices(sample_masks: Any, n_scans: Sequence[int]) -> list[np.ndarray | None]:
+    """Each run's kept scans as int32 indices (None: every scan), validated as nilearn does.
+
+    Parameters
+    ----------
+    sample_masks : ndarray, list of ndarray, or None
+        As ``FirstLevelModel.fit``: indices or booleans, one array per run.
+    n_scans : sequence of int, length n_runs
+
+    Returns
+    -------
+    list, length n_runs, of ndarray (n_kept_i,) or None
+    """
+    masks = _sample_masks(sample_masks, [int(n) for n in n_scans])
+    return list(masks) if masks is not None else [None] * len(n_scans)
+
+
+def load_events_table(events: Any) -> pd.DataFrame | None:
+    """One run's events as a DataFrame (a path to a .tsv/.csv is read), or None if it cannot be read.
+
+    Used for reporting only (the trial types of the runs): ``run_design_matrices``
+    is what validates events.
+    """
+    if isinstance(events, pd.DataFrame):
+        return events
+    try:
+        return _load_table(events, "events", 0, allow_array=False)
+    except (OSError, TypeError, ValueError):
+        return None
 
 
 def _check_given_design(dm: pd.DataFrame, n: int, idx: int) -> None:

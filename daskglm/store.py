@@ -40,6 +40,7 @@ by :func:`store_lock` (see :mod:`daskglm._locks`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -96,7 +97,7 @@ from .nifti import (
     url_identity,
 )
 
-__all__ = ["mean_image", "ingest_run", "ingest_runs", "open_run", "save_fit", "save_fits", "open_fit", "store_lock",
+__all__ = ["mean_image", "ingest_run", "ingest_runs", "parameters_key", "open_run", "save_fit", "save_fits", "open_fit", "store_lock",
            "StoreIncompleteError", "STORE_FORMAT"]
 
 logger = logging.getLogger(__name__)
@@ -198,6 +199,39 @@ def _mask_identity(mask_img: Any, storage_options: dict | None = None) -> Any:
         "sha1": content_sha1(mask_img),
         "affine": np.asarray(mask_img.affine).round(6).tolist(),
     }
+
+
+def parameters_key(mask_img: Any, smoothing_fwhm: float | None, target_affine: Any = None,
+                   target_shape: Any = None, t_chunk: int | None = None, v_chunk: int | None = None,
+                   storage_options: dict | None = None) -> str:
+    """A short key of the ingestion parameters that shape a run's store.
+
+    Models name each run's store after its source *and* this key, so that
+    analyses of one run with other masks or smoothing keep one store each:
+    switching back to earlier parameters reuses what was built.
+
+    Parameters
+    ----------
+    mask_img, smoothing_fwhm, target_affine, target_shape, t_chunk, v_chunk, storage_options
+        As :func:`ingest_run`.
+
+    Returns
+    -------
+    str
+        16 hexadecimal digits.
+    """
+    text = json.dumps(
+        {
+            "smoothing_fwhm": None if smoothing_fwhm is None else np.asarray(smoothing_fwhm, float).tolist(),
+            "mask": _mask_identity(mask_img, storage_options),
+            "target_affine": None if target_affine is None else np.round(target_affine, 6).tolist(),
+            "target_shape": None if target_shape is None else [int(n) for n in target_shape],
+            "t_chunk": t_chunk,
+            "v_chunk": v_chunk,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def ingest_run(

@@ -647,7 +647,7 @@ CASES = [
     fiac_case("noise_model invalid", lambda c: ({"noise_model": "arx"}, {}), ValueError,
               r"AR order must be a positive integer specified as arN.*You provided arx"),
     fiac_case("signal_scaling invalid", lambda c: ({"signal_scaling": 2}, {}), ValueError,
-              r"signal_scaling must be 0, \(0, 1\) or False; got 2"),
+              r"'signal_scaling' must be one of \{False, 1, \(0, 1\)\}.\n'2' was provided"),
     fiac_case("target_shape without target_affine", lambda c: ({"target_shape": (10, 10, 10)}, {}), ValueError,
               r"target_shape needs a 4x4 target_affine.*target_shape=\(10, 10, 10\)"),
     Case("bins = 0", lambda c: c.ours(noise_model="ar1").fit(c.fiac["run"], design_matrices=c.fiac["design"], bins=0),
@@ -697,7 +697,7 @@ CASES = [
     contrast_case("stat_type invalid", lambda c: ((np.array([1, -1]),), {"stat_type": "z"}), ValueError,
                   r"'stat_type' must be one of \['t', 'F'\].\n'z' was provided"),
     contrast_case("output_type invalid", lambda c: ((np.array([1, -1]),), {"output_type": "zz"}), ValueError,
-                  r"output_type must be one of .*got 'zz'"),
+                  r"'output_type' must be one of .*\n'zz' was provided"),
     contrast_case("all contrasts null", lambda c: (([np.zeros(3), np.zeros(3)],), {}), ValueError,
                   r"All contrasts provided were null contrasts"),
     # ---------------------------------------------------------------- fixed effects, second level

@@ -41,6 +41,8 @@ def _same(a, b) -> bool:
     if isinstance(a, nib.Nifti1Image) or isinstance(b, nib.Nifti1Image):
         return (np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
                 and np.allclose(a.affine, b.affine))
+    if hasattr(a, "location") and hasattr(b, "location"):  # joblib.Memory: equal by where it caches
+        return a.location == b.location
     return a == b
 
 
@@ -79,7 +81,9 @@ def test_same_as_nilearn(bids, tmp_path: Path, option: str) -> None:
     for model, imgs, events, confounds, reference, ref_imgs, ref_events, ref_confounds in zip(*ours, *theirs):
         assert type(model) is FirstLevelModel
         for name in _shared_params():
-            if name != "random_state":
+            if name == "n_jobs":  # daskglm's default: one worker per core
+                assert model.n_jobs == -1
+            elif name != "random_state":
                 assert _same(getattr(model, name), getattr(reference, name)), (option, name)
         assert {name: getattr(model, name) for name in extra} == extra
         assert imgs == ref_imgs and all(isinstance(p, str) for p in imgs)
@@ -170,15 +174,14 @@ def test_errors_are_clear(bids, tmp_path: Path) -> None:
         first_level_from_bids(bids.root, "language", space_label="T1w", derivatives_folder=DERIV)
     with pytest.raises(NotImplementedError, match="surface"):
         first_level_from_bids(bids.root, "language", space_label="fsaverage5", derivatives_folder=DERIV)
-    with pytest.raises(NotImplementedError, match="standardize=True"):
-        first_level_from_bids(bids.root, "language", derivatives_folder=DERIV, standardize=True,
-                              signal_scaling=False)
     with pytest.raises(RuntimeError, match=r"\['stores'\](.|\n)*store"):
         first_level_from_bids(bids.root, "language", derivatives_folder=DERIV, stores="/tmp")
-    with pytest.warns(UserWarning, match="ignores {'memory_level': 2, 'n_jobs': 2}"):
-        models, *_ = first_level_from_bids(bids.root, "language", derivatives_folder=DERIV, n_jobs=2,
-                                           memory_level=2)
+    # nilearn's system parameters reach the models (n_jobs: workers of the embedded cluster)
+    models, *_ = first_level_from_bids(bids.root, "language", derivatives_folder=DERIV, n_jobs=2,
+                                       memory_level=2, memory=str(tmp_path / "cache"))
     assert len(models) == 3
+    assert all(m.n_jobs == 2 and m.memory_level == 2 and str(getattr(m.memory, "location", m.memory)) == str(tmp_path / "cache")
+               for m in models)
 
 
 def test_signature_mirrors_nilearn() -> None:
@@ -187,7 +190,9 @@ def test_signature_mirrors_nilearn() -> None:
     ours = inspect.signature(first_level_from_bids).parameters
     assert list(ours)[:len(theirs) - 1] == list(theirs)[:-1]  # all but **kwargs
     for name, parameter in theirs.items():
-        assert ours[name].kind == parameter.kind and ours[name].default == parameter.default, name
+        # n_jobs: workers of the embedded cluster, all cores by default (nilearn: one process)
+        default = -1 if name == "n_jobs" else parameter.default
+        assert ours[name].kind == parameter.kind and ours[name].default == default, name
     own = [name for name in ours if name not in theirs]
     assert own == ["random_state", "store", "storage_options", "t_chunk", "v_chunk", "client"]
     assert all(ours[name].kind is inspect.Parameter.KEYWORD_ONLY for name in own)
