@@ -1,20 +1,24 @@
-"""The inputs of :class:`daskglm.second_level.SecondLevelModel`: effect maps, their grid, the mask.
+"""The inputs of :class:`daskglm.second_level.SecondLevelModel`: effect maps and how block tasks read them.
 
 ``second_level_input`` (3D images or paths, a 4D image or path, a Series of
-them, fitted first-level models, or a DataFrame) is checked with nilearn's
-messages (:func:`_input_kind`, :func:`_check_models`) and turned into
-:class:`_Map` records, one per effect map: a file (or a volume of a 4D file),
-an array in memory, or the lazy effect of a daskglm first-level model. A block
-task gets from :meth:`_Map.item` what it needs to rebuild some x-planes of a
-map, and :func:`_slab` rebuilds them. :func:`_grid_reference` is the map whose
-grid the mask and all maps must share; :func:`_background_mask` is nilearn's
-mask for ``mask_img=None`` (for images, of the mean of the maps, computed per
-x-slab by :func:`_mean_volume`).
+them, fitted first-level models, or a DataFrame) is checked by nilearn's own
+functions; :func:`header_standins` lets them check paths from their headers
+(nilearn reads every 3D file whole to check it). The maps become
+:class:`_Map` records, one per effect map: a file (or a volume of a 4D
+file), an array in memory, or the lazy effect of a daskglm first-level model.
+A block task gets from :meth:`_Map.item` what it needs to rebuild some
+x-planes of a map, and :func:`_slab` rebuilds them.
+
+Two passes over all maps, each per x-slab and never holding every map:
+:func:`mean_image` (nilearn's sample map for ``mask_img=None``: the mean of
+the maps) and :func:`value_range` (the range of all maps, to which nilearn's
+``resample_img`` clips resampled maps).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +28,14 @@ import dask
 import dask.array as da
 import nibabel as nib
 import numpy as np
-import pandas as pd
-
-# nilearn's own check, which does not depend on nilearn's FirstLevelModel class (present since 0.12)
-from nilearn.glm.second_level.second_level import _check_input_as_dataframe
 
 from . import _plan
 from .cluster import compute
 from .fixed_effects import _read
 from .nifti import _load_image
 
-_INPUT_TYPES = ("a pandas DataFrame", "a 4D Niimg-like object", "a pandas Series of Niimg-like objects",
-                "a list of Niimg-like objects", "a list of FirstLevelModel objects")
+__all__ = ["header_standins", "image_maps", "is_surface", "list_maps", "mean_image", "model_map",
+           "value_range"]
 
 
 @dataclass
@@ -54,7 +54,11 @@ class _Map:
     vmask: Any = None  # (mask volume, its token): where ``voxels`` lie
 
     def item(self, a: int, b: int, masks: dict) -> tuple:
-        """What a block task needs to rebuild planes ``[a, b)`` of the map."""
+        """What a block task needs to rebuild planes ``[a, b)`` of the map.
+
+        ``masks`` is shared by the items of one graph, so that each block of
+        a first-level mask becomes one graph node.
+        """
         if self.path is not None:
             return ("file", self.path, self.volume)
         if self.array is not None:
@@ -68,9 +72,70 @@ class _Map:
         return ("voxels", chunks, masks[token, a, b])
 
 
-def _image_maps(obj: Any, role: str) -> list[_Map]:
-    """Maps of a path or image: one per volume (a 3D image, or 4D with one volume, gives one)."""
-    img, path = _load_image(obj, role)
+def is_surface(obj: Any) -> bool:
+    """Whether ``obj`` is surface data (a ``SurfaceImage``/``SurfaceMasker``, or a list of them)."""
+    from nilearn.maskers import SurfaceMasker
+    from nilearn.surface import SurfaceImage
+
+    if isinstance(obj, (list, tuple)) and obj:
+        obj = obj[0]
+    return isinstance(obj, (SurfaceImage, SurfaceMasker))
+
+
+def _open(obj: Any, role: str) -> tuple[Any, str | None]:
+    """An image and its path: a local path's header only, nilearn's message for a missing file."""
+    if isinstance(obj, (str, os.PathLike)) and not Path(obj).expanduser().exists():
+        raise ValueError(f"File not found: {os.fspath(obj)!r} ({role})")
+    return _load_image(obj, role)
+
+
+def header_standins(second_level_input: Any) -> Any:
+    """``second_level_input`` with each path replaced by an image of the file's header and no data.
+
+    nilearn's input checks load each 3D file whole (``check_niimg(...,
+    atleast_4d=True)``); given these stand-ins (zero-stride arrays of the
+    file's shape, affine and dtype) they check the same things from the
+    headers. Images, models and DataFrames are returned as they are.
+
+    Parameters
+    ----------
+    second_level_input : any
+        As given to ``fit`` (a Series is turned into a list).
+
+    Returns
+    -------
+    any
+    """
+    import pandas as pd
+
+    def standin(obj: Any, role: str) -> Any:
+        if not isinstance(obj, (str, os.PathLike)):
+            return obj
+        img, _ = _open(obj, role)
+        empty = np.broadcast_to(np.zeros((), dtype=img.get_data_dtype()), img.shape)
+        return nib.Nifti1Image(empty, img.affine, img.header)
+
+    if isinstance(second_level_input, pd.Series):
+        second_level_input = second_level_input.to_list()
+    if isinstance(second_level_input, list):
+        return [standin(obj, f"second_level_input[{n}]") for n, obj in enumerate(second_level_input)]
+    return standin(second_level_input, "second_level_input")
+
+
+def image_maps(obj: Any, role: str) -> list[_Map]:
+    """Maps of a path or image: one per volume (a 3D image, or 4D with one volume, gives one).
+
+    Parameters
+    ----------
+    obj : str, path or nibabel image
+    role : str
+        How messages name it.
+
+    Returns
+    -------
+    list of _Map
+    """
+    img, path = _open(obj, role)
     shape = tuple(int(s) for s in img.shape)
     if len(shape) not in (3, 4):
         raise ValueError(f"{role} ({path or 'in-memory image'}) must be 3D or 4D; got shape {shape}")
@@ -87,11 +152,22 @@ def _image_maps(obj: Any, role: str) -> list[_Map]:
     return [_Map(f"{role} (in-memory){w}", shape[:3], affine, data.dtype, array=v) for w, v in zip(where, volumes)]
 
 
-def _list_maps(imgs: list, role: str) -> list[_Map]:
-    """One 3D map per element, as nilearn requires of a list of images."""
+def list_maps(imgs: list, role: str) -> list[_Map]:
+    """One 3D map per element, as nilearn requires of a list of images.
+
+    Parameters
+    ----------
+    imgs : list of paths or images
+    role : str
+        How messages name the list.
+
+    Returns
+    -------
+    list of _Map
+    """
     maps = []
     for n, obj in enumerate(imgs):
-        found = _image_maps(obj, f"{role}[{n}]")
+        found = image_maps(obj, f"{role}[{n}]")
         if len(found) != 1:
             raise ValueError("When passing a list of Nifti image, each image must be 3D, or 4D with single "
                              f"volume. Got '{role}[{n}]' with {len(found)} volumes ({found[0].name}).")
@@ -99,8 +175,21 @@ def _list_maps(imgs: list, role: str) -> list[_Map]:
     return maps
 
 
-def _model_map(model: Any, contrast: Any, index: int) -> _Map:
-    """The first-level effect of ``contrast``: lazy for daskglm models, computed for nilearn's."""
+def model_map(model: Any, contrast: Any, index: int) -> _Map:
+    """The first-level effect of ``contrast``: lazy for daskglm models, computed for nilearn's.
+
+    Parameters
+    ----------
+    model : FirstLevelModel (daskglm's or nilearn's), fitted
+    contrast : str or array
+        A t contrast of the model.
+    index : int
+        Its position in ``second_level_input``.
+
+    Returns
+    -------
+    _Map
+    """
     name = f"second_level_input[{index}] (subject_label={model.subject_label!r})"
     if not hasattr(model, "contrast_dataset"):  # a nilearn FirstLevelModel: its image, computed now
         img = model.compute_contrast(contrast, output_type="effect_size")
@@ -150,6 +239,16 @@ def _slab(item: tuple, a: int, b: int, yz: tuple[int, int], cache: dict) -> np.n
     return out
 
 
+def _planes_per_task(maps: list[_Map], v_chunk: int | None, rows: int) -> int:
+    """x-planes per task of a pass that reads every map (``rows`` plane-sized arrays held per map)."""
+    shape = maps[0].shape
+    plane = shape[1] * shape[2]
+    # volumes of the largest 4D file: a task reads all of them at once
+    per_file = max(Counter(m.path for m in maps if m.volume is not None).values(), default=1)
+    budget = v_chunk // plane if v_chunk else _plan.DEFAULT_TASK_BYTES // (8 * plane * (per_file + rows))
+    return max(1, min(budget, math.ceil(shape[0] / 2)))
+
+
 def _mean_task(items: list, a: int, b: int, yz: tuple[int, int]) -> np.ndarray:
     """Mean of planes ``[a, b)`` over the maps, float64, NaN kept (nilearn's ``mean_img``)."""
     total = np.zeros((b - a, *yz))
@@ -159,114 +258,75 @@ def _mean_task(items: list, a: int, b: int, yz: tuple[int, int]) -> np.ndarray:
     return total / len(items)
 
 
-def _mean_volume(maps: list[_Map], client: Any, v_chunk: int | None) -> np.ndarray:
-    """Mean of all maps, shape (x, y, z), computed per x-slab: no task holds every map."""
+def mean_image(maps: list[_Map], client: Any, v_chunk: int | None, verbose: int = 0) -> nib.Nifti1Image:
+    """Mean of all maps (nilearn's ``mean_img``), computed per x-slab: no task holds every map.
+
+    Parameters
+    ----------
+    maps : list of _Map
+        On one grid.
+    client : see :func:`daskglm.cluster.get_client`
+    v_chunk : int, optional
+        Voxels per task (whole x-planes).
+    verbose : int
+
+    Returns
+    -------
+    Nifti1Image, shape (x, y, z), float64
+    """
     shape = maps[0].shape
-    plane = shape[1] * shape[2]
-    # volumes of the largest 4D file: a task reads all of them at once
-    per_file = max(Counter(m.path for m in maps if m.volume is not None).values(), default=1)
-    budget = v_chunk // plane if v_chunk else _plan.DEFAULT_TASK_BYTES // (8 * plane * (per_file + 2))
-    per_task = max(1, min(budget, math.ceil(shape[0] / 2)))
+    per_task = _planes_per_task(maps, v_chunk, 2)
     masks: dict = {}
     slabs = []
     for a in range(0, shape[0], per_task):
         b = min(a + per_task, shape[0])
         task = dask.delayed(_mean_task, pure=False)([m.item(a, b, masks) for m in maps], a, b, shape[1:])
         slabs.append(da.from_delayed(task, (b - a, *shape[1:]), np.float64))
-    (mean,) = compute(da.concatenate(slabs, axis=0), client=client)
-    return np.asarray(mean)
+    (mean,) = compute(da.concatenate(slabs, axis=0), client=client, verbose=verbose)
+    return nib.Nifti1Image(np.asarray(mean), maps[0].affine)
 
 
-# ---------------------------------------------------------------- input checks (nilearn's messages)
+def _range_task(items: list, a: int, b: int, yz: tuple[int, int], dtype: np.dtype) -> tuple[float, float]:
+    """``nanmin`` and ``nanmax`` of planes ``[a, b)`` of the maps, cast to ``dtype``."""
+    lo, hi = np.inf, -np.inf
+    cache: dict = {}
+    for item in items:
+        slab = np.asarray(_slab(item, a, b, yz, cache)).astype(dtype, copy=False)
+        if slab.size and not np.isnan(slab).all():
+            lo, hi = min(lo, float(np.nanmin(slab))), max(hi, float(np.nanmax(slab)))
+    return lo, hi
 
 
-def _is_model(obj: Any) -> bool:
-    """Whether ``obj`` is a daskglm or nilearn ``FirstLevelModel``."""
-    from nilearn.glm.first_level import FirstLevelModel as NilearnFirstLevelModel
-
-    from .model import FirstLevelModel
-
-    return isinstance(obj, (FirstLevelModel, NilearnFirstLevelModel))
+def _combine_ranges(parts: list[tuple[float, float]]) -> tuple[float, float]:
+    lo, hi = min(p[0] for p in parts), max(p[1] for p in parts)
+    return (lo, hi) if lo <= hi else (0.0, 0.0)
 
 
-def _input_kind(second_level_input: Any) -> tuple[str, Any]:
-    """``("df", DataFrame)``, ``("models", list)`` or ``("images", list of maps or a 4D input)``."""
-    if isinstance(second_level_input, pd.DataFrame):
-        _check_input_as_dataframe(second_level_input)
-        return "df", second_level_input
-    if isinstance(second_level_input, pd.Series):
-        second_level_input = second_level_input.to_list()
-    if isinstance(second_level_input, (str, Path, nib.spatialimages.SpatialImage)):
-        return "images", second_level_input
-    if isinstance(second_level_input, list):
-        if len(second_level_input) < 2:
-            raise TypeError("A second level model requires a list with at least two first level models or "
-                            f"niimgs or surface images; got {len(second_level_input)}.")
-        models = [_is_model(x) for x in second_level_input]
-        images = [isinstance(x, (str, Path, nib.spatialimages.SpatialImage)) for x in second_level_input]
-        if all(models) or all(images):
-            return ("models" if all(models) else "images"), second_level_input
-        bad = next(i for i, (m, im) in enumerate(zip(models, images))
-                   if (m, im) != (models[0], images[0]) or not (m or im))
-        raise TypeError("Elements of 'second_level_input' must be of the same type (all images or all "
-                        f"FirstLevelModel). Got object type {type(second_level_input[bad])} at idx {bad}.")
-    raise TypeError(f"'second_level_input' must be one of: {', '.join(_INPUT_TYPES)}. "
-                    f"Got {type(second_level_input)} instead.")
+def value_range(maps: list[_Map], dtype: np.dtype, v_chunk: int | None, masks: dict) -> Any:
+    """Delayed ``(nanmin, nanmax)`` of all maps (whole volumes), read per x-slab.
 
+    nilearn resamples the 4D concatenation of the maps and clips the result
+    to its range (and 0): block tasks that resample need that range.
 
-def _check_models(models: list, none_confounds: bool) -> None:
-    """nilearn's checks of first-level models (daskglm's have no ``__sklearn_is_fitted__``)."""
-    for idx, model in enumerate(models):
-        fitted = (model.__sklearn_is_fitted__() if hasattr(model, "__sklearn_is_fitted__")
-                  else getattr(model, "results_", None) is not None)
-        if not fitted:
-            raise ValueError(f"Model {model.subject_label} at index {idx} has not been fit yet.")
-        if not none_confounds and model.subject_label is None:
-            raise ValueError("In case confounds are provided, first level objects need to provide the "
-                             "attribute 'subject_label' to match rows appropriately.\nModel at idx "
-                             f"{idx} does not provide it. To set it, you can do first_level.subject_label = '01'")
+    Parameters
+    ----------
+    maps : list of _Map
+    dtype : numpy dtype
+        The maps' common dtype (nilearn's concatenation casts to it).
+    v_chunk : int, optional
+    masks : dict
+        Shared with the graph's other items (see :meth:`_Map.item`).
 
-
-def _model_grid(model: Any) -> nib.Nifti1Image:
-    """The mask image of a fitted first-level model (daskglm's ``mask_img_``, else its masker's)."""
-    mask = getattr(model, "mask_img_", None)
-    return mask if mask is not None else model.masker_.mask_img_
-
-
-def _grid_reference(kind: str, inputs: Any, maps: list[_Map]) -> _Map:
-    """The map whose grid the mask and all maps must share (checks the models' grids)."""
-    if kind == "images":
-        return maps[0]
-    if kind == "df":
-        return _image_maps(inputs["effects_map_path"][0], "second_level_input['effects_map_path'][0]")[0]
-    grid = _model_grid(inputs[0])
-    ref = _Map("second_level_input[0]", tuple(grid.shape[:3]), np.asarray(grid.affine, float), np.dtype(np.float64))
-    for idx, model in enumerate(inputs[1:], start=1):
-        other = _model_grid(model)
-        if tuple(other.shape[:3]) != ref.shape or not np.allclose(other.affine, ref.affine):
-            raise ValueError(f"All first level models must have the same affine and shape.\nModel "
-                             f"{model.subject_label} at index {idx} has shape {other.shape[:3]}, affine "
-                             f"{np.round(other.affine, 4).tolist()}; model 0 has {ref.shape}, "
-                             f"{np.round(ref.affine, 4).tolist()}")
-    return ref
-
-
-def _background_mask(kind: str, inputs: Any, maps: list[_Map], ref: _Map, client: Any,
-                     v_chunk: int | None) -> np.ndarray:
-    """nilearn's mask for ``mask_img=None``: ``compute_background_mask`` of its sample map, shape (x, y, z)."""
-    from nilearn.masking import compute_background_mask, load_mask_img
-
-    if kind == "images":  # the mean of all maps
-        sample = _mean_volume(maps, client, v_chunk)
-    elif kind == "df":  # the first map of the sorted DataFrame
-        sample = np.asanyarray(nib.load(ref.path).dataobj) if ref.path else ref.array
-    else:  # the effect of the first model's first design column
-        first = inputs[0]
-        img = first.compute_contrast(first.design_matrices_[0].columns[0], output_type="effect_size")
-        sample = np.asanyarray(img.dataobj)
-    try:
-        mask, _ = load_mask_img(compute_background_mask(nib.Nifti1Image(sample, ref.affine)))
-    except ValueError as exc:
-        raise ValueError(f"the mask computed from the input maps (mask_img=None) is invalid: {exc}") from exc
-    return np.asarray(mask, dtype=bool)
-
+    Returns
+    -------
+    dask.delayed
+        Of a tuple of 2 floats.
+    """
+    shape = maps[0].shape
+    per_task = _planes_per_task(maps, v_chunk, 1)
+    parts = []
+    for a in range(0, shape[0], per_task):
+        b = min(a + per_task, shape[0])
+        parts.append(dask.delayed(_range_task, pure=False)([m.item(a, b, masks) for m in maps], a, b,
+                                                             shape[1:], dtype))
+    return dask.delayed(_combine_ranges, pure=False)(parts)

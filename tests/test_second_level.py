@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
+from pathlib import Path
 
 import dask.array as da
 import nibabel as nib
@@ -116,8 +118,11 @@ def test_image_inputs_equal_nilearn(maps, tmp_path):
     for fwhm in (None, 6.0):
         expected = _nilearn(images, dm, "group_a", smoothing_fwhm=fwhm)
         for inputs in (images, four_d, str(tmp_path / "all.nii.gz"), pd.Series(maps["paths"]),
-                       images[:5] + maps["paths"][5:]):
+                       [Path(p) for p in maps["paths"]]):
             _assert_same(_ours(inputs, dm, "group_a", smoothing_fwhm=fwhm), expected)
+    # as nilearn: all elements of one type
+    with pytest.raises(TypeError, match="must be of the same type. Got object type <class 'str'> at idx 5"):
+        _ours(images[:5] + maps["paths"][5:], dm, "group_a")
 
 
 def test_float32_and_gzipped_maps_equal_nilearn(maps, tmp_path):
@@ -154,9 +159,18 @@ def test_niftimasker_mask_brings_its_smoothing(maps):
     dm = maps["designs"]["two_sample"]
     expected = _nilearn(maps["paths"], dm, "group_a", mask_img=NiftiMasker(maps["mask_path"], smoothing_fwhm=5.0),
                         smoothing_fwhm=8.0)
-    ours = _ours(maps["paths"], dm, "group_a", mask_img=NiftiMasker(maps["mask_path"], smoothing_fwhm=5.0),
-                 smoothing_fwhm=8.0)
+    with pytest.warns(UserWarning, match="Overriding provided-default estimator parameters with provided masker "
+                                         "parameters"):
+        ours = _ours(maps["paths"], dm, "group_a", mask_img=NiftiMasker(maps["mask_path"], smoothing_fwhm=5.0),
+                     smoothing_fwhm=8.0)
     _assert_same(ours, expected)
+    # a fitted masker with no mask_img of its own: its computed mask is used, as nilearn
+    fitted = NiftiMasker().fit(maps["paths"][0])
+    _assert_same(_ours(maps["paths"], dm, "group_a", mask_img=fitted),
+                 _nilearn(maps["paths"], dm, "group_a", mask_img=fitted))
+    # options that clean the maps are refused, naming them
+    with pytest.raises(NotImplementedError, match=r"NiftiMasker with \{'detrend': True\}"):
+        _ours(maps["paths"], dm, "group_a", mask_img=NiftiMasker(maps["mask_path"], detrend=True))
 
 
 def test_dataframe_input_equals_nilearn(maps):
@@ -278,7 +292,7 @@ def test_graph_is_lazy_and_no_task_holds_all_maps(maps, first_level, kind, tmp_p
     assert ds.sizes["voxel"] == n_vox and len(chunks) > 2 and max(chunks) < n_vox
 
     reads, fits = [], []
-    real_slab, real_fit = second_level._slab, second_level.ols_contrast
+    real_slab, real_fit = second_level._slab, second_level.ols_contrasts
 
     def slab(*args):
         out = real_slab(*args)
@@ -286,7 +300,7 @@ def test_graph_is_lazy_and_no_task_holds_all_maps(maps, first_level, kind, tmp_p
         return out
 
     monkeypatch.setattr(second_level, "_slab", slab)
-    monkeypatch.setattr(second_level, "ols_contrast", lambda Y, *a: fits.append(Y.shape) or real_fit(Y, *a))
+    monkeypatch.setattr(second_level, "ols_contrasts", lambda Y, *a: fits.append(Y.shape) or real_fit(Y, *a))
     with _Counter() as counter:
         z = ds["z_score"].compute(scheduler="threads")
     assert counter.started > 0 and np.isfinite(z.values).all()
@@ -305,13 +319,21 @@ def test_graph_is_lazy_and_no_task_holds_all_maps(maps, first_level, kind, tmp_p
 def test_cluster_gives_identical_results(maps, first_level, cluster_client):
     dm = maps["designs"]["two_sample"]
     images = [nib.Nifti1Image(a, maps["affine"]) for a in maps["arrays"]]
-    runs = [(maps["paths"], dm, "group_a - group_b", None), (images, dm, "group_a - group_b", None),
-            (first_level["ours"], None, None, "SStSSp - DStDSp")]
-    for inputs, design, con, first in runs:
-        local = _ours(inputs, design, con, first, smoothing_fwhm=6.0)
-        remote = _ours(inputs, design, con, first, smoothing_fwhm=6.0, client=cluster_client)
+    finer = {"target_affine": np.diag([2.0, 2.0, 2.0]), "minimize_memory": False}
+    runs = [(maps["paths"], dm, "group_a - group_b", None, {}), (images, dm, "group_a - group_b", None, {}),
+            (first_level["ours"], None, None, "SStSSp - DStDSp", {}),
+            (maps["paths"], dm, "group_a - group_b", None, finer)]
+    for inputs, design, con, first, kwargs in runs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            local = SecondLevelModel(smoothing_fwhm=6.0, client="threads", v_chunk=120, **kwargs)
+            remote = SecondLevelModel(smoothing_fwhm=6.0, client=cluster_client, v_chunk=120, **kwargs)
+            outputs = [m.fit(inputs, design_matrix=design).compute_contrast(
+                con, first_level_contrast=first, output_type="all") for m in (local, remote)]
         for name in OUTPUTS:
-            np.testing.assert_array_equal(local[name].get_fdata(), remote[name].get_fdata())
+            np.testing.assert_array_equal(outputs[0][name].get_fdata(), outputs[1][name].get_fdata())
+        if kwargs:  # and the out-of-core residuals
+            np.testing.assert_array_equal(local.residuals_.get_fdata(), remote.residuals_.get_fdata())
 
 
 def test_attributes_and_single_outputs(maps):
@@ -319,13 +341,151 @@ def test_attributes_and_single_outputs(maps):
     assert model.fit(maps["paths"], design_matrix=maps["designs"]["one_sample"]) is model
     assert model.n_elements_ == maps["mask"].sum() and model.labels_ is None and model.results_ is None
     np.testing.assert_array_equal(model.mask_img_.get_fdata().astype(bool), maps["mask"])
+    assert model.mask_img_ is model.masker_.mask_img_
     assert model.masker_.smoothing_fwhm == 6.0 and model.masker_.n_elements_ == model.n_elements_
     all_maps = model.compute_contrast(output_type="all")
     for name in OUTPUTS:
         single = model.compute_contrast("intercept", output_type=name)
         np.testing.assert_array_equal(single.get_fdata(), all_maps[name].get_fdata())
+        assert single.header["descrip"].item().decode() == f"{name} of contrast [1.]"
     ds = model.contrast_dataset()
     assert ds.attrs["dof"] == N_MAPS - 1 and ds.attrs["stat_type"] == "t"
+
+
+def test_labels_and_results_as_nilearn(maps):
+    """``labels_`` / ``results_`` after compute_contrast: nilearn's own contrast code on them gives our maps."""
+    from nilearn.glm.contrasts import compute_contrast
+    from nilearn.masking import apply_mask
+
+    dm, mask = maps["designs"]["two_sample"], maps["mask_path"]
+    model = SecondLevelModel(mask_img=mask, smoothing_fwhm=5.0, client="threads", v_chunk=120)
+    model.fit(maps["paths"], design_matrix=dm)
+    ours = model.compute_contrast("group_b - group_a", output_type="all")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = NilearnModel(mask_img=mask, smoothing_fwhm=5.0).fit(maps["paths"], design_matrix=dm)
+        theirs.compute_contrast("group_b - group_a")
+    np.testing.assert_array_equal(model.labels_, theirs.labels_)
+    assert list(model.results_) == list(theirs.results_) == [0.0]
+    mine, ref = model.results_[0.0], theirs.results_[0.0]
+    np.testing.assert_allclose(mine.theta, ref.theta, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(mine.dispersion, ref.dispersion, rtol=1e-10)
+    assert (mine.df_total, mine.df_model, mine.df_residuals) == (ref.df_total, ref.df_model, ref.df_residuals)
+    np.testing.assert_allclose(mine.cov, ref.cov)
+    for con in (np.array([-1.0, 1.0]), np.eye(2)):
+        contrast = compute_contrast(model.labels_, model.results_, con)
+        image = model.compute_contrast(con, output_type="z_score")
+        np.testing.assert_allclose(apply_mask(image, model.mask_img_), contrast.z_score(), rtol=1e-8)
+    np.testing.assert_allclose(apply_mask(ours["z_score"], model.mask_img_),
+                               compute_contrast(theirs.labels_, theirs.results_, np.array([-1.0, 1.0])).z_score(),
+                               rtol=1e-8)
+    with pytest.raises(AttributeError, match="'residuals' is not kept with minimize_memory=True"):
+        _ = mine.residuals
+    model2 = pickle.loads(pickle.dumps(model))  # the fitted model and its results pickle
+    np.testing.assert_array_equal(model2.results_[0.0].theta, mine.theta)
+
+
+@pytest.mark.parametrize("fwhm", [None, 6.0])
+def test_voxelwise_attributes_equal_nilearn(maps, fwhm):
+    """residuals_, predicted_, r_square_ (and the other element-wise attributes) out of core, as nilearn's."""
+    from nilearn.masking import apply_mask
+
+    dm, mask = maps["designs"]["two_sample"], maps["mask_path"]
+    model = SecondLevelModel(mask_img=mask, smoothing_fwhm=fwhm, minimize_memory=False, client="threads",
+                             v_chunk=120).fit(maps["paths"], design_matrix=dm)
+    with pytest.raises(ValueError, match="The model has no results. No contrast has been computed yet."):
+        _ = model.residuals_
+    model.compute_contrast("group_a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = NilearnModel(mask_img=mask, smoothing_fwhm=fwhm, minimize_memory=False)
+        theirs.fit(maps["paths"], design_matrix=dm).compute_contrast("group_a")
+    for name in ("residuals_", "predicted_", "r_square_"):
+        mine, ref = getattr(model, name), getattr(theirs, name)
+        assert isinstance(mine, nib.Nifti1Image) and mine.shape == ref.shape, name
+        assert mine.shape == SHAPE + ((N_MAPS,) if name != "r_square_" else (1,))
+        np.testing.assert_array_equal(mine.affine, ref.affine)
+        np.testing.assert_allclose(mine.get_fdata(), ref.get_fdata(), rtol=1e-9, atol=1e-11, err_msg=name)
+        assert getattr(model, name) is mine  # computed once (nilearn's auto_attr)
+    for attribute, series in (("normalized_residuals", True), ("SSE", False), ("MSE", False)):
+        np.testing.assert_allclose(model._get_element_wise_model_attribute(attribute, series).get_fdata(),
+                                   theirs._get_element_wise_model_attribute(attribute, series).get_fdata(),
+                                   rtol=1e-9, atol=1e-11, err_msg=attribute)
+    # an independent oracle: numpy's least squares on nilearn's masked maps
+    Y = theirs.masker_.transform(maps["paths"])
+    X = dm.to_numpy()
+    beta = np.linalg.lstsq(X, Y, rcond=None)[0]
+    np.testing.assert_allclose(apply_mask(model.residuals_, model.mask_img_), Y - X @ beta, rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="'attribute' must be one of"):
+        model._get_element_wise_model_attribute("beta", True)
+
+
+def test_voxelwise_follow_the_last_contrast(maps):
+    """DataFrame inputs: residuals_ are those of the maps of the last compute_contrast (and not a stale cache)."""
+    n = N_MAPS // 2
+    rows = [{"subject_label": f"sub-{s:02d}", "map_name": name, "effects_map_path": maps["paths"][2 * s + c]}
+            for s in range(n) for c, name in enumerate(("faces", "houses"))]
+    frame = pd.DataFrame(rows)
+    one = pd.DataFrame({"intercept": np.ones(n)})
+    model = SecondLevelModel(mask_img=maps["mask_path"], minimize_memory=False, client="threads", v_chunk=120)
+    model.fit(frame, design_matrix=one)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = NilearnModel(mask_img=maps["mask_path"], minimize_memory=False).fit(frame, design_matrix=one)
+    for first in ("faces", "houses"):
+        model.compute_contrast(first_level_contrast=first)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs.compute_contrast(first_level_contrast=first)
+            expected = theirs._get_element_wise_model_attribute("residuals", True)
+        np.testing.assert_allclose(model.residuals_.get_fdata(), expected.get_fdata(), rtol=1e-9, atol=1e-11)
+
+
+def test_voxelwise_is_lazy_and_reads_slabs(maps, monkeypatch):
+    from nilearn.masking import apply_mask
+
+    dm = maps["designs"]["paired"]
+    model = SecondLevelModel(mask_img=maps["mask_path"], smoothing_fwhm=5.0, client="threads", v_chunk=90)
+    model.fit(maps["paths"], design_matrix=dm)
+    with _Counter() as counter:
+        lazy = model.voxelwise("residuals")
+        r2 = model.voxelwise("r_square")
+    assert counter.started == 0
+    assert lazy.dims == ("map", "voxel") and lazy.shape == (N_MAPS, model.n_elements_)
+    assert r2.dims == ("voxel",) and len(lazy.data.chunks[1]) > 2
+    reads = []
+    real_slab = second_level._slab
+    monkeypatch.setattr(second_level, "_slab", lambda *a: reads.append(real_slab(*a).shape) or real_slab(*a))
+    values = lazy.compute(scheduler="threads").values
+    assert max(int(np.prod(shape)) for shape in reads) < int(np.prod(SHAPE))  # slabs, never a whole map
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = NilearnModel(mask_img=maps["mask_path"], smoothing_fwhm=5.0, minimize_memory=False)
+        theirs.fit(maps["paths"], design_matrix=dm).compute_contrast("condition")
+    np.testing.assert_allclose(values, apply_mask(theirs.residuals_, theirs.mask_img_), rtol=1e-9, atol=1e-11)
+    # with minimize_memory=True the images are refused, as nilearn
+    model.compute_contrast("condition")
+    with pytest.raises(AttributeError, match="To access voxelwise attributes"):
+        _ = model.residuals_
+
+
+def test_make_stat_maps_reads_the_maps_once(maps, monkeypatch):
+    """Several contrasts (reports, save_glm_to_bids) are computed in one pass over the maps."""
+    dm = maps["designs"]["two_sample"]
+    model = SecondLevelModel(mask_img=maps["mask_path"], client="threads", v_chunk=120)
+    model.fit(maps["paths"], design_matrix=dm)
+    contrasts = {"a": "group_a", "b_minus_a": "group_b - group_a", "both": np.eye(2)}
+    reads = []
+    real_slab = second_level._slab
+    monkeypatch.setattr(second_level, "_slab", lambda *a: reads.append(1) or real_slab(*a))
+    together = model._make_stat_maps(contrasts, output_type="all")
+    n_reads = len(reads)
+    assert n_reads == N_MAPS * len(model.contrast_dataset("group_a").z_score.data.chunks[0])
+    for name, con in contrasts.items():
+        alone = model.compute_contrast(con, output_type="all")
+        for output in OUTPUTS:
+            np.testing.assert_array_equal(together[name][output].get_fdata(), alone[output].get_fdata())
+    assert model._make_stat_maps({}) == {}
 
 
 def test_bad_inputs_are_clear(maps, first_level, tmp_path):
@@ -334,7 +494,7 @@ def test_bad_inputs_are_clear(maps, first_level, tmp_path):
     def fit(inputs=paths, design=dm, **kwargs):
         return SecondLevelModel(client="threads", **kwargs).fit(inputs, design_matrix=design)
 
-    with pytest.raises(TypeError, match="at least two"):
+    with pytest.raises(TypeError, match="at least two first level models or niimgs.*; got 1"):
         fit(paths[:1])
     with pytest.raises(ValueError, match="require a design matrix"):
         fit(paths, None)
@@ -342,7 +502,7 @@ def test_bad_inputs_are_clear(maps, first_level, tmp_path):
         fit(paths[:15])
     with pytest.raises(TypeError, match="same type"):
         fit(paths[:3] + [first_level["ours"][0]])
-    with pytest.raises(TypeError, match="'second_level_input' must be one of"):
+    with pytest.raises(TypeError, match="'second_level_input' must be either"):
         fit(42)
     with pytest.raises(TypeError, match="'design_matrix' must be"):
         fit(paths, dm.to_numpy())
@@ -350,16 +510,18 @@ def test_bad_inputs_are_clear(maps, first_level, tmp_path):
         fit(paths[0])
     with pytest.raises(ValueError, match="columns 'subject_label', 'map_name' and 'effects_map_path'"):
         fit(pd.DataFrame({"subject_label": ["a", "b"], "effects_map_path": paths[:2]}), None)
-    with pytest.raises(NotImplementedError, match="target_affine"):
-        fit(target_affine=np.eye(4))
-    with pytest.raises(NotImplementedError, match="minimize_memory=False"):
-        fit(minimize_memory=False)
+    with pytest.raises(ValueError, match=r"File not found: '.*nothing.nii' \(second_level_input\[1\]\)"):
+        fit([paths[0], str(tmp_path / "nothing.nii")], dm[:2])
+    with pytest.raises(ValueError, match="'v_chunk' must be a positive integer|v_chunk"):
+        fit(v_chunk=0)
     other = str(tmp_path / "other.nii")
     nib.save(nib.Nifti1Image(np.ones((12, 13, 9)), maps["affine"]), other)
-    with pytest.raises(ValueError, match=r"second_level_input\[15\] .*other.nii.* is on another grid"):
+    with pytest.raises(ValueError, match="Following field of view errors were detected"):
         fit(paths[:15] + [other])
-    with pytest.raises(ValueError, match="mask .*other.nii.* not on the grid"):
-        fit(mask_img=other)
+    with pytest.raises(NotImplementedError, match="surface data"):
+        from nilearn.conftest import _make_surface_img
+
+        fit([_make_surface_img(1), _make_surface_img(1)], dm[:2])
 
     model = fit(mask_img=maps["mask_path"])
     with pytest.raises(ValueError, match=r"(?s)name 'group_c' is not defined.*Available matrix columns are: \['group_a', "
@@ -371,6 +533,13 @@ def test_bad_inputs_are_clear(maps, first_level, tmp_path):
         model.compute_contrast([0, 0])
     with pytest.raises(ValueError, match="'output_type' must be one of"):
         model.compute_contrast("group_a", output_type="beta")
+    with pytest.raises(ValueError, match="'stat_type' must be one of"):
+        model.compute_contrast("group_a", second_level_stat_type="z")
+    with pytest.raises(ValueError, match="t contrasts should be of length P=2, but it has length 3"):
+        model.compute_contrast([1, 0, 0])
+    with pytest.warns(UserWarning, match="t contrasts should be of length P=2, but it has length 1"):
+        padded = model.compute_contrast([1])  # nilearn pads a short t contrast, with a warning
+    np.testing.assert_array_equal(padded.get_fdata(), model.compute_contrast([1, 0]).get_fdata())
     with pytest.raises(ValueError, match="not fitted"):
         SecondLevelModel().compute_contrast("group_a")
     with pytest.raises(ValueError, match="at least 3 maps"):
