@@ -366,8 +366,8 @@ def verbosity(level: int | None):
     if level is None:
         yield
         return
-    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 0:
-        raise ValueError(f"verbose must be a non-negative integer; got {level!r}")
+    if not isinstance(level, (int, np.integer)) or level < 0:  # a bool is 0 or 1, as nilearn reads it
+        raise ValueError(f"verbose must be a non-negative integer or a bool; got {level!r}")
     token = _VERBOSE.set(int(level))
     try:
         yield

@@ -259,7 +259,7 @@ def _plane_blocks(mask: np.ndarray, v_chunk: int) -> list[tuple[int, int, int, i
     counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
     groups, start, n = [], 0, 0
     for i, c in enumerate(counts):
-        if n and n + c > v_chunk:
+        if c and n and n + c > v_chunk:  # an empty plane never starts a block
             groups.append((start, i))
             start, n = i, 0
         n += int(c)
@@ -267,6 +267,8 @@ def _plane_blocks(mask: np.ndarray, v_chunk: int) -> list[tuple[int, int, int, i
     blocks, v0 = [], 0
     for i0, i1 in groups:
         planes = np.flatnonzero(counts[i0:i1])
+        if planes.size == 0:  # only empty planes (the last group of a mask ending in them)
+            continue
         n = int(counts[i0:i1].sum())
         blocks.append((i0 + int(planes[0]), i0 + int(planes[-1]) + 1, v0, v0 + n))
         v0 += n

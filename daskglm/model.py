@@ -46,6 +46,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _kernels
 from . import contrasts as _contrasts
 from . import design as _design
+from ._estimator import SharedClientMixin
 from ._nilearn_compat import check_embedded_masker, check_parameter_in_allowed, log
 from ._plan import _check_positive as check_positive
 from ._scaling import check_standardize
@@ -147,7 +148,7 @@ def _check_masker(masker: NiftiMasker) -> None:
             "instead")
 
 
-class FirstLevelModel(_NilearnFirstLevelModel):
+class FirstLevelModel(SharedClientMixin, _NilearnFirstLevelModel):
     """nilearn's ``FirstLevelModel``, computed out of core on Dask.
 
     A subclass of :class:`nilearn.glm.first_level.FirstLevelModel` with its
@@ -506,6 +507,10 @@ class FirstLevelModel(_NilearnFirstLevelModel):
             # Every run's blocks in one computation (a run given twice is ingested once).
             unique = {store: run for run, store in zip(runs, stores)}
             log(f"Ingesting {len(unique)} run(s) into zarr stores under {self._store_root()}", verbose=self.verbose)
+            for index, store in enumerate(unique):
+                source = infos[stores.index(store)].path or "in-memory image"
+                log(f"Extracting region signals of run {index + 1} ({source}: mask, smoothing_fwhm={fwhm}) "
+                    f"into {store}", verbose=self.verbose, msg_level=2)
             # Whole voxel columns: one read task per fit block (a small graph).
             opened = dict(zip(unique, ingest_runs(
                 list(unique.values()), list(unique), mask_img=mask_img, smoothing_fwhm=fwhm,

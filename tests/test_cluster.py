@@ -251,9 +251,11 @@ def test_progress_bar_shows_for_long_work_and_is_switchable_off(where, capsys, c
     with cluster_mod.verbosity(1):
         assert compute(dask.delayed(sum)([1, 2]), client=client) == (3,)
     assert capsys.readouterr().out == ""
-    with pytest.raises(ValueError, match="verbose must be a non-negative integer; got -1"):
+    with pytest.raises(ValueError, match="verbose must be a non-negative integer or a bool; got -1"):
         with cluster_mod.verbosity(-1):
             pass
+    with cluster_mod.verbosity(False):  # nilearn reads a bool as 0 or 1
+        assert compute(dask.delayed(sum)([1, 2]), client=client) == (3,)
 
 
 def test_small_work_runs_on_threads_in_this_process_and_large_on_processes():

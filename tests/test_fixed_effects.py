@@ -92,6 +92,10 @@ def test_blocks_are_whole_planes(maps):
     mask[0, 0, :2] = mask[2] = mask[3, :1] = mask[5, 1, 1] = True  # 2, 16, 4, 1 voxels per plane
     assert _plane_blocks(mask, 5) == [(0, 1, 0, 2), (2, 3, 2, 18), (3, 6, 18, 23)]
     assert _plane_blocks(mask, 10**6) == [(0, 6, 0, 23)]
+    # planes larger than v_chunk, then empty planes at the end: no empty block
+    mask = np.zeros((5, 3, 3), bool)
+    mask[1:4] = True  # 0, 9, 9, 9, 0 voxels per plane
+    assert _plane_blocks(mask, 5) == [(1, 2, 0, 9), (2, 3, 9, 18), (3, 4, 18, 27)]
 
 
 def test_f_contrast_from_4d_effects(maps):
