@@ -26,8 +26,8 @@ import pytest
 
 import nilearn.conftest as _nilearn_conftest
 import nilearn.glm.tests.conftest as _nilearn_glm_conftest
-from expected_failures import EXPECTED_FAILURES, SURFACE
-from nilearn_redirect import REDIRECTED, daskglm_objects
+from nilearn_suite.expected_failures import EXPECTED_FAILURES, SURFACE
+from nilearn_suite.nilearn_redirect import REDIRECTED, daskglm_objects
 
 # nilearn's fixtures, under their own names (its hooks and collect_ignore are not taken).
 for _module in (_nilearn_conftest, _nilearn_glm_conftest):

@@ -1,5 +1,5 @@
 """nilearn 0.14's ``nilearn/glm/tests/test_first_level.py``, run against daskglm (see nilearn_redirect.py)."""
 
-from nilearn_redirect import load_nilearn_tests
+from nilearn_suite.nilearn_redirect import load_nilearn_tests
 
 globals().update(load_nilearn_tests("test_first_level"))
