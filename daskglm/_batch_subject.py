@@ -30,6 +30,8 @@ __all__ = [
     "SubjectResult",
     "input_files",
     "is_complete",
+    "report_contrasts",
+    "report_html",
     "run_subject",
     "write_json",
 ]
@@ -70,10 +72,70 @@ def write_json(path: Path, obj: Any, **kwargs: Any) -> None:
     _write_bytes(path, json.dumps(obj, **kwargs).encode())
 
 
+def _figure(figsize: tuple[float, float]) -> Any:
+    """A matplotlib ``Figure`` on its own Agg canvas, outside pyplot (no backend change, no open-figure list).
+
+    Parameters
+    ----------
+    figsize : (float, float)
+        Width and height in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     return buf.getvalue()
+
+
+def report_contrasts(contrasts: dict[str, Any]) -> dict[str, Any]:
+    """The contrasts as ``generate_report`` can draw them: weight vectors as one-row matrices.
+
+    nilearn 0.14's report fails to draw a weight vector shorter than the
+    design (its ``pad_contrast_matrix`` pads a 1D array as if it were 2D); a
+    one-row matrix is the same t contrast, and is padded correctly.
+
+    Parameters
+    ----------
+    contrasts : dict of str to str or array
+        The contrast definitions by name.
+
+    Returns
+    -------
+    dict of str to str or ndarray
+        The same definitions, 1D arrays (and lists of numbers) as ``(1, k)`` arrays.
+    """
+    return {name: value if isinstance(value, str) else np.atleast_2d(np.asarray(value, dtype=float))
+            for name, value in contrasts.items()}
+
+
+def report_html(report: Any) -> bytes:
+    """The bytes nilearn's ``HTMLReport.save_as_html`` writes, to be written atomically elsewhere.
+
+    nilearn 0.14 saves the page wrapped in an inline frame
+    (``report.get_iframe()``, UTF-8), also for ``save_glm_to_bids``'s
+    ``report.html``; this gives the same bytes.
+
+    Parameters
+    ----------
+    report : nilearn.reporting.HTMLReport
+        What ``generate_report`` returned.
+
+    Returns
+    -------
+    bytes
+    """
+    return report.get_iframe().encode("utf-8")
 
 
 def input_files(dataset: Path, derivatives: Path, label: str, task: str) -> dict[str, list[int]]:
@@ -109,7 +171,7 @@ def nilearn_view(design_matrices: list, run_imgs: list, model: Any = None) -> An
     and ``_attributes_to_dict`` (``statmap.json``) run on it; ``model`` supplies
     the parameters the latter reads (optional when only names are wanted).
     """
-    from nilearn.glm._base import BaseGLM
+    from ._nilearn_compat import BaseGLM
     from nilearn.interfaces.bids import parse_bids_filename
     from sklearn.base import BaseEstimator
 
@@ -273,8 +335,7 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
                     img = type(model.mask_img_)(volume, np.asarray(array.attrs["affine"]))
                     put(names["model_level_mapping"][index][attribute], img)
         if job.report:
-            page = str(model.generate_report(dict(job.contrasts))).encode()
-            put("report.html", page)
+            put("report.html", report_html(model.generate_report(report_contrasts(job.contrasts))))
     outputs = sorted(p.relative_to(out).as_posix() for p in written)
     for stale in set(previous) - set(outputs):
         if not str(stale).startswith(("/", "..")):
@@ -300,9 +361,9 @@ def _write_design_files(model: Any, job: Job, names: dict, put: Any, figures: bo
         plot_design_matrix_correlation,
     )
 
-    from .report import _figure, _parse_contrasts
+    from .design import contrast_matrices
 
-    matrices = _parse_contrasts(dict(job.contrasts), model.design_matrices_)
+    matrices = contrast_matrices(dict(job.contrasts), model.design_matrices_)
     t_r = model.t_r if model.t_r is not None else model.t_r_
     for index, dm in enumerate(model.design_matrices_):
         files = names["design_matrices_dict"][index]

@@ -75,7 +75,9 @@ def add_bids_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--store", default=None, help="folder for the run stores (default: daskglm's cache)")
     p.add_argument("--max-subjects", type=positive_int, default=None,
                    help="subjects in flight at once (default: the number of workers)")
-    p.add_argument("--report", action="store_true", help="also write each subject's HTML report")
+    p.add_argument("--report", action="store_true",
+                   help="also write each subject's report.html: nilearn's generate_report of the contrasts, with "
+                        "its defaults (fpr, alpha 0.001, over the MNI152 template)")
     p.add_argument("--no-figures", action="store_true", help="skip the design and contrast PNG figures")
     add_cluster_options(p)  # --scheduler, --n-workers/--workers, --memory-limit: as every command
     add_common_options(p)   # --verbose (1: a line per subject, 2: their warnings), --debug

@@ -15,8 +15,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
-__all__ = ["Parser", "one_line", "positive_int", "positive_float", "nonnegative_float", "memory_size",
-           "input_path", "add_cluster_options", "add_common_options", "warnings_as_lines",
+__all__ = ["Parser", "one_line", "positive_int", "nonnegative_int", "finite_float", "positive_float",
+           "nonnegative_float", "memory_size", "input_path", "add_cluster_options", "add_common_options", "warnings_as_lines",
            "say", "cluster", "UsageError"]
 
 
@@ -49,6 +49,13 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0; got {text!r}")
+    return int(text)
+
+
 def _float(text: str) -> float:
     try:
         value = float(text)
@@ -57,6 +64,11 @@ def _float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number; got {text!r}")
     return value
+
+
+def finite_float(text: str) -> float:
+    """A finite number."""
+    return _float(text)
 
 
 def positive_float(text: str) -> float:

@@ -6,7 +6,11 @@ events build valid designs (nilearn's ``make_first_level_design_matrix``, the
 same call :meth:`daskglm.FirstLevelModel.fit` makes), and every contrast
 parses against every run's design columns. Then the model is fitted on the
 cluster and, per contrast, ``compute_contrast(output_type="all")`` gives the
-five maps, written with :func:`daskglm.maps.save_nifti` (atomic).
+five maps, written with :func:`daskglm.maps.save_nifti` (atomic). With
+``--report``, ``report.html`` is nilearn's own report (the model *is* a
+nilearn ``FirstLevelModel``: its ``generate_report``, given the report
+options the user set and nilearn's defaults otherwise), written as nilearn's
+``HTMLReport.save_as_html`` writes it.
 
 File names are nilearn 0.14's own: its ``BaseGLM._generate_filenames_output``
 (what :func:`nilearn.glm.save_glm_to_bids` calls) runs on a small stand-in
@@ -32,8 +36,10 @@ from ._cli_common import (
     add_cluster_options,
     add_common_options,
     cluster,
+    finite_float,
     input_path,
     nonnegative_float,
+    nonnegative_int,
     one_line,
     positive_float,
     positive_int,
@@ -51,8 +57,9 @@ HRF_MODELS = ("glover", "spm", "glover + derivative", "spm + derivative", "glove
 #: Options that only shape designs built from events, with the model's defaults.
 EVENT_OPTIONS = {"t_r": None, "slice_time_ref": 0.0, "hrf_model": "glover", "drift_model": "cosine",
                  "high_pass": 0.01, "drift_order": 1, "fir_delays": None, "min_onset": -24.0}
-#: Options of --report, with make_glm_report's defaults.
-REPORT_OPTIONS = {"height_control": "fpr", "alpha": 0.001, "threshold": 3.09, "cluster_threshold": 0}
+#: Options of --report, with the defaults of nilearn's generate_report (None: nilearn's 3.09 with no height control).
+REPORT_OPTIONS = {"height_control": "fpr", "alpha": 0.001, "threshold": None, "cluster_threshold": 0,
+                  "bg_img": "MNI152TEMPLATE"}
 #: compute_contrast's output types, in nilearn's file order.
 MAP_KEYS = ("effect_size", "stat", "effect_variance", "z_score", "p_value")
 
@@ -123,6 +130,14 @@ def _slice_time_ref(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1]; got {text!r}")
     return value
+
+
+def _bg_img(text: str) -> str:
+    if text.strip().lower() == "none":
+        return "none"
+    if "://" in text:  # nilearn's plotting reads local images only
+        raise argparse.ArgumentTypeError(f"must be a local image file or 'none'; got {text!r}")
+    return input_path(text)
 
 
 _SIGNAL_SCALING = {"0": 0, "0,1": (0, 1), "none": False}
@@ -201,15 +216,20 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
     out.add_argument("--prefix", default=None,
                      help="prefix of the file names, as save_glm_to_bids (default: the BIDS entities of the "
                           "runs' file names when they name one subject, else none)")
-    out.add_argument("--report", action="store_true", help="also write report.html (default: off)")
+    out.add_argument("--report", action="store_true",
+                     help="also write report.html, nilearn's generate_report of the contrasts (default: off)")
     out.add_argument("--height-control", choices=("fpr", "fdr", "bonferroni", "none"), default=None,
-                     help="with --report: multiple-comparison control of the thresholds (default: fpr)")
+                     help="with --report: multiple-comparison control of the z thresholds (default: fpr)")
     out.add_argument("--alpha", type=_alpha, default=None,
-                     help="with --report: p or q value of the thresholds (default: 0.001)")
-    out.add_argument("--threshold", type=float, default=None, metavar="Z",
-                     help="with --report and --height-control none: z threshold (default: 3.09)")
-    out.add_argument("--cluster-threshold", type=int, default=None, metavar="VOXELS",
-                     help="with --report: minimum cluster size (default: 0)")
+                     help="with --report and a height control: its p or q value (default: 0.001)")
+    out.add_argument("--threshold", type=finite_float, default=None, metavar="Z",
+                     help="with --report and --height-control none: the z threshold (default: nilearn's, "
+                          "3.09 in nilearn 0.14)")
+    out.add_argument("--cluster-threshold", type=nonnegative_int, default=None, metavar="VOXELS",
+                     help="with --report: minimum cluster size in voxels (default: 0)")
+    out.add_argument("--bg-img", type=_bg_img, default=None, metavar="IMAGE",
+                     help="with --report: background image (local file) of the mask and maps, or 'none' "
+                          "(default: nilearn's MNI152 template, which only fits MNI-space data)")
     add_cluster_options(p)
     add_common_options(p)
     p.set_defaults(func=run_fit)
@@ -257,7 +277,14 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"{', '.join(extra)} only apply to designs built from --events; with --design-matrix, "
                          "put those regressors in the design matrices")
     if not args.report and given(REPORT_OPTIONS):
-        raise UsageError(f"{', '.join(given(REPORT_OPTIONS))} only apply with --report")
+        extra = given(REPORT_OPTIONS)
+        raise UsageError(f"{', '.join(extra)} only {'applies' if len(extra) == 1 else 'apply'} with --report")
+    if args.height_control == "none" and args.alpha is not None:
+        raise UsageError(f"--alpha {args.alpha} only applies with a height control (fpr, fdr or bonferroni); "
+                         "with --height-control none, give --threshold")
+    if args.threshold is not None and args.height_control != "none":
+        raise UsageError(f"--threshold {args.threshold} only applies with --height-control none; with "
+                         f"--height-control {args.height_control or 'fpr'} the threshold comes from --alpha")
     n = len(args.runs)
     for option, files in (("--design-matrix", args.design_matrix), ("--events", args.events),
                           ("--confounds", args.confounds)):
@@ -270,11 +297,11 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def _clean_name(name: str) -> str:
-    from nilearn.glm._base import _clean_contrast_name
+    from ._nilearn_compat import clean_contrast_name
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nilearn warns whenever it changes a name
-        return _clean_contrast_name(name)
+        return clean_contrast_name(name)
 
 
 def _check_contrasts(contrasts: dict[str, Any], designs: list[pd.DataFrame]) -> dict[str, str]:
@@ -388,6 +415,32 @@ def _designs(args: argparse.Namespace, runs: list[str], infos: list) -> tuple[li
     return designs, fit_kwargs, params
 
 
+def _report(model: Any, contrasts: dict[str, Any], args: argparse.Namespace) -> Any:
+    """nilearn's ``generate_report`` of the contrasts, with the report options the user gave (others: nilearn's).
+
+    Weight vectors are given as one-row matrices (the same t contrasts; see
+    :func:`daskglm._batch_subject.report_contrasts`).
+
+    Only options given on the command line are passed, so nilearn warns about
+    nothing the user did not ask for. Not shown: nilearn's note that one
+    contrast is used for every run (the rule of ``--contrast``), the padding
+    warning of its contrast plots (the maps' own was shown), and numpy's note
+    from plotting a mask with empty slices.
+    """
+    from ._batch_subject import report_contrasts
+
+    options = {k: getattr(args, k) for k in REPORT_OPTIONS if getattr(args, k) is not None}
+    for key in ("height_control", "bg_img"):  # "none": nilearn's None (no height control, no background)
+        if options.get(key) == "none":
+            options[key] = None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The same contrast will be used for all", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message="Contrasts will be padded with", category=UserWarning)
+        # numpy's, from nilearn's plot of a mask with empty slices over the background: noise to the user.
+        warnings.filterwarnings("ignore", message="Warning: converting a masked element to nan", category=UserWarning)
+        return model.generate_report(report_contrasts(contrasts), **options)
+
+
 def run_fit(args: argparse.Namespace) -> int:
     """Handler of ``daskglm fit``; returns the exit status."""
     _check_options(args)  # the heavy imports come as late as they can: mistakes are reported at once
@@ -440,13 +493,9 @@ def run_fit(args: argparse.Namespace) -> int:
             say(args, 1, f"  contrast {number}/{len(contrasts)} {name} ({stat_types[name]}): peak |z| {peak:.2f} "
                          f"-> {_join(folder, names['statistical_maps'][name]['z_score'])}")
         if args.report:
-            options = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in REPORT_OPTIONS.items()}
-            options["height_control"] = None if options["height_control"] == "none" else options["height_control"]
-            with warnings.catch_warnings():
-                if args.verbose < 2:  # plotting chatter; the maps' warnings were shown above
-                    warnings.simplefilter("ignore")
-                report = model.generate_report({n: [d] * len(runs) for n, d in contrasts.items()}, **options)
-            put("report.html", str(report).encode("utf-8"))
+            from ._batch_subject import report_html
+
+            put("report.html", report_html(_report(model, contrasts, args)))
             say(args, 1, f"  report -> {_join(folder, 'report.html')}")
     say(args, 1, f"done: maps in {folder}")
     return 0

@@ -14,6 +14,8 @@ from nilearn._utils.glm import check_and_load_tables
 from nilearn._utils.logger import log
 from nilearn._utils.masker_validation import check_compatibility_mask_and_images
 from nilearn._utils.param_validation import check_parameter_in_allowed, check_params
+from nilearn.glm._base import BaseGLM
+from nilearn.glm._base import _clean_contrast_name as clean_contrast_name
 from nilearn.glm.second_level.second_level import _check_confounds as check_confounds
 from nilearn.glm.second_level.second_level import _check_design_matrix as check_design_matrix
 from nilearn.glm.second_level.second_level import _check_first_level_contrast as check_first_level_contrast
@@ -28,7 +30,7 @@ from nilearn.image.image import check_volume_for_fit
 from nilearn.maskers.masker_validation import check_embedded_masker
 
 __all__ = [
-    "check_and_load_tables", "check_compatibility_mask_and_images", "check_confounds", "check_design_matrix",
+    "BaseGLM", "check_and_load_tables", "clean_contrast_name", "check_compatibility_mask_and_images", "check_confounds", "check_design_matrix",
     "check_embedded_masker", "check_first_level_contrast", "check_input_as_type", "check_input_type",
     "check_n_rows_desmat_vs_n_effect_maps", "check_parameter_in_allowed", "check_params",
     "check_volume_for_fit", "get_con_val", "log", "sort_input_dataframe",

@@ -120,19 +120,24 @@ class BatchResult:
 
 
 def _clean_name(name: str) -> str:
-    from nilearn.glm._base import _clean_contrast_name
+    from ._nilearn_compat import clean_contrast_name
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _clean_contrast_name(name)
+        return clean_contrast_name(name)
 
 
-def _prepare_contrasts(contrasts: Any, contrast_types: dict[str, str] | None
+def _prepare_contrasts(contrasts: Any, contrast_types: dict[str, str] | None, report: bool = False
                        ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Contrasts as ``{name: definition}`` (nilearn's rules) and the stat type of each file name."""
-    from .report import _contrast_dict
+    """Contrasts as ``{name: definition}`` (nilearn's rules) and the stat type of each file name.
 
-    defs = _contrast_dict(contrasts)
+    With ``report``, every definition must be one a nilearn report can show:
+    ``generate_report`` plots each contrast against each run's design, so it
+    takes a ``str`` or an array, not a list of one definition per run.
+    """
+    from .design import contrast_dict
+
+    defs = contrast_dict(contrasts)
     for name, value in defs.items():
         runs = value if isinstance(value, (list, tuple)) else [value]
         for run in runs or [None]:
@@ -143,6 +148,11 @@ def _prepare_contrasts(contrasts: Any, contrast_types: dict[str, str] | None
             if not ok:
                 raise ValueError(f"contrast {name!r}: a definition is a str, a 1D or 2D array of weights, "
                                  f"or a list of them (one per run); got {value!r}")
+    per_run = [name for name, value in defs.items() if isinstance(value, (list, tuple))]
+    if report and per_run:
+        raise ValueError(f"report=True: nilearn's generate_report takes one definition per contrast (a str or "
+                         f"an array), not a list of one per run; contrasts {per_run} are lists "
+                         f"({defs[per_run[0]]!r}): give one definition, or report=False")
     types = dict(contrast_types or {})
     unknown = sorted(set(types) - set(defs))
     bad = {k: v for k, v in types.items() if v not in ("t", "F")}
@@ -286,7 +296,10 @@ def run_batch(
         0: silent; 1: a line per subject (``k/n``) and a summary; 2: also
         the warnings raised for each subject.
     report : bool
-        Also write each subject's HTML report (``report.html``).
+        Also write each subject's HTML report, ``report.html``: nilearn's
+        ``generate_report`` with its defaults (``height_control="fpr"``,
+        ``alpha=0.001``), saved as its ``save_as_html`` saves it. Each
+        contrast must then be a ``str`` or an array (not a list per run).
     figures : bool
         Write nilearn's PNG figures of the design and contrast matrices
         (a few tenths of a second each; False skips them).
@@ -328,7 +341,7 @@ def run_batch(
     kwargs = dict(first_level_kwargs)
     exclude = list(kwargs.pop("exclude_subjects", None) or [])
     labels = _subjects(dataset, derivatives, task_label, space_label, sub_labels, exclude)
-    defs, stat_types = _prepare_contrasts(contrasts, contrast_types)
+    defs, stat_types = _prepare_contrasts(contrasts, contrast_types, bool(report))
     parameters = _canonical({
         "format": BATCH_FORMAT, "dataset": str(dataset), "task_label": task_label,
         "space_label": space_label, "derivatives_folder": derivatives_folder, "contrasts": defs,

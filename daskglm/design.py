@@ -529,3 +529,113 @@ def nonnull_runs(con_vals: Sequence, columns_per_run: Sequence[Sequence]) -> lis
     if not keep:
         raise ValueError("All contrasts provided were null contrasts.")
     return keep
+
+
+# ------------------------------------------------------------------ named contrasts
+
+
+def _as_weights(value: Any) -> Any:
+    """A list of plain numbers is one weight vector: an array (a list of definitions means one per run)."""
+    import numbers
+
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in value):
+        return np.asarray(value, dtype=float)
+    return value
+
+
+def contrast_dict(contrasts: Any) -> dict[str, Any]:
+    """Contrast definitions as ``{name: definition}``, named as nilearn names them.
+
+    nilearn's ``coerce_to_dict`` rules (what ``generate_report`` and
+    ``save_glm_to_bids`` apply): a ``str`` or an array is one contrast, a
+    list holds several, each named ``str(definition)``; a plain list of
+    numbers is one weight vector; a dict is kept, its values being
+    :meth:`daskglm.FirstLevelModel.compute_contrast` definitions (a list of
+    numbers becomes an array, any other list means one definition per run).
+
+    Parameters
+    ----------
+    contrasts : str, array, list of them, list of numbers, dict of str to definition, or None
+        The contrasts.
+
+    Returns
+    -------
+    dict of str to (str, ndarray or list)
+        The definitions by name, in the given order (empty for None).
+
+    Raises
+    ------
+    ValueError
+        A non-str dict key, an element of a list that is neither a str nor
+        numeric weights, an empty list or dict, or another type; the message
+        quotes the offending value.
+    """
+    import numbers
+    from collections.abc import Mapping
+
+    if contrasts is None:
+        return {}
+    if isinstance(contrasts, Mapping):
+        bad = [k for k in contrasts if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"contrast names (dict keys) must be str; got {bad!r}")
+        items = {k: _as_weights(v) for k, v in contrasts.items()}
+    elif isinstance(contrasts, (str, np.ndarray)):
+        items = {str(contrasts): contrasts}
+    elif isinstance(contrasts, (list, tuple)) and contrasts:
+        if all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in contrasts):
+            contrasts = [contrasts]  # one vector of weights
+        items = {}
+        for c in contrasts:
+            try:
+                items[str(c)] = c if isinstance(c, (str, np.ndarray)) else np.asarray(c, dtype=float)
+            except (TypeError, ValueError):
+                raise ValueError(f"a contrast must be a str or numeric weights; got {c!r}") from None
+    else:
+        raise ValueError("contrasts must be a str, an array, a non-empty list of them, or a dict "
+                         f"mapping names to definitions; got {contrasts!r}")
+    if not items:
+        raise ValueError(f"contrasts is empty: {contrasts!r}")
+    return items
+
+
+def contrast_matrices(contrasts: dict[str, Any], design_matrices: Sequence[pd.DataFrame]
+                      ) -> dict[str, list[np.ndarray]]:
+    """Each named contrast as one padded ``(q, p)`` matrix per run, as ``compute_contrast`` reads it.
+
+    Parameters
+    ----------
+    contrasts : dict of str to definition
+        As :func:`contrast_dict` returns: a ``str`` expression, weights, or a
+        list of them (one per run).
+    design_matrices : sequence of DataFrame
+        The runs' design matrices (their column names resolve expressions).
+
+    Returns
+    -------
+    dict of str to list of ndarray
+        Per contrast, one ``(q, p_run)`` float64 matrix per run, short weights
+        zero-padded. nilearn's warnings (padding, one contrast for all runs)
+        are not raised here: ``compute_contrast`` raises them, once.
+
+    Raises
+    ------
+    ValueError
+        A definition that does not parse against a run's columns, or a
+        per-run list of the wrong length; the message names the contrast.
+    """
+    parsed = {}
+    for name, definition in contrasts.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                per_run = contrasts_per_run(definition, len(design_matrices))
+                parsed[name] = [parse_contrast(c, [str(col) for col in dm.columns])[0]
+                                for c, dm in zip(per_run, design_matrices)]
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"contrast {name!r}: {err}") from err
+    return parsed
+
+
+__all__ += ["contrast_dict", "contrast_matrices"]

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from nilearn.glm import save_glm_to_bids
 from nilearn.glm.first_level import first_level_from_bids as nilearn_from_bids
+from test_report import assert_same_statistical_maps, parse_report
 
 from daskglm._cli_bids import add_bids_parser
 from daskglm.batch import (
@@ -24,6 +25,7 @@ from daskglm.batch import (
     run_batch,
 )
 from daskglm.datasets import simulate_bids
+from daskglm.design import contrast_dict, contrast_matrices
 
 DERIV = "derivatives/fmriprep"
 TASK = "language"
@@ -100,7 +102,14 @@ def test_outputs_match_nilearn(bids, tmp_path: Path, stores: Path) -> None:
     assert json.loads((sub_ours / "statmap.json").read_text()) == json.loads((sub_nilearn / "statmap.json").read_text())
     description = json.loads((tmp_path / "ours" / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "daskglm"
-    assert "<html" in (sub_ours / "report.html").read_text()
+    # nilearn's report, saved as nilearn saves it: the tables of save_glm_to_bids's own report (same defaults).
+    report = (sub_ours / "report.html").read_text(encoding="utf-8")
+    assert report.startswith("<iframe srcdoc=")
+    ours_page, nilearn_page = (parse_report((sub / "report.html").read_text(encoding="utf-8"))
+                               for sub in (sub_ours, sub_nilearn))
+    assert ours_page.names == list(CONTRASTS)
+    assert_same_statistical_maps(ours_page, nilearn_page, peak_atol=0.02)
+    assert all(img["src"].startswith("data:image/png;base64,") for img in ours_page.images)  # self-contained
     lean = _batch(bids, tmp_path / "lean", stores, sub_labels=["02"], smoothing_fwhm=5.0)  # defaults
     optional = ("report.html", ".png", "stat-errorts_statmap.nii.gz", "stat-rsquared_statmap.nii.gz")
     assert _files(tmp_path / "lean") == {n for n in names if not n.endswith(optional)}
@@ -227,3 +236,45 @@ def test_contrast_names() -> None:
         _prepare_contrasts({"a - b": "a - b", "a_minus_b": "a - b"}, None)
     with pytest.raises(ValueError, match="unknown names"):
         _prepare_contrasts("a", {"b": "t"})
+    per_run = {"runs": [np.array([1.0, 0]), np.array([0.0, 1])]}
+    assert _prepare_contrasts(per_run, None)[1] == {"runs": "t"}
+    with pytest.raises(ValueError, match=r"report=True(.|\n)*\['runs'\]"):  # nilearn's report takes no per-run list
+        _prepare_contrasts(per_run, None, report=True)
+
+
+def test_contrast_forms_as_nilearn() -> None:
+    """str, list of str, list of weights and arrays are named by str(value), as nilearn's coerce_to_dict."""
+    vector = np.array([1, 0, 0, -1])
+    assert list(contrast_dict("DStDSp - SStSSp")) == ["DStDSp - SStSSp"]
+    assert list(contrast_dict(vector)) == [str(vector)]
+    forms = contrast_dict(["DStDSp", vector, [[1, 0], [0, 1]]])
+    assert list(forms) == ["DStDSp", str(vector), "[[1, 0], [0, 1]]"]
+    np.testing.assert_array_equal(forms["[[1, 0], [0, 1]]"], np.eye(2))
+    (name, weights), = contrast_dict([1, 0, 0, -1]).items()  # one weight vector, not one per run
+    assert name == "[1, 0, 0, -1]" and isinstance(weights, np.ndarray)
+    per_run = [np.ones(4), np.zeros(4)]
+    assert contrast_dict({"a": per_run})["a"] is per_run  # dict values: compute_contrast definitions
+    assert contrast_dict(None) == {}
+    for bad, message in ((5, "contrasts must be.*got 5"), ([], r"got \[\]"), ({1: "a"}, r"names.*\[1\]"),
+                         (["a", {"b": 1}], r"a contrast must be.*\{'b': 1\}")):
+        with pytest.raises(ValueError, match=message):
+            contrast_dict(bad)
+
+
+def test_contrast_matrices_are_compute_contrasts() -> None:
+    """Per run, each contrast as the padded (q, p) matrix compute_contrast uses; errors name the contrast."""
+    designs = [pd.DataFrame(np.ones((3, 3)), columns=["a", "b", "c"]),
+               pd.DataFrame(np.ones((3, 4)), columns=["b", "a", "c", "d"])]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        matrices = contrast_matrices({"e": "a - b", "w": np.array([1.0, 2]), "r": [np.array([1.0]), "d"]}, designs)
+    assert not caught  # compute_contrast warns, once
+    np.testing.assert_array_equal(matrices["e"][0], [[1, -1, 0]])
+    np.testing.assert_array_equal(matrices["e"][1], [[-1, 1, 0, 0]])
+    np.testing.assert_array_equal(matrices["w"][1], [[1, 2, 0, 0]])
+    np.testing.assert_array_equal(matrices["r"][0], [[1, 0, 0]])
+    np.testing.assert_array_equal(matrices["r"][1], [[0, 0, 0, 1]])
+    with pytest.raises(ValueError, match="contrast 'x'.*nope"):
+        contrast_matrices({"x": "a - nope"}, designs)
+    with pytest.raises(ValueError, match="contrast 'y'.*3 contrasts given, while there are 2 runs"):
+        contrast_matrices({"y": [np.ones(3)] * 3}, designs)

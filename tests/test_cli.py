@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from nilearn.glm import save_glm_to_bids
 from nilearn.glm.first_level import FirstLevelModel as NilearnModel
+from test_report import assert_same_statistical_maps, parse_report, report_page
 
-from daskglm.cli import build_parser
+from daskglm.cli import WALKTHROUGH_CONTRASTS, build_parser
 from daskglm.datasets import load_fiac_design_matrix, simulate_fiac
 from daskglm.model import FirstLevelModel
 from daskglm.store import open_run
@@ -109,11 +110,12 @@ def test_demo_writes_maps_and_report_on_an_embedded_cluster(tmp_path):
         assert open_run(store)["bold"].shape[0] == 40
     z = nib.load(out / "maps" / "DSt_minus_SSt_z_map.nii.gz")
     assert z.shape == (16, 18, 10) and np.isfinite(z.get_fdata()).all()
-    page = (out / "report.html").read_text()
-    assert page.lstrip().lower().startswith("<!doctype html") or "<html" in page[:500].lower()
-    for name in ("DSt_minus_SSt", "Effects_of_interest", "Deactivation"):
-        assert name in page
-    assert "data:image/png;base64," in page
+    saved = (out / "report.html").read_text(encoding="utf-8")
+    assert saved.startswith("<iframe srcdoc=")  # as nilearn's save_as_html writes it
+    page = parse_report(saved)
+    assert page.names == list(WALKTHROUGH_CONTRASTS)
+    assert page.images and all(img["src"].startswith("data:image/png;base64,") for img in page.images)
+    assert "Mask image" in [img.get("alt") for img in page.images]
 
 
 # ------------------------------------------------------------------ fit
@@ -130,6 +132,7 @@ def test_fit_design_matrices_equals_daskglm_and_nilearn_with_nilearn_names(fiac,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert all(line.startswith("daskglm: warning:") for line in proc.stderr.splitlines()), proc.stderr
+    assert "is not used with" not in proc.stderr  # no report option nilearn would ignore
 
     # The same inputs through nilearn's own save_glm_to_bids: the same names.
     with warnings.catch_warnings():
@@ -173,8 +176,13 @@ def test_fit_design_matrices_equals_daskglm_and_nilearn_with_nilearn_names(fiac,
                 np.testing.assert_allclose(written.affine, nilearn_maps[key].affine)
                 if key != "p_value":  # p underflows differently where z is large; z carries it
                     assert_maps_match(written, nilearn_maps[key], "ar1", f"{name} {key} vs nilearn")
-    page = (out / "sub-01" / "report.html").read_text()
-    assert all(name in page for name in CONTRASTS)
+    # The report: nilearn's own report of its model (defaults: fpr, alpha 0.001) on the same contrasts.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = theirs.generate_report({name: value for name, (_, value) in CONTRASTS.items()})
+    ours_page = parse_report((out / "sub-01" / "report.html").read_text(encoding="utf-8"))
+    assert ours_page.names == list(CONTRASTS)
+    assert_same_statistical_maps(ours_page, parse_report(expected.get_standalone()), peak_atol=0.02)
 
 
 def test_fit_events_and_t_r_equals_nilearn(fiac, tmp_path):
@@ -187,12 +195,14 @@ def test_fit_events_and_t_r_equals_nilearn(fiac, tmp_path):
         confounds.append(str(path))
     out = tmp_path / "out"
     contrasts = {"language": CONTRASTS["language"], "DSt_minus_SSt": ("DStDSp + DStSSp - SStSSp - SStDSp", None)}
+    report_options = {"height_control": None, "threshold": 2.5, "cluster_threshold": 2, "bg_img": fiac["data"]["mask"]}
     proc = run_cli("fit", *fiac["runs"], "--events", fiac["events"][0], "--events", fiac["events"][1],
                    "--confounds", confounds[0], "--confounds", confounds[1], "--t-r", "2.5",
                    "--hrf-model", "spm", "--drift-model", "polynomial", "--drift-order", "2",
                    "--noise-model", "ols", "--mask", fiac["data"]["mask"], "--smoothing-fwhm", "5",
                    *contrast_options(contrasts), "--out", out, "--store", tmp_path / "stores",
-                   "--scheduler", "threads", "--verbose", "0")
+                   "--scheduler", "threads", "--verbose", "0", "--report", "--height-control", "none",
+                   "--threshold", "2.5", "--cluster-threshold", "2", "--bg-img", fiac["data"]["mask"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout == "" and proc.stderr == ""  # --verbose 0
     # Plain file names (no subject in the run names): nilearn's names with prefix "".
@@ -200,7 +210,7 @@ def test_fit_events_and_t_r_equals_nilearn(fiac, tmp_path):
     expected = sorted([f"contrast-{c}_stat-{s}_statmap.nii.gz" for c in ("language", "dstMinusSst")
                        for s in ("effect", "t", "variance", "z", "p")]
                       + ["run-1_design.tsv", "run-1_design.json", "run-2_design.tsv", "run-2_design.json",
-                         "mask.nii.gz", "dataset_description.json"])
+                         "mask.nii.gz", "dataset_description.json", "report.html"])
     assert names == expected
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -216,6 +226,13 @@ def test_fit_events_and_t_r_equals_nilearn(fiac, tmp_path):
             for key, label in (("z_score", "z"), ("stat", "t"), ("effect_size", "effect")):
                 written = nib.load(out / f"contrast-{clean}_stat-{label}_statmap.nii.gz")
                 assert_maps_match(written, maps[key], "ols", f"{clean} {key}")
+        # The report options reach nilearn's generate_report: its report of its own model with them.
+        expected = theirs.generate_report({name: expr for name, (expr, _) in contrasts.items()}, **report_options)
+    page = parse_report((out / "report.html").read_text(encoding="utf-8"))
+    assert page.contrasts[0].details["Height control"] == "None"
+    assert page.contrasts[0].details["Cluster size threshold (voxels)"] == "2"
+    assert_same_statistical_maps(page, parse_report(expected.get_standalone()))
+    assert report_page((out / "report.html").read_text(encoding="utf-8")).count("data:image/png;base64,") >= 5
 
 
 def test_fit_takes_the_repetition_time_from_the_header(fiac, tmp_path):
@@ -323,6 +340,15 @@ def _bad_cases(fiac, tmp_path) -> dict:
         "bad scheduler": ([*fit, "--contrast", "a=1", "--scheduler", "nosuchscheduler"], "nosuchscheduler"),
         "unreachable scheduler": ([*fit, "--contrast", "a=1", "--scheduler", "tcp://127.0.0.1:9"],
                                   "tcp://127.0.0.1:9"),
+        "report option without --report": ([*fit, "--contrast", "a=1", "--alpha", "0.01"], "--alpha"),
+        "threshold with a height control": ([*fit, "--contrast", "a=1", "--report", "--threshold", "3"],
+                                            "--threshold 3.0"),
+        "alpha without a height control": ([*fit, "--contrast", "a=1", "--report", "--height-control", "none",
+                                            "--alpha", "0.01"], "--alpha 0.01"),
+        "negative cluster threshold": ([*fit, "--contrast", "a=1", "--report", "--cluster-threshold", "-1"],
+                                       "'-1'"),
+        "missing background": ([*fit, "--contrast", "a=1", "--report", "--bg-img", tmp_path / "bg.nii.gz"],
+                               "bg.nii.gz"),
         "bad shape": (["demo", "--shape", "64x64", "--out", tmp_path / "out"], "64x64"),
         "convert without store": (["convert", run1], "--store"),
         "unknown command": (["frobnicate"], "frobnicate"),
@@ -333,7 +359,9 @@ BAD_CASES = ["missing run", "missing design", "missing mask", "contrast without 
              "too many weights", "ragged F", "duplicate contrast", "design rows", "run not 4D",
              "design count", "design and events", "events option with designs", "no design", "no contrast",
              "no output", "bad noise model", "bad hrf", "bad t_r", "bad fwhm", "bad workers", "bad memory",
-             "bad scheduler", "unreachable scheduler", "bad shape", "convert without store", "unknown command"]
+             "bad scheduler", "unreachable scheduler", "report option without --report",
+             "threshold with a height control", "alpha without a height control", "negative cluster threshold",
+             "missing background", "bad shape", "convert without store", "unknown command"]
 
 
 @pytest.fixture(scope="module")
