@@ -83,9 +83,11 @@ _NOT_APPLICABLE = {
 
 
 @pytest.mark.parametrize(("estimator", "check"), _nilearn_checks())
-def test_nilearn_estimator_checks_on_volume_data(estimator, check, request):
+def test_nilearn_estimator_checks_on_volume_data(estimator, check, request, tmp_path, monkeypatch):
     """nilearn's own estimator checks, with the volume data daskglm fits in place of their surface data."""
     import nilearn._utils.estimator_checks as checks
+
+    monkeypatch.chdir(tmp_path)  # checks that set memory="tmp" cache there
 
     name = request.node.callspec.id
     if name in _NOT_APPLICABLE:
