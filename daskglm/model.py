@@ -47,7 +47,7 @@ from . import _kernels
 from . import contrasts as _contrasts
 from . import design as _design
 from ._estimator import SharedClientMixin
-from ._nilearn_compat import check_embedded_masker, check_parameter_in_allowed, log
+from ._nilearn_compat import check_embedded_masker, check_parameter_in_allowed, check_params, log
 from ._plan import _check_positive as check_positive
 from ._scaling import check_standardize
 from ._volume import fwhm_to_sigma
@@ -358,6 +358,7 @@ class FirstLevelModel(SharedClientMixin, _NilearnFirstLevelModel):
 
     def _check_params(self, bins: Any = 100) -> None:
         """Check every parameter that can be checked before any run is read or written."""
+        check_params(self.__dict__)  # nilearn's type checks of its shared parameters
         check_target(self.target_affine, self.target_shape)
         _kernels.parse_noise_model(self.noise_model)
         check_bins(bins)
