@@ -1,24 +1,57 @@
-"""What daskglm's two estimators share beyond nilearn's base classes."""
+"""What daskglm's two estimators add to nilearn's base classes, in one place.
+
+* ``clone`` with a live ``distributed.Client`` as the ``client`` parameter.
+* ``generate_report`` with design matrices whose column names are not
+  strings (nilearn's walkthrough loads its designs as ``pd.DataFrame(X)``,
+  whose columns are integers, and nilearn 0.14.1's report fails on them when
+  it plots the design's correlations).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["SharedClientMixin"]
+from ._nilearn_compat import BaseGLM
+
+__all__ = ["EstimatorMixin"]
+
+#: Where each estimator keeps its design(s): FirstLevelModel a list, SecondLevelModel one DataFrame.
+_DESIGN_ATTRIBUTES = ("design_matrices_", "design_matrix_")
 
 
-class SharedClientMixin:
-    """scikit-learn's ``clone`` for estimators whose ``client`` parameter may be a live ``distributed.Client``.
+@contextlib.contextmanager
+def _string_columns(model: Any) -> Iterator[None]:
+    """Inside the block, the model's fitted designs have their column names as strings."""
+    saved = {}
+    for name in _DESIGN_ATTRIBUTES:
+        value = model.__dict__.get(name)
+        designs = value if isinstance(value, list) else [value]
+        if value is None or all(all(isinstance(c, str) for c in dm.columns) for dm in designs):
+            continue
+        renamed = [dm.rename(columns=str) for dm in designs]
+        saved[name] = value
+        setattr(model, name, renamed if isinstance(value, list) else renamed[0])
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(model, name, value)
 
-    ``clone`` deep-copies every parameter; a client is a connection and
-    cannot be copied. The clone shares it instead (an address, a scheduler
-    file or a local scheduler name are copied as usual).
-    """
+
+class EstimatorMixin:
+    """Mixed into ``FirstLevelModel`` and ``SecondLevelModel`` before nilearn's classes."""
 
     client: Any
 
     def __sklearn_clone__(self) -> Any:
+        """scikit-learn's ``clone``; a live ``client`` is shared, not deep-copied (it is a connection).
+
+        An address, a scheduler file or a local scheduler name is copied as usual.
+        """
         client = self.client
         if client is None or isinstance(client, (str, os.PathLike)):
             return super().__sklearn_clone__()  # type: ignore[misc]
@@ -29,3 +62,15 @@ class SharedClientMixin:
             self.client = client
         new.client = client
         return new
+
+    def generate_report(self, *args: Any, **kwargs: Any) -> Any:
+        """nilearn's ``generate_report`` (same parameters, page and warnings).
+
+        Design columns that are not strings (e.g. ``pd.DataFrame(X)``'s
+        integers) are shown as strings: nilearn 0.14.1's report fails on them.
+        """
+        with _string_columns(self):
+            return super().generate_report(*args, **kwargs)  # type: ignore[misc]
+
+    # nilearn's own signature: nilearn.glm.save_glm_to_bids reads it to route its keyword arguments.
+    generate_report.__signature__ = inspect.signature(BaseGLM.generate_report)  # type: ignore[attr-defined]

@@ -46,7 +46,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _kernels
 from . import contrasts as _contrasts
 from . import design as _design
-from ._estimator import SharedClientMixin
+from ._estimator import EstimatorMixin
 from ._nilearn_compat import check_embedded_masker, check_parameter_in_allowed, check_params, log
 from ._plan import _check_positive as check_positive
 from ._scaling import check_standardize
@@ -148,7 +148,7 @@ def _check_masker(masker: NiftiMasker) -> None:
             "instead")
 
 
-class FirstLevelModel(SharedClientMixin, _NilearnFirstLevelModel):
+class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
     """nilearn's ``FirstLevelModel``, computed out of core on Dask.
 
     A subclass of :class:`nilearn.glm.first_level.FirstLevelModel` with its

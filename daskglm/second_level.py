@@ -79,7 +79,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _plan
 from ._covariances import label_covariance
-from ._estimator import SharedClientMixin
+from ._estimator import EstimatorMixin
 from ._kernels import residual_dof
 from ._nilearn_compat import (
     check_and_load_tables,
@@ -275,7 +275,7 @@ class GroupOLSResults(LikelihoodModelResults):
 # ---------------------------------------------------------------- the model
 
 
-class SecondLevelModel(SharedClientMixin, _NilearnSecondLevelModel):
+class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
     """nilearn's ``SecondLevelModel``, fitted out of core on Dask.
 
     Parameters

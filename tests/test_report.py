@@ -309,3 +309,29 @@ def test_unfitted_model_report_is_nilearns(fiac):
     assert our_warnings == their_warnings and any("not been fit" in m for _, m in our_warnings)
     assert parse_report(ours.get_standalone()).names == parse_report(theirs.get_standalone()).names == []
 
+
+
+def test_integer_design_columns_are_reported_as_nilearns_named_ones(fiac):
+    """The walkthrough's designs (``pd.DataFrame(X)``: integer column names) crash nilearn 0.14.1's report
+    (its design-correlation plot calls ``str.startswith`` on each name); daskglm's report shows them as
+    strings, with the same statistics as nilearn's model on the same designs named "0", "1"..."""
+    import pandas as pd
+    from nilearn.glm.first_level import FirstLevelModel as NilearnModel
+
+    designs = [pd.DataFrame(dm.to_numpy()) for dm in fiac["designs"]]
+    kwargs = {"mask_img": fiac["data"]["mask"], "smoothing_fwhm": 5.0, "noise_model": "ols"}
+    contrasts = {"DSp_minus_SSp": np.array([[-1, 1, -1, 1]]), "Effects_of_interest": np.eye(13)[:5]}
+    ours = FirstLevelModel(store=fiac["root"] / "stores", client="threads", **kwargs)
+    theirs = NilearnModel(**kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours.fit(fiac["runs"], design_matrices=designs)
+        theirs.fit(fiac["runs"], design_matrices=designs)
+        with pytest.raises(AttributeError, match="startswith"):  # nilearn 0.14.1 itself
+            theirs.generate_report(contrasts)
+        theirs.design_matrices_ = [dm.rename(columns=str) for dm in theirs.design_matrices_]
+        our_page = parse_report(ours.generate_report(contrasts).get_standalone())
+        their_page = parse_report(theirs.generate_report(contrasts).get_standalone())
+    assert our_page.names == list(contrasts)
+    assert_same_statistical_maps(our_page, their_page)
+    assert all(isinstance(c, int) for dm in ours.design_matrices_ for c in dm.columns)  # left as they were
