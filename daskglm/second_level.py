@@ -57,7 +57,6 @@ fitted without a sample image (its own report shows the mask only).
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence

@@ -6,7 +6,6 @@ would run them; a cell that raises fails the test with the cell's traceback.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
