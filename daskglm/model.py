@@ -358,7 +358,6 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
 
     def _check_params(self, bins: Any = 100) -> None:
         """Check every parameter that can be checked before any run is read or written."""
-        check_params(self.__dict__)  # nilearn's type checks of its shared parameters
         check_target(self.target_affine, self.target_shape)
         _kernels.parse_noise_model(self.noise_model)
         check_bins(bins)
@@ -369,6 +368,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
             check_positive(name, getattr(self, name))
         n_workers_from_n_jobs(self.n_jobs)
         check_standardize(_standardize_name(self.standardize))
+        check_params(self.__dict__)  # then nilearn's type checks of the rest of its shared parameters
         if _is_surface(self.mask_img):
             raise NotImplementedError("mask_img is a surface mask: daskglm fits volumes (NIfTI) only for now; "
                                       "use nilearn's FirstLevelModel for surface data")
