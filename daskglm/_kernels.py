@@ -59,7 +59,7 @@ import numpy as np
 
 from . import _ar1_moments, _scaling
 from ._ar1_moments import ar1_labels  # nilearn's AR(1) quantisation, beside its grid
-from ._scaling import ScalingMode, StandardizeMode, scale_signal
+from ._scaling import ScalingMode, scale_signal
 from ._whitening import (  # nilearn's AR(p) whitening
     _whiten_inplace,
     _whitened_pinv,
@@ -335,7 +335,6 @@ def ar_coefficients_block(
     signal_scaling: ScalingMode = 0,
     scaling_mean: float | np.ndarray | None = None,
     ar_center: float = 0.0,
-    standardize: StandardizeMode = None,
 ) -> np.ndarray:
     """Pass 1 of AR(p) fits: Yule-Walker coefficients of the OLS residuals.
 
@@ -345,7 +344,7 @@ def ar_coefficients_block(
         Raw block (float32 or float64).
     X : ndarray, shape (n, p)
     order : int
-    signal_scaling, scaling_mean, standardize
+    signal_scaling, scaling_mean
         See :func:`daskglm._scaling.scale_signal`.
     ar_center : float
         See `yule_walker` ``center``.
@@ -358,7 +357,7 @@ def ar_coefficients_block(
     X = _check_design(Y, X)
     if _PINVS.dof(X) == 0:  # residuals zero in exact arithmetic
         return np.zeros((order, np.shape(Y)[1]))
-    Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean, standardize)[0])
+    Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean)[0])
     return yule_walker(ols(Ys, X).residuals, order, ar_center)
 
 
@@ -370,7 +369,6 @@ def fit_block(
     signal_scaling: ScalingMode = 0,
     scaling_mean: float | np.ndarray | None = None,
     ar_center: float = 0.0,
-    standardize: StandardizeMode = None,
 ) -> BlockFit:
     """Fit the GLM of one block under ``"ols"`` or ``"ar1"`` (nilearn ``run_glm``).
 
@@ -399,10 +397,6 @@ def fit_block(
         See :func:`daskglm._scaling.scale_signal`.
     ar_center : float
         See `yule_walker` ``center``.
-    standardize : {"zscore_sample", "psc", True, False, None}, default None
-        nilearn's masker standardization, applied instead of
-        ``signal_scaling`` (which must then be False); see
-        :func:`daskglm._scaling.scale_signal`.
 
     Returns
     -------
@@ -418,20 +412,21 @@ def fit_block(
     key = _ar1_moments.design_key(X) if order == 1 else None  # hashed once per block: both caches' key
     design = _ar1_moments.prepare(X, bins, key) if order == 1 and not ar_center else None
     if design is None:  # OLS; or a rank deficient or ill-conditioned design, or a centre: exact path only
-        Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean, standardize)[0])
+        Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean)[0])
         if order == 0:
             fit = ols(Ys, X)
             return BlockFit(fit.beta, fit.sigma2, np.zeros(Ys.shape[1]), fit.dof)
         return BlockFit(*_ar1_exact(Ys, X, bins, ar_center, key), _PINVS.dof(X, key))
     Y = np.asarray(Y)
     # the scaled block is streamed into the moments a few rows at a time, never held whole
-    params = _scaling.row_parameters(Y, signal_scaling, scaling_mean, standardize)
-    fast = _ar1_moments.ar1_fit_moments(Y, design, rows=partial(_scaling.scaled_rows, Y, params))
+    mean = _scaling.scaling_mean(Y, signal_scaling, scaling_mean)
+    fast = _ar1_moments.ar1_fit_moments(Y, design, rows=partial(_scaling.scaled_rows, Y, mean))
     beta, sigma2, label = fast.beta, fast.sigma2, fast.label
     redo = np.flatnonzero(fast.redo)
     if redo.size:  # voxels the moments cannot fit to full precision: the exact path
         Ys = np.empty((Y.shape[0], redo.size))
-        _scaling.scaled_rows(Y[:, redo], _scaling.select_columns(params, redo), 0, Y.shape[0], Ys)
+        _scaling.scaled_rows(Y[:, redo], mean if mean is None or mean.ndim == 0 else mean[redo],
+                             0, Y.shape[0], Ys)
         beta[:, redo], sigma2[redo], label[redo] = _ar1_exact(Ys, X, bins, key=key)
     return BlockFit(beta, sigma2, label, _PINVS.dof(X, key))
 
@@ -464,7 +459,6 @@ def refit_block(
     coeffs_per_label: np.ndarray,
     signal_scaling: ScalingMode = False,
     scaling_mean: float | np.ndarray | None = None,
-    standardize: StandardizeMode = None,
 ) -> BlockFit:
     """Pass 2 of AR(p) fits: whitened fit with given per-label coefficients.
 
@@ -476,9 +470,8 @@ def refit_block(
     labels : ndarray of int, shape (v,)
         Label index of each voxel, in [0, L).
     coeffs_per_label : ndarray, shape (L, order)
-    signal_scaling, scaling_mean, standardize
-        Optional scaling applied first (default: none), see
-        :func:`daskglm._scaling.scale_signal`.
+    signal_scaling, scaling_mean
+        Optional scaling applied first (default: none).
 
     Returns
     -------
@@ -497,6 +490,6 @@ def refit_block(
         raise ValueError(
             f"labels must lie in [0, {coeffs.shape[0]}); got range [{labels.min()}, {labels.max()}]"
         )
-    Ys = _as_float64(scale_signal(Y_scaled, signal_scaling, scaling_mean, standardize)[0])
+    Ys = _as_float64(scale_signal(Y_scaled, signal_scaling, scaling_mean)[0])
     beta, sigma2 = _fit_groups(Ys, X, labels.astype(np.intp), coeffs)
     return BlockFit(beta, sigma2, labels.astype(np.float64), _PINVS.dof(X))

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 
 from ._kernels import _check_design
-from ._scaling import ScalingMode, StandardizeMode, scale_signal
+from ._scaling import ScalingMode, scale_signal
 from ._whitening import whiten
 
 __all__ = ["VOXELWISE_ATTRIBUTES", "voxelwise_block"]
@@ -41,7 +41,6 @@ def voxelwise_block(
     attribute: Attribute,
     signal_scaling: ScalingMode = 0,
     scaling_mean: float | np.ndarray | None = None,
-    standardize: StandardizeMode = None,
 ) -> np.ndarray:
     """One of nilearn's voxel-wise regression attributes for a block.
 
@@ -56,7 +55,7 @@ def voxelwise_block(
     label_value : ndarray, shape (L, order)
         AR coefficients per label (``order == 0`` for OLS).
     attribute : {"residuals", "predicted", "r_square"}
-    signal_scaling, scaling_mean, standardize
+    signal_scaling, scaling_mean
         As in the fit (see :func:`daskglm._scaling.scale_signal`).
 
     Returns
@@ -76,7 +75,7 @@ def voxelwise_block(
         raise ValueError(
             f"need beta ({X.shape[1]}, {v}) and label_index ({v},); got {beta.shape} and {label_index.shape}"
         )
-    Ys, _ = scale_signal(Y, signal_scaling, scaling_mean, standardize)
+    Ys, _ = scale_signal(Y, signal_scaling, scaling_mean)
     out = np.empty((1 if attribute == "r_square" else n, v))
     for label in np.unique(label_index):
         cols = np.flatnonzero(label_index == label)

@@ -18,10 +18,6 @@ the whole fit stays lazy. AR(p > 1) needs a global KMeans of the voxels' AR
 coefficients: that pass is computed (on the client's cluster) when the graph is
 built, and the refit is lazy.
 
-``standardize`` (nilearn's masker standardization, which its FirstLevelModel
-applies with ``signal_scaling=False``) needs each voxel's mean and standard
-deviation over all its scans: a column holds them, so it stays blockwise.
-
 Designs with at most as many scans as columns are fitted as nilearn fits them
 (see :mod:`daskglm._kernels`): ``dof`` 0 when ``rank(X) == n``, a dispersion
 ``inf`` (``n == p``, with nilearn's RuntimeWarning, given here when the graph
@@ -42,7 +38,7 @@ import xarray as xr
 from dask.base import tokenize
 from dask.utils import funcname
 
-from . import _ar1_moments, _covariances, _kernels, _scaling
+from . import _ar1_moments, _covariances, _kernels
 from ._voxelwise import VOXELWISE_ATTRIBUTES, voxelwise_block
 from .cluster import compute
 
@@ -89,13 +85,13 @@ def _quiet_if_short(X: np.ndarray) -> contextlib.AbstractContextManager:
     return np.errstate(divide="ignore", invalid="ignore") if X.shape[0] <= X.shape[1] else contextlib.nullcontext()
 
 
-def _packed_fit(Y, scaling_mean=None, *, X, noise_model, bins, signal_scaling, standardize=None):
+def _packed_fit(Y, scaling_mean=None, *, X, noise_model, bins, signal_scaling):
     """Block task: fit, then pack [beta; sigma2; label_index] into one (p + 2, v) array (the row
     of each voxel's label in the fit's ``cov`` table, as float64)."""
     with _quiet_if_short(X):
         fit = _kernels.fit_block(
             Y, X, noise_model=noise_model, bins=bins, signal_scaling=signal_scaling,
-            scaling_mean=None if scaling_mean is None else float(scaling_mean), standardize=standardize,
+            scaling_mean=None if scaling_mean is None else float(scaling_mean),
         )
     if noise_model == "ols":
         index = np.zeros(fit.label.shape)
@@ -104,11 +100,11 @@ def _packed_fit(Y, scaling_mean=None, *, X, noise_model, bins, signal_scaling, s
     return np.vstack([fit.beta, fit.sigma2[None], index[None]])
 
 
-def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling, standardize=None):
+def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling):
     with _quiet_if_short(X):
         fit = _kernels.refit_block(
             Y, X, labels.astype(np.intp), coeffs, signal_scaling=signal_scaling,
-            scaling_mean=None if scaling_mean is None else float(scaling_mean), standardize=standardize,
+            scaling_mean=None if scaling_mean is None else float(scaling_mean),
         )
     return np.vstack([fit.beta, fit.sigma2[None], fit.label[None]])
 
@@ -167,10 +163,10 @@ def split_estimates(packed: np.ndarray, noise_model: str | None = None, bins: in
     return {name: _estimate(packed, variable=name, p=p) for name in FIT_VARIABLES}
 
 
-def _coefficients(Y, scaling_mean=None, *, X, order, signal_scaling, standardize=None):
+def _coefficients(Y, scaling_mean=None, *, X, order, signal_scaling):
     return _kernels.ar_coefficients_block(
         Y, X, order, signal_scaling=signal_scaling,
-        scaling_mean=None if scaling_mean is None else float(scaling_mean), standardize=standardize,
+        scaling_mean=None if scaling_mean is None else float(scaling_mean),
     )
 
 
@@ -235,7 +231,6 @@ def fit_run(
     signal_scaling: Any = 0,
     random_state: Any = None,
     client: Any = None,
-    standardize: _scaling.StandardizeMode = None,
 ) -> xr.Dataset:
     """Lazy GLM fit of one ingested run, as nilearn's ``run_glm``.
 
@@ -253,13 +248,6 @@ def fit_run(
         KMeans seed for AR(p > 1).
     client : see :func:`daskglm.cluster.get_client`
         Used only by the AR(p > 1) coefficient pass.
-    standardize : {"zscore_sample", "psc", True, False, None}, default None
-        nilearn's masker standardization of each voxel's time series
-        (``FirstLevelModel.standardize_``), applied instead of
-        ``signal_scaling``, which must then be False (see
-        :func:`daskglm._scaling.scale_signal`). Booleans warn as nilearn's
-        ``signal.clean`` does; a single scan is left as is, with nilearn's
-        warning.
 
     Returns
     -------
@@ -267,43 +255,37 @@ def fit_run(
         Lazy ``beta``, ``sigma2``, ``label_index`` over ``voxel`` (with the
         run's ``i, j, k`` coordinates); in-memory ``cov`` and ``label_value``
         tables; attrs ``dof``, ``noise_model``, ``bins``, ``signal_scaling``,
-        ``standardize``, ``n_scans`` and the run geometry.
+        ``n_scans`` and the run geometry.
 
     Raises
     ------
     ValueError
         AR(p > 1) with at most p scans (nilearn's KMeans fails on the NaN
-        coefficients), ``standardize`` with ``signal_scaling``, bad options.
+        coefficients), bad options.
     """
     order = _kernels.parse_noise_model(noise_model)
     check_bins(bins)
     scaling = _check_scaling(signal_scaling)
-    standardize = _scaling.check_standardize(standardize)
-    _scaling.check_scaling_options(scaling, standardize)
     bold = ds["bold"]
     n_scans = bold.sizes["time"]
     X, columns = _design(design, n_scans)
     p = X.shape[1]
     _check_short_run(n_scans, p, order)
-    if standardize is not None and n_scans == 1:
-        warnings.warn(_scaling.ONE_SCAN_WARNING, UserWarning, stacklevel=2)
-        standardize = None
     Y = bold.data.rechunk({0: -1})
     extra: list[Any] = []
     if scaling == (0, 1):
         extra = [_grand_mean(Y), ""]
-    options = {"signal_scaling": scaling, "standardize": standardize}
 
     if order <= 1:
         packed = _blockwise(_packed_fit, Y, p + 2, *extra, X=X, noise_model=noise_model,
-                            bins=int(bins), **options)
+                            bins=int(bins), signal_scaling=scaling)
         label_value = (np.zeros((1, 0)) if order == 0
                        else _ar1_moments.ar1_grid(bins, n_scans)[:, None])
     else:
         if _kernels.residual_dof(X) == 0:  # zero residuals: every voxel's coefficients are 0
             index, label_value = np.zeros(Y.shape[1], np.int64), np.zeros((1, order))
         else:
-            coefs = _blockwise(_coefficients, Y, order, *extra, X=X, order=order, **options)
+            coefs = _blockwise(_coefficients, Y, order, *extra, X=X, order=order, signal_scaling=scaling)
             (coefs_np,) = compute(coefs, client=client)
             from sklearn.cluster import KMeans
 
@@ -312,7 +294,7 @@ def fit_run(
             index, label_value, _ = _covariances.merge_ar_clusters(kmeans.cluster_centers_, kmeans.labels_)
         labels = da.from_array(index.astype(np.float64), chunks=(Y.chunks[1],))
         packed = _blockwise(_packed_refit, Y, p + 2, labels, "v", *extra, X=X,
-                            coeffs=label_value, **options)
+                            coeffs=label_value, signal_scaling=scaling)
     estimates = _unpacked(packed, p)
 
     if order == 1:  # the moment fit's whitened inverses where accurate, else one pinv per label
@@ -334,24 +316,22 @@ def fit_run(
             "noise_model": noise_model,
             "bins": int(bins),
             "signal_scaling": str(scaling),
-            "standardize": str(standardize),
             "n_scans": n_scans,
             **{k: ds.attrs[k] for k in ("affine", "volume_shape", "t_r", "store") if k in ds.attrs},
         },
     )
 
 
-def _voxelwise_task(Y, beta, label_index, scaling_mean=None, *, X, label_value, attribute, signal_scaling,
-                    standardize=None):
+def _voxelwise_task(Y, beta, label_index, scaling_mean=None, *, X, label_value, attribute, signal_scaling):
     with _quiet_if_short(X):
         return voxelwise_block(
             Y, X, beta, label_index, label_value, attribute, signal_scaling=signal_scaling,
-            scaling_mean=None if scaling_mean is None else float(scaling_mean), standardize=standardize,
+            scaling_mean=None if scaling_mean is None else float(scaling_mean),
         )
 
 
 def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
-                  signal_scaling: Any = 0, standardize: _scaling.StandardizeMode = None) -> xr.DataArray:
+                  signal_scaling: Any = 0) -> xr.DataArray:
     """Lazy ``residuals``, ``predicted`` or ``r_square`` of a fitted run, as nilearn's.
 
     Recomputed per voxel column from the run store and the stored fit (see
@@ -369,8 +349,6 @@ def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
     attribute : {"residuals", "predicted", "r_square"}
     signal_scaling : 0, (0, 1) or False
         As in the fit.
-    standardize : {"zscore_sample", "psc", True, False, None}, default None
-        As in the fit.
 
     Returns
     -------
@@ -381,8 +359,6 @@ def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
     if attribute not in VOXELWISE_ATTRIBUTES:
         raise ValueError(f"attribute must be one of {VOXELWISE_ATTRIBUTES}; got {attribute!r}")
     scaling = _check_scaling(signal_scaling)
-    standardize = _scaling.check_standardize(standardize)
-    _scaling.check_scaling_options(scaling, standardize)
     bold = ds["bold"]
     X, _ = _design(design, bold.sizes["time"])
     if fit.sizes["voxel"] != bold.sizes["voxel"] or fit.sizes["regressor"] != X.shape[1]:
@@ -399,7 +375,7 @@ def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
     out = _blockwise(
         _voxelwise_task, Y, n_rows, beta, "pv", labels, "v", *extra, X=X,
         label_value=np.asarray(fit["label_value"].values, dtype=np.float64), attribute=attribute,
-        signal_scaling=scaling, standardize=None if bold.sizes["time"] == 1 else standardize,
+        signal_scaling=scaling,
     )
     coords = {name: bold.coords[name] for name in "ijk" if name in bold.coords}
     if attribute == "r_square":

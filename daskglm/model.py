@@ -49,7 +49,6 @@ from . import design as _design
 from ._estimator import EstimatorMixin
 from ._nilearn_compat import check_embedded_masker, check_parameter_in_allowed, check_params, log
 from ._plan import _check_positive as check_positive
-from ._scaling import check_standardize
 from ._volume import fwhm_to_sigma
 from .cluster import compute, get_client, n_workers_from_n_jobs, verbosity
 from .fit import _check_scaling as check_scaling
@@ -67,6 +66,8 @@ _VOXELWISE = ("residuals", "predicted", "r_square")
 _COMPUTED_ON_READ = frozenset({*(f"{name}_" for name in _VOXELWISE), *_VOXELWISE})
 #: NiftiMasker parameters that would change the data beyond masking, smoothing and
 #: resampling, with the value that leaves the data alone.
+#: nilearn 0.14's values of ``standardize`` (its ``signal.clean`` refuses "zscore").
+_STANDARDIZE_VALUES = ("zscore_sample", "psc", True, False, None)
 _MASKER_UNSUPPORTED = {"detrend": False, "low_pass": None, "high_pass": None, "runs": None}
 
 
@@ -95,10 +96,14 @@ def _inspect(run: Any, storage_options: dict | None) -> tuple[RunInfo, Any]:
 
 
 def _standardize_name(standardize: Any) -> Any:
-    """nilearn's FirstLevelModel spelling of ``standardize`` (bools mapped, so no FutureWarning)."""
+    """nilearn's FirstLevelModel spelling of ``standardize``: bools mapped, anything else checked."""
     if standardize is True:
         return "zscore_sample"
-    return None if standardize is False else standardize
+    if standardize is False or standardize is None:
+        return None
+    if not (isinstance(standardize, str) and standardize in ("zscore_sample", "psc")):
+        raise ValueError(f"'standardize' must be one of {_STANDARDIZE_VALUES}.\n{standardize!r} was provided.")
+    return standardize
 
 
 def _is_surface(obj: Any) -> bool:
@@ -199,9 +204,8 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         Accepted for compatibility; run stores are always kept (the fit reads
         them). nilearn's warning for a ``memory`` with ``memory_level=0`` is kept.
     standardize : any of: 'zscore_sample', 'psc', True, False or None; default=False
-        As nilearn 0.14, which ignores it (its ``standardize_`` is None
-        whatever ``signal_scaling``); ``daskglm.fit_run(standardize=...)``
-        standardizes as nilearn's maskers do.
+        Checked and, as by nilearn 0.14, never applied (its ``standardize_``
+        is None whatever ``signal_scaling``).
     signal_scaling : False, :obj:`int` or (int, int), default=0
         0: percent signal change of each voxel's mean; (0, 1): of the run's
         grand mean; False: none.
@@ -367,7 +371,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         for name in ("t_chunk", "v_chunk"):
             check_positive(name, getattr(self, name))
         n_workers_from_n_jobs(self.n_jobs)
-        check_standardize(_standardize_name(self.standardize))
+        _standardize_name(self.standardize)
         check_params(self.__dict__)  # then nilearn's type checks of the rest of its shared parameters
         if _is_surface(self.mask_img):
             raise NotImplementedError("mask_img is a surface mask: daskglm fits volumes (NIfTI) only for now; "
@@ -531,7 +535,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
             log(f"Fitting {len(runs)} run(s): {self.noise_model}, {self.n_elements_} voxels", verbose=self.verbose)
             lazy = [
                 fit_run(ds, design, noise_model=self.noise_model, bins=bins, signal_scaling=self.signal_scaling,
-                        standardize=self.standardize_, random_state=self.random_state, client=client)
+                        random_state=self.random_state, client=client)
                 for ds, design in zip(datasets, designs)
             ]
             # Every run's fit in one computation; small results come back in memory.
@@ -650,7 +654,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         check_is_fitted(self)
         return [
             voxelwise_run(ds, reopen_fit(fit, storage_options=self.storage_options), design, attribute,
-                          signal_scaling=self.signal_scaling, standardize=self.standardize_)
+                          signal_scaling=self.signal_scaling)
             for ds, fit, design in zip(self._run_datasets, self.results_, self.design_matrices_)
         ]
 

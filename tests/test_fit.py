@@ -352,7 +352,7 @@ def test_blockwise_hands_each_task_its_blocks_and_refuses_split_contracted_axes(
         _blockwise(lambda y, b: y, Y, 4, beta.rechunk((1, 3)), "pv")
 
 
-# ----------------------------------------------------------------------------- short runs, standardize
+# ----------------------------------------------------------------------------- short runs
 def _tiny_run(root: Path, Y: np.ndarray, name: str) -> tuple[Path, Path]:
     """A 4 x 4 x 3 float32 run of ``Y (n, 48)`` (voxels in C order) and an all-ones mask."""
     import nibabel as nib
@@ -470,56 +470,31 @@ def test_fewer_scans_than_columns_through_fit_run_as_first_level_model(tmp_path,
                     np.testing.assert_array_equal(got[name][~np.isnan(got[name])], ref[name][~np.isnan(ref[name])])
 
 
-@pytest.mark.parametrize("standardize", ["zscore_sample", "psc"])
-def test_standardized_fit_run_equals_run_glm_of_the_standardizing_masker(fiac_small, standardize):
-    """nilearn's masker with ``standardize`` then run_glm (what FirstLevelModel does with
-    signal_scaling=False and standardize_ set): betas, dispersions, labels and residuals."""
-    from daskglm.fit import voxelwise_run
-
-    data = fiac_small["data"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        Y = NiftiMasker(data["mask"], smoothing_fwhm=5, standardize=standardize).fit_transform(data["func1"])
-    ds = _ingest(fiac_small, 600)
-    X = fiac_small["X"]
-    for noise_model in ("ols", "ar1"):
-        beta, sigma2, labels, results = _nilearn_maps(Y, X, noise_model, signal_scaling=False)
-        fit = fit_run(ds, X, noise_model=noise_model, signal_scaling=False, standardize=standardize)
-        assert fit.attrs["standardize"] == standardize
-        with dask.config.set(scheduler="threads"):
-            np.testing.assert_allclose(fit["beta"].values, beta, rtol=1e-6, atol=1e-9 * np.abs(beta).max())
-            np.testing.assert_allclose(fit["sigma2"].values, sigma2, rtol=1e-6)
-            if noise_model == "ar1":
-                value = fit["label_value"].values[fit["label_index"].values, 0]
-                assert (value == labels.astype(float)).mean() > 0.999  # bin edges aside
-            else:
-                residuals = voxelwise_run(ds, fit, X, "residuals", signal_scaling=False,
-                                          standardize=standardize).values
-                np.testing.assert_allclose(residuals, results[0.0].residuals, rtol=1e-6,
-                                           atol=1e-6 * np.abs(Y).max())
-    with pytest.raises(ValueError, match="needs signal_scaling=False"):
-        fit_run(ds, X, standardize=standardize)
-    with pytest.warns(FutureWarning, match="boolean values for 'standardize'"):
-        assert fit_run(ds, X, signal_scaling=False, standardize=True).attrs["standardize"] == "zscore_sample"
-    with pytest.raises(ValueError, match="'zscore' was provided"):
-        fit_run(ds, X, signal_scaling=False, standardize="zscore")
-
-
-def test_nilearn_first_level_model_never_standardizes():
+def test_standardize_is_never_applied_as_by_nilearn(tmp_path):
     """nilearn 0.14.1 sets ``standardize_`` to None whatever ``signal_scaling`` (``False in [0, 1,
-    (0, 1)]``): what a FirstLevelModel passes to fit_run as ``standardize`` is then None."""
+    (0, 1)]``): its FirstLevelModel never standardizes, and neither does daskglm's (same maps);
+    both refuse "zscore"."""
     import nibabel as nib
     import pandas as pd
-    from nilearn.glm.first_level import FirstLevelModel
+    from nilearn.glm.first_level import FirstLevelModel as NilearnModel
+
+    from daskglm import FirstLevelModel
 
     rng = np.random.default_rng(0)
     img = nib.Nifti1Image((100 + rng.standard_normal((3, 3, 3, 12))).astype(np.float32), np.eye(4))
     mask = nib.Nifti1Image(np.ones((3, 3, 3), np.uint8), np.eye(4))
+    design = pd.DataFrame({"a": np.ones(12), "b": np.linspace(-1, 1, 12)})
+    kwargs = {"mask_img": mask, "signal_scaling": False, "standardize": "psc", "noise_model": "ols"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = FirstLevelModel(mask_img=mask, signal_scaling=False, standardize="psc").fit(
-            img, design_matrices=pd.DataFrame({"a": np.ones(12)}))
-    assert model.standardize_ is None
+        theirs = NilearnModel(**kwargs).fit(img, design_matrices=design)
+        ours = FirstLevelModel(store=tmp_path, client="threads", **kwargs).fit(img, design_matrices=design)
+    assert theirs.standardize_ is None and ours.standardize_ is None
+    np.testing.assert_allclose(ours.compute_contrast("b", output_type="effect_size").get_fdata(),
+                               theirs.compute_contrast("b", output_type="effect_size").get_fdata(), rtol=1e-6)
+    with pytest.raises(ValueError, match="'zscore' was provided"):
+        FirstLevelModel(standardize="zscore", **{k: v for k, v in kwargs.items() if k != "standardize"}).fit(
+            img, design_matrices=design)
 
 
 def test_ar2_with_at_most_two_scans_refused_and_with_dof_0_unclustered(tmp_path):

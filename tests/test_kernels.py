@@ -723,29 +723,3 @@ def test_ar1_labels_beyond_one_as_run_glm(n):
         func = S.t_contrast if stat_type == "t" else S.f_contrast
         ours = func(con, fit.beta, fit.sigma2, covs, index, fit.dof)
         assert_contrast_equal(ours, compute_contrast(labels, results, con, stat_type), rtol=1e-8)
-
-
-# ----------------------------------------------------------------------------- standardize
-@pytest.mark.parametrize("noise_model", ["ols", "ar1"])
-@pytest.mark.parametrize("standardize", ["zscore_sample", "psc"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_standardized_fit_matches_run_glm_of_signal_clean(standardize, noise_model, dtype):
-    """nilearn's masker standardizes (signal.clean) before run_glm when signal_scaling=False."""
-    from nilearn.signal import clean
-
-    Y, X = dataset()
-    Y = Y.astype(dtype)
-    Y[:, 5] = 812.5  # constant: zscore centres it to 0 (std floored at 1)
-    Ys = clean(Y, detrend=False, standardize=standardize)
-    labels, results = run_glm(Ys, X, noise_model=noise_model)
-    fit = K.fit_block(Y, X, noise_model, signal_scaling=False, standardize=standardize)
-    keep = np.arange(V) != 5  # constant voxel: nilearn's AR(1) label 1.0 (global mean), ours 0.0
-    np.testing.assert_array_equal(fit.label[keep], labels.astype(float)[keep])
-    beta, sigma2 = assemble(labels, results)
-    assert_close(fit.beta, beta, rtol=1e-9)
-    assert_close(fit.sigma2, sigma2, rtol=1e-9)
-    if noise_model == "ar1":  # the AR(p) coefficient pass standardizes too
-        coeffs = K.ar_coefficients_block(Y, X, 1, signal_scaling=False, standardize=standardize)
-        np.testing.assert_array_equal(K.ar1_labels(coeffs[0])[keep], fit.label[keep])
-    with pytest.raises(ValueError, match="needs signal_scaling=False"):
-        K.fit_block(Y, X, noise_model, standardize=standardize)

@@ -277,8 +277,10 @@ def test_voxelwise_needs_minimize_memory_false_but_lazy_always_works(fiac):
         model.fit(fiac["runs"][0], design_matrices=fiac["designs"][0])
     with pytest.raises(AttributeError, match="minimize_memory"):
         model.residuals_
-    with pytest.warns(FutureWarning, match="deprecated"), pytest.raises(AttributeError):
-        model.predicted  # nilearn's deprecated name (its message names 'residuals_', a nilearn slip)
+    # nilearn's deprecated name, with nilearn 0.14.1's own message (which names 'residuals_' for all three)
+    with pytest.warns(FutureWarning, match="residuals' is deprecated.\n It will be removed in Nilearn 0.16.0.\n"
+                                           "Use 'residuals_' instead."), pytest.raises(AttributeError):
+        model.predicted
     (lazy,) = model.voxelwise("residuals")
     assert lazy.dims == ("time", "voxel") and lazy.chunks is not None  # dask-backed, not computed
     # Oracle: per-voxel least squares on the scaled signal read from the store.

@@ -288,54 +288,6 @@ def test_ar1_labels_of_short_runs_lie_on_their_grid(seed, n, v, alternation, bin
         assert C.ar1_label_covariances(X, bins).shape == (grid.size, 2, 2)
 
 
-def oracle_standardize(Y: np.ndarray, kind: str) -> np.ndarray:
-    """nilearn's standardize_signal written per voxel in float64 (zscore: ddof 1, std < eps -> 1)."""
-    out = np.empty(Y.shape)
-    for j in range(Y.shape[1]):
-        y = Y[:, j].astype(np.float64)
-        m = y.sum() / y.size
-        if kind == "psc":
-            out[:, j] = 0.0 if abs(m) < np.finfo(float).eps else 100 * (y - m) / abs(m)
-        else:
-            s = np.sqrt(((y - m) ** 2).sum() / (y.size - 1))
-            out[:, j] = (y - m) / (s if s >= np.finfo(float).eps else 1.0)
-    return out
-
-
-@SETTINGS
-@given(
-    seed=seeds,
-    n=st.integers(8, 60),
-    p=st.integers(1, 5),
-    v=block_sizes,
-    scale=scales,
-    n_constant=st.integers(0, 2),
-    noise_model=st.sampled_from(["ols", "ar1"]),
-    kind=st.sampled_from(["zscore_sample", "psc"]),
-)
-def test_standardized_fit_block_equals_per_voxel_lstsq(seed, n, p, v, scale, n_constant, noise_model, kind):
-    assume(n >= p + 3)
-    rng = np.random.default_rng(seed)
-    X = random_design(rng, n, p, intercept=True)
-    Y = make_block(rng, X, v, scale, n_constant)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # psc of a zero-mean constant voxel
-        fit = K.fit_block(Y, X, noise_model, signal_scaling=False, standardize=kind)
-    Ys = oracle_standardize(Y, kind)
-    beta, sigma2, label, _, rho, ols_rms = oracle_fit(Ys, X, noise_model)
-    ynorm = np.linalg.norm(Ys, axis=0) / np.sqrt(n)
-    # constant voxels standardize to rounding (|y| eps): compared with that absolute tolerance
-    constant = np.ptp(Y, axis=0) == 0
-    bound = 1e3 * np.finfo(float).eps * (np.abs(Y[:, constant]).max(axis=0) + 100)
-    assert np.all(np.abs(fit.beta[:, constant]) <= bound)
-    keep = ~constant
-    if noise_model == "ar1":
-        keep &= ~near_bin_edge(rho) & ~degenerate(ols_rms, ynorm, 1e-9)
-    np.testing.assert_array_equal(fit.label[keep], label[keep])
-    assert_voxels_close(fit.beta[:, keep], beta[:, keep], ynorm[keep], rtol=1e-8)
-    assert_voxels_close(fit.sigma2[keep], sigma2[keep], ynorm[keep] ** 2, rtol=1e-8)
-
-
 # ----------------------------------------------------------------------------- contrasts by hand
 def random_stats(rng, p, v, n_labels, n=40):
     X = random_design(rng, n, p, intercept=True)
