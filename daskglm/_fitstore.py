@@ -197,13 +197,13 @@ def save_fits(
     return _save(fits, [_url(store) for store in stores], name, storage_options, client, read, eager=in_memory)
 
 
-def _write_fit_block(packed: np.ndarray, *, arrays: dict, noise_model: str, bins: int, gather: bool,
-                  block_info: dict | None = None) -> np.ndarray:
+def _write_fit_block(packed: np.ndarray, *, arrays: dict, gather: bool,
+                     block_info: dict | None = None) -> np.ndarray:
     """Block task: write one voxel column of packed estimates (p + 2, v) into the group's
     ``beta``, ``sigma2`` and ``label_index`` (whole zarr chunks); return it (``gather``) or
     an empty (0, v) block."""
     lo, hi = block_info[0]["array-location"][1]
-    for key, values in split_estimates(packed, noise_model, bins).items():
+    for key, values in split_estimates(packed).items():
         arrays[key][..., lo:hi] = values
     return packed if gather else packed[:0]
 
@@ -217,8 +217,7 @@ def _written_by_workers(out: xr.Dataset, packed: da.Array, url: str, name: str,
     rows = packed.shape[0] if gather else 0
     return da.map_blocks(  # named from what it writes where (tokenizing the zarr arrays is slow)
         _write_fit_block, packed, name=f"write_fit_block-{tokenize(packed.name, url, name, gather)}",
-        arrays={key: arrays[key] for key in FIT_VARIABLES},
-        noise_model=out.attrs["noise_model"], bins=int(out.attrs["bins"]), gather=gather,
+        arrays={key: arrays[key] for key in FIT_VARIABLES}, gather=gather,
         chunks=((rows,), packed.chunks[1]), dtype=packed.dtype, meta=np.empty((0, 0), packed.dtype),
     )
 
@@ -261,7 +260,7 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_option
             values = compute(*[collection for _, _, collection in jobs], client=client)
             for (i, key, _), value in zip(jobs, values):
                 if i in by_workers and eager:
-                    _hold(outs[i], split_estimates(value, outs[i].attrs["noise_model"], int(outs[i].attrs["bins"])))
+                    _hold(outs[i], split_estimates(value))
                 elif key is not None:
                     _hold(outs[i], {key: value})
             for i in indexes:

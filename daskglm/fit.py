@@ -149,16 +149,11 @@ def packed_estimates(fit: xr.Dataset) -> da.Array | None:
     return da.Array(beta.dask, source, chunks=((beta.shape[0] + 2,), beta.chunks[1]), dtype=np.float64)
 
 
-def split_estimates(packed: np.ndarray, noise_model: str | None = None, bins: int | None = None
-                    ) -> dict[str, np.ndarray]:
+def split_estimates(packed: np.ndarray) -> dict[str, np.ndarray]:
     """:data:`FIT_VARIABLES` from (a voxel block of) computed :func:`packed_estimates`, shape (p + 2, v).
 
-    The packed rows carry each voxel's ``label_index`` itself, so ``noise_model``
-    and ``bins`` (the fit's attributes, formerly needed to turn AR(1) labels into
-    rows of ``cov``) are not needed; ``noise_model`` is still checked when given.
+    The packed rows carry each voxel's ``label_index`` itself: nothing else of the fit is needed.
     """
-    if noise_model is not None:
-        _kernels.parse_noise_model(noise_model)
     p = packed.shape[0] - 2
     return {name: _estimate(packed, variable=name, p=p) for name in FIT_VARIABLES}
 

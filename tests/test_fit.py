@@ -140,7 +140,7 @@ def test_packed_estimates_split_into_the_fit_variables(fiac_small, noise_model):
             expected = dask.compute(*[fit[name].data for name in FIT_VARIABLES])
     columns = ds["bold"].data.numblocks[1]
     assert alone.count - counter.count >= len(FIT_VARIABLES) * columns  # the slices saved
-    split = split_estimates(values, fit.attrs["noise_model"], fit.attrs["bins"])
+    split = split_estimates(values)
     for name, want in zip(FIT_VARIABLES, expected):
         assert split[name].dtype == want.dtype
         np.testing.assert_array_equal(split[name], want)
