@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import os
 import pickle
-import warnings
 from unittest import mock
 
 import nibabel as nib
@@ -19,6 +18,7 @@ from sklearn.base import clone
 
 import daskglm
 from daskglm.model import FirstLevelModel
+from nilearn_checks import nilearn_checks, run_on_volume_data
 
 SHAPE = (7, 8, 9)
 N_SCANS = 12
@@ -69,47 +69,10 @@ def test_clone_shares_a_live_client():
         assert copy.client is client and copy is not model and copy.noise_model == "ols"
 
 
-def _volume_data(n_samples: int = 5) -> tuple[nib.Nifti1Image, pd.DataFrame]:
-    """Volume data in place of the surface data nilearn's estimator checks fit GLMs on: a bright
-    blob on a dark background, so that nilearn's EPI mask (mask_img=None) is not empty."""
-    rng = np.random.default_rng(0)
-    shape = (10, 11, 12)
-    x, y, z = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    blob = sum(((c - (s - 1) / 2) / (s / 3)) ** 2 for c, s in zip((x, y, z), shape)) < 1
-    data = np.where(blob, 1000.0, 20.0)[..., None] + rng.random((*shape, n_samples)) * 10
-    design = pd.DataFrame(rng.standard_normal((n_samples, 3)), columns=["a", "b", "c"])
-    return nib.Nifti1Image(data, np.eye(4)), design
-
-
-def _nilearn_checks() -> list:
-    with warnings.catch_warnings():  # nilearn's test modules it imports use nilearn's own pytest marks
-        warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
-        from nilearn._utils.estimator_checks import nilearn_check_estimator
-
-    return [pytest.param(est, check, id=name) for est, check, name in
-            nilearn_check_estimator([FirstLevelModel(client="threads")])]
-
-
-#: nilearn checks that cannot pass, and why.
-_NOT_APPLICABLE = {
-    "check_doc_link": "expects the class in nilearn's module tree (nilearn.<module>.first_level...)",
-    "check_glm_empty_data_messages": "fits surface data first (daskglm fits volumes only)",
-}
-
-
-@pytest.mark.parametrize(("estimator", "check"), _nilearn_checks())
+@pytest.mark.parametrize(("estimator", "check"), nilearn_checks(FirstLevelModel(client="threads")))
 def test_nilearn_estimator_checks_on_volume_data(estimator, check, request, tmp_path, monkeypatch):
     """nilearn's own estimator checks, with the volume data daskglm fits in place of their surface data."""
-    import nilearn._utils.estimator_checks as checks
-
-    name = request.node.callspec.id
-    if name in _NOT_APPLICABLE:
-        pytest.xfail(_NOT_APPLICABLE[name])
-    monkeypatch.setenv("DASKGLM_CACHE", str(tmp_path / "stores"))
-    monkeypatch.chdir(tmp_path)  # checks that set memory="tmp" cache there
-    with mock.patch.object(checks, "_make_surface_img_and_design", _volume_data), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        check(estimator)
+    run_on_volume_data(check, estimator, request.node.callspec.id, tmp_path, monkeypatch)
 
 
 def test_masker_as_mask_img(run, tmp_path):

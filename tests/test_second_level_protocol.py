@@ -9,7 +9,6 @@ import io
 import json
 import pickle
 import warnings
-from unittest import mock
 
 import nibabel as nib
 import numpy as np
@@ -20,6 +19,7 @@ from sklearn.base import clone
 
 import daskglm
 from daskglm.second_level import SecondLevelModel
+from nilearn_checks import nilearn_checks, run_on_volume_data, volume_data
 
 SHAPE = (9, 10, 8)
 N_MAPS = 6
@@ -59,47 +59,15 @@ def test_is_a_nilearn_estimator_with_its_parameters():
     assert model.__sklearn_tags__().input_tags.niimg_like
 
 
-def _volume_data(n_samples: int = 5) -> tuple[nib.Nifti1Image, pd.DataFrame]:
-    """Volume data in place of the surface data nilearn's estimator checks fit GLMs on."""
-    rng = np.random.default_rng(0)
-    design = pd.DataFrame(rng.standard_normal((n_samples, 3)), columns=["", "", ""])
-    return nib.Nifti1Image(rng.random((7, 8, 9, n_samples)) * 100 + 10, np.eye(4)), design
-
-
-def _nilearn_checks() -> list:
-    with warnings.catch_warnings():  # nilearn's test modules it imports use nilearn's own pytest marks
-        warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
-        from nilearn._utils.estimator_checks import nilearn_check_estimator
-
-    return [pytest.param(est, check, id=name) for est, check, name in
-            nilearn_check_estimator([SecondLevelModel(client="threads")])]
-
-
-#: nilearn checks that cannot pass, and why.
-_NOT_APPLICABLE = {
-    "check_doc_link": "expects the class in nilearn's module tree (nilearn.<module>.second_level...)",
-    "check_glm_empty_data_messages": "fits surface data first (daskglm fits volumes only)",
-}
-
-
-@pytest.mark.parametrize(("estimator", "check"), _nilearn_checks())
+@pytest.mark.parametrize(("estimator", "check"), nilearn_checks(SecondLevelModel(client="threads")))
 def test_nilearn_estimator_checks_on_volume_data(estimator, check, request, tmp_path, monkeypatch):
     """nilearn's own estimator checks, with the volume data daskglm fits in place of their surface data."""
-    import nilearn._utils.estimator_checks as checks
-
-    monkeypatch.chdir(tmp_path)  # checks that set memory="tmp" cache there
-
-    name = request.node.callspec.id
-    if name in _NOT_APPLICABLE:
-        pytest.xfail(_NOT_APPLICABLE[name])
-    with mock.patch.object(checks, "_make_surface_img_and_design", _volume_data), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        check(estimator)
+    run_on_volume_data(check, estimator, request.node.callspec.id, tmp_path, monkeypatch)
 
 
 def test_empty_volume_data_message():
     """The volume half of nilearn's check_glm_empty_data_messages."""
-    _, design = _volume_data()
+    _, design = volume_data()
     with pytest.raises(ValueError, match="empty"):
         SecondLevelModel(client="threads").fit([nib.Nifti1Image(np.zeros((7, 9, 0)), np.eye(4))] * 5,
                                                design_matrix=design)
