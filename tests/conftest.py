@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+from dask.callbacks import Callback
 
 if TYPE_CHECKING:
     from daskglm.model import FirstLevelModel
@@ -351,3 +352,15 @@ def executed_tasks(cluster: RealCluster) -> dict[str, int]:
 
     with cluster.client() as client:
         return client.run_on_scheduler(count)
+
+
+class TaskCounter(Callback):
+    """A dask local-scheduler callback counting the tasks started inside ``with TaskCounter() as c``
+    (``c.started``): a graph that is only built starts none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = 0
+
+    def _pretask(self, key, dsk, state) -> None:
+        self.started += 1

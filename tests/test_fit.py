@@ -9,10 +9,10 @@ import dask
 import dask.array
 import numpy as np
 import pytest
-from dask.callbacks import Callback
 from nilearn.glm.first_level import mean_scaling, run_glm
 from nilearn.maskers import NiftiMasker
 
+from conftest import TaskCounter
 from daskglm.fit import fit_run
 from daskglm.store import ingest_run, open_fit, open_run, save_fit
 
@@ -47,15 +47,6 @@ def _nilearn_maps(Y, X, noise_model, signal_scaling=0):
     return beta, sigma2, labels, results
 
 
-class CountTasks(Callback):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def _pretask(self, key, dsk, state):
-        self.count += 1
-
-
 @pytest.mark.parametrize("noise_model", ["ols", "ar1"])
 def test_fit_equals_run_glm(fiac_small, noise_model):
     ds = _ingest(fiac_small, 600)
@@ -75,9 +66,9 @@ def test_fit_equals_run_glm(fiac_small, noise_model):
 
 def test_building_the_graph_computes_nothing(fiac_small):
     ds = _ingest(fiac_small, 600)
-    with CountTasks() as counter:
+    with TaskCounter() as counter:
         fit = fit_run(ds, fiac_small["X"], noise_model="ar1", signal_scaling=(0, 1))
-    assert counter.count == 0
+    assert counter.started == 0
     assert isinstance(fit["beta"].data, dask.array.Array)
     assert fit["beta"].data.npartitions == ds["bold"].data.numblocks[1]
 
@@ -133,13 +124,13 @@ def test_packed_estimates_split_into_the_fit_variables(fiac_small, noise_model):
     packed = packed_estimates(fit)
     assert packed is not None and packed.shape == (fit.sizes["regressor"] + 2, fit.sizes["voxel"])
     with dask.config.set(scheduler="sync"):
-        with CountTasks() as counter:
+        with TaskCounter() as counter:
             values = packed.compute()
-        alone = CountTasks()
+        alone = TaskCounter()
         with alone:
             expected = dask.compute(*[fit[name].data for name in FIT_VARIABLES])
     columns = ds["bold"].data.numblocks[1]
-    assert alone.count - counter.count >= len(FIT_VARIABLES) * columns  # the slices saved
+    assert alone.started - counter.started >= len(FIT_VARIABLES) * columns  # the slices saved
     split = split_estimates(values)
     for name, want in zip(FIT_VARIABLES, expected):
         assert split[name].dtype == want.dtype

@@ -9,10 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from dask.callbacks import Callback
 from nilearn.glm.contrasts import compute_fixed_effects as nilearn_fixed_effects
 from nilearn.maskers import NiftiMasker
 
+from conftest import TaskCounter
 from daskglm.fixed_effects import _plane_blocks, compute_fixed_effects, fixed_effects_dataset
 
 SHAPE = (12, 14, 9)
@@ -187,28 +187,19 @@ def test_dataarray_inputs(maps):
         compute_fixed_effects([partial] + con[1:], var, maps["mask_path"], like=geometry)
 
 
-class _Counter(Callback):
-    def __init__(self):
-        super().__init__()
-        self.started = 0
-
-    def _pretask(self, key, dsk, state):
-        self.started += 1
-
-
 def test_dataset_is_lazy_and_reads_files_when_computed(maps, tmp_path):
     paths = []
     for n, src in enumerate(maps["con"]):
         paths.append(str(tmp_path / f"con{n}.nii"))
         nib.save(nib.load(src), paths[-1])
-    with _Counter() as counter:
+    with TaskCounter() as counter:
         ds = fixed_effects_dataset(paths, maps["var"], maps["mask_path"], v_chunk=90)
     assert counter.started == 0
     assert isinstance(ds.effect.data, da.Array) and ds.attrs["dof"] == 300.0
     # The files are read at compute time: a map changed after the graph was built counts.
     changed = nib.load(paths[1]).get_fdata() * 3 - 1
     nib.save(nib.Nifti1Image(changed, maps["affine"]), paths[1])
-    with _Counter() as counter:
+    with TaskCounter() as counter:
         effect = ds.effect.compute(scheduler="threads")
     assert counter.started > 0
     expected = _nilearn([paths[0], nib.Nifti1Image(changed, maps["affine"]), paths[2]], maps["var"],

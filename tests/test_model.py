@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 
+from conftest import TaskCounter
 from daskglm.model import FirstLevelModel
 
 N_COLUMNS = 13
@@ -152,7 +153,6 @@ def test_small_fits_are_held_in_memory(fiac, monkeypatch):
     same maps, bit for bit, as the lazy fits (the walkthrough test holds them against nilearn)."""
     import dask
     import xarray as xr
-    from dask.callbacks import Callback
 
     import daskglm.model
     from daskglm.store import open_fit
@@ -168,22 +168,16 @@ def test_small_fits_are_held_in_memory(fiac, monkeypatch):
             xr.testing.assert_identical(fit, open_fit(fit.attrs["store"]).load())
     assert all(isinstance(labels.data, np.ndarray) for labels in ours.labels_)
 
-    class Started(Callback):
-        count = 0
-
-        def _pretask(self, key, dsk, state):
-            Started.count += 1
-
     def no_compute(*args, **kwargs):
         raise AssertionError("compute_contrast computed something")
 
     monkeypatch.setattr(daskglm.model, "compute", no_compute)
-    with Started():
+    with TaskCounter() as started:
         got = _all_maps(ours)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = ours.contrast_dataset([[-1, -1, 1, 1]])
-    assert Started.count == 0
+    assert started.started == 0
     assert isinstance(ds["z_score"].data, np.ndarray)  # not lazy: the fits are not
     assert got.keys() == expected.keys()
     for key, value in expected.items():

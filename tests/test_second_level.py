@@ -11,10 +11,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from dask.callbacks import Callback
 from nilearn.glm.second_level import SecondLevelModel as NilearnModel
 from scipy.ndimage import gaussian_filter
 
+from conftest import TaskCounter
 import daskglm
 from daskglm import contrasts, second_level
 from daskglm.second_level import SecondLevelModel
@@ -257,15 +257,6 @@ def test_first_level_models_equal_nilearn(first_level, mask_kind, fwhm):
     _assert_same(ours, _nilearn(effects, intercept, mask_img=model.mask_img_, smoothing_fwhm=fwhm))
 
 
-class _Counter(Callback):
-    def __init__(self):
-        super().__init__()
-        self.started = 0
-
-    def _pretask(self, key, dsk, state):
-        self.started += 1
-
-
 @pytest.mark.parametrize("kind", ["paths", "images", "4d_path", "models", "lazy_models"])
 def test_graph_is_lazy_and_no_task_holds_all_maps(maps, first_level, kind, tmp_path, monkeypatch):
     if kind in ("models", "lazy_models"):
@@ -283,7 +274,7 @@ def test_graph_is_lazy_and_no_task_holds_all_maps(maps, first_level, kind, tmp_p
     first_level_blocks = []  # each first-level contrast block is computed once, whatever the slabs
     real_block = contrasts._contrast_block
     monkeypatch.setattr(contrasts, "_contrast_block", lambda *a, **k: first_level_blocks.append(1) or real_block(*a, **k))
-    with _Counter() as counter:
+    with TaskCounter() as counter:
         ds = model.contrast_dataset(con, first_level_contrast=first)
     assert counter.started == 0
     assert all(isinstance(ds[name].data, da.Array) for name in OUTPUTS)
@@ -301,7 +292,7 @@ def test_graph_is_lazy_and_no_task_holds_all_maps(maps, first_level, kind, tmp_p
 
     monkeypatch.setattr(second_level, "_slab", slab)
     monkeypatch.setattr(second_level, "ols_contrasts", lambda Y, *a: fits.append(Y.shape) or real_fit(Y, *a))
-    with _Counter() as counter:
+    with TaskCounter() as counter:
         z = ds["z_score"].compute(scheduler="threads")
     assert counter.started > 0 and np.isfinite(z.values).all()
     volume = int(np.prod(model.mask_img_.shape))
@@ -447,7 +438,7 @@ def test_voxelwise_is_lazy_and_reads_slabs(maps, monkeypatch):
     dm = maps["designs"]["paired"]
     model = SecondLevelModel(mask_img=maps["mask_path"], smoothing_fwhm=5.0, client="threads", v_chunk=90)
     model.fit(maps["paths"], design_matrix=dm)
-    with _Counter() as counter:
+    with TaskCounter() as counter:
         lazy = model.voxelwise("residuals")
         r2 = model.voxelwise("r_square")
     assert counter.started == 0

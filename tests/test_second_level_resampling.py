@@ -15,11 +15,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from dask.callbacks import Callback
 from nilearn.glm.second_level import SecondLevelModel as NilearnModel
 from nilearn.image import resample_img
 from scipy.ndimage import gaussian_filter
 
+from conftest import TaskCounter
 from daskglm import _second_level_inputs, second_level
 from daskglm._second_level_kernels import SPLINE_MARGIN, source_planes
 from daskglm.second_level import SecondLevelModel
@@ -182,20 +182,11 @@ def test_minimize_memory_false_with_resampling(maps):
                                    atol=1e-9 * np.abs(ref.get_fdata()).max())
 
 
-class _Counter(Callback):
-    def __init__(self):
-        super().__init__()
-        self.started = 0
-
-    def _pretask(self, key, dsk, state):
-        self.started += 1
-
-
 def test_resampling_graph_is_lazy_and_reads_slabs(maps, monkeypatch):
     spec = TARGETS["finer"]
     model = SecondLevelModel(mask_img=maps["mask_path"], smoothing_fwhm=3.0, client="threads", v_chunk=1500, **spec)
     model.fit(maps["paths"], design_matrix=maps["design"])
-    with _Counter() as counter, warnings.catch_warnings():
+    with TaskCounter() as counter, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = model.contrast_dataset("group")
     assert counter.started == 0

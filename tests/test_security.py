@@ -3,7 +3,6 @@ created with the user's umask, BIDS-derived paths confined to the output root.""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -11,7 +10,6 @@ import textwrap
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "daskglm"
