@@ -1,6 +1,9 @@
 """What daskglm's two estimators add to nilearn's base classes, in one place.
 
 * ``clone`` with a live ``distributed.Client`` as the ``client`` parameter.
+* ``dir()`` (which scikit-learn's HTML repr walks) that does not compute
+  ``residuals_``, ``predicted_`` and ``r_square_`` over the whole data, and
+  the forgetting of those nilearn caches when the fit changes.
 * ``generate_report`` with design matrices whose column names are not
   strings (nilearn's walkthrough loads its designs as ``pd.DataFrame(X)``,
   whose columns are integers, and nilearn 0.14.1's report fails on them when
@@ -12,12 +15,17 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from ._nilearn_compat import BaseGLM
 
-__all__ = ["EstimatorMixin"]
+__all__ = ["EstimatorMixin", "COMPUTED_ON_READ"]
+
+#: nilearn's element-wise attributes (and their deprecated names): computed over the whole data when
+#: first read, then cached on the instance by nilearn's ``auto_attr``.
+COMPUTED_ON_READ = frozenset({"residuals_", "predicted_", "r_square_", "residuals", "predicted", "r_square"})
 
 #: Where each estimator keeps its design(s): FirstLevelModel a list, SecondLevelModel one DataFrame.
 _DESIGN_ATTRIBUTES = ("design_matrices_", "design_matrix_")
@@ -62,6 +70,23 @@ class EstimatorMixin:
             self.client = client
         new.client = client
         return new
+
+    def __dir__(self) -> list[str]:
+        """scikit-learn's ``dir`` without computing :data:`COMPUTED_ON_READ` (listed once computed).
+
+        scikit-learn lists only the attributes ``hasattr`` finds, which reads
+        every property: here that would recompute residuals over the whole
+        data for a repr or a tab completion.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return [name for name in object.__dir__(self)
+                    if (name in self.__dict__ if name in COMPUTED_ON_READ else hasattr(self, name))]
+
+    def _forget_computed(self) -> None:
+        """Drop the cached :data:`COMPUTED_ON_READ` of an earlier fit or contrast."""
+        for name in COMPUTED_ON_READ:
+            self.__dict__.pop(name, None)
 
     def generate_report(self, *args: Any, **kwargs: Any) -> Any:
         """nilearn's ``generate_report`` (same parameters, page and warnings).

@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import os
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,8 +61,6 @@ __all__ = ["FirstLevelModel", "default_store_root"]
 
 #: Element-wise fit attributes daskglm computes (nilearn's ``RegressionResults`` names).
 _VOXELWISE = ("residuals", "predicted", "r_square")
-#: Attributes computed over the whole data when first read (nilearn's, and its deprecated names).
-_COMPUTED_ON_READ = frozenset({*(f"{name}_" for name in _VOXELWISE), *_VOXELWISE})
 #: NiftiMasker parameters that would change the data beyond masking, smoothing and
 #: resampling, with the value that leaves the data alone.
 #: nilearn 0.14's values of ``standardize`` (its ``signal.clean`` refuses "zscore").
@@ -322,19 +319,6 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         self.v_chunk = v_chunk
         self.client = client
 
-    def __dir__(self) -> list[str]:
-        """scikit-learn's ``dir`` (which its HTML repr walks), without computing ``residuals_`` and friends.
-
-        scikit-learn lists only the attributes ``hasattr`` finds, which reads
-        every property: here that would recompute residuals over the whole
-        data for a repr or a tab completion. They are listed once computed.
-        """
-        names = object.__dir__(self)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return [name for name in names
-                    if (name in self.__dict__ if name in _COMPUTED_ON_READ else hasattr(self, name))]
-
     @contextlib.contextmanager
     def _client(self) -> Iterator[Any]:
         """The client of this model's computations (an embedded cluster sized by ``n_jobs`` and the data)."""
@@ -479,8 +463,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         if self.signal_scaling in [0, 1, (0, 1)]:
             self.standardize_ = None
         self.labels_ = self.results_ = None
-        for name in _COMPUTED_ON_READ:
-            self.__dict__.pop(name, None)  # nilearn caches them on first read: drop the previous fit's
+        self._forget_computed()  # nilearn caches residuals_ and friends on first read
         runs = _check_run_imgs(run_imgs)
         infos, runs = map(list, zip(*[_inspect(run, self.storage_options) for run in runs]))
         _check_same_fov(infos)

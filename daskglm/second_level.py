@@ -125,8 +125,6 @@ _PER_MAP = ("residuals", "normalized_residuals", "predicted")
 _MASKER_NEUTRAL = {"detrend": (False,), "high_variance_confounds": (False,), "low_pass": (None,),
                    "high_pass": (None,), "standardize": (False, None), "runs": (None,), "dtype": (None,),
                    "clean_args": (None, {})}
-#: The auto_attr caches of nilearn's base class, dropped when the results change.
-_CACHED = ("residuals_", "predicted_", "r_square_", "residuals", "predicted", "r_square")
 
 
 # ---------------------------------------------------------------- block tasks
@@ -481,8 +479,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
     def _set_results(self, labels: np.ndarray | None, results: dict | None) -> None:
         """Set ``labels_`` / ``results_`` and drop images nilearn's base class cached from older ones."""
         self.labels_, self.results_ = labels, results
-        for name in _CACHED:
-            self.__dict__.pop(name, None)
+        self._forget_computed()
 
     # ------------------------------------------------------------------ maps and graphs
 
@@ -553,10 +550,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         masks: dict = {}
         vrange = value_range(maps, reader.dtype, self.v_chunk, masks) if reader.resample else None
         blocks = []
-        # at least one plane's voxels: fixed_effects._plane_blocks makes an empty block of trailing empty
-        # planes when v_chunk is below a plane's count
-        v_chunk = max(int(v_chunk), int(work_mask.sum(axis=(1, 2)).max()))
-        for i0, i1, v0, v1 in _plane_blocks(work_mask, v_chunk):
+        for i0, i1, v0, v1 in _plane_blocks(work_mask, int(v_chunk)):
             a, b = max(0, i0 - halo), min(shape[0], i1 + halo)
             source = source_planes(transform, a, b, shape[1:], ref.shape[0]) if reader.resample else (a, b)
             items = [m.item(*source, masks) for m in maps]

@@ -142,3 +142,20 @@ def test_clone_shares_a_live_client():
             model = SecondLevelModel(client=client, v_chunk=64)
             copy = clone(model)
             assert copy.client is client and copy.v_chunk == 64 and model.client is client
+
+
+def test_dir_and_repr_compute_nothing(maps):
+    """scikit-learn's dir() (behind its HTML repr) must not compute residuals over the maps."""
+    from unittest import mock
+
+    model = SecondLevelModel(mask_img=maps["mask"], minimize_memory=False, client="threads")
+    model.fit(maps["paths"], design_matrix=maps["design"])
+    model.compute_contrast("age")
+    with mock.patch.object(SecondLevelModel, "_get_element_wise_model_attribute",
+                           side_effect=AssertionError("computed")):
+        names = dir(model)
+        model._repr_html_()
+    assert "residuals_" not in names and "results_" in names
+    assert model.residuals_.shape == (*SHAPE, N_MAPS) and "residuals_" in dir(model)  # computed when read
+    model.compute_contrast("intercept")  # new results: the cached residuals are dropped
+    assert "residuals_" not in dir(model)
