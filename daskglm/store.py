@@ -160,21 +160,25 @@ def _ingest_block(
 
 
 
+def _parameters(fwhm: float | None, mask_id: Any, t_chunk: Any, v_chunk: Any,
+                target: tuple[Any, Any] = (None, None)) -> dict:
+    """The ingestion parameters that shape a store's data, as JSON values (fingerprints, store names)."""
+    target_affine, target_shape = target
+    return {
+        "smoothing_fwhm": None if fwhm is None else np.asarray(fwhm, dtype=float).tolist(),
+        "mask": mask_id,
+        "target_affine": None if target_affine is None else np.round(target_affine, 6).tolist(),
+        "target_shape": None if target_shape is None else list(target_shape),
+        "t_chunk": t_chunk,
+        "v_chunk": v_chunk,
+    }
+
+
 def _fingerprint(info: RunInfo, fwhm: float | None, mask_id: Any, t_chunk: Any, v_chunk: Any,
                  compressor: str | None, target: tuple[Any, Any] = (None, None)) -> str:
-    target_affine, target_shape = target
     return json.dumps(
-        {
-            "format": STORE_FORMAT,
-            "source": info.provenance,
-            "smoothing_fwhm": None if fwhm is None else np.asarray(fwhm, dtype=float).tolist(),
-            "mask": mask_id,
-            "target_affine": None if target_affine is None else np.round(target_affine, 6).tolist(),
-            "target_shape": None if target_shape is None else list(target_shape),
-            "t_chunk": t_chunk,
-            "v_chunk": v_chunk,
-            "compressor": compressor,
-        },
+        {"format": STORE_FORMAT, "source": info.provenance, "compressor": compressor,
+         **_parameters(fwhm, mask_id, t_chunk, v_chunk, target)},
         sort_keys=True,
     )
 
@@ -220,17 +224,9 @@ def parameters_key(mask_img: Any, smoothing_fwhm: float | None, target_affine: A
     str
         16 hexadecimal digits.
     """
-    text = json.dumps(
-        {
-            "smoothing_fwhm": None if smoothing_fwhm is None else np.asarray(smoothing_fwhm, float).tolist(),
-            "mask": _mask_identity(mask_img, storage_options),
-            "target_affine": None if target_affine is None else np.round(target_affine, 6).tolist(),
-            "target_shape": None if target_shape is None else [int(n) for n in target_shape],
-            "t_chunk": t_chunk,
-            "v_chunk": v_chunk,
-        },
-        sort_keys=True,
-    )
+    target = (target_affine, None if target_shape is None else [int(n) for n in target_shape])
+    text = json.dumps(_parameters(smoothing_fwhm, _mask_identity(mask_img, storage_options), t_chunk, v_chunk,
+                                  target), sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
