@@ -8,6 +8,8 @@
   reproduce ``FirstLevelModel.compute_contrast``: splitting a definition over
   runs, skipping null runs, and turning each run's definition into a padded
   ``(q, p)`` matrix (expressions via nilearn's ``expression_to_contrast_vector``).
+* :func:`contrast_dict` and :func:`contrast_matrices`: named contrasts (the
+  ``contrasts`` of reports and batches) and their per-run matrices.
 
 Where nilearn raises we raise the same exception type, with messages that also
 name the run, columns or sizes; where nilearn warns we warn with its text.
@@ -29,8 +31,9 @@ from nilearn.glm.first_level import make_first_level_design_matrix
 
 from ._stats import pad_contrast
 
-__all__ = ["run_design_matrices", "design_matrix_array", "sample_mask_indices", "load_events_table", "parse_contrast", "contrasts_per_run", "nonnull_runs",
-           "frame_times"]
+__all__ = ["run_design_matrices", "design_matrix_array", "sample_mask_indices", "load_events_table",
+           "parse_contrast", "contrasts_per_run", "nonnull_runs", "frame_times", "contrast_dict",
+           "contrast_matrices"]
 
 #: FirstLevelModel's defaults of the design-only parameters, in nilearn's order
 #: (it warns about non-default values when design matrices are given).
@@ -637,5 +640,3 @@ def contrast_matrices(contrasts: dict[str, Any], design_matrices: Sequence[pd.Da
                 raise ValueError(f"contrast {name!r}: {err}") from err
     return parsed
 
-
-__all__ += ["contrast_dict", "contrast_matrices"]
