@@ -150,7 +150,7 @@ def _task_profile(tasks: list[dict], spans: list[tuple[str, float, float]], n_wo
 
 def _work_bytes(spec: dict) -> int:
     """The data size ``FirstLevelModel.fit`` gives its embedded cluster, from the runs' headers."""
-    from daskglm.nifti import inspect_run
+    from daskglm.io.nifti import inspect_run
 
     return sum(inspect_run(run).data_bytes for run in spec["runs"])
 
@@ -161,8 +161,8 @@ def _worker_daskglm(spec: dict) -> dict:
 
     import numpy as np
 
-    import daskglm.model as model_module
-    from daskglm.cluster import get_client
+    import daskglm.models.first_level as model_module
+    from daskglm.runtime.cluster import get_client
 
     timeline = _Timeline()
     timeline.spans.append(("import", t0, time.time()))
@@ -221,7 +221,7 @@ def _warm_up() -> None:
     """Import on a worker what the first task of the fit would import."""
     from importlib import import_module
 
-    for name in ("daskglm._kernels", "daskglm.contrasts", "daskglm.fit", "daskglm.store"):
+    for name in ("daskglm.kernels.regression", "daskglm.glm.contrasts", "daskglm.glm.fit", "daskglm.store.ingest"):
         import_module(name)
 
 
@@ -233,9 +233,9 @@ def _worker_roofline(spec: dict) -> dict:
     """
     import numpy as np
 
-    import daskglm.model as model_module
-    from daskglm.cluster import compute, get_client
-    from daskglm.store import open_run
+    import daskglm.models.first_level as model_module
+    from daskglm.runtime.cluster import compute, get_client
+    from daskglm.store.zarrio import open_run
 
     timeline = _Timeline()
     model_module.save_fits = timeline.wrap("fit_compute", model_module.save_fits)

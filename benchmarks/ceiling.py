@@ -5,9 +5,9 @@ read: the same task code that the workers run, driven by plain processes on
 the synchronous scheduler (no scheduler, nanny, client or task overhead), one
 process alone, then two at once on the two runs of the ``hcp`` data.
 
-- ``ingest``: blocks of ``daskglm.store``'s ingestion tasks (read the int16
+- ``ingest``: blocks of ``daskglm.store.ingest``'s ingestion tasks (read the int16
   ``.nii`` volumes, smooth, mask, write the zarr rows) into a fresh store;
-- ``fit``: ``daskglm._kernels.fit_block`` (AR(1)) on voxel columns of
+- ``fit``: ``daskglm.kernels.regression.fit_block`` (AR(1)) on voxel columns of
   1200 scans held in memory (the fit's arithmetic without its column reads);
 - ``write``: writing ``--write-mib`` MiB without daskglm, four ways: 1 MiB
   ``write`` calls into one new file (``new_file``: new page-cache pages),
@@ -73,9 +73,11 @@ def _timed_parts(module: Any, names: dict[str, str]) -> dict[str, float]:
 def _ingest_child(run: str, mask: str, blocks: int) -> dict:
     import dask
 
-    from daskglm import _plan, store
+    from daskglm.runtime import plan as _plan
 
-    # the task's calls, looked up in daskglm.store at call time
+    from daskglm.store import ingest as store
+
+    # the task's calls, looked up in daskglm.store.ingest at call time
     spent = _timed_parts(store, {"read_volumes": "read", "_volume.smooth_and_mask": "smooth_mask"})
     work = tempfile.mkdtemp(prefix="daskglm-ceiling-")
     try:
@@ -105,7 +107,9 @@ def _fit_child(design: str, mask: str, columns: int) -> dict:
     import nibabel as nib
     import numpy as np
 
-    from daskglm import _kernels, _plan
+    from daskglm.kernels import regression as _kernels
+
+    from daskglm.runtime import plan as _plan
 
     X = np.load(design)["X"]
     mask_img = nib.load(mask)

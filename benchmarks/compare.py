@@ -29,7 +29,7 @@ complete stores).
     python benchmarks/compare.py --size hcp --scaling           # also daskglm on 1 worker
     python benchmarks/compare.py --size tiny                    # CI-sized
 
-Data are simulated once with ``daskglm.datasets.simulate_fiac`` into
+Data are simulated once with ``daskglm.datasets.fiac.simulate_fiac`` into
 ``$DASKGLM_BENCH_DATA`` (default ``~/.cache/daskglm/bench``), outside git.
 Before each tool's run its input files are read once (``--cache warm``, not
 timed), so that every run starts with its inputs in the page cache whatever
@@ -229,7 +229,7 @@ def _data_root() -> Path:
 
 
 def _generate(size: str) -> dict:
-    from daskglm.datasets import simulate_fiac
+    from daskglm.datasets.fiac import simulate_fiac
 
     params = {k: v for k, v in SIZES[size].items() if k not in ("tools", "memory_limit", "scaling", "cache")}
     start = time.perf_counter()
@@ -309,7 +309,7 @@ def _set_cache(mode: str, paths: list[str]) -> None:
             with open(path, "rb") as f:
                 while f.read(16 * MiB):
                     pass
-        subprocess.run([sys.executable, "-c", "import daskglm.model, daskglm.cli, distributed, nilearn.glm"],
+        subprocess.run([sys.executable, "-c", "import daskglm.models.first_level, daskglm.cli.main, distributed, nilearn.glm"],
                        check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elif mode == "cold":
         Path("/proc/sys/vm/drop_caches").write_text("1\n")
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             or (args.workers is not None and args.workers < 1)):
         parser.error(f"invalid --size/--tools/--repeat/--workers: {bad or (sizes, args.tools, args.repeat)}")
 
-    from daskglm.cli import WALKTHROUGH_CONTRASTS
+    from daskglm.cli.main import WALKTHROUGH_CONTRASTS
 
     machine = _machine()
     print(f"machine: {machine['cpu']}, {machine['logical_cpus']} CPUs, {machine['memory_gib']} GiB; "

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON line per repeat")
     args = parser.parse_args(argv)
 
-    from daskglm.datasets import simulate_fiac
+    from daskglm.datasets.fiac import simulate_fiac
 
     data_root = Path(os.environ.get("DASKGLM_BENCH_DATA", Path.home() / ".cache" / "daskglm" / "bench"))
     size = SIZES[args.size]

@@ -2,10 +2,10 @@
 
 * the AR(1) fit of one HCP-sized voxel column (1200 scans x 2782 voxels, the
   FIAC design at HCP length): the exact path (OLS, residuals, Yule-Walker, a
-  whitened GEMM per AR label) against the moment fit of daskglm._ar1_moments;
+  whitened GEMM per AR label) against the moment fit of daskglm.kernels.ar1_moments;
 * smoothing and masking of HCP-sized volumes (91 x 109 x 91 int16, 5 mm FWHM at
   2 mm, a brain-shaped mask): scipy's gaussian_filter1d against the compiled
-  filter of daskglm._smoothing.
+  filter of daskglm.kernels.smoothing.
 
 Both pairs are timed in this process, one BLAS thread, interleaved, median of
 ``--repeat`` rounds; the results of each pair are compared (same labels, betas
@@ -39,13 +39,15 @@ def _timed(func, repeat: int) -> list[float]:
 
 def _design(n: int) -> np.ndarray:
     """The simulated FIAC design (13 columns: nilearn's, from simulated events) at ``n`` scans."""
-    from daskglm.datasets import fiac_design_matrix, fiac_events
+    from daskglm.datasets.fiac import fiac_design_matrix, fiac_events
 
     return fiac_design_matrix(fiac_events(n, 2.5), n, 2.5).to_numpy(dtype=np.float64)
 
 
 def fit_pair(repeat: int) -> dict:
-    from daskglm import _ar1_moments, _kernels, _scaling
+    from daskglm.kernels import ar1_moments as _ar1_moments
+    from daskglm.kernels import regression as _kernels
+    from daskglm.kernels import scaling as _scaling
 
     rng = np.random.default_rng(0)
     n, v = 1200, 2782
@@ -71,7 +73,8 @@ def fit_pair(repeat: int) -> dict:
 
 
 def smoothing_pair(repeat: int, volumes: int = 12) -> dict:
-    from daskglm import _smoothing, _volume
+    from daskglm.kernels import smoothing as _smoothing
+    from daskglm.kernels import volume as _volume
 
     rng = np.random.default_rng(1)
     shape = (91, 109, 91)

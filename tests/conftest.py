@@ -25,7 +25,7 @@ import pytest
 from dask.callbacks import Callback
 
 if TYPE_CHECKING:
-    from daskglm.model import FirstLevelModel
+    from daskglm.models.first_level import FirstLevelModel
 
 
 def write_run(path: Path, data: np.ndarray, affine: np.ndarray, t_r: float = 2.0) -> Path:
@@ -263,7 +263,7 @@ CHUNKS = {"t_chunk": 4, "v_chunk": 256}
 @pytest.fixture(scope="session")
 def cluster_fiac(tmp_path_factory):
     """Two FIAC-shaped runs (.nii.gz, 30x32x20 voxels, 100 scans), designs and mask."""
-    from daskglm.datasets import simulate_fiac
+    from daskglm.datasets.fiac import simulate_fiac
 
     root = tmp_path_factory.mktemp("distributed")
     data = simulate_fiac(data_dir=root / "data", shape=(30, 32, 20), n_scans=N_SCANS)
@@ -273,7 +273,7 @@ def cluster_fiac(tmp_path_factory):
 
 def cluster_model(fiac, store: Path, client) -> FirstLevelModel:
     """The model of the cluster tests: AR(1), 5 mm, small chunks, stores under ``store``."""
-    from daskglm.model import FirstLevelModel
+    from daskglm.models.first_level import FirstLevelModel
 
     return FirstLevelModel(mask_img=fiac["data"]["mask"], smoothing_fwhm=5.0, noise_model="ar1",
                            store=store, client=client, **CHUNKS)

@@ -1,6 +1,6 @@
 """The AR(1) fit from a block's moments against the exact path and per-voxel oracles.
 
-The exact path (:func:`daskglm._kernels._ar1_exact`: OLS, residuals, Yule-Walker,
+The exact path (:func:`daskglm.kernels.regression._ar1_exact`: OLS, residuals, Yule-Walker,
 one whitened lstsq per label) is itself tested against nilearn's ``run_glm`` in
 tests/test_kernels.py; here the moment fit must give the same labels and the
 same betas and dispersions to ~1e-10, flag every voxel it cannot fit to that
@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from daskglm import _ar1_moments as M
-from daskglm import _kernels as K
-from daskglm import _scaling as Sc
+from daskglm.kernels import ar1_moments as M
+from daskglm.kernels import regression as K
+from daskglm.kernels import scaling as Sc
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

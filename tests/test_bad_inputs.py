@@ -48,7 +48,8 @@ from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 from sklearn.exceptions import NotFittedError
 
 from daskglm import FirstLevelModel
-from daskglm.store import StoreIncompleteError, ingest_run, open_run
+from daskglm.store.zarrio import StoreIncompleteError, open_run
+from daskglm.store.ingest import ingest_run
 
 T_R = 2.5
 N_SCANS = 40
@@ -75,7 +76,7 @@ class Ctx:
     @property
     def fiac(self) -> dict:
         def make() -> dict:
-            from daskglm.datasets import simulate_fiac
+            from daskglm.datasets.fiac import simulate_fiac
 
             data = simulate_fiac(data_dir=self.shared / "fiac", shape=(16, 18, 10), n_scans=N_SCANS)
             designs = []
@@ -109,7 +110,7 @@ class Ctx:
     @property
     def bids(self) -> Any:
         def make() -> Any:
-            from daskglm.datasets import simulate_bids
+            from daskglm.datasets.bids_sim import simulate_bids
 
             return simulate_bids(self.shared / "bids", n_subjects=1, n_runs=1, shape=(10, 12, 8), n_scans=30)
         return self._cached("bids", make)
@@ -362,7 +363,7 @@ def _second_level(c: Ctx, nilearn: bool) -> Any:
     if nilearn:
         from nilearn.glm.second_level import SecondLevelModel
     else:
-        from daskglm.second_level import SecondLevelModel
+        from daskglm.models.second_level import SecondLevelModel
     effects, _, _ = _fx_maps(c)
     design = pd.DataFrame({"intercept": [1.0]})
     kw = {} if nilearn else {"client": "sync"}
@@ -494,7 +495,7 @@ def _flipped_mask(c: Ctx) -> Path:
 
 
 def _check_flipped(c: Ctx, model: Any) -> None:
-    """nilearn resamples the run onto the mask's grid; daskglm does the same (daskglm/grid.py)."""
+    """nilearn resamples the run onto the mask's grid; daskglm does the same (daskglm/io/grid.py)."""
     flipped = nib.load(_flipped_mask(c))
     np.testing.assert_allclose(model.mask_img_.affine, flipped.affine)
     with warnings.catch_warnings():
@@ -533,7 +534,7 @@ def _bids_no_task(c: Ctx, nilearn: bool = False) -> Any:
 
 
 def _batch_no_task(c: Ctx) -> Any:
-    from daskglm.batch import run_batch
+    from daskglm.bids.batch import run_batch
 
     return run_batch(c.bids.root, "nosuchtask", {"language": "language"}, c.tmp / "out",
                      derivatives_folder=c.bids.derivatives_folder, client="sync", verbose=0)

@@ -1,4 +1,4 @@
-"""daskglm.batch: many subjects, nilearn's BIDS names and numbers, resume, failure isolation, concurrency."""
+"""daskglm.bids.batch: many subjects, nilearn's BIDS names and numbers, resume, failure isolation, concurrency."""
 
 from __future__ import annotations
 
@@ -17,15 +17,11 @@ from nilearn.glm import save_glm_to_bids
 from nilearn.glm.first_level import first_level_from_bids as nilearn_from_bids
 from test_report import assert_same_statistical_maps, parse_report
 
-from daskglm._cli_bids import add_bids_parser
-from daskglm.batch import (
-    MARKER,
-    BatchResult,
-    _prepare_contrasts,
-    run_batch,
-)
-from daskglm.datasets import simulate_bids
-from daskglm.design import contrast_dict, contrast_matrices
+from daskglm.cli.bids import add_bids_parser
+from daskglm.bids.subject import MARKER
+from daskglm.bids.batch import BatchResult, _prepare_contrasts, run_batch
+from daskglm.datasets.bids_sim import simulate_bids
+from daskglm.glm.design import contrast_dict, contrast_matrices
 
 DERIV = "derivatives/fmriprep"
 TASK = "language"

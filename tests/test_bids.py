@@ -16,9 +16,9 @@ from nilearn.glm.first_level import first_level_from_bids as nilearn_from_bids
 from scipy import ndimage
 
 import daskglm
-from daskglm.bids import first_level_from_bids
-from daskglm.datasets import simulate_bids
-from daskglm.model import FirstLevelModel
+from daskglm.bids.from_bids import first_level_from_bids
+from daskglm.datasets.bids_sim import simulate_bids
+from daskglm.models.first_level import FirstLevelModel
 
 DERIV = "derivatives/fmriprep"
 # nilearn warns on every call that the sidecars have no StartTime (no slice timing is simulated).

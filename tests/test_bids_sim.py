@@ -1,4 +1,4 @@
-"""Tests for daskglm.datasets.simulate_bids (daskglm/_bids_sim.py), read with nilearn's BIDS readers."""
+"""Tests for daskglm.datasets.fiac.simulate_bids (daskglm/datasets/bids_sim.py), read with nilearn's BIDS readers."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from nilearn.glm.first_level import first_level_from_bids
 from nilearn.interfaces.bids import get_bids_files, parse_bids_filename
 from scipy import stats
 
-from daskglm import datasets
-from daskglm.datasets import CONDITIONS, fiac_design_matrix, simulate_bids
+from daskglm.datasets import fiac as datasets
+from daskglm.datasets.fiac import CONDITIONS, fiac_design_matrix
+from daskglm.datasets.bids_sim import simulate_bids
 
 SMALL = {"shape": (12, 14, 10), "n_scans": 100}
 SPACE = "MNI152NLin2009cAsym"

@@ -17,10 +17,10 @@ from nilearn.glm import save_glm_to_bids
 from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 from test_report import assert_same_statistical_maps, parse_report, report_page
 
-from daskglm.cli import WALKTHROUGH_CONTRASTS, build_parser
-from daskglm.datasets import load_fiac_design_matrix, simulate_fiac
-from daskglm.model import FirstLevelModel
-from daskglm.store import open_run
+from daskglm.cli.main import WALKTHROUGH_CONTRASTS, build_parser
+from daskglm.datasets.fiac import load_fiac_design_matrix, simulate_fiac
+from daskglm.models.first_level import FirstLevelModel
+from daskglm.store.zarrio import open_run
 
 SCRIPT = shutil.which("daskglm", path=os.path.dirname(sys.executable)) or shutil.which("daskglm")
 MODULE = [sys.executable, "-m", "daskglm"]

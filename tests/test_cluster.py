@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from distributed import Client
 
-from daskglm.cluster import _local_cluster_kwargs, compute, get_client
+from daskglm.runtime.cluster import _local_cluster_kwargs, compute, get_client
 
 
 def _refuse_local(*args, **kwargs):
@@ -55,7 +55,7 @@ def test_local_compute_is_detected():
 
 @pytest.fixture(scope="module")
 def tiny_fiac(tmp_path_factory):
-    from daskglm.datasets import simulate_fiac
+    from daskglm.datasets.fiac import simulate_fiac
 
     data = simulate_fiac(data_dir=tmp_path_factory.mktemp("cluster_data"), shape=(16, 18, 10),
                          n_scans=40)
@@ -67,9 +67,9 @@ def tiny_fiac(tmp_path_factory):
 def test_nothing_runs_locally_with_a_distributed_client(tiny_fiac, cluster_client, tmp_path, how):
     """Ingest, fit (AR(2): a computed KMeans pass), contrasts, voxel-wise maps, fixed
     effects with a computed mask, lazy maps: all on the cluster, none in this process."""
-    from daskglm.fixed_effects import compute_fixed_effects
-    from daskglm.model import FirstLevelModel
-    from daskglm.store import ingest_run
+    from daskglm.glm.fixed_effects import compute_fixed_effects
+    from daskglm.models.first_level import FirstLevelModel
+    from daskglm.store.ingest import ingest_run
 
     data, designs = tiny_fiac
     runs = [data["func1"], data["func2"]]
@@ -170,7 +170,7 @@ def test_embedded_scheduler_keeps_three_root_tasks_per_thread(monkeypatch, work_
     """The embedded cluster's scheduler sends each worker 3 root tasks per thread, so that the alias
     task after each fused fit column does not leave the worker waiting for the next column; a
     saturation the user configured is theirs."""
-    from daskglm.cluster import WORKER_SATURATION
+    from daskglm.runtime.cluster import WORKER_SATURATION
 
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     with get_client(None, n_workers=1, work_bytes=work_bytes) as client:
@@ -237,7 +237,7 @@ def _slow(x):
 def test_progress_bar_shows_for_long_work_and_is_switchable_off(where, capsys, cluster_client):
     import dask
 
-    from daskglm import cluster as cluster_mod
+    from daskglm.runtime import cluster as cluster_mod
 
     client = "threads" if where == "threads" else cluster_client
     work = [dask.delayed(_slow)(i) for i in range(12)]  # ~3 s on two workers
@@ -261,7 +261,7 @@ def test_progress_bar_shows_for_long_work_and_is_switchable_off(where, capsys, c
 def test_small_work_runs_on_threads_in_this_process_and_large_on_processes():
     import dask
 
-    from daskglm.cluster import DEFAULT_THREADS_BELOW, THREADS_BELOW_KEY
+    from daskglm.runtime.cluster import DEFAULT_THREADS_BELOW, THREADS_BELOW_KEY
 
     small = _local_cluster_kwargs(None, None, work_bytes=DEFAULT_THREADS_BELOW - 1)
     assert small["processes"] is False and small["n_workers"] == 1
@@ -298,7 +298,7 @@ def test_threaded_embedded_cluster_runs_in_this_process_with_one_blas_thread():
 def test_n_jobs_maps_to_workers_as_joblib_counts_cores():
     from dask.system import CPU_COUNT
 
-    from daskglm.cluster import n_workers_from_n_jobs
+    from daskglm.runtime.cluster import n_workers_from_n_jobs
 
     assert n_workers_from_n_jobs(1) == 1 and n_workers_from_n_jobs(7) == 7
     assert n_workers_from_n_jobs(np.int64(3)) == 3
@@ -322,7 +322,7 @@ def test_nanny_workers_are_spawned_without_the_main_module_only_inside_the_block
     workers_skip_main a process named as distributed names a nanny's worker is not told."""
     import multiprocessing.spawn as spawn
 
-    from daskglm._compat import MAIN_MODULE_KEYS, NANNY_WORKER_PROCESS_NAME, workers_skip_main
+    from daskglm.runtime.compat import MAIN_MODULE_KEYS, NANNY_WORKER_PROCESS_NAME, workers_skip_main
 
     def main_keys(name: str) -> set:
         return set(spawn.get_preparation_data(name)) & set(MAIN_MODULE_KEYS)
@@ -344,7 +344,7 @@ def test_distributed_still_names_the_nanny_worker_process_as_daskglm_expects():
 
     from distributed.nanny import WorkerProcess
 
-    from daskglm._compat import NANNY_WORKER_PROCESS_NAME
+    from daskglm.runtime.compat import NANNY_WORKER_PROCESS_NAME
 
     assert repr(NANNY_WORKER_PROCESS_NAME).strip("'") in inspect.getsource(WorkerProcess.start)
 
@@ -352,7 +352,7 @@ def test_distributed_still_names_the_nanny_worker_process_as_daskglm_expects():
 def _our_wrappers() -> int:
     import multiprocessing.spawn as spawn
 
-    from daskglm import _compat
+    from daskglm.runtime import compat as _compat
 
     function, count = spawn.get_preparation_data, 0
     while function is not None:
@@ -370,7 +370,7 @@ def test_filter_is_installed_once_and_stays(monkeypatch):
     import functools
     import multiprocessing.spawn as spawn
 
-    from daskglm import _compat
+    from daskglm.runtime import compat as _compat
 
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     for attempt in range(2):

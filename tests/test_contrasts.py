@@ -1,6 +1,6 @@
-"""Per-run contrasts and their fixed effects (daskglm.contrasts) against the statistics kernels.
+"""Per-run contrasts and their fixed effects (daskglm.glm.contrasts) against the statistics kernels.
 
-The kernels (:mod:`daskglm._stats`) are checked against nilearn in
+The kernels (:mod:`daskglm.kernels.stats`) are checked against nilearn in
 test_kernels.py; here the contrasts of in-memory and lazy fits must give
 exactly what the kernels give: ``t_contrast`` / ``f_contrast`` for one run,
 ``combine_runs`` of the runs' full ``ContrastStats`` for several.
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from daskglm import _stats
-from daskglm import contrasts as contrasts_mod
-from daskglm.contrasts import combine_contrasts, contrast_dataset, run_contrast
+from daskglm.kernels import stats as _stats
+from daskglm.glm import contrasts as contrasts_mod
+from daskglm.glm.contrasts import combine_contrasts, contrast_dataset, run_contrast
 
 P, N_LABELS, N_VOXELS = 6, 9, 1000
 

@@ -1,4 +1,4 @@
-"""Tests of daskglm._covariances: the per-label covariances of beta against
+"""Tests of daskglm.kernels.covariances: the per-label covariances of beta against
 one pseudo-inverse per label. Their agreement with nilearn's
 ``normalized_cov_beta`` (and of ``merge_ar_clusters`` with nilearn's AR(p>1)
 labels) is tested with the fits in tests/test_kernels.py.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daskglm import _ar1_moments as M
-from daskglm import _covariances as C
+from daskglm.kernels import ar1_moments as M
+from daskglm.kernels import covariances as C
 
 
 def test_label_covariances_equal_one_label_at_a_time():

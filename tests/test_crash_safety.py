@@ -3,7 +3,7 @@
 The work runs in a subprocess: this file is also its driver script (see
 ``__main__`` at the bottom), a two-run ``FirstLevelModel`` fit with stores in
 ``<dir>/stores`` and three contrasts' maps (every output type, 15 files) saved
-with :func:`daskglm.maps.save_nifti` into ``<dir>/maps``, on dask's
+with :func:`daskglm.io.maps.save_nifti` into ``<dir>/maps``, on dask's
 synchronous scheduler (one task at a time, in a fixed order). The child kills
 itself with SIGKILL at a deterministic point chosen by the ``CRASH``
 environment variable, ``<what>:<n>``, counted by wrappers the driver installs
@@ -25,7 +25,7 @@ byte-identical map files and the same stores as an uninterrupted run.
 
 And two processes ingesting the same run into the same store at once (started
 together behind a barrier) must both succeed, one of them reusing the store the
-other wrote: the store's lock (``<store>.lock``, see :func:`daskglm.store.store_lock`).
+other wrote: the store's lock (``<store>.lock``, see :func:`daskglm.store.ingest.store_lock`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _install_crash_hooks(crash: str) -> None:
     """Wrap zarr's local chunk writer and daskglm's map writer to SIGKILL this process."""
     import zarr.storage._local as zlocal
 
-    import daskglm.maps
+    import daskglm.io.maps
 
     what, n = crash.split(":")
     n = int(n)
@@ -103,7 +103,7 @@ def _install_crash_hooks(crash: str) -> None:
 
     zlocal._put = put
 
-    real_save, real_replace = daskglm.maps.save_nifti, os.replace
+    real_save, real_replace = daskglm.io.maps.save_nifti, os.replace
 
     def save_nifti(img, url, storage_options=None):
         if what == "map" and hit():
@@ -121,14 +121,14 @@ def _install_crash_hooks(crash: str) -> None:
                 os.replace = real_replace
         return real_save(img, url, storage_options)
 
-    daskglm.maps.save_nifti = save_nifti
+    daskglm.io.maps.save_nifti = save_nifti
 
 
 def _log_reads(log: str) -> None:
     """Append ``<run file name> <first volume>`` to ``log`` for every block read of a run."""
-    import daskglm.store
+    import daskglm.store.ingest
 
-    real = daskglm.store.read_volumes
+    real = daskglm.store.ingest.read_volumes
     delay = float(os.environ.get("READ_DELAY", "0"))
 
     def read_volumes(path, start, stop, *args, **kwargs):
@@ -137,7 +137,7 @@ def _log_reads(log: str) -> None:
         time.sleep(delay)
         return real(path, start, stop, *args, **kwargs)
 
-    daskglm.store.read_volumes = read_volumes
+    daskglm.store.ingest.read_volumes = read_volumes
 
 
 def _designs(data: dict, alternative: bool) -> list:
@@ -153,9 +153,9 @@ def _drive(out: Path) -> None:
     """The work: fit both runs, save every output of three contrasts (or ingest one store)."""
     import warnings
 
-    import daskglm.maps
-    from daskglm.model import FirstLevelModel
-    from daskglm.store import ingest_run
+    import daskglm.io.maps
+    from daskglm.models.first_level import FirstLevelModel
+    from daskglm.store.ingest import ingest_run
 
     data = json.loads(os.environ["FIAC"])
     if os.environ.get("READ_LOG"):
@@ -182,7 +182,7 @@ def _drive(out: Path) -> None:
             return
         for name, con in CONTRASTS.items():
             for kind, img in model.compute_contrast(np.array(con), output_type="all").items():
-                daskglm.maps.save_nifti(img, out / "maps" / f"{name}_{kind}.nii.gz")
+                daskglm.io.maps.save_nifti(img, out / "maps" / f"{name}_{kind}.nii.gz")
 
 
 # --------------------------------------------------------------------------- the parent's side
@@ -190,7 +190,7 @@ def _drive(out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fiac(tmp_path_factory) -> dict:
-    from daskglm.datasets import simulate_fiac
+    from daskglm.datasets.fiac import simulate_fiac
 
     data = simulate_fiac(data_dir=tmp_path_factory.mktemp("crash_data"), shape=SHAPE, n_scans=N_SCANS)
     return {key: str(value) for key, value in data.items()
@@ -324,7 +324,7 @@ def missing_blocks(store: Path) -> list[int]:
 def test_killed_during_ingestion_resumes_only_the_missing_blocks(fiac, reference, tmp_path, k):
     """SIGKILL right after k blocks are flagged (the blocks of both runs go into one
     computation, in dask's order): those k are kept, the others are ingested again."""
-    from daskglm.store import StoreIncompleteError, open_run
+    from daskglm.store.zarrio import StoreIncompleteError, open_run
 
     run_child(fiac, tmp_path, crash=f"flag:{k}")
     stores = [store_of(tmp_path, run, fiac) for run in (1, 2)]
@@ -370,7 +370,8 @@ def test_killed_during_the_fit_is_refitted(fiac, reference, tmp_path, when):
     """SIGKILL half-way through writing the glm groups (both runs' fits are one computation, after
     both runs are ingested), early or late: open_fit refuses both; the rerun reuses both complete
     stores (no block read) and rewrites the fits."""
-    from daskglm.store import StoreIncompleteError, open_fit, open_run
+    from daskglm.store.zarrio import StoreIncompleteError, open_run
+    from daskglm.glm.fitstore import open_fit
 
     per_run = _n_glm_chunks(reference, fiac)
     assert per_run >= 8
@@ -386,7 +387,7 @@ def test_killed_during_the_fit_is_refitted(fiac, reference, tmp_path, when):
 
 def test_a_complete_fit_of_another_design_is_not_reused(fiac, reference, tmp_path):
     """Stores holding a complete fit of another design matrix: the rerun refits (same maps)."""
-    from daskglm.store import open_fit
+    from daskglm.glm.fitstore import open_fit
 
     run_child(fiac, tmp_path, ALTERNATIVE="1", NO_MAPS="1")
     for run in (1, 2):

@@ -1,4 +1,4 @@
-"""Tests for daskglm.datasets.simulate_fiac."""
+"""Tests for daskglm.datasets.fiac.simulate_fiac."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from nilearn.glm.first_level import make_first_level_design_matrix
 from nilearn.masking import compute_epi_mask
 
-from daskglm import datasets
-from daskglm.datasets import (
+from daskglm.datasets import fiac as datasets
+from daskglm.datasets.fiac import (
     CONDITIONS,
     fiac_events,
     load_fiac_design_matrix,
@@ -308,7 +308,7 @@ def test_streaming_memory_is_bounded(tmp_path: Path) -> None:
     shape, n_scans = (91, 109, 91), 120
     script = textwrap.dedent(f"""
         import sys
-        from daskglm.datasets import simulate_fiac
+        from daskglm.datasets.fiac import simulate_fiac
         data = simulate_fiac({str(tmp_path)!r}, shape={shape}, n_scans={n_scans},
                              n_runs=1, compress=False)
         print(data["func1"])

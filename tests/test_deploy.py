@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daskglm.cli import build_parser
+from daskglm.cli.main import build_parser
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 YAML_FILES = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])

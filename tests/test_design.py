@@ -1,4 +1,4 @@
-"""daskglm.design against nilearn 0.14 as the oracle (run inside each test)."""
+"""daskglm.glm.design against nilearn 0.14 as the oracle (run inside each test)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from nilearn.glm._utils import pad_contrast as nl_pad_contrast
 from nilearn.glm.contrasts import expression_to_contrast_vector
 from nilearn.glm.first_level import FirstLevelModel
 
-from daskglm.design import (
+from daskglm.glm.design import (
     contrasts_per_run,
     design_matrix_array,
     frame_times,

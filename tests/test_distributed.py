@@ -47,8 +47,8 @@ from conftest import cluster_model as _model
 from conftest import executed_tasks as _executed
 from conftest import fit_and_maps as _fit_and_maps
 from conftest import model_stores as _stores
-from daskglm.model import FirstLevelModel
-from daskglm.store import StoreIncompleteError, open_run
+from daskglm.models.first_level import FirstLevelModel
+from daskglm.store.zarrio import StoreIncompleteError, open_run
 from test_cluster import no_local_compute  # dask's local schedulers raise inside
 
 # The cluster, the runs and the reference results are in conftest.py (shared with test_faults.py).
@@ -263,9 +263,9 @@ def _sparse_hcp_run(root: Path) -> tuple[Path, Path]:
 
 def test_hcp_sized_graphs_are_small(tmp_path, monkeypatch):
     """Workers read the data: the graphs of an HCP-sized run stay < 1 MB."""
-    import daskglm._fitstore
-    import daskglm.model
-    import daskglm.store
+    import daskglm.glm.fitstore
+    import daskglm.models.first_level
+    import daskglm.store.ingest
 
     run, mask = _sparse_hcp_run(tmp_path)
     assert nib.load(run).shape == (91, 109, 91, 1200)
@@ -278,9 +278,9 @@ def test_hcp_sized_graphs_are_small(tmp_path, monkeypatch):
         return tuple(np.zeros(c.shape, c.dtype) if isinstance(c, dask.array.Array) else None
                      for c in collections)
 
-    monkeypatch.setattr(daskglm.store, "compute", record)
-    monkeypatch.setattr(daskglm._fitstore, "compute", record)
-    monkeypatch.setattr(daskglm.model, "compute", record)
+    monkeypatch.setattr(daskglm.store.ingest, "compute", record)
+    monkeypatch.setattr(daskglm.glm.fitstore, "compute", record)
+    monkeypatch.setattr(daskglm.models.first_level, "compute", record)
     design = pd.DataFrame(np.random.default_rng(0).normal(size=(1200, 13)))
     model = FirstLevelModel(mask_img=mask, smoothing_fwhm=5.0, store=tmp_path / "stores",
                             client="sync")

@@ -39,7 +39,7 @@ from conftest import (
     model_stores,
     real_cluster,
 )
-from daskglm.store import StoreIncompleteError, open_run
+from daskglm.store.zarrio import StoreIncompleteError, open_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_blas_thread")]
 
@@ -87,10 +87,10 @@ def wait_for_worker_pids(cluster, n: int, timeout: float = 90) -> dict[str, int]
 
 
 def hungry(flag: str, limit: int):
-    """A ``daskglm.fit._packed_fit`` that, the first time over the cluster, eats memory until killed."""
+    """A ``daskglm.glm.fit._packed_fit`` that, the first time over the cluster, eats memory until killed."""
 
     def _packed_fit(*args, **kwargs):
-        import daskglm.fit  # on a worker: the real module, unpatched
+        import daskglm.glm.fit  # on a worker: the real module, unpatched
 
         if first_time(flag):
             hoard = []
@@ -98,21 +98,21 @@ def hungry(flag: str, limit: int):
                 hoard.append(np.ones(32 * MiB // 8))  # pages touched: resident memory
                 time.sleep(0.01)
             time.sleep(120)  # not killed? the test's timeout says so
-        return daskglm.fit._packed_fit(*args, **kwargs)
+        return daskglm.glm.fit._packed_fit(*args, **kwargs)
 
     return _packed_fit
 
 
 def test_worker_out_of_memory_during_the_fit_is_restarted(cluster_fiac, cluster_reference,
                                                           faulty_cluster, tmp_path, monkeypatch):
-    import daskglm.fit
+    import daskglm.glm.fit
     from dask.utils import parse_bytes
 
     fiac, cluster = cluster_fiac, faulty_cluster
     before = wait_for_worker_pids(cluster, 2)
     nannies = {name: cluster.procs[name].pid for name in before}
     flag = tmp_path / "oom-once"
-    monkeypatch.setattr(daskglm.fit, "_packed_fit", hungry(str(flag), parse_bytes(MEMORY_LIMIT)))
+    monkeypatch.setattr(daskglm.glm.fit, "_packed_fit", hungry(str(flag), parse_bytes(MEMORY_LIMIT)))
     model = cluster_model(fiac, tmp_path / "stores", cluster.address)
     started = time.monotonic()
     maps = fit_and_maps(model, fiac, slice(0, 1))
@@ -143,12 +143,12 @@ def test_worker_out_of_memory_during_the_fit_is_restarted(cluster_fiac, cluster_
 
 
 def flaky_reads(flag: str, attempts: str, block_start: int):
-    """A ``daskglm.store._ingest_block`` whose read of volume ``block_start`` fails the first time."""
+    """A ``daskglm.store.ingest._ingest_block`` whose read of volume ``block_start`` fails the first time."""
 
     def _ingest_block(*args, **kwargs):
-        import daskglm.store  # on a worker: the real module (one thread per worker: safe to patch)
+        import daskglm.store.ingest  # on a worker: the real module (one thread per worker: safe to patch)
 
-        real = daskglm.store.read_volumes
+        real = daskglm.store.ingest.read_volumes
 
         def read_volumes(path, start, stop, *more, **options):
             if start == block_start:
@@ -159,18 +159,18 @@ def flaky_reads(flag: str, attempts: str, block_start: int):
                                   f"(volumes {start}:{stop}): 503 Slow Down")
             return real(path, start, stop, *more, **options)
 
-        daskglm.store.read_volumes = read_volumes
+        daskglm.store.ingest.read_volumes = read_volumes
         try:
-            return daskglm.store._ingest_block(*args, **kwargs)
+            return daskglm.store.ingest._ingest_block(*args, **kwargs)
         finally:
-            daskglm.store.read_volumes = real
+            daskglm.store.ingest.read_volumes = real
 
     return _ingest_block
 
 
 def test_transient_read_errors_are_retried(cluster_fiac, cluster_reference, faulty_cluster,
                                            tmp_path, monkeypatch):
-    import daskglm.store
+    import daskglm.store.ingest
 
     fiac, cluster = cluster_fiac, faulty_cluster
     stores = tmp_path / "stores"
@@ -178,7 +178,7 @@ def test_transient_read_errors_are_retried(cluster_fiac, cluster_reference, faul
 
     # Without retries the error surfaces, named, and the store is left incomplete.
     flag, attempts = tmp_path / "fail-once-a", tmp_path / "attempts-a"
-    monkeypatch.setattr(daskglm.store, "_ingest_block", flaky_reads(str(flag), str(attempts), block_start))
+    monkeypatch.setattr(daskglm.store.ingest, "_ingest_block", flaky_reads(str(flag), str(attempts), block_start))
     model = cluster_model(fiac, stores, cluster.address)
     with dask.config.set({"daskglm.retries": 0}):
         with pytest.raises(OSError, match=r"transient read error of run1.nii.gz \(volumes 8:12\)"):
@@ -191,7 +191,7 @@ def test_transient_read_errors_are_retried(cluster_fiac, cluster_reference, faul
     # With the default retries the same fault costs one retry: the ingestion resumes
     # the incomplete store, and the maps and the store are the reference's.
     flag, attempts = tmp_path / "fail-once-b", tmp_path / "attempts-b"
-    monkeypatch.setattr(daskglm.store, "_ingest_block", flaky_reads(str(flag), str(attempts), block_start))
+    monkeypatch.setattr(daskglm.store.ingest, "_ingest_block", flaky_reads(str(flag), str(attempts), block_start))
     assert dask.config.get("daskglm.retries", None) is None  # the default: 2
     model = cluster_model(fiac, stores, cluster.address)
     maps = fit_and_maps(model, fiac, slice(0, 1))
@@ -201,7 +201,7 @@ def test_transient_read_errors_are_retried(cluster_fiac, cluster_reference, faul
 
 
 def test_retries_are_read_from_dask_config():
-    from daskglm.cluster import DEFAULT_RETRIES, task_retries
+    from daskglm.runtime.cluster import DEFAULT_RETRIES, task_retries
 
     assert task_retries() == DEFAULT_RETRIES == 2
     with dask.config.set({"daskglm.retries": 5}):

@@ -13,13 +13,15 @@ from nilearn.glm.first_level import mean_scaling, run_glm
 from nilearn.maskers import NiftiMasker
 
 from conftest import TaskCounter
-from daskglm.fit import fit_run
-from daskglm.store import ingest_run, open_fit, open_run, save_fit
+from daskglm.glm.fit import fit_run
+from daskglm.store.ingest import ingest_run
+from daskglm.glm.fitstore import open_fit, save_fit
+from daskglm.store.zarrio import open_run
 
 
 @pytest.fixture(scope="module")
 def fiac_small(tmp_path_factory):
-    from daskglm.datasets import simulate_fiac
+    from daskglm.datasets.fiac import simulate_fiac
 
     root = tmp_path_factory.mktemp("fit")
     data = simulate_fiac(data_dir=root / "data", shape=(24, 26, 12), n_scans=80, n_runs=1)
@@ -117,7 +119,7 @@ def test_ar2_two_pass_equals_run_glm(fiac_small):
 def test_packed_estimates_split_into_the_fit_variables(fiac_small, noise_model):
     """The packed rows of a fit_run result give its variables (same values and dtypes) with one
     task per voxel column after the reads; a fit sliced or reopened has none."""
-    from daskglm.fit import FIT_VARIABLES, packed_estimates, split_estimates
+    from daskglm.glm.fit import FIT_VARIABLES, packed_estimates, split_estimates
 
     ds = _ingest(fiac_small, 600)
     fit = fit_run(ds, fiac_small["X"], noise_model=noise_model, bins=10, random_state=0, client="sync")
@@ -157,7 +159,7 @@ def test_fit_group_made_by_hand_reads_back_as_to_zarr_writes_it(tmp_path):
     dataset written by xarray's own ``to_zarr``: dims, dtypes, values, chunks, attributes."""
     import xarray as xr
 
-    from daskglm._zarrio import _create_group_like
+    from daskglm.store.zarrio import _create_group_like
 
     rng = np.random.default_rng(0)
     ds = xr.Dataset(
@@ -203,8 +205,8 @@ def test_save_fits_is_one_computation_equal_to_save_fit(fiac_small, tmp_path, mo
     lazily in large chunks: the same Datasets as save_fit + open_fit, one run at a time."""
     import xarray as xr
 
-    import daskglm._fitstore as fitstore
-    from daskglm.store import save_fits
+    import daskglm.glm.fitstore as fitstore
+    from daskglm.glm.fitstore import save_fits
 
     stores, fits = _two_stores(fiac_small, tmp_path)
     alone = []
@@ -244,8 +246,8 @@ def test_save_fits_is_one_computation_equal_to_save_fit(fiac_small, tmp_path, mo
 
 
 def test_save_fits_budget_and_bad_budget(fiac_small, tmp_path):
-    from daskglm._fitstore import fit_memory_bytes, fit_nbytes
-    from daskglm.store import save_fits
+    from daskglm.glm.fitstore import fit_memory_bytes, fit_nbytes
+    from daskglm.glm.fitstore import save_fits
 
     stores, fits = _two_stores(fiac_small, tmp_path)
     total = sum(fit_nbytes(f) for f in fits)
@@ -262,7 +264,7 @@ def test_save_fits_budget_and_bad_budget(fiac_small, tmp_path):
 
 def test_save_fits_of_a_store_given_twice(fiac_small, tmp_path):
     """The same run fitted twice (same store): each result is its own fit; the store keeps the last."""
-    from daskglm.store import save_fits
+    from daskglm.glm.fitstore import save_fits
 
     ds = _ingest(fiac_small, 200, name="twice.zarr")
     store = ds.attrs["store"]
@@ -286,7 +288,9 @@ def test_save_fits_waits_for_every_store_lock(fiac_small, tmp_path):
     import threading
     import time
 
-    from daskglm.store import save_fits, store_lock
+    from daskglm.glm.fitstore import save_fits
+
+    from daskglm.store.locks import store_lock
 
     stores, fits = _two_stores(fiac_small, tmp_path)
     save_fits(fits, stores, client="threads")
@@ -330,7 +334,7 @@ def test_bad_parameters_are_named(fiac_small):
 def test_blockwise_hands_each_task_its_blocks_and_refuses_split_contracted_axes():
     """Each column task gets the one time block itself (no concatenation copy); an input split
     along time or along p would be silently wrong that way, so it is refused."""
-    from daskglm.fit import _blockwise
+    from daskglm.glm.fit import _blockwise
 
     Y = dask.array.from_array(np.arange(24.0).reshape(4, 6), chunks=(4, 3))
     beta = dask.array.from_array(np.ones((2, 6)), chunks=(2, 3))
@@ -374,7 +378,7 @@ def _nilearn_contrasts(path, mask, X, noise_model, contrasts):
 
 def _our_contrasts(fit, contrasts):
     """Our maps of each contrast, as :func:`_nilearn_contrasts` gives nilearn's (F effects (48, q))."""
-    from daskglm import contrasts as C
+    from daskglm.glm import contrasts as C
 
     out = []
     for con, kind in contrasts:
@@ -394,8 +398,8 @@ def test_short_run_labels_beyond_one_through_fit_run_stores_and_contrasts(tmp_pa
     """A run of 8 scans: nilearn's AR(1) labels reach below -1 (its FirstLevelModel uses them as they
     are). fit_run tabulates cov on ar1_grid(bins, 8), label_index indexes it, the stored fit (in memory
     or lazy) and its contrasts give nilearn's maps."""
-    from daskglm import _ar1_moments
-    from daskglm.store import save_fits
+    from daskglm.kernels import ar1_moments as _ar1_moments
+    from daskglm.glm.fitstore import save_fits
 
     n = 8
     rng = np.random.default_rng(7)
@@ -427,7 +431,7 @@ def test_fewer_scans_than_columns_through_fit_run_as_first_level_model(tmp_path,
     """nilearn's FirstLevelModel fits such runs: the effect (minimum-norm beta) and NaN for the rest
     (dof 0); fit_run warns as nilearn's fit does for n == p (division by 0), run_contrast as its t
     contrast does for n < p (sqrt of a negative variance)."""
-    from daskglm import contrasts as C
+    from daskglm.glm import contrasts as C
 
     rng = np.random.default_rng(8)
     Y = 500 + 10 * rng.standard_normal((n, 48))

@@ -13,7 +13,7 @@ from nilearn.glm.contrasts import compute_fixed_effects as nilearn_fixed_effects
 from nilearn.maskers import NiftiMasker
 
 from conftest import TaskCounter
-from daskglm.fixed_effects import _plane_blocks, compute_fixed_effects, fixed_effects_dataset
+from daskglm.glm.fixed_effects import _plane_blocks, compute_fixed_effects, fixed_effects_dataset
 
 SHAPE = (12, 14, 9)
 N_RUNS = 3

@@ -1,6 +1,6 @@
-"""Tests of daskglm._kernels / daskglm._stats against nilearn 0.14 and
+"""Tests of daskglm.kernels.regression / daskglm.kernels.stats against nilearn 0.14 and
 independent per-voxel least-squares oracles (the label covariances of
-daskglm._covariances are checked here against nilearn's fits too; their own
+daskglm.kernels.covariances are checked here against nilearn's fits too; their own
 tests are in tests/test_covariances.py)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daskglm import _covariances as C
-from daskglm import _kernels as K
-from daskglm import _scaling as Sc
-from daskglm import _stats as S
+from daskglm.kernels import covariances as C
+from daskglm.kernels import regression as K
+from daskglm.kernels import scaling as Sc
+from daskglm.kernels import stats as S
 
 nilearn = pytest.importorskip("nilearn")
 from nilearn.glm.contrasts import (  # noqa: E402
@@ -29,7 +29,7 @@ from nilearn.glm.first_level import mean_scaling, run_glm  # noqa: E402
 from nilearn.glm.first_level.first_level import _yule_walker  # noqa: E402
 from nilearn.glm.regression import ARModel  # noqa: E402
 
-from daskglm import _ar1_moments as M  # noqa: E402
+from daskglm.kernels import ar1_moments as M  # noqa: E402
 
 RTOL = 1e-10
 N, V, P = 100, 300, 6

@@ -1,4 +1,4 @@
-"""The lock of a local store (``daskglm._locks``, re-exported as ``daskglm.store.store_lock``).
+"""The lock of a local store (``daskglm.store.locks``, re-exported as ``daskglm.store.ingest.store_lock``).
 
 Two processes ingesting one store at once, and a holder killed by SIGKILL, are
 tested end to end in ``tests/test_crash_safety.py``; ``save_fits`` waiting for
@@ -14,13 +14,13 @@ import socket
 import threading
 import time
 
-import daskglm.store
-from daskglm._locks import store_lock
+import daskglm.store.ingest
+from daskglm.store.locks import store_lock
 
 
 def test_store_lock_is_public_in_daskglm_store():
-    """The public name is ``daskglm.store.store_lock``: the same function, in ``__all__``."""
-    assert daskglm.store.store_lock is store_lock and "store_lock" in daskglm.store.__all__
+    """The public name is ``daskglm.store.ingest.store_lock``: the same function, in ``__all__``."""
+    assert daskglm.store.ingest.store_lock is store_lock and "store_lock" in daskglm.store.ingest.__all__
 
 
 def test_store_lock_waits_records_its_holder_and_cleans_up(tmp_path, caplog):
@@ -37,14 +37,14 @@ def test_store_lock_waits_records_its_holder_and_cleans_up(tmp_path, caplog):
             with store_lock(str(store)):
                 events.append("second got it")
 
-        with caplog.at_level(logging.WARNING, logger="daskglm.store"):
+        with caplog.at_level(logging.WARNING, logger="daskglm.store.ingest"):
             thread = threading.Thread(target=second)
             thread.start()
             time.sleep(0.5)
             assert events == [] and thread.is_alive()  # waiting
             events.append("first releases")
         assert f"pid {os.getpid()} on host" in caplog.text and "waiting" in caplog.text
-        assert {r.name for r in caplog.records if "waiting" in r.getMessage()} == {"daskglm.store"}
+        assert {r.name for r in caplog.records if "waiting" in r.getMessage()} == {"daskglm.store.ingest"}
     thread.join(timeout=10)
     assert events == ["first releases", "second got it"]
     assert not lock.exists() and not store.exists()

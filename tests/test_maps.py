@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from nilearn.maskers import NiftiMasker
 
-from daskglm.maps import to_nifti, to_volume
-from daskglm.store import ingest_run
+from daskglm.io.maps import to_nifti, to_volume
+from daskglm.store.ingest import ingest_run
 
 
 @pytest.fixture(scope="module")

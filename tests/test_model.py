@@ -10,7 +10,7 @@ import pytest
 from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 
 from conftest import TaskCounter
-from daskglm.model import FirstLevelModel
+from daskglm.models.first_level import FirstLevelModel
 
 N_COLUMNS = 13
 CONTRASTS = {
@@ -27,7 +27,7 @@ CONTRASTS = {
 
 @pytest.fixture(scope="module")
 def fiac(tmp_path_factory):
-    from daskglm.datasets import simulate_fiac
+    from daskglm.datasets.fiac import simulate_fiac
 
     root = tmp_path_factory.mktemp("model")
     data = simulate_fiac(data_dir=root / "data", shape=(30, 32, 14), n_scans=100)
@@ -56,7 +56,7 @@ def _models(fiac, noise_model, fwhm):
 
 @pytest.mark.parametrize("noise_model,fwhm", [("ols", 5.0), ("ar1", 5.0), ("ar1", None), ("ar2", 5.0)])
 def test_walkthrough_matches_nilearn(fiac, noise_model, fwhm):
-    from daskglm.fixed_effects import compute_fixed_effects
+    from daskglm.glm.fixed_effects import compute_fixed_effects
     from nilearn.glm.contrasts import compute_fixed_effects as nilearn_fixed_effects
 
     ours, theirs = _models(fiac, noise_model, fwhm)
@@ -154,8 +154,8 @@ def test_small_fits_are_held_in_memory(fiac, monkeypatch):
     import dask
     import xarray as xr
 
-    import daskglm.model
-    from daskglm.store import open_fit
+    import daskglm.models.first_level
+    from daskglm.glm.fitstore import open_fit
 
     lazy, _ = _models(fiac, "ar1", 5.0)
     with dask.config.set({"daskglm.fit-memory-bytes": 0}):
@@ -171,7 +171,7 @@ def test_small_fits_are_held_in_memory(fiac, monkeypatch):
     def no_compute(*args, **kwargs):
         raise AssertionError("compute_contrast computed something")
 
-    monkeypatch.setattr(daskglm.model, "compute", no_compute)
+    monkeypatch.setattr(daskglm.models.first_level, "compute", no_compute)
     with TaskCounter() as started:
         got = _all_maps(ours)
         with warnings.catch_warnings():
@@ -192,19 +192,19 @@ def test_fit_reads_headers_once_and_computes_once(fiac, monkeypatch):
     computation (the stores' complete ``glm`` groups written by it)."""
     import nibabel
 
-    import daskglm._fitstore
-    import daskglm.model
-    import daskglm.nifti
-    import daskglm.store
+    import daskglm.glm.fitstore
+    import daskglm.models.first_level
+    import daskglm.io.nifti
+    import daskglm.store.ingest
 
     model, _ = _models(fiac, "ols", None)
     model.fit(fiac["runs"], design_matrices=fiac["designs"])  # ingests (or reuses) the stores
     loads, computes = [], []
-    real_load, real_compute = nibabel.load, daskglm._fitstore.compute
+    real_load, real_compute = nibabel.load, daskglm.glm.fitstore.compute
     monkeypatch.setattr(nibabel, "load", lambda path, *a, **k: loads.append(str(path)) or real_load(path, *a, **k))
-    # daskglm reads .nii.gz headers itself (daskglm.nifti.load_image): its reads count too, once
+    # daskglm reads .nii.gz headers itself (daskglm.io.nifti.load_image): its reads count too, once
     # each (what it hands on to nibabel.load is the same read)
-    real_image = daskglm.nifti.load_image
+    real_image = daskglm.io.nifti.load_image
 
     def counted_image(path):
         loads.append(str(path))
@@ -212,10 +212,10 @@ def test_fit_reads_headers_once_and_computes_once(fiac, monkeypatch):
             inner.setattr(nibabel, "load", real_load)
             return real_image(path)
 
-    monkeypatch.setattr(daskglm.nifti, "load_image", counted_image)
-    monkeypatch.setattr(daskglm.model, "load_image", counted_image)
-    monkeypatch.setattr(daskglm._fitstore, "compute", lambda *a, **k: computes.append(len(a)) or real_compute(*a, **k))
-    monkeypatch.setattr(daskglm.store, "compute", lambda *a, **k: computes.append(("store", len(a))))
+    monkeypatch.setattr(daskglm.io.nifti, "load_image", counted_image)
+    monkeypatch.setattr(daskglm.models.first_level, "load_image", counted_image)
+    monkeypatch.setattr(daskglm.glm.fitstore, "compute", lambda *a, **k: computes.append(len(a)) or real_compute(*a, **k))
+    monkeypatch.setattr(daskglm.store.ingest, "compute", lambda *a, **k: computes.append(("store", len(a))))
     model.fit(fiac["runs"], design_matrices=fiac["designs"])
     # the stores are reused: nothing ingested; one computation for both fits (each run's packed
     # estimates, split into beta, sigma2 and label_index and written from this process)
@@ -278,7 +278,7 @@ def test_voxelwise_needs_minimize_memory_false_but_lazy_always_works(fiac):
     (lazy,) = model.voxelwise("residuals")
     assert lazy.dims == ("time", "voxel") and lazy.chunks is not None  # dask-backed, not computed
     # Oracle: per-voxel least squares on the scaled signal read from the store.
-    from daskglm.store import open_run
+    from daskglm.store.zarrio import open_run
 
     Y = np.asarray(open_run(model.results_[0].attrs["store"])["bold"].values, dtype=np.float64)
     mean = np.maximum(Y.mean(axis=0), 1.0)

@@ -17,7 +17,7 @@ from nilearn.maskers import NiftiMasker
 from sklearn.base import clone
 
 import daskglm
-from daskglm.model import FirstLevelModel
+from daskglm.models.first_level import FirstLevelModel
 from nilearn_checks import nilearn_checks, run_on_volume_data
 
 SHAPE = (7, 8, 9)

@@ -1,4 +1,4 @@
-"""daskglm.nifti.load_image against nibabel.load (the oracle) on the files it reads itself."""
+"""daskglm.io.nifti.load_image against nibabel.load (the oracle) on the files it reads itself."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from daskglm.nifti import inspect_run, load_image
+from daskglm.io.nifti import inspect_run, load_image
 
 
 def _affine() -> np.ndarray:

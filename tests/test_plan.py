@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daskglm import _plan
+from daskglm.runtime import plan as _plan
 
 
 @given(length=st.integers(1, 5000), chunk=st.integers(1, 700))

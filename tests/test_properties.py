@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from daskglm import _covariances as C
-from daskglm import _kernels as K
-from daskglm import _stats as S
+from daskglm.kernels import covariances as C
+from daskglm.kernels import regression as K
+from daskglm.kernels import stats as S
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 seeds = st.integers(0, 2**32 - 1)
@@ -266,7 +266,7 @@ def test_ar1_labels_of_short_runs_lie_on_their_grid(seed, n, v, alternation, bin
     """|rho| <= n / (n - 1): every label of a run of n scans is a value of ar1_grid(bins, n), at the
     row ar1_label_index gives, on both the moment and the exact path; the covariance table has a
     row per grid value."""
-    from daskglm import _ar1_moments as M
+    from daskglm.kernels import ar1_moments as M
 
     rng = np.random.default_rng(seed)
     X = np.column_stack([np.ones(n), np.linspace(-1, 1, n)])
@@ -392,7 +392,7 @@ from nilearn.glm.first_level import mean_scaling, run_glm  # noqa: E402
 )
 def test_finite_and_equal_where_nilearn_is(seed, n, p, v, scale, n_constant, noise_model, stat_type):
     """Designs with an intercept (nilearn's global-mean AR centring is then
-    negligible, see _kernels notes). Constant voxels are allowed; for them
+    negligible, see daskglm.kernels.regression). Constant voxels are allowed; for them
     nilearn labels AR(1) as 1.0 and we label 0.0, but beta = sigma2 = 0 in
     both, so the statistics agree."""
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""``daskglm._remote``: URLs, their filesystems and the identity of a remote object.
+"""``daskglm.io.remote``: URLs, their filesystems and the identity of a remote object.
 
 Remote objects here live on fsspec's in-memory filesystem (``memory://``); the
 S3 API itself is exercised against a moto server in ``test_s3.py``.
@@ -11,7 +11,9 @@ import uuid
 import fsspec
 import pytest
 
-from daskglm import _remote, nifti
+from daskglm.io import remote as _remote
+
+from daskglm.io import nifti
 
 
 @pytest.mark.parametrize(("path", "expected"), [

@@ -57,8 +57,8 @@ def chrome(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from daskglm.datasets import load_fiac_design_matrix, simulate_fiac
-    from daskglm.model import FirstLevelModel
+    from daskglm.datasets.fiac import load_fiac_design_matrix, simulate_fiac
+    from daskglm.models.first_level import FirstLevelModel
 
     root = tmp_path_factory.mktemp("report_browser")
     data = simulate_fiac(data_dir=root / "data", shape=(24, 26, 12), n_scans=60, effect_size=0.08)

@@ -23,14 +23,16 @@ import pytest
 pytest.importorskip("moto.server", reason="moto[server] is not installed (the test extra has it)")
 s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (the test extra has it)")
 
-from daskglm import contrasts as contrasts_mod
-from daskglm import design as design_mod
-from daskglm import store as store_mod
-from daskglm._zarrio import _open_group
-from daskglm.cluster import compute
-from daskglm.maps import load_nifti, save_nifti, to_nifti
-from daskglm.model import FirstLevelModel
-from daskglm.store import StoreIncompleteError, ingest_run, open_fit, open_run
+from daskglm.glm import contrasts as contrasts_mod
+from daskglm.glm import design as design_mod
+from daskglm.store import ingest as store_mod
+from daskglm.store.zarrio import _open_group
+from daskglm.runtime.cluster import compute
+from daskglm.io.maps import load_nifti, save_nifti, to_nifti
+from daskglm.models.first_level import FirstLevelModel
+from daskglm.store.zarrio import StoreIncompleteError, open_run
+from daskglm.store.ingest import ingest_run
+from daskglm.glm.fitstore import open_fit
 
 BUCKET = "daskglm-test"
 CONTRASTS = {"DSt_minus_SSt": np.array([[-1, -1, 1, 1]]), "Effects_of_interest": np.eye(13)[:5]}
@@ -83,7 +85,7 @@ def s3(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fiac(tmp_path_factory):
-    from daskglm.datasets import simulate_fiac
+    from daskglm.datasets.fiac import simulate_fiac
 
     root = tmp_path_factory.mktemp("s3_fiac")
     data = simulate_fiac(data_dir=root / "data", shape=(18, 20, 10), n_scans=60)

@@ -1,4 +1,4 @@
-"""Tests of daskglm._scaling against nilearn 0.14's ``mean_scaling`` (and, for the
+"""Tests of daskglm.kernels.scaling against nilearn 0.14's ``mean_scaling`` (and, for the
 float32 rounding, the fit of nilearn's ``run_glm`` on the scaled data)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daskglm import _kernels as K
-from daskglm import _scaling as Sc
+from daskglm.kernels import regression as K
+from daskglm.kernels import scaling as Sc
 
 nilearn = pytest.importorskip("nilearn")
 from nilearn.glm.first_level import mean_scaling, run_glm

@@ -16,8 +16,9 @@ from scipy.ndimage import gaussian_filter
 
 from conftest import TaskCounter
 import daskglm
-from daskglm import contrasts, second_level
-from daskglm.second_level import SecondLevelModel
+from daskglm.glm import contrasts
+from daskglm.models import second_level
+from daskglm.models.second_level import SecondLevelModel
 
 SHAPE = (12, 13, 10)
 N_MAPS = 16
@@ -214,9 +215,9 @@ def first_level(tmp_path_factory):
     import dask
     from nilearn.glm.first_level import FirstLevelModel as NilearnFirstLevel
 
-    import daskglm._fitstore
-    from daskglm.datasets import load_fiac_design_matrix, simulate_fiac
-    from daskglm.model import FirstLevelModel
+    import daskglm.glm.fitstore
+    from daskglm.datasets.fiac import load_fiac_design_matrix, simulate_fiac
+    from daskglm.models.first_level import FirstLevelModel
 
     root = tmp_path_factory.mktemp("first_level")
     ours, ours_lazy, theirs = [], [], []
@@ -228,7 +229,7 @@ def first_level(tmp_path_factory):
         ours.append(FirstLevelModel(store=root / "stores", client="threads", v_chunk=64, **kwargs)
                     .fit(data["func1"], design_matrices=design))
         with dask.config.set({"daskglm.fit-memory-bytes": 0}), \
-                mock.patch.object(daskglm._fitstore, "LAZY_CHUNK_BYTES", 1):
+                mock.patch.object(daskglm.glm.fitstore, "LAZY_CHUNK_BYTES", 1):
             ours_lazy.append(FirstLevelModel(store=root / "stores_lazy", client="threads", v_chunk=64, **kwargs)
                              .fit(data["func1"], design_matrices=design))
         with warnings.catch_warnings():

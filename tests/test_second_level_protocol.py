@@ -18,7 +18,7 @@ from nilearn.glm.second_level import SecondLevelModel as NilearnModel
 from sklearn.base import clone
 
 import daskglm
-from daskglm.second_level import SecondLevelModel
+from daskglm.models.second_level import SecondLevelModel
 from nilearn_checks import nilearn_checks, run_on_volume_data, volume_data
 
 SHAPE = (9, 10, 8)

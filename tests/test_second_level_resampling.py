@@ -20,9 +20,10 @@ from nilearn.image import resample_img
 from scipy.ndimage import gaussian_filter
 
 from conftest import TaskCounter
-from daskglm import _second_level_inputs, second_level
-from daskglm._second_level_kernels import SPLINE_MARGIN, source_planes
-from daskglm.second_level import SecondLevelModel
+from daskglm.models import second_level_inputs as _second_level_inputs
+from daskglm.models import second_level
+from daskglm.kernels.group import SPLINE_MARGIN, source_planes
+from daskglm.models.second_level import SecondLevelModel
 
 SHAPE = (80, 12, 10)  # long along x: slabs of x-planes are much smaller than a map
 N_MAPS = 8
@@ -209,8 +210,8 @@ def test_resampling_graph_is_lazy_and_reads_slabs(maps, monkeypatch):
 @pytest.fixture(scope="module")
 def first_level(tmp_path_factory):
     """Three simulated subjects fitted (OLS) by daskglm: their lazy effects go through the resampling."""
-    from daskglm.datasets import load_fiac_design_matrix, simulate_fiac
-    from daskglm.model import FirstLevelModel
+    from daskglm.datasets.fiac import load_fiac_design_matrix, simulate_fiac
+    from daskglm.models.first_level import FirstLevelModel
 
     root = tmp_path_factory.mktemp("first_level_resampling")
     models = []

@@ -40,9 +40,9 @@ UMASK_SCRIPT = textwrap.dedent("""
     os.umask(0o027)
     from pathlib import Path
     import numpy as np, nibabel as nib, zarr
-    from daskglm.datasets import simulate_fiac
-    from daskglm.maps import save_nifti
-    from daskglm.store import ingest_run
+    from daskglm.datasets.fiac import simulate_fiac
+    from daskglm.io.maps import save_nifti
+    from daskglm.store.ingest import ingest_run
     root = Path(sys.argv[1])
     data = simulate_fiac(data_dir=root / "data", shape=(12, 14, 8), n_scans=30, n_runs=1)
     ingest_run(data["func1"], root / "out" / "run1.zarr", client="sync")
@@ -89,7 +89,7 @@ def test_created_files_respect_umask(umask_run):
 # ----------------------------------------------------------------------------- (3) BIDS paths
 @pytest.fixture(scope="module")
 def bids(tmp_path_factory):
-    from daskglm.datasets import simulate_bids
+    from daskglm.datasets.bids_sim import simulate_bids
 
     return simulate_bids(tmp_path_factory.mktemp("bids"))
 
@@ -103,7 +103,7 @@ def _deriv(bids) -> Path:
 def test_subject_labels_with_path_separators_are_never_selected(bids):
     """Labels come from ``sub-*`` folder names (which cannot hold a separator);
     user-given ``sub_labels`` are only kept if such a folder exists."""
-    from daskglm.batch import _subjects
+    from daskglm.bids.batch import _subjects
 
     root, deriv = _deriv(bids)
     found = sorted(p.name[4:] for p in deriv.glob("sub-*") if p.is_dir())
@@ -118,7 +118,7 @@ def test_subject_labels_with_path_separators_are_never_selected(bids):
 
 
 def _job(out: Path, label: str, root: Path, deriv: Path):
-    from daskglm._batch_subject import Job
+    from daskglm.bids.subject import Job
 
     return Job(label=label, dataset=str(root), task_label="x", space_label=None,
                derivatives_folder=str(deriv.relative_to(root)), output_dir=str(out), contrasts={},
@@ -129,7 +129,7 @@ def _job(out: Path, label: str, root: Path, deriv: Path):
 def test_run_subject_never_writes_outside_the_output_root(bids, tmp_path, label):
     """Even called directly with a crafted label, a subject job creates
     nothing outside its output root (it refuses the label)."""
-    from daskglm._batch_subject import run_subject
+    from daskglm.bids.subject import run_subject
 
     root, deriv = _deriv(bids)
     out = tmp_path / "a" / "b" / "out"

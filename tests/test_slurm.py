@@ -302,7 +302,7 @@ def overrides_for_this_machine(tmp_path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def fiac(tmp_path_factory):
-    from daskglm.datasets import simulate_fiac
+    from daskglm.datasets.fiac import simulate_fiac
 
     root = tmp_path_factory.mktemp("slurm_fiac")
     data = simulate_fiac(data_dir=root / "data", shape=(14, 16, 8), n_scans=50)
@@ -315,7 +315,7 @@ def test_two_run_fit_on_slurm_launched_workers(slurm, fiac, tmp_path):
     from dask_jobqueue import SLURMCluster
     from distributed import Client, get_task_stream
 
-    from daskglm.model import FirstLevelModel
+    from daskglm.models.first_level import FirstLevelModel
 
     config = jobqueue_config(overrides_for_this_machine(tmp_path))
     contrasts = {"DSt_minus_SSt": np.array([[-1, -1, 1, 1]]), "Effects_of_interest": np.eye(13)[:5]}

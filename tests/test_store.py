@@ -14,8 +14,9 @@ import zarr
 from nilearn.masking import compute_epi_mask
 from nilearn.maskers import NiftiMasker
 
-from daskglm import store as store_mod
-from daskglm.store import StoreIncompleteError, ingest_run, open_run
+from daskglm.store import ingest as store_mod
+from daskglm.store.zarrio import StoreIncompleteError, open_run
+from daskglm.store.ingest import ingest_run
 
 
 def masker_reference(run, mask, fwhm):
@@ -364,7 +365,7 @@ def test_bad_chunk_and_compressor_are_named(small_run, tmp_path):
 def test_several_runs_in_one_computation_equal_one_at_a_time(small_run, tmp_path, cluster_client):
     """ingest_runs (one computation for every run's blocks) writes what ingest_run writes run by run,
     reuses a complete store, and resumes an interrupted one."""
-    from daskglm.store import ingest_runs
+    from daskglm.store.ingest import ingest_runs
 
     kwargs = dict(mask_img=small_run["mask_path"], smoothing_fwhm=5.0, t_chunk=7)
     runs = [small_run["nii"], small_run["nii.gz"]]
@@ -385,7 +386,7 @@ def test_several_runs_in_one_computation_equal_one_at_a_time(small_run, tmp_path
 
 
 def test_runs_cannot_share_a_store(small_run, tmp_path):
-    from daskglm.store import ingest_runs
+    from daskglm.store.ingest import ingest_runs
 
     with pytest.raises(ValueError, match="share a store.*same.zarr"):
         ingest_runs([small_run["nii"], small_run["nii.gz"]], [tmp_path / "same.zarr"] * 2, client="sync")

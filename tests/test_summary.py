@@ -1,4 +1,4 @@
-"""``daskglm._summary``: a run's mean image and value range in one pass of block tasks.
+"""``daskglm.store.summary``: a run's mean image and value range in one pass of block tasks.
 
 Oracles: nilearn's ``mean_img`` and numpy over the whole array in memory.
 """
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from nilearn.image import mean_img
 
-import daskglm._plan
-from daskglm import _summary
-from daskglm.nifti import inspect_run
+import daskglm.runtime.plan
+from daskglm.store import summary as _summary
+from daskglm.io.nifti import inspect_run
 
 SHAPE = (10, 9, 8, 23)
 
@@ -45,8 +45,8 @@ def run(request, tmp_path):
 def t_chunk(request, monkeypatch):
     """Either the planned blocks (one, for data this small) or blocks of 7 scans (ragged last)."""
     if request.param is not None:
-        monkeypatch.setattr(daskglm._plan, "plan_chunks",
-                            functools.partial(daskglm._plan.plan_chunks, t_chunk=request.param))
+        monkeypatch.setattr(daskglm.runtime.plan, "plan_chunks",
+                            functools.partial(daskglm.runtime.plan.plan_chunks, t_chunk=request.param))
     return request.param
 
 
@@ -79,7 +79,7 @@ def test_value_range_and_non_finite_values(tmp_path, t_chunk):
 
 def test_in_memory_blocks_cover_the_run_in_order():
     img = _run("float32")
-    bounds = daskglm._plan.block_bounds(SHAPE[3], 7)
+    bounds = daskglm.runtime.plan.block_bounds(SHAPE[3], 7)
     blocks = _summary.in_memory_blocks(img, bounds)
     assert [b.shape[3] for b in blocks] == [7, 7, 7, 2]
     np.testing.assert_array_equal(np.concatenate(blocks, axis=3), np.asanyarray(img.dataobj))

@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nilearn.image.image import smooth_array
 
-from daskglm import _smoothing, _volume
+from daskglm.kernels import smoothing as _smoothing
+
+from daskglm.kernels import volume as _volume
 
 
 def _affine(sizes):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daskglm._voxelwise import voxelwise_block
+from daskglm.kernels.voxelwise import voxelwise_block
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_attributes_of_a_run_shorter_than_its_design(block):
     """n <= p: nilearn's predicted values equal the data (the fit is exact), residuals ~0."""
     from nilearn.glm.first_level import run_glm
 
-    from daskglm import _kernels as K
+    from daskglm.kernels import regression as K
 
     X, Y = block
     X = np.column_stack([X[:3], np.eye(3)[:, :2]])  # 3 scans, 6 columns

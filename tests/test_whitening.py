@@ -1,4 +1,4 @@
-"""Tests of daskglm._whitening against nilearn 0.14's ``ARModel.whiten``."""
+"""Tests of daskglm.kernels.whitening against nilearn 0.14's ``ARModel.whiten``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from nilearn.glm.regression import ARModel
 from test_kernels import N, assert_close, dataset  # the kernels' simulated blocks
 
-from daskglm import _whitening as Wh
+from daskglm.kernels import whitening as Wh
 
 
 def test_whiten_matches_armodel():

@@ -1,0 +1,442 @@
+"""Many subjects of a BIDS dataset: fit, contrasts and BIDS-derivatives outputs, resumable.
+
+:func:`run_batch` fits every subject's first-level model (found by
+:func:`daskglm.first_level_from_bids`), computes a list of contrasts and writes
+each subject's outputs under the names nilearn 0.14's
+:func:`nilearn.glm.save_glm_to_bids` gives them; ``daskglm bids`` is its
+command line (:mod:`daskglm.cli.bids`). One subject's work is in
+:mod:`daskglm.bids.subject`.
+
+Execution: one task per subject. On a ``distributed`` client each subject is a
+``client.submit`` task (unique non-pure key) whose body runs the subject's whole
+pipeline in the worker: BIDS discovery (its events and confounds are read
+there, never gathered on the client), ingestion, fit, contrasts, writing, with
+the subject's block graph on the worker's local scheduler (``"sync"`` for a
+one-thread worker, else ``"threads"`` with the worker's thread count). Subjects
+run concurrently across workers and memory stays bounded: at most
+``max_concurrent_subjects`` (default: the number of workers) subjects are in
+flight, the next submitted as one finishes (:class:`distributed.as_completed`),
+and each subject streams its runs block by block. The price: one subject's
+blocks do not spread over several workers. With a local scheduler name as
+``client`` (``"sync"``, ``"threads"``) subjects run one after the other here.
+A subject's errors come back as its ``failed`` status (error text and
+traceback) and stop nothing else; a worker lost mid-task is retried by the
+scheduler (``distributed.scheduler.allowed-failures``), then reported failed.
+
+Resumption: files are written under a temporary name and renamed into place;
+``sub-<label>/.daskglm-complete.json`` is written last. It holds a fingerprint
+of the job (dataset, task, space, derivatives folder, contrasts, model
+parameters and options; not ``store`` or chunk sizes), the size and mtime of
+the subject's inputs (its files of the task in the raw and derivatives
+folders, and dataset-level sidecars of the task) and the files written. A
+subject is skipped when its marker has the same fingerprint, unchanged inputs
+and all its outputs; otherwise its marker is removed first, its outputs
+rewritten, previous outputs no longer produced deleted, a new marker written.
+One batch at a time per output folder.
+
+Names are nilearn's own (its ``BaseGLM._generate_filenames_output`` called on a
+stand-in for the model): the same set of files as ``save_glm_to_bids``, except
+``report.html`` (only with ``report=True``), the PNG figures (skipped with
+``figures=False``) and the per-run ``stat-errorts`` / ``stat-rsquared`` maps
+(only with ``minimize_memory=False``; nilearn 0.14 cannot save a model without
+them). ``dataset_description.json`` names daskglm in ``GeneratedBy``. Two
+deliberate differences: cluster tables are computed on the z map (nilearn 0.14
+uses the last map it wrote, the variance), and a contrast is computed with the
+statistic its file name says (nilearn tests the statistic inferred from the
+contrast's shape, so a one-row 2D array, named ``F``, gets a t test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import time
+import traceback
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .subject import (
+    BATCH_FORMAT,
+    MARKER,
+    Job,
+    SubjectResult,
+    input_files,
+    is_complete,
+    run_subject,
+    write_json,
+)
+
+__all__ = ["BATCH_FORMAT", "MARKER", "BatchResult", "SubjectResult", "run_batch"]
+
+#: ``first_level_kwargs`` that only say how or where to compute: not in the fingerprint.
+_EXECUTION = frozenset({"store", "storage_options", "t_chunk", "v_chunk", "n_jobs", "memory", "memory_level"})
+_PREFIX = "[daskglm bids]"
+
+
+@dataclass
+class BatchResult:
+    """Per-subject outcomes of :func:`run_batch`, in subject order."""
+
+    output_dir: str
+    subjects: dict[str, SubjectResult] = field(default_factory=dict)
+
+    def _with(self, status: str) -> list[str]:
+        return [label for label, r in self.subjects.items() if r.status == status]
+
+    @property
+    def done(self) -> list[str]:
+        """Labels of the subjects computed by this run."""
+        return self._with("done")
+
+    @property
+    def skipped(self) -> list[str]:
+        """Labels of the subjects whose outputs were already complete."""
+        return self._with("skipped")
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """``{label: error text}`` of the failed subjects."""
+        return {label: r.error or "" for label, r in self.subjects.items() if r.status == "failed"}
+
+    @property
+    def ok(self) -> bool:
+        """True when no subject failed."""
+        return not self.failures
+
+    def __str__(self) -> str:
+        return (f"BatchResult({len(self.done)} done, {len(self.skipped)} skipped, "
+                f"{len(self.failures)} failed; outputs in {self.output_dir})")
+
+
+# ------------------------------------------------------------------ contrasts and fingerprint
+
+
+def _clean_name(name: str) -> str:
+    from ..models.nilearn_compat import clean_contrast_name
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return clean_contrast_name(name)
+
+
+def _prepare_contrasts(contrasts: Any, contrast_types: dict[str, str] | None, report: bool = False
+                       ) -> tuple[dict[str, Any], dict[str, str]]:
+    """Contrasts as ``{name: definition}`` (nilearn's rules) and the stat type of each file name.
+
+    With ``report``, every definition must be one a nilearn report can show:
+    ``generate_report`` plots each contrast against each run's design, so it
+    takes a ``str`` or an array, not a list of one definition per run.
+    """
+    from ..glm.design import contrast_dict
+
+    defs = contrast_dict(contrasts)
+    for name, value in defs.items():
+        runs = value if isinstance(value, (list, tuple)) else [value]
+        for run in runs or [None]:
+            try:
+                ok = isinstance(run, str) or np.asarray(run, dtype=float).ndim in (1, 2)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"contrast {name!r}: a definition is a str, a 1D or 2D array of weights, "
+                                 f"or a list of them (one per run); got {value!r}")
+    per_run = [name for name, value in defs.items() if isinstance(value, (list, tuple))]
+    if report and per_run:
+        raise ValueError(f"report=True: nilearn's generate_report takes one definition per contrast (a str or "
+                         f"an array), not a list of one per run; contrasts {per_run} are lists "
+                         f"({defs[per_run[0]]!r}): give one definition, or report=False")
+    types = dict(contrast_types or {})
+    unknown = sorted(set(types) - set(defs))
+    bad = {k: v for k, v in types.items() if v not in ("t", "F")}
+    if unknown or bad:
+        raise ValueError(f"contrast_types must map contrast names {sorted(defs)} to 't' or 'F'; "
+                         f"unknown names {unknown}, bad types {bad}")
+    stat_types = {}
+    for name, value in defs.items():
+        first = value[0] if isinstance(value, (list, tuple)) else value  # per-run list
+        default = "t" if isinstance(first, str) or np.asarray(first).ndim <= 1 else "F"
+        stat_types[name] = types.get(name, default)  # nilearn's rule for file names
+    clean: dict[str, str] = {}
+    for name in defs:
+        other = clean.setdefault(_clean_name(name), name)
+        if other != name:
+            raise ValueError(f"contrasts {other!r} and {name!r} would both be written as "
+                             f"contrast-{_clean_name(name)}: rename one")
+    return defs, stat_types
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON-able, stable form of a parameter value (for fingerprints and markers)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if hasattr(value, "affine") and hasattr(value, "dataobj"):  # an in-memory image
+        digest = hashlib.sha1(np.ascontiguousarray(np.asanyarray(value.dataobj)).tobytes())
+        digest.update(np.asarray(value.affine, dtype=float).tobytes())
+        return {"image_sha1": digest.hexdigest()}
+    return repr(value)
+
+
+def _fingerprint(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def _dataset_description(out_dir: Path) -> None:
+    """``dataset_description.json`` at the output root (``GeneratedBy`` gains a daskglm entry)."""
+    from .. import __version__
+
+    path = out_dir / "dataset_description.json"
+    entry = {"Name": "daskglm", "Version": __version__,
+             "Description": "A daskglm first-level GLM (nilearn's FirstLevelModel, out of core).",
+             "CodeURL": "https://pypi.org/project/daskglm/"}
+    try:
+        description = json.loads(path.read_text())
+    except (OSError, ValueError):
+        description = {"BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": []}
+    generated = description.setdefault("GeneratedBy", [])
+    if entry not in generated:
+        generated.append(entry)
+        write_json(path, description, indent=4, sort_keys=True)
+
+
+# ------------------------------------------------------------------ the batch
+
+
+def _subjects(dataset: Path, derivatives: Path, task_label: str, space_label: str | None,
+              sub_labels: Sequence[str] | None, exclude: Sequence[str]) -> list[str]:
+    """Subject labels to run, with nilearn's checks made once, up front (not once per subject)."""
+    from nilearn.interfaces.bids import get_bids_files
+
+    from .from_bids import _bold_entities, _is_surface, _pipelines
+
+    if not isinstance(task_label, str) or not task_label.isalnum():
+        raise ValueError(f"task_label must be an alphanumeric str; got {task_label!r}")
+    if _is_surface(space_label):
+        raise NotImplementedError(f"space_label={space_label!r} selects surface data, which daskglm does not fit")
+    if not dataset.is_dir():
+        raise ValueError(f"'dataset_path' does not exist: {str(dataset)!r}")
+    if not derivatives.is_dir():
+        raise ValueError(f"derivatives folder not found: {str(derivatives)!r}; folders with subject "
+                         f"folders: {_pipelines(dataset)}")
+    found = sorted(p.name[len("sub-"):] for p in derivatives.glob("sub-*") if p.is_dir())
+    labels = found if sub_labels is None else [s for s in dict.fromkeys(sub_labels) if s in found]
+    missing = [] if sub_labels is None else [s for s in sub_labels if s not in found]
+    if missing:
+        warnings.warn(f"subjects {missing} not found in {str(derivatives)!r}", UserWarning, stacklevel=3)
+    labels = [s for s in labels if s not in set(exclude)]
+    if not labels:
+        raise RuntimeError(f"No subject found in {str(derivatives)!r} (sub_labels={sub_labels!r}, "
+                           f"exclude_subjects={list(exclude)!r}; present: {found})")
+    space = space_label or "MNI152NLin2009cAsym"
+    if not get_bids_files(derivatives, file_tag="bold", file_type="nii*", modality_folder="func",
+                          filters=[("task", task_label), ("space", space)]):
+        held = _bold_entities(derivatives)
+        raise ValueError(f"No BOLD files found for task_label={task_label!r}, space_label={space!r} in "
+                         f"{str(derivatives)!r}: its runs have tasks {held['task']} and spaces {held['space']}")
+    return labels
+
+
+def run_batch(
+    dataset_path: str | os.PathLike,
+    task_label: str,
+    contrasts: Any,
+    output_dir: str | os.PathLike,
+    space_label: str | None = None,
+    sub_labels: Sequence[str] | None = None,
+    derivatives_folder: str = "derivatives",
+    max_concurrent_subjects: int | None = None,
+    client: Any = None,
+    verbose: int = 1,
+    report: bool = False,
+    figures: bool = True,
+    contrast_types: dict[str, str] | None = None,
+    **first_level_kwargs: Any,
+) -> BatchResult:
+    """Fit every subject's first-level model and write its contrasts as BIDS derivatives.
+
+    See the module docstring for the execution, memory bound, file names and
+    resumption.
+
+    Parameters
+    ----------
+    dataset_path : str or os.PathLike
+        Root of the BIDS dataset.
+    task_label : str
+        ``task-<task_label>`` of the runs to model.
+    contrasts : str, array, list of them, or dict of name to definition
+        As nilearn's ``save_glm_to_bids(contrasts=...)``; definitions as
+        :meth:`daskglm.FirstLevelModel.compute_contrast` reads them.
+    output_dir : str or os.PathLike
+        Output root: ``dataset_description.json`` and ``sub-<label>/`` folders.
+    space_label, sub_labels, derivatives_folder
+        As :func:`daskglm.first_level_from_bids` (default: every subject).
+    max_concurrent_subjects : int, optional
+        Subjects in flight on a distributed client (default: its number of workers).
+    client : distributed.Client, address, local scheduler name or None
+        See :func:`daskglm.runtime.cluster.get_client`; a local scheduler name runs
+        the subjects one after the other in this process.
+    verbose : int
+        0: silent; 1: a line per subject (``k/n``) and a summary; 2: also
+        the warnings raised for each subject.
+    report : bool
+        Also write each subject's HTML report, ``report.html``: nilearn's
+        ``generate_report`` with its defaults (``height_control="fpr"``,
+        ``alpha=0.001``), saved as its ``save_as_html`` saves it. Each
+        contrast must then be a ``str`` or an array (not a list per run).
+    figures : bool
+        Write nilearn's PNG figures of the design and contrast matrices
+        (a few tenths of a second each; False skips them).
+    contrast_types : dict of str to {"t", "F"}, optional
+        As nilearn's ``save_glm_to_bids``: statistic of some contrasts.
+    **first_level_kwargs
+        Passed to :func:`daskglm.first_level_from_bids` (``smoothing_fwhm``,
+        ``mask_img``, ``img_filters``, ``confounds_*``, ``store``, ...).
+
+    Returns
+    -------
+    BatchResult
+        ``.subjects[label].status`` is ``"done"``, ``"skipped"`` or ``"failed"``
+        (``.error`` holds the error text); ``.failures``, ``.ok``.
+
+    Raises
+    ------
+    ValueError, RuntimeError, NotImplementedError, TypeError
+        Problems shared by all subjects (no dataset, no subject, unknown
+        task or space, invalid contrasts or keywords), before any work.
+    """
+    from ..runtime.cluster import get_client
+    from .from_bids import first_level_from_bids
+
+    accepted = set(inspect.signature(first_level_from_bids).parameters)
+    unknown = sorted(k for k in first_level_kwargs
+                     if (k not in accepted and not k.startswith("confounds_")) or k in
+                     {"dataset_path", "task_label", "space_label", "sub_labels", "derivatives_folder", "client"})
+    if unknown:
+        raise TypeError(f"run_batch got keyword arguments {unknown} that first_level_from_bids does not take "
+                        "(or that run_batch sets itself)")
+    if max_concurrent_subjects is not None and (not isinstance(max_concurrent_subjects, int)
+                                                or max_concurrent_subjects < 1):
+        raise ValueError(f"max_concurrent_subjects must be a positive int; got {max_concurrent_subjects!r}")
+    start = time.perf_counter()
+    dataset = Path(dataset_path).absolute()
+    derivatives = dataset / derivatives_folder
+    out = Path(output_dir).absolute()
+    kwargs = dict(first_level_kwargs)
+    exclude = list(kwargs.pop("exclude_subjects", None) or [])
+    labels = _subjects(dataset, derivatives, task_label, space_label, sub_labels, exclude)
+    defs, stat_types = _prepare_contrasts(contrasts, contrast_types, bool(report))
+    parameters = _canonical({
+        "format": BATCH_FORMAT, "dataset": str(dataset), "task_label": task_label,
+        "space_label": space_label, "derivatives_folder": derivatives_folder, "contrasts": defs,
+        "stat_types": stat_types, "report": bool(report), "figures": bool(figures),
+        "first_level": {k: v for k, v in kwargs.items() if k not in _EXECUTION},
+    })
+    fingerprint = _fingerprint(parameters)
+    out.mkdir(parents=True, exist_ok=True)
+    _dataset_description(out)
+
+    result = BatchResult(str(out))
+    progress = _Progress(len(labels), verbose)
+    todo = []
+    for label in labels:
+        if is_complete(out / f"sub-{label}", fingerprint,
+                     input_files(dataset, derivatives, label, task_label)):
+            result.subjects[label] = SubjectResult(label, "skipped")
+            progress(result.subjects[label])
+        else:
+            todo.append(Job(label, str(dataset), task_label, space_label, derivatives_folder, str(out),
+                             defs, stat_types, fingerprint, parameters, bool(report), bool(figures), kwargs))
+    if todo:
+        with get_client(client) as resolved:
+            if resolved is None:  # a local scheduler: one subject after the other, here
+                import dask
+
+                scheduler = client if isinstance(client, str) else dask.config.get("scheduler", "sync")
+                for job in todo:
+                    result.subjects[job.label] = progress(run_subject(job, scheduler))
+            else:
+                limit = max_concurrent_subjects or max(1, len(resolved.nthreads()))
+                progress.note(f"{len(todo)} subjects to compute, up to {limit} at a time on {resolved}")
+                for outcome in _run_distributed(resolved, todo, limit):
+                    result.subjects[outcome.label] = progress(outcome)
+    result.subjects = {label: result.subjects[label] for label in labels}
+    progress.note(f"{len(result.done)} done, {len(result.skipped)} skipped, {len(result.failures)} failed "
+                  f"in {time.perf_counter() - start:.1f} s; outputs in {out}")
+    return result
+
+
+def _run_distributed(client: Any, jobs: list[Job], limit: int) -> Any:
+    """Yield each job's :class:`SubjectResult` as it finishes, at most ``limit`` in flight."""
+    from distributed import as_completed
+
+    pending = iter(jobs)
+    flying: dict[str, tuple[Any, Job]] = {}
+
+    def submit() -> Any:
+        job = next(pending, None)
+        if job is None:
+            return None
+        future = client.submit(run_subject, job, key=f"daskglm-bids-sub-{job.label}-{uuid.uuid4().hex[:8]}",
+                               pure=False)
+        flying[future.key] = (future, job)
+        return future
+
+    in_flight = as_completed([f for f in (submit() for _ in range(limit)) if f is not None])
+    try:
+        for future in in_flight:
+            _, job = flying.pop(future.key)
+            try:
+                outcome = future.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: the worker died, not the code
+                outcome = SubjectResult(job.label, "failed", f"{type(exc).__name__}: {exc}",
+                                        traceback.format_exc())
+            future.release()
+            nxt = submit()
+            if nxt is not None:
+                in_flight.add(nxt)
+            yield outcome
+    finally:  # interrupted (Ctrl-C, an error here): do not leave subjects running
+        if flying:
+            client.cancel([f for f, _ in flying.values()])
+
+
+class _Progress:
+    """``k/n sub-XX status`` lines on stdout when ``verbose``."""
+
+    def __init__(self, total: int, verbose: int) -> None:
+        self.total, self.count, self.verbose = total, 0, verbose
+
+    def note(self, text: str) -> None:
+        if self.verbose:
+            print(f"{_PREFIX} {text}", flush=True)
+
+    def __call__(self, outcome: SubjectResult) -> SubjectResult:
+        self.count += 1
+        if not self.verbose:
+            return outcome
+        where = f" on {outcome.worker}" if outcome.worker else ""
+        text = {"skipped": "skipped (complete)",
+                "done": f"done in {outcome.seconds or 0:.1f} s{where}",
+                "failed": f"FAILED{where}: {outcome.error}"}[outcome.status]
+        print(f"{_PREFIX} {self.count}/{self.total} sub-{outcome.label} {text}", flush=True)
+        if self.verbose >= 2:
+            for message in outcome.warnings:
+                print(f"{_PREFIX}   warning: {message}", flush=True)
+        return outcome

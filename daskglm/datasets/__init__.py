@@ -1,0 +1,20 @@
+"""Layer 8 — simulated data: FIAC-shaped runs (up to HCP size) and BIDS datasets with known effects.
+
+* :mod:`.fiac` — ``simulate_fiac`` (runs streamed to disk), its designs and ground truth.
+* :mod:`.bids_sim`, :mod:`.confounds` — ``simulate_bids`` with fMRIPrep-style confounds.
+* :mod:`.files` — the simulators' atomic, byte-reproducible file writers.
+"""
+
+from .bids_sim import simulate_bids
+from .fiac import (
+    CONDITIONS,
+    DESIGN_PARAMS,
+    fiac_design_matrix,
+    fiac_events,
+    fiac_ground_truth,
+    load_fiac_design_matrix,
+    simulate_fiac,
+)
+
+__all__ = ["CONDITIONS", "DESIGN_PARAMS", "fiac_design_matrix", "fiac_events", "fiac_ground_truth",
+           "load_fiac_design_matrix", "simulate_bids", "simulate_fiac"]

@@ -1,0 +1,380 @@
+"""Fit the GLM of one run over voxel blocks: a lazy xarray/Dask graph.
+
+The run store's ``bold(time, voxel)`` is read in columns of ``v_chunk`` voxels
+over all time points (the time chunks of one column are concatenated, never an
+all-to-all rechunk) and :func:`daskglm.kernels.regression.fit_block` runs on each column.
+The result is a lazy :class:`xarray.Dataset`::
+
+    beta(regressor, voxel)       float64
+    sigma2(voxel)                float64   dispersion RSS / (n - p) of the whitened fit
+    label_index(voxel)           int64     row of ``cov`` that applies to the voxel
+    cov(label, regressor, regressor_)      numpy, normalised covariance of beta per noise label
+    label_value(label, lag)                AR coefficients of each label (empty for OLS)
+
+Because nilearn's AR(1) labels lie on a fixed grid (``trunc(rho * bins) / bins``,
+``|rho| <= n / (n - 1)``: :func:`daskglm.kernels.ar1_moments.ar1_grid`),
+``cov`` is tabulated for every grid value up front from the design alone, and
+the whole fit stays lazy. AR(p > 1) needs a global KMeans of the voxels' AR
+coefficients: that pass is computed (on the client's cluster) when the graph is
+built, and the refit is lazy.
+
+Designs with at most as many scans as columns are fitted as nilearn fits them
+(see :mod:`daskglm.kernels.regression`): ``dof`` 0 when ``rank(X) == n``, a dispersion
+``inf`` (``n == p``, with nilearn's RuntimeWarning, given here when the graph
+is built) or ``<= 0`` (``n < p``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from functools import partial
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+from dask.base import tokenize
+from dask.utils import funcname
+
+from ..kernels import ar1_moments as _ar1_moments
+from ..kernels import covariances as _covariances
+from ..kernels import regression as _regression
+from ..kernels.voxelwise import VOXELWISE_ATTRIBUTES, voxelwise_block
+from ..runtime.cluster import compute
+
+__all__ = ["fit_run", "voxelwise_run", "check_bins", "packed_estimates", "split_estimates", "FIT_VARIABLES"]
+
+FIT_VARIABLES = ("beta", "sigma2", "label_index")
+
+
+def _design(design: Any, n_scans: int) -> tuple[np.ndarray, list[str]]:
+    if isinstance(design, pd.DataFrame):
+        columns = [str(c) for c in design.columns]
+        X = design.to_numpy(dtype=np.float64)
+    else:
+        X = np.asarray(design, dtype=np.float64)
+        if X.ndim != 2:
+            raise ValueError(f"the design matrix must be 2D (n_scans, n_regressors); got shape {X.shape}")
+        columns = [str(c) for c in range(X.shape[1])]
+    if X.shape[0] != n_scans:
+        raise ValueError(
+            f"the design matrix has {X.shape[0]} rows but the run has {n_scans} scans"
+        )
+    return X, columns
+
+
+def check_bins(bins: Any) -> None:
+    """Refuse anything but a positive integer number of AR bins (nilearn's ``run_glm`` fails on 0)."""
+    if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool) or bins < 1:
+        raise ValueError(f"bins must be a positive integer; got {bins!r}")
+
+
+def _check_scaling(signal_scaling: Any) -> Any:
+    if signal_scaling is False or signal_scaling is None:
+        return False
+    if isinstance(signal_scaling, (list, tuple)) and tuple(signal_scaling) == (0, 1):
+        return (0, 1)
+    if signal_scaling == 0 and not isinstance(signal_scaling, bool):
+        return 0
+    raise ValueError(f"signal_scaling must be 0, (0, 1) or False; got {signal_scaling!r}")
+
+
+def _quiet_if_short(X: np.ndarray) -> contextlib.AbstractContextManager:
+    """numpy's floating-point warnings off in a block task whose design has ``n <= p`` (the
+    dispersion's division by ``n - p``: :func:`fit_run` gives nilearn's warning once, on the client)."""
+    return np.errstate(divide="ignore", invalid="ignore") if X.shape[0] <= X.shape[1] else contextlib.nullcontext()
+
+
+def _packed_fit(Y, scaling_mean=None, *, X, noise_model, bins, signal_scaling):
+    """Block task: fit, then pack [beta; sigma2; label_index] into one (p + 2, v) array (the row
+    of each voxel's label in the fit's ``cov`` table, as float64)."""
+    with _quiet_if_short(X):
+        fit = _regression.fit_block(
+            Y, X, noise_model=noise_model, bins=bins, signal_scaling=signal_scaling,
+            scaling_mean=None if scaling_mean is None else float(scaling_mean),
+        )
+    if noise_model == "ols":
+        index = np.zeros(fit.label.shape)
+    else:
+        index = _ar1_moments.ar1_label_index(fit.label, bins, X.shape[0]).astype(np.float64)
+    return np.vstack([fit.beta, fit.sigma2[None], index[None]])
+
+
+def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling):
+    with _quiet_if_short(X):
+        fit = _regression.refit_block(
+            Y, X, labels.astype(np.intp), coeffs, signal_scaling=signal_scaling,
+            scaling_mean=None if scaling_mean is None else float(scaling_mean),
+        )
+    return np.vstack([fit.beta, fit.sigma2[None], fit.label[None]])
+
+
+def _estimate(packed: np.ndarray, *, variable: str, p: int) -> np.ndarray:
+    """One of :data:`FIT_VARIABLES` from packed rows ``[beta (p); sigma2; label_index]``, shape (p + 2, v)."""
+    if variable == "beta":
+        return packed[:p]
+    if variable == "sigma2":
+        return packed[p]
+    return np.rint(packed[p + 1]).astype(np.int64)
+
+
+def _unpacked(packed: da.Array, p: int) -> dict[str, da.Array]:
+    """The fit variables as lazy rows of ``packed``: one layer each, named ``<variable>-<packed>``
+    and depending on ``packed`` alone, so :func:`packed_estimates` can find ``packed`` again."""
+    out = {}
+    for variable in FIT_VARIABLES:
+        shape = {"chunks": ((p,), packed.chunks[1])} if variable == "beta" else {"drop_axis": 0}
+        out[variable] = da.map_blocks(
+            _estimate, packed, name=f"{variable}-{packed.name}", variable=variable, p=p,
+            dtype=np.int64 if variable == "label_index" else np.float64, **shape,
+        )
+    return out
+
+
+def packed_estimates(fit: xr.Dataset) -> da.Array | None:
+    """The lazy ``(p + 2, voxel)`` rows ``[beta; sigma2; label_index]`` a :func:`fit_run` result's
+    variables are slices of, or None (a fit from elsewhere, or transformed since).
+
+    Computing this one array and :func:`split_estimates` on the client gives the fit's
+    variables with one task per voxel column instead of one per variable and column.
+    """
+    arrays = [fit[name].data if name in fit else None for name in FIT_VARIABLES]
+    if not all(isinstance(a, da.Array) for a in arrays):
+        return None
+    beta = arrays[0]
+    source = beta.name.removeprefix("beta-")
+    for name, array in zip(FIT_VARIABLES, arrays):
+        if array.name != f"{name}-{source}" or array.dask.dependencies.get(array.name) != {source}:
+            return None
+    return da.Array(beta.dask, source, chunks=((beta.shape[0] + 2,), beta.chunks[1]), dtype=np.float64)
+
+
+def split_estimates(packed: np.ndarray) -> dict[str, np.ndarray]:
+    """:data:`FIT_VARIABLES` from (a voxel block of) computed :func:`packed_estimates`, shape (p + 2, v).
+
+    The packed rows carry each voxel's ``label_index`` itself: nothing else of the fit is needed.
+    """
+    p = packed.shape[0] - 2
+    return {name: _estimate(packed, variable=name, p=p) for name in FIT_VARIABLES}
+
+
+def _coefficients(Y, scaling_mean=None, *, X, order, signal_scaling):
+    return _regression.ar_coefficients_block(
+        Y, X, order, signal_scaling=signal_scaling,
+        scaling_mean=None if scaling_mean is None else float(scaling_mean),
+    )
+
+
+def _grand_mean(Y: da.Array) -> da.Array:
+    """0-d lazy grand mean of the run (for ``signal_scaling=(0, 1)``)."""
+    return Y.sum(dtype=np.float64) / Y.size
+
+
+def _single_blocks(func, *args, **kwargs):
+    """Call ``func`` with each contracted argument's one block (a list of one) unwrapped."""
+    return func(*(a[0] if isinstance(a, list) else a for a in args), **kwargs)
+
+
+def _blockwise(func, Y: da.Array, n_rows: int, *extra, **kwargs) -> da.Array:
+    """Apply ``func`` to each column of ``Y`` (all scans), output ``(n_rows, v)`` per column.
+
+    ``extra`` holds pairs (array, index): a voxel-aligned ``(v,)`` array
+    (index ``"v"``), a ``(p, v)`` array with one chunk over ``p`` (index
+    ``"pv"``) or a 0-d array broadcast to every block (index ``""``).
+
+    ``Y`` has one chunk along time and a ``"pv"`` array one along ``p``, so
+    each task gets the blocks themselves: dask's ``concatenate=True`` would
+    copy a column (13 MiB at HCP size) to "concatenate" its one block.
+    """
+    for array, index in zip(extra[::2], extra[1::2]):
+        if index == "pv" and len(array.chunks[0]) != 1:
+            raise ValueError(f"a 'pv' argument must have one chunk along p; got chunks {array.chunks[0]}")
+    if len(Y.chunks[0]) != 1:
+        raise ValueError(f"Y must have one chunk along time; got chunks {Y.chunks[0]}")
+    name = f"{funcname(func)}-{tokenize(func, Y, n_rows, *extra, kwargs)}"
+    return da.blockwise(
+        partial(_single_blocks, func), "rv", Y, "tv", *extra, name=name,
+        new_axes={"r": n_rows}, concatenate=False, dtype=np.float64, meta=np.empty((0, 0)),
+        **kwargs,
+    )
+
+
+def _check_short_run(n_scans: int, p: int, order: int) -> None:
+    """nilearn's behaviour on runs of at most as many scans as design columns or AR order.
+
+    AR(order > 1) with ``n_scans <= order`` fails (the lag-n autocovariance is 0 / 0: nilearn's
+    KMeans refuses the NaN); ``n_scans == p`` warns as nilearn's dispersion ``RSS / 0`` does.
+    """
+    if order > 1 and n_scans <= order:
+        raise ValueError(
+            f"noise_model='ar{order}' needs more than {order} scans; got {n_scans}: the Yule-Walker "
+            f"lag-{n_scans} autocovariance is 0 / 0 (nilearn 0.14 fails in KMeans: 'Input X contains NaN.')"
+        )
+    if n_scans == p:
+        warnings.warn(
+            f"divide by zero encountered in divide: the dispersion RSS / (n_scans - n_regressors) of a run of "
+            f"{n_scans} scans and {p} design columns divides by 0 (inf; nan for a perfect fit), as nilearn's",
+            RuntimeWarning, stacklevel=3,
+        )
+
+
+def fit_run(
+    ds: xr.Dataset,
+    design: Any,
+    noise_model: str = "ar1",
+    bins: int = 100,
+    signal_scaling: Any = 0,
+    random_state: Any = None,
+    client: Any = None,
+) -> xr.Dataset:
+    """Lazy GLM fit of one ingested run, as nilearn's ``run_glm``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A run store from :func:`daskglm.store.ingest.ingest_run` / ``open_run``.
+    design : pandas.DataFrame or ndarray, shape (n_scans, p)
+    noise_model : {"ols", "ar1", "ar2", ...}
+    bins : int
+        AR(1): quantisation bins of rho; AR(p>1): KMeans clusters.
+    signal_scaling : 0, (0, 1) or False
+        As nilearn's ``FirstLevelModel(signal_scaling=...)``.
+    random_state : int, RandomState or None
+        KMeans seed for AR(p > 1).
+    client : see :func:`daskglm.runtime.cluster.get_client`
+        Used only by the AR(p > 1) coefficient pass.
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy ``beta``, ``sigma2``, ``label_index`` over ``voxel`` (with the
+        run's ``i, j, k`` coordinates); in-memory ``cov`` and ``label_value``
+        tables; attrs ``dof``, ``noise_model``, ``bins``, ``signal_scaling``,
+        ``n_scans`` and the run geometry.
+
+    Raises
+    ------
+    ValueError
+        AR(p > 1) with at most p scans (nilearn's KMeans fails on the NaN
+        coefficients), bad options.
+    """
+    order = _regression.parse_noise_model(noise_model)
+    check_bins(bins)
+    scaling = _check_scaling(signal_scaling)
+    bold = ds["bold"]
+    n_scans = bold.sizes["time"]
+    X, columns = _design(design, n_scans)
+    p = X.shape[1]
+    _check_short_run(n_scans, p, order)
+    Y = bold.data.rechunk({0: -1})
+    extra: list[Any] = []
+    if scaling == (0, 1):
+        extra = [_grand_mean(Y), ""]
+
+    if order <= 1:
+        packed = _blockwise(_packed_fit, Y, p + 2, *extra, X=X, noise_model=noise_model,
+                            bins=int(bins), signal_scaling=scaling)
+        label_value = (np.zeros((1, 0)) if order == 0
+                       else _ar1_moments.ar1_grid(bins, n_scans)[:, None])
+    else:
+        if _regression.residual_dof(X) == 0:  # zero residuals: every voxel's coefficients are 0
+            index, label_value = np.zeros(Y.shape[1], np.int64), np.zeros((1, order))
+        else:
+            coefs = _blockwise(_coefficients, Y, order, *extra, X=X, order=order, signal_scaling=scaling)
+            (coefs_np,) = compute(coefs, client=client)
+            from sklearn.cluster import KMeans
+
+            kmeans = KMeans(n_clusters=min(int(bins), coefs_np.shape[1]), n_init=10,
+                            random_state=random_state).fit(coefs_np.T)
+            index, label_value, _ = _covariances.merge_ar_clusters(kmeans.cluster_centers_, kmeans.labels_)
+        labels = da.from_array(index.astype(np.float64), chunks=(Y.chunks[1],))
+        packed = _blockwise(_packed_refit, Y, p + 2, labels, "v", *extra, X=X,
+                            coeffs=label_value, signal_scaling=scaling)
+    estimates = _unpacked(packed, p)
+
+    if order == 1:  # the moment fit's whitened inverses where accurate, else one pinv per label
+        cov = _covariances.ar1_label_covariances(X, int(bins))
+    else:
+        cov = _covariances.label_covariances(X, label_value)  # one pinv per label, no SVD for the dof
+    voxel_coords = {name: bold.coords[name] for name in "ijk" if name in bold.coords}
+    return xr.Dataset(
+        {
+            "beta": (("regressor", "voxel"), estimates["beta"]),
+            "sigma2": (("voxel",), estimates["sigma2"]),
+            "label_index": (("voxel",), estimates["label_index"]),
+            "cov": (("label", "regressor", "regressor_"), cov),
+            "label_value": (("label", "lag"), label_value),
+        },
+        coords={"regressor": columns, "regressor_": columns, **voxel_coords},
+        attrs={
+            "dof": int(_regression.residual_dof(X)),
+            "noise_model": noise_model,
+            "bins": int(bins),
+            "signal_scaling": str(scaling),
+            "n_scans": n_scans,
+            **{k: ds.attrs[k] for k in ("affine", "volume_shape", "t_r", "store") if k in ds.attrs},
+        },
+    )
+
+
+def _voxelwise_task(Y, beta, label_index, scaling_mean=None, *, X, label_value, attribute, signal_scaling):
+    with _quiet_if_short(X):
+        return voxelwise_block(
+            Y, X, beta, label_index, label_value, attribute, signal_scaling=signal_scaling,
+            scaling_mean=None if scaling_mean is None else float(scaling_mean),
+        )
+
+
+def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
+                  signal_scaling: Any = 0) -> xr.DataArray:
+    """Lazy ``residuals``, ``predicted`` or ``r_square`` of a fitted run, as nilearn's.
+
+    Recomputed per voxel column from the run store and the stored fit (see
+    :mod:`daskglm.kernels.voxelwise` for nilearn's definitions), so nothing of the
+    run's size is held between the fit and this call.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The run (``bold(time, voxel)``) the fit was computed from, with the
+        same scans (after ``sample_masks``).
+    fit : xarray.Dataset
+        From :func:`fit_run` or :func:`daskglm.store.ingest.open_fit`.
+    design : pandas.DataFrame or ndarray, shape (n_scans, p)
+    attribute : {"residuals", "predicted", "r_square"}
+    signal_scaling : 0, (0, 1) or False
+        As in the fit.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy float64, dims ``(time, voxel)`` (``r_square``: ``(voxel,)``),
+        with the run's ``i, j, k`` coordinates.
+    """
+    if attribute not in VOXELWISE_ATTRIBUTES:
+        raise ValueError(f"attribute must be one of {VOXELWISE_ATTRIBUTES}; got {attribute!r}")
+    scaling = _check_scaling(signal_scaling)
+    bold = ds["bold"]
+    X, _ = _design(design, bold.sizes["time"])
+    if fit.sizes["voxel"] != bold.sizes["voxel"] or fit.sizes["regressor"] != X.shape[1]:
+        raise ValueError(
+            f"the fit ({fit.sizes['regressor']} regressors, {fit.sizes['voxel']} voxels) does not "
+            f"belong to this run and design ({X.shape[1]} columns, {bold.sizes['voxel']} voxels)"
+        )
+    Y = bold.data.rechunk({0: -1})
+    columns = Y.chunks[1]
+    beta = da.asarray(fit["beta"].data).rechunk({0: -1, 1: columns})
+    labels = da.asarray(fit["label_index"].data).rechunk((columns,))
+    extra: list[Any] = [_grand_mean(Y), ""] if scaling == (0, 1) else []
+    n_rows = 1 if attribute == "r_square" else X.shape[0]
+    out = _blockwise(
+        _voxelwise_task, Y, n_rows, beta, "pv", labels, "v", *extra, X=X,
+        label_value=np.asarray(fit["label_value"].values, dtype=np.float64), attribute=attribute,
+        signal_scaling=scaling,
+    )
+    coords = {name: bold.coords[name] for name in "ijk" if name in bold.coords}
+    if attribute == "r_square":
+        return xr.DataArray(out[0], dims=("voxel",), coords=coords, name=attribute, attrs=dict(fit.attrs))
+    return xr.DataArray(out, dims=("time", "voxel"), coords=coords, name=attribute, attrs=dict(fit.attrs))

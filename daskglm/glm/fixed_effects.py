@@ -1,0 +1,466 @@
+"""Fixed effects of per-run contrast maps, out of core over voxel blocks.
+
+:func:`compute_fixed_effects` is nilearn 0.14's
+``nilearn.glm.contrasts.compute_fixed_effects`` (same parameters, same four
+returned images) run on Dask; :func:`fixed_effects_dataset` is its lazy core,
+an :class:`xarray.Dataset` over the masked voxels.
+
+Masked voxels are taken in C order (nilearn's) and grouped into blocks of
+whole x-planes ``i0 <= i < i1`` of about ``v_chunk`` voxels. For each input
+file and block, one task reads the slab ``dataobj[i0:i1]`` from the file (a
+``.nii`` with strided reads; a ``.nii.gz`` is decompressed by the task) and
+keeps its masked voxels; one task per block stacks the R runs and calls
+:func:`daskglm.kernels.stats.fixed_effects`. A task thus holds at most R slabs,
+never R whole maps. In-memory images are masked eagerly (they are in memory
+already); lazy ``xarray.DataArray`` inputs are rechunked to the blocks.
+
+nilearn behaviours reproduced: the mask is an image or path (nilearn's
+``load_mask_img`` checks: binary, non-empty), a ``NiftiMasker`` (fitted as
+nilearn does) or ``None``: nilearn's ``compute_background_mask`` of the mean
+of all contrast volumes (the mean computed out of core). Non-finite inputs
+become 0 and variances are floored at 1e-16, silently (zero variances, e.g.
+of constant voxels, included). 4D contrast maps of
+q > 1 volumes give an F statistic and a 4D effect image; a 4D map of one
+volume counts as 3D. Output dtypes are nilearn's (float32 effect, variance
+and stat for float32 inputs; float64 z), values are computed in float64.
+
+Deliberate differences: all maps and the mask must share one grid (nilearn
+resamples the maps to the mask), ``NiftiMasker`` options that transform
+the maps (smoothing, filtering, standardising...) are refused, and a
+variance map with negative values inside the mask is an error when the
+block holding them is computed (nilearn floors them at 1e-16: most often
+the effect maps were given as ``variance_imgs``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import nibabel as nib
+import numpy as np
+import xarray as xr
+
+from ..io.maps import scatter_to_volume
+from ..io.nifti import _load_image
+from ..kernels.stats import DEFAULT_RUN_DOF, fixed_effects
+from ..runtime import plan as _plan
+from ..runtime.cluster import compute
+
+__all__ = ["compute_fixed_effects", "fixed_effects_dataset"]
+
+#: NiftiMasker options that would transform the signal, with their neutral values.
+_NEUTRAL_MASKER = {"smoothing_fwhm": None, "detrend": False, "high_variance_confounds": False,
+                   "low_pass": None, "high_pass": None, "dtype": None}
+
+
+@dataclass
+class _Source:
+    """One input map: where it comes from and what its header says."""
+
+    name: str  # for messages
+    value: Any  # Nifti1Image or DataArray
+    path: str | None  # read lazily from this file when set
+    shape: tuple[int, ...]  # (x, y, z) or (x, y, z, q)
+    affine: np.ndarray
+    dtype: np.dtype  # dtype of the masked values, nilearn's rule
+
+    @property
+    def q(self) -> int:
+        return self.shape[3] if len(self.shape) == 4 else 1
+
+
+def _masked_dtype(dtype: Any) -> np.dtype:
+    dtype = np.dtype(dtype)
+    return dtype if dtype.kind == "f" else np.dtype(np.float32)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    values = np.array(values, dtype=np.float64)
+    values[~np.isfinite(values)] = 0.0
+    return values
+
+
+def _open_source(obj: Any, role: str, like: Any) -> _Source:
+    if isinstance(obj, xr.DataArray):
+        label = f"{role} (DataArray {obj.name!r})"
+        attrs = {**(like.attrs if like is not None else {}), **obj.attrs}
+        if "affine" not in attrs:
+            raise ValueError(f"{label} carries no 'affine' attribute; pass like= a run Dataset")
+        affine = np.asarray(attrs["affine"], dtype=float)
+        if obj.dims == ("voxel",):
+            missing = [n for n in "ijk" if n not in obj.coords]
+            if missing or "volume_shape" not in attrs:
+                raise ValueError(f"{label} needs i, j, k voxel coordinates and a 'volume_shape' "
+                                 f"attribute (or like=); missing coordinates {missing}")
+            shape = tuple(int(s) for s in attrs["volume_shape"])
+        elif obj.dims == ("x", "y", "z"):
+            shape = tuple(int(s) for s in obj.shape)
+        else:
+            raise ValueError(f"{label} must have dims ('voxel',) or ('x', 'y', 'z'); got {obj.dims}")
+        return _Source(label, obj, None, shape, affine, _masked_dtype(obj.dtype))
+    img, path = _load_image(obj, role)
+    label = f"{role} ({path!r})" if path else f"{role} (in-memory {type(img).__name__})"
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) not in (3, 4):
+        raise ValueError(f"{label} must be a 3D image (or 4D for an F contrast); got shape {img.shape}")
+    if path is not None:  # the scaled dtype, from a one-voxel read
+        dtype = np.asanyarray(img.dataobj[(slice(0, 1),) * len(img.shape)]).dtype
+    else:
+        dtype = np.asanyarray(img.dataobj).dtype
+    return _Source(label, img, path, shape, np.asarray(img.affine, dtype=float), _masked_dtype(dtype))
+
+
+def _check_grid(sources: list[_Source]) -> None:
+    ref = sources[0]
+    for src in sources[1:]:
+        if src.shape[:3] != ref.shape[:3] or not np.allclose(src.affine, ref.affine):
+            raise ValueError(
+                f"{src.name} is on another grid than {ref.name}: shape {src.shape[:3]} vs "
+                f"{ref.shape[:3]}, affine {src.affine.round(4).tolist()} vs "
+                f"{ref.affine.round(4).tolist()}; all images must share one grid"
+            )
+
+
+def _read(path: str, i0: int | None = None, i1: int | None = None) -> np.ndarray:
+    try:
+        return np.asanyarray(nib.load(path).dataobj[i0:i1])
+    except Exception as exc:
+        what = "the image" if i0 is None else f"x-planes {i0}..{i1 - 1}"
+        msg = f"{path!r}: cannot read {what}: {exc}"
+        raise (FileNotFoundError(msg) if isinstance(exc, FileNotFoundError) else ValueError(msg)) from exc
+
+
+def _read_slab(path: str, i0: int, i1: int, mask_slab: np.ndarray) -> np.ndarray:
+    """Masked voxels of x-planes ``i0:i1`` of a file, shape (q, v_block), float64."""
+    values = _read(path, i0, i1)[mask_slab]  # (v_block,) or (v_block, q)
+    return _finite(values.reshape(values.shape[0], -1).T)
+
+
+def _read_sum(path: str) -> np.ndarray:
+    """Sum over volumes of a 3D/4D file, shape (x, y, z), float64, NaN kept."""
+    data = _read(path).astype(np.float64)
+    return data.sum(axis=3) if data.ndim == 4 else data
+
+
+def _voxel_positions(src: _Source, mask: np.ndarray) -> np.ndarray:
+    """Positions in a (voxel,) DataArray of the mask's voxels, in mask order."""
+    da_ = src.value
+    lookup = np.full(src.shape[:3], -1, dtype=np.int64)
+    lookup[tuple(np.asarray(da_.coords[n].values) for n in "ijk")] = np.arange(da_.sizes["voxel"])
+    positions = lookup[mask]
+    if (positions < 0).any():
+        raise ValueError(
+            f"{src.name} has {da_.sizes['voxel']} voxels and misses {int((positions < 0).sum())} "
+            f"of the {int(mask.sum())} voxels of the mask"
+        )
+    return positions
+
+
+def _source_blocks(src: _Source, mask: np.ndarray, blocks: list[tuple[int, int, int, int]],
+                   slab_keys: list[Any]) -> list[Any]:
+    """One (q, v_block) float64 piece per block: Delayed reads or arrays."""
+    sizes = tuple(v1 - v0 for _, _, v0, v1 in blocks)
+    if src.path is not None:
+        read = dask.delayed(_read_slab, pure=False)
+        return [read(src.path, i0, i1, key) for (i0, i1, _, _), key in zip(blocks, slab_keys)]
+    if isinstance(src.value, xr.DataArray):
+        data = src.value.data
+        if src.value.dims == ("voxel",):
+            positions = _voxel_positions(src, mask)
+            if not np.array_equal(positions, np.arange(positions.size)):
+                data = data[positions]
+        elif isinstance(data, da.Array):
+            data = data.vindex[np.nonzero(mask)]
+        else:
+            data = np.asarray(data)[mask]
+        if not isinstance(data, da.Array):
+            return [_finite(data[v0:v1])[None] for _, _, v0, v1 in blocks]
+        data = data.rechunk((sizes,)).map_blocks(lambda b: _finite(b)[None], new_axis=0,
+                                                  chunks=((1,), sizes), dtype=np.float64)
+        return list(data.to_delayed().ravel())
+    values = np.asanyarray(src.value.dataobj).reshape(src.shape)[mask]  # (v,) or (v, q)
+    values = _finite(values.reshape(values.shape[0], -1).T)
+    return [values[:, v0:v1] for _, _, v0, v1 in blocks]
+
+
+def _source_sum(src: _Source) -> da.Array:
+    """Lazy sum over the volumes of one contrast map, shape (x, y, z)."""
+    if src.path is not None:
+        return da.from_delayed(dask.delayed(_read_sum, pure=False)(src.path), src.shape[:3], np.float64)
+    if isinstance(src.value, xr.DataArray):
+        data = da.asarray(src.value.data).astype(np.float64)
+        if src.value.dims == ("x", "y", "z"):
+            return data
+        ijk = [np.asarray(src.value.coords[n].values) for n in "ijk"]
+        return da.from_delayed(dask.delayed(scatter_to_volume)(data, *ijk, src.shape[:3]),
+                               src.shape[:3], np.float64)
+    data = np.asarray(src.value.dataobj, dtype=np.float64).reshape(src.shape)
+    return da.from_array(data.sum(axis=3) if data.ndim == 4 else data)
+
+
+def _background_mask(contrasts: list[_Source], client: Any) -> np.ndarray:
+    """nilearn's ``NiftiMasker().fit(contrast_imgs)`` mask, from an out-of-core mean."""
+    from nilearn.masking import compute_background_mask, load_mask_img
+
+    n_volumes = sum(src.q for src in contrasts)
+    total = da.stack([_source_sum(src) for src in contrasts]).sum(axis=0, split_every=8)
+    (mean,) = compute(total / n_volumes, client=client)
+    mask_img = compute_background_mask(nib.Nifti1Image(np.asarray(mean), contrasts[0].affine))
+    try:
+        mask, _ = load_mask_img(mask_img)
+    except ValueError as exc:
+        raise ValueError(f"the mask computed from the mean of the {len(contrasts)} contrast images "
+                         f"(mask=None) is invalid: {exc}") from exc
+    return np.asarray(mask, dtype=bool)
+
+
+def _given_mask(mask: Any, ref: _Source) -> np.ndarray:
+    from nilearn.maskers import NiftiMasker
+    from nilearn.masking import load_mask_img
+
+    if isinstance(mask, NiftiMasker):
+        changed = {k: getattr(mask, k) for k, v in _NEUTRAL_MASKER.items() if getattr(mask, k) != v}
+        if mask.standardize not in (False, None):
+            changed["standardize"] = mask.standardize
+        if changed:
+            raise ValueError(f"NiftiMasker options that transform the maps are not supported: {changed}")
+        with warnings.catch_warnings():  # as nilearn: the masker may hold a mask image
+            warnings.filterwarnings("ignore", message=r".*Generation of a mask.*")
+            img, name = mask.fit().mask_img_, "of the NiftiMasker"
+    else:
+        img, path = _load_image(mask, "mask")
+        name = repr(path) if path else f"(in-memory {type(img).__name__})"
+    try:
+        data, _ = load_mask_img(img)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"mask {name} is invalid: {exc}") from exc
+    data = np.asarray(data, dtype=bool)
+    affine = np.asarray(img.affine, dtype=float)
+    if data.shape != ref.shape[:3] or not np.allclose(affine, ref.affine):
+        raise ValueError(
+            f"mask {name} (shape {data.shape}, affine {affine.round(4).tolist()}) is not on the grid "
+            f"of {ref.name} (shape {ref.shape[:3]}, affine {ref.affine.round(4).tolist()}): resample "
+            "it first, e.g. nilearn.image.resample_to_img(mask, img, interpolation='nearest')"
+        )
+    return data
+
+
+def _plane_blocks(mask: np.ndarray, v_chunk: int) -> list[tuple[int, int, int, int]]:
+    """Blocks ``(i0, i1, v0, v1)`` of whole x-planes with at most ``v_chunk``
+    voxels (at least one plane), trimmed to planes holding voxels."""
+    counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    groups, start, n = [], 0, 0
+    for i, c in enumerate(counts):
+        if c and n and n + c > v_chunk:  # an empty plane never starts a block
+            groups.append((start, i))
+            start, n = i, 0
+        n += int(c)
+    groups.append((start, mask.shape[0]))
+    blocks, v0 = [], 0
+    for i0, i1 in groups:
+        planes = np.flatnonzero(counts[i0:i1])
+        if planes.size == 0:  # only empty planes (the last group of a mask ending in them)
+            continue
+        n = int(counts[i0:i1].sum())
+        blocks.append((i0 + int(planes[0]), i0 + int(planes[-1]) + 1, v0, v0 + n))
+        v0 += n
+    return blocks
+
+
+def _check_variances(variances: list[np.ndarray], names: list[str]) -> None:
+    """Refuse clearly negative variances (nilearn floors them silently at 1e-16).
+
+    A variance map is never negative: negative values mean a wrong input,
+    most often the effect maps given as ``variance_imgs``. Rounding noise
+    around 0 (above ``-1e-10`` times the largest magnitude) is let through.
+    """
+    for values, name in zip(variances, names):
+        values = np.asarray(values, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            continue
+        bad = finite < -1e-10 * max(1.0, float(np.abs(finite).max()))
+        if bad.any():
+            raise ValueError(
+                f"{name} has {int(bad.sum())} negative value(s) inside the mask in this block (min "
+                f"{finite.min():.6g}): a variance cannot be negative (were contrast_imgs and "
+                "variance_imgs swapped?)")
+
+
+def _combine_block(effects: list[np.ndarray], variances: list[np.ndarray], dofs: list[float],
+                   precision_weighted: bool, names: list[str] | None = None) -> np.ndarray:
+    """Fixed effects of one block, packed as rows (effect (q), variance, stat, z)."""
+    _check_variances(variances, names or [f"variance_imgs[{n}]" for n in range(len(variances))])
+    eff = np.stack(effects)  # (R, q, v_block)
+    res = fixed_effects(eff[:, 0] if eff.shape[1] == 1 else eff,
+                        np.stack([v[0] for v in variances]), dofs, precision_weighted)
+    return np.vstack([np.atleast_2d(res.effect), res.variance, res.stat, res.z_score])
+
+
+def _check_inputs(contrast_imgs: Any, variance_imgs: Any, dofs: Any) -> list[float]:
+    for role, imgs in (("contrast_imgs", contrast_imgs), ("variance_imgs", variance_imgs)):
+        if isinstance(imgs, (str, bytes)) or not isinstance(imgs, Sequence):
+            raise TypeError(f"{role} must be a list of images; got {type(imgs).__name__}: {imgs!r:.80}")
+    n_runs = len(contrast_imgs)
+    if n_runs != len(variance_imgs):
+        raise ValueError(f"The number of contrast images ({n_runs}) differs from the number of "
+                         f"variance images ({len(variance_imgs)}).")
+    if n_runs == 0:
+        raise ValueError("contrast_imgs and variance_imgs are empty: at least one run is needed")
+    if dofs is None:
+        return [float(DEFAULT_RUN_DOF)] * n_runs
+    if np.ndim(dofs) != 1:
+        raise ValueError(f"dofs must be a sequence of {n_runs} numbers; got {dofs!r}")
+    if len(dofs) != n_runs:
+        raise ValueError(f"The number of degrees of freedom ({len(dofs)}) differs from the number "
+                         f"of contrast images ({n_runs}).")
+    return [float(d) for d in dofs]
+
+
+def fixed_effects_dataset(
+    contrast_imgs: Sequence[Any],
+    variance_imgs: Sequence[Any],
+    mask: Any = None,
+    precision_weighted: bool = False,
+    dofs: Sequence[float] | np.ndarray | None = None,
+    *,
+    client: Any = None,
+    v_chunk: int | None = None,
+    like: Any = None,
+) -> xr.Dataset:
+    """Lazy fixed effects of R runs over the masked voxels.
+
+    Parameters
+    ----------
+    contrast_imgs : list of R paths, nibabel images or xarray.DataArray
+        Effect maps: 3D, or 4D of q volumes (an F contrast). A DataArray has
+        dims ``("voxel",)`` with ``i, j, k`` coordinates or ``("x", "y", "z")``,
+        and its geometry (``affine``, ``volume_shape``) in attrs or ``like``.
+    variance_imgs : list of R paths, nibabel images or xarray.DataArray
+        Variance maps (3D), on the grid of the contrasts.
+    mask : path, Nifti1Image, NiftiMasker or None
+        None: nilearn's background mask of the mean contrast (computed now,
+        on ``client``).
+    precision_weighted : bool, default False
+        Weight the runs by their inverse variance.
+    dofs : sequence of R floats, optional
+        Degrees of freedom of each run (default 100 each).
+    client : see :func:`daskglm.runtime.cluster.get_client`
+        Used only to compute the mask when ``mask`` is None.
+    v_chunk : int, optional
+        Voxels per block (blocks are whole x-planes: at least one plane).
+        Default: a 128 MiB working set per block task.
+    like : xarray.Dataset, optional
+        Geometry of DataArray inputs lacking ``affine``/``volume_shape`` attrs.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed ``effect`` (voxel,) (``(row, voxel)`` for q > 1),
+        ``variance``, ``stat`` and ``z_score`` (voxel,), with ``i, j, k``
+        coordinates and attrs ``affine``, ``volume_shape``, ``stat_type``,
+        ``dof`` (sum of dofs), ``n_runs``, ``precision_weighted``.
+    """
+    dofs = _check_inputs(contrast_imgs, variance_imgs, dofs)
+    _plan._check_positive("v_chunk", v_chunk)
+    contrasts = [_open_source(img, f"contrast_imgs[{n}]", like) for n, img in enumerate(contrast_imgs)]
+    variances = [_open_source(img, f"variance_imgs[{n}]", like) for n, img in enumerate(variance_imgs)]
+    for src in variances:
+        if src.q != 1:
+            raise ValueError(f"{src.name} is 4D with {src.q} volumes (shape {src.shape}); "
+                             "variance images must be 3D")
+    q = contrasts[0].q
+    for src in contrasts[1:]:
+        if src.q != q:
+            raise ValueError(f"{src.name} has {src.q} volumes but {contrasts[0].name} has {q}")
+    _check_grid(contrasts + variances)
+    ref = contrasts[0]
+    mask_arr = _background_mask(contrasts, client) if mask is None else _given_mask(mask, ref)
+    n_runs, n_vox = len(contrasts), int(mask_arr.sum())
+    if v_chunk is None:
+        by_budget = max(_plan.MIN_V_CHUNK, _plan.DEFAULT_TASK_BYTES // (24 * n_runs * (q + 1)))
+        v_chunk = int(min(by_budget, max(_plan.MIN_V_CHUNK, math.ceil(n_vox / 2))))
+    blocks = _plane_blocks(mask_arr, int(v_chunk))
+    slab_keys = [dask.delayed(mask_arr[i0:i1].copy(), pure=True) for i0, i1, _, _ in blocks]
+    eff_parts = [_source_blocks(src, mask_arr, blocks, slab_keys) for src in contrasts]
+    var_parts = [_source_blocks(src, mask_arr, blocks, slab_keys) for src in variances]
+    combine = dask.delayed(_combine_block, pure=True)
+    packed = da.concatenate([
+        da.from_delayed(combine([p[b] for p in eff_parts], [p[b] for p in var_parts], dofs,
+                                bool(precision_weighted), [src.name for src in variances]),
+                        (q + 3, v1 - v0), np.float64)
+        for b, (_, _, v0, v1) in enumerate(blocks)
+    ], axis=1)
+    # dtypes of nilearn's outputs: numpy's promotion of the masked input dtypes
+    con_dt = np.result_type(*[s.dtype for s in contrasts])
+    var_dt = np.result_type(*[s.dtype for s in variances])
+    eff_dt = np.result_type(con_dt, var_dt) if precision_weighted else con_dt
+    effect = (("voxel",), packed[0].astype(eff_dt)) if q == 1 else (("row", "voxel"), packed[:q].astype(eff_dt))
+    ijk = np.nonzero(mask_arr)
+    return xr.Dataset(
+        {
+            "effect": effect,
+            "variance": (("voxel",), packed[q].astype(var_dt)),
+            "stat": (("voxel",), packed[q + 1].astype(np.result_type(eff_dt, var_dt))),
+            "z_score": (("voxel",), packed[q + 2]),
+        },
+        coords={n: ("voxel", c.astype(np.int64)) for n, c in zip("ijk", ijk)},
+        attrs={
+            "affine": ref.affine.tolist(),
+            "volume_shape": list(ref.shape[:3]),
+            "stat_type": "F" if q > 1 else "t",
+            "dof": float(np.sum(dofs)),
+            "n_runs": n_runs,
+            "precision_weighted": bool(precision_weighted),
+        },
+    )
+
+
+def compute_fixed_effects(
+    contrast_imgs: Sequence[Any],
+    variance_imgs: Sequence[Any],
+    mask: Any = None,
+    precision_weighted: bool = False,
+    dofs: Sequence[float] | np.ndarray | None = None,
+    *,
+    client: Any = None,
+    v_chunk: int | None = None,
+    like: Any = None,
+) -> tuple[nib.Nifti1Image, nib.Nifti1Image, nib.Nifti1Image, nib.Nifti1Image]:
+    """Fixed effects of runs, as nilearn 0.14's ``compute_fixed_effects``, on Dask.
+
+    Parameters
+    ----------
+    contrast_imgs, variance_imgs, mask, precision_weighted, dofs
+        As nilearn (see :func:`fixed_effects_dataset` for the accepted inputs).
+    client : see :func:`daskglm.runtime.cluster.get_client`
+    v_chunk : int, optional
+        Voxels per block task (see :func:`fixed_effects_dataset`).
+    like : xarray.Dataset, optional
+        Geometry of DataArray inputs.
+
+    Returns
+    -------
+    fixed_fx_contrast_img : Nifti1Image, shape (x, y, z) or (x, y, z, q)
+    fixed_fx_variance_img : Nifti1Image, shape (x, y, z)
+    fixed_fx_stat_img : Nifti1Image, shape (x, y, z)
+        t (F for q > 1) with ``sum(dofs)`` degrees of freedom.
+    fixed_fx_z_score_img : Nifti1Image, shape (x, y, z)
+        All zero outside the mask.
+    """
+    ds = fixed_effects_dataset(contrast_imgs, variance_imgs, mask, precision_weighted, dofs,
+                               client=client, v_chunk=v_chunk, like=like)
+    names = ("effect", "variance", "stat", "z_score")
+    values = compute(*[ds[n].data for n in names], client=client)
+    ijk = [ds.coords[n].values for n in "ijk"]
+    shape, affine = tuple(ds.attrs["volume_shape"]), np.asarray(ds.attrs["affine"])
+    return tuple(nib.Nifti1Image(scatter_to_volume(np.asarray(v), *ijk, shape), affine)
+                 for v in values)  # type: ignore[return-value]

@@ -1,0 +1,20 @@
+"""Layer 1 — numpy/scipy/numba maths on one block of data; no dask, no I/O.
+
+One kernel serves the in-memory path and each dask block; each is tested
+against nilearn and a per-voxel ``np.linalg.lstsq`` oracle.
+
+* :mod:`.volume`, :mod:`.smoothing`, :mod:`.smoothing_jit` — nilearn's
+  smoothing of a block of volumes, cropped to the mask, and masking.
+* :mod:`.scaling` — nilearn's percent-signal-change scaling of a block.
+* :mod:`.regression` — OLS, Yule–Walker, AR(1) labels, the block fits.
+* :mod:`.ar1_moments` — the AR(1) fit of a block from its lag-0/lag-1 moments.
+* :mod:`.whitening`, :mod:`.covariances` — AR(p) whitening, per-label
+  covariances of beta.
+* :mod:`.stats` — t/F statistics, run combination, fixed effects.
+* :mod:`.voxelwise` — residuals, predicted values, R² of a block.
+* :mod:`.group` — the second level's OLS of a block of maps.
+
+Modules are imported by their users (``from daskglm.kernels import
+regression``): importing this package imports nothing, so that worker
+processes pay only for the kernels their tasks use.
+"""

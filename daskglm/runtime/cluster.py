@@ -1,0 +1,466 @@
+"""Where daskglm's graphs run: one way to get a Dask client.
+
+Resolution order of :func:`get_client`:
+
+1. a :class:`distributed.Client` given explicitly;
+2. a dask *local* scheduler name (``"threads"``, ``"sync"``, ``"processes"``),
+   given or already set in ``dask.config`` (e.g. by an outer ``get_client``):
+   no distributed client, dask's own scheduler (tests, debugging);
+3. a scheduler address given explicitly (``"tcp://127.0.0.1:8786"``), or the
+   path of a scheduler file written by ``dask scheduler --scheduler-file``;
+4. the active client (``Client.current()``, e.g. made in a notebook);
+5. ``DASK_SCHEDULER_ADDRESS`` from the environment;
+6. an embedded :class:`distributed.LocalCluster` of single-threaded worker
+   processes, one per core available to this process, closed when the work
+   is done; for small data (``work_bytes`` below the dask config
+   ``daskglm.threads-below``, 512 MiB) one worker with a thread per core in
+   this process instead.
+
+The embedded cluster's worker processes never import the user's ``__main__``
+(see :mod:`daskglm.runtime.compat`): a script without an ``if __name__ ==
+"__main__":`` guard, as nilearn's examples are written, runs on worker
+processes as it does on threads, its top-level code once.
+
+A client that :func:`get_client` created is closed on exit; one it found is
+left alone.
+
+Every computation of daskglm goes through :func:`compute`, so with a
+distributed client (given, active, or from the environment) nothing runs on
+dask's local threaded scheduler behind the user's back: graphs are submitted
+with ``client.compute`` and only their (small) results come back.
+
+Retries: on a distributed client every task of :func:`compute` is retried up
+to :func:`task_retries` times (dask config key ``daskglm.retries``, default
+2; ``DASK_DASKGLM__RETRIES`` in the environment) when it raises, so a
+transient read error from object storage costs a retry, not the run. Every
+daskglm task may run twice: each one rewrites whole chunks of its own. (A
+worker that dies, e.g. killed by its nanny for exceeding its memory limit,
+is a different matter: the scheduler reruns its tasks elsewhere, up to
+``distributed.scheduler.allowed-failures`` times.) dask's local schedulers
+(``"sync"``, ``"threads"``, ``"processes"``) have no retries: there an error
+is raised at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+import numpy as np
+
+from .compat import workers_skip_main
+
+__all__ = ["verbosity", "get_client", "compute", "task_retries", "n_workers_from_n_jobs",
+           "LOCAL_SCHEDULERS"]
+
+LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded", "processes")
+
+
+def _active_client() -> Any | None:
+    from distributed import Client
+
+    try:
+        return Client.current(allow_global=True)
+    except ValueError:
+        return None
+
+
+#: dask's default ``MALLOC_TRIM_THRESHOLD_`` for worker processes.
+_DASK_MALLOC_TRIM = 65536
+#: glibc malloc settings of the embedded cluster's workers. With dask's default
+#: (trim at 64 KiB, which also freezes glibc's mmap threshold at 128 KiB)
+#: every block-sized temporary is a fresh mmap that is page-faulted in and
+#: zeroed again: the fit kernel ran 1.5x and ingestion 1.2x slower
+#: (BENCHMARKS.md). Here heap memory up to one task's working set is kept for
+#: the next task, and allocations up to 32 MiB (glibc's maximum) come from it.
+WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(128 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+
+
+def _worker_environ() -> dict:
+    """dask's pre-spawn environment of worker processes with :data:`WORKER_MALLOC_ENV`.
+
+    A trim threshold the user chose (in dask's config or in the environment;
+    anything but dask's default and ours) is left alone, with their mmap
+    threshold if any.
+    """
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    ours = {_DASK_MALLOC_TRIM, int(WORKER_MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"])}
+    for where in (environ, os.environ):
+        value = where.get("MALLOC_TRIM_THRESHOLD_")
+        if value is not None and int(value) not in ours:
+            return {**environ, **{k: where[k] for k in WORKER_MALLOC_ENV if where.get(k) is not None}}
+    return {**environ, **WORKER_MALLOC_ENV}
+
+
+@contextlib.contextmanager
+def _worker_malloc() -> Iterator[None]:
+    """Workers started inside the block get :func:`_worker_environ`'s malloc settings.
+
+    The nanny gives values already in ``os.environ`` precedence over dask's
+    config (and writes its own there when it spawns a worker), so both are
+    set for the block and ``os.environ`` is restored after it.
+    """
+    environ = _worker_environ()
+    saved = {k: os.environ.get(k) for k in WORKER_MALLOC_ENV}
+    try:
+        for key in WORKER_MALLOC_ENV:
+            if environ.get(key) is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = str(environ[key])
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+#: distributed's default ``distributed.scheduler.worker-saturation``.
+_DASK_SATURATION = 1.1
+#: The embedded cluster scheduler's ``worker-saturation``: root tasks (an
+#: ingestion block, a fit column) sent to a worker per thread before it asks
+#: for more. dask's 1.1 gives a 1-thread worker two slots; each fit column is a
+#: fused task plus the alias dask's fusion leaves under the output's name, and
+#: with two slots the worker ran out of queued columns after every alias and
+#: waited a scheduler round trip (1.0 s of a 1-worker ``hcp`` fit's 8.7 s;
+#: 0.2 s with 3, BENCHMARKS.md). Queued tasks hold no data: their inputs are
+#: read when they run.
+WORKER_SATURATION = 3.0
+
+
+def _scheduler_config() -> dict:
+    """dask config for the embedded cluster's scheduler: :data:`WORKER_SATURATION`, unless
+    the user configured a worker saturation of their own."""
+    value = dask.config.get("distributed.scheduler.worker-saturation", _DASK_SATURATION)
+    if value not in (_DASK_SATURATION, "1.1"):
+        return {}
+    return {"distributed.scheduler.worker-saturation": WORKER_SATURATION}
+
+
+#: dask config key: runs smaller than this (bytes of data, uncompressed) are
+#: processed by an embedded cluster of threads in this process.
+THREADS_BELOW_KEY = "daskglm.threads-below"
+#: Default of :data:`THREADS_BELOW_KEY`. A FIAC-sized pair of runs (94 MB) is
+#: done in a few seconds, of which worker processes would add several more
+#: (spawning, importing daskglm, numba and zarr in each, shipping tasks);
+#: HCP-sized runs (2 GB each) are worth processes: no GIL between the blocks.
+DEFAULT_THREADS_BELOW = 512 * 2**20
+
+
+def threads_below() -> int:
+    """:data:`THREADS_BELOW_KEY` from dask's config (bytes; 0: always worker processes)."""
+    value = dask.config.get(THREADS_BELOW_KEY, DEFAULT_THREADS_BELOW)
+    try:
+        number = dask.utils.parse_bytes(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or not number >= 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"dask config {THREADS_BELOW_KEY!r} must be a non-negative number of bytes "
+                         f"(or a string such as '512 MiB'); got {value!r}") from None
+    return int(number)
+
+
+def _local_cluster_kwargs(n_workers: int | None, memory_limit: str | int | None,
+                          work_bytes: int | None = None) -> dict:
+    """``LocalCluster`` arguments: worker processes, or threads in this process for small work.
+
+    Threads are used when ``work_bytes`` (the size of the data to process) is
+    known and below :func:`threads_below`, and no ``memory_limit`` is asked
+    for (a limit is enforced per worker process); ``n_workers`` is then the
+    number of threads.
+    """
+    from dask.system import (
+        CPU_COUNT,  # cores this process may use (affinity, cgroup quota)
+    )
+
+    if n_workers is not None and (not isinstance(n_workers, int) or isinstance(n_workers, bool)
+                                  or n_workers < 1):
+        raise ValueError(f"n_workers must be a positive integer or None; got {n_workers!r}")
+    workers = n_workers or max(1, CPU_COUNT)
+    if work_bytes is not None and memory_limit is None and work_bytes < threads_below():
+        return {"n_workers": 1, "threads_per_worker": workers, "processes": False,
+                "memory_limit": "auto", "dashboard_address": "127.0.0.1:0"}
+    return {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": "127.0.0.1",
+        # "auto": the memory available to this process, shared between the workers.
+        "memory_limit": memory_limit if memory_limit is not None else "auto",
+        "dashboard_address": "127.0.0.1:0",  # None still binds :8787; a free loopback port never clashes
+    }
+
+
+def n_workers_from_n_jobs(n_jobs: int) -> int:
+    """The embedded cluster's number of workers for a joblib/nilearn-style ``n_jobs``.
+
+    Parameters
+    ----------
+    n_jobs : int
+        Positive: that many workers. Negative: counted back from the cores
+        available to this process (affinity, cgroup quota), as joblib does:
+        -1 all of them, -2 all but one, ...; at least one worker.
+
+    Returns
+    -------
+    int
+        A positive number of workers, for :func:`get_client`'s ``n_workers``.
+
+    Raises
+    ------
+    ValueError
+        ``n_jobs`` is 0 or not an integer (the message names the value).
+    """
+    from dask.system import CPU_COUNT
+
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
+        raise ValueError(f"n_jobs must be a non-zero integer (positive: that many workers; "
+                         f"-1: one per core, -2: all cores but one...); got {n_jobs!r}")
+    n_jobs = int(n_jobs)
+    if n_jobs > 0:
+        return n_jobs
+    return max(1, max(1, CPU_COUNT) + 1 + n_jobs)
+
+
+def _looks_like_address(text: str) -> bool:
+    return "://" in text or ":" in text
+
+
+def _connect(target: str, origin: str) -> Any:
+    """A new client of the scheduler at ``target`` (an address or a scheduler file)."""
+    from distributed import Client
+
+    is_file = not _looks_like_address(target) and os.path.isfile(target)
+    if not is_file and not _looks_like_address(target):
+        raise ValueError(
+            f"{origin} {target!r} is neither a scheduler address like 'tcp://127.0.0.1:8786', "
+            f"nor an existing scheduler file, nor one of {LOCAL_SCHEDULERS}"
+        )
+    try:
+        if is_file:
+            return Client(scheduler_file=target, set_as_default=False)
+        return Client(target, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise OSError(f"cannot connect to the Dask scheduler at {target!r} ({origin}): {exc}") from exc
+
+
+@contextlib.contextmanager
+def get_client(
+    client: Any = None,
+    n_workers: int | None = None,
+    memory_limit: str | int | None = None,
+    work_bytes: int | None = None,
+) -> Iterator[Any]:
+    """Context manager yielding the client to run on (or ``None`` for a local scheduler).
+
+    Parameters
+    ----------
+    client : distributed.Client, str or None
+        A client; a local scheduler name (see :data:`LOCAL_SCHEDULERS`); a
+        scheduler address or scheduler-file path; or ``None`` to use the
+        active client, ``DASK_SCHEDULER_ADDRESS``, or an embedded
+        ``LocalCluster`` in turn.
+    n_workers : int, optional
+        Workers of an embedded ``LocalCluster`` (default: one per core
+        available to this process, one thread each); from a nilearn-style
+        ``n_jobs``, :func:`n_workers_from_n_jobs`.
+    memory_limit : str or int, optional
+        Memory limit per worker of an embedded ``LocalCluster`` (``"4GiB"``,
+        bytes, or ``"auto"``: the available memory split between the workers).
+    work_bytes : int, optional
+        Size of the data the embedded cluster will process (uncompressed
+        bytes of the runs). Below the dask config ``daskglm.threads-below``
+        (default 512 MiB) and without ``memory_limit``, the embedded cluster
+        is one worker of ``n_workers`` threads in this process instead of
+        worker processes: small analyses do not pay for starting processes.
+
+    Yields
+    ------
+    distributed.Client or None
+        ``None`` means "run on dask's local scheduler named by ``client``".
+        A client found or made here is also the current client inside the
+        block (``Client.current()``).
+
+    Raises
+    ------
+    TypeError
+        ``client`` of another type.
+    ValueError
+        A string that is neither a local scheduler name, an address nor a file.
+    OSError
+        The scheduler cannot be reached (the message names the address and
+        where it came from).
+    """
+    from distributed import Client, LocalCluster
+
+    if isinstance(client, Client):
+        yield client
+        return
+    if isinstance(client, str) and client in LOCAL_SCHEDULERS:
+        with dask.config.set(scheduler=client):
+            yield None
+        return
+    if client is not None and not isinstance(client, (str, os.PathLike)):
+        raise TypeError(
+            f"client must be a distributed.Client, a scheduler address, one of "
+            f"{LOCAL_SCHEDULERS} or None; got {type(client).__name__}: {client!r}"
+        )
+    target, origin = (os.fspath(client), "client") if client is not None else (None, "")
+    if target is None and dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:
+        # Inside an outer get_client("threads") (or dask.config.set(scheduler=...)):
+        # the caller chose a local scheduler; honour it.
+        yield None
+        return
+    if target is None:
+        active = _active_client()
+        if active is not None:
+            yield active
+            return
+        target = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+        origin = "DASK_SCHEDULER_ADDRESS"
+    if target is not None:
+        with _connect(target, origin) as remote:
+            with remote.as_current():
+                yield remote
+        return
+    kwargs = _local_cluster_kwargs(n_workers, memory_limit, work_bytes)
+    with contextlib.ExitStack() as stack:
+        if not kwargs["processes"]:
+            # Threads of this process: one BLAS thread each, so threads x BLAS threads = cores
+            # (worker processes get the same from dask's OPENBLAS/OMP/MKL_NUM_THREADS=1).
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
+        else:
+            # For the cluster's whole life: the nannies also spawn the workers they restart.
+            stack.enter_context(workers_skip_main())
+        stack.enter_context(_worker_malloc())
+        with dask.config.set(_scheduler_config()):  # read once, when the scheduler starts
+            cluster = stack.enter_context(LocalCluster(**kwargs))
+        local = stack.enter_context(Client(cluster, set_as_default=False))
+        with local.as_current():
+            yield local
+
+
+_VERBOSE: contextvars.ContextVar[int] = contextvars.ContextVar("daskglm_verbose", default=0)
+
+
+@contextlib.contextmanager
+def verbosity(level: int | None):
+    """Set the default ``verbose`` of :func:`compute` inside the block.
+
+    Models set it from their ``verbose`` parameter around their work, so every
+    computation they run shows (or hides) its progress bar.
+
+    Parameters
+    ----------
+    level : int or None
+        0: silent; 1 or more: progress bars for computations lasting longer
+        than about a second. ``None`` leaves the current level.
+    """
+    if level is None:
+        yield
+        return
+    if not isinstance(level, (int, np.integer)) or level < 0:  # a bool is 0 or 1, as nilearn reads it
+        raise ValueError(f"verbose must be a non-negative integer or a bool; got {level!r}")
+    token = _VERBOSE.set(int(level))
+    try:
+        yield
+    finally:
+        _VERBOSE.reset(token)
+
+
+def _in_notebook_with_widgets() -> bool:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None or not hasattr(shell, "kernel"):
+            return False
+        import ipywidgets  # noqa: F401  (dask's notebook bar needs it)
+    except Exception:
+        return False
+    return True
+
+
+#: Seconds a computation runs before its progress bar appears.
+PROGRESS_AFTER = 1.0
+
+
+#: Retries of a failed task on a distributed client when ``daskglm.retries`` is not set.
+DEFAULT_RETRIES = 2
+
+
+def task_retries() -> int:
+    """How many times a task that raised is retried on a distributed client.
+
+    The dask config key ``daskglm.retries`` (``dask.config.set({"daskglm.retries": 5})``,
+    or ``DASK_DASKGLM__RETRIES=5`` in the environment), default :data:`DEFAULT_RETRIES`.
+
+    Raises
+    ------
+    ValueError
+        The configured value is not a non-negative integer.
+    """
+    value = dask.config.get("daskglm.retries", DEFAULT_RETRIES)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"dask config 'daskglm.retries' must be a non-negative integer; got {value!r}")
+    return int(value)
+
+
+def compute(*collections: Any, client: Any = None, verbose: int | None = None) -> tuple:
+    """Compute dask collections on ``client`` (resolved by :func:`get_client`).
+
+    With a distributed client the graph is submitted with ``client.compute``
+    (never ``dask.compute``, whose scheduler is whatever ``dask.config`` says),
+    each task retried up to :func:`task_retries` times if it raises, and the
+    results are gathered. Local schedulers do not retry.
+
+    Parameters
+    ----------
+    *collections
+        Dask collections or ``dask.delayed`` objects.
+    client : see :func:`get_client`
+    verbose : int, optional
+        > 0: dask's progress bar for the scheduler in use (distributed's
+        ``progress``: a widget in a notebook with ipywidgets, text in a
+        terminal; ``dask.diagnostics.ProgressBar`` on local schedulers), shown
+        once the work has lasted :data:`PROGRESS_AFTER` seconds. Default: the
+        level set by :func:`verbosity` (0 outside of it).
+
+    Returns
+    -------
+    tuple
+        The computed values, in order.
+    """
+    level = _VERBOSE.get() if verbose is None else verbose
+    retries = task_retries()
+    with get_client(client) as resolved:
+        if resolved is None:
+            if level > 0:
+                from dask.diagnostics import ProgressBar
+
+                with ProgressBar(minimum=PROGRESS_AFTER):
+                    return dask.compute(*collections)
+            return dask.compute(*collections)
+        futures = resolved.compute(list(collections), retries=retries)
+        if level > 0:
+            from distributed import TimeoutError as WaitTimeout
+            from distributed import progress, wait
+
+            try:  # returns the moment the work is done (polling cost up to its period per compute)
+                with resolved.as_current():
+                    wait(futures, timeout=PROGRESS_AFTER)
+            except WaitTimeout:
+                progress(futures, notebook=_in_notebook_with_widgets(),
+                         scheduler=resolved.scheduler.address)
+        return tuple(resolved.gather(futures))

@@ -1,0 +1,459 @@
+"""The zarr edge: ingest a NIfTI run into a zarr store and open it as xarray.
+
+Store layout (a zarr v3 group, local path or fsspec URL)::
+
+    bold(time, voxel)        float32, chunks (t_chunk, v_chunk), smoothed and masked
+    i, j, k (voxel,)         int32 voxel indices in the volume (coordinates of bold)
+    ingest_done (block,)     uint8, one flag per block of t_chunk volumes, set after its write
+    gzip_index (byte,)       uint8, indexed_gzip seek index of a .nii.gz source (maybe empty)
+    attrs                    daskglm_store_format, fingerprint, affine, volume_shape,
+                             n_scans, t_r, smoothing_fwhm, source, mask, chunks,
+                             complete (written last)
+
+Remote locations: a store, a run or a mask may be an fsspec URL
+(``s3://bucket/stores/run-1.zarr``); one ``storage_options`` dict serves every
+URL of a call and is ignored for local paths. Tasks receive the URL and the
+options and open the store (or the run) themselves: no array travels from the
+client to the workers.
+
+Hygiene: the ``fingerprint`` attribute is the identity of the source (path,
+size, mtime; URL, size, ETag; or a content hash) and of every parameter that
+shapes the data.
+A complete store with the same fingerprint is reused without reading the run;
+an incomplete one with the same fingerprint is resumed (blocks whose
+``ingest_done`` flag is set are kept); any other store at that location (or
+one of another store format) is deleted and rebuilt, with a warning; a
+location holding anything but a daskglm store (a folder of other files, a
+file) is refused, never deleted. ``complete`` is set only after every block
+is written.
+
+Crash safety and concurrency: every chunk write is atomic (zarr writes a
+``.partial`` file and renames it; an object store stores each chunk in one
+request), a block's ``ingest_done`` flag is written after its rows and the
+store's ``complete`` flag after every block, so a process killed at any point
+leaves a store that is either complete or resumed by the next run (only the
+unflagged blocks are ingested again; ``.partial`` debris is swept before
+``complete``). Two processes ingesting into the same local store are serialised
+by :func:`store_lock` (see :mod:`daskglm.store.locks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import warnings
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from ..io.grid import Grid, analysis_grid, check_target, resample_volumes
+from ..io.nifti import (
+    RunInfo,
+    content_sha1,
+    inspect_run,
+    is_url,
+    load_mask,
+    mask_from_mean,
+    read_volumes,
+    url_identity,
+)
+from ..kernels import smoothing as _smoothing
+from ..kernels import volume as _volume
+from ..runtime import plan as _plan
+from ..runtime.cluster import compute
+from .locks import store_lock
+from .summary import (
+    graph_constant,
+    gzip_index_task,
+    in_memory_blocks,
+    mean_image,
+    run_summary,
+)
+from .zarrio import (
+    STORE_FORMAT,
+    StoreIncompleteError,
+    _check_protocol,
+    _create_store,
+    _fsspec_kwargs,
+    _open_group,
+    _read_attrs,
+    _rebuild_reason,
+    _resolve_compressor,
+    _same_store,
+    _stored_mask,
+    _sweep_partials,
+    _url,
+    open_run,
+)
+
+__all__ = ["mean_image", "ingest_run", "ingest_runs", "parameters_key", "open_run", "store_lock",
+           "StoreIncompleteError", "STORE_FORMAT"]
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def _ingest_block(
+    store: str,
+    storage_options: dict | None,
+    source: str | np.ndarray,
+    block: int,
+    start: int,
+    stop: int,
+    crop: _volume.Crop,
+    sigma: np.ndarray,
+    gzip_index: bytes | None,
+    resample: tuple | None = None,
+    step: int | None = None,
+    compiled: bool | None = None,
+) -> int:
+    """Task: read volumes ``start:stop``, (resample,) smooth, mask, write rows, flag the block.
+
+    Volumes are read ``step`` at a time (default: all at once) into one
+    float32 row buffer, written to the store in a single call.
+    ``resample`` is ``(run_affine, grid_affine, grid_shape, vmin, vmax)``
+    when the volumes go onto another grid first (see :mod:`daskglm.io.grid`).
+    ``compiled`` chooses the smoothing filter (see
+    :func:`daskglm.kernels.volume.smooth_and_mask`; the same numbers either way).
+    """
+    step = step or (stop - start)
+    plan = _volume.mask_plan(crop, sigma)  # once per task, not once per read
+    rows = np.empty((stop - start, plan.index.size), dtype=np.float32)
+    for a in range(start, stop, step):
+        b = min(a + step, stop)
+        if isinstance(source, str):
+            volumes = read_volumes(source, a, b, gzip_index, **_fsspec_kwargs(source, storage_options))
+        else:
+            volumes = source[..., a - start:b - start]
+        if resample is not None:
+            volumes = resample_volumes(volumes, *resample)
+        _volume.smooth_and_mask(volumes, crop, sigma, out=rows[a - start:b - start], plan=plan,
+                                compiled=compiled)
+        del volumes
+    group = _open_group(store, "r+", storage_options)
+    bold = group["bold"]
+    if hasattr(bold, "with_config"):  # zarr >= 3.1.4
+        # Every chunk is written: zarr's default first compares each with the fill value to skip
+        # empty ones (a pass over the block; an absent chunk reads as the same zeros anyway).
+        bold = bold.with_config({"write_empty_chunks": True})
+    bold[start:stop, :] = rows
+    group["ingest_done"][block] = 1
+    return block
+
+
+
+# --------------------------------------------------------------------------- ingestion
+
+
+
+
+def _parameters(fwhm: float | None, mask_id: Any, t_chunk: Any, v_chunk: Any,
+                target: tuple[Any, Any] = (None, None)) -> dict:
+    """The ingestion parameters that shape a store's data, as JSON values (fingerprints, store names)."""
+    target_affine, target_shape = target
+    return {
+        "smoothing_fwhm": None if fwhm is None else np.asarray(fwhm, dtype=float).tolist(),
+        "mask": mask_id,
+        "target_affine": None if target_affine is None else np.round(target_affine, 6).tolist(),
+        "target_shape": None if target_shape is None else list(target_shape),
+        "t_chunk": t_chunk,
+        "v_chunk": v_chunk,
+    }
+
+
+def _fingerprint(info: RunInfo, fwhm: float | None, mask_id: Any, t_chunk: Any, v_chunk: Any,
+                 compressor: str | None, target: tuple[Any, Any] = (None, None)) -> str:
+    return json.dumps(
+        {"format": STORE_FORMAT, "source": info.provenance, "compressor": compressor,
+         **_parameters(fwhm, mask_id, t_chunk, v_chunk, target)},
+        sort_keys=True,
+    )
+
+
+def _mask_identity(mask_img: Any, storage_options: dict | None = None) -> Any:
+    """What identifies the mask *argument* (before loading it) in the fingerprint."""
+    if mask_img is None:
+        return "compute_epi_mask"
+    if is_url(mask_img):
+        try:
+            return url_identity(mask_img, storage_options)
+        except OSError:  # missing: load_mask says so
+            return {"url": mask_img}
+    if isinstance(mask_img, (str, os.PathLike)):
+        path = os.path.abspath(os.fspath(mask_img))
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return {"path": path}
+        return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {
+        "sha1": content_sha1(mask_img),
+        "affine": np.asarray(mask_img.affine).round(6).tolist(),
+    }
+
+
+def parameters_key(mask_img: Any, smoothing_fwhm: float | None, target_affine: Any = None,
+                   target_shape: Any = None, t_chunk: int | None = None, v_chunk: int | None = None,
+                   storage_options: dict | None = None) -> str:
+    """A short key of the ingestion parameters that shape a run's store.
+
+    Models name each run's store after its source *and* this key, so that
+    analyses of one run with other masks or smoothing keep one store each:
+    switching back to earlier parameters reuses what was built.
+
+    Parameters
+    ----------
+    mask_img, smoothing_fwhm, target_affine, target_shape, t_chunk, v_chunk, storage_options
+        As :func:`ingest_run`.
+
+    Returns
+    -------
+    str
+        16 hexadecimal digits.
+    """
+    target = (target_affine, None if target_shape is None else [int(n) for n in target_shape])
+    text = json.dumps(_parameters(smoothing_fwhm, _mask_identity(mask_img, storage_options), t_chunk, v_chunk,
+                                  target), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def ingest_run(
+    run_img: Any,
+    store: str | os.PathLike,
+    mask_img: Any = None,
+    smoothing_fwhm: float | None = None,
+    t_chunk: int | None = None,
+    v_chunk: int | None = None,
+    client: Any = None,
+    storage_options: dict | None = None,
+    compressor: str | None = "auto",
+    overwrite: bool = False,
+    target_affine: Any = None,
+    target_shape: Any = None,
+) -> xr.Dataset:
+    """Convert one 4D run into a zarr store of smoothed, masked voxel time series.
+
+    Volumes are read in blocks of ``t_chunk`` straight from the file, smoothed
+    as nilearn's maskers do (see :mod:`daskglm.kernels.volume`), masked, and written as
+    rows of ``bold(time, voxel)``, each block as one Dask task on the active
+    client (see :func:`daskglm.runtime.cluster.get_client`).
+
+    Parameters
+    ----------
+    run_img : path, fsspec URL or nibabel image
+        A 4D run, ``.nii`` or ``.nii.gz``.
+    store : str or path
+        Where the zarr store goes: a local path or an fsspec URL.
+    mask_img : path, fsspec URL or nibabel image, optional
+        Binary mask. ``None``: nilearn's ``compute_epi_mask`` on the run's mean
+        volume (one extra pass over the run). A mask on another grid than the
+        run is handled as nilearn's masker does: the run is resampled onto
+        the mask's cropped grid, with nilearn's warning (see :mod:`daskglm.io.grid`).
+    smoothing_fwhm : float, optional
+        Gaussian smoothing FWHM in mm, as nilearn's ``smoothing_fwhm``.
+    t_chunk, v_chunk : int, optional
+        Chunk sizes along time and voxel; chosen from the data size when omitted.
+    client : see :func:`daskglm.runtime.cluster.get_client`
+    storage_options : dict, optional
+        fsspec options for every remote location of the call: a URL ``store``,
+        a URL ``run_img`` or ``mask_img`` (ignored for local paths).
+    compressor : {"auto", "lz4", "zstd", None}
+        Blosc codec of the ``bold`` chunks. ``"auto"``: none for a local
+        store (faster to write and read), lz4 for a URL store.
+    overwrite : bool
+        Rebuild the store even if it is complete and up to date.
+    target_affine, target_shape : optional
+        As nilearn's ``FirstLevelModel``: the mask goes onto this grid
+        (nearest neighbour) and each block of volumes is resampled onto its
+        bounding box (continuous interpolation) before smoothing.
+
+    Returns
+    -------
+    xarray.Dataset
+        The store opened lazily (see :func:`open_run`): ``bold`` of shape
+        ``(n_scans, n_voxels)``.
+    """
+    return ingest_runs(
+        [run_img], [store], mask_img=mask_img, smoothing_fwhm=smoothing_fwhm, t_chunk=t_chunk,
+        v_chunk=v_chunk, client=client, storage_options=storage_options, compressor=compressor,
+        overwrite=overwrite, target_affine=target_affine, target_shape=target_shape,
+    )[0]
+
+
+def ingest_runs(
+    run_imgs: list,
+    stores: list,
+    mask_img: Any = None,
+    smoothing_fwhm: float | None = None,
+    t_chunk: int | None = None,
+    v_chunk: int | None = None,
+    client: Any = None,
+    storage_options: dict | None = None,
+    compressor: str | None = "auto",
+    overwrite: bool = False,
+    target_affine: Any = None,
+    target_shape: Any = None,
+    columns: bool = False,
+) -> list[xr.Dataset]:
+    """:func:`ingest_run` for several runs at once, one store each.
+
+    Every run is checked before any store is touched; then the stores are
+    locked (in sorted order), complete ones reused, and the blocks of all the
+    other runs go into one computation (as do the ``.nii.gz`` seek indexes),
+    so small runs keep every worker busy instead of waiting for each other.
+
+    Parameters
+    ----------
+    run_imgs : list of path, fsspec URL or nibabel image
+    stores : list of str or path
+        One distinct store per run.
+    mask_img, smoothing_fwhm, t_chunk, v_chunk, client, storage_options, compressor, overwrite, target_affine, target_shape
+        As :func:`ingest_run`, for every run (``mask_img=None``: each run's own
+        ``compute_epi_mask``).
+    columns : bool
+        Open the stores in whole voxel columns (see :func:`open_run`).
+
+    Returns
+    -------
+    list of xarray.Dataset
+        The stores opened lazily, in the order of ``run_imgs``.
+    """
+    if len(run_imgs) != len(stores):
+        raise ValueError(f"got {len(run_imgs)} runs but {len(stores)} stores: give one store per run")
+    urls = [_url(store) for store in stores]
+    shared = sorted({u for u in urls if urls.count(u) > 1})
+    if shared:
+        raise ValueError(f"two runs cannot share a store; {shared[0]!r} is given more than once")
+    jobs = [
+        _Ingestion(run, url, mask_img=mask_img, smoothing_fwhm=smoothing_fwhm, t_chunk=t_chunk,
+                   v_chunk=v_chunk, storage_options=storage_options, compressor=compressor,
+                   target=check_target(target_affine, target_shape))
+        for run, url in zip(run_imgs, urls)
+    ]
+    # One ingestion of a local store at a time: a second process waits here, then
+    # finds the store complete (reused) or interrupted (resumed).
+    with contextlib.ExitStack() as locks:
+        for url in sorted(urls):
+            locks.enter_context(store_lock(url))
+        results: list[xr.Dataset | None] = [job.reuse(overwrite, columns) for job in jobs]
+        todo = [job for job, done in zip(jobs, results) if done is None]
+        index_tasks = {id(job): gzip_index_task(job.info, job.storage_options)
+                       for job in todo if not job.resume}
+        index_tasks = {key: task for key, task in index_tasks.items() if task is not None}
+        indexes = (dict(zip(index_tasks, compute(*index_tasks.values(), client=client)))
+                   if index_tasks else {})
+        for job in todo:
+            job.prepare(indexes.get(id(job)), client)
+        tasks = [task for job in todo for task in job.tasks()]
+        if tasks:
+            compute(*tasks, client=client)
+        return [done if done is not None else job.finish(columns) for job, done in zip(jobs, results)]
+
+
+class _Ingestion:
+    """One run's ingestion, in the steps :func:`ingest_runs` interleaves across runs."""
+
+    def __init__(self, run_img: Any, store: str, *, mask_img: Any, smoothing_fwhm: Any, t_chunk: Any,
+                 v_chunk: Any, storage_options: dict | None, compressor: Any, target: tuple) -> None:
+        self.run_img, self.store, self.mask_img = run_img, store, mask_img
+        self.fwhm, self.t_chunk, self.v_chunk = smoothing_fwhm, t_chunk, v_chunk
+        self.storage_options, self.target = storage_options, target
+        self.info = inspect_run(run_img, storage_options)
+        _volume.fwhm_to_sigma(smoothing_fwhm, self.info.affine)  # validates smoothing_fwhm early
+        self.compressor = _resolve_compressor(compressor, store)
+        _plan._check_positive("t_chunk", t_chunk)
+        _plan._check_positive("v_chunk", v_chunk)
+        _check_protocol(store)
+        self.fingerprint = _fingerprint(self.info, smoothing_fwhm, _mask_identity(mask_img, storage_options),
+                                        t_chunk, v_chunk, self.compressor, target)
+        self.resume = False
+
+    def reuse(self, overwrite: bool, columns: bool = False) -> xr.Dataset | None:
+        """The store opened if it is complete and up to date; else None (resume or rebuild)."""
+        existing = None if overwrite else _read_attrs(self.store, self.storage_options)
+        self.existing = existing
+        self.resume = _same_store(existing, self.fingerprint)
+        if self.resume and existing.get("complete"):
+            logger.info("reusing complete store %s", self.store)
+            return open_run(self.store, self.storage_options, columns=columns)
+        if existing is not None and not self.resume and not overwrite:
+            warnings.warn(f"the store at {self.store!r} {_rebuild_reason(existing)}: rebuilding it",
+                          UserWarning, stacklevel=4)
+        return None
+
+    def prepare(self, gzip_index: bytes | None, client: Any) -> None:
+        """Resume the store (blocks already flagged done are skipped) or create it afresh."""
+        info, store, storage_options = self.info, self.store, self.storage_options
+        if self.resume:
+            existing = self.existing
+            group = _open_group(store, "r", storage_options)
+            shape = tuple(int(n) for n in existing["volume_shape"])
+            resampled = existing.get("resampled_from") or {}
+            crop, value_range = resampled.get("crop"), resampled.get("value_range")
+            grid = Grid(np.asarray(existing["affine"], dtype=np.float64), shape, _stored_mask(group, shape),
+                        None if not crop else tuple(slice(a, b) for a, b in crop))
+            gzip_index = bytes(group["gzip_index"][:]) or None
+            plan = _plan.ChunkPlan(group["bold"].chunks[0], group["bold"].chunks[1])
+            done = np.asarray(group["ingest_done"][:], dtype=bool)
+            logger.info("resuming store %s: %d of %d blocks done", store, done.sum(), done.size)
+        else:
+            value_range = None
+            if self.mask_img is None:
+                mean, *value_range = run_summary(self.run_img, info, gzip_index, client, storage_options)
+                mask, mask_affine = mask_from_mean(mean, info.affine, *self.target)
+                mask_provenance = {"source": "compute_epi_mask"}
+                name = "the mask computed from the run (compute_epi_mask)"
+            else:
+                mask, mask_affine, mask_provenance = load_mask(self.mask_img, storage_options)
+                name = f"mask {mask_provenance['source']!r}"
+            grid = analysis_grid(mask, mask_affine, info.affine, info.volume_shape, *self.target, name=name)
+            if grid.resample and value_range is None:
+                value_range = run_summary(self.run_img, info, gzip_index, client, storage_options, False)[1:]
+            volume_size = max(int(np.prod(info.volume_shape)), int(np.prod(grid.shape)))
+            plan = _plan.plan_chunks(info.n_scans, int(grid.mask.sum()), volume_size, self.t_chunk, self.v_chunk)
+            n_blocks = len(_plan.block_bounds(info.n_scans, plan.t_chunk))
+            _create_store(store, storage_options, info, grid, mask_provenance, plan, n_blocks,
+                          gzip_index, self.fwhm, self.fingerprint, self.compressor, value_range)
+            done = np.zeros(n_blocks, dtype=bool)
+        self.grid, self.plan, self.done = grid, plan, done
+        self.gzip_index, self.value_range = gzip_index, value_range
+
+    def tasks(self) -> list:
+        """One delayed ``_ingest_block`` per block not yet flagged done."""
+        info, grid, plan = self.info, self.grid, self.plan
+        bounds = _plan.block_bounds(info.n_scans, plan.t_chunk)
+        work_affine, crop_shape, work_mask = grid.working_grid()  # where volumes are smoothed and masked
+        sigma = _volume.fwhm_to_sigma(self.fwhm, work_affine)
+        crop = _volume.smoothing_crop(work_mask, sigma)
+        resample = (info.affine, work_affine, crop_shape, *self.value_range) if grid.resample else None
+        blocks = ([info.path] * len(bounds) if info.path is not None
+                  else in_memory_blocks(self.run_img, bounds))
+        # Large constants are graph keys of their own, sent once (not once per task).
+        crop_key, index_key = graph_constant(crop), graph_constant(self.gzip_index)
+        step = _plan.volumes_per_read(max(int(np.prod(info.volume_shape)), int(np.prod(crop_shape))),
+                                      plan.t_chunk)
+        compiled = _smoothing.AVAILABLE and _plan.compiled_smoothing_pays(crop.mask.size, info.n_scans)
+        return [
+            dask.delayed(_ingest_block, pure=False)(
+                self.store, self.storage_options, blocks[b], b, start, stop, crop_key, sigma, index_key,
+                resample, step, compiled,
+            )
+            for b, (start, stop) in enumerate(bounds)
+            if not self.done[b]
+        ]
+
+    def finish(self, columns: bool = False) -> xr.Dataset:
+        """Check every block is flagged, then mark the store complete (last) and open it."""
+        group = _open_group(self.store, "r+", self.storage_options)
+        if not np.asarray(group["ingest_done"][:], dtype=bool).all():
+            raise StoreIncompleteError(f"ingestion into {self.store!r} did not write every block")
+        _sweep_partials(self.store)
+        group.attrs["complete"] = True  # last: only now is the store usable
+        return open_run(self.store, self.storage_options, columns=columns)
