@@ -153,3 +153,128 @@ def test_mask_plan_is_cached_by_value_and_read_only():
     assert changed.index.size == plan.index.size - 1
     assert _volume.mask_plan(crop, sigma * 2) is not plan
     np.testing.assert_array_equal(_smoothing.plan_smoothing(crop.mask, sigma).index, plan.index)
+
+
+# --- FWHM at the extremes: no smoothing below a radius of 0, refused above the field of view ---
+
+TINY_FWHMS = [1e-3, 1e-20, 1e-155, 1e-300, 5e-324]
+
+
+def _nilearn_kernel_is_finite(fwhm, affine):
+    """Whether scipy's own weights for this FWHM are finite (they are NaN for sigma ~1e-320..5e-155)."""
+    from scipy.ndimage._filters import _gaussian_kernel1d
+
+    with np.errstate(all="ignore"):
+        return all(not s > 0 or np.isfinite(_gaussian_kernel1d(s, 0, int(4 * s + 0.5))).all()
+                   for s in _volume.fwhm_to_sigma(fwhm, affine))
+
+
+@pytest.mark.parametrize("compiled", COMPILED)
+@pytest.mark.parametrize("fwhm", TINY_FWHMS)
+def test_tiny_fwhm_is_no_smoothing(compiled, fwhm):
+    """A kernel radius of 0 is scipy's kernel [1.0]: the volumes unchanged, for every tiny FWHM
+    (scipy's own formula overflows to NaN weights below ~1e-154 mm, or divides by 0)."""
+    rng = np.random.default_rng(3)
+    volumes = np.asfortranarray(rng.normal(size=(6, 7, 5, 2)).astype(np.float32) * 100)
+    mask = rng.random((6, 7, 5)) < 0.6
+    affine = _affine((3.0, 3.0, 3.5))
+    sigma = _volume.fwhm_to_sigma(fwhm, affine)
+    got = _volume.smooth_and_mask(volumes, _volume.smoothing_crop(mask, sigma), sigma, compiled=compiled)
+    np.testing.assert_array_equal(got, smooth_array(volumes, affine, fwhm=None)[mask].T)
+    if _nilearn_kernel_is_finite(fwhm, affine):  # 1e-3, 1e-20, 5e-324: nilearn's own result
+        np.testing.assert_array_equal(got, smooth_array(volumes, affine, fwhm=fwhm)[mask].T)
+
+
+@pytest.mark.parametrize("sigma", [1e-3, 1e-60, 4e-155, 1e-160, 1e-300, 5e-324, 0.1249])
+def test_gaussian_weights_of_a_zero_radius_are_the_identity(sigma):
+    np.testing.assert_array_equal(_smoothing.gaussian_weights(sigma), [1.0])
+    assert _smoothing.kernel_radius(sigma) == 0
+
+
+def test_fwhm_larger_than_the_field_of_view_is_refused():
+    affine = _affine((3.0, 3.0, 3.5))
+    shape = (24, 24, 12, 60)  # 72 x 72 x 42 mm
+    for bad in (1e6, 72.001, [5.0, 5.0, 100.0], np.float32(1e30)):
+        with pytest.raises(ValueError, match=r"smoothing_fwhm=.* mm is larger than the field of view "
+                                             r"\(72 x 72 x 42 mm"):
+            _volume.check_smoothing_fwhm(bad, affine, shape)
+    # up to the largest side: a 6 mm FWHM on a single 3.5 mm slice is nilearn's usual smoothing
+    np.testing.assert_array_equal(_volume.check_smoothing_fwhm(72.0, affine, shape),
+                                  _volume.fwhm_to_sigma(72.0, affine))
+    _volume.check_smoothing_fwhm(6.0, affine, (64, 64, 1))
+    assert not _volume.check_smoothing_fwhm(None, affine, shape).any()
+    with pytest.raises(ValueError, match="smoothing_fwhm"):
+        _volume.check_smoothing_fwhm(-1.0, affine, shape)
+
+
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_kernels_longer_than_the_volume_match_nilearn(compiled):
+    """At the bound the kernel spans the line many times over (reflected periodically): scipy's
+    numbers, bit for bit, including along a single slice."""
+    rng = np.random.default_rng(5)
+    volumes = np.asfortranarray(rng.normal(size=(9, 4, 1, 2)).astype(np.float32))
+    affine = _affine((2.0, 3.0, 3.0))
+    fwhm = 18.0  # the largest side: sigma 3.8 voxels along x, 2.5 along y and z
+    sigma = _volume.check_smoothing_fwhm(fwhm, affine, volumes.shape)
+    mask = np.ones((9, 4, 1), bool)
+    got = _volume.smooth_and_mask(volumes, _volume.smoothing_crop(mask, sigma), sigma, compiled=compiled)
+    np.testing.assert_array_equal(got, smooth_array(volumes, affine, fwhm=fwhm)[mask].T)
+
+
+# --- the same through the models, against nilearn's FirstLevelModel ---
+
+def _tiny_run(root):
+    import nibabel as nib
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    n = 40
+    block = ((np.arange(n) // 5) % 2).astype(float)
+    data = (1000 + rng.normal(0, 20, size=(8, 9, 6, n)) + 5 * block).astype(np.float32)
+    affine = _affine((3.0, 3.0, 3.5))
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_zooms((3.0, 3.0, 3.5, 2.0))
+    mask = np.zeros((8, 9, 6), np.uint8)
+    mask[1:-1, 1:-1, 1:-1] = 1
+    nib.save(img, root / "run.nii")
+    nib.save(nib.Nifti1Image(mask, affine), root / "mask.nii")
+    design = pd.DataFrame({"a": block, "b": rng.normal(size=n), "constant": np.ones(n)})
+    return str(root / "run.nii"), str(root / "mask.nii"), design
+
+
+@pytest.mark.parametrize("fwhm", TINY_FWHMS)
+def test_model_with_a_tiny_fwhm_is_unsmoothed_nilearn(tmp_path, fwhm):
+    import warnings
+
+    from nilearn.glm.first_level import FirstLevelModel as NilearnModel
+
+    from daskglm import FirstLevelModel
+
+    run, mask, design = _tiny_run(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = FirstLevelModel(store=tmp_path / "stores", client="threads", mask_img=mask, smoothing_fwhm=fwhm
+                               ).fit(run, design_matrices=design).compute_contrast("a", output_type="all")
+        unsmoothed = NilearnModel(mask_img=mask, smoothing_fwhm=None).fit(run, design_matrices=design
+                                                                          ).compute_contrast("a", output_type="all")
+        same_fwhm = NilearnModel(mask_img=mask, smoothing_fwhm=fwhm).fit(run, design_matrices=design
+                                                                         ).compute_contrast("a", output_type="all")
+    references = [unsmoothed]
+    if _nilearn_kernel_is_finite(fwhm, _affine((3.0, 3.0, 3.5))):
+        references.append(same_fwhm)  # else nilearn's maps are those of all-zero signals (see README)
+    for theirs in references:
+        for key in ("z_score", "effect_size", "effect_variance"):
+            a, b = ours[key].get_fdata(), theirs[key].get_fdata()
+            assert np.isfinite(a).all(), key
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-10, err_msg=key)
+
+
+def test_model_refuses_a_fwhm_wider_than_the_run_before_writing(tmp_path):
+    from daskglm import FirstLevelModel
+
+    run, mask, design = _tiny_run(tmp_path)  # 24 x 27 x 21 mm
+    model = FirstLevelModel(store=tmp_path / "stores", client="threads", mask_img=mask, smoothing_fwhm=100.0)
+    with pytest.raises(ValueError, match=r"smoothing_fwhm=100.0 mm is larger than the field of view "
+                                         r"\(24 x 27 x 21 mm"):
+        model.fit(run, design_matrices=design)
+    assert not (tmp_path / "stores").exists() or not any((tmp_path / "stores").rglob("*"))

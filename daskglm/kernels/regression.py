@@ -43,6 +43,21 @@ Definitions (each defined once, here):
   as 0 (whitening one scan changes nothing; nilearn's label is the integer
   cast of NaN), and AR(p > 1) fits are refused by :func:`daskglm.glm.fit.fit_run`
   (nilearn's KMeans fails on the NaN).
+* Constant voxels: a voxel whose signal is exactly the same value ``y`` at
+  every scan (after scaling: the scaling maps equal values to equal values),
+  fitted with a full-rank design that holds a constant column ``X[:, j] = c``
+  and has residual dof > 0, has in exact arithmetic ``beta = (y / c) e_j``,
+  zero residuals and ``sigma2 = 0`` whatever the whitening (``W X e_j``
+  is ``W 1`` times ``c``): the fits set these exact values
+  (:func:`exact_constant_fits`) and, as for other zero residuals, AR
+  coefficient 0 (AR(1) label 0.0). nilearn computes them through ``pinv``,
+  so with ``signal_scaling=False`` its betas carry ~1e-15 of rounding, its
+  dispersion ~1e-29, and the t of a contrast without the constant column is
+  the ratio of two rounding errors (any value, e.g. z = -1.2 for OLS and 5.0
+  for AR(1)); here it is exactly 0 (effect 0, variance 0, p 0.5). With the
+  default ``signal_scaling=0`` the scaled signal is exactly 0 and both
+  give 0. A contrast on the constant column gets effect ``y / c``, variance
+  0 and nilearn's statistic for a zero variance (``effect / sqrt(1e-50)``).
 * AR(1) labels: ``trunc(rho * bins) / bins`` on a fixed grid, both defined
   beside the moment fit that also uses them
   (:func:`daskglm.kernels.ar1_moments.ar1_labels`, re-exported here, and
@@ -79,6 +94,7 @@ __all__ = [
     "fit_block",
     "ar_coefficients_block",
     "refit_block",
+    "exact_constant_fits",
 ]
 
 class OLSFit(NamedTuple):
@@ -329,6 +345,73 @@ def _fit_groups(
     return beta, sigma2
 
 
+def constant_column(X: np.ndarray, key: bytes | None = None) -> int | None:
+    """The column of a full-rank design (residual dof > 0) whose entries are one non-zero value.
+
+    None when there is no such column, more than one, ``X`` is rank deficient
+    or has no residual dof: then a constant voxel's exact fit is not the
+    simple ``(y / c) e_j`` (or its residuals are not all zero).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n, p = X.shape
+    if n < 2 or _PINVS.dof(X, key) != n - p or n - p <= 0:
+        return None
+    columns = np.flatnonzero(np.all(X == X[:1], axis=0) & (X[0] != 0))
+    return int(columns[0]) if columns.size == 1 else None
+
+
+def constant_voxels(Y: np.ndarray, rows: int = 64) -> np.ndarray:
+    """Indexes of the columns of ``Y (n, v)`` whose ``n >= 2`` values are all equal."""
+    Y = np.asarray(Y)
+    n, v = Y.shape
+    if n < 2 or v == 0:
+        return np.empty(0, dtype=np.intp)
+    same = np.ones(v, dtype=bool)
+    first = Y[0]
+    for a in range(1, n, rows):  # a few rows at a time: no (n, v) temporary
+        same &= np.all(Y[a:a + rows] == first, axis=0)
+    return np.flatnonzero(same)
+
+
+def exact_constant_fits(Y: np.ndarray, X: np.ndarray, beta: np.ndarray, sigma2: np.ndarray,
+                        mean: float | np.ndarray | None = None, key: bytes | None = None) -> np.ndarray:
+    """Give the voxels with an exactly constant signal their exact fit, in place.
+
+    See the module notes: ``beta = (y / c) e_j`` and ``sigma2 = 0`` where
+    ``X[:, j] = c`` is the design's constant column and ``y`` the voxel's
+    scaled value; nothing is changed when the design has no such column.
+
+    Parameters
+    ----------
+    Y : ndarray, shape (n, v)
+        The block as given to the fit (raw; ``mean`` scales it).
+    X : ndarray, shape (n, p)
+    beta : ndarray, shape (p, v)
+    sigma2 : ndarray, shape (v,)
+    mean : float or ndarray, optional
+        :func:`daskglm.kernels.scaling.scaling_mean`'s floored mean (None: ``Y`` is the
+        fitted signal).
+    key : bytes, optional
+        The design's cache key.
+
+    Returns
+    -------
+    ndarray of intp
+        The constant voxels changed.
+    """
+    j = constant_column(X, key)
+    if j is None:
+        return np.empty(0, dtype=np.intp)
+    idx = constant_voxels(Y)
+    if idx.size:
+        value = np.empty((1, idx.size))
+        _scaling.scaled_rows(Y[:1, idx], mean if mean is None or np.ndim(mean) == 0 else mean[idx], 0, 1, value)
+        beta[:, idx] = 0.0
+        beta[j, idx] = value[0] / np.asarray(X, dtype=np.float64)[0, j]
+        sigma2[idx] = 0.0
+    return idx
+
+
 def ar_coefficients_block(
     Y: np.ndarray,
     X: np.ndarray,
@@ -416,8 +499,11 @@ def fit_block(
         Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean)[0])
         if order == 0:
             fit = ols(Ys, X)
+            exact_constant_fits(Ys, X, fit.beta, fit.sigma2, key=key)
             return BlockFit(fit.beta, fit.sigma2, np.zeros(Ys.shape[1]), fit.dof)
-        return BlockFit(*_ar1_exact(Ys, X, bins, ar_center, key), _PINVS.dof(X, key))
+        beta, sigma2, label = _ar1_exact(Ys, X, bins, ar_center, key)
+        label[exact_constant_fits(Ys, X, beta, sigma2, key=key)] = 0.0
+        return BlockFit(beta, sigma2, label, _PINVS.dof(X, key))
     Y = np.asarray(Y)
     # the scaled block is streamed into the moments a few rows at a time, never held whole
     mean = _scaling.scaling_mean(Y, signal_scaling, scaling_mean)
@@ -429,6 +515,7 @@ def fit_block(
         _scaling.scaled_rows(Y[:, redo], mean if mean is None or mean.ndim == 0 else mean[redo],
                              0, Y.shape[0], Ys)
         beta[:, redo], sigma2[redo], label[redo] = _ar1_exact(Ys, X, bins, key=key)
+    label[exact_constant_fits(Y, X, beta, sigma2, mean, key)] = 0.0
     return BlockFit(beta, sigma2, label, _PINVS.dof(X, key))
 
 
@@ -493,4 +580,5 @@ def refit_block(
         )
     Ys = _as_float64(scale_signal(Y_scaled, signal_scaling, scaling_mean)[0])
     beta, sigma2 = _fit_groups(Ys, X, labels.astype(np.intp), coeffs)
+    exact_constant_fits(Ys, X, beta, sigma2)  # exact under any whitening: the labels stay
     return BlockFit(beta, sigma2, labels.astype(np.float64), _PINVS.dof(X))

@@ -72,7 +72,13 @@ class SmoothingPlan(NamedTuple):
 
 
 def gaussian_weights(sigma: float) -> np.ndarray:
-    """scipy's ``gaussian_filter1d`` weights for ``sigma`` (``[1.0]`` for sigma 0).
+    """scipy's ``gaussian_filter1d`` weights for ``sigma`` (``[1.0]`` when the radius is 0).
+
+    A radius of 0 (``sigma < 0.125``) is the identity: scipy's formula
+    ``exp(-0.5 / sigma**2 * x**2)`` gives ``[1.0]`` at ``x = 0`` for every
+    sigma whose square does not underflow, and ``0 * inf`` = NaN below
+    ~5e-155 (or a ZeroDivisionError on Python floats): the limit, not the
+    rounding accident, is returned for every such sigma.
 
     Parameters
     ----------
@@ -82,9 +88,9 @@ def gaussian_weights(sigma: float) -> np.ndarray:
     -------
     ndarray of float64, shape (2 r + 1,), ``r = int(4 sigma + 0.5)``
     """
-    if not sigma > 0:
-        return np.ones(1)
     radius = kernel_radius(sigma)
+    if radius == 0:
+        return np.ones(1)
     x = np.arange(-radius, radius + 1)
     phi = np.exp(-0.5 / (float(sigma) * float(sigma)) * x**2)
     return phi / phi.sum()

@@ -16,11 +16,12 @@ _njit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 @_njit
 def _reflect(i, n):  # pragma: no cover - compiled
-    while i < 0 or i >= n:
-        if i < 0:
-            i = -i - 1
-        if i >= n:
-            i = 2 * n - i - 1
+    """scipy's ``mode="reflect"`` index (d c b a | a b c d | d c b a): periodic with period
+    ``2 n``, so one floor modulo (numba keeps Python's sign rule) whatever ``|i|`` is, where
+    reflecting once per period cost O(radius / n) for kernels longer than the line."""
+    i = i % (2 * n)
+    if i >= n:
+        i = 2 * n - 1 - i
     return i
 
 

@@ -15,9 +15,14 @@ gets exactly the numbers a whole-volume filter gives. The filter itself is
 :mod:`daskglm.kernels.smoothing`'s compiled one (scipy's arithmetic, 3x faster) when
 numba is installed, else scipy's.
 
-One difference with nilearn: float64 runs are cast to float32 before
+Differences with nilearn: float64 runs are cast to float32 before
 smoothing (nilearn smooths them in float64); the stores hold float32 either
-way, and the two agree to ~1e-7 relative.
+way, and the two agree to ~1e-7 relative. An FWHM whose kernel radius is 0
+(``sigma < 0.125`` voxel) is no smoothing along that axis, as scipy's kernel
+``[1.0]`` is, also below ~1e-154 mm where scipy's weights overflow to NaN
+(nilearn's masker then zeroes every voxel). An FWHM larger than the field of
+view is refused (:func:`check_smoothing_fwhm`), where nilearn filters with a
+kernel of ``8 sigma`` samples per voxel.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from . import smoothing as _smoothing
 
 __all__ = [
     "Crop",
+    "check_smoothing_fwhm",
+    "field_of_view",
     "fwhm_to_sigma",
     "mask_plan",
     "smooth_and_mask",
@@ -102,6 +109,73 @@ def fwhm_to_sigma(fwhm: float | None, affine: np.ndarray) -> np.ndarray:
     return fwhm_arr / (FWHM_OVER_SIGMA * voxel_sizes(affine))
 
 
+def field_of_view(affine: np.ndarray, volume_shape: tuple[int, ...]) -> np.ndarray:
+    """The extent of a volume in millimetres along each axis: voxels times voxel size.
+
+    Parameters
+    ----------
+    affine : ndarray, shape (4, 4)
+    volume_shape : tuple of int
+        At least 3 (a 4D shape's time axis is ignored).
+
+    Returns
+    -------
+    ndarray, shape (3,)
+    """
+    return np.asarray(volume_shape[:3], dtype=float) * voxel_sizes(affine)
+
+
+def check_smoothing_fwhm(fwhm: float | None, affine: np.ndarray,
+                         volume_shape: tuple[int, ...]) -> np.ndarray:
+    """Validate ``smoothing_fwhm`` for a run, before any work: :func:`fwhm_to_sigma`'s checks,
+    and no FWHM larger than the field of view.
+
+    A Gaussian wider than the whole field of view is no longer smoothing (every
+    voxel becomes nearly the mean of the volume), and its cost grows with it:
+    scipy's kernel holds ``2 int(4 sigma + 0.5) + 1`` weights, each applied
+    to every voxel, so ``smoothing_fwhm=1e6`` on a 3 mm grid is ~1.1 million
+    multiply-adds per voxel and axis (nilearn spends ~8 s per 24 x 24 x 12 volume on it). The bound is
+    the largest side of the field of view, ``max(shape * voxel size)``, so
+    that an FWHM above a thin slab's thickness (a single-slice run, say)
+    remains valid; then ``sigma <= 0.43 * side / voxel size`` and the kernel
+    radius is at most ~1.7 times the voxels along the largest side.
+
+    Parameters
+    ----------
+    fwhm : float, sequence of 3 floats, or None
+        Millimetres, as nilearn's ``smoothing_fwhm``.
+    affine : ndarray, shape (4, 4)
+        The run's affine.
+    volume_shape : tuple of int
+        The run's shape (3 or 4 values).
+
+    Returns
+    -------
+    ndarray, shape (3,)
+        ``fwhm_to_sigma(fwhm, affine)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`fwhm_to_sigma`; ValueError naming ``smoothing_fwhm``, its value and the
+        field of view in mm when an FWHM exceeds the largest side.
+    """
+    sigma = fwhm_to_sigma(fwhm, affine)
+    if fwhm is None:
+        return sigma
+    fov = field_of_view(affine, volume_shape)
+    widest = float(np.max(fwhm))
+    if widest > fov.max():
+        sides = " x ".join(f"{side:g}" for side in fov)
+        raise ValueError(
+            f"smoothing_fwhm={fwhm!r} mm is larger than the field of view ({sides} mm, voxels times "
+            f"voxel size): a Gaussian that wide averages the whole volume and its kernel would hold "
+            f"~{2 * _smoothing.kernel_radius(float(sigma.max())) + 1:.3g} weights per voxel; "
+            f"use at most {fov.max():g} mm (nilearn's examples use 4-8 mm)"
+        )
+    return sigma
+
+
 def smoothing_crop(mask: np.ndarray, sigma: np.ndarray) -> Crop:
     """The smallest box whose smoothing gives exact values on every mask voxel.
 
@@ -168,7 +242,9 @@ def smooth_and_mask(volumes: np.ndarray, crop: Crop, sigma: np.ndarray,
     # NIfTI data come in Fortran order: (x, y, z, t) Fortran is (t, z, y, x) in
     # C order, so transposing is free and each volume is one contiguous block.
     view = volumes[crop.slices].T  # (t, z, y, x)
-    smooth = bool(np.any(np.asarray(sigma) > 0))
+    # a radius of 0 (sigma < 0.125) is scipy's kernel [1.0]: no smoothing along that axis
+    radii = [_smoothing.kernel_radius(float(s)) for s in np.asarray(sigma, dtype=float)]
+    smooth = any(r > 0 for r in radii)
     if smooth and (compiled if compiled is not None else _smoothing.AVAILABLE):
         return _smoothing.smooth_masked(view, plan, out)  # casts and zeroes non-finite values itself
     with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, then 0 below
@@ -177,7 +253,7 @@ def smooth_and_mask(volumes: np.ndarray, crop: Crop, sigma: np.ndarray,
         box[~np.isfinite(box)] = 0
     # nilearn filters along x, then y, then z: axes 3, 2, 1 here.
     for axis in range(3):
-        if sigma[axis] > 0:
+        if radii[axis] > 0:
             gaussian_filter1d(box, float(sigma[axis]), axis=3 - axis, output=box)
     np.take(box.reshape(box.shape[0], -1), plan.box_index, axis=1, out=out)
     return out
