@@ -22,6 +22,7 @@ from daskglm.bids.subject import MARKER
 from daskglm.bids.batch import BatchResult, _prepare_contrasts, run_batch
 from daskglm.datasets.bids_sim import simulate_bids
 from daskglm.glm.design import contrast_dict, contrast_matrices
+from daskglm.io.outputs import MANIFEST
 
 DERIV = "derivatives/fmriprep"
 TASK = "language"
@@ -51,7 +52,8 @@ def _batch(bids, out: Path, stores: Path, contrasts: dict = CONTRASTS, **kwargs)
 
 
 def _files(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    """The files under ``root``, without daskglm's manifests (tests/test_output_safety.py checks them)."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST}
 
 
 def _mtimes(root: Path) -> dict[str, int]:

@@ -34,6 +34,19 @@ and all its outputs; otherwise its marker is removed first, its outputs
 rewritten, previous outputs no longer produced deleted, a new marker written.
 One batch at a time per output folder.
 
+Output safety (:mod:`daskglm.io.outputs`): daskglm replaces or deletes only
+files it wrote itself. Each folder it writes into (the output root, each
+``sub-<label>/``) holds a manifest, ``.daskglm-outputs.json``, of the files it
+wrote there (size and SHA-256). Before any subject is fitted, every file the
+batch would write is checked: an existing one must be in its manifest and
+unchanged, and none may be an input of the batch (runs, events, confounds,
+mask, dataset files), else :class:`daskglm.io.outputs.OutputConflict` (a
+``ValueError``, one line naming the file) is raised. The output folder may
+not be the dataset or its derivatives folder (outputs would be read back as
+inputs). A ``dataset_description.json`` daskglm did not write is left as it
+is. Each subject checks its own files again before its fit (its error then
+fails that subject only).
+
 Names are nilearn's own (its ``BaseGLM._generate_filenames_output`` called on a
 stand-in for the model): the same set of files as ``save_glm_to_bids``, except
 ``report.html`` (only with ``report=True``), the PNG figures (skipped with
@@ -70,7 +83,9 @@ from .subject import (
     SubjectResult,
     input_files,
     is_complete,
+    output_plan,
     run_subject,
+    subject_inputs,
     write_json,
 )
 
@@ -198,11 +213,17 @@ def _fingerprint(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
-def _dataset_description(out_dir: Path) -> None:
-    """``dataset_description.json`` at the output root (``GeneratedBy`` gains a daskglm entry)."""
+def _dataset_description(out_dir: Path, plan: Any) -> None:
+    """``dataset_description.json`` at the output root (``GeneratedBy`` gains a daskglm entry).
+
+    Written only when absent or daskglm's own (``plan``, an
+    :class:`~daskglm.io.outputs.OutputPlan` of it): another tool's is left as it is.
+    """
     from .. import __version__
 
     path = out_dir / "dataset_description.json"
+    if not plan.will_write(path):
+        return
     entry = {"Name": "daskglm", "Version": __version__,
              "Description": "A daskglm first-level GLM (nilearn's FirstLevelModel, out of core).",
              "CodeURL": "https://pypi.org/project/daskglm/"}
@@ -213,7 +234,42 @@ def _dataset_description(out_dir: Path) -> None:
     generated = description.setdefault("GeneratedBy", [])
     if entry not in generated:
         generated.append(entry)
+        plan.claim()
         write_json(path, description, indent=4, sort_keys=True)
+        plan.record(path)
+        plan.commit()
+
+
+# ------------------------------------------------------------------ output checks
+
+
+def _check_output_dir(out: Path, dataset: Path, derivatives: Path) -> None:
+    """The output folder may not be the dataset, its derivatives folder, or inside their subject folders."""
+    from ..io.outputs import OutputConflict
+
+    real = Path(os.path.realpath(out))
+    for what, root in (("the dataset", dataset), ("the derivatives folder", derivatives)):
+        root = Path(os.path.realpath(root))
+        inside = real.is_relative_to(root) and any(part.startswith("sub-") for part in real.relative_to(root).parts)
+        if real == root or inside:
+            raise OutputConflict(f"output folder {str(out)!r} is {what} {str(root)!r} (or one of its subject "
+                                 "folders): outputs would be mixed with the inputs; choose another --out "
+                                 "(e.g. a folder under derivatives/)")
+
+
+def _run_imgs(derivatives: Path, label: str, task_label: str, space_label: str | None,
+              img_filters: Any) -> list[str] | None:
+    """A subject's runs as nilearn's ``first_level_from_bids`` finds them (None: let the subject's task say why)."""
+    try:
+        from nilearn.glm.first_level.first_level import _get_processed_imgs
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imgs, _ = _get_processed_imgs(str(derivatives), label, task_label,
+                                          space_label or "MNI152NLin2009cAsym", list(img_filters or []), 0)
+        return [str(p) for p in imgs] or None
+    except Exception:  # noqa: BLE001 - a file-listing problem: the subject's own task reports it
+        return None
 
 
 # ------------------------------------------------------------------ the batch
@@ -349,20 +405,34 @@ def run_batch(
         "first_level": {k: v for k, v in kwargs.items() if k not in _EXECUTION},
     })
     fingerprint = _fingerprint(parameters)
-    out.mkdir(parents=True, exist_ok=True)
-    _dataset_description(out)
+    # Outputs checked before any work: against the inputs, and against files daskglm did not write.
+    from ..io.outputs import OutputPlan
+
+    _check_output_dir(out, dataset, derivatives)
+    description = out / "dataset_description.json"
+    root_plan = OutputPlan([description], optional=[description], what="--out (output_dir)")
+    root_plan.check()
+    complete, todo = [], []
+    for label in labels:
+        inputs = input_files(dataset, derivatives, label, task_label)
+        if is_complete(out / f"sub-{label}", fingerprint, inputs):
+            complete.append(label)
+            continue
+        todo.append(Job(label, str(dataset), task_label, space_label, derivatives_folder, str(out),
+                        defs, stat_types, fingerprint, parameters, bool(report), bool(figures), kwargs))
+        run_imgs = _run_imgs(derivatives, label, task_label, space_label, kwargs.get("img_filters"))
+        if run_imgs is not None:
+            output_plan(out, label, run_imgs, defs, stat_types, bool(report), bool(figures),
+                        bool(kwargs.get("minimize_memory", True)),
+                        subject_inputs(dataset, inputs, run_imgs, kwargs.get("mask_img")))
+    root_plan.create_folders()
+    _dataset_description(out, root_plan)
 
     result = BatchResult(str(out))
     progress = _Progress(len(labels), verbose)
-    todo = []
-    for label in labels:
-        if is_complete(out / f"sub-{label}", fingerprint,
-                     input_files(dataset, derivatives, label, task_label)):
-            result.subjects[label] = SubjectResult(label, "skipped")
-            progress(result.subjects[label])
-        else:
-            todo.append(Job(label, str(dataset), task_label, space_label, derivatives_folder, str(out),
-                             defs, stat_types, fingerprint, parameters, bool(report), bool(figures), kwargs))
+    for label in complete:
+        result.subjects[label] = SubjectResult(label, "skipped")
+        progress(result.subjects[label])
     if todo:
         with get_client(client) as resolved:
             if resolved is None:  # a local scheduler: one subject after the other, here

@@ -30,9 +30,11 @@ __all__ = [
     "SubjectResult",
     "input_files",
     "is_complete",
+    "output_plan",
     "report_contrasts",
     "report_html",
     "run_subject",
+    "subject_inputs",
     "write_json",
 ]
 
@@ -204,6 +206,76 @@ def nilearn_view(design_matrices: list, run_imgs: list, model: Any = None) -> An
     return view
 
 
+def output_plan(out: Path, label: str, run_imgs: list, contrasts: dict[str, Any], stat_types: dict[str, str],
+                report: bool, figures: bool, minimize_memory: bool, inputs: list[tuple[str, Any]]) -> Any:
+    """Every file one subject writes, checked against its folder's manifest and its inputs; and its marker.
+
+    See :mod:`daskglm.io.outputs`: an existing output daskglm cannot prove it
+    wrote, or one that is an input (``inputs``: ``(what, path)`` pairs), is
+    refused, before any work. The completion marker (:data:`MARKER`) is
+    daskglm's state, not an output: an existing one must parse as a marker.
+
+    Returns
+    -------
+    daskglm.io.outputs.OutputPlan
+        Checked.
+
+    Raises
+    ------
+    daskglm.io.outputs.OutputConflict
+        One line naming the file (and the input).
+    """
+    from ..io.outputs import OutputConflict, OutputPlan
+
+    view = nilearn_view([None] * len(run_imgs), run_imgs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nilearn's renaming notes: the subject's own naming shows them
+        view._generate_filenames_output(None, {n: "c" for n in contrasts}, stat_types, out)
+    names = view._reporting_data["filenames"]
+    files = [names["mask"], "statmap.json"]
+    for index in range(len(run_imgs)):
+        design = names["design_matrices_dict"][index]
+        files += [design["design_matrix_tsv"], str(Path(design["design_matrix_tsv"]).with_suffix(".json"))]
+        if figures:
+            files += [design["design_matrix_png"], design["correlation_matrix_png"],
+                      *(names["contrasts_dict"][index][name] for name in contrasts)]
+    for name in contrasts:
+        maps = names["statistical_maps"][name]
+        files += [maps[key] for key in ("effect_size", "stat", "effect_variance", "z_score", "p_value",
+                                        "clusters_tsv", "metadata")]
+    if not minimize_memory:
+        files += [names["model_level_mapping"][index][key] for index in range(len(run_imgs))
+                  for key in ("residuals", "r_square")]
+    if report:
+        files.append("report.html")
+    folder = Path(names["dir"])
+    plan = OutputPlan([folder / f for f in files], what="--out (output_dir)")
+    plan.check_inputs(inputs)
+    plan.check()
+    marker = out / f"sub-{label}" / MARKER  # daskglm's state, rewritten whatever its content: if it is a marker
+    if marker.exists() or marker.is_symlink():
+        try:
+            ok = marker.is_file() and not marker.is_symlink() and {"format", "subject"} <= set(
+                json.loads(marker.read_text()))
+        except (OSError, ValueError, TypeError):
+            ok = False
+        if not ok:
+            raise OutputConflict(f"{marker} exists and is not a daskglm completion marker: choose another "
+                                 "--out (or remove the file)")
+    return plan
+
+
+def subject_inputs(dataset: Path, inputs: dict[str, list[int]], run_imgs: list, mask_img: Any
+                   ) -> list[tuple[str, Any]]:
+    """``(what, path)`` of a subject's input files: runs, task files of :func:`input_files`, mask, descriptions."""
+    found: list[tuple[str, Any]] = [("run", p) for p in run_imgs]
+    found += [("dataset file", p if os.path.isabs(p) else dataset / p) for p in inputs]
+    if isinstance(mask_img, (str, os.PathLike)) and os.fspath(mask_img) != "derivatives":
+        found.append(("mask", mask_img))
+    found.append(("dataset file", dataset / "dataset_description.json"))
+    return found
+
+
 # ------------------------------------------------------------------ one subject
 
 
@@ -265,12 +337,10 @@ def run_subject(job: Job, scheduler: str | None = None) -> SubjectResult:
 
 
 def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
-    """Discover, fit, compute and write one subject; returns the files written (marker last).
+    """Discover, check the outputs, fit, compute and write one subject; returns the files written (marker last).
 
     ``stage[0]`` says what is being done, for the error message of a failure.
     """
-    from ..io.maps import save_nifti, scatter_to_volume
-    from ..runtime.cluster import compute, get_client
     from .from_bids import first_level_from_bids
 
     out = Path(job.output_dir)
@@ -279,25 +349,45 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
     if not (isinstance(job.label, str) and job.label.isalnum()):  # a BIDS label: no separator, no ".."
         raise ValueError(f"subject label must be alphanumeric (BIDS); got {job.label!r}")
     inputs = input_files(dataset, derivatives, job.label, job.task_label)  # before reading them
-    sub_dir = out / f"sub-{job.label}"
-    sub_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        previous = json.loads((sub_dir / MARKER).read_text()).get("outputs", [])
-    except (OSError, ValueError, AttributeError):
-        previous = []
-    (sub_dir / MARKER).unlink(missing_ok=True)  # incomplete from here until the new marker
-    for leftover in sub_dir.glob(".*.tmp-*"):
-        leftover.unlink(missing_ok=True)
     models, imgs, events, confounds = first_level_from_bids(
         job.dataset, job.task_label, space_label=job.space_label, sub_labels=[job.label],
         derivatives_folder=job.derivatives_folder, client=scheduler, **job.kwargs)
     if not models:
         raise RuntimeError(f"first_level_from_bids found no model for subject {job.label!r}")
     model, run_imgs = models[0], imgs[0]
+    stage[0] = "checking the output folder"
+    plan = output_plan(out, job.label, run_imgs, job.contrasts, job.stat_types, job.report, job.figures,
+                       model.minimize_memory, subject_inputs(dataset, inputs, run_imgs, job.kwargs.get("mask_img")))
+    plan.create_folders()
+    try:
+        return _write_subject(job, scheduler, stage, plan, model, run_imgs, events[0], confounds[0], inputs)
+    finally:
+        if plan.claimed:
+            plan.commit()  # what was written, recorded (on failure too)
+        else:
+            plan.remove_created_folders()
+
+
+def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model: Any, run_imgs: list,
+                   events: Any, confounds: Any, inputs: dict[str, list[int]]) -> list[str]:
+    """Fit one subject and write the files of ``plan``; returns the files written (marker last)."""
+    from ..io.maps import save_nifti, scatter_to_volume
+    from ..runtime.cluster import compute, get_client
+
+    out = Path(job.output_dir)
+    sub_dir = out / f"sub-{job.label}"
+    try:
+        previous = json.loads((sub_dir / MARKER).read_text()).get("outputs", [])
+    except (OSError, ValueError, AttributeError):
+        previous = []
+    (sub_dir / MARKER).unlink(missing_ok=True)  # daskglm's (checked); incomplete from here until the new marker
+    for leftover in sub_dir.glob(f"{MARKER}.tmp-*"):  # left by a killed write of the marker
+        leftover.unlink(missing_ok=True)
     stage[0] = f"fitting runs {[Path(p).name for p in run_imgs]}"
     with get_client(scheduler):
-        model.fit(run_imgs, events=events[0], confounds=confounds[0])
+        model.fit(run_imgs, events=events, confounds=confounds)
         stage[0] = "writing the design and model files"
+        plan.claim()  # checked again: nothing of another's appeared during the fit
         view = nilearn_view(model.design_matrices_, run_imgs, model)
         view._generate_filenames_output(None, {n: "c" for n in job.contrasts}, job.stat_types, out)
         names = view._reporting_data["filenames"]
@@ -310,6 +400,7 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
                 _write_bytes(path, data)
             else:
                 save_nifti(data, path)
+            plan.record(path)
             written.append(path)
 
         put(names["mask"], model.mask_img_)
@@ -338,9 +429,9 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
         if job.report:
             put("report.html", report_html(model.generate_report(report_contrasts(job.contrasts))))
     outputs = sorted(p.relative_to(out).as_posix() for p in written)
-    for stale in set(previous) - set(outputs):
-        if not str(stale).startswith(("/", "..")):
-            (out / stale).unlink(missing_ok=True)
+    for stale in sorted(set(previous) - set(outputs)):
+        if isinstance(stale, str) and not stale.startswith(("/", "..")) and "/.." not in stale:
+            plan.remove(out / stale)  # only if the manifest proves it daskglm's, unchanged
     import nilearn
 
     from .. import __version__

@@ -58,7 +58,10 @@ def add_bids_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--contrast", required=True, action="append", type=_contrast_arg, metavar="NAME=EXPR",
                    help="contrast name and expression of design columns (repeatable), e.g. "
                         "'language=DStDSp + DStSSp - SStDSp - SStSSp'")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True,
+                   help="output folder: new, empty, or holding no file of an output's name that daskglm did not "
+                        "write there itself (its .daskglm-outputs.json manifests list what it wrote, which a rerun "
+                        "may replace); not the dataset or its derivatives folder. Checked before any work")
     p.add_argument("--space", default=None, help="space label (default: MNI152NLin2009cAsym)")
     p.add_argument("--sub", action="extend", nargs="+", default=None, metavar="LABEL",
                    help="subject labels (default: all)")

@@ -19,6 +19,18 @@ holding the design matrices and the run file names. So
 ``[run-<i>_]design.tsv`` / ``design.json`` and ``mask.nii.gz``, prefixed by the
 runs' BIDS entities (``sub-01_task-x_...``, in a ``sub-01/`` folder) when the
 run file names carry a subject label, or by ``--prefix``.
+
+Output safety (:mod:`daskglm.io.outputs`): ``--out`` may be a new folder, an
+empty one, or one holding other files, but daskglm replaces only files it
+wrote itself. Each folder it writes into gets a manifest,
+``.daskglm-outputs.json``, listing the files it wrote there (size and
+SHA-256). Before anything is read or fitted, every output file is checked: an
+existing one must be listed in the manifest and unchanged since, else the
+command stops with one line naming it (choose another ``--out``, or remove the
+file). An output that is one of the command's inputs (runs, events, confounds,
+design matrices, mask, ``--bg-img``) is refused the same way, naming both.
+Other files in the folder are never touched; an existing
+``dataset_description.json`` daskglm did not write is left as it is.
 """
 
 from __future__ import annotations
@@ -153,14 +165,19 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Fit a first-level GLM (nilearn's FirstLevelModel, out of core on Dask) on one or more "
                     "runs, compute contrasts, and write each contrast's effect, variance, t/F, z and p maps, "
                     "the design matrices (TSV) and the mask under the names nilearn's save_glm_to_bids gives "
-                    "them. Designs come from --design-matrix files, or are built from --events files.",
+                    "them. Designs come from --design-matrix files, or are built from --events files. "
+                    "Outputs never replace a file daskglm did not write, nor an input: --out is a new or empty "
+                    "folder, or one holding other files none of which has an output's name, or daskglm's own "
+                    "output folder (its .daskglm-outputs.json lists what it wrote there, which a rerun may "
+                    "replace); anything else is refused before any work, in one line naming the file.",
         epilog="Example: daskglm fit run1.nii.gz run2.nii.gz --events ev1.tsv --events ev2.tsv --t-r 2.5 "
                "--mask mask.nii.gz --smoothing-fwhm 5 --contrast 'language=DStDSp - SStSSp' "
                "--contrast DSt_minus_SSt=-1,-1,1,1 --out results --report")
     p.add_argument("runs", nargs="+", type=input_path, metavar="RUN",
                    help="4D NIfTI runs (.nii, .nii.gz, or fsspec URLs), fitted together (fixed effects)")
     p.add_argument("--out", "--output", "-o", dest="out", required=True, metavar="DIR",
-                   help="output folder (created; required)")
+                   help="output folder (created; required): new, empty, or holding no file of an output's "
+                        "name that daskglm did not write there itself (see above)")
     design = p.add_argument_group("design: --design-matrix files, or --events files (one per run, in run order)")
     design.add_argument("--design-matrix", action="append", type=input_path, default=None, metavar="FILE",
                         help="design matrix of a run (repeat per run): .tsv/.csv with a header of column "
@@ -370,17 +387,49 @@ def _join(folder: str, *names: str) -> str:
     return "/".join([folder.rstrip("/"), *names]) if "://" in folder else os.path.join(folder, *names)
 
 
-def _dataset_description(out: str) -> None:
+def _dataset_description() -> bytes:
+    """``dataset_description.json`` of the output folder (written unless another tool's is there)."""
     from .. import __version__
-    from ..io.nifti import is_url
 
-    path = _join(out, "dataset_description.json")
-    if not is_url(path) and os.path.exists(path):
-        return  # a folder already described (by us or another tool): left as is
     description = {"BIDSVersion": "1.9.0", "DatasetType": "derivative",
                    "GeneratedBy": [{"Name": "daskglm", "Version": __version__,
                                     "Description": "A daskglm first-level GLM (nilearn's FirstLevelModel)."}]}
-    write_bytes(path, json.dumps(description, indent=4, sort_keys=True).encode())
+    return json.dumps(description, indent=4, sort_keys=True).encode()
+
+
+def _output_plan(args: argparse.Namespace, names: dict, folder: str, contrasts: dict[str, Any]) -> Any:
+    """Every file ``run_fit`` will write, checked before any work (see the module docstring).
+
+    Raises
+    ------
+    UsageError
+        An output that would replace an input of the command, or a file
+        daskglm cannot prove it wrote.
+    """
+    from ..io.outputs import OutputConflict, OutputPlan
+
+    description = _join(os.fspath(args.out), "dataset_description.json")
+    files = [names["mask"]]
+    for index in range(len(args.runs)):
+        tsv = Path(names["design_matrices_dict"][index]["design_matrix_tsv"])
+        files += [str(tsv), str(tsv.with_suffix(".json"))]
+    files += [names["statistical_maps"][name][key] for name in contrasts for key in MAP_KEYS]
+    if args.report:
+        files.append("report.html")
+    plan = OutputPlan([description, *(_join(folder, f) for f in files)], optional=[description])
+    inputs = [("run", run) for run in args.runs]
+    for what, option in (("design matrix", args.design_matrix), ("events", args.events),
+                         ("confounds", args.confounds)):
+        inputs += [(f"{what} file", path) for path in option or []]
+    inputs += [("--mask", args.mask)]
+    if args.bg_img not in (None, "none"):
+        inputs.append(("--bg-img", args.bg_img))
+    try:
+        plan.check_inputs(inputs)
+        plan.check()
+    except OutputConflict as exc:
+        raise UsageError(str(exc)) from None
+    return plan
 
 
 # ------------------------------------------------------------------ the command
@@ -444,8 +493,6 @@ def _report(model: Any, contrasts: dict[str, Any], args: argparse.Namespace) -> 
 def run_fit(args: argparse.Namespace) -> int:
     """Handler of ``daskglm fit``; returns the exit status."""
     _check_options(args)  # the heavy imports come as late as they can: mistakes are reported at once
-    import numpy as np
-
     from ..io.nifti import inspect_run
 
     runs = list(args.runs)
@@ -457,27 +504,53 @@ def run_fit(args: argparse.Namespace) -> int:
     sub = os.fspath(names["dir"])
     folder = os.fspath(args.out) if sub == "." else _join(os.fspath(args.out), sub)
 
-    from ..io.maps import save_nifti
-    from ..models.first_level import FirstLevelModel
+    plan = _output_plan(args, names, folder, contrasts)  # before any run is read or a cluster started
+    plan.create_folders()
 
-    def put(name: str, payload: Any) -> None:
-        path = _join(folder, name)
+    from ..io.maps import save_nifti
+
+    def put(name: str, payload: Any, where: str = folder) -> None:
+        path = _join(where, name)
         if isinstance(payload, bytes):
             write_bytes(path, payload)
         else:
             save_nifti(payload, path)
+        plan.record(path)
         say(args, 2, f"  wrote {path}")
 
     params = dict(mask_img=args.mask, smoothing_fwhm=args.smoothing_fwhm or None, noise_model=args.noise_model,
                   signal_scaling=_SIGNAL_SCALING[args.signal_scaling], random_state=args.random_state,
                   store=args.store, t_chunk=args.t_chunk, v_chunk=args.v_chunk, minimize_memory=True,
                   verbose=max(0, args.verbose), **design_params)
+    try:
+        _fit_and_write(args, plan, put, runs, contrasts, infos, designs, fit_kwargs, params, stat_types, names,
+                       folder)
+    finally:
+        if plan.claimed:
+            plan.commit()  # what was written, recorded (on failure too)
+        else:
+            plan.remove_created_folders()  # failed before writing anything: no empty folder left
+    say(args, 1, f"done: maps in {folder}")
+    return 0
+
+
+def _fit_and_write(args: argparse.Namespace, plan: Any, put: Any, runs: list[str], contrasts: dict[str, Any],
+                   infos: list, designs: list, fit_kwargs: dict, params: dict, stat_types: dict[str, str],
+                   names: dict, folder: str) -> None:
+    """Fit on the cluster, then write the outputs of ``plan`` (claimed first) with ``put``."""
+    import numpy as np
+
+    from ..models.first_level import FirstLevelModel
+
     with cluster(args, sum(info.data_bytes for info in infos)) as client:
         where = f"dask's local {args.scheduler} scheduler" if client is None else client
         say(args, 1, f"fitting {len(runs)} run(s) ({args.noise_model}, {designs[0].shape[1]} regressors) on {where}")
         model = FirstLevelModel(client=client, **params)
         model.fit(runs, **fit_kwargs)
-        _dataset_description(os.fspath(args.out))
+        plan.claim()  # checked again: nothing of another's appeared during the fit
+        description = _join(os.fspath(args.out), "dataset_description.json")
+        if plan.will_write(description):  # another tool's is left as it is
+            put("dataset_description.json", _dataset_description(), os.fspath(args.out))
         put(names["mask"], model.mask_img_)
         for index, dm in enumerate(model.design_matrices_):
             tsv = Path(names["design_matrices_dict"][index]["design_matrix_tsv"])
@@ -497,5 +570,3 @@ def run_fit(args: argparse.Namespace) -> int:
 
             put("report.html", report_html(_report(model, contrasts, args)))
             say(args, 1, f"  report -> {_join(folder, 'report.html')}")
-    say(args, 1, f"done: maps in {folder}")
-    return 0
