@@ -17,7 +17,11 @@ by monkeypatching *in the child* (no hook in the library):
   fits: both runs' in one computation, once both runs are ingested);
 - ``map:n``: before the n-th map is saved (n - 1 maps written);
 - ``rename:n``: in the n-th ``save_nifti``, after its temporary file is
-  written, before it is renamed into place.
+  written, before it is renamed into place;
+- ``meta:n``: in the middle of the n-th write of a store's root metadata
+  (``zarr.json``, which holds the store's attributes);
+- ``clear:n``: right after the n-th member of a store is deleted, when a store
+  made with other parameters is emptied for a rebuild.
 
 A rerun without ``CRASH`` must complete, ingest again only the blocks that were
 not flagged (the driver logs every block read to ``READ_LOG``), refit, and give
@@ -42,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fit_group
 
 pytestmark = pytest.mark.slow
 
@@ -85,13 +90,19 @@ def _install_crash_hooks(crash: str) -> None:
 
     def put(path, value, exclusive=False):
         parts = Path(path).parts
+        if what == "meta" and parts[-1] == "zarr.json" and parts[-2].endswith(".zarr") and hit():
+            # half of a store's root metadata in zarr's temporary file, then death
+            with zlocal._atomic_write(Path(path), "wb") as fh:
+                fh.write(bytes(value.as_buffer_like())[:10])
+                fh.flush()
+                _die()
         if what == "flag" and "ingest_done" in parts and "c" in parts:
             written = real_put(path, value, exclusive)
             if hit():
                 _die()
             return written
         if (what == "bold" and "bold" in parts and "c" in parts) or (
-                what == "glm" and "glm" in parts and "c" in parts):
+                what == "glm" and any(p.startswith("glm") for p in parts) and "c" in parts):
             if hit():  # half of the chunk in zarr's temporary file, then death
                 view = value.as_buffer_like()
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +113,18 @@ def _install_crash_hooks(crash: str) -> None:
         return real_put(path, value, exclusive)
 
     zlocal._put = put
+
+    if what == "clear":  # the n-th member deleted while a store is emptied for a rebuild, then death
+        from fsspec.implementations.local import LocalFileSystem
+
+        real_rm = LocalFileSystem.rm
+
+        def rm(self, path, recursive=False, maxdepth=None):
+            real_rm(self, path, recursive=recursive, maxdepth=maxdepth)
+            if hit():
+                _die()
+
+        LocalFileSystem.rm = rm
 
     real_save, real_replace = daskglm.io.maps.save_nifti, os.replace
 
@@ -169,7 +192,7 @@ def _drive(out: Path) -> None:
             time.sleep(0.01)
         start = time.time()
         ds = ingest_run(data["func1"], os.environ["INGEST_ONLY"], mask_img=data["mask"],
-                        smoothing_fwhm=5.0, client="sync", **CHUNKS)
+                        smoothing_fwhm=float(os.environ.get("SMOOTHING", "5")), client="sync", **CHUNKS)
         print(json.dumps({"start": start, "end": time.time(), "n_scans": ds.sizes["time"]}))
         return
     model = FirstLevelModel(mask_img=data["mask"], smoothing_fwhm=5.0, noise_model="ar1",
@@ -286,21 +309,18 @@ def assert_maps_identical(out: Path, reference: Path, names: list[str] | None = 
 
 
 def files(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    from conftest import store_files
+
+    return store_files(root)
 
 
 def assert_stores_identical(out: Path, reference: Path) -> None:
     """Same files in the stores folder (no lock file, no .partial debris) and the same arrays."""
-    import zarr
+    from conftest import assert_same_store
 
     assert files(out / "stores") == files(reference / "stores")
     for store in sorted((reference / "stores").glob("*.zarr")):
-        got, ref = zarr.open_group(str(out / "stores" / store.name), mode="r"), zarr.open_group(
-            str(store), mode="r")
-        assert got.attrs["complete"] is True and got["glm"].attrs["complete"] is True
-        for path in ("bold", "ingest_done", "i", "j", "k", "glm/beta", "glm/sigma2",
-                     "glm/label_index", "glm/cov", "glm/label_value"):
-            np.testing.assert_array_equal(got[path][...], ref[path][...], err_msg=f"{store.name}/{path}")
+        assert_same_store(str(out / "stores" / store.name), str(store))
 
 
 def rerun_and_check(fiac: dict, out: Path, reference: Path, expect_reads: dict[str, list[int]]) -> None:
@@ -330,7 +350,7 @@ def test_killed_during_ingestion_resumes_only_the_missing_blocks(fiac, reference
     stores = [store_of(tmp_path, run, fiac) for run in (1, 2)]
     assert sum(int(flags(store).sum()) for store in stores) == k
     for store in stores:  # complete only once every run's blocks are in: neither is
-        assert not is_complete(store) and not is_complete(store, "glm")
+        assert not is_complete(store) and not [p for p in store.iterdir() if p.name.startswith("glm")]
         with pytest.raises(StoreIncompleteError, match="incomplete"):
             open_run(store)
         assert Path(f"{store}.lock").exists()  # the killed holder could not remove it: taken over below
@@ -361,7 +381,8 @@ def test_killed_mid_chunk_write_during_ingestion(fiac, reference, tmp_path):
 
 
 def _n_glm_chunks(reference: Path, fiac: dict) -> int:
-    glm = store_of(reference, 1, fiac) / "glm"
+    store = store_of(reference, 1, fiac)
+    glm = store / fit_group(store)
     return sum(1 for p in glm.rglob("*") if p.is_file() and "c" in p.relative_to(glm).parts)
 
 
@@ -379,9 +400,10 @@ def test_killed_during_the_fit_is_refitted(fiac, reference, tmp_path, when):
     for run in (1, 2):
         store = store_of(tmp_path, run, fiac)
         assert is_complete(store) and open_run(store).sizes["time"] == N_SCANS  # ingested before the fit
-        assert not is_complete(store, "glm")
-        with pytest.raises(StoreIncompleteError, match="fit 'glm'.*incomplete"):
-            open_fit(store)
+        glm = fit_group(store)
+        assert not is_complete(store, glm)
+        with pytest.raises(StoreIncompleteError, match=f"fit '{glm}'.*incomplete"):
+            open_fit(store, glm)
     rerun_and_check(fiac, tmp_path, reference, {})
 
 
@@ -390,9 +412,20 @@ def test_a_complete_fit_of_another_design_is_not_reused(fiac, reference, tmp_pat
     from daskglm.glm.fitstore import open_fit
 
     run_child(fiac, tmp_path, ALTERNATIVE="1", NO_MAPS="1")
-    for run in (1, 2):
-        assert open_fit(store_of(tmp_path, run, fiac))["beta"].shape[0] == 9
+    stores = [store_of(tmp_path, run, fiac) for run in (1, 2)]
+    alternative = [fit_group(store) for store in stores]
+    for store, glm in zip(stores, alternative):
+        assert open_fit(store, glm)["beta"].shape[0] == 9
+    # The rerun's design gets a group of its own (the other design's is set aside here, so that
+    # the stores compare equal to the reference's).
+    import shutil
+
+    for store, glm in zip(stores, alternative):
+        (tmp_path / "kept" / store.name).mkdir(parents=True)
+        shutil.move(store / glm, tmp_path / "kept" / store.name / glm)
     rerun_and_check(fiac, tmp_path, reference, {})
+    for store, glm in zip(stores, alternative):
+        assert fit_group(store) != glm
 
 
 # --------------------------------------------------------------------------- outputs
@@ -462,3 +495,59 @@ def test_two_processes_ingesting_one_store_at_once(fiac, reference, tmp_path):
 
 if __name__ == "__main__":  # the child process of these tests
     _drive(Path(sys.argv[1]))
+
+
+# --------------------------------------------------------------------------- store metadata and rebuilds
+
+
+def _ingest(fiac: dict, out: Path, store: Path, smoothing: float, crash: str | None = None) -> None:
+    run_child(fiac, out, crash=crash, INGEST_ONLY=str(store), BARRIER=str(out), N_PROCESSES="1",
+              SMOOTHING=str(smoothing))
+
+
+def _assert_same_rows(store: Path, expected: Path) -> None:
+    import zarr
+
+    got, ref = zarr.open_group(str(store), mode="r"), zarr.open_group(str(expected), mode="r")
+    assert got.attrs["complete"] is True
+    assert {k: v for k, v in got.attrs.items() if k != "source"} == {
+        k: v for k, v in ref.attrs.items() if k != "source"}  # every attribute, t_r among them
+    for path in ("bold", "ingest_done", "i", "j", "k", "gzip_index"):
+        np.testing.assert_array_equal(got[path][...], ref[path][...], err_msg=path)
+
+
+@pytest.fixture(scope="module")
+def isolated_stores(fiac, tmp_path_factory) -> dict[float, Path]:
+    """One run ingested alone with smoothing 5 and with smoothing 6."""
+    out = tmp_path_factory.mktemp("isolated")
+    for fwhm in (5.0, 6.0):
+        _ingest(fiac, out, out / f"s{fwhm}.zarr", fwhm)
+    return {fwhm: out / f"s{fwhm}.zarr" for fwhm in (5.0, 6.0)}
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 9, 10])
+def test_killed_while_a_new_store_writes_its_metadata(fiac, isolated_stores, tmp_path, k):
+    """SIGKILL inside the k-th write of a new store's zarr.json (1: created with daskglm's
+    marker, 2: marked again, 3-8: rewritten by zarr as each array is created, 9: every attribute
+    in one write, 10: complete, with the layout's digests): the rerun completes with every
+    attribute (t_r...) and the rows of an isolated ingestion; never an error, never a store
+    marked complete but lacking attributes. (Before: zarr wrote one attribute per write.)"""
+    store = tmp_path / "run.zarr"
+    _ingest(fiac, tmp_path, store, 5.0, crash=f"meta:{k}")
+    _ingest(fiac, tmp_path, store, 5.0)
+    _assert_same_rows(store, isolated_stores[5.0])
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_killed_while_a_store_is_emptied_for_a_rebuild(fiac, isolated_stores, tmp_path, k):
+    """A store of smoothing 5, rebuilt for smoothing 6 and killed after k of its members are
+    deleted: reruns with either parameter complete with the rows of an isolated ingestion
+    (before, the old 'complete' marker stayed over half-deleted arrays: "No variable named 'i'")."""
+    store = tmp_path / "run.zarr"
+    _ingest(fiac, tmp_path, store, 5.0)
+    _ingest(fiac, tmp_path, store, 6.0, crash=f"clear:{k}")
+    _ingest(fiac, tmp_path, store, 5.0)
+    _assert_same_rows(store, isolated_stores[5.0])
+    _ingest(fiac, tmp_path, store, 6.0, crash=f"clear:{k}")
+    _ingest(fiac, tmp_path, store, 6.0)
+    _assert_same_rows(store, isolated_stores[6.0])

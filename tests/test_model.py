@@ -165,7 +165,7 @@ def test_small_fits_are_held_in_memory(fiac, monkeypatch):
     for fit in ours.results_:
         assert all(isinstance(fit[n].data, np.ndarray) for n in fit.variables)
         with dask.config.set(scheduler="threads"):
-            xr.testing.assert_identical(fit, open_fit(fit.attrs["store"]).load())
+            xr.testing.assert_identical(fit, open_fit(fit.attrs["store"], fit.attrs["group"]).load())
     assert all(isinstance(labels.data, np.ndarray) for labels in ours.labels_)
 
     def no_compute(*args, **kwargs):
@@ -217,10 +217,16 @@ def test_fit_reads_headers_once_and_computes_once(fiac, monkeypatch):
     monkeypatch.setattr(daskglm.glm.fitstore, "compute", lambda *a, **k: computes.append(len(a)) or real_compute(*a, **k))
     monkeypatch.setattr(daskglm.store.ingest, "compute", lambda *a, **k: computes.append(("store", len(a))))
     model.fit(fiac["runs"], design_matrices=fiac["designs"])
-    # the stores are reused: nothing ingested; one computation for both fits (each run's packed
-    # estimates, split into beta, sigma2 and label_index and written from this process)
-    assert computes == [2]
+    # the stores are reused: nothing ingested; and so are the fits of the same design and options
+    # (their groups are keyed by both): nothing computed
+    assert computes == []
     runs = [str(r) for r in fiac["runs"]]
+    assert sorted(p for p in loads if p in runs) == sorted(runs)
+    loads.clear()
+    model.fit(fiac["runs"], design_matrices=[d.iloc[:, ::-1] for d in fiac["designs"]])
+    # another design: one computation for both fits (each run's packed estimates, split into
+    # beta, sigma2 and label_index and written from this process)
+    assert computes == [2]
     assert sorted(p for p in loads if p in runs) == sorted(runs)
 
 

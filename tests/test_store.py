@@ -327,13 +327,33 @@ def test_a_location_holding_other_files_is_never_deleted(small_run, tmp_path):
     with pytest.raises(FileExistsError, match="data.zarr' is a file"):
         ingest_run(small_run["nii"], a_file, **kwargs)
     assert a_file.read_text() == "not a store"
-    # What a daskglm store holds before its attributes are written is rebuilt, as is an empty folder.
-    half = tmp_path / "half.zarr"
-    zarr.open_group(str(half), mode="w").create_array("bold", shape=(2, 2), dtype="float32")
+    # A store is recognised by the attribute daskglm writes first, never by member names:
+    # another zarr group with a 'bold' array, a folder of hidden files, of entries named like a
+    # store's members or of '.partial' files are the user's, and refused untouched.
+    foreign = tmp_path / "foreign.zarr"
+    zarr.open_group(str(foreign), mode="w").create_array("bold", shape=(2, 2), dtype="float32")
+    lookalikes = {"hidden": [".git/", ".env"], "members": ["glm/", "bold", "i"], "partials": ["a.partial"]}
+    for name, entries in lookalikes.items():
+        for entry in entries:
+            path = tmp_path / name / entry.rstrip("/")
+            path.parent.mkdir(exist_ok=True)
+            path.mkdir() if entry.endswith("/") else path.write_text("mine")
+    for folder in [foreign, *(tmp_path / name for name in lookalikes)]:
+        before = sorted((str(p.relative_to(folder)), p.is_file() and p.read_bytes()) for p in folder.rglob("*"))
+        for overwrite in (False, True):
+            with pytest.raises(FileExistsError, match="not a daskglm store: refusing to delete it"):
+                ingest_run(small_run["nii"], folder, overwrite=overwrite, **kwargs)
+        assert sorted((str(p.relative_to(folder)), p.is_file() and p.read_bytes())
+                      for p in folder.rglob("*")) == before
+    # An empty folder is used, as is one holding only the debris of a first metadata write
+    # killed before its rename (zarr.<uuid>.partial), which is swept.
     (tmp_path / "empty.zarr").mkdir()
-    with pytest.warns(UserWarning, match="holds no daskglm store attributes .*: rebuilding it"):
-        assert ingest_run(small_run["nii"], half, **kwargs).sizes["time"] == 30
     assert ingest_run(small_run["nii"], tmp_path / "empty.zarr", **kwargs).sizes["time"] == 30
+    debris = tmp_path / "debris.zarr"
+    debris.mkdir()
+    (debris / f"zarr.{'0' * 32}.partial").write_text("{")
+    assert ingest_run(small_run["nii"], debris, **kwargs).sizes["time"] == 30
+    assert not list(debris.glob("*.partial"))
 
 
 def test_stores_of_another_format_are_rebuilt_and_bad_urls_refused(small_run, tmp_path):
@@ -342,7 +362,7 @@ def test_stores_of_another_format_are_rebuilt_and_bad_urls_refused(small_run, tm
     group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
     group.attrs["daskglm_store_format"] = 0  # as an older daskglm wrote it
     group["bold"][:] = 0.0
-    with pytest.warns(UserWarning, match="has daskglm store format 0 while this daskglm writes format 1: rebuilding"):
+    with pytest.warns(UserWarning, match="has daskglm store format 0 while this daskglm writes format 2: rebuilding"):
         again = ingest_run(small_run["nii"], tmp_path / "s.zarr", **kwargs)
     np.testing.assert_array_equal(again.bold.values, first)
     with warnings.catch_warnings():

@@ -27,6 +27,7 @@ is built) or ``<= 0`` (``n < p``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import warnings
 from functools import partial
 from typing import Any
@@ -220,6 +221,44 @@ def _check_short_run(n_scans: int, p: int, order: int) -> None:
         )
 
 
+def _data_identity(ds: xr.Dataset) -> str:
+    """What identifies a run's data wherever its store lies: the store's fingerprint (source and
+    ingestion parameters) and the scans selected (the ``time`` coordinate :func:`open_run` sets);
+    the dask name of ``bold`` for data from elsewhere."""
+    if "fingerprint" in ds.attrs and "time" in ds["bold"].coords:
+        scans = np.asarray(ds["bold"]["time"].values, dtype=np.int64)
+        return repr((ds.attrs["fingerprint"], scans.size, hashlib.sha1(scans.tobytes()).hexdigest()))
+    return str(ds["bold"].data.name)
+
+
+def fit_key(data_name: str, X: np.ndarray, columns: list, noise_model: str, bins: int, scaling: Any,
+            random_state: Any) -> str:
+    """What identifies a fit's results: its data (see :func:`_data_identity`: the run store's
+    fingerprint and the scans selected), design, options and daskglm's version.
+
+    Fits are stored in a group of this name in their run's store (see
+    :func:`daskglm.glm.fitstore.save_fits`), so that analyses of one run with other designs
+    or noise models, even concurrent ones, never share a group. AR(p > 1) with a
+    ``random_state`` that is not an integer (KMeans seeded anew) gets a key of its own.
+
+    Returns
+    -------
+    str
+        16 hexadecimal digits.
+    """
+    import uuid
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("daskglm")
+    except PackageNotFoundError:  # a source tree on sys.path
+        release = "unknown"
+    seed = random_state if random_state is None or isinstance(random_state, (int, np.integer)) else uuid.uuid4()
+    text = repr((data_name, hashlib.sha1(np.ascontiguousarray(X, dtype=np.float64).tobytes()).hexdigest(),
+                 X.shape, [str(c) for c in columns], noise_model, int(bins), str(scaling), str(seed), release))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
 def fit_run(
     ds: xr.Dataset,
     design: Any,
@@ -252,7 +291,7 @@ def fit_run(
         Lazy ``beta``, ``sigma2``, ``label_index`` over ``voxel`` (with the
         run's ``i, j, k`` coordinates); in-memory ``cov`` and ``label_value``
         tables; attrs ``dof``, ``noise_model``, ``bins``, ``signal_scaling``,
-        ``n_scans`` and the run geometry.
+        ``n_scans``, ``fit_key`` (see :func:`fit_key`) and the run geometry.
 
     Raises
     ------
@@ -314,6 +353,7 @@ def fit_run(
             "bins": int(bins),
             "signal_scaling": str(scaling),
             "n_scans": n_scans,
+            "fit_key": fit_key(_data_identity(ds), X, columns, noise_model, bins, scaling, random_state),
             **{k: ds.attrs[k] for k in ("affine", "volume_shape", "t_r", "store") if k in ds.attrs},
         },
     )

@@ -1,6 +1,10 @@
 """Fit results in run stores: several runs written in one computation, read back in memory or lazily.
 
-A run's fit is group ``glm`` of its store (see :mod:`daskglm.store.ingest`)::
+A run's fit is a group of its store (see :mod:`daskglm.store.ingest`): ``glm-<fit key>``
+when a model writes it (keyed by its data, design and options, see
+:func:`daskglm.glm.fit.fit_key`, so that analyses with other designs or noise models,
+even concurrent ones, never share a group; a complete group of the same key is
+reused), or the name given to :func:`save_fit`::
 
     beta(regressor, voxel)             float64, chunks of the fit's voxel blocks
     sigma2(voxel)                      float64
@@ -47,11 +51,15 @@ from ..runtime.cluster import compute
 from ..store.locks import store_lock
 from ..store.zarrio import (
     StoreIncompleteError,
+    _codecs,
     _create_group_like,
+    _damaged,
     _fsspec_kwargs,
     _open_group,
     _sweep_partials,
     _url,
+    _zarr_location,
+    missing_chunks,
     open_run,
 )
 from .fit import FIT_VARIABLES, packed_estimates, split_estimates
@@ -113,7 +121,7 @@ def _to_write(fit: xr.Dataset) -> xr.Dataset:
     """What goes into the group: no voxel indices (in the run store), regressor names as attrs
     (zarr v3 has no stable fixed-length string dtype), ``complete`` False until written."""
     out = fit.drop_vars([n for n in ("i", "j", "k", "regressor", "regressor_") if n in fit.coords]).copy()
-    out.attrs = {**{k: v for k, v in fit.attrs.items() if k != "store"}, "complete": False,
+    out.attrs = {**{k: v for k, v in fit.attrs.items() if k not in ("store", "group")}, "complete": False,
                  "regressors": [str(r) for r in fit["regressor"].values]}
     for var in out.variables.values():
         var.encoding.clear()
@@ -123,9 +131,9 @@ def _to_write(fit: xr.Dataset) -> xr.Dataset:
 
 def _raw_floats(encoding: dict, dtype: Any) -> None:
     """Store float estimates raw: zstd saved 4% of an HCP fit's beta and 7% of its sigma2 and
-    took longer than writing them; integer label indices keep zarr's default (-92%)."""
-    if np.issubdtype(dtype, np.floating):
-        encoding["compressors"] = None
+    took longer than writing them; integer label indices keep zstd (-92%). Every chunk
+    carries a crc32c checksum, verified on each read (see :func:`daskglm.store.zarrio._codecs`)."""
+    encoding["compressors"] = _codecs(None if np.issubdtype(dtype, np.floating) else "zstd")
 
 
 def _rounds(stores: list[str]) -> list[list[int]]:
@@ -145,18 +153,18 @@ def _rounds(stores: list[str]) -> list[list[int]]:
 def save_fits(
     fits: Sequence[xr.Dataset],
     stores: Sequence[str | os.PathLike],
-    name: str = "glm",
+    name: str | None = "glm",
     storage_options: dict | None = None,
     client: Any = None,
     in_memory: bool | None = None,
 ) -> list[xr.Dataset]:
-    """Compute (lazy) fits into group ``name`` of their run stores, in one computation.
+    """Compute (lazy) fits into a group of their run stores, in one computation.
 
     Each group is rewritten whole (whatever was there) and marked
     ``complete`` after every group is written; :func:`open_fit` refuses an
-    incomplete one. The stores' locks (see :func:`daskglm.store.ingest.store_lock`)
-    are held meanwhile, taken in sorted order. A store given twice (the same
-    run fitted twice) gets its fits one after the other, the last one stays.
+    incomplete one. The stores' locks (see :func:`daskglm.store.locks.store_lock`)
+    are held meanwhile, taken in sorted order. A group given twice (the same
+    run fitted twice into one group) gets its fits one after the other, the last one stays.
 
     Parameters
     ----------
@@ -164,8 +172,12 @@ def save_fits(
         From :func:`daskglm.glm.fit.fit_run`, with the run's ``i, j, k`` coordinates.
     stores : sequence of str or path
         The run store of each fit.
-    name : str
-        Group name inside the stores.
+    name : str or None
+        Group name inside the stores. ``None``: each fit in group ``glm-<fit_key>``
+        (see :func:`daskglm.glm.fit.fit_key`: its data, design and options), and a
+        complete group of that key is reused, not computed again: analyses of one
+        run with other designs or noise models never share a group, and one that
+        is read lazily is never rewritten under its reader.
     storage_options : dict, optional
     client : see :func:`daskglm.runtime.cluster.get_client`
     in_memory : bool, optional
@@ -177,24 +189,47 @@ def save_fits(
     -------
     list of xarray.Dataset
         The persisted fits, in order: as :func:`open_fit` gives them, with
-        numpy data or dask chunks of about :data:`LAZY_CHUNK_BYTES`.
+        numpy data or dask chunks of about :data:`LAZY_CHUNK_BYTES`; attribute
+        ``group`` names their group.
     """
     if len(fits) != len(stores):
         raise ValueError(f"got {len(fits)} fits but {len(stores)} stores: give one store per fit")
     if in_memory is None:
         in_memory = sum(fit_nbytes(fit) for fit in fits) <= fit_memory_bytes()
+    names = [name if name is not None else _keyed_group(fit) for fit in fits]
 
-    def read(fit: xr.Dataset, url: str, written: xr.Dataset) -> xr.Dataset:
+    def read(fit: xr.Dataset, url: str, group: str, written: xr.Dataset | None) -> xr.Dataset:
         if all(n in fit.coords for n in "ijk"):
             coords = {n: fit[n] for n in "ijk"}
         else:  # not from fit_run: the voxel indices of the run store
             run = open_run(url, storage_options)
             coords = {n: run[n] for n in "ijk"}
+        if written is None:  # reused: read back
+            lazy = _open_lazy(url, group, storage_options, coords, None if in_memory else LAZY_CHUNK_BYTES)
+            return lazy.load() if in_memory else lazy
         if in_memory:
-            return _in_memory(url, name, storage_options, written, coords)
-        return _open_lazy(url, name, storage_options, coords, LAZY_CHUNK_BYTES)
+            return _in_memory(url, group, storage_options, written, coords)
+        return _open_lazy(url, group, storage_options, coords, LAZY_CHUNK_BYTES)
 
-    return _save(fits, [_url(store) for store in stores], name, storage_options, client, read, eager=in_memory)
+    return _save(fits, [_url(store) for store in stores], names, storage_options, client, read,
+                 eager=in_memory, reuse=name is None)
+
+
+def _keyed_group(fit: xr.Dataset) -> str:
+    key = fit.attrs.get("fit_key")
+    if not key:
+        raise ValueError("name=None keys each fit's group by its 'fit_key' attribute (set by fit_run); "
+                         "this fit has none: give a group name")
+    return f"glm-{key}"
+
+
+def _reusable(url: str, group: str, key: Any, storage_options: dict | None) -> bool:
+    """Whether group ``group`` of the store holds a complete fit of that ``fit_key``."""
+    try:
+        attrs = _open_group(f"{url.rstrip('/')}/{group}", "r", storage_options).attrs
+    except Exception:
+        return False
+    return bool(attrs.get("complete")) and attrs.get("fit_key") == key
 
 
 def _write_fit_block(packed: np.ndarray, *, arrays: dict, gather: bool,
@@ -204,28 +239,32 @@ def _write_fit_block(packed: np.ndarray, *, arrays: dict, gather: bool,
     an empty (0, v) block."""
     lo, hi = block_info[0]["array-location"][1]
     for key, values in split_estimates(packed).items():
-        arrays[key][..., lo:hi] = values
+        array = arrays[key]
+        if hasattr(array, "with_config"):  # every chunk written, even all fill value: one missing is damage
+            array = array.with_config({"write_empty_chunks": True})
+        array[..., lo:hi] = values
     return packed if gather else packed[:0]
 
 
-def _written_by_workers(out: xr.Dataset, packed: da.Array, url: str, name: str,
+def _written_by_workers(out: xr.Dataset, packed: da.Array, group: str,
                         storage_options: dict | None, gather: bool) -> da.Array:
     """Create group ``name`` (metadata, the numpy tables, ``complete`` False) for a
     :func:`daskglm.glm.fit.fit_run` result and return the lazy packed estimates, each column
     written by the task that fits it (nothing travels to be written, no write task apart)."""
-    arrays = _create_group_like(f"{url.rstrip('/')}/{name}", out, storage_options)
+    arrays = _create_group_like(group, out, storage_options)
     rows = packed.shape[0] if gather else 0
     return da.map_blocks(  # named from what it writes where (tokenizing the zarr arrays is slow)
-        _write_fit_block, packed, name=f"write_fit_block-{tokenize(packed.name, url, name, gather)}",
+        _write_fit_block, packed, name=f"write_fit_block-{tokenize(packed.name, group, gather)}",
         arrays={key: arrays[key] for key in FIT_VARIABLES}, gather=gather,
         chunks=((rows,), packed.chunks[1]), dtype=packed.dtype, meta=np.empty((0, 0), packed.dtype),
     )
 
 
-def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_options: dict | None,
-          client: Any, read: Any, eager: bool = False) -> list[Any]:
-    """Write the fits (one computation per round of distinct stores, under their locks), then
-    ``read(fit, url, written)`` each, the locks still held: what is read is what was written.
+def _save(fits: Sequence[xr.Dataset], urls: list[str], names: list[str], storage_options: dict | None,
+          client: Any, read: Any, eager: bool = False, reuse: bool = False) -> list[Any]:
+    """Write the fits (one computation per round of distinct groups, under their stores' locks),
+    then ``read(fit, url, group, written)`` each, the locks still held: what is read is what was
+    written (``written`` None: a complete group of the same ``fit_key`` was ``reuse``d).
 
     :func:`daskglm.glm.fit.fit_run` results are written by the tasks that fit their voxel columns
     (:func:`_written_by_workers`). Other fits: ``eager`` computes them into this process and
@@ -236,10 +275,17 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_option
     complete beside a new one.
     """
     results: list[Any] = [None] * len(fits)
-    for indexes in _rounds(urls):
+    groups = [f"{url.rstrip('/')}/{name}" for url, name in zip(urls, names)]
+    for indexes in _rounds(groups):
         with contextlib.ExitStack() as locks:  # not interleaved with another process's ingestion or fit
             for url in sorted({urls[i] for i in indexes}):
                 locks.enter_context(store_lock(url))
+            if reuse:
+                kept = [i for i in indexes if _reusable(urls[i], names[i], fits[i].attrs.get("fit_key"),
+                                                        storage_options)]
+                for i in kept:
+                    results[i] = read(fits[i], urls[i], names[i], None)
+                indexes = [i for i in indexes if i not in kept]
             outs = {i: _to_write(fits[i]) for i in indexes}
             by_workers: set[int] = set()  # fit_run results: their tasks write them
             jobs: list[tuple[int, str | None, Any]] = []  # (fit, variable to hold or None, collection)
@@ -247,17 +293,17 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_option
                 packed = packed_estimates(outs[i])
                 if packed is not None:
                     by_workers.add(i)
-                    jobs.append((i, None, _written_by_workers(outs[i], packed, urls[i], name,
-                                                              storage_options, eager)))
+                    jobs.append((i, None, _written_by_workers(outs[i], packed, groups[i], storage_options, eager)))
                 elif eager:
-                    _open_group(f"{urls[i].rstrip('/')}/{name}", "w", storage_options).attrs["complete"] = False
+                    _open_group(groups[i], "w", storage_options).attrs["complete"] = False
                     jobs += [(i, key, outs[i][key].data) for key in outs[i].data_vars
                              if isinstance(outs[i][key].data, da.Array)]
                 else:
-                    jobs.append((i, None, outs[i].to_zarr(urls[i], group=name, mode="w", consolidated=False,
-                                                          zarr_format=3, compute=False,
+                    jobs.append((i, None, outs[i].to_zarr(_zarr_location(urls[i]), group=names[i], mode="w",
+                                                          consolidated=False,
+                                                          zarr_format=3, compute=False, write_empty_chunks=True,
                                                           **_fsspec_kwargs(urls[i], storage_options))))
-            values = compute(*[collection for _, _, collection in jobs], client=client)
+            values = _compute_checked(jobs, [urls[i] for i in indexes], client)
             for (i, key, _), value in zip(jobs, values):
                 if i in by_workers and eager:
                     _hold(outs[i], split_estimates(value))
@@ -265,15 +311,26 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], name: str, storage_option
                     _hold(outs[i], {key: value})
             for i in indexes:
                 if eager and i not in by_workers:
-                    outs[i].to_zarr(urls[i], group=name, mode="w", consolidated=False, zarr_format=3,
-                                    **_fsspec_kwargs(urls[i], storage_options))
+                    outs[i].to_zarr(_zarr_location(urls[i]), group=names[i], mode="w", consolidated=False, zarr_format=3,
+                                    write_empty_chunks=True, **_fsspec_kwargs(urls[i], storage_options))
             for i in indexes:
-                group = f"{urls[i].rstrip('/')}/{name}"
-                _sweep_partials(group)
-                _open_group(group, "r+", storage_options).attrs["complete"] = True
+                _sweep_partials(groups[i])
+                _open_group(groups[i], "r+", storage_options).attrs["complete"] = True
             for i in indexes:
-                results[i] = read(fits[i], urls[i], outs[i])
+                results[i] = read(fits[i], urls[i], names[i], outs[i])
     return results
+
+
+def _compute_checked(jobs: list, urls: list[str], client: Any) -> tuple:
+    """Compute the jobs' collections; a chunk failing its checksum names the stores read."""
+    if not jobs:
+        return ()
+    try:
+        return compute(*[collection for _, _, collection in jobs], client=client)
+    except ValueError as exc:
+        if "checksum" not in str(exc):
+            raise
+        raise _damaged(" or ".join(sorted(set(urls))), f"a chunk failed its crc32c checksum: {exc}") from None
 
 
 def _hold(out: xr.Dataset, values: dict[str, np.ndarray]) -> None:
@@ -309,23 +366,41 @@ def save_fit(fit: xr.Dataset, store: str | os.PathLike, name: str = "glm",
         The persisted fit, lazily opened (see :func:`open_fit`).
     """
     store = _url(store)
-    _save([fit], [store], name, storage_options, client, lambda *_: None)
+    _save([fit], [store], [name], storage_options, client, lambda *_: None)
     return open_fit(store, name, storage_options)
 
 
-def open_fit(store: str | os.PathLike, name: str = "glm", storage_options: dict | None = None) -> xr.Dataset:
-    """Open a fit saved by :func:`save_fit` lazily, with the run's voxel coordinates.
+def open_fit(store: str | os.PathLike, name: str | None = None,
+             storage_options: dict | None = None) -> xr.Dataset:
+    """Open a fit saved by :func:`save_fit` or :func:`save_fits` lazily, with the run's voxel coordinates.
 
     Dask chunks are the stored ones (the fit's voxel blocks, the columns of
     the run's ``bold``).
+
+    Parameters
+    ----------
+    store : str or path
+    name : str, optional
+        The fit's group; default: the store's only one (``glm``, or the
+        ``glm-<fit key>`` a model wrote; attribute ``group`` of a model's
+        ``results_`` names it).
+    storage_options : dict, optional
 
     Raises
     ------
     StoreIncompleteError
         When the fit group was not marked complete.
+    ValueError
+        ``name`` omitted and the store holds no fit or several.
     """
     store = _url(store)
     run = open_run(store, storage_options)
+    if name is None:
+        groups = sorted(key for key, _ in _open_group(store, "r", storage_options).groups()
+                        if key.startswith("glm"))
+        if len(groups) != 1:
+            raise ValueError(f"the store at {store!r} holds {len(groups)} fits {groups}: give the name of one")
+        (name,) = groups
     return _open_lazy(store, name, storage_options, {n: run[n] for n in "ijk"})
 
 
@@ -338,13 +413,21 @@ def reopen_fit(fit: xr.Dataset, name: str = "glm", storage_options: dict | None 
     """
     if any(isinstance(fit[n].data, da.Array) for n in _VOXEL_VARIABLES):
         return fit
-    return _open_lazy(fit.attrs["store"], name, storage_options, {n: fit[n] for n in "ijk"})
+    return _open_lazy(fit.attrs["store"], fit.attrs.get("group", name), storage_options,
+                      {n: fit[n] for n in "ijk"})
 
 
 def _complete_group(store: str, name: str, storage_options: dict | None) -> Any:
-    group = _open_group(f"{store.rstrip('/')}/{name}", "r", storage_options)
+    """Group ``name`` of the store, refused if incomplete or if a chunk of its estimates is gone."""
+    path = f"{store.rstrip('/')}/{name}"
+    group = _open_group(path, "r", storage_options)
     if not group.attrs.get("complete"):
         raise StoreIncompleteError(f"the fit {name!r} in {store!r} is incomplete: fit again")
+    for key in _VOXEL_VARIABLES:
+        array = group[key]
+        missing = missing_chunks(path, key, array.shape, array.chunks, storage_options)
+        if missing:
+            raise _damaged(store, f"{missing} chunk(s) of {name}/{key} are missing")
     return group
 
 
@@ -357,7 +440,7 @@ def _in_memory(store: str, name: str, storage_options: dict | None, written: xr.
     regressors = list(attrs.pop("regressors"))
     data = {key: (written[key].dims, np.asarray(written[key].values)) for key in written.data_vars}
     return xr.Dataset(data, coords={**coords, "regressor": regressors, "regressor_": regressors},
-                      attrs={**attrs, "store": store})
+                      attrs={**attrs, "store": store, "group": name})
 
 
 def _open_lazy(store: str, name: str, storage_options: dict | None, coords: dict,
@@ -370,14 +453,14 @@ def _open_lazy(store: str, name: str, storage_options: dict | None, coords: dict
         n_regressors, stored = group["beta"].shape[0], group["beta"].chunks[1]
         per_voxel = 8 * max(1, n_regressors)
         chunks = {"voxel": stored * max(1, chunk_bytes // (per_voxel * stored))}
-    fit = xr.open_zarr(store, group=name, consolidated=False, zarr_format=3, chunks=chunks,
-                       **_fsspec_kwargs(store, storage_options))
+    fit = xr.open_zarr(_zarr_location(store, read_only=True), group=name, consolidated=False, zarr_format=3,
+                       chunks=chunks, **_fsspec_kwargs(store, storage_options))
     if not fit.attrs.get("complete"):  # rewritten since the check above
         raise StoreIncompleteError(f"the fit {name!r} in {store!r} is incomplete: fit again")
     regressors = list(fit.attrs.pop("regressors"))
     fit = fit.assign_coords({**coords, "regressor": regressors, "regressor_": regressors})
     for key in ("cov", "label_value"):  # small tables, read straight from zarr (not via dask)
         fit[key] = fit[key].copy(data=group[key][:])
-    fit.attrs["store"] = store
+    fit.attrs.update(store=store, group=name)
     return fit
 

@@ -27,9 +27,17 @@ def url_options(location: Any, storage_options: dict | None) -> dict:
 
 
 def url_to_fs(location: str, storage_options: dict | None = None) -> tuple[Any, str]:
-    """(fsspec filesystem, path) of a location; ``storage_options`` are for URLs only."""
+    """(fsspec filesystem, path) of a location; ``storage_options`` are for URLs only.
+
+    A local path (or ``file://`` URL) is a path of the local filesystem as it is: never read
+    as an fsspec URL chain (a folder named ``a::b.zarr`` is that folder).
+    """
     import fsspec
 
+    if not is_url(location):
+        from fsspec.implementations.local import LocalFileSystem
+
+        return LocalFileSystem(), location.split("://", 1)[1] if "://" in location else location
     return fsspec.core.url_to_fs(location, **url_options(location, storage_options))
 
 

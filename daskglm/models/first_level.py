@@ -54,7 +54,7 @@ from ..kernels import regression as _regression
 from ..kernels.volume import fwhm_to_sigma
 from ..runtime.cluster import compute, get_client, n_workers_from_n_jobs, verbosity
 from ..runtime.plan import _check_positive as check_positive
-from ..store import ingest_runs, mean_image, parameters_key
+from ..store import ingest_runs, mean_image, parameters_key, store_lock
 from .estimator import EstimatorMixin
 from .nilearn_compat import (
     check_embedded_masker,
@@ -498,37 +498,44 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
             key = parameters_key(mask_img, fwhm, target_affine, target_shape, self.t_chunk, self.v_chunk,
                                  self.storage_options)
             stores = [self._store_for(info, index, key) for index, info in enumerate(infos)]
-            # Every run's blocks in one computation (a run given twice is ingested once).
-            unique = {store: run for run, store in zip(runs, stores)}
-            log(f"Ingesting {len(unique)} run(s) into zarr stores under {self._store_root()}", verbose=self.verbose)
-            for index, store in enumerate(unique):
-                source = infos[stores.index(store)].path or "in-memory image"
-                log(f"Extracting region signals of run {index + 1} ({source}: mask, smoothing_fwhm={fwhm}) "
-                    f"into {store}", verbose=self.verbose, msg_level=2)
-            # Whole voxel columns: one read task per fit block (a small graph).
-            opened = dict(zip(unique, ingest_runs(
-                list(unique.values()), list(unique), mask_img=mask_img, smoothing_fwhm=fwhm,
-                t_chunk=self.t_chunk, v_chunk=self.v_chunk, client=client,
-                storage_options=self.storage_options, target_affine=target_affine,
-                target_shape=target_shape, columns=True,
-            )))
-            datasets = []
-            for index, store in enumerate(stores):
-                ds = opened[store]
-                if masks[index] is not None:
-                    ds = ds.isel(time=np.asarray(masks[index]))
-                datasets.append(ds)
-            self.masker_ = self._fitted_masker(masker, self._mask_image(datasets[0]))
-            self.masker_.standardize = self.standardize_  # as nilearn
-            self.n_elements_ = int(self.masker_.n_elements_)
-            log(f"Fitting {len(runs)} run(s): {self.noise_model}, {self.n_elements_} voxels", verbose=self.verbose)
-            lazy = [
-                fit_run(ds, design, noise_model=self.noise_model, bins=bins, signal_scaling=self.signal_scaling,
-                        random_state=self.random_state, client=client)
-                for ds, design in zip(datasets, designs)
-            ]
-            # Every run's fit in one computation; small results come back in memory.
-            fits = save_fits(lazy, stores, storage_options=self.storage_options, client=client)
+            # The stores' locks from ingestion through the fits' write and read: another process
+            # cannot rebuild a store between this one's ingestion and its fit.
+            with contextlib.ExitStack() as held:
+                for store in sorted(set(stores)):
+                    held.enter_context(store_lock(store))
+                # Every run's blocks in one computation (a run given twice is ingested once).
+                unique = {store: run for run, store in zip(runs, stores)}
+                log(f"Ingesting {len(unique)} run(s) into zarr stores under {self._store_root()}",
+                    verbose=self.verbose)
+                for index, store in enumerate(unique):
+                    source = infos[stores.index(store)].path or "in-memory image"
+                    log(f"Extracting region signals of run {index + 1} ({source}: mask, "
+                        f"smoothing_fwhm={fwhm}) into {store}", verbose=self.verbose, msg_level=2)
+                # Whole voxel columns: one read task per fit block (a small graph).
+                opened = dict(zip(unique, ingest_runs(
+                    list(unique.values()), list(unique), mask_img=mask_img, smoothing_fwhm=fwhm,
+                    t_chunk=self.t_chunk, v_chunk=self.v_chunk, client=client,
+                    storage_options=self.storage_options, target_affine=target_affine,
+                    target_shape=target_shape, columns=True,
+                )))
+                datasets = []
+                for index, store in enumerate(stores):
+                    ds = opened[store]
+                    if masks[index] is not None:
+                        ds = ds.isel(time=np.asarray(masks[index]))
+                    datasets.append(ds)
+                self.masker_ = self._fitted_masker(masker, self._mask_image(datasets[0]))
+                self.masker_.standardize = self.standardize_  # as nilearn
+                self.n_elements_ = int(self.masker_.n_elements_)
+                log(f"Fitting {len(runs)} run(s): {self.noise_model}, {self.n_elements_} voxels",
+                    verbose=self.verbose)
+                lazy = [
+                    fit_run(ds, design, noise_model=self.noise_model, bins=bins,
+                            signal_scaling=self.signal_scaling, random_state=self.random_state, client=client)
+                    for ds, design in zip(datasets, designs)
+                ]
+                # Every run's fit in one computation; small results come back in memory.
+                fits = save_fits(lazy, stores, name=None, storage_options=self.storage_options, client=client)
         self.results_ = fits
         self._run_datasets = datasets
         self.labels_ = [fit["label_index"] for fit in fits]

@@ -17,9 +17,9 @@ from typing import Any
 from .ingest import ingest_run, ingest_runs, parameters_key
 from .locks import store_lock
 from .summary import mean_image
-from .zarrio import STORE_FORMAT, StoreIncompleteError, open_run
+from .zarrio import STORE_FORMAT, StoreDamagedError, StoreIncompleteError, open_run
 
-__all__ = ["STORE_FORMAT", "StoreIncompleteError", "ingest_run", "ingest_runs", "mean_image", "open_run",
+__all__ = ["STORE_FORMAT", "StoreDamagedError", "StoreIncompleteError", "ingest_run", "ingest_runs", "mean_image", "open_run",
            "parameters_key", "store_lock"]
 
 #: Names this module re-exported before the fits moved to the glm layer.

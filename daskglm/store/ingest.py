@@ -6,9 +6,12 @@ Store layout (a zarr v3 group, local path or fsspec URL)::
     i, j, k (voxel,)         int32 voxel indices in the volume (coordinates of bold)
     ingest_done (block,)     uint8, one flag per block of t_chunk volumes, set after its write
     gzip_index (byte,)       uint8, indexed_gzip seek index of a .nii.gz source (maybe empty)
+    glm-<fit key>/           the fits (see daskglm.glm.fitstore)
     attrs                    daskglm_store_format, fingerprint, affine, volume_shape,
                              n_scans, t_r, smoothing_fwhm, source, mask, chunks,
-                             complete (written last)
+                             complete and integrity (written last, together)
+
+Every chunk carries a crc32c checksum (zarr's ``crc32c`` codec), verified on each read.
 
 Remote locations: a store, a run or a mask may be an fsspec URL
 (``s3://bucket/stores/run-1.zarr``); one ``storage_options`` dict serves every
@@ -19,13 +22,21 @@ client to the workers.
 Hygiene: the ``fingerprint`` attribute is the identity of the source (path,
 size, mtime; URL, size, ETag; or a content hash) and of every parameter that
 shapes the data.
-A complete store with the same fingerprint is reused without reading the run;
-an incomplete one with the same fingerprint is resumed (blocks whose
-``ingest_done`` flag is set are kept); any other store at that location (or
-one of another store format) is deleted and rebuilt, with a warning; a
-location holding anything but a daskglm store (a folder of other files, a
-file) is refused, never deleted. ``complete`` is set only after every block
-is written.
+A complete store with the same fingerprint is reused without reading the run,
+once its layout is checked against the digests recorded when it was completed
+(``integrity``: array metadata, voxel indices, attributes) and every ``bold``
+chunk is found: a damaged store is an error (:class:`StoreDamagedError`), never
+read, rebuilt by ``overwrite=True``. An incomplete one with the same
+fingerprint is resumed (blocks whose ``ingest_done`` flag is set are kept); any
+other daskglm store at that location is emptied and rebuilt, with a warning. A
+store is recognised as daskglm's by the ``daskglm_store_format`` attribute of
+its root metadata, the first thing written (in one write); a location holding
+anything else (a folder of other files, hidden ones included, another zarr
+group, a file) is refused, never deleted. All attributes are written in one
+write once the arrays exist, ``complete`` only after every block is written.
+A rebuild first rewrites the root metadata without fingerprint (nothing left
+behind can be taken for complete or resumable), then deletes the store's own
+members, never the folder: a symlinked store is rebuilt in its target.
 
 Crash safety and concurrency: every chunk write is atomic (zarr writes a
 ``.partial`` file and renames it; an object store stores each chunk in one
@@ -76,8 +87,10 @@ from .summary import (
 )
 from .zarrio import (
     STORE_FORMAT,
+    StoreDamagedError,
     StoreIncompleteError,
     _check_protocol,
+    _check_replaceable,
     _create_store,
     _fsspec_kwargs,
     _open_group,
@@ -88,11 +101,12 @@ from .zarrio import (
     _stored_mask,
     _sweep_partials,
     _url,
+    layout_digests,
     open_run,
 )
 
 __all__ = ["mean_image", "ingest_run", "ingest_runs", "parameters_key", "open_run", "store_lock",
-           "StoreIncompleteError", "STORE_FORMAT"]
+           "StoreDamagedError", "StoreIncompleteError", "STORE_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
@@ -357,6 +371,15 @@ def ingest_runs(
         return [done if done is not None else job.finish(columns) for job, done in zip(jobs, results)]
 
 
+def _resumable(store: str, storage_options: dict | None) -> bool:
+    """Whether every array of an interrupted store is there to resume into (else it is rebuilt)."""
+    try:
+        group = _open_group(store, "r", storage_options)
+        return all(name in group for name in ("bold", "i", "j", "k", "ingest_done", "gzip_index"))
+    except Exception:
+        return False
+
+
 class _Ingestion:
     """One run's ingestion, in the steps :func:`ingest_runs` interleaves across runs."""
 
@@ -366,7 +389,7 @@ class _Ingestion:
         self.fwhm, self.t_chunk, self.v_chunk = smoothing_fwhm, t_chunk, v_chunk
         self.storage_options, self.target = storage_options, target
         self.info = inspect_run(run_img, storage_options)
-        _volume.fwhm_to_sigma(smoothing_fwhm, self.info.affine)  # validates smoothing_fwhm early
+        _volume.check_smoothing_fwhm(smoothing_fwhm, self.info.affine, self.info.volume_shape)  # validates it early
         self.compressor = _resolve_compressor(compressor, store)
         _plan._check_positive("t_chunk", t_chunk)
         _plan._check_positive("v_chunk", v_chunk)
@@ -376,14 +399,23 @@ class _Ingestion:
         self.resume = False
 
     def reuse(self, overwrite: bool, columns: bool = False) -> xr.Dataset | None:
-        """The store opened if it is complete and up to date; else None (resume or rebuild)."""
+        """The store opened if it is complete and up to date; else None (resume or rebuild).
+
+        Raises
+        ------
+        FileExistsError
+            Something that is not a daskglm store is at the location (checked before any work).
+        StoreDamagedError
+            The store is complete and up to date but damaged (``overwrite=True`` rebuilds it).
+        """
         existing = None if overwrite else _read_attrs(self.store, self.storage_options)
         self.existing = existing
-        self.resume = _same_store(existing, self.fingerprint)
+        self.resume = _same_store(existing, self.fingerprint) and _resumable(self.store, self.storage_options)
         if self.resume and existing.get("complete"):
             logger.info("reusing complete store %s", self.store)
             return open_run(self.store, self.storage_options, columns=columns)
-        if existing is not None and not self.resume and not overwrite:
+        _check_replaceable(self.store, self.storage_options)
+        if existing and existing.get("fingerprint") is not None and not self.resume:
             warnings.warn(f"the store at {self.store!r} {_rebuild_reason(existing)}: rebuilding it",
                           UserWarning, stacklevel=4)
         return None
@@ -455,5 +487,6 @@ class _Ingestion:
         if not np.asarray(group["ingest_done"][:], dtype=bool).all():
             raise StoreIncompleteError(f"ingestion into {self.store!r} did not write every block")
         _sweep_partials(self.store)
-        group.attrs["complete"] = True  # last: only now is the store usable
+        # Last, in one write with the layout's digests: only now is the store usable.
+        group.attrs.put({**group.attrs.asdict(), "complete": True, "integrity": layout_digests(group)})
         return open_run(self.store, self.storage_options, columns=columns)

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -44,6 +45,10 @@ logger = logging.getLogger("daskglm.store.ingest")
 #: errno values of a filesystem that does not support flock.
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
+#: The locks this process's threads hold: (lock file path, thread) -> [descriptor or None, depth].
+_HELD: dict[tuple[str, int], list] = {}
+_HELD_LOCK = threading.Lock()
+
 
 @contextlib.contextmanager
 def store_lock(store: str | os.PathLike) -> Iterator[None]:
@@ -54,8 +59,10 @@ def store_lock(store: str | os.PathLike) -> Iterator[None]:
     start time, shown to a process that has to wait, and is removed on
     release. The kernel drops the lock when its holder dies, whatever the
     signal: a file left by a killed process is simply taken over. A no-op for
-    fsspec URLs and where ``fcntl`` does not exist. Not re-entrant: a second
-    ``store_lock`` of the same store inside the block waits forever.
+    fsspec URLs and where ``fcntl`` does not exist. Re-entrant within a
+    thread (a model holds its stores' locks from ingestion through its fits'
+    last write and read, and the steps inside take them again); other threads
+    and processes wait.
 
     Parameters
     ----------
@@ -78,16 +85,29 @@ def store_lock(store: str | os.PathLike) -> Iterator[None]:
         raise OSError(f"cannot create the store at {store!r}: {exc}") from exc
     # One lock per folder, however it is reached (relative paths, symlinked parents).
     path = os.path.join(os.path.realpath(folder), f"{name}.lock")
-    fd = _acquire(path, store)
+    key = (path, threading.get_ident())
+    with _HELD_LOCK:
+        held = _HELD.get(key)
+        if held is not None:
+            held[1] += 1
+    if held is None:
+        fd = _acquire(path, store)
+        with _HELD_LOCK:
+            _HELD[key] = held = [fd, 1]
     try:
         yield
     finally:
-        if fd is not None:
+        with _HELD_LOCK:
+            held[1] -= 1
+            last = held[1] == 0
+            if last:
+                del _HELD[key]
+        if last and held[0] is not None:
             # Unlinked while still held: a process that opened this file meanwhile
             # sees, once it holds the lock, that the path no longer names it, and retries.
             with contextlib.suppress(OSError):
                 os.unlink(path)
-            os.close(fd)
+            os.close(held[0])
 
 
 def _acquire(path: str, store: str) -> int | None:

@@ -6,15 +6,20 @@ reads a NIfTI run. :mod:`daskglm.store.ingest` ingests runs into the layout that
 :func:`_create_store` makes (described in :mod:`daskglm.store.ingest`) and
 :mod:`daskglm.glm.fitstore` writes fits into the stores; both open them with
 these helpers. Before a store is made at a location, :func:`_check_replaceable`
-refuses (never deletes) anything there but a daskglm store; a store of another
-:data:`STORE_FORMAT` is rebuilt (:func:`_same_store`). :func:`open_run` opens a
-complete store lazily as xarray.
+refuses (never deletes) anything there but a daskglm store (recognised by its
+marker attribute, never by member names); a store of another
+:data:`STORE_FORMAT` is rebuilt (:func:`_same_store`) after :func:`_clear_store`
+empties it in an order a kill cannot turn into a trusted store. :func:`open_run`
+opens a complete store lazily as xarray, after :func:`verify_store`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -26,11 +31,17 @@ from ..io.nifti import RunInfo
 from ..io.remote import is_url, url_options, url_to_fs
 from ..runtime import plan as _plan
 
-__all__ = ["open_run", "StoreIncompleteError", "STORE_FORMAT"]
+__all__ = ["open_run", "StoreDamagedError", "StoreIncompleteError", "STORE_FORMAT"]
 
 #: Bumped whenever the layout changes; stores of another format are rebuilt.
-STORE_FORMAT = 1
+#: 2: every chunk carries a crc32c checksum, the layout digest ``integrity`` is recorded.
+STORE_FORMAT = 2
 _INTERNAL_VARS = ["ingest_done", "gzip_index"]
+#: The arrays of a run store (its members besides ``zarr.json``; fit groups are named ``glm*``).
+_STORE_ARRAYS = ("bold", "i", "j", "k", "ingest_done", "gzip_index")
+#: zarr's atomic-write debris of a local store's metadata: ``zarr.json`` is written to
+#: ``zarr.<uuid hex>.partial`` and renamed (a writer killed in between leaves it).
+_METADATA_DEBRIS = re.compile(r"^zarr\.[0-9a-f]{32}\.partial$")
 _COMPRESSORS = ("lz4", "zstd", None)
 #: ``compressor="auto"``: uncompressed chunks on a local disk (reading a column
 #: of an HCP-sized run took 8 ms uncompressed vs 15 ms with lz4, writing 79 vs
@@ -46,11 +57,35 @@ class StoreIncompleteError(RuntimeError):
     __module__ = "daskglm.store.ingest"
 
 
+class StoreDamagedError(RuntimeError):
+    """A complete store whose contents no longer match what was written (a chunk missing or
+    corrupt, metadata edited): never read, rebuilt only when asked (``overwrite=True``)."""
+
+    __module__ = "daskglm.store.ingest"
+
+
+def _damaged(store: str, what: str) -> StoreDamagedError:
+    return StoreDamagedError(
+        f"the store at {store!r} is damaged ({what}): delete that folder (it holds only what daskglm "
+        "derived from the run; the next fit rebuilds it), or rebuild it with ingest_run(..., "
+        "overwrite=True) / daskglm convert --overwrite")
+
+
 # --------------------------------------------------------------------------- locations
 
 
 def _url(store: str | os.PathLike) -> str:
-    return os.fspath(store)
+    """A store's location as daskglm keeps it: a URL, or a local path (``file://`` removed)."""
+    text = os.fspath(store)
+    return _local_path(text) if not is_url(text) else text
+
+
+def _zarr_location(store: str, read_only: bool = False) -> Any:
+    """What zarr and xarray open: a URL or local path as it is, a local path holding ``::`` as a
+    ``LocalStore`` (so that a folder named ``a::b.zarr`` is not read as an fsspec URL chain)."""
+    if is_url(store) or "::" not in store:
+        return store
+    return zarr.storage.LocalStore(_local_path(store), read_only=read_only)
 
 
 def _local_path(store: str) -> str:
@@ -71,7 +106,8 @@ def _fsspec_kwargs(location: str, storage_options: dict | None) -> dict:
 
 
 def _open_group(store: str, mode: str, storage_options: dict | None) -> zarr.Group:
-    return zarr.open_group(store, mode=mode, zarr_format=3, **_fsspec_kwargs(store, storage_options))
+    return zarr.open_group(_zarr_location(store, mode == "r"), mode=mode, zarr_format=3,
+                           **_fsspec_kwargs(store, storage_options))
 
 
 def _read_attrs(store: str, storage_options: dict | None) -> dict | None:
@@ -84,11 +120,34 @@ def _read_attrs(store: str, storage_options: dict | None) -> dict | None:
         return {}
 
 
-def _remove(store: str, storage_options: dict | None) -> None:
+def _entries(store: str, storage_options: dict | None) -> list[str] | None:
+    """The names in a store's folder (hidden ones too); ``[]`` if absent or empty, None if a file."""
     fs, path = url_to_fs(store, storage_options)
     fs.invalidate_cache(path)  # another process may have written there since we last listed
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    if not fs.exists(path):
+        return []
+    if fs.isfile(path):
+        return None
+    return sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)})
+
+
+def _clear_store(store: str, storage_options: dict | None) -> None:
+    """Empty a daskglm store for a rebuild, so that a kill at any point leaves a store that
+    is still recognised as daskglm's and never taken for complete or resumable.
+
+    First the root metadata is rewritten in one write without fingerprint or ``complete``
+    (whatever follows, no rerun trusts what is left), then the store's own members are
+    deleted (its arrays, ``glm*`` fit groups, write debris); ``zarr.json`` stays, and so does
+    anything daskglm did not make. The folder itself is kept: a symlinked store is emptied
+    in its target, the link stays.
+    """
+    group = _open_group(store, "r+", storage_options)
+    found = group.attrs.get("daskglm_store_format")
+    group.attrs.put({"daskglm_store_format": found, "complete": False, "fingerprint": None})
+    fs, path = url_to_fs(store, storage_options)
+    for name in _entries(store, storage_options) or []:
+        if name in _STORE_ARRAYS or name.startswith("glm") or _METADATA_DEBRIS.match(name):
+            fs.rm(f"{path.rstrip('/')}/{name}", recursive=True)
 
 
 def _sweep_partials(store: str) -> None:
@@ -125,6 +184,13 @@ def _codec(compressor: str | None) -> Any:
     return zarr.codecs.BloscCodec(cname=compressor, clevel=3, shuffle="shuffle")
 
 
+def _codecs(compressor: str | None) -> list:
+    """The bytes codecs of a store array: the compressor, then a crc32c checksum of every
+    chunk (verified by zarr on each read: a damaged chunk is an error, never numbers)."""
+    codec = _codec(compressor)
+    return [*([codec] if codec is not None else []), zarr.codecs.Crc32cCodec()]
+
+
 def _create_store(
     store: str,
     storage_options: dict | None,
@@ -157,10 +223,18 @@ def _create_store(
         "mask": mask_provenance,
         "chunks": {"time": plan.t_chunk, "voxel": plan.v_chunk},
     }
-    _check_replaceable(store, storage_options)
     try:
-        _remove(store, storage_options)
-        group = _open_group(store, "w", storage_options)
+        if _check_replaceable(store, storage_options):
+            _clear_store(store, storage_options)
+        # Recognised as daskglm's (and never resumed: no fingerprint) from its first write on.
+        marker = {"daskglm_store_format": STORE_FORMAT, "complete": False, "fingerprint": None}
+        group = zarr.open_group(_zarr_location(store), mode="a", zarr_format=3, attributes=dict(marker),
+                                **_fsspec_kwargs(store, storage_options))
+        # An emptied store's metadata is marked already; now of this format. (A copy: zarr's
+        # put clears the group's attribute dict first, which is the one it was created with.)
+        group.attrs.put(dict(marker))
+    except (FileExistsError, StoreDamagedError):
+        raise
     except Exception as exc:
         raise OSError(f"cannot create the store at {store!r}: {exc}") from exc
     mask = grid.mask
@@ -171,13 +245,14 @@ def _create_store(
         chunks=(plan.t_chunk, plan.v_chunk),
         dtype="float32",
         dimension_names=("time", "voxel"),
-        compressors=_codec(compressor),
+        compressors=_codecs(compressor),
         fill_value=0.0,
         attributes={"coordinates": "i j k", "long_name": "BOLD signal, smoothed and masked"},
     )
     for axis, name in enumerate("ijk"):
         arr = group.create_array(
-            name, shape=(n_voxels,), chunks=(n_voxels,), dtype="int32", dimension_names=("voxel",)
+            name, shape=(n_voxels,), chunks=(n_voxels,), dtype="int32", dimension_names=("voxel",),
+            compressors=_codecs("zstd"),
         )
         arr[:] = np.nonzero(mask)[axis].astype(np.int32)
     group.create_array(
@@ -191,7 +266,8 @@ def _create_store(
     )
     if index.size:
         gz[:] = index
-    group.attrs.update(attrs)
+    # One write of every attribute, the fingerprint among them: only now can a rerun resume it.
+    group.attrs.put(attrs)
 
 
 def _json_value(value: Any) -> Any:
@@ -213,7 +289,8 @@ def _create_group_like(store: str, dataset: xr.Dataset, storage_options: dict | 
     as its dask chunks (the first of each axis) or whole, with the
     ``compressors`` of its encoding (zarr's default when unset) and the
     variable's attributes; NaN fills unwritten float chunks, 0 the others.
-    Numpy variables are written; dask ones are left for their tasks to write.
+    Numpy variables are written; dask ones are left for their tasks to write, every
+    chunk of them (even one equal to the fill value: see :func:`missing_chunks`).
     Coordinates are not stored, ``dataset.attrs`` become the group's.
 
     What ``dataset.to_zarr(store, mode="w", compute=False)`` makes, without
@@ -234,15 +311,12 @@ def _create_group_like(store: str, dataset: xr.Dataset, storage_options: dict | 
             str(key), shape=var.shape, chunks=tuple(max(1, c) for c in chunks), dtype=var.dtype,
             dimension_names=var.dims, compressors=var.encoding.get("compressors", "auto"),
             fill_value=np.nan if floating else 0, attributes=_json_value(dict(var.attrs)),
+            config={"write_empty_chunks": True},  # every chunk is there: a missing one is damage
         )
         if not var.chunks and var.size:
             array[...] = np.asarray(var.values)
     group.attrs.update(_json_value(dict(dataset.attrs)))
     return arrays
-
-
-#: What the root of a daskglm store holds (a store interrupted before its attributes were written too).
-_STORE_ENTRIES = {"zarr.json", "bold", "i", "j", "k", "ingest_done", "gzip_index", "glm"}
 
 
 def _check_protocol(store: str) -> None:
@@ -278,32 +352,88 @@ def _rebuild_reason(existing: dict) -> str:
     return "was made from another source or with other parameters"
 
 
-def _check_replaceable(store: str, storage_options: dict | None) -> None:
-    """Refuse to delete a location that holds anything but a daskglm store.
+def _check_replaceable(store: str, storage_options: dict | None) -> bool:
+    """Whether a daskglm store is at ``store`` (to be emptied for a rebuild); refuse anything
+    else but nothing, an empty folder or a killed first write's debris.
 
-    Creating a store removes what is at its location first; a folder of other
-    files (or a file) given as the store by mistake must survive that.
-    Hidden entries (``.DS_Store``...) and ``.partial`` debris are ignored.
+    A store is recognised by the ``daskglm_store_format`` attribute of its root metadata,
+    the first thing written (in one write) when it is made, never by the names of its
+    members: a folder of other files (hidden ones too), another zarr group or a file given
+    as the store by mistake is refused, never deleted or written into.
     """
-    fs, path = url_to_fs(store, storage_options)
     try:
-        fs.invalidate_cache(path)
-        if not fs.exists(path):
-            return
-        entries = (None if fs.isfile(path) else
-                   sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}))
+        entries = _entries(store, storage_options)
     except OSError:
-        return  # unreachable or unreadable: creating the store reports it
+        return False  # unreachable or unreadable: creating the store reports it
     if entries is not None:
-        # hidden files, and .partial debris of a writer killed mid-rename (zarr.json.<uuid>.partial)
-        entries = [name for name in entries if not name.startswith(".") and not name.endswith(".partial")]
-        attrs = _read_attrs(store, storage_options) if entries else None
-        if not entries or set(entries) <= _STORE_ENTRIES or (attrs and "daskglm_store_format" in attrs):
-            return
+        attrs = _read_attrs(store, storage_options) if "zarr.json" in entries else None
+        if attrs and "daskglm_store_format" in attrs:
+            return True
+        if all(_METADATA_DEBRIS.match(name) for name in entries):
+            return False  # empty, or only the debris of a first metadata write killed mid-rename
     what = "a file" if entries is None else (f"a folder holding {entries[:5]}"
                                              f"{' and more' if len(entries) > 5 else ''}")
     raise FileExistsError(f"the store location {store!r} is {what}, not a daskglm store: refusing to "
-                          "delete it to make a store there; give another store path")
+                          "delete it or write into it; give another store path (or an empty folder)")
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def _digest(value: Any) -> str:
+    data = value if isinstance(value, bytes) else json.dumps(value, sort_keys=True, default=str).encode()
+    return hashlib.sha1(data).hexdigest()[:16]
+
+
+def layout_digests(group: zarr.Group) -> dict[str, str]:
+    """Digests of what a complete store's numbers mean: each array's metadata (shape, chunks,
+    dtype, codecs), the voxel indices and the root attributes (affine, volume shape, t_r...).
+
+    Recorded as the ``integrity`` attribute when the store is marked complete, compared
+    when it is opened (see :func:`verify_store`). The chunks themselves carry crc32c
+    checksums, verified by zarr on every read.
+    """
+    digests = {name: _digest(group[name].metadata.to_dict()) for name in ("bold", "i", "j", "k")}
+    digests["voxels"] = _digest(b"".join(np.asarray(group[n][:], dtype="<i4").tobytes() for n in "ijk"))
+    digests["attributes"] = _digest({k: v for k, v in group.attrs.items() if k not in ("complete", "integrity")})
+    return digests
+
+
+def missing_chunks(store: str, array: str, shape: tuple, chunks: tuple, storage_options: dict | None) -> int:
+    """How many chunks of ``array`` (under ``store``) are absent: zarr reads one as its fill value."""
+    expected = int(np.prod([-(-n // c) for n, c in zip(shape, chunks)])) if all(shape) else 0
+    fs, path = url_to_fs(store, storage_options)
+    root = f"{path.rstrip('/')}/{array}/c"
+    fs.invalidate_cache(root)
+    try:
+        found = [p for p in fs.find(root) if not p.endswith(".partial")]
+    except FileNotFoundError:
+        found = []
+    return max(0, expected - len(found))
+
+
+def verify_store(store: str, group: zarr.Group, attrs: dict, storage_options: dict | None) -> None:
+    """Refuse a complete store whose layout or chunks differ from what was recorded.
+
+    Raises
+    ------
+    StoreDamagedError
+        Naming the store and what is damaged.
+    """
+    recorded = attrs.get("integrity")
+    if not isinstance(recorded, dict):
+        raise _damaged(store, "its integrity record is missing")
+    try:
+        found = layout_digests(group)
+    except Exception as exc:  # an array gone or unreadable
+        raise _damaged(store, f"{type(exc).__name__}: {exc}") from None
+    changed = [name for name in recorded if found.get(name) != recorded[name]]
+    if changed:
+        raise _damaged(store, f"its {', '.join(changed)} differ from what was recorded when it was written")
+    bold = group["bold"]
+    missing = missing_chunks(store, "bold", bold.shape, bold.chunks, storage_options)
+    if missing:
+        raise _damaged(store, f"{missing} chunk(s) of 'bold' are missing")
 
 
 # --------------------------------------------------------------------------- opening
@@ -326,8 +456,9 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
     -------
     xarray.Dataset
         ``bold(time, voxel)`` float32 backed by dask with the store's chunks,
-        coordinates ``i, j, k (voxel)``, and the store's attributes (affine,
-        volume_shape, t_r, smoothing_fwhm, source, mask, chunks).
+        coordinates ``i, j, k (voxel)`` and ``time`` (the scan numbers), and the
+        store's attributes (affine, volume_shape, t_r, smoothing_fwhm, source, mask,
+        chunks).
 
     Raises
     ------
@@ -335,6 +466,9 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
         No store there.
     StoreIncompleteError
         The store was not marked complete.
+    StoreDamagedError
+        A chunk is missing, or the store's metadata or voxel indices changed since it was
+        written (corrupt chunks are refused by their checksums when read).
     """
     store = _url(store)
     attrs = _read_attrs(store, storage_options)
@@ -349,8 +483,10 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
         raise StoreIncompleteError(
             f"the store at {store!r} is incomplete (interrupted ingestion?): rerun ingest_run"
         )
+    group = _open_group(store, "r", storage_options)
+    verify_store(store, group, attrs, storage_options)
     ds = xr.open_zarr(
-        store,
+        _zarr_location(store, read_only=True),
         consolidated=False,
         zarr_format=3,
         chunks={"time": -1} if columns else {},
@@ -360,8 +496,9 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
     ds.attrs["store"] = store
     # Voxel indices are small and needed by every unmasking: hold them in memory,
     # read straight from zarr (a dask .load() would compute on a local scheduler).
-    group = _open_group(store, "r", storage_options)
-    return ds.assign_coords({name: ds[name].copy(data=group[name][:]) for name in "ijk"})
+    # ``time``: the scan numbers, kept by a selection of scans (sample masks), which names it.
+    return ds.assign_coords({**{name: ds[name].copy(data=group[name][:]) for name in "ijk"},
+                             "time": np.arange(ds.sizes["time"])})
 
 
 def _stored_mask(group: zarr.Group, shape: tuple[int, int, int]) -> np.ndarray:
