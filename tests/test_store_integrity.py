@@ -198,3 +198,32 @@ def test_a_store_copied_elsewhere_keeps_its_fits(small_run, tmp_path):
     again = FirstLevelModel(store=tmp_path / "b", **kwargs).fit(small_run["nii"], design_matrices=[design])
     assert sorted(p.name for p in (tmp_path / "b").glob("*.zarr/glm-*")) == groups
     np.testing.assert_array_equal(_maps(again), _maps(first))
+
+
+def test_the_command_line_names_a_damaged_store_and_overwrite_rebuilds_it(tmp_path, capsys):
+    """`daskglm fit` on a store with a chunk deleted: one line naming the store and the damage, no
+    map written; `--overwrite` rebuilds the store and writes the maps of the undamaged run."""
+    from daskglm.cli.main import main
+    from daskglm.datasets.fiac import load_fiac_design_matrix, simulate_fiac
+
+    data = simulate_fiac(data_dir=tmp_path / "data", shape=(10, 12, 6), n_scans=40, n_runs=1)
+    design = tmp_path / "design.tsv"
+    load_fiac_design_matrix(data["design_matrix1"]).to_csv(design, sep="\t", index=False)
+
+    def fit(out, *extra):
+        code = main(["fit", str(data["func1"]), "--design-matrix", str(design), "--mask", str(data["mask"]),
+                     "--contrast", "c=DStDSp - SStSSp", "--out", str(tmp_path / out), "--store",
+                     str(tmp_path / "stores"), "--scheduler", "sync", "--verbose", "0", "--t-chunk", "8",
+                     *extra])
+        return code, capsys.readouterr().err.splitlines()
+
+    assert fit("first")[0] == 0
+    expected = (tmp_path / "first" / "contrast-c_stat-z_statmap.nii.gz").read_bytes()
+    (store,) = (tmp_path / "stores").glob("*.zarr")
+    _delete_chunk(store)
+    code, err = fit("second")
+    assert code != 0 and len(err) == 1, err
+    assert err[0].startswith("daskglm: error:") and str(store) in err[0] and "chunk(s) of 'bold' are missing" in err[0]
+    assert not list((tmp_path / "second").glob("*.nii.gz"))
+    assert fit("second", "--overwrite")[0] == 0
+    assert (tmp_path / "second" / "contrast-c_stat-z_statmap.nii.gz").read_bytes() == expected

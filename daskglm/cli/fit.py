@@ -224,6 +224,8 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
                        help="scans per chunk of the stores (default: planned from the data size)")
     model.add_argument("--v-chunk", type=positive_int, default=None, metavar="N",
                        help="voxels per chunk of the stores (default: planned from the data size)")
+    model.add_argument("--overwrite", action="store_true",
+                       help="rebuild the runs' stores even if complete and up to date (a store reported damaged)")
     out = p.add_argument_group("contrasts and outputs")
     out.add_argument("--contrast", action="append", type=contrast_arg, required=True, metavar="NAME=EXPR",
                      help="a contrast (required; repeatable): EXPR is a nilearn expression over design "
@@ -520,7 +522,8 @@ def run_fit(args: argparse.Namespace) -> int:
 
     params = dict(mask_img=args.mask, smoothing_fwhm=args.smoothing_fwhm or None, noise_model=args.noise_model,
                   signal_scaling=_SIGNAL_SCALING[args.signal_scaling], random_state=args.random_state,
-                  store=args.store, t_chunk=args.t_chunk, v_chunk=args.v_chunk, minimize_memory=True,
+                  store=args.store, t_chunk=args.t_chunk, v_chunk=args.v_chunk, overwrite=args.overwrite,
+                  minimize_memory=True,
                   verbose=max(0, args.verbose), **design_params)
     try:
         _fit_and_write(args, plan, put, runs, contrasts, infos, designs, fit_kwargs, params, stat_types, names,

@@ -16,6 +16,8 @@ Errors are one line on stderr, ``daskglm: error: ...``: exit status 2 for a
 bad command line (argparse's, and options that do not go together), 1 for a
 problem found while running (a file that is not a 4D run, a contrast naming no
 design column, an unreachable scheduler...).
+A cluster lost mid-way (no worker left for ``daskglm.no-workers-timeout``, the
+scheduler stopped) is such a problem: one line naming the scheduler, exit status 1.
 ``--debug`` (or ``DASKGLM_DEBUG=1``) shows the traceback instead.
 """
 
@@ -233,11 +235,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("daskglm: interrupted", file=sys.stderr)
         return 130
-    except ERRORS as exc:
+    except Exception as exc:
+        if not isinstance(exc, ERRORS + _cluster_errors()):
+            raise
         if debug:
             traceback.print_exc()
         print(f"daskglm: error: {one_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
+
+
+def _cluster_errors() -> tuple[type[BaseException], ...]:
+    """Dask's errors about the cluster, reported as one line too (daskglm's own
+    :class:`daskglm.runtime.cluster.ClusterLostError` is a ``RuntimeError``): a future
+    cancelled (distributed's ``FutureCancelledError``, e.g. the scheduler's connection
+    lost), a task whose workers all died (``KilledWorker``), no worker left
+    (``NoWorkerError``). Not imported here if nothing imported distributed."""
+    from concurrent.futures import CancelledError
+
+    errors: list[type[BaseException]] = [CancelledError]
+    if "distributed" in sys.modules:
+        from distributed import KilledWorker
+        from distributed.scheduler import NoWorkerError
+
+        errors += [KilledWorker, NoWorkerError]
+    return tuple(errors)
 
 
 if __name__ == "__main__":  # pragma: no cover

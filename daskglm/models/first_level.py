@@ -247,6 +247,10 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         or 'threads', or None for the active client,
         ``DASK_SCHEDULER_ADDRESS`` or an embedded ``LocalCluster`` of
         ``n_jobs`` workers (see :func:`daskglm.runtime.cluster.get_client`).
+    overwrite : :obj:`bool`, default=False
+        Rebuild the runs' stores (and so refit) at each ``fit`` even when
+        they are complete and up to date: the remedy for a store reported
+        damaged (:class:`daskglm.store.StoreDamagedError`).
 
     Attributes
     ----------
@@ -266,7 +270,8 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
     results_ : :obj:`list` of xarray.Dataset
         Each run's fit: ``beta`` (regressor, voxel), ``sigma2`` (voxel,),
         ``label_index`` (voxel,), ``cov`` (label, regressor, regressor),
-        ``label_value``, persisted in the run's store (group ``glm``). numpy
+        ``label_value``, persisted in the run's store (group ``glm-<key>``,
+        see :func:`daskglm.glm.fit.fit_key`; attribute ``group``). numpy
         when the fits of all runs take at most the dask config
         ``daskglm.fit-memory-bytes`` (default 256 MiB; 0: always lazy), so
         that contrasts are numpy operations in this process; lazy otherwise,
@@ -309,6 +314,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         t_chunk: int | None = None,
         v_chunk: int | None = None,
         client: Any = None,
+        overwrite: bool = False,
     ) -> None:
         super().__init__(
             t_r=t_r, slice_time_ref=slice_time_ref, hrf_model=hrf_model, drift_model=drift_model,
@@ -324,6 +330,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         self.t_chunk = t_chunk
         self.v_chunk = v_chunk
         self.client = client
+        self.overwrite = overwrite
 
     @contextlib.contextmanager
     def _client(self) -> Iterator[Any]:
@@ -516,7 +523,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
                     list(unique.values()), list(unique), mask_img=mask_img, smoothing_fwhm=fwhm,
                     t_chunk=self.t_chunk, v_chunk=self.v_chunk, client=client,
                     storage_options=self.storage_options, target_affine=target_affine,
-                    target_shape=target_shape, columns=True,
+                    target_shape=target_shape, columns=True, overwrite=bool(self.overwrite),
                 )))
                 datasets = []
                 for index, store in enumerate(stores):

@@ -2,7 +2,9 @@
 
 * :mod:`.cluster` — which Dask client runs the graphs (explicit, local
   scheduler, active, ``DASK_SCHEDULER_ADDRESS``, embedded ``LocalCluster``),
-  :func:`compute` with retries and progress bars.
+  :func:`compute` with retries and progress bars, and :class:`ClusterLostError`
+  (:class:`NoWorkersError`, :class:`SchedulerLostError`) when the cluster goes
+  away mid-computation (``daskglm.no-workers-timeout``).
 * :mod:`.plan` — pure arithmetic: chunk sizes and reads per task from the
   data size and a memory budget.
 * :mod:`.compat` — distributed's and multiprocessing's internals: worker
@@ -11,11 +13,16 @@
 
 from .cluster import (
     LOCAL_SCHEDULERS,
+    ClusterLostError,
+    NoWorkersError,
+    SchedulerLostError,
     compute,
     get_client,
     n_workers_from_n_jobs,
+    no_workers_timeout,
     task_retries,
     verbosity,
 )
 
-__all__ = ["LOCAL_SCHEDULERS", "compute", "get_client", "n_workers_from_n_jobs", "task_retries", "verbosity"]
+__all__ = ["LOCAL_SCHEDULERS", "ClusterLostError", "NoWorkersError", "SchedulerLostError", "compute", "get_client",
+           "n_workers_from_n_jobs", "no_workers_timeout", "task_retries", "verbosity"]

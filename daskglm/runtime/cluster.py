@@ -39,13 +39,41 @@ is a different matter: the scheduler reruns its tasks elsewhere, up to
 ``distributed.scheduler.allowed-failures`` times.) dask's local schedulers
 (``"sync"``, ``"threads"``, ``"processes"``) have no retries: there an error
 is raised at once.
+
+A cluster lost mid-computation: :func:`compute` never waits forever.
+
+- No workers: if the cluster has had no worker for longer than the dask config
+  key ``daskglm.no-workers-timeout`` (default ``"60s"``; a number of seconds or
+  a duration such as ``"5 minutes"``; ``None`` waits for workers forever;
+  ``DASK_DASKGLM__NO_WORKERS_TIMEOUT`` in the environment), the computation's
+  futures are cancelled and :class:`NoWorkersError` is raised, naming the
+  scheduler's address. The client watches the scheduler's worker count while
+  it waits (one small request every 1 to 5 s, only for computations that last
+  that long), which works for any scheduler, also one started by someone else
+  (distributed's own ``distributed.scheduler.no-workers-timeout`` acts only in
+  schedulers that read it when they start); the embedded cluster's scheduler
+  also gets that setting (unless the user gave one). Raise the timeout, or set
+  it to ``None``, for clusters whose workers may sit in a batch queue (e.g.
+  dask-jobqueue's adaptive Slurm clusters).
+- The scheduler stopped, or the connection to it lost: :class:`SchedulerLostError`,
+  naming the scheduler's address, as soon as the client notices (a closed
+  connection at once; a scheduler that stops answering after the same timeout).
+
+Both are :class:`ClusterLostError`, a :class:`RuntimeError`. The command line
+prints them as one ``daskglm: error: ...`` line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
+import logging
+import math
 import os
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,8 +82,8 @@ import numpy as np
 
 from .compat import workers_skip_main
 
-__all__ = ["verbosity", "get_client", "compute", "task_retries", "n_workers_from_n_jobs",
-           "LOCAL_SCHEDULERS"]
+__all__ = ["LOCAL_SCHEDULERS", "ClusterLostError", "NoWorkersError", "SchedulerLostError", "compute",
+           "get_client", "n_workers_from_n_jobs", "no_workers_timeout", "task_retries", "verbosity"]
 
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded", "processes")
 
@@ -137,11 +165,18 @@ WORKER_SATURATION = 3.0
 
 def _scheduler_config() -> dict:
     """dask config for the embedded cluster's scheduler: :data:`WORKER_SATURATION`, unless
-    the user configured a worker saturation of their own."""
+    the user configured a worker saturation of their own; and distributed's
+    ``distributed.scheduler.no-workers-timeout`` from :func:`no_workers_timeout`
+    (its tasks fail when no worker is left, also those not run by :func:`compute`),
+    unless the user configured one."""
+    config = {}
     value = dask.config.get("distributed.scheduler.worker-saturation", _DASK_SATURATION)
-    if value not in (_DASK_SATURATION, "1.1"):
-        return {}
-    return {"distributed.scheduler.worker-saturation": WORKER_SATURATION}
+    if value in (_DASK_SATURATION, "1.1"):
+        config["distributed.scheduler.worker-saturation"] = WORKER_SATURATION
+    timeout = no_workers_timeout()
+    if timeout is not None and dask.config.get("distributed.scheduler.no-workers-timeout", None) is None:
+        config["distributed.scheduler.no-workers-timeout"] = timeout
+    return config
 
 
 #: dask config key: runs smaller than this (bytes of data, uncompressed) are
@@ -326,9 +361,12 @@ def get_client(
         target = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
         origin = "DASK_SCHEDULER_ADDRESS"
     if target is not None:
-        with _connect(target, origin) as remote:
+        remote = _connect(target, origin)
+        try:
             with remote.as_current():
                 yield remote
+        finally:
+            _close_client(remote)
         return
     kwargs = _local_cluster_kwargs(n_workers, memory_limit, work_bytes)
     with contextlib.ExitStack() as stack:
@@ -417,6 +455,271 @@ def task_retries() -> int:
     return int(value)
 
 
+# ------------------------------------------------------------------ a cluster lost mid-computation
+
+
+class ClusterLostError(RuntimeError):
+    """The Dask cluster of a computation went away before it was done: all its workers, or its scheduler.
+
+    Attributes
+    ----------
+    address : str or None
+        The scheduler's address.
+    """
+
+    def __init__(self, message: str, address: str | None = None) -> None:
+        super().__init__(message)
+        self.address = address
+
+
+class NoWorkersError(ClusterLostError):
+    """The cluster has had no worker for longer than :func:`no_workers_timeout` during a computation.
+
+    Attributes
+    ----------
+    address : str or None
+        The scheduler's address.
+    timeout : float or None
+        The ``daskglm.no-workers-timeout`` that ran out (seconds).
+    """
+
+    def __init__(self, message: str, address: str | None = None, timeout: float | None = None) -> None:
+        super().__init__(message, address)
+        self.timeout = timeout
+
+
+class SchedulerLostError(ClusterLostError):
+    """The connection to the scheduler was lost during a computation (it stopped, or the network failed)."""
+
+
+#: dask config key: how long a computation waits while the cluster has no worker.
+NO_WORKERS_TIMEOUT_KEY = "daskglm.no-workers-timeout"
+#: Default of :data:`NO_WORKERS_TIMEOUT_KEY`: a nanny restarting a worker takes seconds; a minute
+#: without any worker means they are gone.
+DEFAULT_NO_WORKERS_TIMEOUT = "60s"
+#: Bounds of the period (seconds) at which a waiting computation looks at the cluster: a tenth of
+#: the timeout, between these.
+WATCH_PERIOD = (1.0, 5.0)
+
+
+def no_workers_timeout() -> float | None:
+    """How long (seconds) :func:`compute` waits for results while the cluster has no worker.
+
+    The dask config key ``daskglm.no-workers-timeout``
+    (``dask.config.set({"daskglm.no-workers-timeout": "5 minutes"})``, or
+    ``DASK_DASKGLM__NO_WORKERS_TIMEOUT=300`` in the environment): a number of
+    seconds or a duration string that :func:`dask.utils.parse_timedelta`
+    reads; default :data:`DEFAULT_NO_WORKERS_TIMEOUT`. ``None`` waits forever.
+
+    Raises
+    ------
+    ValueError
+        The configured value is not a positive, finite duration nor ``None``.
+    """
+    value = dask.config.get(NO_WORKERS_TIMEOUT_KEY, DEFAULT_NO_WORKERS_TIMEOUT)
+    if value is None:
+        return None
+    seconds = math.nan
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError, OverflowError):
+            seconds = float(dask.utils.parse_timedelta(value, default="s"))
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"dask config {NO_WORKERS_TIMEOUT_KEY!r} must be a positive duration: seconds, or a "
+                         f"string such as '60s' or '5 minutes' (None: wait for workers forever); "
+                         f"got {value!r}")
+    return seconds
+
+
+def _address(client: Any) -> str:
+    return getattr(getattr(client, "scheduler", None), "address", None) or repr(client)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3g} s"
+
+
+def _no_workers(address: str, timeout: float | None, since: float | None = None) -> NoWorkersError:
+    gone = _seconds(time.monotonic() - since) if since is not None else _seconds(timeout or 0)
+    limit = f"{NO_WORKERS_TIMEOUT_KEY} = {_seconds(timeout)}" if timeout is not None else NO_WORKERS_TIMEOUT_KEY
+    return NoWorkersError(
+        f"the Dask cluster at {address} has no workers: all of them have been gone for {gone} "
+        f"(dask config {limit}), so the computation was cancelled. Start workers for this scheduler, "
+        f"or find out why they died (their logs, memory limits), and run again; raise "
+        f"{NO_WORKERS_TIMEOUT_KEY!r} (DASK_DASKGLM__NO_WORKERS_TIMEOUT in the environment) to wait "
+        f"longer for workers.", address, timeout)
+
+
+def _scheduler_lost(address: str, what: str = "lost the connection to it") -> SchedulerLostError:
+    return SchedulerLostError(
+        f"the Dask scheduler at {address} is gone: {what} in the middle of a computation (the scheduler "
+        f"stopped, or the network failed), so the computation is lost. Restart the scheduler and its "
+        f"workers (or check the network) and run again.", address)
+
+
+def _connection_lost(client: Any, exc: BaseException) -> bool:
+    """Whether ``exc`` (raised while waiting for ``client``'s futures) means the scheduler is gone."""
+    from concurrent.futures import CancelledError
+
+    from distributed.comm import CommClosedError
+
+    if getattr(client, "status", "running") != "running":
+        return True
+    if isinstance(exc, CancelledError):
+        reasons = {getattr(exc, "reason", None)}
+        reasons |= {getattr(group, "reason", None) for group in getattr(exc, "error_groups", ())}
+        return "scheduler-connection-lost" in reasons
+    return isinstance(exc, CommClosedError)
+
+
+class _QuietClose(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def _close_client(client: Any) -> None:
+    """Close a client that :func:`get_client` connected.
+
+    One whose scheduler is gone is closed without distributed's log lines
+    (the traceback of its reconnection attempt, cancelled by the close): the
+    error that ended the work has said what happened.
+    """
+    if client.status == "running":
+        client.close()
+        return
+    log, quiet = logging.getLogger("distributed.client"), _QuietClose()
+    log.addFilter(quiet)
+    try:
+        with contextlib.suppress(Exception):
+            client.close(timeout=10)
+    finally:
+        log.removeFilter(quiet)
+
+
+class _Progress:
+    """dask's text progress bar, drawn from the client's event loop while this thread waits.
+
+    distributed's ``progress`` blocks its caller until the work is done: a
+    cluster lost mid-way would freeze it. Here the bar runs as a task of the
+    client's loop and is stopped from this thread, whatever happens.
+    """
+
+    def __init__(self, client: Any, futures: list, address: str) -> None:
+        from distributed.diagnostics.progressbar import TextProgressBar
+
+        self.bar = TextProgressBar(futures, scheduler=address, start=False, loop=client.loop)
+        self.stopped = threading.Event()
+        self.failed = False
+        self.task = asyncio.run_coroutine_threadsafe(self._run(), client.loop.asyncio_loop)
+
+    async def _run(self) -> None:
+        ended = False
+        try:
+            await self.bar.listen()  # returns once the work is done (the bar erased) or the scheduler gone
+            ended = True
+        finally:
+            comm = getattr(self.bar, "comm", None)
+            if comm is not None and not comm.closed():
+                comm.abort()
+            if not ended and hasattr(self.bar, "_last_response"):  # stopped while drawn
+                with contextlib.suppress(ValueError, OSError):
+                    if self.failed:
+                        sys.stdout.write("\n")  # the bar stays as it was, the error goes below it
+                        sys.stdout.flush()
+                    else:
+                        self.bar._draw_stop()
+            self.stopped.set()
+
+    def stop(self, done: bool) -> None:
+        """End the bar: once it has drawn its end if the work is ``done`` (briefly), at once if not."""
+        self.failed = not done
+        if done:
+            self.stopped.wait(0.5)  # the scheduler reports the end within the bar's 100 ms interval
+        if not self.stopped.is_set():
+            self.task.cancel()
+            self.stopped.wait(1.0)
+
+
+def _show_progress(client: Any, futures: list, address: str) -> _Progress | None:
+    if _in_notebook_with_widgets():
+        from distributed import progress
+
+        progress(futures, notebook=True, scheduler=address)  # a widget: does not block
+        return None
+    return _Progress(client, futures, address)
+
+
+def _count_workers(client: Any, timeout: float) -> int | None:
+    """The scheduler's number of workers (one small request); ``None`` if it does not answer."""
+    try:
+        info = client.sync(client.scheduler.identity, n_workers=0, callback_timeout=timeout)
+    except (OSError, TimeoutError):
+        return None
+    except TypeError:  # a scheduler older than identity(n_workers=...)
+        try:
+            info = client.sync(client.scheduler.identity, callback_timeout=timeout)
+        except (OSError, TimeoutError):
+            return None
+    return int(info["n_workers"]) if "n_workers" in info else len(info.get("workers", ()))
+
+
+def _wait(client: Any, futures: list, address: str, timeout: float | None, level: int) -> None:
+    """Wait until ``futures`` are done; :class:`ClusterLostError` if the cluster goes away first.
+
+    The first wait is :data:`PROGRESS_AFTER` (the progress bar appears after
+    it, when ``level`` > 0), then the cluster is looked at every
+    :data:`WATCH_PERIOD` (a tenth of ``timeout``, between its bounds): its
+    number of workers, one small request. A computation done sooner costs one
+    wait, nothing else.
+    """
+    from distributed import TimeoutError as WaitTimeout
+    from distributed import wait
+
+    period = min(max((timeout or 0) / 10, WATCH_PERIOD[0]), WATCH_PERIOD[1])
+    bar = None
+    empty_since = silent_since = None
+    done = False
+    try:
+        while True:
+            try:
+                with client.as_current():  # distributed's wait uses the current client
+                    wait(futures, timeout=PROGRESS_AFTER if level > 0 else period)
+                done = True
+                return
+            except WaitTimeout:
+                pass
+            if level > 0:
+                bar = _show_progress(client, futures, address)
+                level = 0  # shown once (a notebook's widget is not stopped here: None)
+            if client.status != "running":
+                raise _scheduler_lost(address)
+            if timeout is None:
+                continue
+            now = time.monotonic()
+            count = _count_workers(client, min(timeout, 10.0))
+            if count is None:
+                silent_since = silent_since or now
+                if now - silent_since > timeout:
+                    raise _scheduler_lost(address, f"it has not answered for {_seconds(now - silent_since)}")
+                continue
+            silent_since = None
+            if count > 0:
+                empty_since = None
+            elif empty_since is None:
+                empty_since = now
+            elif now - empty_since > timeout:
+                raise _no_workers(address, timeout, empty_since)
+    finally:
+        if bar is not None:
+            bar.stop(done)
+
+
+def _cancel(client: Any, futures: list) -> None:
+    """Cancel ``futures`` on the scheduler, if it is still connected (best effort)."""
+    if client.status == "running":
+        with contextlib.suppress(Exception):
+            client.cancel(futures)
+
+
 def compute(*collections: Any, client: Any = None, verbose: int | None = None) -> tuple:
     """Compute dask collections on ``client`` (resolved by :func:`get_client`).
 
@@ -425,6 +728,14 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None) -
     each task retried up to :func:`task_retries` times if it raises, and the
     results are gathered. Local schedulers do not retry.
 
+    A cluster lost on the way never makes it wait forever: with no worker for
+    longer than the dask config ``daskglm.no-workers-timeout`` (default
+    ``"60s"``, see :func:`no_workers_timeout`) the work is cancelled and
+    :class:`NoWorkersError` raised; a scheduler gone (stopped, or the
+    connection lost) raises :class:`SchedulerLostError`. Both name the
+    scheduler's address. On any error (and on Ctrl-C) the computation's
+    futures are cancelled.
+
     Parameters
     ----------
     *collections
@@ -432,18 +743,28 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None) -
     client : see :func:`get_client`
     verbose : int, optional
         > 0: dask's progress bar for the scheduler in use (distributed's
-        ``progress``: a widget in a notebook with ipywidgets, text in a
-        terminal; ``dask.diagnostics.ProgressBar`` on local schedulers), shown
-        once the work has lasted :data:`PROGRESS_AFTER` seconds. Default: the
-        level set by :func:`verbosity` (0 outside of it).
+        text bar in a terminal, or its widget in a notebook with ipywidgets;
+        ``dask.diagnostics.ProgressBar`` on local schedulers), shown once the
+        work has lasted :data:`PROGRESS_AFTER` seconds. Default: the level set
+        by :func:`verbosity` (0 outside of it).
 
     Returns
     -------
     tuple
         The computed values, in order.
+
+    Raises
+    ------
+    NoWorkersError
+        The cluster had no worker for longer than ``daskglm.no-workers-timeout``.
+    SchedulerLostError
+        The scheduler went away (or stopped answering for that long).
+    ValueError
+        ``daskglm.retries`` or ``daskglm.no-workers-timeout`` is not valid.
     """
     level = _VERBOSE.get() if verbose is None else verbose
     retries = task_retries()
+    timeout = no_workers_timeout()
     with get_client(client) as resolved:
         if resolved is None:
             if level > 0:
@@ -452,15 +773,29 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None) -
                 with ProgressBar(minimum=PROGRESS_AFTER):
                     return dask.compute(*collections)
             return dask.compute(*collections)
-        futures = resolved.compute(list(collections), retries=retries)
-        if level > 0:
-            from distributed import TimeoutError as WaitTimeout
-            from distributed import progress, wait
+        return _compute_distributed(resolved, list(collections), retries, timeout, level)
 
-            try:  # returns the moment the work is done (polling cost up to its period per compute)
-                with resolved.as_current():
-                    wait(futures, timeout=PROGRESS_AFTER)
-            except WaitTimeout:
-                progress(futures, notebook=_in_notebook_with_widgets(),
-                         scheduler=resolved.scheduler.address)
-        return tuple(resolved.gather(futures))
+
+def _compute_distributed(client: Any, collections: list, retries: int, timeout: float | None,
+                         level: int) -> tuple:
+    from distributed.scheduler import NoWorkerError
+
+    address = _address(client)
+    if client.status != "running":
+        raise _scheduler_lost(address, "the client is not connected to it")
+    futures: list = []
+    try:
+        futures = client.compute(collections, retries=retries)
+        _wait(client, futures, address, timeout, level)
+        return tuple(client.gather(futures))
+    except ClusterLostError:
+        _cancel(client, futures)
+        raise
+    except NoWorkerError as exc:  # the scheduler's own distributed.scheduler.no-workers-timeout
+        _cancel(client, futures)
+        raise _no_workers(address, getattr(exc, "timeout", None)) from exc
+    except BaseException as exc:
+        if isinstance(exc, Exception) and _connection_lost(client, exc):
+            raise _scheduler_lost(address) from exc
+        _cancel(client, futures)
+        raise

@@ -67,8 +67,8 @@ class StoreDamagedError(RuntimeError):
 def _damaged(store: str, what: str) -> StoreDamagedError:
     return StoreDamagedError(
         f"the store at {store!r} is damaged ({what}): delete that folder (it holds only what daskglm "
-        "derived from the run; the next fit rebuilds it), or rebuild it with ingest_run(..., "
-        "overwrite=True) / daskglm convert --overwrite")
+        "derived from the run; the next fit rebuilds it), or rebuild it: FirstLevelModel(overwrite=True), "
+        "ingest_run(..., overwrite=True), daskglm fit/convert --overwrite")
 
 
 # --------------------------------------------------------------------------- locations
