@@ -195,8 +195,9 @@ def _drive(out: Path) -> None:
                         smoothing_fwhm=float(os.environ.get("SMOOTHING", "5")), client="sync", **CHUNKS)
         print(json.dumps({"start": start, "end": time.time(), "n_scans": ds.sizes["time"]}))
         return
-    model = FirstLevelModel(mask_img=data["mask"], smoothing_fwhm=5.0, noise_model="ar1",
-                            store=out / "stores", client="sync", verbose=0, **CHUNKS)
+    model = FirstLevelModel(mask_img=data["mask"], smoothing_fwhm=float(os.environ.get("SMOOTHING", "5")),
+                            noise_model=os.environ.get("NOISE", "ar1"), client="sync", verbose=0,
+                            store=os.environ.get("STORES", out / "stores"), **CHUNKS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit([data["func1"], data["func2"]],
@@ -551,3 +552,29 @@ def test_killed_while_a_store_is_emptied_for_a_rebuild(fiac, isolated_stores, tm
     _ingest(fiac, tmp_path, store, 6.0, crash=f"clear:{k}")
     _ingest(fiac, tmp_path, store, 6.0)
     _assert_same_rows(store, isolated_stores[6.0])
+
+
+def test_concurrent_analyses_with_other_parameters_share_a_store_folder(fiac, tmp_path):
+    """Three processes fit the same runs at once, into one store folder, with other smoothing
+    or noise models, their fits kept lazy in the stores (read by every contrast): each writes
+    the maps of its own analysis run alone (before: one wrote the other's maps, or NaN)."""
+    analyses = {"a": {"SMOOTHING": "5", "NOISE": "ar1"}, "b": {"SMOOTHING": "5", "NOISE": "ols"},
+                "c": {"SMOOTHING": "6", "NOISE": "ar1"}}
+    lazy = {"DASK_DASKGLM__FIT_MEMORY_BYTES": "0"}
+    for name, env in analyses.items():
+        run_child(fiac, tmp_path / f"alone-{name}", **env, **lazy)
+    shared = tmp_path / "shared-stores"
+    base = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    base.update(FIAC=json.dumps(fiac), OMP_NUM_THREADS="1", STORES=str(shared), **lazy)
+    procs = {}
+    for name, env in analyses.items():
+        (tmp_path / name).mkdir()
+        procs[name] = subprocess.Popen([sys.executable, str(HERE), str(tmp_path / name)],
+                                       env={**base, **env, "READ_LOG": str(tmp_path / f"reads-{name}.log")},
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+    for proc in procs.values():
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+    for name in analyses:
+        assert_maps_identical(tmp_path / name, tmp_path / f"alone-{name}")
