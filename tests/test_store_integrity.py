@@ -227,3 +227,23 @@ def test_the_command_line_names_a_damaged_store_and_overwrite_rebuilds_it(tmp_pa
     assert not list((tmp_path / "second").glob("*.nii.gz"))
     assert fit("second", "--overwrite")[0] == 0
     assert (tmp_path / "second" / "contrast-c_stat-z_statmap.nii.gz").read_bytes() == expected
+
+
+@pytest.mark.parametrize("location", ["file", "memory", "colons"])
+def test_store_locations_as_documented(small_run, tmp_path, location):
+    """A ``file://`` URL is the local path (it failed: "No such file"), ``memory://`` is fsspec's
+    in-process filesystem, and a local folder named ``a::b.zarr`` is that folder (it was read
+    as an fsspec URL chain): each ingests, is reused, and holds the rows of a plain path."""
+    kwargs = dict(mask_img=small_run["mask_path"], client="sync", **CHUNKS)
+    expected = ingest_run(small_run["nii"], tmp_path / "plain.zarr", **kwargs).bold.values
+    store = {"file": f"file://{tmp_path}/sub/run.zarr", "memory": f"memory://{tmp_path.name}/run.zarr",
+             "colons": str(tmp_path / "a::b.zarr")}[location]
+    first = ingest_run(small_run["nii"], store, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reused: no rebuild warning
+        again = ingest_run(small_run["nii"], store, **kwargs)
+    np.testing.assert_array_equal(first.bold.values, expected)
+    np.testing.assert_array_equal(again.bold.values, expected)
+    if location != "memory":
+        local = tmp_path / ("sub/run.zarr" if location == "file" else "a::b.zarr")
+        assert (local / "zarr.json").is_file() and not (tmp_path / "a").exists()
