@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, given, reject, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
@@ -401,7 +401,10 @@ def test_finite_and_equal_where_nilearn_is(seed, n, p, v, scale, n_constant, noi
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        labels, results = run_glm(mean_scaling(Y, 0)[0], X, noise_model=noise_model)
+        try:
+            labels, results = run_glm(mean_scaling(Y, 0)[0], X, noise_model=noise_model)
+        except np.linalg.LinAlgError:  # nilearn's Yule-Walker solve fails (seed=521, n=22, p=2,
+            reject()                   # v=13, n_constant=2, ar1): no oracle for this block
         fit = K.fit_block(Y, X, noise_model)
     con = rng.standard_normal(p) if stat_type == "t" else rng.standard_normal((min(2, p), p))
     values, index = np.unique(fit.label, return_inverse=True)
