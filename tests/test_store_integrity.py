@@ -89,8 +89,17 @@ def _voxel_index(store):
     i[:] = values  # a valid chunk (its checksum is right): the recorded digest catches it
 
 
+def _swap_chunks(store):
+    first, second = _chunk_files(store)[2], _chunk_files(store)[7]
+    a, b = first.read_bytes(), second.read_bytes()
+    assert len(a) == len(b) and a != b
+    first.write_bytes(b)
+    second.write_bytes(a)  # each a valid chunk (its checksum is right), in the other's place
+
+
 OPEN_DAMAGE = {
     "deleted chunk": (_delete_chunk, "1 chunk\\(s\\) of 'bold' are missing"),
+    "swapped chunks": (_swap_chunks, "chunks of 'bold' differ from those written"),
     "dtype": (_dtype, "its bold differ"),
     "chunk shape": (_chunk_shape, "its bold differ"),
     "affine": (_affine, "its attributes differ"),
@@ -116,21 +125,53 @@ def test_damaged_store_is_refused_then_rebuilt_by_overwrite(small_run, store, da
     np.testing.assert_array_equal(rebuilt.bold.values, expected)
 
 
-@pytest.mark.parametrize("damage", [_garbage_chunk, _flip_one_byte])
-def test_corrupt_chunks_fail_their_checksum_when_read(small_run, store, damage):
-    """Same-size garbage or one flipped bit in a chunk: reading it is an error, never numbers;
-    a model's fit names the store."""
-    damage(store)
-    with pytest.raises(ValueError, match="checksum"):
-        open_run(store).bold.load()
+@pytest.mark.parametrize("damage", ["garbage", "one bit"])
+def test_corrupt_chunks_are_refused(small_run, store, damage):
+    """Same-size garbage in a chunk changes its recorded checksum: refused when the store is
+    opened. One flipped bit inside a chunk (its recorded checksum intact) fails the checksum when
+    read: an error, never numbers; a model's fit names the store either way."""
+    apply, what = {"garbage": (_garbage_chunk, "chunks of 'bold' differ from those written"),
+                   "one bit": (_flip_one_byte, "a chunk failed its crc32c checksum")}[damage]
+    apply(store)
+    if damage == "garbage":
+        with pytest.raises(StoreDamagedError, match=what):
+            open_run(store)
+    else:
+        with pytest.raises(ValueError, match="checksum"):
+            open_run(store).bold.load()
     design = pd.DataFrame({"a": np.sin(np.arange(30) / 3), "constant": np.ones(30)})
     model = FirstLevelModel(mask_img=small_run["mask_path"], store=store.parent / "model", client="sync",
                             **CHUNKS)
     model.fit(small_run["nii"], design_matrices=[design])
     (run_store,) = (store.parent / "model").glob("*.zarr")
-    damage(run_store)
-    with pytest.raises(StoreDamagedError, match=f"store at '{run_store}' is damaged \\(a chunk failed its crc32c"):
+    apply(run_store)
+    with pytest.raises(StoreDamagedError, match=f"store at '{run_store}' is damaged \\({what}"):
         model.fit(small_run["nii"], design_matrices=[design.iloc[:, ::-1]])
+
+
+@pytest.mark.parametrize("damage", ["deleted", "swapped"])
+def test_a_damaged_fit_is_refused(small_run, tmp_path, damage):
+    """A fit group's chunks are recorded when it is completed: one deleted or two swapped is an
+    error naming the store and the array when the fit is opened, never NaN or another voxel's fit."""
+    from daskglm.glm.fitstore import open_fit
+
+    design = _design(30, 3)
+    model = FirstLevelModel(mask_img=small_run["mask_path"], store=tmp_path, client="sync", **CHUNKS)
+    fit = model.fit(small_run["nii"], design_matrices=[design]).results_[0]
+    store, group = fit.attrs["store"], fit.attrs["group"]
+    open_fit(store, group)  # undamaged: opens
+    chunks = sorted(p for p in (tmp_path / store.rsplit("/", 1)[-1] / group / "sigma2" / "c").iterdir())
+    assert len(chunks) >= 2
+    if damage == "deleted":
+        chunks[1].unlink()
+        what = f"1 chunk\\(s\\) of '{group}/sigma2' are missing"
+    else:
+        a, b = chunks[0].read_bytes(), chunks[1].read_bytes()
+        chunks[0].write_bytes(b)
+        chunks[1].write_bytes(a)
+        what = f"chunks of '{group}/sigma2' differ from those written"
+    with pytest.raises(StoreDamagedError, match=f"store at '{store}' is damaged \\({what}"):
+        open_fit(store, group)
 
 
 def test_a_symlinked_store_is_rebuilt_in_its_target(small_run, tmp_path):

@@ -59,7 +59,8 @@ from ..store.zarrio import (
     _sweep_partials,
     _url,
     _zarr_location,
-    missing_chunks,
+    check_chunks,
+    chunk_record,
     open_run,
 )
 from .fit import FIT_VARIABLES, packed_estimates, split_estimates
@@ -315,7 +316,10 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], names: list[str], storage
                                     write_empty_chunks=True, **_fsspec_kwargs(urls[i], storage_options))
             for i in indexes:
                 _sweep_partials(groups[i])
-                _open_group(groups[i], "r+", storage_options).attrs["complete"] = True
+                group = _open_group(groups[i], "r+", storage_options)
+                chunks = {key: chunk_record(groups[i], key, group[key], storage_options)[0]
+                          for key in _VOXEL_VARIABLES if key in group}
+                group.attrs.put({**group.attrs.asdict(), "complete": True, "chunks": chunks})  # one write
             for i in indexes:
                 results[i] = read(fits[i], urls[i], names[i], outs[i])
     return results
@@ -423,11 +427,9 @@ def _complete_group(store: str, name: str, storage_options: dict | None) -> Any:
     group = _open_group(path, "r", storage_options)
     if not group.attrs.get("complete"):
         raise StoreIncompleteError(f"the fit {name!r} in {store!r} is incomplete: fit again")
+    recorded = group.attrs.get("chunks") or {}
     for key in _VOXEL_VARIABLES:
-        array = group[key]
-        missing = missing_chunks(path, key, array.shape, array.chunks, storage_options)
-        if missing:
-            raise _damaged(store, f"{missing} chunk(s) of {name}/{key} are missing")
+        check_chunks(store, path, key, group[key], recorded.get(key), storage_options)
     return group
 
 

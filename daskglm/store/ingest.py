@@ -101,6 +101,7 @@ from .zarrio import (
     _stored_mask,
     _sweep_partials,
     _url,
+    chunk_record,
     layout_digests,
     open_run,
 )
@@ -488,5 +489,7 @@ class _Ingestion:
             raise StoreIncompleteError(f"ingestion into {self.store!r} did not write every block")
         _sweep_partials(self.store)
         # Last, in one write with the layout's digests: only now is the store usable.
-        group.attrs.put({**group.attrs.asdict(), "complete": True, "integrity": layout_digests(group)})
+        integrity = {**layout_digests(group),
+                     "bold_chunks": chunk_record(self.store, "bold", group["bold"], self.storage_options)[0]}
+        group.attrs.put({**group.attrs.asdict(), "complete": True, "integrity": integrity})
         return open_run(self.store, self.storage_options, columns=columns)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -290,7 +291,7 @@ def _create_group_like(store: str, dataset: xr.Dataset, storage_options: dict | 
     ``compressors`` of its encoding (zarr's default when unset) and the
     variable's attributes; NaN fills unwritten float chunks, 0 the others.
     Numpy variables are written; dask ones are left for their tasks to write, every
-    chunk of them (even one equal to the fill value: see :func:`missing_chunks`).
+    chunk of them (even one equal to the fill value: see :func:`chunk_record`).
     Coordinates are not stored, ``dataset.attrs`` become the group's.
 
     What ``dataset.to_zarr(store, mode="w", compute=False)`` makes, without
@@ -389,9 +390,10 @@ def layout_digests(group: zarr.Group) -> dict[str, str]:
     """Digests of what a complete store's numbers mean: each array's metadata (shape, chunks,
     dtype, codecs), the voxel indices and the root attributes (affine, volume shape, t_r...).
 
-    Recorded as the ``integrity`` attribute when the store is marked complete, compared
-    when it is opened (see :func:`verify_store`). The chunks themselves carry crc32c
-    checksums, verified by zarr on every read.
+    Recorded as the ``integrity`` attribute when the store is marked complete, with
+    ``bold_chunks`` (:func:`chunk_record`), and compared when it is opened (see
+    :func:`verify_store`). The chunks themselves carry crc32c checksums, verified by
+    zarr on every read.
     """
     digests = {name: _digest(group[name].metadata.to_dict()) for name in ("bold", "i", "j", "k")}
     digests["voxels"] = _digest(b"".join(np.asarray(group[n][:], dtype="<i4").tobytes() for n in "ijk"))
@@ -399,17 +401,46 @@ def layout_digests(group: zarr.Group) -> dict[str, str]:
     return digests
 
 
-def missing_chunks(store: str, array: str, shape: tuple, chunks: tuple, storage_options: dict | None) -> int:
-    """How many chunks of ``array`` (under ``store``) are absent: zarr reads one as its fill value."""
-    expected = int(np.prod([-(-n // c) for n, c in zip(shape, chunks)])) if all(shape) else 0
-    fs, path = url_to_fs(store, storage_options)
-    root = f"{path.rstrip('/')}/{array}/c"
+def chunk_record(location: str, name: str, array: zarr.Array, storage_options: dict | None) -> tuple[str, int]:
+    """What identifies the chunks of ``array`` (``name`` under ``location``) as written: a digest
+    of every chunk's crc32c checksum (the last 4 bytes of its file, see :func:`_codecs`) in grid
+    order, and how many chunks are missing.
+
+    Recorded when a store or fit is completed, compared when it is opened: a chunk deleted
+    (zarr would read its fill value), replaced by another's (swapped) or rewritten is found
+    without reading the data (one 4-byte read per chunk, batched by fsspec).
+
+    Returns
+    -------
+    tuple of (str, int)
+        16 hexadecimal digits; the number of chunks absent.
+    """
+    counts = [-(-n // c) for n, c in zip(array.shape, array.chunks)]
+    fs, path = url_to_fs(location, storage_options)
+    root = f"{path.rstrip('/')}/{name}/c"
+    keys = [f"{root}/{'/'.join(map(str, index))}" for index in itertools.product(*map(range, counts))]
     fs.invalidate_cache(root)
-    try:
-        found = [p for p in fs.find(root) if not p.endswith(".partial")]
-    except FileNotFoundError:
-        found = []
-    return max(0, expected - len(found))
+    tails = fs.cat_ranges(keys, -4, None) if keys else []
+    missing = sum(not isinstance(tail, bytes) for tail in tails)
+    digest = hashlib.sha1(b"".join(tail if isinstance(tail, bytes) else b"gone" for tail in tails))
+    return digest.hexdigest()[:16], missing
+
+
+def check_chunks(store: str, location: str, name: str, array: zarr.Array, recorded: Any,
+                 storage_options: dict | None) -> None:
+    """Refuse ``array`` if its chunks are not those recorded by :func:`chunk_record`.
+
+    Raises
+    ------
+    StoreDamagedError
+        Naming ``store``, the array and what is wrong.
+    """
+    digest, missing = chunk_record(location, name, array, storage_options)
+    label = location[len(store):].strip("/") + "/" + name if location != store else name
+    if missing:
+        raise _damaged(store, f"{missing} chunk(s) of {label!r} are missing")
+    if digest != recorded:
+        raise _damaged(store, f"chunks of {label!r} differ from those written (replaced, swapped or edited)")
 
 
 def verify_store(store: str, group: zarr.Group, attrs: dict, storage_options: dict | None) -> None:
@@ -427,13 +458,10 @@ def verify_store(store: str, group: zarr.Group, attrs: dict, storage_options: di
         found = layout_digests(group)
     except Exception as exc:  # an array gone or unreadable
         raise _damaged(store, f"{type(exc).__name__}: {exc}") from None
-    changed = [name for name in recorded if found.get(name) != recorded[name]]
+    changed = [name for name in found if found[name] != recorded.get(name)]
     if changed:
         raise _damaged(store, f"its {', '.join(changed)} differ from what was recorded when it was written")
-    bold = group["bold"]
-    missing = missing_chunks(store, "bold", bold.shape, bold.chunks, storage_options)
-    if missing:
-        raise _damaged(store, f"{missing} chunk(s) of 'bold' are missing")
+    check_chunks(store, store, "bold", group["bold"], recorded.get("bold_chunks"), storage_options)
 
 
 # --------------------------------------------------------------------------- opening
