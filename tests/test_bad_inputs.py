@@ -48,7 +48,7 @@ from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 from sklearn.exceptions import NotFittedError
 
 from daskglm import FirstLevelModel
-from daskglm.store.zarrio import StoreIncompleteError, open_run
+from daskglm.store.zarrio import STORE_FORMAT, StoreIncompleteError, open_run
 from daskglm.store.ingest import ingest_run
 
 T_R = 2.5
@@ -290,7 +290,7 @@ def _old_format(c: Ctx, *, in_fingerprint: bool) -> Any:
 def _check_fresh_fiac_store(c: Ctx, ds: Any) -> None:
     store = c.tmp / "run.zarr"
     attrs = zarr.open_group(str(store), mode="r").attrs
-    assert attrs["complete"] is True and attrs["daskglm_store_format"] == 1
+    assert attrs["complete"] is True and attrs["daskglm_store_format"] == STORE_FORMAT
     assert ds.attrs["source"]["path"] == str(Path(c.fiac["run"]).resolve())
     np.testing.assert_allclose(ds["bold"].values, _masker_rows(c.fiac["run"], c.fiac["mask"]),
                                rtol=1e-6, atol=1e-4)
@@ -672,13 +672,15 @@ CASES = [
          r"the store at '.*run\.zarr' was made from another source or with other parameters: rebuilding it",
          check=_check_fresh_fiac_store),
     Case("store of another daskglm store format", lambda c: _old_format(c, in_fingerprint=True), UserWarning,
-         r"the store at '.*run\.zarr' has daskglm store format 0 while this daskglm writes format 1: rebuilding it",
+         rf"the store at '.*run\.zarr' has daskglm store format 0 while this daskglm writes format {STORE_FORMAT}: "
+         "rebuilding it",
          check=_check_fresh_fiac_store),
     Case("store whose format attribute alone differs", lambda c: _old_format(c, in_fingerprint=False), UserWarning,
-         r"the store at '.*run\.zarr' has daskglm store format 0 while this daskglm writes format 1: rebuilding it",
+         rf"the store at '.*run\.zarr' has daskglm store format 0 while this daskglm writes format {STORE_FORMAT}: "
+         "rebuilding it",
          check=_check_fresh_fiac_store),
     Case("open_run of another store format", lambda c: open_run(_tamper(c, daskglm_store_format=0)), ValueError,
-         r"'.*run\.zarr' is not a daskglm run store of format 1 \(found format 0\)", writes=False),
+         rf"'.*run\.zarr' is not a daskglm run store of format {STORE_FORMAT} \(found format 0\)", writes=False),
     Case("open_run of an incomplete store", lambda c: open_run(_tamper(c, complete=False)), StoreIncompleteError,
          r"the store at '.*run\.zarr' is incomplete", writes=False),
     # ---------------------------------------------------------------- contrasts

@@ -107,8 +107,8 @@ def test_model_on_real_cluster_equals_in_process(fiac, reference, shared_cluster
     assert "contrast_block" not in ran, ran  # small fits: held in memory, contrasts in numpy here
     assert ran["ingest_block"] == 2 * _n_time_blocks()
 
-    # Through DASK_SCHEDULER_ADDRESS (and the stores just made: ingestion is reused, the fit
-    # redone), with the fits kept lazy: the contrasts run on the cluster.
+    # Through DASK_SCHEDULER_ADDRESS (and the stores just made: ingestion and the fits of the
+    # same design are reused), with the fits kept lazy: the contrasts run on the cluster.
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", shared_cluster.address)
     before = _executed(shared_cluster)
     with no_local_compute(), dask.config.set({"daskglm.fit-memory-bytes": 0}):
@@ -116,7 +116,8 @@ def test_model_on_real_cluster_equals_in_process(fiac, reference, shared_cluster
         by_env = _fit_and_maps(model, fiac)
     assert_same_maps(by_env, reference["maps"])
     after = _executed(shared_cluster)
-    assert after["write_fit_block"] > before["write_fit_block"]
+    assert after["write_fit_block"] == before["write_fit_block"]
+    assert after.get("ingest_block") == before.get("ingest_block")
     assert after.get("contrast_block", 0) > before.get("contrast_block", 0)
     for store, expected in zip(_stores(model), reference["stores"]):
         assert_same_store(store, expected)
@@ -266,6 +267,7 @@ def test_hcp_sized_graphs_are_small(tmp_path, monkeypatch):
     import daskglm.glm.fitstore
     import daskglm.models.first_level
     import daskglm.store.ingest
+    import daskglm.store.zarrio
 
     run, mask = _sparse_hcp_run(tmp_path)
     assert nib.load(run).shape == (91, 109, 91, 1200)
@@ -287,11 +289,14 @@ def test_hcp_sized_graphs_are_small(tmp_path, monkeypatch):
     with pytest.raises(StoreIncompleteError):  # nothing ran: no block is flagged
         model.fit(str(run), design_matrices=design)
     ((_, n_ingest, ingest_bytes),) = sent
-    # Pretend the ingestion ran (the rows stay unwritten: nothing reads them below).
+    # Pretend the ingestion ran (the rows stay unwritten: nothing reads them below, and the
+    # check of the missing chunks against the integrity record a real ingestion writes is off).
     (store,) = (tmp_path / "stores").glob("*.zarr")
     group = zarr.open_group(str(store), mode="r+")
     group["ingest_done"][:] = 1
     group.attrs["complete"] = True
+    monkeypatch.setattr(daskglm.store.zarrio, "verify_store", lambda *args: None)
+    monkeypatch.setattr(daskglm.glm.fitstore, "check_chunks", lambda *args: None)  # the fit's, likewise
     assert open_run(store)["bold"].shape[0] == 1200
     sent.clear()
     model.fit(str(run), design_matrices=design)  # reuses the store; the fit graph is recorded
@@ -303,9 +308,9 @@ def test_hcp_sized_graphs_are_small(tmp_path, monkeypatch):
     ((_, n_fit, fit_bytes),) = sent
     sent.clear()
     with dask.config.set({"daskglm.fit-memory-bytes": 0}):  # kept lazy: in large chunks
-        model.fit(str(run), design_matrices=design)
+        model.fit(str(run), design_matrices=design)  # the same design: its stored fit is reused
         model.compute_contrast(np.eye(13)[:1], output_type="all")
-    (_, (_, n_contrast, contrast_bytes)) = sent
+    ((_, n_contrast, contrast_bytes),) = sent
     sizes = {"ingest": (n_ingest, ingest_bytes), "fit": (n_fit, fit_bytes),
              "contrast": (n_contrast, contrast_bytes)}
     print(f"HCP-sized graphs submitted (tasks, bytes): {sizes}")

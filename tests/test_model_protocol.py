@@ -51,7 +51,7 @@ def test_is_a_nilearn_estimator_with_its_parameters():
         default = -1 if name == "n_jobs" else param.default  # daskglm: one worker per core
         assert ours[name].default == default and ours[name].kind == param.kind, name
     own = [n for n in ours if n not in theirs]
-    assert own == ["store", "storage_options", "t_chunk", "v_chunk", "client"]
+    assert own == ["store", "storage_options", "t_chunk", "v_chunk", "client", "overwrite"]
     assert all(ours[n].kind is inspect.Parameter.KEYWORD_ONLY for n in own)
     params = model.get_params()
     assert set(params) == set(theirs) - {"self"} | set(own) and params["verbose"] == 0

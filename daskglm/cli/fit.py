@@ -225,7 +225,8 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
     model.add_argument("--v-chunk", type=positive_int, default=None, metavar="N",
                        help="voxels per chunk of the stores (default: planned from the data size)")
     model.add_argument("--overwrite", action="store_true",
-                       help="rebuild the runs' stores even if complete and up to date (a store reported damaged)")
+                       help="rebuild the runs' stores even if complete and up to date, as after a damaged-store error "
+                            "(default: reuse them)")
     out = p.add_argument_group("contrasts and outputs")
     out.add_argument("--contrast", action="append", type=contrast_arg, required=True, metavar="NAME=EXPR",
                      help="a contrast (required; repeatable): EXPR is a nilearn expression over design "
