@@ -314,3 +314,37 @@ def test_cli_reports_cluster_errors_as_one_line(error, tmp_path, monkeypatch, ca
     assert len(err.splitlines()) == 1 and err.startswith("daskglm: error: "), err
     assert "Traceback" not in err
     assert ("tcp://127.0.0.1:1" if error == "scheduler-lost" else "fit-123") in err
+
+
+def test_all_workers_killed_mid_batch_raise_no_workers_error(slow_cluster, tmp_path):
+    """run_batch on an external cluster (one subject per task) waits for its subjects as compute
+    waits for its tasks: the last worker killed mid-subject is NoWorkersError, not a hang."""
+    from daskglm.bids.batch import run_batch
+    from daskglm.datasets.bids_sim import simulate_bids
+
+    bids = simulate_bids(tmp_path / "ds", n_subjects=2, n_runs=1, task="language", shape=(16, 18, 10),
+                         n_scans=40)
+    outcome: dict = {}
+
+    def batch() -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                run_batch(bids.root, "language", "DStDSp - SStSSp", tmp_path / "out",
+                          derivatives_folder="derivatives/fmriprep", client=slow_cluster.address, verbose=0,
+                          figures=False, store=tmp_path / "stores", smoothing_fwhm=4.0)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+        outcome["at"] = time.monotonic()
+
+    with dask.config.set({"daskglm.no-workers-timeout": "3s"}):
+        running = threading.Thread(target=batch, daemon=True)
+        running.start()
+        wait_for(slow_cluster.flag)
+        slow_cluster.kill("worker-0")
+        killed = time.monotonic()
+        running.join(GIVE_UP)
+    assert not running.is_alive(), f"the batch still waits {GIVE_UP} s after its last worker was killed"
+    error = outcome.get("error")
+    assert isinstance(error, NoWorkersError) and slow_cluster.address in str(error), repr(error)
+    assert 3.0 <= outcome["at"] - killed <= 3.0 + 10.0

@@ -453,8 +453,14 @@ def run_batch(
 
 
 def _run_distributed(client: Any, jobs: list[Job], limit: int) -> Any:
-    """Yield each job's :class:`SubjectResult` as it finishes, at most ``limit`` in flight."""
-    from distributed import as_completed
+    """Yield each job's :class:`SubjectResult` as it finishes, at most ``limit`` in flight.
+
+    Raises
+    ------
+    daskglm.runtime.cluster.ClusterLostError
+        The cluster lost every worker for ``daskglm.no-workers-timeout``, or its scheduler.
+    """
+    from ..runtime.cluster import wait_first
 
     pending = iter(jobs)
     flying: dict[str, tuple[Any, Job]] = {}
@@ -468,20 +474,21 @@ def _run_distributed(client: Any, jobs: list[Job], limit: int) -> Any:
         flying[future.key] = (future, job)
         return future
 
-    in_flight = as_completed([f for f in (submit() for _ in range(limit)) if f is not None])
+    for _ in range(limit):
+        submit()
     try:
-        for future in in_flight:
-            _, job = flying.pop(future.key)
-            try:
-                outcome = future.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: the worker died, not the code
-                outcome = SubjectResult(job.label, "failed", f"{type(exc).__name__}: {exc}",
-                                        traceback.format_exc())
-            future.release()
-            nxt = submit()
-            if nxt is not None:
-                in_flight.add(nxt)
-            yield outcome
+        while flying:
+            done = wait_first(client, [future for future, _ in flying.values()])
+            for future in sorted(done, key=lambda f: str(f.key)):
+                _, job = flying.pop(future.key)
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: the worker died, not the code
+                    outcome = SubjectResult(job.label, "failed", f"{type(exc).__name__}: {exc}",
+                                            traceback.format_exc())
+                future.release()
+                submit()
+                yield outcome
     finally:  # interrupted (Ctrl-C, an error here): do not leave subjects running
         if flying:
             client.cancel([f for f, _ in flying.values()])

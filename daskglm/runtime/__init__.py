@@ -22,7 +22,8 @@ from .cluster import (
     no_workers_timeout,
     task_retries,
     verbosity,
+    wait_first,
 )
 
 __all__ = ["LOCAL_SCHEDULERS", "ClusterLostError", "NoWorkersError", "SchedulerLostError", "compute", "get_client",
-           "n_workers_from_n_jobs", "no_workers_timeout", "task_retries", "verbosity"]
+           "n_workers_from_n_jobs", "no_workers_timeout", "task_retries", "verbosity", "wait_first"]

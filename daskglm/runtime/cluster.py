@@ -83,7 +83,7 @@ import numpy as np
 from .compat import workers_skip_main
 
 __all__ = ["LOCAL_SCHEDULERS", "ClusterLostError", "NoWorkersError", "SchedulerLostError", "compute",
-           "get_client", "n_workers_from_n_jobs", "no_workers_timeout", "task_retries", "verbosity"]
+           "get_client", "n_workers_from_n_jobs", "no_workers_timeout", "task_retries", "verbosity", "wait_first"]
 
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded", "processes")
 
@@ -662,8 +662,10 @@ def _count_workers(client: Any, timeout: float) -> int | None:
     return int(info["n_workers"]) if "n_workers" in info else len(info.get("workers", ()))
 
 
-def _wait(client: Any, futures: list, address: str, timeout: float | None, level: int) -> None:
-    """Wait until ``futures`` are done; :class:`ClusterLostError` if the cluster goes away first.
+def _wait(client: Any, futures: list, address: str, timeout: float | None, level: int,
+          return_when: str = "ALL_COMPLETED") -> Any:
+    """Wait until ``futures`` are done (or one of them: ``return_when="FIRST_COMPLETED"``) and
+    return distributed's ``(done, not_done)``; :class:`ClusterLostError` if the cluster goes away first.
 
     The first wait is :data:`PROGRESS_AFTER` (the progress bar appears after
     it, when ``level`` > 0), then the cluster is looked at every
@@ -682,9 +684,10 @@ def _wait(client: Any, futures: list, address: str, timeout: float | None, level
         while True:
             try:
                 with client.as_current():  # distributed's wait uses the current client
-                    wait(futures, timeout=PROGRESS_AFTER if level > 0 else period)
+                    result = wait(futures, timeout=PROGRESS_AFTER if level > 0 else period,
+                                  return_when=return_when)
                 done = True
-                return
+                return result
             except WaitTimeout:
                 pass
             if level > 0:
@@ -711,6 +714,26 @@ def _wait(client: Any, futures: list, address: str, timeout: float | None, level
     finally:
         if bar is not None:
             bar.stop(done)
+
+
+def wait_first(client: Any, futures: list) -> set:
+    """The futures of ``futures`` done so far, waiting for one at least, on a distributed client.
+
+    As :func:`compute` waits: if the cluster has had no worker for longer than
+    :func:`no_workers_timeout`, or its scheduler is gone, :class:`ClusterLostError`
+    (the futures are left to the caller to cancel).
+
+    Parameters
+    ----------
+    client : distributed.Client
+    futures : list of distributed.Future
+
+    Returns
+    -------
+    set of distributed.Future
+    """
+    done, _ = _wait(client, futures, _address(client), no_workers_timeout(), 0, "FIRST_COMPLETED")
+    return set(done)
 
 
 def _cancel(client: Any, futures: list) -> None:
