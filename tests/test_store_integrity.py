@@ -288,3 +288,15 @@ def test_store_locations_as_documented(small_run, tmp_path, location):
     if location != "memory":
         local = tmp_path / ("sub/run.zarr" if location == "file" else "a::b.zarr")
         assert (local / "zarr.json").is_file() and not (tmp_path / "a").exists()
+
+
+def test_a_memory_store_with_worker_processes_is_refused_before_any_work(small_run, cluster_client):
+    """memory:// is one process's filesystem: with worker processes each task saw an empty one
+    (GroupNotFoundError from every worker, then a traceback); now one error, nothing computed."""
+    import fsspec
+
+    store = "memory://refused/run.zarr"
+    with pytest.raises(ValueError, match="'memory://refused/run.zarr': a memory:// location lives in this "
+                                         "process, and the Dask workers are other processes"):
+        ingest_run(small_run["nii"], store, mask_img=small_run["mask_path"], client=cluster_client)
+    assert not fsspec.filesystem("memory").exists("/refused")

@@ -83,7 +83,8 @@ import numpy as np
 from .compat import workers_skip_main
 
 __all__ = ["LOCAL_SCHEDULERS", "ClusterLostError", "NoWorkersError", "SchedulerLostError", "compute",
-           "get_client", "n_workers_from_n_jobs", "no_workers_timeout", "task_retries", "verbosity", "wait_first"]
+           "get_client", "n_workers_from_n_jobs", "no_workers_timeout", "task_retries", "verbosity", "wait_first",
+           "workers_in_this_process"]
 
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded", "processes")
 
@@ -714,6 +715,19 @@ def _wait(client: Any, futures: list, address: str, timeout: float | None, level
     finally:
         if bar is not None:
             bar.stop(done)
+
+
+def workers_in_this_process(client: Any = None) -> bool:
+    """Whether the tasks of ``client`` (resolved as :func:`compute` does) run in this process:
+    a local scheduler, or a cluster whose every worker is a thread of this process (what an
+    in-process filesystem such as fsspec's ``memory://`` needs).
+    """
+    import os
+
+    with get_client(client) as resolved:
+        if resolved is None:
+            return True
+        return set(resolved.run(os.getpid).values()) <= {os.getpid()}
 
 
 def wait_first(client: Any, futures: list) -> set:

@@ -76,7 +76,7 @@ from ..io.nifti import (
 from ..kernels import smoothing as _smoothing
 from ..kernels import volume as _volume
 from ..runtime import plan as _plan
-from ..runtime.cluster import compute
+from ..runtime.cluster import compute, workers_in_this_process
 from .locks import store_lock
 from .summary import (
     graph_constant,
@@ -346,6 +346,8 @@ def ingest_runs(
     shared = sorted({u for u in urls if urls.count(u) > 1})
     if shared:
         raise ValueError(f"two runs cannot share a store; {shared[0]!r} is given more than once")
+    _check_in_process_locations([*urls, *(run for run in run_imgs if isinstance(run, str)),
+                                 *([mask_img] if isinstance(mask_img, str) else [])], client)
     jobs = [
         _Ingestion(run, url, mask_img=mask_img, smoothing_fwhm=smoothing_fwhm, t_chunk=t_chunk,
                    v_chunk=v_chunk, storage_options=storage_options, compressor=compressor,
@@ -370,6 +372,15 @@ def ingest_runs(
         if tasks:
             compute(*tasks, client=client)
         return [done if done is not None else job.finish(columns) for job, done in zip(jobs, results)]
+
+
+def _check_in_process_locations(locations: list[str], client: Any) -> None:
+    """Refuse, before any work, an fsspec ``memory://`` location when the tasks run in other
+    processes (each would see an empty filesystem of its own)."""
+    memory = [loc for loc in locations if str(loc).lower().startswith("memory://")]
+    if memory and not workers_in_this_process(client):
+        raise ValueError(f"{memory[0]!r}: a memory:// location lives in this process, and the Dask workers are "
+                         "other processes: use a local path or an object store URL, or client='threads'")
 
 
 def _resumable(store: str, storage_options: dict | None) -> bool:
