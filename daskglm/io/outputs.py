@@ -32,6 +32,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from .remote import is_url
+
 __all__ = ["MANIFEST", "OutputConflict", "OutputPlan", "same_location"]
 
 #: The manifest of each folder daskglm writes files into.
@@ -44,15 +46,9 @@ class OutputConflict(ValueError):
     """An output would replace a file daskglm cannot prove it wrote, or an input of the same call."""
 
 
-def _is_url(path: str) -> bool:
-    from .remote import is_url
-
-    return is_url(path)
-
-
 def _split(path: str) -> tuple[str, str]:
     """(folder, file name) of a local path or URL."""
-    if _is_url(path):
+    if is_url(path):
         folder, _, name = path.rstrip("/").rpartition("/")
         return folder, name
     path = os.path.abspath(path.removeprefix("file://"))
@@ -62,16 +58,16 @@ def _split(path: str) -> tuple[str, str]:
 def _norm(path: Any) -> str:
     """A URL as given; a local path absolute (without ``file://``)."""
     path = os.fspath(path)
-    return path if _is_url(path) else os.path.abspath(path.removeprefix("file://"))
+    return path if is_url(path) else os.path.abspath(path.removeprefix("file://"))
 
 
 def _join(folder: str, name: str) -> str:
-    return f"{folder.rstrip('/')}/{name}" if _is_url(folder) else os.path.join(folder, name)
+    return f"{folder.rstrip('/')}/{name}" if is_url(folder) else os.path.join(folder, name)
 
 
 def _key(path: str) -> str:
     """What identifies a location: the real path of a local file, the URL (slashes collapsed) of a remote one."""
-    if _is_url(path):
+    if is_url(path):
         scheme, _, rest = path.partition("://")
         return f"{scheme.lower()}://{'/'.join(p for p in rest.split('/') if p)}"
     return os.path.realpath(os.path.abspath(path.removeprefix("file://")))
@@ -82,7 +78,7 @@ def same_location(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     a, b = os.fspath(a), os.fspath(b)
     if _key(a) == _key(b):
         return True
-    if _is_url(a) or _is_url(b):
+    if is_url(a) or is_url(b):
         return False
     try:
         return os.path.samefile(a.removeprefix("file://"), b.removeprefix("file://"))
@@ -128,7 +124,7 @@ class OutputPlan:
 
     def _exists(self, path: str) -> str | None:
         """None (absent), ``"file"``, ``"link"`` or ``"folder"``."""
-        if _is_url(path):
+        if is_url(path):
             fs, p = self._fs(path)
             try:
                 info = fs.info(p)
@@ -144,7 +140,7 @@ class OutputPlan:
 
     def _identity(self, path: str) -> dict:
         """Size and content hash (local) or size and version (URL) of a file."""
-        if _is_url(path):
+        if is_url(path):
             from .remote import remote_identity
 
             fs, p = self._fs(path)
@@ -159,7 +155,7 @@ class OutputPlan:
         return {"size": size, "sha256": digest.hexdigest()}
 
     def _read(self, path: str) -> bytes | None:
-        if _is_url(path):
+        if is_url(path):
             fs, p = self._fs(path)
             try:
                 return fs.cat_file(p)
@@ -281,7 +277,7 @@ class OutputPlan:
             With the folder named.
         """
         for folder in self.folders():
-            if _is_url(folder):
+            if is_url(folder):
                 continue  # object stores have no folders
             missing = []
             parent = folder
@@ -341,7 +337,7 @@ class OutputPlan:
             Whether it was deleted.
         """
         path = _norm(path)
-        if _is_url(path) or self._exists(path) != "file" or not self._ours(path):
+        if is_url(path) or self._exists(path) != "file" or not self._ours(path):
             return False
         os.remove(os.path.abspath(path.removeprefix("file://")))
         folder, name = _split(path)
