@@ -348,3 +348,39 @@ def test_all_workers_killed_mid_batch_raise_no_workers_error(slow_cluster, tmp_p
     error = outcome.get("error")
     assert isinstance(error, NoWorkersError) and slow_cluster.address in str(error), repr(error)
     assert 3.0 <= outcome["at"] - killed <= 3.0 + 10.0
+
+
+def test_an_unreachable_scheduler_is_one_line_within_the_connect_timeout(tiny, tmp_path):
+    """`daskglm fit --scheduler` at an address nobody listens on: one error line naming the address and
+    the setting, after daskglm.connect-timeout (5 s), before any work (it took distributed's 30 s)."""
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    design = tmp_path / "design.tsv"
+    tiny["design"].to_csv(design, sep="\t", index=False)
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "daskglm", "fit", str(tiny["run"]), "--design-matrix", str(design),
+                           "--mask", str(tiny["mask"]), "--contrast", "c=1,0,0,0", "--out", str(tmp_path / "out"),
+                           "--store", str(tmp_path / "stores"), "--scheduler", address],
+                          capture_output=True, text=True, timeout=60, env=env)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("daskglm: error:"), proc.stderr
+    assert address in lines[0] and "daskglm.connect-timeout" in lines[0], lines[0]
+    assert elapsed < 20, elapsed
+    assert not (tmp_path / "stores").exists() and not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+def test_connect_timeout_is_validated():
+    from daskglm.runtime.cluster import connect_timeout
+
+    assert connect_timeout() == 5.0
+    with dask.config.set({"daskglm.connect-timeout": None}):
+        assert connect_timeout() is None
+    with dask.config.set({"daskglm.connect-timeout": "soon"}), pytest.raises(
+            ValueError, match="'daskglm.connect-timeout' must be a positive duration"):
+        connect_timeout()

@@ -117,7 +117,7 @@ def test_fit_reruns_into_its_own_folder_and_keeps_other_files(fiac, tmp_path, ca
     first = nib.load(z).get_fdata()
 
     # Another definition, the same names (fresh stores: these tests are about the output folder).
-    code, err = _fit(capsys, *argv, "--contrast", "language=1,1,-1,-1", "--store", tmp_path / "stores2")
+    code, err = _fit(capsys, *argv, "--contrast", "language=SStSSp + SStDSp - DStSSp - DStDSp", "--store", tmp_path / "stores2")
     assert code == 0, err
     np.testing.assert_allclose(nib.load(z).get_fdata(), -first, rtol=1e-6, atol=1e-6)  # replaced
     assert (out / "notes.txt").read_text() == "unrelated"

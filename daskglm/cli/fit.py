@@ -92,7 +92,7 @@ def contrast_arg(text: str) -> tuple[str, Any]:
         name = expr = text
     name, expr = name.strip(), expr.strip()
     if not name or not expr:
-        raise argparse.ArgumentTypeError(f"expected NAME=EXPR, e.g. DSt_minus_SSt=-1,-1,1,1 or "
+        raise argparse.ArgumentTypeError(f"expected NAME=EXPR, e.g. effect=1,0,-1 (one weight per design column) or "
                                          f"'DStDSp-SStSSp=DStDSp - SStSSp'; got {text!r}")
     import numpy as np
 
@@ -172,7 +172,7 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "replace); anything else is refused before any work, in one line naming the file.",
         epilog="Example: daskglm fit run1.nii.gz run2.nii.gz --events ev1.tsv --events ev2.tsv --t-r 2.5 "
                "--mask mask.nii.gz --smoothing-fwhm 5 --contrast 'language=DStDSp - SStSSp' "
-               "--contrast DSt_minus_SSt=-1,-1,1,1 --out results --report")
+               "--contrast 'DSp_minus_SSp=DStDSp - DStSSp + SStDSp - SStSSp' --out results --report")
     p.add_argument("runs", nargs="+", type=input_path, metavar="RUN",
                    help="4D NIfTI runs (.nii, .nii.gz, or fsspec URLs), fitted together (fixed effects)")
     p.add_argument("--out", "--output", "-o", dest="out", required=True, metavar="DIR",
@@ -340,6 +340,16 @@ def _check_contrasts(contrasts: dict[str, Any], designs: list[pd.DataFrame]) -> 
     for name, definition in contrasts.items():
         stat_types[name] = "t" if isinstance(definition, str) or definition.ndim == 1 else "F"
         columns = [[str(c) for c in dm.columns] for dm in designs]
+        if not isinstance(definition, str):
+            # On the command line the design is not seen: weights must match its columns one for one
+            # (nilearn pads a short vector with zeros and warns; here that map would be another contrast).
+            for index, cols in enumerate(columns):
+                if np.shape(definition)[-1] != len(cols):
+                    run = f"run {index + 1}'s design" if len(columns) > 1 else "the design"
+                    raise ValueError(
+                        f"contrast {name!r} has {np.shape(definition)[-1]} weights but {run} has {len(cols)} "
+                        f"columns, in this order: {', '.join(cols)}; give one weight per column, or an "
+                        f"expression of column names (e.g. {name}={cols[0]} - {cols[-1]})")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # compute_contrast warns later, once

@@ -17,6 +17,7 @@ from .cluster import (
     NoWorkersError,
     SchedulerLostError,
     compute,
+    connect_timeout,
     get_client,
     n_workers_from_n_jobs,
     no_workers_timeout,
@@ -25,5 +26,5 @@ from .cluster import (
     wait_first,
 )
 
-__all__ = ["LOCAL_SCHEDULERS", "ClusterLostError", "NoWorkersError", "SchedulerLostError", "compute", "get_client",
-           "n_workers_from_n_jobs", "no_workers_timeout", "task_retries", "verbosity", "wait_first"]
+__all__ = ["LOCAL_SCHEDULERS", "ClusterLostError", "NoWorkersError", "SchedulerLostError", "compute", "connect_timeout",
+           "get_client", "n_workers_from_n_jobs", "no_workers_timeout", "task_retries", "verbosity", "wait_first"]

@@ -40,6 +40,10 @@ is a different matter: the scheduler reruns its tasks elsewhere, up to
 (``"sync"``, ``"threads"``, ``"processes"``) have no retries: there an error
 is raised at once.
 
+A scheduler that cannot be reached (an address or scheduler file given) is
+reported within the dask config ``daskglm.connect-timeout`` (default ``"5s"``;
+``DASK_DASKGLM__CONNECT_TIMEOUT``; ``None``: distributed's 30 s), naming it.
+
 A cluster lost mid-computation: :func:`compute` never waits forever.
 
 - No workers: if the cluster has had no worker for longer than the dask config
@@ -83,8 +87,8 @@ import numpy as np
 from .compat import workers_skip_main
 
 __all__ = ["LOCAL_SCHEDULERS", "ClusterLostError", "NoWorkersError", "SchedulerLostError", "compute",
-           "get_client", "n_workers_from_n_jobs", "no_workers_timeout", "task_retries", "verbosity", "wait_first",
-           "workers_in_this_process"]
+           "connect_timeout", "get_client", "n_workers_from_n_jobs", "no_workers_timeout", "task_retries",
+           "verbosity", "wait_first", "workers_in_this_process"]
 
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded", "processes")
 
@@ -279,12 +283,15 @@ def _connect(target: str, origin: str) -> Any:
             f"{origin} {target!r} is neither a scheduler address like 'tcp://127.0.0.1:8786', "
             f"nor an existing scheduler file, nor one of {LOCAL_SCHEDULERS}"
         )
+    timeout = connect_timeout()
+    options = {"set_as_default": False, **({"timeout": timeout} if timeout is not None else {})}
     try:
         if is_file:
-            return Client(scheduler_file=target, set_as_default=False)
-        return Client(target, set_as_default=False)
+            return Client(scheduler_file=target, **options)
+        return Client(target, **options)
     except (OSError, TimeoutError) as exc:
-        raise OSError(f"cannot connect to the Dask scheduler at {target!r} ({origin}): {exc}") from exc
+        within = f" within {timeout:g} s (dask config {CONNECT_TIMEOUT_KEY!r})" if timeout is not None else ""
+        raise OSError(f"cannot connect to the Dask scheduler at {target!r} ({origin}){within}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -503,6 +510,21 @@ DEFAULT_NO_WORKERS_TIMEOUT = "60s"
 WATCH_PERIOD = (1.0, 5.0)
 
 
+def _config_duration(key: str, default: Any, none_means: str) -> float | None:
+    """A dask config duration in seconds (``None`` kept), validated with a message naming ``key``."""
+    value = dask.config.get(key, default)
+    if value is None:
+        return None
+    seconds = math.nan
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError, OverflowError):
+            seconds = float(dask.utils.parse_timedelta(value, default="s"))
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"dask config {key!r} must be a positive duration: seconds, or a "
+                         f"string such as '60s' or '5 minutes' (None: {none_means}); got {value!r}")
+    return seconds
+
+
 def no_workers_timeout() -> float | None:
     """How long (seconds) :func:`compute` waits for results while the cluster has no worker.
 
@@ -517,18 +539,29 @@ def no_workers_timeout() -> float | None:
     ValueError
         The configured value is not a positive, finite duration nor ``None``.
     """
-    value = dask.config.get(NO_WORKERS_TIMEOUT_KEY, DEFAULT_NO_WORKERS_TIMEOUT)
-    if value is None:
-        return None
-    seconds = math.nan
-    if not isinstance(value, bool):
-        with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError, OverflowError):
-            seconds = float(dask.utils.parse_timedelta(value, default="s"))
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"dask config {NO_WORKERS_TIMEOUT_KEY!r} must be a positive duration: seconds, or a "
-                         f"string such as '60s' or '5 minutes' (None: wait for workers forever); "
-                         f"got {value!r}")
-    return seconds
+    return _config_duration(NO_WORKERS_TIMEOUT_KEY, DEFAULT_NO_WORKERS_TIMEOUT, "wait for workers forever")
+
+
+#: The dask config key of how long connecting to a scheduler may take.
+CONNECT_TIMEOUT_KEY = "daskglm.connect-timeout"
+#: Default of :data:`CONNECT_TIMEOUT_KEY` (distributed's own is 30 s).
+DEFAULT_CONNECT_TIMEOUT = "5s"
+
+
+def connect_timeout() -> float | None:
+    """How long (seconds) connecting to a scheduler given by address or file may take before
+    :func:`get_client` reports it unreachable.
+
+    The dask config key ``daskglm.connect-timeout`` (``DASK_DASKGLM__CONNECT_TIMEOUT``),
+    default :data:`DEFAULT_CONNECT_TIMEOUT`; ``None``: distributed's
+    ``distributed.comm.timeouts.connect`` (30 s).
+
+    Raises
+    ------
+    ValueError
+        The configured value is not a positive, finite duration nor ``None``.
+    """
+    return _config_duration(CONNECT_TIMEOUT_KEY, DEFAULT_CONNECT_TIMEOUT, "distributed's connect timeout")
 
 
 def _address(client: Any) -> str:
