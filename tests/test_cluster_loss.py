@@ -199,7 +199,7 @@ def test_scheduler_killed_mid_fit_is_one_error_line_from_the_cli(tiny, slow_clus
     cluster = slow_cluster
     env = {k: v for k, v in os.environ.items() if k not in ("DASK_SCHEDULER_ADDRESS", "DASKGLM_DEBUG")}
     command = [sys.executable, "-m", "daskglm", "fit", tiny["run"], "--design-matrix", tiny["design_file"],
-               "--mask", tiny["mask"], "--contrast", "a=-1,-1,1,1", "--out", tmp_path / "out",
+               "--mask", tiny["mask"], "--contrast", "a=-1,-1,1,1" + ",0" * 9, "--out", tmp_path / "out",
                "--store", tmp_path / "stores", "--t-chunk", "8", "--v-chunk", "256",
                "--scheduler", cluster.address]
     proc = subprocess.Popen([str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -363,7 +363,7 @@ def test_an_unreachable_scheduler_is_one_line_within_the_connect_timeout(tiny, t
     env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "daskglm", "fit", str(tiny["run"]), "--design-matrix", str(design),
-                           "--mask", str(tiny["mask"]), "--contrast", "c=1,0,0,0", "--out", str(tmp_path / "out"),
+                           "--mask", str(tiny["mask"]), "--contrast", "c=1" + ",0" * 12, "--out", str(tmp_path / "out"),
                            "--store", str(tmp_path / "stores"), "--scheduler", address],
                           capture_output=True, text=True, timeout=60, env=env)
     elapsed = time.monotonic() - start

@@ -75,8 +75,8 @@ def test_weights_that_do_not_match_the_design_list_its_columns(fiac):
     order, before any work (before: the map was another contrast, with only a 'padded' warning)."""
     data, root = fiac
     out = root / "short"
-    proc = _run(["fit", str(data["func1"]), "--events", str(data["events1"]), "--t-r", "2.5", "--mask", str(data["mask"]),
-                 "--contrast", "DSt_minus_SSt=-1,-1,1,1", "--out", str(out), "--store", str(root / "stores-short"),
+    proc = _run(["fit", str(data["func1"]), "--events", str(data["events1"]), "--t-r", "2.5",
+                 "--mask", str(data["mask"]), "--contrast", "DSt_minus_SSt=-1,-1,1,1", "--out", str(out), "--store", str(root / "stores-short"),
                  "--scheduler", "sync"], root)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
