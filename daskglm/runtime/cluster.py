@@ -755,8 +755,6 @@ def workers_in_this_process(client: Any = None) -> bool:
     a local scheduler, or a cluster whose every worker is a thread of this process (what an
     in-process filesystem such as fsspec's ``memory://`` needs).
     """
-    import os
-
     with get_client(client) as resolved:
         if resolved is None:
             return True

@@ -386,17 +386,19 @@ def _digest(value: Any) -> str:
     return hashlib.sha1(data).hexdigest()[:16]
 
 
-def layout_digests(group: zarr.Group) -> dict[str, str]:
+def layout_digests(group: zarr.Group, voxels: dict[str, np.ndarray] | None = None) -> dict[str, str]:
     """Digests of what a complete store's numbers mean: each array's metadata (shape, chunks,
     dtype, codecs), the voxel indices and the root attributes (affine, volume shape, t_r...).
 
     Recorded as the ``integrity`` attribute when the store is marked complete, with
     ``bold_chunks`` (:func:`chunk_record`), and compared when it is opened (see
     :func:`verify_store`). The chunks themselves carry crc32c checksums, verified by
-    zarr on every read.
+    zarr on every read. ``voxels``: the ``i, j, k`` arrays if already read.
     """
+    if voxels is None:
+        voxels = {n: group[n][:] for n in "ijk"}
     digests = {name: _digest(group[name].metadata.to_dict()) for name in ("bold", "i", "j", "k")}
-    digests["voxels"] = _digest(b"".join(np.asarray(group[n][:], dtype="<i4").tobytes() for n in "ijk"))
+    digests["voxels"] = _digest(b"".join(np.asarray(voxels[n], dtype="<i4").tobytes() for n in "ijk"))
     digests["attributes"] = _digest({k: v for k, v in group.attrs.items() if k not in ("complete", "integrity")})
     return digests
 
@@ -443,8 +445,13 @@ def check_chunks(store: str, location: str, name: str, array: zarr.Array, record
         raise _damaged(store, f"chunks of {label!r} differ from those written (replaced, swapped or edited)")
 
 
-def verify_store(store: str, group: zarr.Group, attrs: dict, storage_options: dict | None) -> None:
+def verify_store(store: str, group: zarr.Group, attrs: dict, storage_options: dict | None) -> dict[str, np.ndarray]:
     """Refuse a complete store whose layout or chunks differ from what was recorded.
+
+    Returns
+    -------
+    dict of str to ndarray
+        The voxel indices ``i, j, k`` read for the check (so that opening reads them once).
 
     Raises
     ------
@@ -455,13 +462,15 @@ def verify_store(store: str, group: zarr.Group, attrs: dict, storage_options: di
     if not isinstance(recorded, dict):
         raise _damaged(store, "its integrity record is missing")
     try:
-        found = layout_digests(group)
+        voxels = {n: np.asarray(group[n][:]) for n in "ijk"}
+        found = layout_digests(group, voxels)
     except Exception as exc:  # an array gone or unreadable
         raise _damaged(store, f"{type(exc).__name__}: {exc}") from None
     changed = [name for name in found if found[name] != recorded.get(name)]
     if changed:
         raise _damaged(store, f"its {', '.join(changed)} differ from what was recorded when it was written")
     check_chunks(store, store, "bold", group["bold"], recorded.get("bold_chunks"), storage_options)
+    return voxels
 
 
 # --------------------------------------------------------------------------- opening
@@ -512,7 +521,7 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
             f"the store at {store!r} is incomplete (interrupted ingestion?): rerun ingest_run"
         )
     group = _open_group(store, "r", storage_options)
-    verify_store(store, group, attrs, storage_options)
+    voxels = verify_store(store, group, attrs, storage_options)
     ds = xr.open_zarr(
         _zarr_location(store, read_only=True),
         consolidated=False,
@@ -525,7 +534,7 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
     # Voxel indices are small and needed by every unmasking: hold them in memory,
     # read straight from zarr (a dask .load() would compute on a local scheduler).
     # ``time``: the scan numbers, kept by a selection of scans (sample masks), which names it.
-    return ds.assign_coords({**{name: ds[name].copy(data=group[name][:]) for name in "ijk"},
+    return ds.assign_coords({**{name: ds[name].copy(data=voxels[name]) for name in "ijk"},
                              "time": np.arange(ds.sizes["time"])})
 
 
