@@ -276,3 +276,65 @@ def test_contrast_matrices_are_compute_contrasts() -> None:
         contrast_matrices({"x": "a - nope"}, designs)
     with pytest.raises(ValueError, match="contrast 'y'.*3 contrasts given, while there are 2 runs"):
         contrast_matrices({"y": [np.ones(3)] * 3}, designs)
+
+
+def _daskglm(*argv: str, cwd: Path) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DASK_SCHEDULER_ADDRESS", "DASKGLM_DEBUG")}
+    return subprocess.run([sys.executable, "-m", "daskglm", *argv], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env=env)
+
+
+def test_contrast_typo_is_one_message_before_any_subject(bids, tmp_path: Path) -> None:
+    """A contrast naming no design column: one error line naming every subject, nothing fitted or written
+    (before: each subject failed on its own, the 40-column message twice per subject)."""
+    out = tmp_path / "out"
+    proc = _daskglm("bids", bids.root, "--task", TASK, "--contrast", f"language={LANGUAGE}",
+                    "--contrast", "typo=DStDSp - SStSSs", "--out", str(out), "--derivatives-folder", DERIV,
+                    "--scheduler", "sync", "--store", str(tmp_path / "stores"), "--verbose", "1", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("daskglm: error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "contrast 'typo'" in errors[0] and "[sub-01, sub-02, sub-03]" in errors[0]
+    assert "Did you mean 'SStSSp'?" in errors[0]
+    assert proc.stderr.count("Available matrix columns") == 1 and "language" not in errors[0].split("typo")[0][-40:]
+    assert not out.exists() and not (tmp_path / "stores").exists()
+    assert "sub-01" not in proc.stdout  # no subject started
+
+
+def test_events_warning_is_shown_once_for_the_subjects_it_concerns(bids, tmp_path: Path) -> None:
+    """Events without a trial_type column: nilearn's warning, once, with the subjects, before the contrast error."""
+    root = tmp_path / "ds"
+    shutil.copytree(bids.root, root)
+    for path in root.glob("sub-*/func/*_events.tsv"):
+        frame = pd.read_csv(path, sep="\t").rename(columns={"trial_type": "condition"})
+        frame.to_csv(path, sep="\t", index=False)
+    proc = _daskglm("bids", str(root), "--task", TASK, "--contrast", f"language={LANGUAGE}", "--out",
+                    str(tmp_path / "out"), "--scheduler", "sync", "--store", str(tmp_path / "stores"), cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    trial_type = [line for line in lines if "'trial_type' column not found" in line]
+    assert trial_type == ["daskglm: warning: sub-01, sub-02, sub-03: 'trial_type' column not found in the given "
+                          "events data."], proc.stderr
+    assert lines[-1].startswith("daskglm: error: 1 of 1 contrasts do not fit") and "'dummy'" in lines[-1]
+
+
+def test_derivatives_folder_is_found_or_explained(bids, tmp_path: Path) -> None:
+    """The default finds derivatives/fmriprep (nilearn's 'derivatives' holds no subject); two candidates are an
+    error listing both; a wrong folder's error says which folder holds subjects."""
+    from daskglm.bids.batch import _derivatives_folder
+
+    root = Path(bids.root)
+    assert _derivatives_folder(root, None, TASK) == DERIV
+    assert _derivatives_folder(root, "derivatives", TASK) == "derivatives"
+    with pytest.raises(RuntimeError, match=r"pass derivatives_folder='derivatives/fmriprep'"):
+        run_batch(root, TASK, "FirstSt", tmp_path / "out", derivatives_folder="derivatives", client="sync")
+    copy = tmp_path / "ds"
+    shutil.copytree(root, copy)
+    shutil.copytree(copy / DERIV, copy / "derivatives" / "other")
+    with pytest.raises(ValueError, match=r"several derivatives folders.*'derivatives/fmriprep', 'derivatives/other'"):
+        run_batch(copy, TASK, "FirstSt", tmp_path / "out", client="sync")
+    assert not (tmp_path / "out").exists()

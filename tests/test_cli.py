@@ -400,3 +400,18 @@ def test_debug_shows_the_traceback(fiac, tmp_path):
         assert proc.returncode == 2
         assert "Traceback" in proc.stderr
         assert proc.stderr.splitlines()[-1].startswith("daskglm: error:")
+
+
+def test_nilearns_events_warnings_reach_the_user_before_the_contrast_error(fiac, tmp_path):
+    """Events with no trial_type column: nilearn fits a one-regressor "dummy" model and warns. The warning is one
+    line on stderr, before the error of the contrast that names a condition (before: only the error)."""
+    events = pd.read_csv(fiac["events"][0], sep="\t").rename(columns={"trial_type": "condition"})
+    events.to_csv(tmp_path / "events.tsv", sep="\t", index=False)
+    proc = run_cli("fit", fiac["runs"][0], "--events", tmp_path / "events.tsv", "--t-r", "2.5", "--contrast",
+                   "language=DStDSp - SStSSp", "--out", tmp_path / "out", "--scheduler", "sync")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[:2] == ["daskglm: warning: 'trial_type' column not found in the given events data.",
+                         "daskglm: warning: The following unexpected columns in events data will be ignored: "
+                         "condition"], proc.stderr
+    assert len(lines) == 3 and lines[2].startswith("daskglm: error: contrast 'language'") and "'dummy'" in lines[2]

@@ -418,3 +418,30 @@ def test_nonnull_runs_matches_nilearn(fitted, con_vals):
         assert isinstance(ours, ValueError) and str(ours) == str(theirs)
     else:
         assert ours == [i for i in range(2) if (UserWarning, f"Contrast for run {i} is null.") not in null_theirs]
+
+
+def _daskglm_model(**kw):
+    from daskglm import FirstLevelModel as DaskglmFirstLevelModel
+
+    return DaskglmFirstLevelModel(mask_img=MASK, noise_model="ols", minimize_memory=True, client="sync", **kw)
+
+
+def test_condition_names_as_events_are_said_to_be_condition_names():
+    """nilearn (and daskglm before) said only "len(run_imgs) 1 does not match len(events) 5"."""
+    img = _img(30, 0)
+    with pytest.raises(ValueError, match=r"look like condition names, not events tables"):
+        _daskglm_model(t_r=T_R).fit(img, events=["DStDSp", "DStSSp", "FirstSt", "SStDSp", "SStSSp"])
+    with pytest.raises(ValueError, match=r"look like condition names"):
+        _daskglm_model(t_r=T_R).fit(img, events="language")
+
+
+def test_make_design_matrices_are_the_fit_designs_without_reading_data(tmp_path):
+    events = pd.DataFrame({"onset": [0.0, 20.0, 40.0], "duration": [5.0] * 3, "trial_type": ["a", "b", "a"]})
+    img = _img(30, 1)
+    model = _daskglm_model(t_r=T_R, store=tmp_path / "stores")
+    before = model.make_design_matrices(img, events=events)
+    assert not (tmp_path / "stores").exists()  # nothing ingested
+    theirs, _ = _nilearn_designs([img], {"t_r": T_R}, events=events)
+    _assert_same_designs(before, theirs)
+    model.fit(img, events=events)
+    _assert_same_designs(before, model.design_matrices_)

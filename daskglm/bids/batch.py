@@ -72,7 +72,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -257,22 +257,103 @@ def _check_output_dir(out: Path, dataset: Path, derivatives: Path) -> None:
                                  "(e.g. a folder under derivatives/)")
 
 
-def _run_imgs(derivatives: Path, label: str, task_label: str, space_label: str | None,
-              img_filters: Any) -> list[str] | None:
-    """A subject's runs as nilearn's ``first_level_from_bids`` finds them (None: let the subject's task say why)."""
-    try:
-        from nilearn.glm.first_level.first_level import _get_processed_imgs
+class _Design(NamedTuple):
+    """One subject's runs and design matrices, found before any subject is fitted."""
 
+    run_imgs: list[str]
+    design_matrices: list[Any]
+
+
+def _designs(dataset: Path, derivatives_folder: str, label: str, task_label: str, space_label: str | None,
+             kwargs: dict) -> tuple[_Design | None, list[str]]:
+    """A subject's runs and designs as its task will build them, and the warnings building the designs gave.
+
+    ``None`` when discovery or the design fails: the subject's own task then
+    reports why, as that subject's failure (one bad subject stops no other).
+    """
+    from .from_bids import first_level_from_bids
+
+    try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            imgs, _ = _get_processed_imgs(str(derivatives), label, task_label,
-                                          space_label or "MNI152NLin2009cAsym", list(img_filters or []), 0)
-        return [str(p) for p in imgs] or None
-    except Exception:  # noqa: BLE001 - a file-listing problem: the subject's own task reports it
-        return None
+            warnings.simplefilter("ignore")  # discovery's notes: the subject's task reports them (verbose 2)
+            models, imgs, events, confounds = first_level_from_bids(
+                str(dataset), task_label, space_label=space_label, sub_labels=[label],
+                derivatives_folder=derivatives_folder, client="sync", **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            designs = models[0].make_design_matrices(imgs[0], events[0], confounds[0])
+    except Exception:  # noqa: BLE001 - the subject's task reports it
+        return None, []
+    return _Design([str(p) for p in imgs[0]], designs), list(dict.fromkeys(str(w.message) for w in caught))
+
+
+def _check_designs(designs: dict[str, _Design | None], notes: dict[str, list[str]], contrasts: dict[str, Any]
+                   ) -> None:
+    """Every contrast against every subject's design, once, before any subject is fitted.
+
+    nilearn's warnings about the events (no ``trial_type`` column...) are
+    warned once per text with the subjects they concern.
+
+    Raises
+    ------
+    ValueError
+        One message for all the contrasts that do not fit some subject's
+        design, each with its subjects and the first subject's reason
+        (e.g. the columns an expression may name).
+    """
+    from ..glm.design import contrast_matrices
+
+    by_text: dict[str, list[str]] = {}
+    for label, texts in notes.items():
+        for text in texts:
+            by_text.setdefault(text, []).append(label)
+    for text, labels in by_text.items():
+        warnings.warn(f"{_subject_list(labels)}: {text}", UserWarning, stacklevel=3)
+    failed: dict[str, tuple[list[str], str]] = {}
+    for label, design in designs.items():
+        if design is None:
+            continue
+        for name, definition in contrasts.items():
+            try:
+                contrast_matrices({name: definition}, design.design_matrices)
+            except ValueError as exc:
+                failed.setdefault(name, ([], " ".join(str(exc).split())))[0].append(label)
+    if failed:
+        checked = sum(design is not None for design in designs.values())
+        parts = [f"{reason} [{_subject_list(labels)}{'' if len(labels) == checked else f'; {len(labels)} of {checked} subjects'}]"
+                 for name, (labels, reason) in failed.items()]
+        raise ValueError(f"{len(failed)} of {len(contrasts)} contrasts do not fit the subjects' designs; "
+                         f"nothing was fitted: {'; '.join(parts)}")
+
+
+def _subject_list(labels: list[str]) -> str:
+    shown = ", ".join(f"sub-{label}" for label in labels[:5])
+    return shown + (f" and {len(labels) - 5} more" if len(labels) > 5 else "")
 
 
 # ------------------------------------------------------------------ the batch
+
+
+def _derivatives_folder(dataset: Path, given: str | None, task_label: str) -> str:
+    """``given``, or the folder of preprocessed runs (see ``derivatives_folder`` of :func:`run_batch`)."""
+    from nilearn.interfaces.bids import get_bids_files
+
+    from .from_bids import _pipelines
+
+    if given is not None:
+        return given
+    found = _pipelines(dataset)
+    if not found or "derivatives" in found:
+        return "derivatives"  # nilearn's default (if nothing holds subjects, the error says what there is)
+    with_runs = [folder for folder in found
+                 if get_bids_files(dataset / folder, file_tag="bold", file_type="nii*", modality_folder="func",
+                                   filters=[("task", task_label)] if isinstance(task_label, str) else [])]
+    if len(with_runs) == 1:
+        return with_runs[0]
+    if len(with_runs) > 1:
+        raise ValueError(f"several derivatives folders hold runs of task {task_label!r}: {with_runs}; "
+                         "choose one with derivatives_folder= (--derivatives-folder)")
+    return "derivatives"
 
 
 def _subjects(dataset: Path, derivatives: Path, task_label: str, space_label: str | None,
@@ -280,7 +361,7 @@ def _subjects(dataset: Path, derivatives: Path, task_label: str, space_label: st
     """Subject labels to run, with nilearn's checks made once, up front (not once per subject)."""
     from nilearn.interfaces.bids import get_bids_files
 
-    from .from_bids import _bold_entities, _is_surface, _pipelines
+    from .from_bids import _bold_entities, _hint, _is_surface, _pipelines
 
     if not isinstance(task_label, str) or not task_label.isalnum():
         raise ValueError(f"task_label must be an alphanumeric str; got {task_label!r}")
@@ -298,8 +379,10 @@ def _subjects(dataset: Path, derivatives: Path, task_label: str, space_label: st
         warnings.warn(f"subjects {missing} not found in {str(derivatives)!r}", UserWarning, stacklevel=3)
     labels = [s for s in labels if s not in set(exclude)]
     if not labels:
-        raise RuntimeError(f"No subject found in {str(derivatives)!r} (sub_labels={sub_labels!r}, "
-                           f"exclude_subjects={list(exclude)!r}; present: {found})")
+        message = (f"No subject found in {str(derivatives)!r} (sub_labels={sub_labels!r}, "
+                   f"exclude_subjects={list(exclude)!r}; present: {found})")
+        hint = None if found else _hint(message, dataset, derivatives.relative_to(dataset), task_label, space_label)
+        raise RuntimeError(message + (f"; {hint}" if hint else ""))
     space = space_label or "MNI152NLin2009cAsym"
     if not get_bids_files(derivatives, file_tag="bold", file_type="nii*", modality_folder="func",
                           filters=[("task", task_label), ("space", space)]):
@@ -316,7 +399,7 @@ def run_batch(
     output_dir: str | os.PathLike,
     space_label: str | None = None,
     sub_labels: Sequence[str] | None = None,
-    derivatives_folder: str = "derivatives",
+    derivatives_folder: str | None = None,
     max_concurrent_subjects: int | None = None,
     client: Any = None,
     verbose: int = 1,
@@ -341,8 +424,14 @@ def run_batch(
         :meth:`daskglm.FirstLevelModel.compute_contrast` reads them.
     output_dir : str or os.PathLike
         Output root: ``dataset_description.json`` and ``sub-<label>/`` folders.
-    space_label, sub_labels, derivatives_folder
+    space_label, sub_labels
         As :func:`daskglm.first_level_from_bids` (default: every subject).
+    derivatives_folder : str, optional
+        The preprocessed runs' folder, relative to the dataset. Default:
+        ``derivatives`` when it holds subject folders (nilearn's default), else
+        the one folder under ``derivatives/`` whose subject folders hold runs of
+        the task (``derivatives/fmriprep``, as fMRIPrep is often run); several
+        such folders are an error that lists them.
     max_concurrent_subjects : int, optional
         Subjects in flight on a distributed client (default: its number of workers).
     client : distributed.Client, address, local scheduler name or None
@@ -392,6 +481,7 @@ def run_batch(
         raise ValueError(f"max_concurrent_subjects must be a positive int; got {max_concurrent_subjects!r}")
     start = time.perf_counter()
     dataset = Path(dataset_path).absolute()
+    derivatives_folder = _derivatives_folder(dataset, derivatives_folder, task_label)
     derivatives = dataset / derivatives_folder
     out = Path(output_dir).absolute()
     kwargs = dict(first_level_kwargs)
@@ -412,7 +502,7 @@ def run_batch(
     description = out / "dataset_description.json"
     root_plan = OutputPlan([description], optional=[description], what="--out (output_dir)")
     root_plan.check()
-    complete, todo = [], []
+    complete, todo, designs, notes = [], [], {}, {}
     for label in labels:
         inputs = input_files(dataset, derivatives, label, task_label)
         if is_complete(out / f"sub-{label}", fingerprint, inputs):
@@ -420,11 +510,13 @@ def run_batch(
             continue
         todo.append(Job(label, str(dataset), task_label, space_label, derivatives_folder, str(out),
                         defs, stat_types, fingerprint, parameters, bool(report), bool(figures), kwargs))
-        run_imgs = _run_imgs(derivatives, label, task_label, space_label, kwargs.get("img_filters"))
-        if run_imgs is not None:
+        designs[label], notes[label] = _designs(dataset, derivatives_folder, label, task_label, space_label, kwargs)
+        if designs[label] is not None:
+            run_imgs = designs[label].run_imgs
             output_plan(out, label, run_imgs, defs, stat_types, bool(report), bool(figures),
                         bool(kwargs.get("minimize_memory", True)),
                         subject_inputs(dataset, inputs, run_imgs, kwargs.get("mask_img")))
+    _check_designs(designs, notes, defs)
     root_plan.create_folders()
     _dataset_description(out, root_plan)
 

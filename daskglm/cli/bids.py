@@ -65,8 +65,10 @@ def add_bids_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--space", default=None, help="space label (default: MNI152NLin2009cAsym)")
     p.add_argument("--sub", action="extend", nargs="+", default=None, metavar="LABEL",
                    help="subject labels (default: all)")
-    p.add_argument("--derivatives-folder", default="derivatives",
-                   help="preprocessed runs, relative to the dataset (default: %(default)s)")
+    p.add_argument("--derivatives-folder", default=None, metavar="FOLDER",
+                   help="preprocessed runs, relative to the dataset (default: 'derivatives' if it holds subject "
+                        "folders, else the one folder under it whose subjects have runs of the task, such as "
+                        "derivatives/fmriprep)")
     p.add_argument("--img-filter", action="append", type=_filter_arg, default=None, metavar="ENTITY=LABEL",
                    help="extra BIDS entity filter of the runs (repeatable), e.g. desc=preproc")
     p.add_argument("--confounds-strategy", nargs="+", default=None, metavar="STRATEGY",

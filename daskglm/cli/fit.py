@@ -471,9 +471,10 @@ def _designs(args: argparse.Namespace, runs: list[str], infos: list) -> tuple[li
     fit_kwargs = {"events": list(args.events), "confounds": list(args.confounds) if args.confounds else None}
     from ..glm import design as _design
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fit shows them
-        designs = _design.run_design_matrices(n_scans, **params, **fit_kwargs)
+    # nilearn's warnings about the events (no trial_type column, events beyond the run...) are shown
+    # here, before the contrasts are checked against the columns they explain; the fit's repeat of
+    # them is shown once (``warnings_as_lines`` prints each text once).
+    designs = _design.run_design_matrices(n_scans, **params, **fit_kwargs)
     return designs, fit_kwargs, params
 
 

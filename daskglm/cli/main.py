@@ -6,6 +6,7 @@
 ``daskglm fit``      fit runs from design matrices or events, write contrast maps under
                      nilearn's BIDS-derivatives names (see :mod:`daskglm.cli.fit`).
 ``daskglm bids``     every subject of a BIDS dataset (see :mod:`daskglm.cli.bids`, :mod:`daskglm.bids.batch`).
+``daskglm simulate-bids``  a small simulated BIDS dataset with a known effect, to try ``daskglm bids`` on.
 
 Each runs on the Dask cluster given by ``--scheduler`` (an address, a scheduler
 file, or a local scheduler name such as ``sync``), else on the one named by
@@ -149,6 +150,24 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_bids(args: argparse.Namespace) -> int:
+    """A BIDS dataset for ``daskglm bids`` to try: :func:`daskglm.datasets.simulate_bids`."""
+    from ..datasets.bids_sim import simulate_bids
+
+    data = simulate_bids(args.root, n_subjects=args.n_subjects, n_runs=args.n_runs, task=args.task,
+                         shape=args.shape, n_scans=args.n_scans, group_effect=args.group_effect, seed=args.seed, overwrite=args.overwrite,
+                         verbose=max(0, args.verbose - 1))
+    root = data["root"]
+    say(args, 1, f"simulated BIDS dataset in {root}: {len(data['subjects'])} subjects x {args.n_runs} run(s) of "
+                 f"task {data['task']!r} (TR {data['t_r']} s), fMRIPrep-style runs in "
+                 f"{os.path.join(root, data['derivatives_folder'])}, the simulation's truth in "
+                 f"{os.path.dirname(data['truth'])}")
+    say(args, 1, f"conditions: DStDSp DStSSp FirstSt SStDSp SStSSp; try: daskglm bids {args.root} --task "
+                 f"{data['task']} --contrast 'language=DStDSp + DStSSp - SStDSp - SStSSp' --out "
+                 f"{os.path.join(args.root, 'derivatives', 'daskglm')}")
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     from ..store.ingest import ingest_run
 
@@ -222,6 +241,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_fit_parser(sub)
     add_bids_parser(sub)
+
+    simulate = sub.add_parser("simulate-bids", help="write a small simulated BIDS dataset to try 'daskglm bids' on",
+                              description="Write a small valid BIDS dataset (raw runs, events, fMRIPrep-style "
+                                          "preprocessed runs, brain masks and confounds under "
+                                          "derivatives/fmriprep) with a known effect: each subject's 'sentence' "
+                                          "blob responds to DSt > SSt, its 'speaker' blob to DSp > SSp. The same "
+                                          "options give byte-identical files; a folder holding this simulation "
+                                          "is reused.")
+    simulate.add_argument("root", metavar="DIR", help="the dataset's folder (new, empty, or a previous simulation)")
+    simulate.add_argument("--n-subjects", type=positive_int, default=3, metavar="N",
+                          help="subjects (default: %(default)s)")
+    simulate.add_argument("--n-runs", type=positive_int, default=2, metavar="N",
+                          help="runs per subject (default: %(default)s)")
+    simulate.add_argument("--task", default="language", help="task label (default: %(default)s)")
+    simulate.add_argument("--shape", type=_shape, default=(24, 28, 16), metavar="XxYxZ",
+                          help="volume shape (default: 24x28x16)")
+    simulate.add_argument("--n-scans", type=positive_int, default=80, metavar="N",
+                          help="scans per run, >= 20 (default: %(default)s)")
+    simulate.add_argument("--group-effect", type=nonnegative_float, default=0.1, metavar="SIZE",
+                          help="the subjects' mean effect size: peak fractional signal change of a blob "
+                               "(default: %(default)s, seen in each subject's z map; the Python function's "
+                               "default, 0.03, is sized for group analyses)")
+    simulate.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
+    simulate.add_argument("--overwrite", action="store_true",
+                          help="simulate again even when DIR holds this simulation (default: reuse it)")
+    add_common_options(simulate)
+    simulate.set_defaults(func=_simulate_bids)
     return parser
 
 

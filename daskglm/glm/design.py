@@ -18,7 +18,9 @@ name the run, columns or sizes; where nilearn warns we warn with its text.
 from __future__ import annotations
 
 import csv
+import difflib
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,6 +93,24 @@ def _check_events_separators(path: str, idx: int) -> None:
     except csv.Error as exc:
         raise ValueError("The values in the events file are not separated by tabs; please enforce BIDS conventions: "
                          f"events[{idx}] = {path!r}, first line {first_line.rstrip()!r}") from exc
+
+
+def _check_not_condition_names(events: Any) -> None:
+    """Condition names given as ``events`` (a common slip): said so, not counted as runs.
+
+    A ``str`` with no file suffix that is not an existing file cannot be an
+    events table; nilearn would report only that the number of entries differs
+    from the number of runs (or that the file is not a TSV).
+    """
+    entries = events if isinstance(events, (list, tuple)) else [events]
+    names = [ev for ev in entries if isinstance(ev, str) and not Path(ev).suffix and not os.path.exists(ev)
+             and "://" not in ev]
+    if names:
+        shown = events if isinstance(events, str) else entries if len(entries) <= 6 else [*entries[:6], "..."]
+        raise ValueError(
+            f"events {shown!r} look like condition names, not events tables: give one events table per run "
+            "(a DataFrame with onset, duration and trial_type columns, or the path of a .tsv/.csv file "
+            "holding them); the conditions are the trial_type values of the table")
 
 
 def _check_number(value: Any, name: str, allow_none: bool) -> None:
@@ -319,6 +339,7 @@ def run_design_matrices(
             raise ValueError("events or design matrices must be provided")
         if t_r is None:
             raise ValueError("t_r not given to FirstLevelModel object to compute design from events")
+        _check_not_condition_names(events)
         # nilearn sniffs files (any list or tuple) before counting runs (lists only).
         for i, ev in enumerate(events if isinstance(events, (list, tuple)) else [events]):
             if isinstance(ev, (str, os.PathLike)):
@@ -381,7 +402,11 @@ def _expression_vector(expression: str, columns: Sequence) -> np.ndarray:
         vec = expression_to_contrast_vector(expression, columns)
     except ValueError as exc:
         cause = exc.__cause__
-        if cause is None or "is not defined" in str(exc):
+        undefined = re.search(r"name '([^']+)' is not defined", str(exc))
+        close = difflib.get_close_matches(undefined.group(1), [str(c) for c in columns], n=1) if undefined else []
+        if close:  # a typo: nilearn's message (with the columns), then the likely name
+            raise ValueError(f"{exc} Did you mean {close[0]!r}?") from exc
+        if cause is None or undefined:
             raise
         raise ValueError(f"{exc}\nParser error: {type(cause).__name__}: {cause}") from cause
     vec = np.asarray(vec, dtype=np.float64)

@@ -36,6 +36,7 @@ from typing import Any
 import dask.array as da
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import xarray as xr
 from nilearn.glm.first_level import FirstLevelModel as _NilearnFirstLevelModel
 from nilearn.interfaces.bids import parse_bids_filename
@@ -477,17 +478,8 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
             self.standardize_ = None
         self.labels_ = self.results_ = None
         self._forget_computed()  # nilearn caches residuals_ and friends on first read
-        runs = _check_run_imgs(run_imgs)
-        infos, runs = map(list, zip(*[_inspect(run, self.storage_options) for run in runs]))
-        _check_same_fov(infos)
-        n_scans = [info.n_scans for info in infos]
-        designs = _design.run_design_matrices(
-            n_scans, self.t_r, events=events, confounds=confounds, sample_masks=sample_masks,
-            design_matrices=design_matrices, slice_time_ref=self.slice_time_ref,
-            hrf_model=self.hrf_model, drift_model=self.drift_model, high_pass=self.high_pass,
-            drift_order=self.drift_order, fir_delays=self.fir_delays, min_onset=self.min_onset,
-        )
-        masks = _design.sample_mask_indices(sample_masks, n_scans)
+        infos, runs, designs = self._designs(run_imgs, events, confounds, sample_masks, design_matrices)
+        masks = _design.sample_mask_indices(sample_masks, [info.n_scans for info in infos])
         mask_img, fwhm, target_affine, target_shape, masker = self._masking(infos[0])
         check_target(target_affine, target_shape)
         fwhm_to_sigma(fwhm, np.eye(4))
@@ -548,6 +540,47 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         self.labels_ = [fit["label_index"] for fit in fits]
         self._log("done", n_runs=len(runs), time_in_second=time.monotonic() - start)
         return self
+
+    def make_design_matrices(
+        self,
+        run_imgs: Any,
+        events: Any = None,
+        confounds: Any = None,
+        sample_masks: Any = None,
+        design_matrices: Any = None,
+    ) -> list[pd.DataFrame]:
+        """The design matrices :meth:`fit` would use, from the runs' headers only (no data read).
+
+        A way to look at the design (its columns, for contrasts) before a long
+        fit; every check :meth:`fit` makes of the runs' headers, events,
+        confounds and sample masks is made, with nilearn's warnings.
+
+        Parameters
+        ----------
+        run_imgs, events, confounds, sample_masks, design_matrices
+            As :meth:`fit`.
+
+        Returns
+        -------
+        list of DataFrame, one per run, each of shape (n_kept_scans_i, p_i)
+            As ``design_matrices_`` after :meth:`fit`.
+        """
+        self._check_params()
+        return self._designs(run_imgs, events, confounds, sample_masks, design_matrices)[2]
+
+    def _designs(self, run_imgs: Any, events: Any, confounds: Any, sample_masks: Any,
+                 design_matrices: Any) -> tuple[list[RunInfo], list, list[pd.DataFrame]]:
+        """The runs' headers, the runs as ingestion takes them, and their design matrices."""
+        runs = _check_run_imgs(run_imgs)
+        infos, runs = map(list, zip(*[_inspect(run, self.storage_options) for run in runs]))
+        _check_same_fov(infos)
+        designs = _design.run_design_matrices(
+            [info.n_scans for info in infos], self.t_r, events=events, confounds=confounds,
+            sample_masks=sample_masks, design_matrices=design_matrices, slice_time_ref=self.slice_time_ref,
+            hrf_model=self.hrf_model, drift_model=self.drift_model, high_pass=self.high_pass,
+            drift_order=self.drift_order, fir_delays=self.fir_delays, min_onset=self.min_onset,
+        )
+        return infos, runs, designs
 
     def _multi_run_mask(self, runs: list, client: Any, target_affine: Any, target_shape: Any) -> nib.Nifti1Image:
         """nilearn's implicit mask of several runs: ``compute_multi_epi_mask`` of their means.
