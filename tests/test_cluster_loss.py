@@ -164,9 +164,9 @@ def test_all_workers_killed_mid_fit_raise_no_workers_error(tiny, slow_cluster, t
                 time.monotonic() < deadline:
             time.sleep(0.1)
         assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0
-    if verbose:  # the bar ended with a new line: the error starts a line of its own
+    if verbose:  # the progress ended with a line saying so: the error starts a line of its own
         out = capsys.readouterr().out
-        assert "Completed" in out and out.endswith("\n")
+        assert "fitting the run: stopped after" in out and out.endswith("\n"), out
 
 
 def test_the_schedulers_own_no_workers_timeout_is_no_workers_error_too(tiny, tmp_path):

@@ -29,16 +29,31 @@ distributed client (given, active, or from the environment) nothing runs on
 dask's local threaded scheduler behind the user's back: graphs are submitted
 with ``client.compute`` and only their (small) results come back.
 
-Retries: on a distributed client every task of :func:`compute` is retried up
-to :func:`task_retries` times (dask config key ``daskglm.retries``, default
-2; ``DASK_DASKGLM__RETRIES`` in the environment) when it raises, so a
-transient read error from object storage costs a retry, not the run. Every
-daskglm task may run twice: each one rewrites whole chunks of its own. (A
-worker that dies, e.g. killed by its nanny for exceeding its memory limit,
-is a different matter: the scheduler reruns its tasks elsewhere, up to
-``distributed.scheduler.allowed-failures`` times.) dask's local schedulers
-(``"sync"``, ``"threads"``, ``"processes"``) have no retries: there an error
-is raised at once.
+Retries: on a distributed client a task that raises an error that may be
+transient (see :func:`is_transient`: an ``OSError`` such as a read error or a
+timeout from object storage, a lost connection, but not a missing file, a
+denied permission, a full disk or a bad gzip stream) is retried up to
+:func:`task_retries` times (dask config key ``daskglm.retries``, default 2;
+``DASK_DASKGLM__RETRIES`` in the environment), so a transient read error costs
+a retry, not the run. Every other error (a bad input: ``ValueError``,
+``TypeError``, ``KeyError``, a damaged store...) runs once: it would fail
+again, so it is raised at once, the rest of the computation cancelled. The
+retries are the client's (``Client.retry`` of the failed results and the
+failed tasks under them), not the scheduler's ``retries=``, which retries
+every error. Every daskglm task may run twice: each one rewrites whole chunks
+of its own. (A worker that dies, e.g. killed by its nanny for exceeding its
+memory limit, is a different matter: the scheduler reruns its tasks
+elsewhere, up to ``distributed.scheduler.allowed-failures`` times.) dask's
+local schedulers (``"sync"``, ``"threads"``, ``"processes"``) have no
+retries: there an error is raised at once.
+
+The embedded cluster's workers do not log the "Compute Failed" report (with
+its traceback) of a task that raised: the error is raised by :func:`compute`
+in this process, where the caller reports it (the command line in one line).
+Workers of a cluster daskglm did not start log as their owner set them up.
+
+Progress: see :mod:`daskglm.runtime.progress` (one labelled bar per
+computation in a terminal, plain lines otherwise; :func:`phase` labels them).
 
 A scheduler that cannot be reached (an address or scheduler file given) is
 reported within the dask config ``daskglm.connect-timeout`` (default ``"5s"``;
@@ -69,26 +84,38 @@ prints them as one ``daskglm: error: ...`` line.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
+import errno
+import gzip
+import io
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import dask
 import numpy as np
 
 from .compat import workers_skip_main
+from .progress import (
+    Display,
+    DistributedProgress,
+    current_phase,
+    local_progress,
+    phase,
+    progress_after,
+)
 
 __all__ = ["LOCAL_SCHEDULERS", "ClusterLostError", "NoWorkersError", "SchedulerLostError", "compute",
-           "connect_timeout", "get_client", "n_workers_from_n_jobs", "no_workers_timeout", "task_retries",
-           "verbosity", "wait_first", "workers_in_this_process"]
+           "connect_timeout", "get_client", "is_transient", "n_workers_from_n_jobs", "no_workers_timeout",
+           "phase", "task_retries", "verbosity", "wait_first", "workers_in_this_process"]
+
+logger = logging.getLogger(__name__)
 
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded", "processes")
 
@@ -388,9 +415,13 @@ def get_client(
             # For the cluster's whole life: the nannies also spawn the workers they restart.
             stack.enter_context(workers_skip_main())
         stack.enter_context(_worker_malloc())
+        from .workerlog import QuietTaskErrors, quiet_progress_feeds
+
+        stack.enter_context(quiet_progress_feeds())  # until the scheduler (in this process) has closed
         with dask.config.set(_scheduler_config()):  # read once, when the scheduler starts
             cluster = stack.enter_context(LocalCluster(**kwargs))
         local = stack.enter_context(Client(cluster, set_as_default=False))
+        local.register_plugin(QuietTaskErrors())  # its workers' "Compute Failed" reports: not on the user's stderr
         with local.as_current():
             yield local
 
@@ -408,8 +439,9 @@ def verbosity(level: int | None):
     Parameters
     ----------
     level : int or None
-        0: silent; 1 or more: progress bars for computations lasting longer
-        than about a second. ``None`` leaves the current level.
+        0: silent; 1 or more: the progress of computations lasting longer
+        than ``daskglm.progress-after`` (1 s; see :mod:`daskglm.runtime.progress`),
+        under the label of their :func:`phase`. ``None`` leaves the current level.
     """
     if level is None:
         yield
@@ -436,19 +468,18 @@ def _in_notebook_with_widgets() -> bool:
     return True
 
 
-#: Seconds a computation runs before its progress bar appears.
-PROGRESS_AFTER = 1.0
-
-
 #: Retries of a failed task on a distributed client when ``daskglm.retries`` is not set.
 DEFAULT_RETRIES = 2
 
 
 def task_retries() -> int:
-    """How many times a task that raised is retried on a distributed client.
+    """How many times a task that raised a transient error is retried on a distributed client.
 
     The dask config key ``daskglm.retries`` (``dask.config.set({"daskglm.retries": 5})``,
     or ``DASK_DASKGLM__RETRIES=5`` in the environment), default :data:`DEFAULT_RETRIES`.
+    Only errors :func:`is_transient` says may be transient are retried (a read
+    error from object storage, a lost connection); any other error (a bad input)
+    is raised the first time.
 
     Raises
     ------
@@ -461,6 +492,37 @@ def task_retries() -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"dask config 'daskglm.retries' must be a non-negative integer; got {value!r}")
     return int(value)
+
+
+#: ``OSError`` subclasses that running the task again would raise again.
+PERMANENT_OS_ERRORS: tuple[type[OSError], ...] = (
+    FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+    gzip.BadGzipFile, io.UnsupportedOperation,
+)
+#: ``errno`` values of an ``OSError`` that running the task again would raise again.
+PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.ENAMETOOLONG, errno.EDQUOT, errno.EINVAL,
+                              errno.ENOEXEC, errno.ELOOP})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a task that raised ``exc`` may succeed if run again (then :func:`compute` retries it).
+
+    ``OSError`` and its subclasses (``ConnectionError``, ``TimeoutError``: a read
+    error or a timeout from object storage, a lost connection), except those
+    that say the input or the place itself is wrong (:data:`PERMANENT_OS_ERRORS`:
+    a missing file, a denied permission, a folder for a file, a bad gzip
+    stream; :data:`PERMANENT_ERRNOS`: a full disk or quota, a read-only file
+    system). Every other exception is a property of the input or the code and
+    would be raised again: ``ValueError`` (a truncated run, a chunk failing its
+    checksum), ``TypeError``, ``KeyError``, ``IndexError``, ``NotImplementedError``,
+    ``EOFError``, daskglm's ``StoreDamagedError``; ``MemoryError`` too (a task
+    asking for more memory than there is would ask for it again; a worker
+    killed by its nanny for its memory limit is rerun by the scheduler, see
+    :mod:`daskglm.runtime.cluster`).
+    """
+    if not isinstance(exc, OSError):
+        return False
+    return not isinstance(exc, PERMANENT_OS_ERRORS) and getattr(exc, "errno", None) not in PERMANENT_ERRNOS
 
 
 # ------------------------------------------------------------------ a cluster lost mid-computation
@@ -629,57 +691,63 @@ def _close_client(client: Any) -> None:
         log.removeFilter(quiet)
 
 
-class _Progress:
-    """dask's text progress bar, drawn from the client's event loop while this thread waits.
+class _Shown:
+    """The progress of one :func:`compute` on a distributed client, shown by :meth:`show` (once the
+    work has lasted :func:`~daskglm.runtime.progress.progress_after`): distributed's widget in a
+    notebook with ipywidgets, else a :class:`~daskglm.runtime.progress.Display` under ``label``."""
 
-    distributed's ``progress`` blocks its caller until the work is done: a
-    cluster lost mid-way would freeze it. Here the bar runs as a task of the
-    client's loop and is stopped from this thread, whatever happens.
+    def __init__(self, client: Any, address: str, label: str, started: float) -> None:
+        self.client, self.address, self.label, self.started = client, address, label, started
+        self.progress: DistributedProgress | None = None
+        self.widget = False
+
+    def show(self, futures: list) -> None:
+        if self.progress is not None or self.widget:
+            return
+        if _in_notebook_with_widgets():
+            from distributed import progress
+
+            progress(futures, notebook=True, scheduler=self.address)  # a widget: does not block
+            self.widget = True
+            return
+        self.progress = DistributedProgress(self.client, futures, self.address, Display(self.label, self.started))
+
+    def retried(self, futures: list) -> None:
+        """Some of ``futures`` were retried: listen to the scheduler again (it ended at the error)."""
+        if self.progress is not None:
+            self.progress.restart(futures)
+
+    def stop(self, outcome: str) -> None:
+        """``"done"``, ``"failed"`` or ``"stopped"`` (a notebook's widget ends by itself)."""
+        if self.progress is not None:
+            self.progress.stop(outcome)
+
+
+class _Settled:
+    """Set once every one of ``futures`` is done, or as soon as one of them has failed or was cancelled.
+
+    Fed by the futures' done callbacks (distributed's ``wait`` has no
+    "first exception"): a computation that fails is reported (or retried) when
+    its first error comes, not after everything else has run.
     """
 
-    def __init__(self, client: Any, futures: list, address: str) -> None:
-        from distributed.diagnostics.progressbar import TextProgressBar
+    def __init__(self, futures: list) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._left = len(futures)
+        if not futures:
+            self._event.set()
+        for future in futures:
+            future.add_done_callback(self._one)
 
-        self.bar = TextProgressBar(futures, scheduler=address, start=False, loop=client.loop)
-        self.stopped = threading.Event()
-        self.failed = False
-        self.task = asyncio.run_coroutine_threadsafe(self._run(), client.loop.asyncio_loop)
+    def _one(self, future: Any) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left <= 0 or future.status != "finished":
+                self._event.set()
 
-    async def _run(self) -> None:
-        ended = False
-        try:
-            await self.bar.listen()  # returns once the work is done (the bar erased) or the scheduler gone
-            ended = True
-        finally:
-            comm = getattr(self.bar, "comm", None)
-            if comm is not None and not comm.closed():
-                comm.abort()
-            if not ended and hasattr(self.bar, "_last_response"):  # stopped while drawn
-                with contextlib.suppress(ValueError, OSError):
-                    if self.failed:
-                        sys.stdout.write("\n")  # the bar stays as it was, the error goes below it
-                        sys.stdout.flush()
-                    else:
-                        self.bar._draw_stop()
-            self.stopped.set()
-
-    def stop(self, done: bool) -> None:
-        """End the bar: once it has drawn its end if the work is ``done`` (briefly), at once if not."""
-        self.failed = not done
-        if done:
-            self.stopped.wait(0.5)  # the scheduler reports the end within the bar's 100 ms interval
-        if not self.stopped.is_set():
-            self.task.cancel()
-            self.stopped.wait(1.0)
-
-
-def _show_progress(client: Any, futures: list, address: str) -> _Progress | None:
-    if _in_notebook_with_widgets():
-        from distributed import progress
-
-        progress(futures, notebook=True, scheduler=address)  # a widget: does not block
-        return None
-    return _Progress(client, futures, address)
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
 
 
 def _count_workers(client: Any, timeout: float) -> int | None:
@@ -696,58 +764,70 @@ def _count_workers(client: Any, timeout: float) -> int | None:
     return int(info["n_workers"]) if "n_workers" in info else len(info.get("workers", ()))
 
 
-def _wait(client: Any, futures: list, address: str, timeout: float | None, level: int,
-          return_when: str = "ALL_COMPLETED") -> Any:
+def _wait(client: Any, futures: list, address: str, timeout: float | None, show: Any = None,
+          return_when: str = "ALL_COMPLETED", after: float = 0.0) -> tuple[set, set]:
     """Wait until ``futures`` are done (or one of them: ``return_when="FIRST_COMPLETED"``) and
-    return distributed's ``(done, not_done)``; :class:`ClusterLostError` if the cluster goes away first.
+    return ``(done, not_done)``; :class:`ClusterLostError` if the cluster goes away first.
 
-    The first wait is :data:`PROGRESS_AFTER` (the progress bar appears after
-    it, when ``level`` > 0), then the cluster is looked at every
+    Waiting for all of them, it returns as soon as one has failed (its error
+    is in ``done``); a cancelled future raises distributed's
+    ``FuturesCancelledError``, as distributed's ``wait`` does.
+
+    ``show``: called once when the work has lasted ``after`` seconds (at once
+    for 0): its progress appears. Then the cluster is looked at every
     :data:`WATCH_PERIOD` (a tenth of ``timeout``, between its bounds): its
     number of workers, one small request. A computation done sooner costs one
     wait, nothing else.
     """
     from distributed import TimeoutError as WaitTimeout
-    from distributed import wait
+    from distributed import futures_of, wait
 
+    futures = futures_of(futures)
     period = min(max((timeout or 0) / 10, WATCH_PERIOD[0]), WATCH_PERIOD[1])
-    bar = None
-    empty_since = silent_since = None
-    done = False
-    try:
-        while True:
+    if return_when == "ALL_COMPLETED":
+        settle = _Settled(futures).wait
+    else:
+        def settle(seconds: float) -> bool:
             try:
                 with client.as_current():  # distributed's wait uses the current client
-                    result = wait(futures, timeout=PROGRESS_AFTER if level > 0 else period,
-                                  return_when=return_when)
-                done = True
-                return result
+                    wait(futures, timeout=seconds, return_when=return_when)
             except WaitTimeout:
-                pass
-            if level > 0:
-                bar = _show_progress(client, futures, address)
-                level = 0  # shown once (a notebook's widget is not stopped here: None)
-            if client.status != "running":
-                raise _scheduler_lost(address)
-            if timeout is None:
-                continue
-            now = time.monotonic()
-            count = _count_workers(client, min(timeout, 10.0))
-            if count is None:
-                silent_since = silent_since or now
-                if now - silent_since > timeout:
-                    raise _scheduler_lost(address, f"it has not answered for {_seconds(now - silent_since)}")
-                continue
-            silent_since = None
-            if count > 0:
-                empty_since = None
-            elif empty_since is None:
-                empty_since = now
-            elif now - empty_since > timeout:
-                raise _no_workers(address, timeout, empty_since)
-    finally:
-        if bar is not None:
-            bar.stop(done)
+                return False
+            return True
+    if show is not None and after <= 0:
+        show()
+        show = None
+    empty_since = silent_since = None
+    first = after if show is not None else period
+    while not settle(first):
+        first = period
+        if show is not None:
+            show()
+            show = None  # shown once
+        if client.status != "running":
+            raise _scheduler_lost(address)
+        if timeout is None:
+            continue
+        now = time.monotonic()
+        count = _count_workers(client, min(timeout, 10.0))
+        if count is None:
+            silent_since = silent_since or now
+            if now - silent_since > timeout:
+                raise _scheduler_lost(address, f"it has not answered for {_seconds(now - silent_since)}")
+            continue
+        silent_since = None
+        if count > 0:
+            empty_since = None
+        elif empty_since is None:
+            empty_since = now
+        elif now - empty_since > timeout:
+            raise _no_workers(address, timeout, empty_since)
+    cancelled = [future for future in futures if future.status == "cancelled"]
+    if cancelled:
+        with client.as_current():
+            wait(cancelled)  # raises FuturesCancelledError, with the reason (e.g. the connection lost)
+    done = {future for future in futures if future.status != "pending"}
+    return done, {future for future in futures if future not in done}
 
 
 def workers_in_this_process(client: Any = None) -> bool:
@@ -777,7 +857,7 @@ def wait_first(client: Any, futures: list) -> set:
     -------
     set of distributed.Future
     """
-    done, _ = _wait(client, futures, _address(client), no_workers_timeout(), 0, "FIRST_COMPLETED")
+    done, _ = _wait(client, futures, _address(client), no_workers_timeout(), None, "FIRST_COMPLETED")
     return set(done)
 
 
@@ -792,9 +872,14 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None) -
     """Compute dask collections on ``client`` (resolved by :func:`get_client`).
 
     With a distributed client the graph is submitted with ``client.compute``
-    (never ``dask.compute``, whose scheduler is whatever ``dask.config`` says),
-    each task retried up to :func:`task_retries` times if it raises, and the
-    results are gathered. Local schedulers do not retry.
+    (never ``dask.compute``, whose scheduler is whatever ``dask.config`` says)
+    and the results are gathered. A task that raises an error that may be
+    transient (:func:`is_transient`: an ``OSError`` such as a read error from
+    object storage) is retried, with the tasks that failed under it, up to
+    :func:`task_retries` times (``daskglm.retries``, default 2), while the rest
+    of the work goes on. Any other error (a bad input, a damaged store) is
+    raised as soon as it happens, the task run once: the rest of the
+    computation is cancelled. Local schedulers do not retry.
 
     A cluster lost on the way never makes it wait forever: with no worker for
     longer than the dask config ``daskglm.no-workers-timeout`` (default
@@ -810,11 +895,13 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None) -
         Dask collections or ``dask.delayed`` objects.
     client : see :func:`get_client`
     verbose : int, optional
-        > 0: dask's progress bar for the scheduler in use (distributed's
-        text bar in a terminal, or its widget in a notebook with ipywidgets;
-        ``dask.diagnostics.ProgressBar`` on local schedulers), shown once the
-        work has lasted :data:`PROGRESS_AFTER` seconds. Default: the level set
-        by :func:`verbosity` (0 outside of it).
+        > 0: the computation's progress, once it has lasted
+        :func:`~daskglm.runtime.progress.progress_after` seconds (dask config
+        ``daskglm.progress-after``, default 1), labelled with the innermost
+        :func:`phase`: a bar in a terminal, plain lines when stdout is not one
+        (a file, a pipe), distributed's widget in a notebook with ipywidgets
+        (see :mod:`daskglm.runtime.progress`). Default: the level set by
+        :func:`verbosity` (0 outside of it).
 
     Returns
     -------
@@ -828,34 +915,98 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None) -
     SchedulerLostError
         The scheduler went away (or stopped answering for that long).
     ValueError
-        ``daskglm.retries`` or ``daskglm.no-workers-timeout`` is not valid.
+        ``daskglm.retries``, ``daskglm.no-workers-timeout`` or
+        ``daskglm.progress-after`` is not valid.
     """
     level = _VERBOSE.get() if verbose is None else verbose
     retries = task_retries()
     timeout = no_workers_timeout()
+    after = progress_after() if level > 0 else 0.0
+    label = current_phase()
     with get_client(client) as resolved:
         if resolved is None:
-            if level > 0:
-                from dask.diagnostics import ProgressBar
-
-                with ProgressBar(minimum=PROGRESS_AFTER):
+            if level <= 0:
+                return dask.compute(*collections)
+            bar = local_progress(label, after)
+            try:
+                with bar:
                     return dask.compute(*collections)
-            return dask.compute(*collections)
-        return _compute_distributed(resolved, list(collections), retries, timeout, level)
+            finally:
+                bar.close("stopped")  # interrupted before dask's own end of the computation (else a no-op)
+        return _compute_distributed(resolved, list(collections), retries, timeout, level, label, after)
+
+
+def _retry(client: Any, erred: list, attempts: dict, retries: int) -> bool:
+    """Retry the ``erred`` futures if each error may be transient and each future has retries left
+    (``attempts`` counts them per key); ``False`` if not (the error is to be raised)."""
+    if retries <= 0 or any(attempts.get(future.key, 0) >= retries for future in erred):
+        return False
+    errors = [future.exception() for future in erred]
+    if not all(is_transient(error) for error in errors):
+        return False
+    for future in erred:
+        attempts[future.key] = attempts.get(future.key, 0) + 1
+    logger.info("retrying %d task(s) after %s: %s", len(erred), type(errors[0]).__name__, errors[0])
+    _retry_futures(client, erred)
+    return True
+
+
+def _retry_futures(client: Any, futures: list) -> None:
+    """``client.retry(futures)``, also when the failed task is one under the futures.
+
+    distributed's ``Client.retry`` asks the scheduler to retry the keys (it
+    retries their failed dependencies too) and then looks every key it
+    retried up in the client's futures: a failed task that is not a future of
+    this client (a block read under a run's result) raises ``KeyError`` there,
+    after the scheduler has retried it, with the futures left "error" on the
+    client. The same two steps, skipping keys that are no future of ours.
+    """
+    async def retry() -> None:
+        keys = list({future.key for future in futures})
+        retried = await client.scheduler.retry(keys=keys, client=client.id)
+        for key in retried:
+            state = client.futures.get(key)
+            if state is not None:
+                state.retry()
+
+    client.sync(retry)
 
 
 def _compute_distributed(client: Any, collections: list, retries: int, timeout: float | None,
-                         level: int) -> tuple:
+                         level: int, label: str = "computing", after: float = 0.0) -> tuple:
+    from distributed import futures_of
     from distributed.scheduler import NoWorkerError
 
     address = _address(client)
     if client.status != "running":
         raise _scheduler_lost(address, "the client is not connected to it")
+    shown = _Shown(client, address, label, time.monotonic()) if level > 0 else None
     futures: list = []
     try:
-        futures = client.compute(collections, retries=retries)
-        _wait(client, futures, address, timeout, level)
-        return tuple(client.gather(futures))
+        outcome = "stopped"
+        try:
+            # No scheduler retries (they retry every error): transient ones are retried below.
+            results = client.compute(collections, retries=0)  # futures, or values that were no collection
+            futures = futures_of(results)
+            attempts: dict = {}
+            while True:
+                _wait(client, futures, address, timeout,
+                      None if shown is None else partial(shown.show, futures), after=after)
+                erred = [future for future in futures if future.status == "error"]
+                if not erred or not _retry(client, erred, attempts, retries):
+                    break
+                if shown is not None:
+                    shown.retried(futures)
+            values = tuple(client.gather(results))  # raises the first error, if any
+            outcome = "done"
+        except Exception as exc:
+            lost = isinstance(exc, (ClusterLostError, NoWorkerError)) or _connection_lost(client, exc)
+            outcome = "stopped" if lost else "failed"
+            raise
+        finally:
+            if shown is not None:  # before the futures are cancelled, and the error reported below the bar
+                shown.stop(outcome)
+        return values
     except ClusterLostError:
         _cancel(client, futures)
         raise
