@@ -372,7 +372,7 @@ def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model:
                    events: Any, confounds: Any, inputs: dict[str, list[int]]) -> list[str]:
     """Fit one subject and write the files of ``plan``; returns the files written (marker last)."""
     from ..io.maps import save_nifti, scatter_to_volume
-    from ..runtime.cluster import compute, get_client
+    from ..runtime.cluster import compute, get_client, phase
 
     out = Path(job.output_dir)
     sub_dir = out / f"sub-{job.label}"
@@ -410,7 +410,8 @@ def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model:
                                        indent=4, sort_keys=True).encode())
         for name, definition in job.contrasts.items():
             stage[0] = f"computing contrast {name!r}"
-            maps = model.compute_contrast(definition, stat_type=job.stat_types[name], output_type="all")
+            with phase(f"sub-{job.label}: contrast {name}"):
+                maps = model.compute_contrast(definition, stat_type=job.stat_types[name], output_type="all")
             stat_names = names["statistical_maps"][name]
             for key, img in maps.items():
                 put(stat_names[key], img)
@@ -421,7 +422,8 @@ def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model:
         if not model.minimize_memory:
             for attribute in ("residuals", "r_square"):
                 for index, array in enumerate(model.voxelwise(attribute)):
-                    values = np.atleast_2d(compute(array.data, client=scheduler)[0])
+                    with phase(f"sub-{job.label}: writing the {attribute} of run {index + 1}"):
+                        values = np.atleast_2d(compute(array.data, client=scheduler)[0])
                     volume = scatter_to_volume(values, *(array[n].values for n in "ijk"),
                                                tuple(array.attrs["volume_shape"]))
                     img = type(model.mask_img_)(volume, np.asarray(array.attrs["affine"]))

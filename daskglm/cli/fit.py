@@ -556,6 +556,7 @@ def _fit_and_write(args: argparse.Namespace, plan: Any, put: Any, runs: list[str
     import numpy as np
 
     from ..models.first_level import FirstLevelModel
+    from ..runtime.cluster import phase
 
     with cluster(args, sum(info.data_bytes for info in infos)) as client:
         where = f"dask's local {args.scheduler} scheduler" if client is None else client
@@ -574,7 +575,8 @@ def _fit_and_write(args: argparse.Namespace, plan: Any, put: Any, runs: list[str
             put(str(tsv.with_suffix(".json")), json.dumps(sidecar, indent=4, sort_keys=True).encode())
         for number, (name, definition) in enumerate(contrasts.items(), start=1):
             # One definition per run: nilearn's rule, without its "same contrast for all runs" warning.
-            maps = model.compute_contrast([definition] * len(runs), stat_type=stat_types[name], output_type="all")
+            with phase(f"contrast {number}/{len(contrasts)} {name}"):  # the progress's label
+                maps = model.compute_contrast([definition] * len(runs), stat_type=stat_types[name], output_type="all")
             for key in MAP_KEYS:
                 put(names["statistical_maps"][name][key], maps[key])
             peak = float(np.abs(maps["z_score"].get_fdata()).max())

@@ -50,7 +50,7 @@ from ..io.maps import scatter_to_volume
 from ..io.nifti import _load_image
 from ..kernels.stats import DEFAULT_RUN_DOF, fixed_effects
 from ..runtime import plan as _plan
-from ..runtime.cluster import compute
+from ..runtime.cluster import compute, phase
 
 __all__ = ["compute_fixed_effects", "fixed_effects_dataset"]
 
@@ -212,7 +212,8 @@ def _background_mask(contrasts: list[_Source], client: Any) -> np.ndarray:
 
     n_volumes = sum(src.q for src in contrasts)
     total = da.stack([_source_sum(src) for src in contrasts]).sum(axis=0, split_every=8)
-    (mean,) = compute(total / n_volumes, client=client)
+    with phase(f"fixed effects: mask (mean of {len(contrasts)} contrast images)", default=True):
+        (mean,) = compute(total / n_volumes, client=client)
     mask_img = compute_background_mask(nib.Nifti1Image(np.asarray(mean), contrasts[0].affine))
     try:
         mask, _ = load_mask_img(mask_img)
@@ -459,7 +460,8 @@ def compute_fixed_effects(
     ds = fixed_effects_dataset(contrast_imgs, variance_imgs, mask, precision_weighted, dofs,
                                client=client, v_chunk=v_chunk, like=like)
     names = ("effect", "variance", "stat", "z_score")
-    values = compute(*[ds[n].data for n in names], client=client)
+    with phase("fixed effects", default=True):
+        values = compute(*[ds[n].data for n in names], client=client)
     ijk = [ds.coords[n].values for n in "ijk"]
     shape, affine = tuple(ds.attrs["volume_shape"]), np.asarray(ds.attrs["affine"])
     return tuple(nib.Nifti1Image(scatter_to_volume(np.asarray(v), *ijk, shape), affine)

@@ -53,7 +53,13 @@ from ..io.maps import scatter_to_volume
 from ..io.nifti import RunInfo, inspect_run, is_url, load_image
 from ..kernels import regression as _regression
 from ..kernels.volume import fwhm_to_sigma
-from ..runtime.cluster import compute, get_client, n_workers_from_n_jobs, verbosity
+from ..runtime.cluster import (
+    compute,
+    get_client,
+    n_workers_from_n_jobs,
+    phase,
+    verbosity,
+)
 from ..runtime.plan import _check_positive as check_positive
 from ..store import ingest_runs, mean_image, parameters_key, store_lock
 from .estimator import EstimatorMixin
@@ -155,6 +161,24 @@ def _check_masker(masker: NiftiMasker) -> None:
             f"mask_img is a NiftiMasker with {changed}: daskglm's ingestion masks, smooths and resamples "
             "the runs, it does not detrend or filter them; add drift or confound regressors to the design "
             "instead")
+
+
+def _contrast_label(contrast_def: Any) -> str:
+    """A contrast definition in a few characters, for the progress's label."""
+    if isinstance(contrast_def, (list, tuple)) and contrast_def and all(
+            isinstance(c, str) and c == contrast_def[0] for c in contrast_def):
+        contrast_def = contrast_def[0]
+    if isinstance(contrast_def, str):
+        return repr(contrast_def if len(contrast_def) <= 40 else contrast_def[:39] + "…")
+    try:
+        weights = np.atleast_1d(np.asarray(contrast_def[0] if isinstance(contrast_def, (list, tuple))
+                                           else contrast_def, dtype=float))
+    except (TypeError, ValueError, IndexError):
+        return "(of the runs)"
+    if weights.ndim > 1:
+        return f"(F, {weights.shape[0]} rows)"
+    shown = " ".join(f"{w:g}" for w in weights[:6])
+    return f"[{shown}{' …' if weights.size > 6 else ''}]"
 
 
 class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
@@ -528,13 +552,15 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
                 self.n_elements_ = int(self.masker_.n_elements_)
                 log(f"Fitting {len(runs)} run(s): {self.noise_model}, {self.n_elements_} voxels",
                     verbose=self.verbose)
-                lazy = [
-                    fit_run(ds, design, noise_model=self.noise_model, bins=bins,
-                            signal_scaling=self.signal_scaling, random_state=self.random_state, client=client)
-                    for ds, design in zip(datasets, designs)
-                ]
+                lazy = []
+                for index, (ds, design) in enumerate(zip(datasets, designs)):
+                    with phase(f"fitting run {index + 1}/{len(runs)}: AR coefficients"):  # AR(p > 1) only
+                        lazy.append(fit_run(ds, design, noise_model=self.noise_model, bins=bins,
+                                            signal_scaling=self.signal_scaling, random_state=self.random_state,
+                                            client=client))
                 # Every run's fit in one computation; small results come back in memory.
-                fits = save_fits(lazy, stores, name=None, storage_options=self.storage_options, client=client)
+                with phase(f"fitting {len(runs)} runs" if len(runs) > 1 else "fitting the run"):
+                    fits = save_fits(lazy, stores, name=None, storage_options=self.storage_options, client=client)
         self.results_ = fits
         self._run_datasets = datasets
         self.labels_ = [fit["label_index"] for fit in fits]
@@ -589,7 +615,10 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         """
         from nilearn.masking import compute_multi_epi_mask
 
-        means = [mean_image(run, client, self.storage_options) for run in runs]
+        means = []
+        for index, run in enumerate(runs):
+            with phase(f"mask: mean of run {index + 1}/{len(runs)}"):
+                means.append(mean_image(run, client, self.storage_options))
         mask = compute_multi_epi_mask(means, target_affine=target_affine, target_shape=target_shape)
         if not np.asarray(mask.dataobj).any():
             raise ValueError("the mask computed from the runs' mean EPI volumes "
@@ -655,7 +684,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         names = list(_contrasts.OUTPUT_TYPES) if output_type == "all" else [output_type]
         values = [ds[name].data for name in names]
         if any(isinstance(value, da.Array) for value in values):  # in-memory fits: nothing to compute
-            with self._client() as client:
+            with self._client() as client, phase(f"contrast {_contrast_label(contrast_def)}", default=True):
                 values = compute(*values, client=client, verbose=self.verbose)
         affine = np.asarray(ds.attrs["affine"])
         shape = tuple(ds.attrs["volume_shape"])
@@ -719,7 +748,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
                 "(daskglm: model.voxelwise(attribute) gives them lazily whatever minimize_memory.)"
             )
         arrays = self.voxelwise(attribute)
-        with self._client() as client:
+        with self._client() as client, phase(attribute, default=True):
             values = compute(*[a.data for a in arrays], client=client, verbose=self.verbose)
         images = []
         for array, value in zip(arrays, values):

@@ -83,7 +83,7 @@ from ..kernels.covariances import label_covariance
 from ..kernels.group import ols_contrasts, packed_rows, smoothing_halo, source_planes
 from ..kernels.regression import residual_dof
 from ..runtime import plan as _plan
-from ..runtime.cluster import compute, get_client
+from ..runtime.cluster import compute, get_client, phase
 from .estimator import EstimatorMixin
 from .nilearn_compat import (
     check_and_load_tables,
@@ -678,7 +678,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
     def _voxelwise_values(self, maps: list[_Map], attribute: str) -> np.ndarray:
         """:meth:`voxelwise` computed: (n, v) or (v,) (``results_``' element-wise attributes)."""
         lazy = self._voxelwise_lazy(maps, attribute, quiet=True)
-        with self._session(maps) as client:
+        with self._session(maps) as client, phase(f"second level: {attribute}", default=True):
             (values,) = compute(lazy.data, client=client, verbose=self.verbose)
         return np.asarray(values)
 
@@ -691,7 +691,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         maps = self._effect_maps(first_level_contrast)
         datasets, theta, dispersion = self._contrast_graph(list(zip(con_vals, stat_types)), maps)
         names = list(OUTPUT_TYPES) if output_type == "all" else [output_type]
-        with self._session(maps) as client:
+        with self._session(maps) as client, phase(f"second level: {len(contrasts)} contrast(s)", default=True):
             theta, dispersion, *values = compute(theta, dispersion, *[ds[name].data for ds in datasets
                                                                      for name in names],
                                                  client=client, verbose=self.verbose)

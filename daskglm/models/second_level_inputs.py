@@ -32,7 +32,7 @@ import numpy as np
 from ..glm.fixed_effects import _read
 from ..io.nifti import _load_image
 from ..runtime import plan as _plan
-from ..runtime.cluster import compute
+from ..runtime.cluster import compute, phase
 
 __all__ = ["header_standins", "image_maps", "is_surface", "list_maps", "mean_image", "model_map",
            "value_range"]
@@ -282,7 +282,8 @@ def mean_image(maps: list[_Map], client: Any, v_chunk: int | None, verbose: int 
         b = min(a + per_task, shape[0])
         task = dask.delayed(_mean_task, pure=False)([m.item(a, b, masks) for m in maps], a, b, shape[1:])
         slabs.append(da.from_delayed(task, (b - a, *shape[1:]), np.float64))
-    (mean,) = compute(da.concatenate(slabs, axis=0), client=client, verbose=verbose)
+    with phase(f"mean of {len(maps)} maps", default=True):
+        (mean,) = compute(da.concatenate(slabs, axis=0), client=client, verbose=verbose)
     return nib.Nifti1Image(np.asarray(mean), maps[0].affine)
 
 

@@ -76,7 +76,7 @@ from ..io.nifti import (
 from ..kernels import smoothing as _smoothing
 from ..kernels import volume as _volume
 from ..runtime import plan as _plan
-from ..runtime.cluster import compute, workers_in_this_process
+from ..runtime.cluster import compute, phase, workers_in_this_process
 from .locks import store_lock
 from .summary import (
     graph_constant,
@@ -364,14 +364,27 @@ def ingest_runs(
         index_tasks = {id(job): gzip_index_task(job.info, job.storage_options)
                        for job in todo if not job.resume}
         index_tasks = {key: task for key, task in index_tasks.items() if task is not None}
-        indexes = (dict(zip(index_tasks, compute(*index_tasks.values(), client=client)))
-                   if index_tasks else {})
+        runs = _which_runs([jobs.index(job) for job in todo], len(jobs))  # the progress's label
+        with phase(f"indexing {runs} (.nii.gz seek points)"):
+            indexes = (dict(zip(index_tasks, compute(*index_tasks.values(), client=client)))
+                       if index_tasks else {})
         for job in todo:
-            job.prepare(indexes.get(id(job)), client)
+            with phase(f"ingesting {_which_runs([jobs.index(job)], len(jobs))}: first pass (mean, value range)"):
+                job.prepare(indexes.get(id(job)), client)
         tasks = [task for job in todo for task in job.tasks()]
         if tasks:
-            compute(*tasks, client=client)
+            with phase(f"ingesting {runs}"):
+                compute(*tasks, client=client)
         return [done if done is not None else job.finish(columns) for job, done in zip(jobs, results)]
+
+
+def _which_runs(indexes: list[int], n: int) -> str:
+    """``run 2/3``, ``3 runs`` (all of them), ``runs 1, 3 of 3``: for the progress's labels."""
+    if len(indexes) == 1:
+        return f"run {indexes[0] + 1}/{n}"
+    if len(indexes) == n:
+        return f"{n} runs"
+    return f"runs {', '.join(str(i + 1) for i in indexes)} of {n}"
 
 
 def _check_in_process_locations(locations: list[str], client: Any) -> None:

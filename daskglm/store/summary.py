@@ -17,7 +17,7 @@ import numpy as np
 
 from ..io.nifti import RunInfo, build_gzip_index, inspect_run, read_volumes
 from ..runtime import plan as _plan
-from ..runtime.cluster import compute, get_client
+from ..runtime.cluster import compute, get_client, phase
 from .zarrio import _fsspec_kwargs
 
 __all__ = ["mean_image"]
@@ -70,7 +70,8 @@ def gzip_index_task(info: RunInfo, storage_options: dict | None) -> Any:
 def _gzip_index(info: RunInfo, client: Any, storage_options: dict | None) -> bytes | None:
     """The seek index of a ``.nii.gz`` run, computed now, or None."""
     task = gzip_index_task(info, storage_options)
-    return None if task is None else compute(task, client=client)[0]
+    with phase(".nii.gz seek points", within=True):
+        return None if task is None else compute(task, client=client)[0]
 
 
 def mean_image(run_img: Any, client: Any = None, storage_options: dict | None = None) -> Any:
@@ -92,7 +93,7 @@ def mean_image(run_img: Any, client: Any = None, storage_options: dict | None = 
     import nibabel as nib
 
     info = inspect_run(run_img, storage_options)
-    with get_client(client) as resolved:
+    with get_client(client) as resolved, phase("mean of the run", default=True):
         index = _gzip_index(info, resolved, storage_options)
         mean = run_summary(run_img, info, index, resolved, storage_options)[0]
     return nib.Nifti1Image(mean, info.affine)
