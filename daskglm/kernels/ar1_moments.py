@@ -47,6 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .lru import LRUCache
 from .scaling import scaled_rows
 from .whitening import whiten
 
@@ -346,23 +347,8 @@ def design_key(X: np.ndarray) -> bytes:
     return hashlib.sha1(repr(X.shape).encode() + np.ascontiguousarray(X).tobytes()).digest()
 
 
-class _Cache:
-    """Per-process cache of :class:`MomentDesign` (every block of a run shares its design)."""
-
-    def __init__(self, size: int = 8) -> None:
-        self.size = size
-        self.entries: dict[tuple[bytes, int], MomentDesign | None] = {}
-
-    def get(self, X: np.ndarray, bins: int, digest: bytes | None = None) -> MomentDesign | None:
-        key = (digest or design_key(X), int(bins))
-        if key not in self.entries:
-            if len(self.entries) >= self.size:
-                self.entries.pop(next(iter(self.entries)))
-            self.entries[key] = _build(X, int(bins))
-        return self.entries[key]
-
-
-_CACHE = _Cache()
+#: :func:`prepare`'s cache: (design digest, bins) -> MomentDesign or None, the last eight used.
+_CACHE: LRUCache[MomentDesign | None] = LRUCache(8)
 
 
 def prepare(X: np.ndarray, bins: int, key: bytes | None = None) -> MomentDesign | None:
@@ -383,7 +369,8 @@ def prepare(X: np.ndarray, bins: int, key: bytes | None = None) -> MomentDesign 
         or a scaled Gram matrix of condition number over :data:`MAX_CONDITION`
         (rank deficient designs included): fit those exactly.
     """
-    return _CACHE.get(np.asarray(X, dtype=np.float64), bins, key)
+    X = np.asarray(X, dtype=np.float64)
+    return _CACHE.get((key or design_key(X), int(bins)), lambda: _build(X, int(bins)))
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -74,6 +74,7 @@ import numpy as np
 
 from . import ar1_moments as _ar1_moments
 from . import scaling as _scaling
+from .lru import LRUCache
 from .ar1_moments import ar1_labels  # nilearn's AR(1) quantisation, beside its grid
 from .scaling import ScalingMode, scale_signal
 from .whitening import (  # nilearn's AR(p) whitening
@@ -258,42 +259,32 @@ def yule_walker(residuals: np.ndarray, order: int, center: float = 0.0) -> np.nd
 
 
 class _PinvCache:
-    """Pseudo-inverses of whitened designs, kept per worker process.
+    """Pseudo-inverses of whitened designs and residual degrees of freedom, kept per process.
 
     Every block of a run has the same design and AR(1) labels on a fixed grid,
     so the same ``pinv(whiten(X, rho))`` would be recomputed for every label of
-    every block. Entries are keyed by the design's bytes and the coefficients
-    and evicted oldest first beyond ``max_bytes``. The cached values are equal
-    to a fresh computation (same function, same inputs).
+    every block. Entries are keyed by the design's digest and the coefficients,
+    the least recently used evicted beyond ``max_bytes`` (:class:`LRUCache`,
+    shared safely by a worker's threads). The cached values are equal to a
+    fresh computation (same function, same inputs).
     """
 
     def __init__(self, max_bytes: int = 64 * 2**20) -> None:
-        self.max_bytes = max_bytes
-        self._entries: dict[tuple, np.ndarray] = {}
-        self._dofs: dict[bytes, int] = {}
-        self._bytes = 0
+        self._pinvs: LRUCache[np.ndarray] = LRUCache(max_bytes, size_of=lambda value: value.nbytes)
+        self._dofs: LRUCache[int] = LRUCache(64)
 
     design_key = staticmethod(_ar1_moments.design_key)
 
     def pinv(self, X: np.ndarray, coeffs: np.ndarray, key: bytes | None = None) -> np.ndarray:
-        entry = (key or self.design_key(X), np.asarray(coeffs, np.float64).tobytes())
-        value = self._entries.get(entry)
-        if value is None:
+        def compute() -> np.ndarray:
             value = _whitened_pinv(X, coeffs)[1]
             value.setflags(write=False)
-            self._entries[entry] = value
-            self._bytes += value.nbytes
-            while self._bytes > self.max_bytes and len(self._entries) > 1:
-                self._bytes -= self._entries.pop(next(iter(self._entries))).nbytes
-        return value
+            return value
+
+        return self._pinvs.get((key or self.design_key(X), np.asarray(coeffs, np.float64).tobytes()), compute)
 
     def dof(self, X: np.ndarray, key: bytes | None = None) -> int:
-        key = key or self.design_key(X)
-        if key not in self._dofs:
-            if len(self._dofs) > 64:
-                self._dofs.clear()
-            self._dofs[key] = residual_dof(X)
-        return self._dofs[key]
+        return self._dofs.get(key or self.design_key(X), lambda: residual_dof(X))
 
 
 _PINVS = _PinvCache()

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from . import smoothing as _smoothing
+from .lru import LRUCache
 
 __all__ = [
     "Crop",
@@ -278,16 +279,15 @@ def mask_plan(crop: Crop, sigma: np.ndarray) -> _smoothing.SmoothingPlan:
     sigma = np.asarray(sigma, dtype=np.float64)
     mask = np.ascontiguousarray(crop.mask, dtype=bool)
     key = hashlib.sha1(repr((mask.shape, sigma.tolist())).encode() + mask.tobytes()).digest()
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = _smoothing.plan_smoothing(mask, sigma)
-        for array in (*plan.weights, *plan[1:]):
+
+    def plan() -> _smoothing.SmoothingPlan:
+        made = _smoothing.plan_smoothing(mask, sigma)
+        for array in (*made.weights, *made[1:]):
             array.setflags(write=False)
-        if len(_PLANS) >= 4:
-            _PLANS.pop(next(iter(_PLANS)))
-        _PLANS[key] = plan
-    return plan
+        return made
+
+    return _PLANS.get(key, plan)
 
 
-#: :func:`mask_plan`'s cache: digest of (mask, sigma) -> plan, oldest first.
-_PLANS: dict[bytes, _smoothing.SmoothingPlan] = {}
+#: :func:`mask_plan`'s cache: digest of (mask, sigma) -> plan, the last four used.
+_PLANS: LRUCache[_smoothing.SmoothingPlan] = LRUCache(4)
