@@ -28,6 +28,16 @@ from dask.callbacks import Callback
 if TYPE_CHECKING:
     from daskglm.models.first_level import FirstLevelModel
 
+# Hypothesis profiles, once for every test module (``HYPOTHESIS_PROFILE=dev`` for a quick pass, ``ci`` for a
+# deeper one). No deadline: the kernels' first call compiles (numba) or warms caches. Modules ask for fewer
+# examples where one example is costly, with ``@settings(max_examples=...)`` on top of the profile.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("default", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", parent=settings.get_profile("default"), max_examples=10)
+settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=100)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
 
 def write_run(path: Path, data: np.ndarray, affine: np.ndarray, t_r: float = 2.0) -> Path:
     """Save a 4D int16/float array as NIfTI with the TR in the header."""

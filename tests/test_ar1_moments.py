@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from daskglm.kernels import ar1_moments as M
 from daskglm.kernels import regression as K
 from daskglm.kernels import scaling as Sc
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def drift_design(rng: np.random.Generator, n: int, p: int) -> np.ndarray:
@@ -68,7 +67,6 @@ def near_edge(label_a: np.ndarray, Ys: np.ndarray, X: np.ndarray, tol: float = 1
     return np.abs(x - np.round(x)) < tol
 
 
-@SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(12, 300), p=st.integers(1, 14), v=st.integers(1, 60))
 def test_moment_fit_equals_exact_path(seed, n, p, v):
     assume(n >= p + 8)
@@ -235,7 +233,6 @@ def test_label_error_bounds_the_actual_rounding(n, p, bins, seed):
         assert actual <= design.label_error[k], (rho[k], actual, design.label_error[k])
 
 
-@settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), labels=st.integers(1, 9), p=st.integers(1, 6), v=st.integers(0, 60))
 def test_solve_by_label_equals_one_product_per_voxel(seed, labels, p, v):
     """Oracle: each voxel's own matrix-vector product (any label order, repeats, absent labels)."""

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daskglm.kernels import covariances as C
@@ -219,7 +219,7 @@ def whole_fit(noise_model: str) -> K.BlockFit:
     return K.fit_block(Y, X, noise_model)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25)
 @given(
     noise_model=st.sampled_from(["ols", "ar1"]),
     cuts=st.sets(st.integers(1, V - 1), max_size=12),

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, reject, settings
+from hypothesis import assume, given, reject, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
@@ -22,7 +22,6 @@ from daskglm.kernels import covariances as C
 from daskglm.kernels import regression as K
 from daskglm.kernels import stats as S
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 seeds = st.integers(0, 2**32 - 1)
 # 1 voxel, small primes, and arbitrary sizes
 block_sizes = st.one_of(st.sampled_from([1, 7, 13]), st.integers(1, 40))
@@ -125,7 +124,6 @@ def make_block(rng, X, v, scale, n_constant):
 
 
 # ----------------------------------------------------------------------------- fits vs lstsq
-@SETTINGS
 @given(
     seed=seeds,
     n=st.integers(8, 60),
@@ -167,7 +165,6 @@ def test_fit_block_equals_per_voxel_lstsq(seed, n, p, v, scale, intercept, n_con
     assert np.all(fit.sigma2 >= 0)
 
 
-@SETTINGS
 @given(
     seed=seeds,
     n=st.integers(10, 60),
@@ -221,7 +218,6 @@ def test_near_collinear_design_finite_and_same_fitted_values(seed, n, p, v, scal
 
 
 # ----------------------------------------------------------------------------- at most as many scans as columns
-@SETTINGS
 @given(
     seed=seeds,
     n=st.integers(1, 8),
@@ -259,7 +255,6 @@ def test_fit_block_with_at_most_as_many_scans_as_columns(seed, n, extra, v, nois
         assert np.all(np.isnan(res.variance) | (res.variance == 0))
 
 
-@SETTINGS
 @given(seed=seeds, n=st.integers(2, 40), v=st.integers(1, 30), alternation=st.floats(0, 1),
        bins=st.sampled_from([1, 10, 100, 1000]))
 def test_ar1_labels_of_short_runs_lie_on_their_grid(seed, n, v, alternation, bins):
@@ -299,7 +294,6 @@ def random_stats(rng, p, v, n_labels, n=40):
     return beta, sigma2, covs, index, K.residual_dof(X)
 
 
-@SETTINGS
 @given(seed=seeds, p=st.integers(1, 7), v=block_sizes, n_labels=st.integers(1, 4))
 def test_t_contrast_equals_hand_computation(seed, p, v, n_labels):
     rng = np.random.default_rng(seed)
@@ -320,7 +314,6 @@ def test_t_contrast_equals_hand_computation(seed, p, v, n_labels):
     assert np.all(np.sign(res.z_score) == np.sign(np.round(res.stat, 12)))
 
 
-@SETTINGS
 @given(seed=seeds, p=st.integers(1, 7), v=block_sizes, n_labels=st.integers(1, 4), data=st.data())
 def test_f_contrast_equals_hand_computation(seed, p, v, n_labels, data):
     rng = np.random.default_rng(seed)
@@ -342,7 +335,6 @@ def test_f_contrast_equals_hand_computation(seed, p, v, n_labels, data):
 
 
 # ----------------------------------------------------------------------------- one run
-@SETTINGS
 @given(seed=seeds, p=st.integers(2, 6), v=block_sizes, stat_type=st.sampled_from(["t", "F"]))
 def test_combine_runs_of_one_run_is_that_run(seed, p, v, stat_type):
     rng = np.random.default_rng(seed)
@@ -359,7 +351,6 @@ def test_combine_runs_of_one_run_is_that_run(seed, p, v, stat_type):
     assert out.dof == run.dof and out.stat_type == run.stat_type
 
 
-@SETTINGS
 @given(seed=seeds, v=block_sizes, q=st.integers(1, 3), weighted=st.booleans(), dof=st.integers(5, 300))
 def test_fixed_effects_of_one_run_is_that_run(seed, v, q, weighted, dof):
     rng = np.random.default_rng(seed)
@@ -379,7 +370,7 @@ from nilearn.glm.contrasts import compute_contrast  # noqa: E402
 from nilearn.glm.first_level import mean_scaling, run_glm  # noqa: E402
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12)
 @given(
     seed=seeds,
     n=st.integers(20, 60),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from nilearn.image.image import smooth_array
 
@@ -41,7 +41,6 @@ COMPILED = [False, pytest.param(True, marks=pytest.mark.skipif(not _smoothing.AV
 
 
 @pytest.mark.parametrize("compiled", COMPILED)
-@settings(max_examples=40, deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 14), st.integers(1, 14), st.integers(1, 9)),
     fwhm=st.one_of(st.none(), st.floats(0.5, 12.0)),
