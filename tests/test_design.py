@@ -14,7 +14,6 @@ from nilearn.glm.first_level import FirstLevelModel
 
 from daskglm.glm.design import (
     contrasts_per_run,
-    design_matrix_array,
     frame_times,
     nonnull_runs,
     parse_contrast,
@@ -169,12 +168,10 @@ def test_events_after_the_last_scan_warn_but_match_nilearn():
     assert "610.0" in w_ours[0][1] and "79.0" in w_ours[0][1]
 
 
-def test_frame_times_and_array():
+def test_frame_times():
     np.testing.assert_allclose(frame_times(5, 2.0, 0.5), 2.0 * (np.arange(5) + 0.5), rtol=0, atol=1e-12)
     dm = run_design_matrices(40, T_R, events=EVENTS)[0]
     np.testing.assert_array_equal(dm.index.to_numpy(), frame_times(40, T_R))
-    arr = design_matrix_array(dm.astype(np.float32))
-    assert arr.dtype == np.float64 and arr.shape == (40, 4) and arr.flags.c_contiguous
 
 
 # --------------------------------------------------------------------------- errors: same type as nilearn

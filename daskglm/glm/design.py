@@ -33,7 +33,7 @@ from nilearn.glm.first_level import make_first_level_design_matrix
 
 from ..kernels.stats import pad_contrast
 
-__all__ = ["run_design_matrices", "design_matrix_array", "sample_mask_indices", "load_events_table",
+__all__ = ["run_design_matrices", "sample_mask_indices", "load_events_table",
            "parse_contrast", "contrasts_per_run", "nonnull_runs", "frame_times", "contrast_dict",
            "contrast_matrices"]
 
@@ -379,20 +379,6 @@ def run_design_matrices(
     if masks is not None:
         designs = [dm.iloc[mask, :] for dm, mask in zip(designs, masks)]
     return designs
-
-
-def design_matrix_array(dm: pd.DataFrame) -> np.ndarray:
-    """The design as a float64 array.
-
-    Parameters
-    ----------
-    dm : DataFrame, shape (n, p)
-
-    Returns
-    -------
-    ndarray, shape (n, p), float64, C-contiguous
-    """
-    return np.ascontiguousarray(dm.to_numpy(dtype=np.float64))
 
 
 def _expression_vector(expression: str, columns: Sequence) -> np.ndarray:

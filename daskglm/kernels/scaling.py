@@ -2,7 +2,8 @@
 
 Every fit kernel (:mod:`daskglm.kernels.regression`, :mod:`daskglm.kernels.voxelwise`) starts
 with :func:`scale_signal`. A per-voxel mean needs only the block; a grand mean
-of the whole run is reduced over blocks from :func:`grand_mean_parts` first.
+of the whole run is reduced over blocks first (a float64 dask sum, in
+:mod:`daskglm.glm.fit`) and passed in as ``mean``.
 Pure numpy, no I/O.
 """
 
@@ -12,7 +13,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["ScalingMode", "grand_mean_parts", "scale_signal", "scaling_mean", "scaled_rows"]
+__all__ = ["ScalingMode", "scale_signal", "scaling_mean", "scaled_rows"]
 
 #: ``signal_scaling`` as nilearn takes it: 0 (per voxel), (0, 1) (grand mean) or False.
 ScalingMode = bool | int | tuple[int, int]
@@ -20,24 +21,6 @@ ScalingMode = bool | int | tuple[int, int]
 _ZERO_MEAN_WARNING = (
     "Mean values of 0 observed. The data have probably been centered. Scaling might not work as expected."
 )
-
-
-def grand_mean_parts(Y: np.ndarray) -> tuple[float, int]:
-    """Sum and count of a block, to reduce a grand mean over blocks.
-
-    Parameters
-    ----------
-    Y : ndarray, shape (n, v)
-
-    Returns
-    -------
-    total : float
-        Float64 sum of all values.
-    count : int
-        ``n * v``. The grand mean is ``sum(totals) / sum(counts)``.
-    """
-    Y = np.asarray(Y)
-    return float(Y.sum(dtype=np.float64)), int(Y.size)
 
 
 def scaling_mean(
@@ -128,8 +111,7 @@ def scale_signal(
     Y : ndarray, shape (n, v)
     mode : {0, (0, 1), False}
         0: per-voxel mean over time. (0, 1): grand mean of the whole run (pass
-        the global value as ``mean`` when ``Y`` is one block; see
-        `grand_mean_parts`). False: no scaling. Mode 1 (per-scan mean over
+        the run's value as ``mean`` when ``Y`` is one block). False: no scaling. Mode 1 (per-scan mean over
         voxels) is rejected: nilearn 0.14 cannot broadcast it either.
     mean : float or ndarray, shape (v,), optional
         Precomputed mean (before the floor at 1); default: computed from ``Y``.
