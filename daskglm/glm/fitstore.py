@@ -131,8 +131,8 @@ def _to_write(fit: xr.Dataset) -> xr.Dataset:
 
 
 def _raw_floats(encoding: dict, dtype: Any) -> None:
-    """Store float estimates raw: zstd saved 4% of an HCP fit's beta and 7% of its sigma2 and
-    took longer than writing them; integer label indices keep zstd (-92%). Every chunk
+    """Store float estimates raw: zstd barely shrinks float estimates and took longer than writing
+    them (BENCHMARKS.md, "Second round"); integer label indices keep zstd. Every chunk
     carries a crc32c checksum, verified on each read (see :func:`daskglm.store.zarrio._codecs`)."""
     encoding["compressors"] = _codecs(None if np.issubdtype(dtype, np.floating) else "zstd")
 

@@ -186,8 +186,8 @@ def load_image(path: str) -> nib.spatialimages.SpatialImage:
     """``nibabel.load(path)``, reading a local ``.nii.gz`` header through Python's gzip.
 
     nibabel opens ``.gz`` files with indexed_gzip when it is installed, whose
-    first read decompresses a large buffer: ~45 ms per header of a FIAC run,
-    against ~2 ms here. The image is the one nibabel would make: file-backed
+    first read decompresses a large buffer: many times slower for a header
+    (BENCHMARKS.md, "Second round"). The image is the one nibabel would make: file-backed
     (its array proxy opens the file by name when asked for data), picklable.
 
     Parameters

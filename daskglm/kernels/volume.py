@@ -12,8 +12,8 @@ Only the crop ``bbox(mask) +/- radius`` is filtered (see :func:`smoothing_crop`)
 a 1D Gaussian truncated at ``radius`` makes each output value depend on inputs
 within ``radius`` along that axis only, so every voxel inside the bounding box
 gets exactly the numbers a whole-volume filter gives. The filter itself is
-:mod:`daskglm.kernels.smoothing`'s compiled one (scipy's arithmetic, 3x faster) when
-numba is installed, else scipy's.
+:mod:`daskglm.kernels.smoothing`'s compiled one (scipy's arithmetic, faster: BENCHMARKS.md,
+"First round") when numba is installed, else scipy's.
 
 Differences with nilearn: float64 runs are cast to float32 before
 smoothing (nilearn smooths them in float64); the stores hold float32 either
@@ -135,7 +135,7 @@ def check_smoothing_fwhm(fwhm: float | None, affine: np.ndarray,
     voxel becomes nearly the mean of the volume), and its cost grows with it:
     scipy's kernel holds ``2 int(4 sigma + 0.5) + 1`` weights, each applied
     to every voxel, so ``smoothing_fwhm=1e6`` on a 3 mm grid is ~1.1 million
-    multiply-adds per voxel and axis (nilearn spends ~8 s per 24 x 24 x 12 volume on it). The bound is
+    multiply-adds per voxel and axis (seconds per small volume, in nilearn too). The bound is
     the largest side of the field of view, ``max(shape * voxel size)``, so
     that an FWHM above a thin slab's thickness (a single-slice run, say)
     remains valid; then ``sigma <= 0.43 * side / voxel size`` and the kernel
@@ -264,7 +264,7 @@ def mask_plan(crop: Crop, sigma: np.ndarray) -> _smoothing.SmoothingPlan:
     """What :func:`smooth_and_mask` precomputes for a crop: mask indexes and filter weights.
 
     Cached per process (the last few crops and sigmas, keyed by their values):
-    every ingestion task of a run asks for the same plan, ~10 ms at HCP size.
+    every ingestion task of a run asks for the same plan (BENCHMARKS.md, "Sixth round").
 
     Parameters
     ----------

@@ -34,8 +34,9 @@ FIT_BYTES_PER_VALUE = 40
 #: Bytes an ingestion task holds per voxel of each volume it has read.
 READ_BYTES_PER_VOXEL = 12
 #: Smoothed voxels (crop voxels x volumes) of a run from which the compiled
-#: filter pays for loading numba in each worker (~0.7 s; it saves ~16 ns per
-#: voxel and volume): FIAC-sized runs (2e7) stay on scipy, HCP-sized (9e8) do not.
+#: filter pays for loading numba in each worker (a fixed cost per worker against
+#: a saving per voxel and volume; BENCHMARKS.md, "First round"): FIAC-sized runs
+#: (2e7) stay on scipy, HCP-sized (9e8) do not.
 COMPILED_SMOOTHING_MIN_VOXELS = 10**8
 
 
