@@ -1,4 +1,4 @@
-"""Tests for daskglm.datasets.fiac.simulate_bids (daskglm/datasets/bids_sim.py), read with nilearn's BIDS readers."""
+"""Tests for daskglm.datasets.simulate_bids (daskglm/datasets/bids_sim.py), read with nilearn's BIDS readers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from nilearn.glm.first_level import first_level_from_bids
 from nilearn.interfaces.bids import get_bids_files, parse_bids_filename
 from scipy import stats
 
-from daskglm.datasets import fiac as datasets
+from daskglm.datasets import fiac as datasets  # its run generator, interrupted below
 from daskglm.datasets.fiac import CONDITIONS, fiac_design_matrix
 from daskglm.datasets.bids_sim import simulate_bids
 
@@ -153,7 +153,7 @@ def test_truth_is_what_the_data_hold(tmp_path: Path) -> None:
     assert group == 0.03 and list(truth["subject_labels"]) == data.subjects
     effects = truth["subject_effect_sizes"]
     for index, (seed, effect) in enumerate(zip(truth["subject_seeds"], effects), start=1):
-        rng = datasets._rng(0, 10, index)  # the documented draw: seed, then effect = group + sd * N(0, 1)
+        rng = np.random.default_rng(np.random.SeedSequence([0, 10, index]))  # the documented draw: seed, then effect = group + sd * N(0, 1)
         assert rng.integers(0, 2**31 - 1) == seed and effect == group + 0.01 * rng.standard_normal()
     mask = truth["mask"].astype(bool)
     unit = pattern[:4].sum(axis=0)[mask]  # the contrast's true effect for an effect size of 1
@@ -223,7 +223,7 @@ def test_cache_overwrite_and_replacement(tmp_path: Path) -> None:
 
 def test_interrupted_run_leaves_nothing_or_the_previous_dataset(tmp_path: Path, monkeypatch) -> None:
     kwargs = {"shape": (6, 7, 5), "n_scans": 20, "n_subjects": 2, "n_runs": 1}
-    real = datasets._run_volumes
+    real = datasets.run_volumes
     calls = []
 
     def broken(*args, **kw):
@@ -233,14 +233,14 @@ def test_interrupted_run_leaves_nothing_or_the_previous_dataset(tmp_path: Path, 
                 raise KeyboardInterrupt
             yield vol
 
-    monkeypatch.setattr(datasets, "_run_volumes", broken)
+    monkeypatch.setattr(datasets, "run_volumes", broken)
     with pytest.raises(KeyboardInterrupt):
         simulate_bids(tmp_path / "ds", **kwargs)
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(datasets, "_run_volumes", real)
+    monkeypatch.setattr(datasets, "run_volumes", real)
     before = _tree(simulate_bids(tmp_path / "ds", **kwargs).root)
     calls.clear()
-    monkeypatch.setattr(datasets, "_run_volumes", broken)
+    monkeypatch.setattr(datasets, "run_volumes", broken)
     with pytest.raises(KeyboardInterrupt):
         simulate_bids(tmp_path / "ds", **{**kwargs, "seed": 4})
     assert _tree(tmp_path / "ds") == before and [p.name for p in tmp_path.iterdir()] == ["ds"]

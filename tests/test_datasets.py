@@ -192,7 +192,7 @@ def test_cache_reuse_and_regeneration(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_interrupted_run_leaves_no_complete_file(tmp_path: Path, monkeypatch) -> None:
-    real = datasets._run_volumes
+    real = datasets.run_volumes
 
     def broken(*args, **kwargs):
         for t, vol in enumerate(real(*args, **kwargs)):
@@ -200,14 +200,14 @@ def test_interrupted_run_leaves_no_complete_file(tmp_path: Path, monkeypatch) ->
                 raise KeyboardInterrupt
             yield vol
 
-    monkeypatch.setattr(datasets, "_run_volumes", broken)
+    monkeypatch.setattr(datasets, "run_volumes", broken)
     with pytest.raises(KeyboardInterrupt):
         simulate_fiac(tmp_path, shape=(6, 7, 5), n_scans=20)
     (folder,) = tmp_path.iterdir()
     names = {p.name for p in folder.iterdir()}
     assert "run1.nii.gz" not in names and "fiac_complete.json" not in names
     assert not [n for n in names if n.endswith(".tmp")]
-    monkeypatch.setattr(datasets, "_run_volumes", real)
+    monkeypatch.setattr(datasets, "run_volumes", real)
     data = simulate_fiac(tmp_path, shape=(6, 7, 5), n_scans=20)
     assert nib.load(data["func1"]).shape == (6, 7, 5, 20)
 

@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 from sklearn.utils import Bunch
 
-from .confounds import _CONFOUNDS_DOC, _confounds, _regions, _watch
-from .files import _nifti_header, _write_nifti, _write_npz, _write_text
+from . import fiac
+from .confounds import CONFOUNDS_DOC, confounds_table, tissue_regions, watch_signals
+from .files import nifti_header, write_nifti, write_npz, write_text
+from .params import check_float, check_int, check_timing, check_tuple, stream_rng
 
 __all__ = ["PIPELINE_FOLDER", "SPACE", "TRUTH_FOLDER", "simulate_bids"]
 
@@ -39,7 +41,7 @@ TRUTH_FOLDER = "derivatives/simulation"
 _LAYOUT_VERSION = 1  # bump when the output for given parameters changes
 _MARKER = "simulate_bids_complete.json"
 _BIDS_VERSION = "1.10.0"
-# RNG stream of the subject draws, beyond simulate_fiac's (0-3) (motion traces: _bids_confounds).
+# RNG stream of the subject draws, beyond simulate_fiac's (0-3) (motion traces: .confounds).
 _STREAM_SUBJECT = 10
 _LABEL = re.compile(r"[A-Za-z0-9]+")
 #: Per-run files, as keys of the returned Bunch.
@@ -53,9 +55,8 @@ def _json(obj: Any) -> str:
 
 def _subject_draw(seed: int, index: int, group_effect: float, subject_sd: float) -> tuple[int, float]:
     """Seed of the subject's data and its effect size; independent of ``n_subjects``."""
-    from .fiac import _rng
 
-    rng = _rng(seed, _STREAM_SUBJECT, index)
+    rng = stream_rng(seed, _STREAM_SUBJECT, index)
     sub_seed = int(rng.integers(0, 2**31 - 1))
     return sub_seed, float(group_effect + subject_sd * rng.standard_normal())
 
@@ -98,7 +99,7 @@ def _dataset_descriptions(params: dict, task: str) -> dict[str, dict]:
     from .. import __version__
 
     generated_by = {"Name": "daskglm", "Version": __version__,
-                    "Description": "daskglm.datasets.fiac.simulate_bids (simulate_fiac's generator)"}
+                    "Description": "daskglm.datasets.simulate_bids (simulate_fiac's generator)"}
     return {
         "": {"Name": f"daskglm simulated FIAC-like dataset, task {task}", "BIDSVersion": _BIDS_VERSION,
              "DatasetType": "raw", "License": "CC0", "Authors": ["daskglm (simulated data)"],
@@ -115,7 +116,7 @@ def _dataset_descriptions(params: dict, task: str) -> dict[str, dict]:
 
 def _readme(params: dict, labels: list[str]) -> str:
     return (
-        "Simulated fMRI dataset written by daskglm.datasets.fiac.simulate_bids.\n\n"
+        "Simulated fMRI dataset written by daskglm.datasets.simulate_bids.\n\n"
         f"{len(labels)} subject(s) x {params['n_runs']} run(s) of task '{params['task']}': "
         f"{params['n_scans']} volumes of {params['shape']} voxels, TR {params['t_r']} s, "
         f"seed {params['seed']}. FIAC-like block design (simulate_fiac); each subject's "
@@ -158,7 +159,6 @@ def _write_subject(tmp: Path, final: Path, layout: Bunch, index: int, label: str
         scaled by ``effect``) plus ``pattern``, the activation for an effect
         size of 1 (float32, (5, x, y, z)).
     """
-    from . import fiac
 
     def here(path: str) -> Path:
         return tmp / Path(path).relative_to(final)
@@ -167,7 +167,7 @@ def _write_subject(tmp: Path, final: Path, layout: Bunch, index: int, label: str
     truth = fiac.fiac_ground_truth(tuple(p["shape"]), sub_seed, 1.0, tuple(p["ar_rho"]), p["noise_sd"])
     pattern = truth.activation
     truth.activation = (effect * pattern).astype(np.float32)
-    csf, wm = _regions(truth.mask, pattern.any(axis=0))
+    csf, wm = tissue_regions(truth.mask, pattern.any(axis=0))
     shape, n_scans, t_r, level = tuple(p["shape"]), p["n_scans"], p["t_r"], p["compresslevel"]
     i = index - 1
     for r in range(1, p["n_runs"] + 1):
@@ -179,23 +179,23 @@ def _write_subject(tmp: Path, final: Path, layout: Bunch, index: int, label: str
         events = fiac.fiac_events(n_scans, t_r, sub_seed, r)
         design = fiac.fiac_design_matrix(events, n_scans, t_r)
         signals: list[tuple[float, float, float, float]] = []
-        volumes = _watch(fiac._run_volumes(truth, design[list(fiac.CONDITIONS)].to_numpy(), sub_seed, r,
+        volumes = watch_signals(fiac.run_volumes(truth, design[list(fiac.CONDITIONS)].to_numpy(), sub_seed, r,
                                            p["noise_smoothing"], p["drift_size"]),
                          truth.mask, csf, wm, signals)
-        _write_nifti(paths["preproc_bold"], _nifti_header(shape + (n_scans,), np.int16, affine, t_r),
+        write_nifti(paths["preproc_bold"], nifti_header(shape + (n_scans,), np.int16, affine, t_r),
                           volumes, level)
         shutil.copyfile(paths["preproc_bold"], paths["bold"])  # raw run = "preprocessed" run
-        _write_text(paths["events"], _tsv(events))
-        _write_nifti(paths["brain_mask"], _nifti_header(shape, np.uint8, affine), [truth.mask],
+        write_text(paths["events"], _tsv(events))
+        write_nifti(paths["brain_mask"], nifti_header(shape, np.uint8, affine), [truth.mask],
                           level)
-        confounds = _confounds(signals, sub_seed, r, p["motion_size"])
-        _write_text(paths["confounds"], _tsv(confounds))
+        confounds = confounds_table(signals, sub_seed, r, p["motion_size"])
+        write_text(paths["confounds"], _tsv(confounds))
         sidecar = {"RepetitionTime": t_r, "TaskName": task}
-        _write_text(_sidecar(paths["bold"]), _json(sidecar))
-        _write_text(_sidecar(paths["preproc_bold"]), _json({**sidecar, "SkullStripped": False}))
-        _write_text(_sidecar(paths["brain_mask"]), _json({"Type": "Brain"}))
-        _write_text(_sidecar(paths["confounds"]),
-                         _json({name: {"Description": text} for name, text in _CONFOUNDS_DOC.items()}))
+        write_text(_sidecar(paths["bold"]), _json(sidecar))
+        write_text(_sidecar(paths["preproc_bold"]), _json({**sidecar, "SkullStripped": False}))
+        write_text(_sidecar(paths["brain_mask"]), _json({"Type": "Brain"}))
+        write_text(_sidecar(paths["confounds"]),
+                         _json({name: {"Description": text} for name, text in CONFOUNDS_DOC.items()}))
     truth.pattern = pattern
     return sub_seed, effect, truth
 
@@ -207,14 +207,14 @@ def _generate(tmp: Path, final: Path, layout: Bunch, labels: list[str], p: dict,
     affine[:3, 3] = -vs * (np.asarray(p["shape"]) - 1) / 2
     for folder, description in _dataset_descriptions(p, p["task"]).items():
         (tmp / folder).mkdir(parents=True, exist_ok=True)
-        _write_text(tmp / folder / "dataset_description.json", _json(description))
-    _write_text(tmp / "README", _readme(p, labels))
-    _write_text(tmp / PIPELINE_FOLDER / "README", _readme(p, labels))
+        write_text(tmp / folder / "dataset_description.json", _json(description))
+    write_text(tmp / "README", _readme(p, labels))
+    write_text(tmp / PIPELINE_FOLDER / "README", _readme(p, labels))
     # fMRIPrep's confounds files (which nilearn reads) and the truth are not (yet) in the
     # BIDS specification: list them so that the validator accepts the derivative datasets.
-    _write_text(tmp / PIPELINE_FOLDER / ".bidsignore", "*_desc-confounds_timeseries.*\n")
-    _write_text(tmp / TRUTH_FOLDER / ".bidsignore", f"truth.npz\n{_MARKER}\n")
-    _write_text(tmp / "participants.tsv",
+    write_text(tmp / PIPELINE_FOLDER / ".bidsignore", "*_desc-confounds_timeseries.*\n")
+    write_text(tmp / TRUTH_FOLDER / ".bidsignore", f"truth.npz\n{_MARKER}\n")
+    write_text(tmp / "participants.tsv",
                      _tsv(pd.DataFrame({"participant_id": [f"sub-{s}" for s in labels]})))
     seeds, effects, t = [], [], None
     for index, label in enumerate(labels, start=1):
@@ -222,7 +222,7 @@ def _generate(tmp: Path, final: Path, layout: Bunch, labels: list[str], p: dict,
         seeds.append(sub_seed)
         effects.append(effect)
         t = truth if t is None else t  # mask, pattern and blobs are the same for every subject
-    _write_npz(tmp / TRUTH_FOLDER / "truth.npz", {
+    write_npz(tmp / TRUTH_FOLDER / "truth.npz", {
         "mask": t.mask, "affine": affine, "conditions": t.conditions,
         "activation_pattern": t.pattern, "group_effect": np.float64(p["group_effect"]),
         "group_activation": (p["group_effect"] * t.pattern).astype(np.float32),
@@ -230,8 +230,8 @@ def _generate(tmp: Path, final: Path, layout: Bunch, labels: list[str], p: dict,
         "subject_seeds": np.array(seeds, dtype=np.int64), "blob_maps": t.blob_maps,
         "blob_names": t.blob_names, "blob_betas": t.blob_betas, "blob_centers": t.blob_centers,
     })
-    _write_text(tmp / TRUTH_FOLDER / "README", _TRUTH_README)
-    _write_text(tmp / TRUTH_FOLDER / _MARKER, text)  # last: marks the dataset complete
+    write_text(tmp / TRUTH_FOLDER / "README", _TRUTH_README)
+    write_text(tmp / TRUTH_FOLDER / _MARKER, text)  # last: marks the dataset complete
 
 
 def _sibling(root: Path, kind: str) -> Path:
@@ -267,13 +267,12 @@ def _install(tmp: Path, root: Path) -> None:
 def _validate(n_subjects: Any, n_runs: Any, task: Any, shape: Any, n_scans: Any, t_r: Any,
               group_effect: Any, subject_sd: Any, seed: Any, voxel_size: Any, ar_rho: Any, noise_sd: Any,
               drift_size: Any, noise_smoothing: Any, motion_size: Any, compresslevel: Any) -> dict:
-    from . import fiac
 
     if not isinstance(task, str) or not _LABEL.fullmatch(task):
         raise ValueError(f"task must be a BIDS label (letters and digits only), got {task!r}")
-    shape = fiac._check_tuple("shape", shape, 3, "int")
-    n_scans, t_r = fiac._check_timing(n_scans, t_r)
-    vs = fiac._check_tuple("voxel_size", voxel_size, 3, "float")
+    shape = check_tuple("shape", shape, 3, "int")
+    n_scans, t_r = check_timing(n_scans, t_r)
+    vs = check_tuple("voxel_size", voxel_size, 3, "float")
     if min(vs) <= 0:
         raise ValueError(f"voxel_size entries must be positive, got {voxel_size!r}")
     try:
@@ -282,21 +281,21 @@ def _validate(n_subjects: Any, n_runs: Any, task: Any, shape: Any, n_scans: Any,
         raise ValueError(f"group_effect must be a number, got {group_effect!r}") from None
     if not np.isfinite(effect):
         raise ValueError(f"group_effect must be finite, got {group_effect!r}")
-    level = fiac._check_int("compresslevel", compresslevel, 1)
+    level = check_int("compresslevel", compresslevel, 1)
     if level > 9:
         raise ValueError(f"compresslevel must be in 1..9, got {compresslevel!r}")
-    seed = fiac._check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
     fiac.fiac_ground_truth((2, 2, 2), seed, 1.0, ar_rho, noise_sd)  # validates ar_rho, noise_sd
     return {
-        "layout_version": _LAYOUT_VERSION, "generator_version": fiac._GENERATOR_VERSION,
-        "n_subjects": fiac._check_int("n_subjects", n_subjects, 1),
-        "n_runs": fiac._check_int("n_runs", n_runs, 1), "task": task, "shape": list(shape),
+        "layout_version": _LAYOUT_VERSION, "generator_version": fiac.GENERATOR_VERSION,
+        "n_subjects": check_int("n_subjects", n_subjects, 1),
+        "n_runs": check_int("n_runs", n_runs, 1), "task": task, "shape": list(shape),
         "n_scans": n_scans, "t_r": t_r, "group_effect": effect,
-        "subject_sd": fiac._check_float("subject_sd", subject_sd), "seed": seed,
+        "subject_sd": check_float("subject_sd", subject_sd), "seed": seed,
         "voxel_size": list(vs), "ar_rho": [float(r) for r in ar_rho], "noise_sd": float(noise_sd),
-        "drift_size": fiac._check_float("drift_size", drift_size),
-        "noise_smoothing": fiac._check_float("noise_smoothing", noise_smoothing),
-        "motion_size": fiac._check_float("motion_size", motion_size), "compresslevel": level,
+        "drift_size": check_float("drift_size", drift_size),
+        "noise_smoothing": check_float("noise_smoothing", noise_smoothing),
+        "motion_size": check_float("motion_size", motion_size), "compresslevel": level,
         "design": fiac.DESIGN_PARAMS,
     }
 

@@ -1,8 +1,8 @@
 """fMRIPrep-style confounds of the simulated BIDS runs (:mod:`daskglm.datasets.bids_sim`).
 
-Stand-in tissue regions (:func:`_regions`), the per-volume signals taken as the
-volumes stream to disk (:func:`_watch`), and the confounds table of a run with
-its simulated motion traces (:func:`_confounds`): the columns that nilearn's
+Stand-in tissue regions (:func:`tissue_regions`), the per-volume signals taken as the
+volumes stream to disk (:func:`watch_signals`), and the confounds table of a run with
+its simulated motion traces (:func:`confounds_table`): the columns that nilearn's
 ``load_confounds`` strategies read. Pure numpy/pandas, no I/O.
 """
 
@@ -14,12 +14,16 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from .params import stream_rng
+
+__all__ = ["CONFOUNDS_DOC", "confounds_table", "tissue_regions", "watch_signals"]
+
 # RNG stream of the motion traces, beyond simulate_fiac's (0-3) and the subject draws (10).
 _STREAM_MOTION = 11
 _MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
 
-def _regions(mask: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def tissue_regions(mask: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stand-ins for fMRIPrep's CSF and white-matter masks.
 
     ``csf``: the outer shell of the brain mask; ``white_matter``: the deep
@@ -43,7 +47,7 @@ def _regions(mask: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, np.ndar
     return csf, brain
 
 
-def _watch(volumes: Iterator[np.ndarray], mask: np.ndarray, csf: np.ndarray, wm: np.ndarray,
+def watch_signals(volumes: Iterator[np.ndarray], mask: np.ndarray, csf: np.ndarray, wm: np.ndarray,
            out: list[tuple[float, float, float, float]]) -> Iterator[np.ndarray]:
     """Pass volumes through, appending the confound signals of each to ``out``.
 
@@ -74,14 +78,14 @@ def _watch(volumes: Iterator[np.ndarray], mask: np.ndarray, csf: np.ndarray, wm:
         yield vol
 
 
-def _confounds(signals: list[tuple[float, float, float, float]], sub_seed: int, run: int,
+def confounds_table(signals: list[tuple[float, float, float, float]], sub_seed: int, run: int,
                motion_size: float) -> pd.DataFrame:
     """fMRIPrep-style confounds of one run.
 
     Parameters
     ----------
     signals : list of (float, float, float, float), length n_scans
-        Per-volume global, CSF, white-matter means and DVARS, from :func:`_watch`.
+        Per-volume global, CSF, white-matter means and DVARS, from :func:`watch_signals`.
     sub_seed, run : int
         Seed of the subject and 1-based run index (seed the motion traces).
     motion_size : float
@@ -100,11 +104,10 @@ def _confounds(signals: list[tuple[float, float, float, float]], sub_seed: int, 
         (translation step SD ``motion_size`` mm, rotation ``motion_size / 50``
         rad) that the simulated data do not contain.
     """
-    from .fiac import _rng
 
     values = np.asarray(signals, dtype=np.float64)
     n_scans = len(values)
-    rng = _rng(sub_seed, _STREAM_MOTION, run)
+    rng = stream_rng(sub_seed, _STREAM_MOTION, run)
     steps = rng.standard_normal((n_scans, 6)) * np.repeat([motion_size, motion_size / 50], 3)
     steps[0] = 0.0
     motion = np.cumsum(steps, axis=0)
@@ -124,7 +127,7 @@ def _confounds(signals: list[tuple[float, float, float, float]], sub_seed: int, 
     return pd.DataFrame(columns)
 
 
-_CONFOUNDS_DOC = {
+CONFOUNDS_DOC = {
     "global_signal": "Mean of the run over the brain mask.",
     "csf": "Mean over the outer shell of the brain mask (a stand-in for CSF).",
     "white_matter": "Mean over the deep brain outside the activations (a stand-in for white matter).",

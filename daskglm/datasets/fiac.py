@@ -21,13 +21,12 @@ import pandas as pd
 from scipy import ndimage
 from sklearn.utils import Bunch
 
-from .bids_sim import (
-    simulate_bids,  # _bids_sim imports this module inside its functions
-)
-from .files import _nifti_header, _write_nifti, _write_npz, _write_text
+from .files import nifti_header, write_nifti, write_npz, write_text
+from .params import check_float, check_int, check_timing, check_tuple, stream_rng
 
 __all__ = ["CONDITIONS", "DESIGN_PARAMS", "fiac_design_matrix", "fiac_events",
-           "fiac_ground_truth", "load_fiac_design_matrix", "simulate_bids", "simulate_fiac"]
+           "fiac_ground_truth", "load_fiac_design_matrix", "run_volumes", "simulate_fiac",
+           "GENERATOR_VERSION"]
 
 #: Condition names, in design-matrix column order.
 CONDITIONS: tuple[str, ...] = ("SStSSp", "SStDSp", "DStSSp", "DStDSp", "FirstSt")
@@ -41,58 +40,16 @@ _BLOBS: dict[str, tuple[tuple[float, float, float], tuple[float, ...]]] = {
     "speaker": ((0.45, -0.1, 0.0), (0.25, 1.0, 0.25, 1.0, 1.0)),  # DSp > SSp
     "all": ((0.0, 0.45, 0.25), (1.0, 1.0, 1.0, 1.0, 1.0)),  # any sentence
 }
-_GENERATOR_VERSION = 2  # bump when the output for given parameters changes
-_MIN_SCANS = 20
+GENERATOR_VERSION = 2  # bump when the output for given parameters changes
 _MARKER = "fiac_complete.json"
 _SENTENCES_PER_BLOCK = 6
 _NOMINAL_CYCLE = 30.0  # seconds of block + rest, as in the FIAC protocol
 _STREAM_SPACE, _STREAM_EVENTS, _STREAM_NOISE, _STREAM_DRIFT = range(4)  # RNG streams
 
 
-def _rng(seed: int, *keys: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
-
-
 def _default_data_dir() -> Path:
     env = os.environ.get("DASKGLM_DATA")
     return Path(env) if env else Path.home() / ".cache" / "daskglm"
-
-
-# --- validation ---
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_float(name: str, value: Any, *, positive: bool = False) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(out) or (out <= 0 if positive else out < 0):
-        kind = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be finite and {kind}, got {value!r}")
-    return out
-
-
-def _check_tuple(name: str, value: Any, n: int, kind: str) -> tuple:
-    """``value`` as a length-``n`` tuple of positive ints (``kind="int"``) or floats >= 0."""
-    items = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else ()
-    is_int = [isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items]
-    if len(items) != n or (kind == "int" and not all(is_int)):
-        raise ValueError(f"{name} must be a tuple of {n} {kind}s, got {value!r}")
-    if kind == "int":
-        if any(v <= 0 for v in items):
-            raise ValueError(f"{name} entries must be positive, got {value!r}")
-        return tuple(int(v) for v in items)
-    return tuple(_check_float(name, v) for v in items)
-
-
-def _check_timing(n_scans: Any, t_r: Any) -> tuple[int, float]:
-    return _check_int("n_scans", n_scans, _MIN_SCANS), _check_float("t_r", t_r, positive=True)
 
 
 # --- design ---
@@ -120,13 +77,13 @@ def fiac_events(n_scans: int = 191, t_r: float = 2.5, seed: int = 0, run: int = 
         Columns ``onset``, ``duration`` (s, rounded to ms) and ``trial_type``,
         sorted by onset; every event ends by ``n_scans * t_r``.
     """
-    n_scans, t_r = _check_timing(n_scans, t_r)
-    seed, run = _check_int("seed", seed, 0), _check_int("run", run, 1)
+    n_scans, t_r = check_timing(n_scans, t_r)
+    seed, run = check_int("seed", seed, 0), check_int("run", run, 1)
     run_length = n_scans * t_r
     n_per_condition = max(1, round(run_length / (4 * _NOMINAL_CYCLE)))
     unit = run_length / (3 * 4 * n_per_condition + 1)  # rest = 1 unit, block = 2 units
     soa = 2 * unit / _SENTENCES_PER_BLOCK
-    rng = _rng(seed, _STREAM_EVENTS, run)
+    rng = stream_rng(seed, _STREAM_EVENTS, run)
     order = np.concatenate([rng.permutation(4) for _ in range(n_per_condition)])
     rows = []
     for i, cond in enumerate(order):
@@ -157,7 +114,7 @@ def fiac_design_matrix(events: pd.DataFrame, n_scans: int, t_r: float) -> pd.Dat
     """
     from nilearn.glm.first_level import make_first_level_design_matrix
 
-    n_scans, t_r = _check_timing(n_scans, t_r)
+    n_scans, t_r = check_timing(n_scans, t_r)
     design = make_first_level_design_matrix(np.arange(n_scans) * t_r, events, **DESIGN_PARAMS)
     drifts = [f"drift_{k}" for k in range(1, DESIGN_PARAMS["drift_order"] + 1)]
     columns = [*CONDITIONS, *drifts, "constant"]
@@ -235,11 +192,11 @@ def fiac_ground_truth(shape: tuple[int, int, int] = (64, 64, 30), seed: int = 0,
         (float32, (3,) + shape, peak 1), ``blob_names`` (3,), ``blob_betas``
         (3, 5), ``blob_centers`` (int, (3, 3) voxel indices), ``conditions`` (5,).
     """
-    shape = _check_tuple("shape", shape, 3, "int")
-    seed = _check_int("seed", seed, 0)
-    effect_size = _check_float("effect_size", effect_size)
-    noise_sd = _check_float("noise_sd", noise_sd)
-    lo, hi = _check_tuple("ar_rho", ar_rho, 2, "float")
+    shape = check_tuple("shape", shape, 3, "int")
+    seed = check_int("seed", seed, 0)
+    effect_size = check_float("effect_size", effect_size)
+    noise_sd = check_float("noise_sd", noise_sd)
+    lo, hi = check_tuple("ar_rho", ar_rho, 2, "float")
     if not 0 <= lo <= hi < 1:
         raise ValueError(f"ar_rho must satisfy 0 <= low <= high < 1, got {ar_rho!r}")
     n = np.asarray(shape, dtype=float)
@@ -247,7 +204,7 @@ def fiac_ground_truth(shape: tuple[int, int, int] = (64, 64, 30), seed: int = 0,
     idx = [_axis(np.arange(s), i) for i, s in enumerate(shape)]
     r2 = sum(((idx[i] - centre[i]) / semi[i]) ** 2 for i in range(3))
     mask = (r2 <= 1).astype(np.uint8)
-    rng = _rng(seed, _STREAM_SPACE)
+    rng = stream_rng(seed, _STREAM_SPACE)
     inside = 800 + 400 * _smooth_field(shape, rng) * (1 - 0.3 * r2)
     outside = 20 + 30 * _smooth_field(shape, rng)
     baseline = np.where(mask, inside, outside).astype(np.float32)
@@ -268,7 +225,7 @@ def fiac_ground_truth(shape: tuple[int, int, int] = (64, 64, 30), seed: int = 0,
 
 
 # --- time series ---
-def _run_volumes(truth: Bunch, regressors: np.ndarray, seed: int, run: int,
+def run_volumes(truth: Bunch, regressors: np.ndarray, seed: int, run: int,
                  smoothing: float, drift_size: float) -> Iterator[np.ndarray]:
     """Yield the int16 volumes, shape ``truth.mask.shape``, of one run, one at a time.
 
@@ -280,8 +237,8 @@ def _run_volumes(truth: Bunch, regressors: np.ndarray, seed: int, run: int,
     with smooth random spatial weights of amplitude ``drift_size``.
     """
     shape = truth.mask.shape
-    rng = _rng(seed, _STREAM_NOISE, run)
-    drift_rng = _rng(seed, _STREAM_DRIFT, run)
+    rng = stream_rng(seed, _STREAM_NOISE, run)
+    drift_rng = stream_rng(seed, _STREAM_DRIFT, run)
     weights = [truth.baseline * drift_size * (2 * _smooth_field(shape, drift_rng) - 1)
                for _ in range(2)]
     tau = np.linspace(-1, 1, len(regressors))
@@ -403,21 +360,21 @@ def simulate_fiac(
     only with those same design parameters and frame times.  The simulated
     signal is ``baseline * (1 + truth.activation @ X[t, :5])``.
     """
-    shape = _check_tuple("shape", shape, 3, "int")
-    n_scans, t_r = _check_timing(n_scans, t_r)
-    n_runs = _check_int("n_runs", n_runs, 1)
-    compresslevel = _check_int("compresslevel", compresslevel, 1)
+    shape = check_tuple("shape", shape, 3, "int")
+    n_scans, t_r = check_timing(n_scans, t_r)
+    n_runs = check_int("n_runs", n_runs, 1)
+    compresslevel = check_int("compresslevel", compresslevel, 1)
     if compresslevel > 9:
         raise ValueError(f"compresslevel must be in 1..9, got {compresslevel!r}")
-    vs = _check_tuple("voxel_size", voxel_size, 3, "float")
+    vs = check_tuple("voxel_size", voxel_size, 3, "float")
     if min(vs) <= 0:
         raise ValueError(f"voxel_size entries must be positive, got {voxel_size!r}")
-    smoothing = _check_float("noise_smoothing", noise_smoothing)
-    drift_size = _check_float("drift_size", drift_size)
+    smoothing = check_float("noise_smoothing", noise_smoothing)
+    drift_size = check_float("drift_size", drift_size)
     truth = fiac_ground_truth(shape, seed, effect_size, ar_rho, noise_sd)  # validates these
 
     params = {
-        "generator_version": _GENERATOR_VERSION, "shape": list(shape), "n_scans": n_scans,
+        "generator_version": GENERATOR_VERSION, "shape": list(shape), "n_scans": n_scans,
         "t_r": t_r, "n_runs": n_runs, "seed": int(seed), "compress": bool(compress),
         "compresslevel": compresslevel if compress else None, "voxel_size": list(vs),
         "ar_rho": [float(r) for r in ar_rho], "noise_sd": float(noise_sd),
@@ -452,24 +409,24 @@ def simulate_fiac(
     marker.unlink(missing_ok=True)
     affine = np.diag([*vs, 1.0])
     affine[:3, 3] = -np.asarray(vs) * (np.asarray(shape) - 1) / 2
-    _write_nifti(paths["mask"], _nifti_header(shape, np.uint8, affine), [truth.mask],
+    write_nifti(paths["mask"], nifti_header(shape, np.uint8, affine), [truth.mask],
                  compresslevel)
-    _write_npz(paths["truth"], {**truth, "affine": affine})
+    write_npz(paths["truth"], {**truth, "affine": affine})
     for r in range(1, n_runs + 1):
         if verbose:
             print(f"[simulate_fiac] run {r}/{n_runs} -> {paths[f'func{r}']}")
         events = fiac_events(n_scans, t_r, seed, r)
         design = fiac_design_matrix(events, n_scans, t_r)
-        _write_text(paths[f"events{r}"], events.to_csv(sep="\t", index=False))
-        _write_npz(paths[f"design_matrix{r}"], {
+        write_text(paths[f"events{r}"], events.to_csv(sep="\t", index=False))
+        write_npz(paths[f"design_matrix{r}"], {
             "X": design.to_numpy(np.float64),
             "conditions": np.array([c.encode() for c in design.columns]),
         })
-        volumes = _run_volumes(truth, design[list(CONDITIONS)].to_numpy(), seed, r,
+        volumes = run_volumes(truth, design[list(CONDITIONS)].to_numpy(), seed, r,
                                smoothing, drift_size)
-        _write_nifti(paths[f"func{r}"], _nifti_header(shape + (n_scans,), np.int16, affine, t_r),
+        write_nifti(paths[f"func{r}"], nifti_header(shape + (n_scans,), np.int16, affine, t_r),
                      volumes, compresslevel if compress else None)
-    _write_text(marker, text)  # last: marks the folder complete
+    write_text(marker, text)  # last: marks the folder complete
     return result
 
 

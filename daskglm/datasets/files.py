@@ -23,6 +23,8 @@ from typing import BinaryIO
 import nibabel as nib
 import numpy as np
 
+__all__ = ["nifti_header", "write_nifti", "write_npz", "write_text"]
+
 
 @contextmanager
 def _atomic_open(path: Path, compresslevel: int | None = None) -> Iterator[BinaryIO]:
@@ -71,7 +73,7 @@ def _pipe(chunks: Iterable[bytes], fh: BinaryIO, depth: int = 4) -> None:
         raise errors[0]
 
 
-def _nifti_header(shape: tuple[int, ...], dtype: type, affine: np.ndarray,
+def nifti_header(shape: tuple[int, ...], dtype: type, affine: np.ndarray,
                   t_r: float | None = None) -> nib.Nifti1Header:
     hdr = nib.Nifti1Header()
     hdr.set_data_dtype(dtype)
@@ -87,7 +89,7 @@ def _nifti_header(shape: tuple[int, ...], dtype: type, affine: np.ndarray,
     return hdr
 
 
-def _write_nifti(path: Path, hdr: nib.Nifti1Header, volumes: Iterable[np.ndarray],
+def write_nifti(path: Path, hdr: nib.Nifti1Header, volumes: Iterable[np.ndarray],
                  compresslevel: int | None) -> None:
     """Stream a NIfTI-1 file: header, zero padding, then each volume in F order."""
     dtype = hdr.get_data_dtype().newbyteorder("<")
@@ -105,7 +107,7 @@ def _write_nifti(path: Path, hdr: nib.Nifti1Header, volumes: Iterable[np.ndarray
         _pipe(chunks(), fh)
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Like ``np.savez_compressed``, with fixed zip timestamps (byte-identical output)."""
     with _atomic_open(path) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, arr in arrays.items():
@@ -115,6 +117,6 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     with _atomic_open(path) as fh:
         fh.write(text.encode())
