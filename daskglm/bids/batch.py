@@ -57,6 +57,10 @@ deliberate differences: cluster tables are computed on the z map (nilearn 0.14
 uses the last map it wrote, the variance), and a contrast is computed with the
 statistic its file name says (nilearn tests the statistic inferred from the
 contrast's shape, so a one-row 2D array, named ``F``, gets a t test).
+
+Modules that import nilearn (``glm.design``, ``models.nilearn_compat``,
+``nilearn.interfaces``) are imported where they are used: ``daskglm --help``
+and the CLI's first checks start without loading nilearn.
 """
 
 from __future__ import annotations
@@ -74,8 +78,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import dask
 import numpy as np
 
+from .. import __version__
+from ..io.outputs import OutputConflict, OutputPlan
+from ..runtime.cluster import get_client, wait_first
+from .from_bids import (
+    bold_entities,
+    dataset_hint,
+    first_level_from_bids,
+    is_surface_space,
+    pipeline_folders,
+)
 from .subject import (
     BATCH_FORMAT,
     MARKER,
@@ -219,7 +234,6 @@ def _dataset_description(out_dir: Path, plan: Any) -> None:
     Written only when absent or daskglm's own (``plan``, an
     :class:`~daskglm.io.outputs.OutputPlan` of it): another tool's is left as it is.
     """
-    from .. import __version__
 
     path = out_dir / "dataset_description.json"
     if not plan.will_write(path):
@@ -245,7 +259,6 @@ def _dataset_description(out_dir: Path, plan: Any) -> None:
 
 def _check_output_dir(out: Path, dataset: Path, derivatives: Path) -> None:
     """The output folder may not be the dataset, its derivatives folder, or inside their subject folders."""
-    from ..io.outputs import OutputConflict
 
     real = Path(os.path.realpath(out))
     for what, root in (("the dataset", dataset), ("the derivatives folder", derivatives)):
@@ -271,7 +284,6 @@ def _designs(dataset: Path, derivatives_folder: str, label: str, task_label: str
     ``None`` when discovery or the design fails: the subject's own task then
     reports why, as that subject's failure (one bad subject stops no other).
     """
-    from .from_bids import first_level_from_bids
 
     try:
         with warnings.catch_warnings():
@@ -338,11 +350,10 @@ def _derivatives_folder(dataset: Path, given: str | None, task_label: str) -> st
     """``given``, or the folder of preprocessed runs (see ``derivatives_folder`` of :func:`run_batch`)."""
     from nilearn.interfaces.bids import get_bids_files
 
-    from .from_bids import _pipelines
 
     if given is not None:
         return given
-    found = _pipelines(dataset)
+    found = pipeline_folders(dataset)
     if not found or "derivatives" in found:
         return "derivatives"  # nilearn's default (if nothing holds subjects, the error says what there is)
     with_runs = [folder for folder in found
@@ -361,17 +372,16 @@ def _subjects(dataset: Path, derivatives: Path, task_label: str, space_label: st
     """Subject labels to run, with nilearn's checks made once, up front (not once per subject)."""
     from nilearn.interfaces.bids import get_bids_files
 
-    from .from_bids import _bold_entities, _hint, _is_surface, _pipelines
 
     if not isinstance(task_label, str) or not task_label.isalnum():
         raise ValueError(f"task_label must be an alphanumeric str; got {task_label!r}")
-    if _is_surface(space_label):
+    if is_surface_space(space_label):
         raise NotImplementedError(f"space_label={space_label!r} selects surface data, which daskglm does not fit")
     if not dataset.is_dir():
         raise ValueError(f"'dataset_path' does not exist: {str(dataset)!r}")
     if not derivatives.is_dir():
         raise ValueError(f"derivatives folder not found: {str(derivatives)!r}; folders with subject "
-                         f"folders: {_pipelines(dataset)}")
+                         f"folders: {pipeline_folders(dataset)}")
     found = sorted(p.name[len("sub-"):] for p in derivatives.glob("sub-*") if p.is_dir())
     labels = found if sub_labels is None else [s for s in dict.fromkeys(sub_labels) if s in found]
     missing = [] if sub_labels is None else [s for s in sub_labels if s not in found]
@@ -381,12 +391,12 @@ def _subjects(dataset: Path, derivatives: Path, task_label: str, space_label: st
     if not labels:
         message = (f"No subject found in {str(derivatives)!r} (sub_labels={sub_labels!r}, "
                    f"exclude_subjects={list(exclude)!r}; present: {found})")
-        hint = None if found else _hint(message, dataset, derivatives.relative_to(dataset), task_label, space_label)
+        hint = None if found else dataset_hint(message, dataset, derivatives.relative_to(dataset), task_label, space_label)
         raise RuntimeError(message + (f"; {hint}" if hint else ""))
     space = space_label or "MNI152NLin2009cAsym"
     if not get_bids_files(derivatives, file_tag="bold", file_type="nii*", modality_folder="func",
                           filters=[("task", task_label), ("space", space)]):
-        held = _bold_entities(derivatives)
+        held = bold_entities(derivatives)
         raise ValueError(f"No BOLD files found for task_label={task_label!r}, space_label={space!r} in "
                          f"{str(derivatives)!r}: its runs have tasks {held['task']} and spaces {held['space']}")
     return labels
@@ -466,8 +476,6 @@ def run_batch(
         Problems shared by all subjects (no dataset, no subject, unknown
         task or space, invalid contrasts or keywords), before any work.
     """
-    from ..runtime.cluster import get_client
-    from .from_bids import first_level_from_bids
 
     accepted = set(inspect.signature(first_level_from_bids).parameters)
     unknown = sorted(k for k in first_level_kwargs
@@ -496,7 +504,6 @@ def run_batch(
     })
     fingerprint = _fingerprint(parameters)
     # Outputs checked before any work: against the inputs, and against files daskglm did not write.
-    from ..io.outputs import OutputPlan
 
     _check_output_dir(out, dataset, derivatives)
     description = out / "dataset_description.json"
@@ -528,8 +535,6 @@ def run_batch(
     if todo:
         with get_client(client) as resolved:
             if resolved is None:  # a local scheduler: one subject after the other, here
-                import dask
-
                 scheduler = client if isinstance(client, str) else dask.config.get("scheduler", "sync")
                 for job in todo:
                     result.subjects[job.label] = progress(run_subject(job, scheduler))
@@ -552,7 +557,6 @@ def _run_distributed(client: Any, jobs: list[Job], limit: int) -> Any:
     daskglm.runtime.cluster.ClusterLostError
         The cluster lost every worker for ``daskglm.no-workers-timeout``, or its scheduler.
     """
-    from ..runtime.cluster import wait_first
 
     pending = iter(jobs)
     flying: dict[str, tuple[Any, Job]] = {}

@@ -27,15 +27,15 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["first_level_from_bids"]
+__all__ = ["first_level_from_bids", "bold_entities", "dataset_hint", "is_surface_space", "pipeline_folders"]
 
-def _is_surface(space_label: Any) -> bool:
+def is_surface_space(space_label: Any) -> bool:
     # nilearn's test (`space_label not in ("fsaverage5")` is a substring test); nilearn validates the type.
     return isinstance(space_label, str) and space_label != "" and space_label in "fsaverage5"
 
 
 def _check_supported(space_label: Any, kwargs: dict) -> None:
-    if _is_surface(space_label):
+    if is_surface_space(space_label):
         raise NotImplementedError(
             f"space_label={space_label!r} selects surface (GIFTI) data, which daskglm does not "
             "fit yet: use a volumetric space such as 'MNI152NLin2009cAsym'"
@@ -49,7 +49,7 @@ def _check_supported(space_label: Any, kwargs: dict) -> None:
         )
 
 
-def _bold_entities(derivatives_path: Path) -> dict[str, list[str]]:
+def bold_entities(derivatives_path: Path) -> dict[str, list[str]]:
     """Task and space labels of the preprocessed runs found under ``derivatives_path``."""
     from nilearn.interfaces.bids import get_bids_files, parse_bids_filename
 
@@ -64,7 +64,7 @@ def _bold_entities(derivatives_path: Path) -> dict[str, list[str]]:
     return {key: sorted(labels) for key, labels in found.items()}
 
 
-def _pipelines(dataset_path: Path) -> list[str]:
+def pipeline_folders(dataset_path: Path) -> list[str]:
     """Folders (relative to the dataset) under ``derivatives/`` that hold ``sub-*`` folders."""
     root = dataset_path / "derivatives"
     candidates = [root, *sorted(p for p in root.glob("*") if p.is_dir())] if root.is_dir() else []
@@ -72,19 +72,19 @@ def _pipelines(dataset_path: Path) -> list[str]:
             if any(s.is_dir() for s in p.glob("sub-*"))]
 
 
-def _hint(message: str, dataset_path: Any, derivatives_folder: Any, task_label: Any,
+def dataset_hint(message: str, dataset_path: Any, derivatives_folder: Any, task_label: Any,
           space_label: str | None) -> str | None:
     """What the dataset holds, for nilearn's errors about missing folders or runs (else None)."""
     try:
         root = Path(dataset_path)
         derivatives = root / str(derivatives_folder)
         if "derivatives folder not found" in message or "No subject found" in message:
-            found = _pipelines(root)
+            found = pipeline_folders(root)
             if found:
                 return f"folders with subject folders: {found}; pass derivatives_folder={found[0]!r}"
             return f"no folder under {str(root / 'derivatives')!r} holds sub-* folders"
         if "No BOLD files found" in message:
-            entities = _bold_entities(derivatives)
+            entities = bold_entities(derivatives)
             return (f"task_label={task_label!r}, space_label={space_label!r}; the preprocessed runs "
                     f"in {str(derivatives)!r} have tasks {entities['task']} and spaces "
                     f"{entities['space']}")
@@ -100,7 +100,7 @@ def _explained(dataset_path: Any, derivatives_folder: Any, task_label: Any,
     try:
         yield
     except (ValueError, RuntimeError) as exc:
-        hint = _hint(str(exc), dataset_path, derivatives_folder, task_label, space_label)
+        hint = dataset_hint(str(exc), dataset_path, derivatives_folder, task_label, space_label)
         if hint is None:
             raise
         raise type(exc)(f"{exc}\n(daskglm) {hint}") from exc
