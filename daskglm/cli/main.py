@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..io.maps import write_bytes
 from .bids import add_bids_parser
+from .cache import add_cache_parser
 from .common import (
     Parser,
     UsageError,
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_fit_parser(sub)
     add_bids_parser(sub)
+    add_cache_parser(sub)
 
     simulate = sub.add_parser("simulate-bids", help="write a small simulated BIDS dataset to try 'daskglm bids' on",
                               description="Write a small valid BIDS dataset (raw runs, events, fMRIPrep-style "

@@ -6,6 +6,7 @@
 * :mod:`.summary` — what ingestion learns of a run first (mean image, value
   range, gzip seek index).
 * :mod:`.locks` — the ``flock`` that serialises writers of a local store.
+* :mod:`.cache` — the default cache folder of run stores: listing, removal, size cap.
 
 The fits stored beside the runs are :mod:`daskglm.glm.fitstore`'s
 (``save_fit``, ``save_fits``, ``open_fit``); their old names here still work,
@@ -14,13 +15,24 @@ with a DeprecationWarning.
 
 from typing import Any
 
+from .cache import (
+    CACHE_MAX_SIZE_KEY,
+    Removal,
+    StoreInfo,
+    cache_max_size,
+    default_cache_dir,
+    enforce_cache_cap,
+    list_stores,
+    remove_stores,
+)
 from .ingest import ingest_run, ingest_runs, parameters_key
 from .locks import store_lock
 from .summary import mean_image
 from .zarrio import STORE_FORMAT, StoreDamagedError, StoreIncompleteError, open_run
 
-__all__ = ["STORE_FORMAT", "StoreDamagedError", "StoreIncompleteError", "ingest_run", "ingest_runs", "mean_image", "open_run",
-           "parameters_key", "store_lock"]
+__all__ = ["CACHE_MAX_SIZE_KEY", "STORE_FORMAT", "Removal", "StoreDamagedError", "StoreIncompleteError", "StoreInfo",
+           "cache_max_size", "default_cache_dir", "enforce_cache_cap", "ingest_run", "ingest_runs", "list_stores",
+           "mean_image", "open_run", "parameters_key", "remove_stores", "store_lock"]
 
 #: Names this module re-exported before the fits moved to the glm layer.
 _MOVED_TO_GLM = ("FIT_MEMORY_KEY", "fit_memory_bytes", "open_fit", "reopen_fit", "save_fit", "save_fits")

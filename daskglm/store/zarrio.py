@@ -44,11 +44,17 @@ _STORE_ARRAYS = ("bold", "i", "j", "k", "ingest_done", "gzip_index")
 #: ``zarr.<uuid hex>.partial`` and renamed (a writer killed in between leaves it).
 _METADATA_DEBRIS = re.compile(r"^zarr\.[0-9a-f]{32}\.partial$")
 _COMPRESSORS = ("lz4", "zstd", None)
-#: ``compressor="auto"``: uncompressed chunks on a local disk (reading a column
-#: of an HCP-sized run took 8 ms uncompressed vs 15 ms with lz4, writing 79 vs
-#: 123 ms, for 1.37x less space; BENCHMARKS.md), lz4 on remote stores where
-#: bytes cost more than decoding.
-_AUTO_COMPRESSOR = {"local": None, "remote": "lz4"}
+#: The blosc settings of each compressor. ``"lz4"``, bit-shuffled (each float32's bits
+#: grouped by position: sign, exponent and high mantissa bits compress, the noisy low ones
+#: do not): much smaller stores than uncompressed ones, smoothed or not, for about the same
+#: CPU to ingest and a little more to read; smaller than byte-shuffled lz4 (what ``"lz4"``
+#: was before) at the same CPU. ``"zstd"`` (byte-shuffled, unchanged): hardly smaller than
+#: lz4, for several times its CPU to write (BENCHMARKS.md, "Store codec").
+_BLOSC = {"lz4": {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"},
+          "zstd": {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"}}
+#: ``compressor="auto"``: lz4 on a local disk as on remote stores. (Local stores were
+#: uncompressed before: such a store is reused as it is, see :func:`_same_store`.)
+_AUTO_COMPRESSOR = {"local": "lz4", "remote": "lz4"}
 
 
 class StoreIncompleteError(RuntimeError):
@@ -182,7 +188,7 @@ def _codec(compressor: str | None) -> Any:
         raise ValueError(f"compressor must be one of {('auto', *_COMPRESSORS)}; got {compressor!r}")
     if compressor is None:
         return None
-    return zarr.codecs.BloscCodec(cname=compressor, clevel=3, shuffle="shuffle")
+    return zarr.codecs.BloscCodec(**_BLOSC[compressor])
 
 
 def _codecs(compressor: str | None) -> list:
@@ -338,9 +344,25 @@ def _check_protocol(store: str) -> None:
 
 
 def _same_store(existing: dict | None, fingerprint: str) -> bool:
-    """Whether the store's attributes say: this daskglm's format, same source and parameters."""
+    """Whether the store's attributes say: this daskglm's format, same source and parameters.
+
+    The compressor recorded in the fingerprints is not compared: it changes how the chunks
+    are stored, never the numbers, and a store is read with the codecs of its own metadata
+    (a store made uncompressed, as local stores were by default, is reused as it is).
+    """
     return (bool(existing) and existing.get("daskglm_store_format") == STORE_FORMAT
-            and existing.get("fingerprint") == fingerprint)
+            and _without_compressor(existing.get("fingerprint")) == _without_compressor(fingerprint))
+
+
+def _without_compressor(fingerprint: Any) -> Any:
+    """A store fingerprint (JSON text) without its ``compressor`` entry (as given if not JSON)."""
+    try:
+        identity = json.loads(fingerprint)
+    except (TypeError, ValueError):
+        return fingerprint
+    if isinstance(identity, dict):
+        identity.pop("compressor", None)
+    return json.dumps(identity, sort_keys=True)
 
 
 def _rebuild_reason(existing: dict) -> str:
@@ -531,11 +553,20 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
         **_fsspec_kwargs(store, storage_options),
     )
     ds.attrs["store"] = store
+    _mark_used(store)
     # Voxel indices are small and needed by every unmasking: hold them in memory,
     # read straight from zarr (a dask .load() would compute on a local scheduler).
     # ``time``: the scan numbers, kept by a selection of scans (sample masks), which names it.
     return ds.assign_coords({**{name: ds[name].copy(data=voxels[name]) for name in "ijk"},
                              "time": np.arange(ds.sizes["time"])})
+
+
+def _mark_used(store: str) -> None:
+    """Set a local store's folder modification time to now: its last use, for the cache's
+    listing and size cap (:mod:`daskglm.store.cache`). Nothing if it cannot be set (read-only)."""
+    if not is_url(store):
+        with contextlib.suppress(OSError):
+            os.utime(_local_path(store))
 
 
 def _stored_mask(group: zarr.Group, shape: tuple[int, int, int]) -> np.ndarray:
