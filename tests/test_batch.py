@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,9 +20,9 @@ from nilearn.glm import save_glm_to_bids
 from nilearn.glm.first_level import first_level_from_bids as nilearn_from_bids
 from test_report import assert_same_statistical_maps, parse_report
 
-from daskglm.cli.bids import add_bids_parser
-from daskglm.bids.subject import MARKER
 from daskglm.bids.batch import BatchResult, _prepare_contrasts, run_batch
+from daskglm.bids.subject import MARKER
+from daskglm.cli.bids import add_bids_parser
 from daskglm.datasets.bids_sim import simulate_bids
 from daskglm.glm.design import contrast_dict, contrast_matrices
 from daskglm.io.outputs import MANIFEST
@@ -278,11 +281,7 @@ def test_contrast_matrices_are_compute_contrasts() -> None:
         contrast_matrices({"y": [np.ones(3)] * 3}, designs)
 
 
-def _daskglm(*argv: str, cwd: Path) -> "subprocess.CompletedProcess":
-    import os
-    import subprocess
-    import sys
-
+def _daskglm(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("DASK_SCHEDULER_ADDRESS", "DASKGLM_DEBUG")}
     return subprocess.run([sys.executable, "-m", "daskglm", *argv], capture_output=True, text=True, cwd=cwd,
                           timeout=600, env=env)
