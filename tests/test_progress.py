@@ -71,14 +71,14 @@ def test_phase_labels_nest():
         assert current_phase() == "fitting 2 runs"
         with phase("contrast [1 0]", default=True):  # a generic label keeps the caller's
             assert current_phase() == "fitting 2 runs"
-        with phase(".nii.gz seek points", within=True):
-            assert current_phase() == "fitting 2 runs: .nii.gz seek points"
+        with phase("gzip index", within=True):
+            assert current_phase() == "fitting 2 runs: gzip index"
         with phase("ingesting  run\n1/2"):
             assert current_phase() == "ingesting run 1/2"
     with phase("contrast [1 0]", default=True):
         assert current_phase() == "contrast [1 0]"
-    with phase("seek points", within=True):
-        assert current_phase() == "seek points"
+    with phase("gzip index", within=True):
+        assert current_phase() == "gzip index"
     assert current_phase() == "computing"
 
 
@@ -308,7 +308,7 @@ def test_fit_redirected_prints_one_labelled_line_per_phase_and_no_carriage_retur
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "\r" not in out and "\x1b" not in out, repr(out)
-    for label in ("mask: mean of run 1/2", "mask: mean of run 2/2", "indexing 2 runs (.nii.gz seek points)",
+    for label in ("mask: mean of run 1/2", "mask: mean of run 2/2", "gzip index of 2 runs", "mask: mean of run 1/2: gzip index",
                   "ingesting 2 runs", "fitting 2 runs", "contrast 1/1 DSt_minus_SSt"):
         assert re.search(rf"^{re.escape(label)}: done in \d+\.\d s \(\d+ tasks?\)$", out, re.MULTILINE), (label, out)
     progress = [line for line in out.splitlines() if re.search(r": (done in|\d+/\d+ tasks done)", line)]

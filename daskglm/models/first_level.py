@@ -169,7 +169,7 @@ def _contrast_label(contrast_def: Any) -> str:
             isinstance(c, str) and c == contrast_def[0] for c in contrast_def):
         contrast_def = contrast_def[0]
     if isinstance(contrast_def, str):
-        return repr(contrast_def if len(contrast_def) <= 40 else contrast_def[:39] + "…")
+        return repr(contrast_def if len(contrast_def) <= 40 else contrast_def[:37] + "...")
     try:
         weights = np.atleast_1d(np.asarray(contrast_def[0] if isinstance(contrast_def, (list, tuple))
                                            else contrast_def, dtype=float))
@@ -178,7 +178,7 @@ def _contrast_label(contrast_def: Any) -> str:
     if weights.ndim > 1:
         return f"(F, {weights.shape[0]} rows)"
     shown = " ".join(f"{w:g}" for w in weights[:6])
-    return f"[{shown}{' …' if weights.size > 6 else ''}]"
+    return f"[{shown}{' ...' if weights.size > 6 else ''}]"
 
 
 class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):

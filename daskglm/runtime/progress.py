@@ -246,7 +246,7 @@ class Display:
         if width < 10:  # a narrow terminal: the label gives way first
             width = 10
             room = max(columns - 1 - width - 3 - max(widest, len(right)), 8)
-            label = label if len(label) <= room else label[:room - 1] + "…"
+            label = label if len(label) <= room else label[:room - 3] + "..."
         bar = "#" * int(width * fraction)
         return f"{label} [{bar:<{width}}]{right}"[:max(columns - 1, 20)]
 

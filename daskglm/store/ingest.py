@@ -77,7 +77,6 @@ from ..kernels import smoothing as _smoothing
 from ..kernels import volume as _volume
 from ..runtime import plan as _plan
 from ..runtime.cluster import compute, phase, workers_in_this_process
-from .cache import enforce_cache_cap
 from .locks import store_lock
 from .summary import (
     graph_constant,
@@ -281,11 +280,8 @@ def ingest_run(
         fsspec options for every remote location of the call: a URL ``store``,
         a URL ``run_img`` or ``mask_img`` (ignored for local paths).
     compressor : {"auto", "lz4", "zstd", None}
-        Blosc codec of the ``bold`` chunks of a new store (lossless; every
-        chunk also carries a crc32c checksum). ``"auto"``: ``"lz4"``,
-        bit-shuffled (see docs/cache.md for the sizes); ``"zstd"``: hardly
-        smaller, slower to write; ``None``: uncompressed. An existing store is
-        reused whatever its codec (``overwrite=True`` rebuilds it with this one).
+        Blosc codec of the ``bold`` chunks. ``"auto"``: none for a local
+        store (faster to write and read), lz4 for a URL store.
     overwrite : bool
         Rebuild the store even if it is complete and up to date.
     target_affine, target_shape : optional
@@ -369,7 +365,7 @@ def ingest_runs(
                        for job in todo if not job.resume}
         index_tasks = {key: task for key, task in index_tasks.items() if task is not None}
         runs = _which_runs([jobs.index(job) for job in todo], len(jobs))  # the progress's label
-        with phase(f"indexing {runs} (.nii.gz seek points)"):
+        with phase(f"gzip index of {runs}"):
             indexes = (dict(zip(index_tasks, compute(*index_tasks.values(), client=client)))
                        if index_tasks else {})
         for job in todo:
@@ -379,10 +375,7 @@ def ingest_runs(
         if tasks:
             with phase(f"ingesting {runs}"):
                 compute(*tasks, client=client)
-        opened = [done if done is not None else job.finish(columns) for job, done in zip(jobs, results)]
-        if todo:  # new stores in the default cache: keep it under daskglm.cache-max-size, if set
-            enforce_cache_cap([job.store for job in todo], keep=urls)
-        return opened
+        return [done if done is not None else job.finish(columns) for job, done in zip(jobs, results)]
 
 
 def _which_runs(indexes: list[int], n: int) -> str:

@@ -70,7 +70,7 @@ def gzip_index_task(info: RunInfo, storage_options: dict | None) -> Any:
 def _gzip_index(info: RunInfo, client: Any, storage_options: dict | None) -> bytes | None:
     """The seek index of a ``.nii.gz`` run, computed now, or None."""
     task = gzip_index_task(info, storage_options)
-    with phase(".nii.gz seek points", within=True):
+    with phase("gzip index", within=True):
         return None if task is None else compute(task, client=client)[0]
 
 
