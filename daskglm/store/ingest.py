@@ -77,6 +77,7 @@ from ..kernels import smoothing as _smoothing
 from ..kernels import volume as _volume
 from ..runtime import plan as _plan
 from ..runtime.cluster import compute, phase, workers_in_this_process
+from .cache import enforce_cache_cap
 from .locks import store_lock
 from .summary import (
     graph_constant,
@@ -280,8 +281,11 @@ def ingest_run(
         fsspec options for every remote location of the call: a URL ``store``,
         a URL ``run_img`` or ``mask_img`` (ignored for local paths).
     compressor : {"auto", "lz4", "zstd", None}
-        Blosc codec of the ``bold`` chunks. ``"auto"``: none for a local
-        store (faster to write and read), lz4 for a URL store.
+        Blosc codec of the ``bold`` chunks of a new store (lossless; every
+        chunk also carries a crc32c checksum). ``"auto"``: ``"lz4"``,
+        bit-shuffled (see docs/cache.md for the sizes); ``"zstd"``: hardly
+        smaller, slower to write; ``None``: uncompressed. An existing store is
+        reused whatever its codec (``overwrite=True`` rebuilds it with this one).
     overwrite : bool
         Rebuild the store even if it is complete and up to date.
     target_affine, target_shape : optional
@@ -375,7 +379,10 @@ def ingest_runs(
         if tasks:
             with phase(f"ingesting {runs}"):
                 compute(*tasks, client=client)
-        return [done if done is not None else job.finish(columns) for job, done in zip(jobs, results)]
+        opened = [done if done is not None else job.finish(columns) for job, done in zip(jobs, results)]
+        if todo:  # new stores in the default cache: keep it under daskglm.cache-max-size, if set
+            enforce_cache_cap([job.store for job in todo], keep=urls)
+        return opened
 
 
 def _which_runs(indexes: list[int], n: int) -> str:
