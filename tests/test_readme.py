@@ -179,3 +179,15 @@ def test_readme_python_examples_run_as_written_and_show_their_contrasts(tmp_path
     assert c["report"] > 0
     assert c["bold"][0] == 191 and len(c["mean_shape"]) == 3
     assert (tmp_path / "sentence_z_map.nii.gz").is_file()
+
+
+def test_readme_speaks_to_users():
+    """Links stay in the repository (and resolve), no issue numbers, no status of one machine."""
+    text = README.read_text()
+    root = README.parent
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        assert "://" not in target, f"README links outside the repository: {target}"
+        path = target.split("#", 1)[0]
+        assert not path or (root / path).exists(), f"README links to a missing file: {target}"
+    assert not re.search(r"\bissue\s*#?\d+|#\d{2,}\b", text, flags=re.I)
+    assert not re.search(r"this machine|\d+-core machine|\.\./shared", text, flags=re.I)
