@@ -312,9 +312,11 @@ def test_size_cap_must_be_a_size(cache, small_run, monkeypatch):
 
 
 def _codec_names(array: Path) -> list[dict]:
+    """The codecs of a zarr array's metadata (``bytes`` without its endianness)."""
     import json
 
-    return [c if c["name"] != "bytes" else {"name": "bytes"} for c in json.loads((array / "zarr.json").read_text())["codecs"]]
+    codecs = json.loads((array / "zarr.json").read_text())["codecs"]
+    return [c if c["name"] != "bytes" else {"name": "bytes"} for c in codecs]
 
 
 @pytest.mark.parametrize("fwhm", [None, 5.0])
