@@ -38,6 +38,30 @@ settings.register_profile("dev", parent=settings.get_profile("default"), max_exa
 settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=100)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+_USER_FOLDERS: dict[str, str | None] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """daskglm's default cache and simulated data in a folder of this session, never the user's
+    (``~/.cache/daskglm``): every model, command and subprocess of the tests inherits it."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="daskglm-tests-"))
+    for variable in ("DASKGLM_CACHE", "DASKGLM_DATA"):
+        _USER_FOLDERS[variable] = os.environ.get(variable)
+        os.environ[variable] = str(root / variable.lower())
+    _USER_FOLDERS["root"] = str(root)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for variable in ("DASKGLM_CACHE", "DASKGLM_DATA"):
+        if _USER_FOLDERS.get(variable) is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = _USER_FOLDERS[variable]
+    if _USER_FOLDERS.get("root"):
+        shutil.rmtree(_USER_FOLDERS["root"], ignore_errors=True)
+
 
 def write_run(path: Path, data: np.ndarray, affine: np.ndarray, t_r: float = 2.0) -> Path:
     """Save a 4D int16/float array as NIfTI with the TR in the header."""

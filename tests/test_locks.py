@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 import daskglm.store.ingest
 from daskglm.store.locks import store_lock
 
@@ -55,3 +57,29 @@ def test_store_lock_waits_records_its_holder_and_cleans_up(tmp_path, caplog):
     assert "waiting" not in caplog.text and not lock.exists()  # taken over at once, not waited for
     with store_lock("s3://bucket/run.zarr"):  # object storage: no lock (documented)
         pass
+
+
+def test_without_waiting_a_held_lock_raises_naming_its_holder(tmp_path):
+    from daskglm.store.locks import StoreLockedError
+
+    store = tmp_path / "run.zarr"
+    with store_lock(store):
+        with pytest.raises(StoreLockedError, match="in use \\(this process\\)"):
+            with store_lock(store, wait=False):
+                pass  # pragma: no cover
+        errors = []
+
+        def other_thread() -> None:
+            try:
+                with store_lock(store, wait=False):
+                    pass  # pragma: no cover
+            except StoreLockedError as exc:
+                errors.append(exc.holder)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(10)
+        assert errors == ["this process"]
+    with store_lock(store, wait=False):  # free again: taken at once
+        assert (tmp_path / "run.zarr.lock").exists()
+    assert not (tmp_path / "run.zarr.lock").exists()

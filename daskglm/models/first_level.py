@@ -61,7 +61,7 @@ from ..runtime.cluster import (
     verbosity,
 )
 from ..runtime.plan import _check_positive as check_positive
-from ..store import ingest_runs, mean_image, parameters_key, store_lock
+from ..store import default_cache_dir, ingest_runs, mean_image, parameters_key, store_lock
 from .estimator import EstimatorMixin
 from .nilearn_compat import (
     check_embedded_masker,
@@ -83,8 +83,7 @@ _MASKER_UNSUPPORTED = {"detrend": False, "low_pass": None, "high_pass": None, "r
 
 def default_store_root() -> Path:
     """Where run stores go when no ``store`` is given: ``$DASKGLM_CACHE`` or ``~/.cache/daskglm/stores``."""
-    root = os.environ.get("DASKGLM_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "daskglm" / "stores"
+    return default_cache_dir()
 
 
 def _inspect(run: Any, storage_options: dict | None) -> tuple[RunInfo, Any]:

@@ -33,24 +33,17 @@ array's metadata.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no store locks
-    fcntl = None  # type: ignore[assignment]
 
 from dask.utils import format_bytes
 
 from ..io.remote import is_url
-from .locks import _NO_FLOCK, _holder
+from .locks import StoreLockedError, store_lock
 from .zarrio import _check_replaceable, _clear_store, _entries, _local_path, _read_attrs
 
 __all__ = ["CACHE_MAX_SIZE_KEY", "Removal", "StoreInfo", "cache_max_size", "default_cache_dir",
@@ -211,68 +204,6 @@ def list_stores(cache_dir: str | os.PathLike | None = None) -> list[StoreInfo]:
 # --------------------------------------------------------------------------- removing
 
 
-def _lock_path(store: str) -> str:
-    """The lock file of a local store, as :func:`daskglm.store.locks.store_lock` names it."""
-    folder, name = os.path.split(os.path.abspath(_local_path(store)).rstrip(os.sep))
-    return os.path.join(os.path.realpath(folder), f"{name}.lock")
-
-
-@contextlib.contextmanager
-def _lock_if_free(store: str) -> Iterator[str]:
-    """Hold the lock of a local store if no one does, without waiting.
-
-    The same ``flock`` on the same file as :func:`daskglm.store.locks.store_lock`, with its
-    holder record and its removal on release, but never waiting: yields ``""`` while the
-    lock is held here, else who holds it (this process included, in any thread: an flock
-    of another open file is never shared).
-    """
-    if fcntl is None:
-        yield ""
-        return
-    path = _lock_path(store)
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:  # a read-only cache folder, say: nothing can be removed there
-            yield f"cannot lock it: {exc.strerror}: {path!r}"
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd) or "holder unknown"
-            os.close(fd)
-            yield f"in use ({holder})"
-            return
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in _NO_FLOCK:
-                raise
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            warnings.warn(f"cannot lock the store at {store!r} ({exc.strerror}: the filesystem does not "
-                          "support flock): removing it unprotected", UserWarning, stacklevel=4)
-            yield ""
-            return
-        try:
-            current, held = os.stat(path), os.fstat(fd)
-            same = (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev)
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # its holder removed that file on release: lock the new one
-    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, record.encode(), 0)
-    try:
-        yield ""
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        os.close(fd)
-
-
 def _delete(path: str) -> str:
     """Remove the store at ``path`` (its lock held); "" when its folder is gone, else what was kept."""
     _clear_store(path, None)  # fingerprint first, then the arrays, fit groups and write debris
@@ -287,19 +218,22 @@ def _delete(path: str) -> str:
 
 def _remove(info: StoreInfo, wanted: Any, dry_run: bool) -> Removal | None:
     """Remove one listed store if, under its lock, it is still a store that ``wanted`` selects."""
-    with _lock_if_free(info.path) as busy:
-        if busy:
-            return Removal(info, "skipped", busy)
-        current = store_info(info.path)  # what it is now: another process may have used or rebuilt it
-        if current is None or not wanted(current):
-            return None
-        if dry_run:
-            return Removal(current, "would remove", "")
-        try:
-            kept = _delete(current.path)
-        except OSError as exc:
-            return Removal(current, "skipped", f"cannot remove it: {exc}")
-        return Removal(current, "emptied" if kept else "removed", kept)
+    try:
+        with store_lock(info.path, wait=False):
+            current = store_info(info.path)  # what it is now: another process may have used or rebuilt it
+            if current is None or not wanted(current):
+                return None
+            if dry_run:
+                return Removal(current, "would remove", "")
+            try:
+                kept = _delete(current.path)
+            except OSError as exc:
+                return Removal(current, "skipped", f"cannot remove it: {exc}")
+            return Removal(current, "emptied" if kept else "removed", kept)
+    except StoreLockedError as exc:
+        return Removal(info, "skipped", f"in use ({exc.holder})")
+    except OSError as exc:  # a read-only cache folder, say: its lock cannot be created, nothing removed
+        return Removal(info, "skipped", f"cannot lock it: {exc}")
 
 
 def _source_matches(source: str) -> Any:

@@ -36,7 +36,7 @@ except ImportError:  # not POSIX: no store locks
 from ..io.nifti import is_url
 from .zarrio import _local_path
 
-__all__ = ["store_lock"]
+__all__ = ["store_lock", "StoreLockedError"]
 
 # The store's logger: waiting for a store's lock is part of what its ingestion reports.
 logger = logging.getLogger("daskglm.store.ingest")
@@ -50,8 +50,19 @@ _HELD: dict[tuple[str, int], list] = {}
 _HELD_LOCK = threading.Lock()
 
 
+class StoreLockedError(BlockingIOError):
+    """The lock of a store is held (by another process, or already in this one) and the caller would not wait.
+
+    ``holder`` says who holds it, as its lock file records it (or ``"this process"``).
+    """
+
+    def __init__(self, store: str, holder: str) -> None:
+        super().__init__(errno.EWOULDBLOCK, f"the store {store!r} is in use ({holder or 'holder unknown'})")
+        self.store, self.holder = store, holder or "holder unknown"
+
+
 @contextlib.contextmanager
-def store_lock(store: str | os.PathLike) -> Iterator[None]:
+def store_lock(store: str | os.PathLike, *, wait: bool = True) -> Iterator[None]:
     """Hold the exclusive lock of a local store for the duration of the block.
 
     The lock is an ``flock`` on ``<store>.lock`` (next to the store, so it
@@ -68,9 +79,15 @@ def store_lock(store: str | os.PathLike) -> Iterator[None]:
     ----------
     store : str or path
         The store (local path, ``file://`` URL, or any fsspec URL).
+    wait : bool
+        False: never wait; a lock held elsewhere, or already held in this
+        process (any thread: what removes a store must not remove one in
+        use here), raises :class:`StoreLockedError`.
 
     Raises
     ------
+    StoreLockedError
+        ``wait=False`` and the lock is held.
     OSError
         The folder of the store cannot be created (the message names the store).
     """
@@ -87,11 +104,13 @@ def store_lock(store: str | os.PathLike) -> Iterator[None]:
     path = os.path.join(os.path.realpath(folder), f"{name}.lock")
     key = (path, threading.get_ident())
     with _HELD_LOCK:
+        if not wait and any(lock == path for lock, _ in _HELD):
+            raise StoreLockedError(store, "this process")
         held = _HELD.get(key)
         if held is not None:
             held[1] += 1
     if held is None:
-        fd = _acquire(path, store)
+        fd = _acquire(path, store, wait)
         with _HELD_LOCK:
             _HELD[key] = held = [fd, 1]
     try:
@@ -110,8 +129,11 @@ def store_lock(store: str | os.PathLike) -> Iterator[None]:
             os.close(held[0])
 
 
-def _acquire(path: str, store: str) -> int | None:
-    """An open descriptor of ``path`` holding its exclusive flock (None: flock unsupported)."""
+def _acquire(path: str, store: str, wait: bool = True) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive flock (None: flock unsupported).
+
+    Raises :class:`StoreLockedError` if it is held and not ``wait``.
+    """
     waited = False
     while True:
         try:
@@ -123,6 +145,8 @@ def _acquire(path: str, store: str) -> int | None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not wait:  # closed below, as any error of the flock
+                    raise StoreLockedError(store, _holder(fd)) from None
                 if not waited:
                     holder = _holder(fd)
                     logger.warning("the store %s is being written by another process (%s): waiting "
