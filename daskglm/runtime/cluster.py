@@ -134,8 +134,8 @@ _DASK_MALLOC_TRIM = 65536
 #: glibc malloc settings of the embedded cluster's workers. With dask's default
 #: (trim at 64 KiB, which also freezes glibc's mmap threshold at 128 KiB)
 #: every block-sized temporary is a fresh mmap that is page-faulted in and
-#: zeroed again: the fit kernel ran 1.5x and ingestion 1.2x slower
-#: (BENCHMARKS.md). Here heap memory up to one task's working set is kept for
+#: zeroed again, which slowed the fit kernel and ingestion (BENCHMARKS.md,
+#: "Figures from code comments"). Here heap memory up to one task's working set is kept for
 #: the next task, and allocations up to 32 MiB (glibc's maximum) come from it.
 WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(128 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
 
@@ -189,8 +189,8 @@ _DASK_SATURATION = 1.1
 #: for more. dask's 1.1 gives a 1-thread worker two slots; each fit column is a
 #: fused task plus the alias dask's fusion leaves under the output's name, and
 #: with two slots the worker ran out of queued columns after every alias and
-#: waited a scheduler round trip (1.0 s of a 1-worker ``hcp`` fit's 8.7 s;
-#: 0.2 s with 3, BENCHMARKS.md). Queued tasks hold no data: their inputs are
+#: waited a scheduler round trip each time (BENCHMARKS.md, "Sixth round",
+#: 213666f). Queued tasks hold no data: their inputs are
 #: read when they run.
 WORKER_SATURATION = 3.0
 
@@ -214,10 +214,11 @@ def _scheduler_config() -> dict:
 #: dask config key: runs smaller than this (bytes of data, uncompressed) are
 #: processed by an embedded cluster of threads in this process.
 THREADS_BELOW_KEY = "daskglm.threads-below"
-#: Default of :data:`THREADS_BELOW_KEY`. A FIAC-sized pair of runs (94 MB) is
-#: done in a few seconds, of which worker processes would add several more
-#: (spawning, importing daskglm, numba and zarr in each, shipping tasks);
-#: HCP-sized runs (2 GB each) are worth processes: no GIL between the blocks.
+#: Default of :data:`THREADS_BELOW_KEY`. A FIAC-sized pair of runs (94 MB of
+#: data) is done in a few seconds, to which worker processes would add more
+#: (spawning, importing daskglm, numba and zarr in each, shipping tasks;
+#: BENCHMARKS.md, "First round"); HCP-sized runs (2 GB each) are worth
+#: processes: no GIL between the blocks.
 DEFAULT_THREADS_BELOW = 512 * 2**20
 
 
