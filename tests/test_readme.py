@@ -141,6 +141,10 @@ def test_readme_bids_example_runs_as_written_on_simulated_data(tmp_path):
         (z_path,) = (out / sub).glob("*contrast-language_stat-z_statmap.nii.gz")
         z = _z_at_blobs(z_path, dataset / "derivatives" / "simulation" / "truth.npz")
         assert z["sentence"] > 3 and z["sentence"] > z["speaker"] + 2, (sub, z)
+    listing = _run(_readme_command("cache")[1:], tmp_path, env_cache)  # the stores the batch left in the cache
+    assert listing.returncode == 0, listing.stderr
+    runs = sorted(dataset.glob("derivatives/fmriprep/sub-*/func/*_desc-preproc_bold.nii.gz"))
+    assert len(runs) == 6 and all(run.name in listing.stdout for run in runs), listing.stdout
 
 
 def test_readme_python_examples_run_as_written_and_show_their_contrasts(tmp_path):
