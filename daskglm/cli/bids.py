@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from ..bids.batch import run_batch
+from ..runtime.cluster import get_client
 from .common import add_cluster_options, add_common_options, one_line, positive_int
 
 __all__ = ["add_bids_parser"]
@@ -92,8 +93,6 @@ def add_bids_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _bids_command(args: argparse.Namespace) -> int:
     """Handler of ``daskglm bids``: the exit code."""
-    from ..runtime.cluster import get_client
-
     options = {"smoothing_fwhm": args.smoothing_fwhm, "noise_model": args.noise_model,
                "mask_img": args.mask, "store": args.store, "img_filters": args.img_filter}
     kwargs = {k: v for k, v in options.items() if v is not None}

@@ -14,6 +14,8 @@ import re
 import time
 from typing import Any
 
+from dask.utils import format_bytes
+
 from ..store.cache import (
     CACHE_MAX_SIZE_KEY,
     StoreInfo,
@@ -104,8 +106,6 @@ def _when(stamp: float | None) -> str:
 
 
 def _size(n: int) -> str:
-    from dask.utils import format_bytes
-
     return format_bytes(n)
 
 

@@ -15,6 +15,10 @@ import warnings
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
+from dask.utils import parse_bytes
+
+from ..runtime.cluster import get_client, verbosity
+
 __all__ = ["Parser", "one_line", "positive_int", "nonnegative_int", "finite_float", "positive_float",
            "nonnegative_float", "memory_size", "input_path", "add_cluster_options", "add_common_options", "warnings_as_lines",
            "say", "cluster", "UsageError"]
@@ -89,8 +93,6 @@ def nonnegative_float(text: str) -> float:
 
 def memory_size(text: str) -> str:
     """A memory size dask understands (``4GiB``, ``500MB``, bytes) or ``auto``; returned as given."""
-    from dask.utils import parse_bytes
-
     if text.strip().lower() == "auto":
         return "auto"
     try:
@@ -152,8 +154,6 @@ def cluster(args: argparse.Namespace, work_bytes: int | None = None) -> Iterator
     computations show progress bars when ``--verbose`` > 0
     (:func:`daskglm.runtime.cluster.verbosity`).
     """
-    from ..runtime.cluster import get_client, verbosity
-
     with contextlib.ExitStack() as stack:
         try:
             client = stack.enter_context(get_client(args.scheduler, n_workers=args.n_workers,

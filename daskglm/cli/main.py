@@ -29,10 +29,16 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..io.maps import write_bytes
+import numpy as np
+
+from ..bids.subject import report_html
+from ..io.maps import save_nifti, write_bytes
+from ..io.nifti import inspect_run
+from ..store.ingest import ingest_run, mean_image
 from .bids import add_bids_parser
 from .cache import add_cache_parser
 from .common import (
@@ -77,25 +83,16 @@ WALKTHROUGH_CONTRASTS = {
 
 
 def _walkthrough_contrasts(n_columns: int) -> dict:
-    import numpy as np
-
     return {name: np.eye(n_columns)[:5] if con == "eye5" else np.array(con, dtype=float)
             for name, con in WALKTHROUGH_CONTRASTS.items()}
 
 
 def _demo(args: argparse.Namespace) -> int:
     """nilearn's plot_two_runs_model walkthrough, with daskglm, on simulated data."""
-    import warnings
-
-    import numpy as np
-
-    from ..bids.subject import report_html
+    # Imported here, not at the top: they load nilearn, scikit-learn and matplotlib.
     from ..datasets.fiac import load_fiac_design_matrix, simulate_fiac
     from ..glm.fixed_effects import compute_fixed_effects
-    from ..io.maps import save_nifti
-    from ..io.nifti import inspect_run
     from ..models.first_level import FirstLevelModel
-    from ..store.ingest import mean_image
 
     out = Path(args.output).resolve()
     maps = out / "maps"
@@ -153,11 +150,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _simulate_bids(args: argparse.Namespace) -> int:
     """A BIDS dataset for ``daskglm bids`` to try: :func:`daskglm.datasets.simulate_bids`."""
-    from ..datasets.bids_sim import simulate_bids
+    from ..datasets.bids_sim import simulate_bids  # loads scikit-learn
 
     data = simulate_bids(args.root, n_subjects=args.n_subjects, n_runs=args.n_runs, task=args.task,
-                         shape=args.shape, n_scans=args.n_scans, group_effect=args.group_effect, seed=args.seed, overwrite=args.overwrite,
-                         verbose=max(0, args.verbose - 1))
+                         shape=args.shape, n_scans=args.n_scans, group_effect=args.group_effect, seed=args.seed,
+                         overwrite=args.overwrite, verbose=max(0, args.verbose - 1))
     root = data["root"]
     say(args, 1, f"simulated BIDS dataset in {root}: {len(data['subjects'])} subjects x {args.n_runs} run(s) of "
                  f"task {data['task']!r} (TR {data['t_r']} s), fMRIPrep-style runs in "
@@ -170,8 +167,6 @@ def _simulate_bids(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ..store.ingest import ingest_run
-
     if args.store_pos and args.store and args.store_pos != args.store:
         raise UsageError(f"two stores given: {args.store_pos!r} and --store {args.store!r}")
     store = args.store or args.store_pos

@@ -32,7 +32,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from .remote import is_url
+from .remote import is_url, remote_identity, url_to_fs
 
 __all__ = ["MANIFEST", "OutputConflict", "OutputPlan", "same_location"]
 
@@ -118,7 +118,6 @@ class OutputPlan:
     # ------------------------------------------------------------------ file system
 
     def _fs(self, path: str) -> tuple[Any, str]:
-        from .remote import url_to_fs
 
         return url_to_fs(path, self.storage_options)
 
@@ -141,7 +140,6 @@ class OutputPlan:
     def _identity(self, path: str) -> dict:
         """Size and content hash (local) or size and version (URL) of a file."""
         if is_url(path):
-            from .remote import remote_identity
 
             fs, p = self._fs(path)
             identity = remote_identity(path, fs.info(p))
