@@ -28,39 +28,37 @@ import numpy as np
 import xarray as xr
 
 from ..kernels import stats as _stats
+from ..kernels.packing import contrast_rows, effect_rows, pack_contrast
 
-__all__ = ["OUTPUT_TYPES", "run_contrast", "combine_contrasts", "contrast_dataset"]
+__all__ = ["OUTPUT_TYPES", "run_contrast", "combine_contrasts", "contrast_dataset", "contrast_variables"]
 
 OUTPUT_TYPES = ("z_score", "stat", "p_value", "effect_size", "effect_variance")
 
 
 def _contrast_block(beta, sigma2, label_index, con, cov, stat_type):
-    """Block task: effect and variance of one run's block packed as (q + 1, v), no statistics."""
+    """Block task: effect and variance of one run's block packed as :func:`~daskglm.kernels.packing.effect_rows`
+    (no statistics)."""
     kernel = _stats.t_effect if stat_type == "t" else _stats.f_effect
     effect, variance = kernel(con, beta, sigma2, cov, label_index.astype(np.intp))
-    return np.vstack([np.atleast_2d(effect), variance[None]])
-
-
-def _pack(res: _stats.ContrastStats) -> np.ndarray:
-    """ContrastStats packed as (q + 4, v): effect, variance, stat, p_value, z_score.
-
-    The first q + 1 rows are those of :func:`_contrast_block`.
-    """
-    return np.vstack([np.atleast_2d(res.effect), res.variance[None], res.stat[None],
-                      res.p_value[None], res.z_score[None]])
+    return effect_rows(np.atleast_2d(effect).shape[0]).pack(effect=effect, variance=variance)
 
 
 def _stats_block(block, *, q, dof, stat_type):
-    """Block task: the statistics of one run's (q + 1, v) block, packed as (q + 4, v)."""
-    return _pack(_stats.contrast_stats(block[:q], block[q], dof, stat_type))
+    """Block task: the statistics of one run's :func:`~daskglm.kernels.packing.effect_rows` block, packed as
+    :func:`~daskglm.kernels.packing.contrast_rows`."""
+    rows = effect_rows(q).unpack(block)
+    return pack_contrast(_stats.contrast_stats(rows["effect"], rows["variance"], dof, stat_type))
 
 
 def _combine_block(*packed, q, dofs, stat_type):
-    """Block task: fixed effects of the runs' blocks ((q + 1 or q + 4, v) each), packed as (q + 4, v)."""
+    """Block task: fixed effects of the runs' blocks (each :func:`~daskglm.kernels.packing.effect_rows`),
+    packed as :func:`~daskglm.kernels.packing.contrast_rows`."""
     # combine_runs reads the runs' effect, variance and dof only.
-    runs = [_stats.ContrastStats(block[:q], block[q], None, None, None, dof, stat_type)
-            for block, dof in zip(packed, dofs)]
-    return _pack(_stats.combine_runs(runs))
+    runs = []
+    for block, dof in zip(packed, dofs):
+        rows = effect_rows(q).unpack(block)
+        runs.append(_stats.ContrastStats(rows["effect"], rows["variance"], None, None, None, dof, stat_type))
+    return pack_contrast(_stats.combine_runs(runs))
 
 
 def _is_lazy(*arrays) -> bool:
@@ -68,15 +66,15 @@ def _is_lazy(*arrays) -> bool:
 
 
 class RunContrast:
-    """A packed contrast of one run, ``(q + 1, voxel)`` (effect and variance: no
-    statistics yet), or of combined runs, ``(q + 4, voxel)`` (internal)."""
+    """A packed contrast of one run, :func:`~daskglm.kernels.packing.effect_rows` (effect and variance:
+    no statistics yet), or of combined runs, :func:`~daskglm.kernels.packing.contrast_rows` (internal)."""
 
     def __init__(self, packed, q: int, dof: float, stat_type: str, template: xr.Dataset):
         self.packed, self.q, self.dof, self.stat_type, self.template = packed, q, dof, stat_type, template
 
     @property
     def has_stats(self) -> bool:
-        return self.packed.shape[0] == self.q + 4
+        return self.packed.shape[0] == contrast_rows(self.q).rows
 
 
 def run_contrast(fit: xr.Dataset, con: np.ndarray, stat_type: str) -> RunContrast:
@@ -124,7 +122,7 @@ def run_contrast(fit: xr.Dataset, con: np.ndarray, stat_type: str) -> RunContras
         packed = da.blockwise(
             _contrast_block, "rv", beta, "pv", da.asarray(sigma2).rechunk(chunks), "v",
             da.asarray(label_index).rechunk(chunks), "v",
-            new_axes={"r": q + 1}, concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),
+            new_axes={"r": effect_rows(q).rows}, concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),
             **kwargs,
         )
     else:
@@ -157,13 +155,13 @@ def combine_contrasts(contrasts: Sequence[RunContrast]) -> RunContrast:
         )
     dofs = [c.dof for c in contrasts]
     kwargs = dict(q=first.q, dofs=dofs, stat_type=first.stat_type)
-    blocks = [c.packed[: first.q + 1] for c in contrasts]  # effect and variance
+    blocks = [c.packed[:effect_rows(first.q).rows] for c in contrasts]  # effect and variance (the first rows)
     if _is_lazy(*blocks):
         chunks = next(b.chunks for b in blocks if isinstance(b, da.Array))
         args = []
         for block in blocks:
             args += [da.asarray(block).rechunk(chunks), "rv"]
-        packed = da.blockwise(_combine_block, "rv", *args, adjust_chunks={"r": first.q + 4},
+        packed = da.blockwise(_combine_block, "rv", *args, adjust_chunks={"r": contrast_rows(first.q).rows},
                               dtype=np.float64, meta=np.empty((0, 0)), **kwargs)
     else:
         packed = _combine_block(*blocks, **kwargs)
@@ -189,22 +187,37 @@ def contrast_dataset(contrast: RunContrast) -> xr.Dataset:
     if not contrast.has_stats:
         kwargs = dict(q=q, dof=contrast.dof, stat_type=contrast.stat_type)
         if isinstance(packed, da.Array):
-            packed = packed.map_blocks(_stats_block, chunks=((q + 4,), packed.chunks[1]),
+            packed = packed.map_blocks(_stats_block, chunks=((contrast_rows(q).rows,), packed.chunks[1]),
                                        dtype=np.float64, meta=np.empty((0, 0)), **kwargs)
         else:
             packed = _stats_block(packed, **kwargs)
-    effect = (("voxel",), packed[0]) if contrast.stat_type == "t" else (("contrast_row", "voxel"), packed[:q])
     template = contrast.template
     coords = {name: template.coords[name] for name in "ijk" if name in template.coords}
     attrs = {k: template.attrs[k] for k in ("affine", "volume_shape") if k in template.attrs}
-    return xr.Dataset(
-        {
-            "effect_size": effect,
-            "effect_variance": (("voxel",), packed[q]),
-            "stat": (("voxel",), packed[q + 1]),
-            "p_value": (("voxel",), packed[q + 2]),
-            "z_score": (("voxel",), packed[q + 3]),
-        },
-        coords=coords,
-        attrs={**attrs, "dof": contrast.dof, "stat_type": contrast.stat_type},
-    )
+    return xr.Dataset(contrast_variables(packed, q, contrast.stat_type), coords=coords,
+                      attrs={**attrs, "dof": contrast.dof, "stat_type": contrast.stat_type})
+
+
+def contrast_variables(packed, q: int, stat_type: str) -> dict[str, tuple]:
+    """nilearn's output variables of a contrast packed as :func:`~daskglm.kernels.packing.contrast_rows`.
+
+    Parameters
+    ----------
+    packed : ndarray or dask array, shape (q + 4, v)
+    q : int
+        Rows of the effect (1 for t).
+    stat_type : {"t", "F"}
+
+    Returns
+    -------
+    dict
+        ``name: (dims, rows of packed)`` for ``effect_size`` (``(voxel,)``
+        for t, ``(contrast_row, voxel)`` for F), ``effect_variance``,
+        ``stat``, ``p_value``, ``z_score``: views or lazy slices.
+    """
+    layout = contrast_rows(q)
+    rows = layout.unpack(packed)
+    effect = ((("voxel",), packed[layout.slice("effect").start]) if stat_type == "t"
+              else (("contrast_row", "voxel"), rows["effect"]))
+    return {"effect_size": effect, "effect_variance": (("voxel",), rows["variance"]),
+            **{name: (("voxel",), rows[name]) for name in ("stat", "p_value", "z_score")}}

@@ -48,6 +48,7 @@ import xarray as xr
 
 from ..io.maps import scatter_to_volume
 from ..io.nifti import _load_image
+from ..kernels.packing import fixed_effects_rows
 from ..kernels.stats import DEFAULT_RUN_DOF, fixed_effects
 from ..runtime import plan as _plan
 from ..runtime.cluster import compute, phase
@@ -298,12 +299,12 @@ def _check_variances(variances: list[np.ndarray], names: list[str]) -> None:
 
 def _combine_block(effects: list[np.ndarray], variances: list[np.ndarray], dofs: list[float],
                    precision_weighted: bool, names: list[str] | None = None) -> np.ndarray:
-    """Fixed effects of one block, packed as rows (effect (q), variance, stat, z)."""
+    """Fixed effects of one block, packed as :func:`~daskglm.kernels.packing.fixed_effects_rows`."""
     _check_variances(variances, names or [f"variance_imgs[{n}]" for n in range(len(variances))])
     eff = np.stack(effects)  # (R, q, v_block)
     res = fixed_effects(eff[:, 0] if eff.shape[1] == 1 else eff,
                         np.stack([v[0] for v in variances]), dofs, precision_weighted)
-    return np.vstack([np.atleast_2d(res.effect), res.variance, res.stat, res.z_score])
+    return fixed_effects_rows(eff.shape[1]).pack(**res._asdict())
 
 
 def _check_inputs(contrast_imgs: Any, variance_imgs: Any, dofs: Any) -> list[float]:
@@ -394,24 +395,27 @@ def fixed_effects_dataset(
     eff_parts = [_source_blocks(src, mask_arr, blocks, slab_keys) for src in contrasts]
     var_parts = [_source_blocks(src, mask_arr, blocks, slab_keys) for src in variances]
     combine = dask.delayed(_combine_block, pure=True)
+    layout = fixed_effects_rows(q)
     packed = da.concatenate([
         da.from_delayed(combine([p[b] for p in eff_parts], [p[b] for p in var_parts], dofs,
                                 bool(precision_weighted), [src.name for src in variances]),
-                        (q + 3, v1 - v0), np.float64)
+                        (layout.rows, v1 - v0), np.float64)
         for b, (_, _, v0, v1) in enumerate(blocks)
     ], axis=1)
     # dtypes of nilearn's outputs: numpy's promotion of the masked input dtypes
     con_dt = np.result_type(*[s.dtype for s in contrasts])
     var_dt = np.result_type(*[s.dtype for s in variances])
     eff_dt = np.result_type(con_dt, var_dt) if precision_weighted else con_dt
-    effect = (("voxel",), packed[0].astype(eff_dt)) if q == 1 else (("row", "voxel"), packed[:q].astype(eff_dt))
+    rows = layout.unpack(packed)
+    effect = ((("voxel",), packed[layout.slice("effect").start].astype(eff_dt)) if q == 1
+              else (("row", "voxel"), rows["effect"].astype(eff_dt)))
     ijk = np.nonzero(mask_arr)
     return xr.Dataset(
         {
             "effect": effect,
-            "variance": (("voxel",), packed[q].astype(var_dt)),
-            "stat": (("voxel",), packed[q + 1].astype(np.result_type(eff_dt, var_dt))),
-            "z_score": (("voxel",), packed[q + 2]),
+            "variance": (("voxel",), rows["variance"].astype(var_dt)),
+            "stat": (("voxel",), rows["stat"].astype(np.result_type(eff_dt, var_dt))),
+            "z_score": (("voxel",), rows["z_score"]),
         },
         coords={n: ("voxel", c.astype(np.int64)) for n, c in zip("ijk", ijk)},
         attrs={

@@ -23,10 +23,11 @@ import numpy as np
 from . import covariances as _covariances
 from . import regression as _regression
 from . import stats as _stats
+from .packing import group_contrast, group_rows, pack_contrast
 from .smoothing import kernel_radius
 from .volume import fwhm_to_sigma
 
-__all__ = ["SPLINE_MARGIN", "ols_contrasts", "packed_rows", "smoothing_halo", "source_planes"]
+__all__ = ["SPLINE_MARGIN", "ols_contrasts", "smoothing_halo", "source_planes"]
 
 #: Extra source planes read on each side of a slab resampled with cubic splines. scipy's spline
 #: prefilter is a recursive filter along each axis with pole sqrt(3) - 2 (|z| ~ 0.268): cutting
@@ -90,30 +91,6 @@ def source_planes(transform: np.ndarray, a: int, b: int, yz: tuple[int, int], n_
     return sa, sb
 
 
-def packed_rows(p: int, qs: Sequence[int]) -> list[slice]:
-    """Row slices of :func:`ols_contrasts`' output: theta, dispersion, then each contrast.
-
-    Parameters
-    ----------
-    p : int
-        Design columns.
-    qs : sequence of int
-        Rows of each contrast's effect (1 for t, q for an F contrast of q rows).
-
-    Returns
-    -------
-    list of slice
-        ``[theta, dispersion, contrast 0, contrast 1, ...]``; a contrast's
-        slice covers effect (q rows), variance, stat, p_value, z_score.
-    """
-    slices = [slice(0, p), slice(p, p + 1)]
-    start = p + 1
-    for q in qs:
-        slices.append(slice(start, start + q + 4))
-        start += q + 4
-    return slices
-
-
 def ols_contrasts(
     Y: np.ndarray, X: np.ndarray, contrasts: Sequence[tuple[np.ndarray, str]], cov: np.ndarray | None = None
 ) -> np.ndarray:
@@ -134,16 +111,16 @@ def ols_contrasts(
     Returns
     -------
     ndarray, shape (p + 1 + sum(q_i + 4), v), float64
-        Rows (see :func:`packed_rows`): theta (p rows, ``pinv(X) Y``), the
-        dispersion (RSS / (n - p)), then for each contrast its effect (q rows;
-        q = 1 for t), variance, stat, p_value and z_score.
+        Rows as :func:`daskglm.kernels.packing.group_rows`: theta (p rows,
+        ``pinv(X) Y``), the dispersion (RSS / (n - p)), then for each contrast
+        its effect (q rows; q = 1 for t), variance, stat, p_value and z_score.
     """
     X = np.asarray(X, dtype=np.float64)
     if cov is None:
         cov = _covariances.label_covariance(X).cov
     fit = _regression.ols(np.asarray(Y, dtype=np.float64), X)
-    rows = [fit.beta, fit.sigma2[None]]
-    for con, stat_type in contrasts:
+    packed, qs = {}, []
+    for n, (con, stat_type) in enumerate(contrasts):
         con = np.asarray(con, dtype=np.float64)
         if stat_type == "t":
             res = _stats.t_contrast(con.ravel(), fit.beta, fit.sigma2, cov, None, fit.dof)
@@ -151,6 +128,6 @@ def ols_contrasts(
             res = _stats.f_contrast(np.atleast_2d(con), fit.beta, fit.sigma2, cov, None, fit.dof)
         else:
             raise ValueError(f"stat_type must be 't' or 'F'; got {stat_type!r}")
-        rows += [np.atleast_2d(res.effect), res.variance[None], res.stat[None], res.p_value[None],
-                 res.z_score[None]]
-    return np.concatenate(rows, axis=0)
+        packed[group_contrast(n)] = pack_contrast(res)
+        qs.append(np.atleast_2d(res.effect).shape[0])
+    return group_rows(X.shape[1], qs).pack(theta=fit.beta, dispersion=fit.sigma2, **packed)

@@ -76,11 +76,12 @@ from nilearn.glm.regression import OLSModel, RegressionResults
 from nilearn.glm.second_level import SecondLevelModel as _NilearnSecondLevelModel
 from sklearn.utils.validation import check_is_fitted
 
-from ..glm.contrasts import OUTPUT_TYPES
+from ..glm.contrasts import OUTPUT_TYPES, contrast_variables
 from ..glm.fixed_effects import _check_grid, _plane_blocks
 from ..io.grid import analysis_grid, resample_volumes
 from ..kernels.covariances import label_covariance
-from ..kernels.group import ols_contrasts, packed_rows, smoothing_halo, source_planes
+from ..kernels.group import ols_contrasts, smoothing_halo, source_planes
+from ..kernels.packing import group_contrast, group_rows
 from ..kernels.regression import residual_dof
 from ..runtime import plan as _plan
 from ..runtime.cluster import compute, get_client, phase
@@ -580,29 +581,24 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         X = self._design()
         checked = [self._checked_contrast(con_val, stat_type, X) for con_val, stat_type in contrasts]
         qs = [1 if st == "t" else con.shape[0] for con, st in checked]
-        slices = packed_rows(X.shape[1], qs)
-        reader, blocks, vrange = self._plan_blocks(maps, slices[-1].stop)
+        layout = group_rows(X.shape[1], qs)
+        reader, blocks, vrange = self._plan_blocks(maps, layout.rows)
         cov = label_covariance(X).cov
         task = dask.delayed(_contrast_task, pure=False)
         columns = []
         for items, source, work, block, mask_slab, size in blocks:
             packed = task(items, reader, source, work, block, mask_slab, vrange, X, checked, cov)
-            columns.append(da.from_delayed(packed, (slices[-1].stop, size), np.float64))
-        packed = da.concatenate(columns, axis=1)
+            columns.append(da.from_delayed(packed, (layout.rows, size), np.float64))
+        rows = layout.unpack(da.concatenate(columns, axis=1))
         coords = self._output_coords()
         attrs = {"affine": np.asarray(self.masker_.mask_img_.affine).tolist(),
                  "volume_shape": list(self.masker_.mask_img_.shape[:3]), "dof": float(residual_dof(X)),
                  "n_maps": len(maps)}
         datasets = []
-        for (con_val, _), (con, stat_type), q, rows in zip(contrasts, checked, qs, slices[2:]):
-            part = packed[rows]
-            effect = (("voxel",), part[0]) if stat_type == "t" else (("contrast_row", "voxel"), part[:q])
-            datasets.append(xr.Dataset(
-                {"effect_size": effect, "effect_variance": (("voxel",), part[q]), "stat": (("voxel",), part[q + 1]),
-                 "p_value": (("voxel",), part[q + 2]), "z_score": (("voxel",), part[q + 3])},
-                coords=coords, attrs={**attrs, "stat_type": stat_type, "contrast": str(con_val)},
-            ))
-        return datasets, packed[slices[0]], packed[slices[1]][0]
+        for n, ((con_val, _), (_, stat_type), q) in enumerate(zip(contrasts, checked, qs)):
+            datasets.append(xr.Dataset(contrast_variables(rows[group_contrast(n)], q, stat_type), coords=coords,
+                                       attrs={**attrs, "stat_type": stat_type, "contrast": str(con_val)}))
+        return datasets, rows["theta"], rows["dispersion"]
 
     def _contrast_values(self, contrast: Any, first_level_contrast: Any) -> Any:
         """nilearn's checks of ``compute_contrast`` before the maps are read; its ``con_val``."""
