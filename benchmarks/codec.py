@@ -87,16 +87,16 @@ def bold_codecs(name: str) -> Iterator[None]:
     """Stores created inside the block get codec ``name`` for ``bold`` (the other arrays keep theirs)."""
     from daskglm.store import zarrio
 
-    original = zarrio._codecs
+    original = zarrio.array_codecs
 
     def patched(compressor):  # ingestion asks for bold's codecs with compressor=None
         return codecs_of(name) if compressor is None else original(compressor)
 
-    zarrio._codecs = patched
+    zarrio.array_codecs = patched
     try:
         yield
     finally:
-        zarrio._codecs = original
+        zarrio.array_codecs = original
 
 
 @contextlib.contextmanager

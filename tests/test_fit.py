@@ -141,6 +141,37 @@ def test_packed_estimates_split_into_the_fit_variables(fiac_small, noise_model):
     assert packed_estimates(fit.assign(sigma2=fit["sigma2"] * 2)) is None
 
 
+def test_fit_run_carries_its_packed_estimates(fiac_small, tmp_path):
+    """fit_run puts its packed rows in the fit's encoding and save_fits writes them by the fitting tasks;
+    a fit whose variables changed since is written variable by variable, with a warning; a fit from
+    elsewhere (no packed rows) silently so."""
+    import shutil
+    import warnings
+
+    from daskglm.glm.fit import PACKED_ESTIMATES, packed_estimates
+    from daskglm.glm.fitstore import save_fits
+
+    ds = _ingest(fiac_small, 600)
+    fit = fit_run(ds, fiac_small["X"], noise_model="ols")
+    packed = fit.encoding[PACKED_ESTIMATES]
+    assert packed_estimates(fit) is packed and packed_estimates(fit.copy()) is packed
+    store = str(tmp_path / "run.zarr")
+    shutil.copytree(ds.attrs["store"], store)
+    changed = fit.assign(sigma2=fit["sigma2"] * 2)
+    assert changed.encoding[PACKED_ESTIMATES] is packed and packed_estimates(changed) is None
+    with pytest.warns(RuntimeWarning, match="no longer slices of them"):
+        (saved,) = save_fits([changed], [store], name="changed", client="sync")
+    with dask.config.set(scheduler="sync"):
+        np.testing.assert_array_equal(saved["sigma2"].values, 2 * fit["sigma2"].values)
+        np.testing.assert_array_equal(saved["beta"].values, fit["beta"].values)
+    elsewhere = fit.copy()
+    elsewhere.encoding.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        (again,) = save_fits([elsewhere], [store], name="elsewhere", client="sync")
+    np.testing.assert_array_equal(again["label_index"].values, saved["label_index"].values)
+
+
 def test_save_and_reopen_fit(fiac_small, tmp_path):
     ds = _ingest(fiac_small, 700, name="saved.zarr")
     lazy = fit_run(ds, fiac_small["X"], noise_model="ar1")
@@ -154,12 +185,12 @@ def test_save_and_reopen_fit(fiac_small, tmp_path):
 
 
 def test_fit_group_made_by_hand_reads_back_as_to_zarr_writes_it(tmp_path):
-    """The fit group's layout made with zarr directly (``_create_group_like``, then each dask
+    """The fit group's layout made with zarr directly (``create_group_like``, then each dask
     variable written through the arrays it returns) opens in xarray exactly as the same
     dataset written by xarray's own ``to_zarr``: dims, dtypes, values, chunks, attributes."""
     import xarray as xr
 
-    from daskglm.store.zarrio import _create_group_like
+    from daskglm.store.zarrio import create_group_like
 
     rng = np.random.default_rng(0)
     ds = xr.Dataset(
@@ -175,7 +206,7 @@ def test_fit_group_made_by_hand_reads_back_as_to_zarr_writes_it(tmp_path):
         if np.issubdtype(var.dtype, np.floating):
             var.encoding["compressors"] = None
     ds.to_zarr(tmp_path / "xarray.zarr", zarr_format=3, consolidated=False)
-    arrays = _create_group_like(str(tmp_path / "hand.zarr"), ds, None)
+    arrays = create_group_like(str(tmp_path / "hand.zarr"), ds, None)
     for key in ("beta", "sigma2", "label_index"):
         arrays[key][...] = ds[key].values
     oracle = xr.open_zarr(tmp_path / "xarray.zarr", zarr_format=3, consolidated=False)

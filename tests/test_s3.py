@@ -26,7 +26,7 @@ s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (the test extra
 from daskglm.glm import contrasts as contrasts_mod
 from daskglm.glm import design as design_mod
 from daskglm.store import ingest as store_mod
-from daskglm.store.zarrio import _open_group
+from daskglm.store.zarrio import open_group
 from daskglm.runtime.cluster import compute
 from daskglm.io.maps import load_nifti, save_nifti, to_nifti
 from daskglm.models.first_level import FirstLevelModel
@@ -142,7 +142,7 @@ def test_missing_and_incomplete_stores_on_s3(s3, fiac):
     url = f"{s3['root']}/stores/incomplete.zarr"
     ingest_run(fiac["runs"][0], url, mask_img=fiac["data"]["mask"], client="sync",
                storage_options=options, t_chunk=30)
-    group = _open_group(url, "r+", options)
+    group = open_group(url, "r+", options)
     group.attrs["complete"] = False  # as if ingestion had been interrupted
     with pytest.raises(StoreIncompleteError, match="incomplete"):
         open_run(url, storage_options=options)

@@ -42,12 +42,16 @@ from dask.utils import funcname
 from ..kernels import ar1_moments as _ar1_moments
 from ..kernels import covariances as _covariances
 from ..kernels import regression as _regression
+from ..kernels.packing import fit_rows
 from ..kernels.voxelwise import VOXELWISE_ATTRIBUTES, voxelwise_block
 from ..runtime.cluster import compute
 
-__all__ = ["fit_run", "voxelwise_run", "check_bins", "packed_estimates", "split_estimates", "FIT_VARIABLES"]
+__all__ = ["fit_run", "voxelwise_run", "check_bins", "packed_estimates", "split_estimates", "FIT_VARIABLES",
+           "PACKED_ESTIMATES"]
 
 FIT_VARIABLES = ("beta", "sigma2", "label_index")
+#: The key of a :func:`fit_run` result's ``encoding`` that holds its packed estimates (:func:`packed_estimates`).
+PACKED_ESTIMATES = "daskglm_packed_estimates"
 
 
 def _design(design: Any, n_scans: int) -> tuple[np.ndarray, list[str]]:
@@ -89,7 +93,7 @@ def _quiet_if_short(X: np.ndarray) -> contextlib.AbstractContextManager:
 
 
 def _packed_fit(Y, scaling_mean=None, *, X, noise_model, bins, signal_scaling):
-    """Block task: fit, then pack [beta; sigma2; label_index] into one (p + 2, v) array (the row
+    """Block task: fit, then pack as :func:`~daskglm.kernels.packing.fit_rows` (``label_index``: the row
     of each voxel's label in the fit's ``cov`` table, as float64)."""
     with _quiet_if_short(X):
         fit = _regression.fit_block(
@@ -100,7 +104,7 @@ def _packed_fit(Y, scaling_mean=None, *, X, noise_model, bins, signal_scaling):
         index = np.zeros(fit.label.shape)
     else:
         index = _ar1_moments.ar1_label_index(fit.label, bins, X.shape[0]).astype(np.float64)
-    return np.vstack([fit.beta, fit.sigma2[None], index[None]])
+    return fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=index)
 
 
 def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling):
@@ -109,47 +113,32 @@ def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling):
             Y, X, labels.astype(np.intp), coeffs, signal_scaling=signal_scaling,
             scaling_mean=None if scaling_mean is None else float(scaling_mean),
         )
-    return np.vstack([fit.beta, fit.sigma2[None], fit.label[None]])
+    return fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=fit.label)
 
 
-def _estimate(packed: np.ndarray, *, variable: str, p: int) -> np.ndarray:
-    """One of :data:`FIT_VARIABLES` from packed rows ``[beta (p); sigma2; label_index]``, shape (p + 2, v)."""
-    if variable == "beta":
-        return packed[:p]
-    if variable == "sigma2":
-        return packed[p]
-    return np.rint(packed[p + 1]).astype(np.int64)
-
-
-def _unpacked(packed: da.Array, p: int) -> dict[str, da.Array]:
-    """The fit variables as lazy rows of ``packed``: one layer each, named ``<variable>-<packed>``
-    and depending on ``packed`` alone, so :func:`packed_estimates` can find ``packed`` again."""
-    out = {}
-    for variable in FIT_VARIABLES:
-        shape = {"chunks": ((p,), packed.chunks[1])} if variable == "beta" else {"drop_axis": 0}
-        out[variable] = da.map_blocks(
-            _estimate, packed, name=f"{variable}-{packed.name}", variable=variable, p=p,
-            dtype=np.int64 if variable == "label_index" else np.float64, **shape,
-        )
-    return out
+def _estimates(packed: Any) -> dict[str, Any]:
+    """:data:`FIT_VARIABLES` of packed :func:`~daskglm.kernels.packing.fit_rows` (numpy or dask): row views
+    or lazy slices, ``label_index`` rounded to int64."""
+    rows = fit_rows(packed.shape[0] - fit_rows(0).rows).unpack(packed)
+    return {**rows, "label_index": np.rint(rows["label_index"]).astype(np.int64)}
 
 
 def packed_estimates(fit: xr.Dataset) -> da.Array | None:
-    """The lazy ``(p + 2, voxel)`` rows ``[beta; sigma2; label_index]`` a :func:`fit_run` result's
-    variables are slices of, or None (a fit from elsewhere, or transformed since).
+    """The lazy packed :func:`~daskglm.kernels.packing.fit_rows` ``[beta; sigma2; label_index]``,
+    shape (p + 2, voxel), that a :func:`fit_run` result carries (``fit.encoding[PACKED_ESTIMATES]``)
+    and its variables are slices of; None for a fit from elsewhere, or one whose variables
+    are no longer those slices (transformed since).
 
     Computing this one array and :func:`split_estimates` on the client gives the fit's
     variables with one task per voxel column instead of one per variable and column.
     """
-    arrays = [fit[name].data if name in fit else None for name in FIT_VARIABLES]
-    if not all(isinstance(a, da.Array) for a in arrays):
+    packed = fit.encoding.get(PACKED_ESTIMATES)
+    if not isinstance(packed, da.Array):
         return None
-    beta = arrays[0]
-    source = beta.name.removeprefix("beta-")
-    for name, array in zip(FIT_VARIABLES, arrays):
-        if array.name != f"{name}-{source}" or array.dask.dependencies.get(array.name) != {source}:
+    for name, array in _estimates(packed).items():  # dask names are deterministic: same name, same values
+        if name not in fit or not isinstance(fit[name].data, da.Array) or fit[name].data.name != array.name:
             return None
-    return da.Array(beta.dask, source, chunks=((beta.shape[0] + 2,), beta.chunks[1]), dtype=np.float64)
+    return packed
 
 
 def split_estimates(packed: np.ndarray) -> dict[str, np.ndarray]:
@@ -157,8 +146,7 @@ def split_estimates(packed: np.ndarray) -> dict[str, np.ndarray]:
 
     The packed rows carry each voxel's ``label_index`` itself: nothing else of the fit is needed.
     """
-    p = packed.shape[0] - 2
-    return {name: _estimate(packed, variable=name, p=p) for name in FIT_VARIABLES}
+    return _estimates(packed)
 
 
 def _coefficients(Y, scaling_mean=None, *, X, order, signal_scaling):
@@ -291,7 +279,9 @@ def fit_run(
         Lazy ``beta``, ``sigma2``, ``label_index`` over ``voxel`` (with the
         run's ``i, j, k`` coordinates); in-memory ``cov`` and ``label_value``
         tables; attrs ``dof``, ``noise_model``, ``bins``, ``signal_scaling``,
-        ``n_scans``, ``fit_key`` (see :func:`fit_key`) and the run geometry.
+        ``n_scans``, ``fit_key`` (see :func:`fit_key`) and the run geometry;
+        ``encoding[PACKED_ESTIMATES]`` holds the lazy packed rows the three
+        variables are slices of (see :func:`packed_estimates`).
 
     Raises
     ------
@@ -313,7 +303,7 @@ def fit_run(
         extra = [_grand_mean(Y), ""]
 
     if order <= 1:
-        packed = _blockwise(_packed_fit, Y, p + 2, *extra, X=X, noise_model=noise_model,
+        packed = _blockwise(_packed_fit, Y, fit_rows(p).rows, *extra, X=X, noise_model=noise_model,
                             bins=int(bins), signal_scaling=scaling)
         label_value = (np.zeros((1, 0)) if order == 0
                        else _ar1_moments.ar1_grid(bins, n_scans)[:, None])
@@ -329,16 +319,16 @@ def fit_run(
                             random_state=random_state).fit(coefs_np.T)
             index, label_value, _ = _covariances.merge_ar_clusters(kmeans.cluster_centers_, kmeans.labels_)
         labels = da.from_array(index.astype(np.float64), chunks=(Y.chunks[1],))
-        packed = _blockwise(_packed_refit, Y, p + 2, labels, "v", *extra, X=X,
+        packed = _blockwise(_packed_refit, Y, fit_rows(p).rows, labels, "v", *extra, X=X,
                             coeffs=label_value, signal_scaling=scaling)
-    estimates = _unpacked(packed, p)
+    estimates = _estimates(packed)
 
     if order == 1:  # the moment fit's whitened inverses where accurate, else one pinv per label
         cov = _covariances.ar1_label_covariances(X, int(bins))
     else:
         cov = _covariances.label_covariances(X, label_value)  # one pinv per label, no SVD for the dof
     voxel_coords = {name: bold.coords[name] for name in "ijk" if name in bold.coords}
-    return xr.Dataset(
+    fit = xr.Dataset(
         {
             "beta": (("regressor", "voxel"), estimates["beta"]),
             "sigma2": (("voxel",), estimates["sigma2"]),
@@ -357,6 +347,8 @@ def fit_run(
             **{k: ds.attrs[k] for k in ("affine", "volume_shape", "t_r", "store") if k in ds.attrs},
         },
     )
+    fit.encoding[PACKED_ESTIMATES] = packed  # what save_fits computes and writes (see packed_estimates)
+    return fit
 
 
 def _voxelwise_task(Y, beta, label_index, scaling_mean=None, *, X, label_value, attribute, signal_scaling):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,19 +52,19 @@ from ..runtime.cluster import compute
 from ..store.locks import store_lock
 from ..store.zarrio import (
     StoreIncompleteError,
-    _codecs,
-    _create_group_like,
-    _damaged,
-    _fsspec_kwargs,
-    _open_group,
-    _sweep_partials,
-    _url,
-    _zarr_location,
+    array_codecs,
     check_chunks,
     chunk_record,
+    create_group_like,
+    damaged_error,
+    fsspec_kwargs,
+    open_group,
     open_run,
+    store_url,
+    sweep_partials,
+    zarr_location,
 )
-from .fit import FIT_VARIABLES, packed_estimates, split_estimates
+from .fit import FIT_VARIABLES, PACKED_ESTIMATES, packed_estimates, split_estimates
 
 __all__ = [
     "DEFAULT_FIT_MEMORY_BYTES",
@@ -122,6 +123,7 @@ def _to_write(fit: xr.Dataset) -> xr.Dataset:
     """What goes into the group: no voxel indices (in the run store), regressor names as attrs
     (zarr v3 has no stable fixed-length string dtype), ``complete`` False until written."""
     out = fit.drop_vars([n for n in ("i", "j", "k", "regressor", "regressor_") if n in fit.coords]).copy()
+    out.encoding.pop(PACKED_ESTIMATES, None)  # nothing to store: save_fits takes it from the fit
     out.attrs = {**{k: v for k, v in fit.attrs.items() if k not in ("store", "group")}, "complete": False,
                  "regressors": [str(r) for r in fit["regressor"].values]}
     for var in out.variables.values():
@@ -133,8 +135,8 @@ def _to_write(fit: xr.Dataset) -> xr.Dataset:
 def _raw_floats(encoding: dict, dtype: Any) -> None:
     """Store float estimates raw: zstd barely shrinks float estimates and took longer than writing
     them (BENCHMARKS.md, "Second round"); integer label indices keep zstd. Every chunk
-    carries a crc32c checksum, verified on each read (see :func:`daskglm.store.zarrio._codecs`)."""
-    encoding["compressors"] = _codecs(None if np.issubdtype(dtype, np.floating) else "zstd")
+    carries a crc32c checksum, verified on each read (see :func:`daskglm.store.zarrio.array_codecs`)."""
+    encoding["compressors"] = array_codecs(None if np.issubdtype(dtype, np.floating) else "zstd")
 
 
 def _rounds(stores: list[str]) -> list[list[int]]:
@@ -212,7 +214,7 @@ def save_fits(
             return _in_memory(url, group, storage_options, written, coords)
         return _open_lazy(url, group, storage_options, coords, LAZY_CHUNK_BYTES)
 
-    return _save(fits, [_url(store) for store in stores], names, storage_options, client, read,
+    return _save(fits, [store_url(store) for store in stores], names, storage_options, client, read,
                  eager=in_memory, reuse=name is None)
 
 
@@ -227,7 +229,7 @@ def _keyed_group(fit: xr.Dataset) -> str:
 def _reusable(url: str, group: str, key: Any, storage_options: dict | None) -> bool:
     """Whether group ``group`` of the store holds a complete fit of that ``fit_key``."""
     try:
-        attrs = _open_group(f"{url.rstrip('/')}/{group}", "r", storage_options).attrs
+        attrs = open_group(f"{url.rstrip('/')}/{group}", "r", storage_options).attrs
     except Exception:
         return False
     return bool(attrs.get("complete")) and attrs.get("fit_key") == key
@@ -252,7 +254,7 @@ def _written_by_workers(out: xr.Dataset, packed: da.Array, group: str,
     """Create group ``name`` (metadata, the numpy tables, ``complete`` False) for a
     :func:`daskglm.glm.fit.fit_run` result and return the lazy packed estimates, each column
     written by the task that fits it (nothing travels to be written, no write task apart)."""
-    arrays = _create_group_like(group, out, storage_options)
+    arrays = create_group_like(group, out, storage_options)
     rows = packed.shape[0] if gather else 0
     return da.map_blocks(  # named from what it writes where (tokenizing the zarr arrays is slow)
         _write_fit_block, packed, name=f"write_fit_block-{tokenize(packed.name, group, gather)}",
@@ -291,19 +293,19 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], names: list[str], storage
             by_workers: set[int] = set()  # fit_run results: their tasks write them
             jobs: list[tuple[int, str | None, Any]] = []  # (fit, variable to hold or None, collection)
             for i in indexes:
-                packed = packed_estimates(outs[i])
+                packed = _packed(fits[i], groups[i])
                 if packed is not None:
                     by_workers.add(i)
                     jobs.append((i, None, _written_by_workers(outs[i], packed, groups[i], storage_options, eager)))
                 elif eager:
-                    _open_group(groups[i], "w", storage_options).attrs["complete"] = False
+                    open_group(groups[i], "w", storage_options).attrs["complete"] = False
                     jobs += [(i, key, outs[i][key].data) for key in outs[i].data_vars
                              if isinstance(outs[i][key].data, da.Array)]
                 else:
-                    jobs.append((i, None, outs[i].to_zarr(_zarr_location(urls[i]), group=names[i], mode="w",
+                    jobs.append((i, None, outs[i].to_zarr(zarr_location(urls[i]), group=names[i], mode="w",
                                                           consolidated=False,
                                                           zarr_format=3, compute=False, write_empty_chunks=True,
-                                                          **_fsspec_kwargs(urls[i], storage_options))))
+                                                          **fsspec_kwargs(urls[i], storage_options))))
             values = _compute_checked(jobs, [urls[i] for i in indexes], client)
             for (i, key, _), value in zip(jobs, values):
                 if i in by_workers and eager:
@@ -312,17 +314,28 @@ def _save(fits: Sequence[xr.Dataset], urls: list[str], names: list[str], storage
                     _hold(outs[i], {key: value})
             for i in indexes:
                 if eager and i not in by_workers:
-                    outs[i].to_zarr(_zarr_location(urls[i]), group=names[i], mode="w", consolidated=False, zarr_format=3,
-                                    write_empty_chunks=True, **_fsspec_kwargs(urls[i], storage_options))
+                    outs[i].to_zarr(zarr_location(urls[i]), group=names[i], mode="w", consolidated=False, zarr_format=3,
+                                    write_empty_chunks=True, **fsspec_kwargs(urls[i], storage_options))
             for i in indexes:
-                _sweep_partials(groups[i])
-                group = _open_group(groups[i], "r+", storage_options)
+                sweep_partials(groups[i])
+                group = open_group(groups[i], "r+", storage_options)
                 chunks = {key: chunk_record(groups[i], key, group[key], storage_options)[0]
                           for key in _VOXEL_VARIABLES if key in group}
                 group.attrs.put({**group.attrs.asdict(), "complete": True, "chunks": chunks})  # one write
             for i in indexes:
                 results[i] = read(fits[i], urls[i], names[i], outs[i])
     return results
+
+
+def _packed(fit: xr.Dataset, group: str) -> da.Array | None:
+    """The packed estimates a :func:`daskglm.glm.fit.fit_run` result carries, or None (written by
+    variable then); a warning when it carries some that its variables no longer are."""
+    packed = packed_estimates(fit)
+    if packed is None and fit.encoding.get(PACKED_ESTIMATES) is not None:
+        warnings.warn(f"the fit for {group!r} carries fit_run's packed estimates, but its beta, sigma2 and "
+                      "label_index are no longer slices of them (changed since fit_run): it is computed and "
+                      "written variable by variable, with more tasks", RuntimeWarning, stacklevel=4)
+    return packed
 
 
 def _compute_checked(jobs: list, urls: list[str], client: Any) -> tuple:
@@ -334,7 +347,7 @@ def _compute_checked(jobs: list, urls: list[str], client: Any) -> tuple:
     except ValueError as exc:
         if "checksum" not in str(exc):
             raise
-        raise _damaged(" or ".join(sorted(set(urls))), f"a chunk failed its crc32c checksum: {exc}") from None
+        raise damaged_error(" or ".join(sorted(set(urls))), f"a chunk failed its crc32c checksum: {exc}") from None
 
 
 def _hold(out: xr.Dataset, values: dict[str, np.ndarray]) -> None:
@@ -369,7 +382,7 @@ def save_fit(fit: xr.Dataset, store: str | os.PathLike, name: str = "glm",
     xarray.Dataset
         The persisted fit, lazily opened (see :func:`open_fit`).
     """
-    store = _url(store)
+    store = store_url(store)
     _save([fit], [store], [name], storage_options, client, lambda *_: None)
     return open_fit(store, name, storage_options)
 
@@ -397,10 +410,10 @@ def open_fit(store: str | os.PathLike, name: str | None = None,
     ValueError
         ``name`` omitted and the store holds no fit or several.
     """
-    store = _url(store)
+    store = store_url(store)
     run = open_run(store, storage_options)
     if name is None:
-        groups = sorted(key for key, _ in _open_group(store, "r", storage_options).groups()
+        groups = sorted(key for key, _ in open_group(store, "r", storage_options).groups()
                         if key.startswith("glm"))
         if len(groups) != 1:
             raise ValueError(f"the store at {store!r} holds {len(groups)} fits {groups}: give the name of one")
@@ -424,7 +437,7 @@ def reopen_fit(fit: xr.Dataset, name: str = "glm", storage_options: dict | None 
 def _complete_group(store: str, name: str, storage_options: dict | None) -> Any:
     """Group ``name`` of the store, refused if incomplete or if a chunk of its estimates is gone."""
     path = f"{store.rstrip('/')}/{name}"
-    group = _open_group(path, "r", storage_options)
+    group = open_group(path, "r", storage_options)
     if not group.attrs.get("complete"):
         raise StoreIncompleteError(f"the fit {name!r} in {store!r} is incomplete: fit again")
     recorded = group.attrs.get("chunks") or {}
@@ -455,8 +468,8 @@ def _open_lazy(store: str, name: str, storage_options: dict | None, coords: dict
         n_regressors, stored = group["beta"].shape[0], group["beta"].chunks[1]
         per_voxel = 8 * max(1, n_regressors)
         chunks = {"voxel": stored * max(1, chunk_bytes // (per_voxel * stored))}
-    fit = xr.open_zarr(_zarr_location(store, read_only=True), group=name, consolidated=False, zarr_format=3,
-                       chunks=chunks, **_fsspec_kwargs(store, storage_options))
+    fit = xr.open_zarr(zarr_location(store, read_only=True), group=name, consolidated=False, zarr_format=3,
+                       chunks=chunks, **fsspec_kwargs(store, storage_options))
     if not fit.attrs.get("complete"):  # rewritten since the check above
         raise StoreIncompleteError(f"the fit {name!r} in {store!r} is incomplete: fit again")
     regressors = list(fit.attrs.pop("regressors"))

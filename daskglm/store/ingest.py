@@ -93,18 +93,18 @@ from .zarrio import (
     _check_protocol,
     _check_replaceable,
     _create_store,
-    _fsspec_kwargs,
-    _open_group,
     _read_attrs,
     _rebuild_reason,
     _resolve_compressor,
     _same_store,
     _stored_mask,
-    _sweep_partials,
-    _url,
     chunk_record,
+    fsspec_kwargs,
     layout_digests,
+    open_group,
     open_run,
+    store_url,
+    sweep_partials,
 )
 
 __all__ = ["mean_image", "ingest_run", "ingest_runs", "parameters_key", "open_run", "store_lock",
@@ -145,7 +145,7 @@ def _ingest_block(
     for a in range(start, stop, step):
         b = min(a + step, stop)
         if isinstance(source, str):
-            volumes = read_volumes(source, a, b, gzip_index, **_fsspec_kwargs(source, storage_options))
+            volumes = read_volumes(source, a, b, gzip_index, **fsspec_kwargs(source, storage_options))
         else:
             volumes = source[..., a - start:b - start]
         if resample is not None:
@@ -153,7 +153,7 @@ def _ingest_block(
         _volume.smooth_and_mask(volumes, crop, sigma, out=rows[a - start:b - start], plan=plan,
                                 compiled=compiled)
         del volumes
-    group = _open_group(store, "r+", storage_options)
+    group = open_group(store, "r+", storage_options)
     bold = group["bold"]
     if hasattr(bold, "with_config"):  # zarr >= 3.1.4
         # Every chunk is written: zarr's default first compares each with the fill value to skip
@@ -346,7 +346,7 @@ def ingest_runs(
     """
     if len(run_imgs) != len(stores):
         raise ValueError(f"got {len(run_imgs)} runs but {len(stores)} stores: give one store per run")
-    urls = [_url(store) for store in stores]
+    urls = [store_url(store) for store in stores]
     shared = sorted({u for u in urls if urls.count(u) > 1})
     if shared:
         raise ValueError(f"two runs cannot share a store; {shared[0]!r} is given more than once")
@@ -406,7 +406,7 @@ def _check_in_process_locations(locations: list[str], client: Any) -> None:
 def _resumable(store: str, storage_options: dict | None) -> bool:
     """Whether every array of an interrupted store is there to resume into (else it is rebuilt)."""
     try:
-        group = _open_group(store, "r", storage_options)
+        group = open_group(store, "r", storage_options)
         return all(name in group for name in ("bold", "i", "j", "k", "ingest_done", "gzip_index"))
     except Exception:
         return False
@@ -457,7 +457,7 @@ class _Ingestion:
         info, store, storage_options = self.info, self.store, self.storage_options
         if self.resume:
             existing = self.existing
-            group = _open_group(store, "r", storage_options)
+            group = open_group(store, "r", storage_options)
             shape = tuple(int(n) for n in existing["volume_shape"])
             resampled = existing.get("resampled_from") or {}
             crop, value_range = resampled.get("crop"), resampled.get("value_range")
@@ -515,10 +515,10 @@ class _Ingestion:
 
     def finish(self, columns: bool = False) -> xr.Dataset:
         """Check every block is flagged, then mark the store complete (last) and open it."""
-        group = _open_group(self.store, "r+", self.storage_options)
+        group = open_group(self.store, "r+", self.storage_options)
         if not np.asarray(group["ingest_done"][:], dtype=bool).all():
             raise StoreIncompleteError(f"ingestion into {self.store!r} did not write every block")
-        _sweep_partials(self.store)
+        sweep_partials(self.store)
         # Last, in one write with the layout's digests: only now is the store usable.
         integrity = {**layout_digests(group),
                      "bold_chunks": chunk_record(self.store, "bold", group["bold"], self.storage_options)[0]}

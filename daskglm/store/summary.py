@@ -18,7 +18,7 @@ import numpy as np
 from ..io.nifti import RunInfo, build_gzip_index, inspect_run, read_volumes
 from ..runtime import plan as _plan
 from ..runtime.cluster import compute, get_client, phase
-from .zarrio import _fsspec_kwargs
+from .zarrio import fsspec_kwargs
 
 __all__ = ["mean_image"]
 
@@ -39,7 +39,7 @@ def _block_summary(source: str | np.ndarray, start: int, stop: int, gzip_index: 
                    ) -> tuple[np.ndarray | None, float, float]:
     """Task: float64 sum of volumes ``start:stop`` (non-finite as 0), shape (x, y, z), or
     None; and their ``nanmin`` / ``nanmax``."""
-    volumes = (read_volumes(source, start, stop, gzip_index, **_fsspec_kwargs(source, storage_options))
+    volumes = (read_volumes(source, start, stop, gzip_index, **fsspec_kwargs(source, storage_options))
                if isinstance(source, str) else source)
     total = np.zeros(volumes.shape[:3]) if want_sum else None
     low, high = np.inf, -np.inf
@@ -64,7 +64,7 @@ def gzip_index_task(info: RunInfo, storage_options: dict | None) -> Any:
     if info.path is None or not info.compressed:
         return None
     return dask.delayed(build_gzip_index)(info.path, info.data_bytes,
-                                          **_fsspec_kwargs(info.path, storage_options))
+                                          **fsspec_kwargs(info.path, storage_options))
 
 
 def _gzip_index(info: RunInfo, client: Any, storage_options: dict | None) -> bytes | None:

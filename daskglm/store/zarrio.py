@@ -32,7 +32,9 @@ from ..io.nifti import RunInfo
 from ..io.remote import is_url, url_options, url_to_fs
 from ..runtime import plan as _plan
 
-__all__ = ["open_run", "StoreDamagedError", "StoreIncompleteError", "STORE_FORMAT"]
+__all__ = ["open_run", "StoreDamagedError", "StoreIncompleteError", "STORE_FORMAT", "array_codecs", "check_chunks",
+           "chunk_record", "create_group_like", "damaged_error", "fsspec_kwargs", "layout_digests", "open_group",
+           "store_url", "sweep_partials", "verify_store", "zarr_location"]
 
 #: Bumped whenever the layout changes; stores of another format are rebuilt.
 #: 2: every chunk carries a crc32c checksum, the layout digest ``integrity`` is recorded.
@@ -71,7 +73,7 @@ class StoreDamagedError(RuntimeError):
     __module__ = "daskglm.store.ingest"
 
 
-def _damaged(store: str, what: str) -> StoreDamagedError:
+def damaged_error(store: str, what: str) -> StoreDamagedError:
     return StoreDamagedError(
         f"the store at {store!r} is damaged ({what}): delete that folder (it holds only what daskglm "
         "derived from the run; the next fit rebuilds it), or rebuild it: FirstLevelModel(overwrite=True), "
@@ -81,13 +83,13 @@ def _damaged(store: str, what: str) -> StoreDamagedError:
 # --------------------------------------------------------------------------- locations
 
 
-def _url(store: str | os.PathLike) -> str:
+def store_url(store: str | os.PathLike) -> str:
     """A store's location as daskglm keeps it: a URL, or a local path (``file://`` removed)."""
     text = os.fspath(store)
     return _local_path(text) if not is_url(text) else text
 
 
-def _zarr_location(store: str, read_only: bool = False) -> Any:
+def zarr_location(store: str, read_only: bool = False) -> Any:
     """What zarr and xarray open: a URL or local path as it is, a local path holding ``::`` as a
     ``LocalStore`` (so that a folder named ``a::b.zarr`` is not read as an fsspec URL chain)."""
     if is_url(store) or "::" not in store:
@@ -100,7 +102,7 @@ def _local_path(store: str) -> str:
     return store.split("://", 1)[1] if "://" in store else store
 
 
-def _fsspec_kwargs(location: str, storage_options: dict | None) -> dict:
+def fsspec_kwargs(location: str, storage_options: dict | None) -> dict:
     """``{"storage_options": ...}`` for a remote location; ``{}`` for a local path.
 
     One ``storage_options`` serves every remote location of a call (store and
@@ -112,15 +114,15 @@ def _fsspec_kwargs(location: str, storage_options: dict | None) -> dict:
     return {"storage_options": options} if options else {}
 
 
-def _open_group(store: str, mode: str, storage_options: dict | None) -> zarr.Group:
-    return zarr.open_group(_zarr_location(store, mode == "r"), mode=mode, zarr_format=3,
-                           **_fsspec_kwargs(store, storage_options))
+def open_group(store: str, mode: str, storage_options: dict | None) -> zarr.Group:
+    return zarr.open_group(zarr_location(store, mode == "r"), mode=mode, zarr_format=3,
+                           **fsspec_kwargs(store, storage_options))
 
 
 def _read_attrs(store: str, storage_options: dict | None) -> dict | None:
     """Attributes of an existing daskglm store, ``None`` if there is none."""
     try:
-        return dict(_open_group(store, "r", storage_options).attrs)
+        return dict(open_group(store, "r", storage_options).attrs)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
         return None
     except Exception:  # something unreadable at that location: treat as foreign
@@ -148,7 +150,7 @@ def _clear_store(store: str, storage_options: dict | None) -> None:
     anything daskglm did not make. The folder itself is kept: a symlinked store is emptied
     in its target, the link stays.
     """
-    group = _open_group(store, "r+", storage_options)
+    group = open_group(store, "r+", storage_options)
     found = group.attrs.get("daskglm_store_format")
     group.attrs.put({"daskglm_store_format": found, "complete": False, "fingerprint": None})
     fs, path = url_to_fs(store, storage_options)
@@ -157,7 +159,7 @@ def _clear_store(store: str, storage_options: dict | None) -> None:
             fs.rm(f"{path.rstrip('/')}/{name}", recursive=True)
 
 
-def _sweep_partials(store: str) -> None:
+def sweep_partials(store: str) -> None:
     """Remove the ``*.partial`` files a killed writer left in a local store.
 
     zarr writes a chunk to ``<key>.<uuid>.partial`` and renames it; a process
@@ -191,7 +193,7 @@ def _codec(compressor: str | None) -> Any:
     return zarr.codecs.BloscCodec(**_BLOSC[compressor])
 
 
-def _codecs(compressor: str | None) -> list:
+def array_codecs(compressor: str | None) -> list:
     """The bytes codecs of a store array: the compressor, then a crc32c checksum of every
     chunk (verified by zarr on each read: a damaged chunk is an error, never numbers)."""
     codec = _codec(compressor)
@@ -235,8 +237,8 @@ def _create_store(
             _clear_store(store, storage_options)
         # Recognised as daskglm's (and never resumed: no fingerprint) from its first write on.
         marker = {"daskglm_store_format": STORE_FORMAT, "complete": False, "fingerprint": None}
-        group = zarr.open_group(_zarr_location(store), mode="a", zarr_format=3, attributes=dict(marker),
-                                **_fsspec_kwargs(store, storage_options))
+        group = zarr.open_group(zarr_location(store), mode="a", zarr_format=3, attributes=dict(marker),
+                                **fsspec_kwargs(store, storage_options))
         # An emptied store's metadata is marked already; now of this format. (A copy: zarr's
         # put clears the group's attribute dict first, which is the one it was created with.)
         group.attrs.put(dict(marker))
@@ -252,14 +254,14 @@ def _create_store(
         chunks=(plan.t_chunk, plan.v_chunk),
         dtype="float32",
         dimension_names=("time", "voxel"),
-        compressors=_codecs(compressor),
+        compressors=array_codecs(compressor),
         fill_value=0.0,
         attributes={"coordinates": "i j k", "long_name": "BOLD signal, smoothed and masked"},
     )
     for axis, name in enumerate("ijk"):
         arr = group.create_array(
             name, shape=(n_voxels,), chunks=(n_voxels,), dtype="int32", dimension_names=("voxel",),
-            compressors=_codecs("zstd"),
+            compressors=array_codecs("zstd"),
         )
         arr[:] = np.nonzero(mask)[axis].astype(np.int32)
     group.create_array(
@@ -288,7 +290,7 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _create_group_like(store: str, dataset: xr.Dataset, storage_options: dict | None) -> dict[str, zarr.Array]:
+def create_group_like(store: str, dataset: xr.Dataset, storage_options: dict | None) -> dict[str, zarr.Array]:
     """Create the zarr group at ``store`` (replacing whatever is there) in the layout
     ``xr.open_zarr`` reads back as ``dataset``; return its arrays, open for writing.
 
@@ -307,7 +309,7 @@ def _create_group_like(store: str, dataset: xr.Dataset, storage_options: dict | 
     numpy scalars or arrays, as ``to_zarr`` accepts them (zarr's JSON does not).
     """
     try:
-        group = _open_group(store, "w", storage_options)
+        group = open_group(store, "w", storage_options)
     except Exception as exc:
         raise OSError(f"cannot create the group at {store!r}: {exc}") from exc
     arrays = {}
@@ -427,7 +429,7 @@ def layout_digests(group: zarr.Group, voxels: dict[str, np.ndarray] | None = Non
 
 def chunk_record(location: str, name: str, array: zarr.Array, storage_options: dict | None) -> tuple[str, int]:
     """What identifies the chunks of ``array`` (``name`` under ``location``) as written: a digest
-    of every chunk's crc32c checksum (the last 4 bytes of its file, see :func:`_codecs`) in grid
+    of every chunk's crc32c checksum (the last 4 bytes of its file, see :func:`array_codecs`) in grid
     order, and how many chunks are missing.
 
     Recorded when a store or fit is completed, compared when it is opened: a chunk deleted
@@ -462,9 +464,9 @@ def check_chunks(store: str, location: str, name: str, array: zarr.Array, record
     digest, missing = chunk_record(location, name, array, storage_options)
     label = location[len(store):].strip("/") + "/" + name if location != store else name
     if missing:
-        raise _damaged(store, f"{missing} chunk(s) of {label!r} are missing")
+        raise damaged_error(store, f"{missing} chunk(s) of {label!r} are missing")
     if digest != recorded:
-        raise _damaged(store, f"chunks of {label!r} differ from those written (replaced, swapped or edited)")
+        raise damaged_error(store, f"chunks of {label!r} differ from those written (replaced, swapped or edited)")
 
 
 def verify_store(store: str, group: zarr.Group, attrs: dict, storage_options: dict | None) -> dict[str, np.ndarray]:
@@ -482,15 +484,15 @@ def verify_store(store: str, group: zarr.Group, attrs: dict, storage_options: di
     """
     recorded = attrs.get("integrity")
     if not isinstance(recorded, dict):
-        raise _damaged(store, "its integrity record is missing")
+        raise damaged_error(store, "its integrity record is missing")
     try:
         voxels = {n: np.asarray(group[n][:]) for n in "ijk"}
         found = layout_digests(group, voxels)
     except Exception as exc:  # an array gone or unreadable
-        raise _damaged(store, f"{type(exc).__name__}: {exc}") from None
+        raise damaged_error(store, f"{type(exc).__name__}: {exc}") from None
     changed = [name for name in found if found[name] != recorded.get(name)]
     if changed:
-        raise _damaged(store, f"its {', '.join(changed)} differ from what was recorded when it was written")
+        raise damaged_error(store, f"its {', '.join(changed)} differ from what was recorded when it was written")
     check_chunks(store, store, "bold", group["bold"], recorded.get("bold_chunks"), storage_options)
     return voxels
 
@@ -529,7 +531,7 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
         A chunk is missing, or the store's metadata or voxel indices changed since it was
         written (corrupt chunks are refused by their checksums when read).
     """
-    store = _url(store)
+    store = store_url(store)
     attrs = _read_attrs(store, storage_options)
     if attrs is None:
         raise FileNotFoundError(f"no daskglm store at {store!r}")
@@ -542,15 +544,15 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
         raise StoreIncompleteError(
             f"the store at {store!r} is incomplete (interrupted ingestion?): rerun ingest_run"
         )
-    group = _open_group(store, "r", storage_options)
+    group = open_group(store, "r", storage_options)
     voxels = verify_store(store, group, attrs, storage_options)
     ds = xr.open_zarr(
-        _zarr_location(store, read_only=True),
+        zarr_location(store, read_only=True),
         consolidated=False,
         zarr_format=3,
         chunks={"time": -1} if columns else {},
         drop_variables=_INTERNAL_VARS,
-        **_fsspec_kwargs(store, storage_options),
+        **fsspec_kwargs(store, storage_options),
     )
     ds.attrs["store"] = store
     _mark_used(store)
