@@ -1,4 +1,4 @@
-"""nilearn's private helpers that daskglm's estimators rely on, in one place.
+"""nilearn's private names that daskglm relies on, in one place.
 
 daskglm's ``FirstLevelModel`` and ``SecondLevelModel`` subclass nilearn's, so
 that nilearn's own code (``save_glm_to_bids``, ``generate_report``, its
@@ -6,9 +6,36 @@ estimator checks, ``SecondLevelModel`` inputs) treats them as nilearn models.
 That contract goes through a few of nilearn's private names; they are imported
 here only, so that a nilearn release that moves them breaks one module.
 nilearn is pinned to 0.14.x in ``pyproject.toml`` for this reason.
+
+The layers above the models (``daskglm.bids``, ``daskglm.cli``) reach
+nilearn's private code through the functions of this module only:
+:func:`first_level_view` (a stand-in for a fitted volume first-level model),
+:func:`output_filenames` (``BaseGLM._generate_filenames_output``, the names
+``save_glm_to_bids`` writes), :func:`model_attributes`
+(``BaseGLM._attributes_to_dict``, ``statmap.json``'s ``ModelParameters``),
+:func:`clustering_params` (``clustering_params_to_dataframe``, the cluster
+tables' metadata) and :func:`clean_contrast_name`.
+
+Inherent to subclassing nilearn's estimators, and so left in
+``models/first_level.py`` and ``models/second_level.py`` (each is what
+nilearn's own ``fit`` does, or what its own code reads or calls on a model):
+
+* attributes nilearn reads: ``_reporting_data`` (set at fit; read by
+  ``generate_report`` and ``save_glm_to_bids``) and ``_report_content``
+  (``["reports_at_fit_time"]``);
+* inherited methods called as nilearn's ``fit`` calls them:
+  ``_fit_cache()``, ``_reset_report()``, ``_log(...)`` (first level);
+* hooks overridden so that nilearn's code computes with daskglm:
+  ``_get_element_wise_model_attribute`` (behind ``residuals_``,
+  ``predicted_``, ``r_square_``; both models) and ``_make_stat_maps``
+  (the maps of ``save_glm_to_bids`` and ``generate_report``; second level).
 """
 
 from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
 
 from nilearn._utils.glm import check_and_load_tables
 from nilearn._utils.logger import log
@@ -38,8 +65,98 @@ from nilearn.image.image import check_volume_for_fit
 from nilearn.maskers.masker_validation import check_embedded_masker
 
 __all__ = [
-    "BaseGLM", "check_and_load_tables", "clean_contrast_name", "check_compatibility_mask_and_images", "check_confounds", "check_design_matrix",
-    "check_embedded_masker", "check_first_level_contrast", "check_input_as_type", "check_input_type",
-    "check_n_rows_desmat_vs_n_effect_maps", "check_parameter_in_allowed", "check_params",
-    "check_volume_for_fit", "get_con_val", "log", "sort_input_dataframe",
+    "BaseGLM", "check_and_load_tables", "clean_contrast_name", "check_compatibility_mask_and_images",
+    "check_confounds", "check_design_matrix", "check_embedded_masker", "check_first_level_contrast",
+    "check_input_as_type", "check_input_type", "check_n_rows_desmat_vs_n_effect_maps", "check_parameter_in_allowed",
+    "check_params", "check_volume_for_fit", "clustering_params", "first_level_view", "get_con_val", "log",
+    "model_attributes", "output_filenames", "sort_input_dataframe",
 ]
+
+#: The parameters ``BaseGLM._attributes_to_dict`` may read from a first-level model.
+VIEW_PARAMETERS = ("subject_label", "drift_model", "hrf_model", "noise_model", "t_r", "signal_scaling",
+                   "smoothing_fwhm", "slice_time_ref", "target_shape", "target_affine", "fir_delays", "high_pass",
+                   "drift_order")
+
+
+def first_level_view(design_matrices: list, run_imgs: list, model: Any = None) -> Any:
+    """A stand-in with what nilearn's naming and metadata code reads from a fitted volume first-level model.
+
+    Parameters
+    ----------
+    design_matrices : list
+        One per run (only their number matters to the names: placeholders do).
+    run_imgs : list of str or path
+        The runs' file names, parsed as BIDS names (``_reporting_data["run_imgs"]``).
+    model : FirstLevelModel, optional
+        Supplies the parameters :func:`model_attributes` reads
+        (:data:`VIEW_PARAMETERS`; ``standardize`` is False: daskglm never
+        standardizes, nilearn's default). Not needed for names only.
+
+    Returns
+    -------
+    object
+        For :func:`output_filenames` and :func:`model_attributes`.
+    """
+    from nilearn.interfaces.bids import parse_bids_filename
+    from sklearn.base import BaseEstimator
+
+    class _View(BaseEstimator):
+        _generate_filenames_output = BaseGLM._generate_filenames_output
+        _attributes_to_dict = BaseGLM._attributes_to_dict
+
+        def fit(self) -> None:  # pragma: no cover - sklearn's check_is_fitted wants one
+            raise NotImplementedError
+
+        def __sklearn_is_fitted__(self) -> bool:
+            return True
+
+        def _is_volume_glm(self) -> bool:
+            return True
+
+        def __str__(self) -> str:
+            return "First Level Model"
+
+    view = _View()
+    if model is not None:
+        for name in VIEW_PARAMETERS:
+            setattr(view, name, getattr(model, name))
+        view.standardize = False
+    view.design_matrices_ = list(design_matrices)
+    view._reporting_data = {"run_imgs": {i: parse_bids_filename(os.fspath(p)) for i, p in enumerate(run_imgs)}}
+    return view
+
+
+def output_filenames(view: Any, prefix: str | None, contrasts: dict[str, Any], contrast_types: dict[str, str],
+                     out_dir: Any) -> dict:
+    """nilearn's output names of ``save_glm_to_bids`` (``BaseGLM._generate_filenames_output``) for ``view``.
+
+    nilearn's notes about renamed contrasts are not shown (the names are checked
+    by the callers, :func:`daskglm.bids.outputs.contrast_labels`).
+
+    Returns
+    -------
+    dict
+        nilearn's ``filenames``: ``dir`` (``Path(out_dir) / "sub-<label>"`` or
+        ``Path(out_dir)``), ``mask``, ``statistical_maps[name][key]``,
+        ``design_matrices_dict[run][key]``, ``contrasts_dict[run][name]``,
+        ``model_level_mapping[run][key]``; names relative to ``dir``.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        view._generate_filenames_output(prefix, contrasts, contrast_types, out_dir)
+    return view._reporting_data["filenames"]
+
+
+def model_attributes(view: Any) -> dict:
+    """``statmap.json``'s ``ModelParameters``: nilearn's ``BaseGLM._attributes_to_dict`` of ``view``."""
+    return dict(view._attributes_to_dict())
+
+
+def clustering_params(threshold: float, cluster_threshold: int, min_distance: float, height_control: str | None,
+                      alpha: float) -> dict:
+    """A cluster table's metadata (its JSON sidecar), as nilearn's ``save_glm_to_bids`` writes it (volume GLM)."""
+    from nilearn.reporting.get_clusters_table import clustering_params_to_dataframe
+
+    frame = clustering_params_to_dataframe(threshold, cluster_threshold, min_distance, height_control, alpha,
+                                           is_volume_glm=True)
+    return frame.to_dict()[0]
