@@ -3,6 +3,7 @@ in subprocesses, on small simulated data; nilearn 0.14 is the oracle for maps an
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -149,12 +150,26 @@ def test_fit_design_matrices_equals_daskglm_and_nilearn_with_nilearn_names(fiac,
     assert len(statmaps) == 5 * len(CONTRASTS)
     assert "sub-01/sub-01_task-fiac_contrast-dstMinusSst_stat-z_statmap.nii.gz" in statmaps
     assert "sub-01/sub-01_task-fiac_contrast-effectsOfInterest_stat-F_statmap.nii.gz" in statmaps
-    expected = statmaps | {f for f in nilearn_files if f.endswith(("_design.tsv", "_design.json", "_mask.nii.gz"))}
-    expected |= {"dataset_description.json", "sub-01/report.html"}
-    assert ours_files == expected
+    # nilearn's files but its figures and per-run residuals (daskglm bids writes those on request)
+    assert ours_files == {f for f in nilearn_files if not f.endswith((".png", "stat-errorts_statmap.nii.gz",
+                                                                      "stat-rsquared_statmap.nii.gz"))}
+    assert {"sub-01/statmap.json", "sub-01/sub-01_task-fiac_contrast-language_clusters.tsv"} <= ours_files
     for index, design in enumerate(fiac["designs"], start=1):
         written = pd.read_csv(out / f"sub-01/sub-01_task-fiac_run-{index}_design.tsv", sep="\t")
         pd.testing.assert_frame_equal(written, design, check_exact=False)
+        # nilearn writes the model's t_r (None: designs given); daskglm the model's t_r_, the header's TR
+        sidecar = f"sub-01/sub-01_task-fiac_run-{index}_design.json"
+        assert json.loads((tmp_path / "nilearn" / sidecar).read_text()) == {"RepetitionTime": None}
+        assert json.loads((out / sidecar).read_text()) == {"RepetitionTime": 2.5}
+    # statmap.json: nilearn's model parameters, and the subject the run names give
+    theirs_meta = json.loads((tmp_path / "nilearn" / "sub-01" / "statmap.json").read_text())
+    assert json.loads((out / "sub-01" / "statmap.json").read_text()) == {
+        **theirs_meta, "ModelParameters": {**theirs_meta["ModelParameters"], "subject_label": "01"}}
+    for name in ours_files:  # the cluster tables' parameters (nilearn's defaults: fpr, alpha 0.001)
+        if name.endswith("_clusters.json"):
+            assert json.loads((out / name).read_text()) == json.loads((tmp_path / "nilearn" / name).read_text())
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert [entry["Name"] for entry in description["GeneratedBy"]] == ["daskglm"]
 
     # The maps: daskglm in-process (fresh stores), and nilearn.
     with warnings.catch_warnings():
@@ -210,9 +225,16 @@ def test_fit_events_and_t_r_equals_nilearn(fiac, tmp_path):
     names = sorted(p.name for p in out.iterdir())
     expected = sorted([f"contrast-{c}_stat-{s}_statmap.nii.gz" for c in ("language", "dstMinusSst")
                        for s in ("effect", "t", "variance", "z", "p")]
+                      + [f"contrast-{c}_clusters.{e}" for c in ("language", "dstMinusSst") for e in ("tsv", "json")]
                       + ["run-1_design.tsv", "run-1_design.json", "run-2_design.tsv", "run-2_design.json",
-                         "mask.nii.gz", "dataset_description.json", "report.html", ".daskglm-outputs.json"])
+                         "mask.nii.gz", "statmap.json", "dataset_description.json", "report.html",
+                         ".daskglm-outputs.json"])
     assert names == expected
+    # The report's thresholds make the cluster tables too, as save_glm_to_bids
+    assert json.loads((out / "contrast-language_clusters.json").read_text()) == {
+        "Height control": "None", "Threshold Z": 2.5, "Cluster size threshold (voxels)": 2,
+        "Minimum distance (mm)": 8.0}
+    assert json.loads((out / "run-1_design.json").read_text()) == {"RepetitionTime": 2.5}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = NilearnModel(t_r=2.5, hrf_model="spm", drift_model="polynomial", drift_order=2, noise_model="ols",

@@ -2,7 +2,9 @@
 
 * :mod:`.from_bids` — ``first_level_from_bids`` on nilearn's BIDS discovery.
 * :mod:`.batch`, :mod:`.subject` — one task per subject across the cluster,
-  outputs named by nilearn's ``save_glm_to_bids`` code, a marker per subject.
+  a marker per subject.
+* :mod:`.outputs` — a fitted model's outputs under nilearn's ``save_glm_to_bids``
+  names, planned and written in one place (``daskglm fit`` and the batch).
 """
 
 from .batch import BatchResult, SubjectResult, run_batch

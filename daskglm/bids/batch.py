@@ -47,16 +47,14 @@ inputs). A ``dataset_description.json`` daskglm did not write is left as it
 is. Each subject checks its own files again before its fit (its error then
 fails that subject only).
 
-Names are nilearn's own (its ``BaseGLM._generate_filenames_output`` called on a
-stand-in for the model): the same set of files as ``save_glm_to_bids``, except
-``report.html`` (only with ``report=True``), the PNG figures (skipped with
-``figures=False``) and the per-run ``stat-errorts`` / ``stat-rsquared`` maps
-(only with ``minimize_memory=False``; nilearn 0.14 cannot save a model without
-them). ``dataset_description.json`` names daskglm in ``GeneratedBy``. Two
-deliberate differences: cluster tables are computed on the z map (nilearn 0.14
-uses the last map it wrote, the variance), and a contrast is computed with the
-statistic its file name says (nilearn tests the statistic inferred from the
-contrast's shape, so a one-row 2D array, named ``F``, gets a t test).
+Each subject's outputs are named and written by :mod:`daskglm.bids.outputs`,
+as ``daskglm fit`` writes a model's (its docstring compares them with nilearn
+0.14's ``save_glm_to_bids``): nilearn's names and the same set of files as
+``save_glm_to_bids``, except ``report.html`` (only with ``report=True``), the
+PNG figures (skipped with ``figures=False``) and the per-run ``stat-errorts`` /
+``stat-rsquared`` maps (only with ``minimize_memory=False``; nilearn 0.14
+cannot save a model without them). ``dataset_description.json`` names daskglm
+in ``GeneratedBy``.
 
 Modules that import nilearn (``glm.design``, ``models.nilearn_compat``,
 ``nilearn.interfaces``) are imported where they are used: ``daskglm --help``
@@ -81,7 +79,6 @@ from typing import Any, NamedTuple
 import dask
 import numpy as np
 
-from .. import __version__
 from ..io.outputs import OutputConflict, OutputPlan
 from ..runtime.cluster import get_client, wait_first
 from .from_bids import (
@@ -91,6 +88,7 @@ from .from_bids import (
     is_surface_space,
     pipeline_folders,
 )
+from .outputs import DESCRIPTION, Writer, contrast_labels, write_dataset_description
 from .subject import (
     BATCH_FORMAT,
     MARKER,
@@ -101,7 +99,6 @@ from .subject import (
     output_plan,
     run_subject,
     subject_inputs,
-    write_json,
 )
 
 __all__ = ["BATCH_FORMAT", "MARKER", "BatchResult", "SubjectResult", "run_batch"]
@@ -149,14 +146,6 @@ class BatchResult:
 # ------------------------------------------------------------------ contrasts and fingerprint
 
 
-def _clean_name(name: str) -> str:
-    from ..models.nilearn_compat import clean_contrast_name
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return clean_contrast_name(name)
-
-
 def _prepare_contrasts(contrasts: Any, contrast_types: dict[str, str] | None, report: bool = False
                        ) -> tuple[dict[str, Any], dict[str, str]]:
     """Contrasts as ``{name: definition}`` (nilearn's rules) and the stat type of each file name.
@@ -194,12 +183,7 @@ def _prepare_contrasts(contrasts: Any, contrast_types: dict[str, str] | None, re
         first = value[0] if isinstance(value, (list, tuple)) else value  # per-run list
         default = "t" if isinstance(first, str) or np.asarray(first).ndim <= 1 else "F"
         stat_types[name] = types.get(name, default)  # nilearn's rule for file names
-    clean: dict[str, str] = {}
-    for name in defs:
-        other = clean.setdefault(_clean_name(name), name)
-        if other != name:
-            raise ValueError(f"contrasts {other!r} and {name!r} would both be written as "
-                             f"contrast-{_clean_name(name)}: rename one")
+    contrast_labels(defs)  # two names written as one contrast-<label>: ValueError
     return defs, stat_types
 
 
@@ -226,32 +210,6 @@ def _canonical(value: Any) -> Any:
 
 def _fingerprint(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-
-
-def _dataset_description(out_dir: Path, plan: Any) -> None:
-    """``dataset_description.json`` at the output root (``GeneratedBy`` gains a daskglm entry).
-
-    Written only when absent or daskglm's own (``plan``, an
-    :class:`~daskglm.io.outputs.OutputPlan` of it): another tool's is left as it is.
-    """
-
-    path = out_dir / "dataset_description.json"
-    if not plan.will_write(path):
-        return
-    entry = {"Name": "daskglm", "Version": __version__,
-             "Description": "A daskglm first-level GLM (nilearn's FirstLevelModel, out of core).",
-             "CodeURL": "https://pypi.org/project/daskglm/"}
-    try:
-        description = json.loads(path.read_text())
-    except (OSError, ValueError):
-        description = {"BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": []}
-    generated = description.setdefault("GeneratedBy", [])
-    if entry not in generated:
-        generated.append(entry)
-        plan.claim()
-        write_json(path, description, indent=4, sort_keys=True)
-        plan.record(path)
-        plan.commit()
 
 
 # ------------------------------------------------------------------ output checks
@@ -332,7 +290,8 @@ def _check_designs(designs: dict[str, _Design | None], notes: dict[str, list[str
                 failed.setdefault(name, ([], " ".join(str(exc).split())))[0].append(label)
     if failed:
         checked = sum(design is not None for design in designs.values())
-        parts = [f"{reason} [{_subject_list(labels)}{'' if len(labels) == checked else f'; {len(labels)} of {checked} subjects'}]"
+        parts = [f"{reason} [{_subject_list(labels)}"
+                 f"{'' if len(labels) == checked else f'; {len(labels)} of {checked} subjects'}]"
                  for name, (labels, reason) in failed.items()]
         raise ValueError(f"{len(failed)} of {len(contrasts)} contrasts do not fit the subjects' designs; "
                          f"nothing was fitted: {'; '.join(parts)}")
@@ -391,7 +350,8 @@ def _subjects(dataset: Path, derivatives: Path, task_label: str, space_label: st
     if not labels:
         message = (f"No subject found in {str(derivatives)!r} (sub_labels={sub_labels!r}, "
                    f"exclude_subjects={list(exclude)!r}; present: {found})")
-        hint = None if found else dataset_hint(message, dataset, derivatives.relative_to(dataset), task_label, space_label)
+        hint = None if found else dataset_hint(message, dataset, derivatives.relative_to(dataset), task_label,
+                                               space_label)
         raise RuntimeError(message + (f"; {hint}" if hint else ""))
     space = space_label or "MNI152NLin2009cAsym"
     if not get_bids_files(derivatives, file_tag="bold", file_type="nii*", modality_folder="func",
@@ -506,7 +466,7 @@ def run_batch(
     # Outputs checked before any work: against the inputs, and against files daskglm did not write.
 
     _check_output_dir(out, dataset, derivatives)
-    description = out / "dataset_description.json"
+    description = out / DESCRIPTION
     root_plan = OutputPlan([description], optional=[description], what="--out (output_dir)")
     root_plan.check()
     complete, todo, designs, notes = [], [], {}, {}
@@ -515,17 +475,19 @@ def run_batch(
         if is_complete(out / f"sub-{label}", fingerprint, inputs):
             complete.append(label)
             continue
-        todo.append(Job(label, str(dataset), task_label, space_label, derivatives_folder, str(out),
-                        defs, stat_types, fingerprint, parameters, bool(report), bool(figures), kwargs))
+        job = Job(label, str(dataset), task_label, space_label, derivatives_folder, str(out),
+                  defs, stat_types, fingerprint, parameters, bool(report), bool(figures), kwargs)
+        todo.append(job)
         designs[label], notes[label] = _designs(dataset, derivatives_folder, label, task_label, space_label, kwargs)
         if designs[label] is not None:
             run_imgs = designs[label].run_imgs
-            output_plan(out, label, run_imgs, defs, stat_types, bool(report), bool(figures),
-                        bool(kwargs.get("minimize_memory", True)),
+            output_plan(job, run_imgs, bool(kwargs.get("minimize_memory", True)),
                         subject_inputs(dataset, inputs, run_imgs, kwargs.get("mask_img")))
     _check_designs(designs, notes, defs)
     root_plan.create_folders()
-    _dataset_description(out, root_plan)
+    root_plan.claim()
+    write_dataset_description(Writer(root_plan), out)  # unless another tool's
+    root_plan.commit()
 
     result = BatchResult(str(out))
     progress = _Progress(len(labels), verbose)

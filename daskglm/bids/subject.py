@@ -2,16 +2,15 @@
 
 :func:`run_subject` is the body of a subject's task (run inside a Dask worker,
 or in this process for a local scheduler). It never raises for the subject's
-own errors: they come back in the :class:`SubjectResult`. File names are
-nilearn's (``BaseGLM._generate_filenames_output`` called on a small stand-in
-for the model, :func:`nilearn_view`); files are written under a temporary
-name and renamed into place, the marker :data:`MARKER` last (see
+own errors: they come back in the :class:`SubjectResult`. The subject's
+outputs are named, planned and written by :mod:`daskglm.bids.outputs` (as
+``daskglm fit`` writes them); files are written under a temporary name and
+renamed into place, the marker :data:`MARKER` last (see
 :mod:`daskglm.bids.batch`).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
+from .outputs import ModelOutputs, Writer, model_outputs, report_contrasts, report_html, write_model
 
 __all__ = [
     "BATCH_FORMAT",
@@ -31,10 +30,11 @@ __all__ = [
     "input_files",
     "is_complete",
     "output_plan",
-    "report_contrasts",
+    "report_contrasts",  # from daskglm.bids.outputs, where they are
     "report_html",
     "run_subject",
     "subject_inputs",
+    "subject_outputs",
     "write_json",
 ]
 
@@ -74,72 +74,6 @@ def write_json(path: Path, obj: Any, **kwargs: Any) -> None:
     _write_bytes(path, json.dumps(obj, **kwargs).encode())
 
 
-def _figure(figsize: tuple[float, float]) -> Any:
-    """A matplotlib ``Figure`` on its own Agg canvas, outside pyplot (no backend change, no open-figure list).
-
-    Parameters
-    ----------
-    figsize : (float, float)
-        Width and height in inches.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return buf.getvalue()
-
-
-def report_contrasts(contrasts: dict[str, Any]) -> dict[str, Any]:
-    """The contrasts as ``generate_report`` can draw them: weight vectors as one-row matrices.
-
-    nilearn 0.14's report fails to draw a weight vector shorter than the
-    design (its ``pad_contrast_matrix`` pads a 1D array as if it were 2D); a
-    one-row matrix is the same t contrast, and is padded correctly.
-
-    Parameters
-    ----------
-    contrasts : dict of str to str or array
-        The contrast definitions by name.
-
-    Returns
-    -------
-    dict of str to str or ndarray
-        The same definitions, 1D arrays (and lists of numbers) as ``(1, k)`` arrays.
-    """
-    return {name: value if isinstance(value, str) else np.atleast_2d(np.asarray(value, dtype=float))
-            for name, value in contrasts.items()}
-
-
-def report_html(report: Any) -> bytes:
-    """The bytes nilearn's ``HTMLReport.save_as_html`` writes, to be written atomically elsewhere.
-
-    nilearn 0.14 saves the page wrapped in an inline frame
-    (``report.get_iframe()``, UTF-8), also for ``save_glm_to_bids``'s
-    ``report.html``; this gives the same bytes.
-
-    Parameters
-    ----------
-    report : nilearn.reporting.HTMLReport
-        What ``generate_report`` returned.
-
-    Returns
-    -------
-    bytes
-    """
-    return report.get_iframe().encode("utf-8")
-
-
 def input_files(dataset: Path, derivatives: Path, label: str, task: str) -> dict[str, list[int]]:
     """Size and mtime (ns) of the subject's files of the task, and of dataset-level task sidecars."""
     tag = f"task-{task}"
@@ -166,48 +100,13 @@ def is_complete(sub_dir: Path, fingerprint: str, inputs: dict[str, list[int]]) -
             and all((sub_dir.parent / name).is_file() for name in marker.get("outputs", [None])))
 
 
-def nilearn_view(design_matrices: list, run_imgs: list, model: Any = None) -> Any:
-    """A stand-in with what nilearn's naming and metadata code reads from a fitted model.
-
-    nilearn's ``BaseGLM._generate_filenames_output`` (BIDS-derivatives names)
-    and ``_attributes_to_dict`` (``statmap.json``) run on it; ``model`` supplies
-    the parameters the latter reads (optional when only names are wanted).
-    """
-    from nilearn.interfaces.bids import parse_bids_filename
-    from sklearn.base import BaseEstimator
-
-    from ..models.nilearn_compat import BaseGLM
-
-    class _View(BaseEstimator):
-        _generate_filenames_output = BaseGLM._generate_filenames_output
-        _attributes_to_dict = BaseGLM._attributes_to_dict
-
-        def fit(self) -> None:  # pragma: no cover - sklearn's check_is_fitted wants one
-            raise NotImplementedError
-
-        def __sklearn_is_fitted__(self) -> bool:
-            return True
-
-        def _is_volume_glm(self) -> bool:
-            return True
-
-        def __str__(self) -> str:
-            return "First Level Model"
-
-    view = _View()
-    if model is not None:
-        for name in ("subject_label", "drift_model", "hrf_model", "noise_model", "t_r", "signal_scaling",
-                     "smoothing_fwhm", "slice_time_ref", "target_shape", "target_affine", "fir_delays",
-                     "high_pass", "drift_order"):
-            setattr(view, name, getattr(model, name))
-        view.standardize = False  # daskglm never standardizes (nilearn's default)
-    view.design_matrices_ = design_matrices
-    view._reporting_data = {"run_imgs": {i: parse_bids_filename(os.fspath(p)) for i, p in enumerate(run_imgs)}}
-    return view
+def subject_outputs(job: Job, run_imgs: list, minimize_memory: bool) -> ModelOutputs:
+    """The subject's files under nilearn's names (:func:`daskglm.bids.outputs.model_outputs`)."""
+    return model_outputs(job.output_dir, run_imgs, job.contrasts, job.stat_types, figures=job.figures,
+                         residuals=not minimize_memory, report=job.report)
 
 
-def output_plan(out: Path, label: str, run_imgs: list, contrasts: dict[str, Any], stat_types: dict[str, str],
-                report: bool, figures: bool, minimize_memory: bool, inputs: list[tuple[str, Any]]) -> Any:
+def output_plan(job: Job, run_imgs: list, minimize_memory: bool, inputs: list[tuple[str, Any]]) -> Any:
     """Every file one subject writes, checked against its folder's manifest and its inputs; and its marker.
 
     See :mod:`daskglm.io.outputs`: an existing output daskglm cannot prove it
@@ -227,32 +126,10 @@ def output_plan(out: Path, label: str, run_imgs: list, contrasts: dict[str, Any]
     """
     from ..io.outputs import OutputConflict, OutputPlan
 
-    view = nilearn_view([None] * len(run_imgs), run_imgs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nilearn's renaming notes: the subject's own naming shows them
-        view._generate_filenames_output(None, {n: "c" for n in contrasts}, stat_types, out)
-    names = view._reporting_data["filenames"]
-    files = [names["mask"], "statmap.json"]
-    for index in range(len(run_imgs)):
-        design = names["design_matrices_dict"][index]
-        files += [design["design_matrix_tsv"], str(Path(design["design_matrix_tsv"]).with_suffix(".json"))]
-        if figures:
-            files += [design["design_matrix_png"], design["correlation_matrix_png"],
-                      *(names["contrasts_dict"][index][name] for name in contrasts)]
-    for name in contrasts:
-        maps = names["statistical_maps"][name]
-        files += [maps[key] for key in ("effect_size", "stat", "effect_variance", "z_score", "p_value",
-                                        "clusters_tsv", "metadata")]
-    if not minimize_memory:
-        files += [names["model_level_mapping"][index][key] for index in range(len(run_imgs))
-                  for key in ("residuals", "r_square")]
-    if report:
-        files.append("report.html")
-    folder = Path(names["dir"])
-    plan = OutputPlan([folder / f for f in files], what="--out (output_dir)")
+    plan = OutputPlan(subject_outputs(job, run_imgs, minimize_memory).paths(), what="--out (output_dir)")
     plan.check_inputs(inputs)
     plan.check()
-    marker = out / f"sub-{label}" / MARKER  # daskglm's state, rewritten whatever its content: if it is a marker
+    marker = Path(job.output_dir) / f"sub-{job.label}" / MARKER  # daskglm's state, rewritten if it is a marker
     if marker.exists() or marker.is_symlink():
         try:
             ok = marker.is_file() and not marker.is_symlink() and {"format", "subject"} <= set(
@@ -343,7 +220,6 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
     """
     from .from_bids import first_level_from_bids
 
-    out = Path(job.output_dir)
     dataset = Path(job.dataset)
     derivatives = dataset / job.derivatives_folder
     if not (isinstance(job.label, str) and job.label.isalnum()):  # a BIDS label: no separator, no ".."
@@ -356,8 +232,8 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
         raise RuntimeError(f"first_level_from_bids found no model for subject {job.label!r}")
     model, run_imgs = models[0], imgs[0]
     stage[0] = "checking the output folder"
-    plan = output_plan(out, job.label, run_imgs, job.contrasts, job.stat_types, job.report, job.figures,
-                       model.minimize_memory, subject_inputs(dataset, inputs, run_imgs, job.kwargs.get("mask_img")))
+    plan = output_plan(job, run_imgs, model.minimize_memory,
+                       subject_inputs(dataset, inputs, run_imgs, job.kwargs.get("mask_img")))
     plan.create_folders()
     try:
         return _write_subject(job, scheduler, stage, plan, model, run_imgs, events[0], confounds[0], inputs)
@@ -371,8 +247,7 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
 def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model: Any, run_imgs: list,
                    events: Any, confounds: Any, inputs: dict[str, list[int]]) -> list[str]:
     """Fit one subject and write the files of ``plan``; returns the files written (marker last)."""
-    from ..io.maps import save_nifti, scatter_to_volume
-    from ..runtime.cluster import compute, get_client, phase
+    from ..runtime.cluster import get_client
 
     out = Path(job.output_dir)
     sub_dir = out / f"sub-{job.label}"
@@ -386,51 +261,16 @@ def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model:
     stage[0] = f"fitting runs {[Path(p).name for p in run_imgs]}"
     with get_client(scheduler):
         model.fit(run_imgs, events=events, confounds=confounds)
-        stage[0] = "writing the design and model files"
+        stage[0] = "writing the outputs"
         plan.claim()  # checked again: nothing of another's appeared during the fit
-        view = nilearn_view(model.design_matrices_, run_imgs, model)
-        view._generate_filenames_output(None, {n: "c" for n in job.contrasts}, job.stat_types, out)
-        names = view._reporting_data["filenames"]
-        folder: Path = names["dir"]
-        written: list[Path] = []
+        writer = Writer(plan)
 
-        def put(name: str, data: bytes | Any) -> None:
-            path = folder / name
-            if isinstance(data, bytes):
-                _write_bytes(path, data)
-            else:
-                save_nifti(data, path)
-            plan.record(path)
-            written.append(path)
+        def step(text: str) -> None:
+            stage[0] = text
 
-        put(names["mask"], model.mask_img_)
-        _write_design_files(model, job, names, put, job.figures)
-        put("statmap.json", json.dumps({"Description": "A statistical map generated by Nilearn.",
-                                        "ModelParameters": view._attributes_to_dict()},
-                                       indent=4, sort_keys=True).encode())
-        for name, definition in job.contrasts.items():
-            stage[0] = f"computing contrast {name!r}"
-            with phase(f"sub-{job.label}: contrast {name}"):
-                maps = model.compute_contrast(definition, stat_type=job.stat_types[name], output_type="all")
-            stat_names = names["statistical_maps"][name]
-            for key, img in maps.items():
-                put(stat_names[key], img)
-            table, details = _clusters(maps["z_score"])
-            put(stat_names["clusters_tsv"], table.to_csv(sep="\t", index=False).encode())
-            put(stat_names["metadata"], json.dumps(details).encode())
-        stage[0] = "writing residuals, r_square and the report"
-        if not model.minimize_memory:
-            for attribute in ("residuals", "r_square"):
-                for index, array in enumerate(model.voxelwise(attribute)):
-                    with phase(f"sub-{job.label}: writing the {attribute} of run {index + 1}"):
-                        values = np.atleast_2d(compute(array.data, client=scheduler)[0])
-                    volume = scatter_to_volume(values, *(array[n].values for n in "ijk"),
-                                               tuple(array.attrs["volume_shape"]))
-                    img = type(model.mask_img_)(volume, np.asarray(array.attrs["affine"]))
-                    put(names["model_level_mapping"][index][attribute], img)
-        if job.report:
-            put("report.html", report_html(model.generate_report(report_contrasts(job.contrasts))))
-    outputs = sorted(p.relative_to(out).as_posix() for p in written)
+        write_model(model, subject_outputs(job, run_imgs, model.minimize_memory), job.contrasts, job.stat_types,
+                    writer, run_imgs, label=f"sub-{job.label}: ", client=scheduler, on_step=step)
+    outputs = sorted(Path(p).relative_to(out).as_posix() for p in writer.written)
     for stale in sorted(set(previous) - set(outputs)):
         if isinstance(stale, str) and not stale.startswith(("/", "..")) and "/.." not in stale:
             plan.remove(out / stale)  # only if the manifest proves it daskglm's, unchanged
@@ -445,49 +285,3 @@ def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model:
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }, indent=2, sort_keys=True)
     return outputs
-
-
-def _write_design_files(model: Any, job: Job, names: dict, put: Any, figures: bool) -> None:
-    """Per run: design TSV and JSON; with ``figures``, design, correlation and contrast PNGs (Agg, no pyplot)."""
-    from nilearn.plotting import (
-        plot_contrast_matrix,
-        plot_design_matrix,
-        plot_design_matrix_correlation,
-    )
-
-    from ..glm.design import contrast_matrices
-
-    matrices = contrast_matrices(dict(job.contrasts), model.design_matrices_)
-    t_r = model.t_r if model.t_r is not None else model.t_r_
-    for index, dm in enumerate(model.design_matrices_):
-        files = names["design_matrices_dict"][index]
-        put(files["design_matrix_tsv"], dm.to_csv(sep="\t", index=False).encode())
-        put(str(Path(files["design_matrix_tsv"]).with_suffix(".json")),
-            json.dumps({"RepetitionTime": t_r}, indent=4, sort_keys=True).encode())
-        if not figures:
-            continue
-        fig = _figure((max(4.0, 0.35 * dm.shape[1] + 1.5), 5.3))
-        plot_design_matrix(dm, axes=fig.add_subplot())
-        put(files["design_matrix_png"], _png(fig))
-        fig = _figure((max(5.0, 0.4 * dm.shape[1]), max(4.0, 0.4 * dm.shape[1])))
-        plot_design_matrix_correlation(dm, axes=fig.add_subplot())
-        put(files["correlation_matrix_png"], _png(fig))
-        for name, per_run in matrices.items():
-            fig = _figure((max(5.0, 0.4 * dm.shape[1]), 2.0))
-            axes = plot_contrast_matrix(per_run[index], dm, colorbar=True, axes=fig.add_subplot())
-            axes.set_xlabel(name)
-            put(names["contrasts_dict"][index][name], _png(fig))
-
-
-def _clusters(z_map: Any) -> tuple[Any, dict]:
-    """Cluster table and its parameters, with nilearn's ``save_glm_to_bids`` defaults (fpr, 0.001)."""
-    from nilearn.glm import threshold_stats_img
-    from nilearn.reporting import get_clusters_table
-    from nilearn.reporting.get_clusters_table import clustering_params_to_dataframe
-
-    thresholded, threshold = threshold_stats_img(z_map, threshold=None, alpha=0.001, cluster_threshold=0,
-                                                 height_control="fpr")
-    details = clustering_params_to_dataframe(threshold, 0, 8.0, "fpr", 0.001, is_volume_glm=True)
-    table = get_clusters_table(thresholded, stat_threshold=threshold, cluster_threshold=0,
-                               min_distance=8.0, two_sided=False)
-    return table, details.to_dict()[0]

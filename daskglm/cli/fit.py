@@ -5,20 +5,28 @@ files exist, the runs' headers are 4D, design matrices have one row per scan,
 events build valid designs (nilearn's ``make_first_level_design_matrix``, the
 same call :meth:`daskglm.FirstLevelModel.fit` makes), and every contrast
 parses against every run's design columns. Then the model is fitted on the
-cluster and, per contrast, ``compute_contrast(output_type="all")`` gives the
-five maps, written with :func:`daskglm.io.maps.save_nifti` (atomic). With
-``--report``, ``report.html`` is nilearn's own report (the model *is* a
-nilearn ``FirstLevelModel``: its ``generate_report``, given the report
-options the user set and nilearn's defaults otherwise), written as nilearn's
-``HTMLReport.save_as_html`` writes it.
+cluster, and its outputs are written by :mod:`daskglm.bids.outputs`, the
+writer of ``daskglm bids``'s subjects too (its docstring compares them with
+nilearn 0.14's ``save_glm_to_bids``): per contrast the five maps of
+``compute_contrast(output_type="all")``, its cluster table and the table's
+parameters, and the mask, the design matrices with their sidecars and
+``statmap.json``. With ``--report``, ``report.html`` is nilearn's own report
+(the model *is* a nilearn ``FirstLevelModel``: its ``generate_report``, given
+the report options the user set and nilearn's defaults otherwise; the
+cluster tables are thresholded with the same options, as
+``save_glm_to_bids``), written as nilearn's ``HTMLReport.save_as_html``
+writes it.
 
 File names are nilearn 0.14's own: its ``BaseGLM._generate_filenames_output``
 (what :func:`nilearn.glm.save_glm_to_bids` calls) runs on a small stand-in
-holding the design matrices and the run file names. So
+holding the run file names. So
 ``contrast-<camelCase name>_stat-<effect|t|F|variance|z|p>_statmap.nii.gz``,
-``[run-<i>_]design.tsv`` / ``design.json`` and ``mask.nii.gz``, prefixed by the
-runs' BIDS entities (``sub-01_task-x_...``, in a ``sub-01/`` folder) when the
-run file names carry a subject label, or by ``--prefix``.
+``contrast-<name>_clusters.tsv`` / ``.json``, ``[run-<i>_]design.tsv`` /
+``design.json`` and ``mask.nii.gz``, prefixed by the runs' BIDS entities
+(``sub-01_task-x_...``, in a ``sub-01/`` folder; the model's
+``subject_label`` is then ``01``) when the run file names carry one subject
+label, or by ``--prefix``; ``statmap.json`` and ``report.html`` carry only
+``--prefix``, as nilearn's.
 
 Output safety (:mod:`daskglm.io.outputs`): ``--out`` may be a new folder, an
 empty one, or one holding other files, but daskglm replaces only files it
@@ -30,20 +38,17 @@ command stops with one line naming it (choose another ``--out``, or remove the
 file). An output that is one of the command's inputs (runs, events, confounds,
 design matrices, mask, ``--bg-img``) is refused the same way, naming both.
 Other files in the folder are never touched; an existing
-``dataset_description.json`` daskglm did not write is left as it is.
+``dataset_description.json`` daskglm did not write is left as it is (one it
+wrote gains its ``GeneratedBy`` entry if it lacks it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io.maps import write_bytes
 from .common import (
     UsageError,
     add_cluster_options,
@@ -62,7 +67,7 @@ from .common import (
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["add_fit_parser", "run_fit", "contrast_arg", "bids_filenames", "load_design_matrix"]
+__all__ = ["add_fit_parser", "run_fit", "contrast_arg", "load_design_matrix"]
 
 HRF_MODELS = ("glover", "spm", "glover + derivative", "spm + derivative", "glover + derivative + dispersion",
               "spm + derivative + dispersion", "fir", "none")
@@ -72,8 +77,6 @@ EVENT_OPTIONS = {"t_r": None, "slice_time_ref": 0.0, "hrf_model": "glover", "dri
 #: Options of --report, with the defaults of nilearn's generate_report (None: nilearn's 3.09 with no height control).
 REPORT_OPTIONS = {"height_control": "fpr", "alpha": 0.001, "threshold": None, "cluster_threshold": 0,
                   "bg_img": "MNI152TEMPLATE"}
-#: compute_contrast's output types, in nilearn's file order.
-MAP_KEYS = ("effect_size", "stat", "effect_variance", "z_score", "p_value")
 
 
 # ------------------------------------------------------------------ argument types
@@ -237,7 +240,8 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help="prefix of the file names, as save_glm_to_bids (default: the BIDS entities of the "
                           "runs' file names when they name one subject, else none)")
     out.add_argument("--report", action="store_true",
-                     help="also write report.html, nilearn's generate_report of the contrasts (default: off)")
+                     help="also write report.html, nilearn's generate_report of the contrasts; its thresholds "
+                          "also make the cluster tables, as save_glm_to_bids (default: off)")
     out.add_argument("--height-control", choices=("fpr", "fdr", "bonferroni", "none"), default=None,
                      help="with --report: multiple-comparison control of the z thresholds (default: fpr)")
     out.add_argument("--alpha", type=_alpha, default=None,
@@ -316,26 +320,17 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"contrast names given more than once: {dupes}")
 
 
-def _clean_name(name: str) -> str:
-    from ..models.nilearn_compat import clean_contrast_name
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nilearn warns whenever it changes a name
-        return clean_contrast_name(name)
-
-
 def _check_contrasts(contrasts: dict[str, Any], designs: list[pd.DataFrame]) -> dict[str, str]:
     """Parse every contrast against every run's columns; the stat type of each (nilearn's naming rule)."""
     import numpy as np
 
+    from ..bids.outputs import contrast_labels
     from ..glm import design as _design
 
-    clean: dict[str, str] = {}
-    for name in contrasts:
-        other = clean.setdefault(_clean_name(name), name)
-        if other != name:
-            raise UsageError(f"contrasts {other!r} and {name!r} would both be written as "
-                             f"contrast-{_clean_name(name)}: rename one")
+    try:
+        contrast_labels(contrasts)
+    except ValueError as exc:  # two names written as one contrast-<label>
+        raise UsageError(str(exc)) from None
     stat_types = {}
     for name, definition in contrasts.items():
         stat_types[name] = "t" if isinstance(definition, str) or definition.ndim == 1 else "F"
@@ -362,55 +357,7 @@ def _check_contrasts(contrasts: dict[str, Any], designs: list[pd.DataFrame]) -> 
     return stat_types
 
 
-def bids_filenames(design_matrices: list[pd.DataFrame], runs: list[Any], contrasts: dict[str, Any],
-                   stat_types: dict[str, str], prefix: str | None) -> dict:
-    """nilearn 0.14's output names (``model._reporting_data["filenames"]`` of ``save_glm_to_bids``).
-
-    Parameters
-    ----------
-    design_matrices : list of DataFrame, one per run
-    runs : list of str
-        The run files (their BIDS entities name the outputs when ``prefix`` is None).
-    contrasts : dict of name to str or ndarray
-    stat_types : dict of name to "t" or "F"
-    prefix : str or None
-        As ``save_glm_to_bids``. ``None`` with file names that do not name one
-        subject is taken as ``""`` (nilearn 0.14 fails there).
-
-    Returns
-    -------
-    dict
-        nilearn's ``filenames``: ``dir`` (``"."`` or ``"sub-<label>"``, relative),
-        ``mask``, ``statistical_maps[name][output_type]``,
-        ``design_matrices_dict[run]["design_matrix_tsv"]``...
-    """
-    from ..bids.subject import nilearn_view
-
-    view = nilearn_view(design_matrices, runs)
-    subjects = {info["entities"].get("sub") for info in view._reporting_data["run_imgs"].values()}
-    if prefix is None and (len(subjects) != 1 or None in subjects):
-        prefix = ""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        view._generate_filenames_output(prefix, contrasts, stat_types, ".")
-    return view._reporting_data["filenames"]
-
-
-def _join(folder: str, *names: str) -> str:
-    return "/".join([folder.rstrip("/"), *names]) if "://" in folder else os.path.join(folder, *names)
-
-
-def _dataset_description() -> bytes:
-    """``dataset_description.json`` of the output folder (written unless another tool's is there)."""
-    from .. import __version__
-
-    description = {"BIDSVersion": "1.9.0", "DatasetType": "derivative",
-                   "GeneratedBy": [{"Name": "daskglm", "Version": __version__,
-                                    "Description": "A daskglm first-level GLM (nilearn's FirstLevelModel)."}]}
-    return json.dumps(description, indent=4, sort_keys=True).encode()
-
-
-def _output_plan(args: argparse.Namespace, names: dict, folder: str, contrasts: dict[str, Any]) -> Any:
+def _output_plan(args: argparse.Namespace, outputs: Any) -> Any:
     """Every file ``run_fit`` will write, checked before any work (see the module docstring).
 
     Raises
@@ -419,17 +366,11 @@ def _output_plan(args: argparse.Namespace, names: dict, folder: str, contrasts: 
         An output that would replace an input of the command, or a file
         daskglm cannot prove it wrote.
     """
+    from ..bids.outputs import DESCRIPTION, join
     from ..io.outputs import OutputConflict, OutputPlan
 
-    description = _join(os.fspath(args.out), "dataset_description.json")
-    files = [names["mask"]]
-    for index in range(len(args.runs)):
-        tsv = Path(names["design_matrices_dict"][index]["design_matrix_tsv"])
-        files += [str(tsv), str(tsv.with_suffix(".json"))]
-    files += [names["statistical_maps"][name][key] for name in contrasts for key in MAP_KEYS]
-    if args.report:
-        files.append("report.html")
-    plan = OutputPlan([description, *(_join(folder, f) for f in files)], optional=[description])
+    description = join(args.out, DESCRIPTION)
+    plan = OutputPlan([description, *outputs.paths()], optional=[description])
     inputs = [("run", run) for run in args.runs]
     for what, option in (("design matrix", args.design_matrix), ("events", args.events),
                          ("confounds", args.confounds)):
@@ -478,35 +419,23 @@ def _designs(args: argparse.Namespace, runs: list[str], infos: list) -> tuple[li
     return designs, fit_kwargs, params
 
 
-def _report(model: Any, contrasts: dict[str, Any], args: argparse.Namespace) -> Any:
-    """nilearn's ``generate_report`` of the contrasts, with the report options the user gave (others: nilearn's).
-
-    Weight vectors are given as one-row matrices (the same t contrasts; see
-    :func:`daskglm.bids.subject.report_contrasts`).
+def _report_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``generate_report``'s keyword arguments the user gave (others: nilearn's defaults).
 
     Only options given on the command line are passed, so nilearn warns about
-    nothing the user did not ask for. Not shown: nilearn's note that one
-    contrast is used for every run (the rule of ``--contrast``), the padding
-    warning of its contrast plots (the maps' own was shown), and numpy's note
-    from plotting a mask with empty slices.
+    nothing the user did not ask for.
     """
-    from ..bids.subject import report_contrasts
-
     options = {k: getattr(args, k) for k in REPORT_OPTIONS if getattr(args, k) is not None}
     for key in ("height_control", "bg_img"):  # "none": nilearn's None (no height control, no background)
         if options.get(key) == "none":
             options[key] = None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The same contrast will be used for all", category=RuntimeWarning)
-        warnings.filterwarnings("ignore", message="Contrasts will be padded with", category=UserWarning)
-        # numpy's, from nilearn's plot of a mask with empty slices over the background: noise to the user.
-        warnings.filterwarnings("ignore", message="Warning: converting a masked element to nan", category=UserWarning)
-        return model.generate_report(report_contrasts(contrasts), **options)
+    return options
 
 
 def run_fit(args: argparse.Namespace) -> int:
     """Handler of ``daskglm fit``; returns the exit status."""
     _check_options(args)  # the heavy imports come as late as they can: mistakes are reported at once
+    from ..bids.outputs import model_outputs
     from ..io.nifti import inspect_run
 
     runs = list(args.runs)
@@ -514,49 +443,43 @@ def run_fit(args: argparse.Namespace) -> int:
     infos = [inspect_run(run) for run in runs]
     designs, fit_kwargs, design_params = _designs(args, runs, infos)
     stat_types = _check_contrasts(contrasts, designs)
-    names = bids_filenames(designs, runs, contrasts, stat_types, args.prefix)
-    sub = os.fspath(names["dir"])
-    folder = os.fspath(args.out) if sub == "." else _join(os.fspath(args.out), sub)
+    outputs = model_outputs(args.out, runs, contrasts, stat_types, args.prefix, report=args.report)
 
-    plan = _output_plan(args, names, folder, contrasts)  # before any run is read or a cluster started
+    plan = _output_plan(args, outputs)  # before any run is read or a cluster started
     plan.create_folders()
-
-    from ..io.maps import save_nifti
-
-    def put(name: str, payload: Any, where: str = folder) -> None:
-        path = _join(where, name)
-        if isinstance(payload, bytes):
-            write_bytes(path, payload)
-        else:
-            save_nifti(payload, path)
-        plan.record(path)
-        say(args, 2, f"  wrote {path}")
 
     params = dict(mask_img=args.mask, smoothing_fwhm=args.smoothing_fwhm or None, noise_model=args.noise_model,
                   signal_scaling=_SIGNAL_SCALING[args.signal_scaling], random_state=args.random_state,
                   store=args.store, t_chunk=args.t_chunk, v_chunk=args.v_chunk, overwrite=args.overwrite,
-                  minimize_memory=True,
+                  minimize_memory=True, subject_label=outputs.subject,
                   verbose=max(0, args.verbose), **design_params)
     try:
-        _fit_and_write(args, plan, put, runs, contrasts, infos, designs, fit_kwargs, params, stat_types, names,
-                       folder)
+        _fit_and_write(args, plan, outputs, runs, contrasts, infos, designs, fit_kwargs, params, stat_types)
     finally:
         if plan.claimed:
             plan.commit()  # what was written, recorded (on failure too)
         else:
             plan.remove_created_folders()  # failed before writing anything: no empty folder left
-    say(args, 1, f"done: maps in {folder}")
+    say(args, 1, f"done: maps in {outputs.folder}")
     return 0
 
 
-def _fit_and_write(args: argparse.Namespace, plan: Any, put: Any, runs: list[str], contrasts: dict[str, Any],
-                   infos: list, designs: list, fit_kwargs: dict, params: dict, stat_types: dict[str, str],
-                   names: dict, folder: str) -> None:
-    """Fit on the cluster, then write the outputs of ``plan`` (claimed first) with ``put``."""
+def _fit_and_write(args: argparse.Namespace, plan: Any, outputs: Any, runs: list[str], contrasts: dict[str, Any],
+                   infos: list, designs: list, fit_kwargs: dict, params: dict, stat_types: dict[str, str]) -> None:
+    """Fit on the cluster, then write the files of ``outputs`` (``plan``, claimed first)."""
     import numpy as np
 
+    from ..bids.outputs import Writer, write_dataset_description, write_model
     from ..models.first_level import FirstLevelModel
-    from ..runtime.cluster import phase
+
+    def wrote(path: str) -> None:
+        say(args, 2, f"  wrote {path}")
+
+    def computed(number: int, name: str, maps: dict) -> None:
+        peak = float(np.abs(maps["z_score"].get_fdata()).max())
+        z_map = outputs.path(outputs.names["statistical_maps"][name]["z_score"])
+        say(args, 1, f"  contrast {number}/{len(contrasts)} {name} ({stat_types[name]}): peak |z| {peak:.2f} "
+                     f"-> {z_map}")
 
     with cluster(args, sum(info.data_bytes for info in infos)) as client:
         where = f"dask's local {args.scheduler} scheduler" if client is None else client
@@ -564,26 +487,10 @@ def _fit_and_write(args: argparse.Namespace, plan: Any, put: Any, runs: list[str
         model = FirstLevelModel(client=client, **params)
         model.fit(runs, **fit_kwargs)
         plan.claim()  # checked again: nothing of another's appeared during the fit
-        description = _join(os.fspath(args.out), "dataset_description.json")
-        if plan.will_write(description):  # another tool's is left as it is
-            put("dataset_description.json", _dataset_description(), os.fspath(args.out))
-        put(names["mask"], model.mask_img_)
-        for index, dm in enumerate(model.design_matrices_):
-            tsv = Path(names["design_matrices_dict"][index]["design_matrix_tsv"])
-            put(str(tsv), dm.to_csv(sep="\t", index=False).encode())
-            sidecar = {"RepetitionTime": model.t_r if model.t_r is not None else infos[index].t_r}
-            put(str(tsv.with_suffix(".json")), json.dumps(sidecar, indent=4, sort_keys=True).encode())
-        for number, (name, definition) in enumerate(contrasts.items(), start=1):
-            # One definition per run: nilearn's rule, without its "same contrast for all runs" warning.
-            with phase(f"contrast {number}/{len(contrasts)} {name}"):  # the progress's label
-                maps = model.compute_contrast([definition] * len(runs), stat_type=stat_types[name], output_type="all")
-            for key in MAP_KEYS:
-                put(names["statistical_maps"][name][key], maps[key])
-            peak = float(np.abs(maps["z_score"].get_fdata()).max())
-            say(args, 1, f"  contrast {number}/{len(contrasts)} {name} ({stat_types[name]}): peak |z| {peak:.2f} "
-                         f"-> {_join(folder, names['statistical_maps'][name]['z_score'])}")
+        writer = Writer(plan, on_write=wrote)
+        write_dataset_description(writer, args.out)  # another tool's is left as it is
+        write_model(model, outputs, contrasts, stat_types, writer, runs,
+                    report_options=_report_options(args) if args.report else None, client=client,
+                    on_contrast=computed)
         if args.report:
-            from ..bids.subject import report_html
-
-            put("report.html", report_html(_report(model, contrasts, args)))
-            say(args, 1, f"  report -> {_join(folder, 'report.html')}")
+            say(args, 1, f"  report -> {outputs.path(outputs.report_html)}")

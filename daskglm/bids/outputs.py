@@ -1,0 +1,516 @@
+"""A fitted first-level model's BIDS-derivatives outputs, as nilearn names them: one plan, one writer.
+
+``daskglm fit`` (:mod:`daskglm.cli.fit`) and each subject of
+:func:`daskglm.bids.run_batch` (:mod:`daskglm.bids.subject`) name, plan and
+write their outputs here, so that one subject's outputs are the same files
+with the same contents whichever wrote them. nilearn 0.14's
+:func:`nilearn.glm.save_glm_to_bids` is the reference.
+
+* Names (:func:`model_outputs`): nilearn's own, its
+  ``BaseGLM._generate_filenames_output`` run on a stand-in holding the run
+  file names (:func:`daskglm.models.nilearn_compat.first_level_view`), so
+  they are known, and checked, before anything is read. Runs named like BIDS
+  files of one subject give ``sub-<label>/sub-<label>_task-..._`` names;
+  otherwise the prefix given, or none (nilearn 0.14 fails there).
+* ``dataset_description.json`` at the output root
+  (:func:`write_dataset_description`): written when absent or daskglm's own
+  (its manifest says so, :mod:`daskglm.io.outputs`), daskglm's
+  ``GeneratedBy`` entry appended unless it is there already (as nilearn
+  appends its own); another tool's file is left as it is (nilearn would
+  rewrite it).
+* In the model's folder (:func:`write_model`): the mask; per run the design
+  TSV and its sidecar ``{"RepetitionTime": model.t_r_}``, and with
+  ``figures`` nilearn's design, correlation and contrast figures (PNG);
+  ``<prefix>statmap.json`` (``ModelParameters``: nilearn's
+  ``_attributes_to_dict``); per contrast its five maps, its cluster table
+  (``_clusters.tsv``) and the table's parameters (``_clusters.json``), with
+  the thresholds of the report (nilearn's ``generate_report`` defaults
+  unless given: fpr, alpha 0.001, no cluster size, 8 mm between peaks);
+  with ``residuals`` each run's ``stat-errorts`` and ``stat-rsquared``
+  maps; with ``report``, ``<prefix>report.html`` (nilearn's
+  ``generate_report``, saved as its ``save_as_html`` saves it).
+
+Deliberate differences from nilearn 0.14: ``RepetitionTime`` is the model's
+``t_r_`` (``t_r``, or the first run's header when ``t_r`` is None; nilearn
+writes ``t_r``, null when not given); cluster tables are computed on the z
+map (nilearn uses the last map it wrote, the variance); a contrast is
+computed with the statistic its file name says (nilearn tests the one its
+shape implies); residuals, figures and the report are optional (nilearn
+0.14 always writes them).
+
+Files are written atomically (:func:`daskglm.io.maps.write_bytes`) by a
+:class:`Writer`, which records each in its :class:`daskglm.io.outputs.OutputPlan`.
+nilearn is imported where it is used: the command line starts without it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..io.maps import save_nifti, scatter_to_volume, write_bytes
+from ..io.remote import is_url, url_to_fs
+
+__all__ = [
+    "DESCRIPTION",
+    "MAP_KEYS",
+    "REPORT_DEFAULTS",
+    "ModelOutputs",
+    "Writer",
+    "contrast_labels",
+    "dataset_description",
+    "generate_report",
+    "join",
+    "model_outputs",
+    "report_contrasts",
+    "report_html",
+    "write_dataset_description",
+    "write_model",
+]
+
+#: The output root's dataset description.
+DESCRIPTION = "dataset_description.json"
+#: ``compute_contrast``'s output types, in nilearn's file order.
+MAP_KEYS = ("effect_size", "stat", "effect_variance", "z_score", "p_value")
+#: nilearn 0.14's ``generate_report`` defaults that ``save_glm_to_bids`` also thresholds the cluster tables with.
+REPORT_DEFAULTS = {"height_control": "fpr", "alpha": 0.001, "threshold": None, "cluster_threshold": 0,
+                   "min_distance": 8.0, "two_sided": False}
+#: nilearn 0.14's z threshold when ``height_control`` is None and no threshold is given.
+_NILEARN_THRESHOLD = 3.09
+_GENERATED_BY = {"Name": "daskglm",
+                 "Description": "A daskglm first-level GLM (nilearn's FirstLevelModel, out of core).",
+                 "CodeURL": "https://pypi.org/project/daskglm/"}
+
+
+def join(folder: str | os.PathLike, name: str) -> str:
+    """``folder/name`` for a local folder or an fsspec URL."""
+    folder = os.fspath(folder)
+    return f"{folder.rstrip('/')}/{name}" if is_url(folder) else os.path.join(folder, name)
+
+
+def contrast_labels(names: Iterable[str]) -> dict[str, str]:
+    """Each contrast name's ``contrast-<label>`` label in file names (nilearn's camelCase cleaning).
+
+    Raises
+    ------
+    ValueError
+        Two names that would be written under one label (one would overwrite
+        the other's maps), named both.
+    """
+    from ..models.nilearn_compat import clean_contrast_name
+
+    labels: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    for name in names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nilearn warns whenever it changes a name
+            label = clean_contrast_name(name)
+        other = owners.setdefault(label, name)
+        if other != name:
+            raise ValueError(f"contrasts {other!r} and {name!r} would both be written as contrast-{label}: "
+                             "rename one")
+        labels[name] = label
+    return labels
+
+
+# ------------------------------------------------------------------ names and plan
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """The files of one model, in its folder, under nilearn's names (see :func:`model_outputs`)."""
+
+    folder: str  #: where the model's files go: the output folder, or its ``sub-<label>`` folder
+    names: dict  #: nilearn's ``filenames`` (``mask``, ``statistical_maps``...), relative to ``folder``
+    prefix: str  #: the prefix of ``statmap.json`` and ``report.html``: ``""`` or ``"<prefix>_"``, as nilearn's
+    contrasts: tuple[str, ...]
+    n_runs: int
+    subject: str | None  #: the one subject label the run file names carry, else None
+    figures: bool = False
+    residuals: bool = False
+    report: bool = False
+
+    @property
+    def statmap(self) -> str:
+        return f"{self.prefix}statmap.json"
+
+    @property
+    def report_html(self) -> str:
+        return f"{self.prefix}report.html"
+
+    def design(self, index: int) -> tuple[str, str]:
+        """The design TSV of run ``index`` and its JSON sidecar."""
+        tsv = self.names["design_matrices_dict"][index]["design_matrix_tsv"]
+        return tsv, f"{tsv.removesuffix('.tsv')}.json"
+
+    def files(self) -> list[str]:
+        """Every file this model writes, relative to :attr:`folder`, in the order :func:`write_model` writes them."""
+        names = self.names
+        files = [names["mask"]]
+        for index in range(self.n_runs):
+            files += self.design(index)
+            if self.figures:
+                design = names["design_matrices_dict"][index]
+                files += [design["design_matrix_png"], design["correlation_matrix_png"],
+                          *(names["contrasts_dict"][index][name] for name in self.contrasts)]
+        files.append(self.statmap)
+        for name in self.contrasts:
+            maps = names["statistical_maps"][name]
+            files += [maps[key] for key in (*MAP_KEYS, "clusters_tsv", "metadata")]
+        if self.residuals:
+            files += [names["model_level_mapping"][index][key] for key in ("residuals", "r_square")
+                      for index in range(self.n_runs)]
+        if self.report:
+            files.append(self.report_html)
+        return files
+
+    def path(self, name: str) -> str:
+        return join(self.folder, name)
+
+    def paths(self) -> list[str]:
+        return [self.path(name) for name in self.files()]
+
+
+def model_outputs(out_dir: str | os.PathLike, run_imgs: list, contrasts: Iterable[str], stat_types: dict[str, str],
+                  prefix: str | None = None, *, figures: bool = False, residuals: bool = False, report: bool = False
+                  ) -> ModelOutputs:
+    """nilearn 0.14's names of a first-level model's outputs (``save_glm_to_bids``), before the fit.
+
+    Parameters
+    ----------
+    out_dir : str or path
+        The output root (local folder or fsspec URL).
+    run_imgs : list of str or path
+        The run files, in order: their BIDS entities name the outputs when
+        ``prefix`` is None.
+    contrasts : iterable of str
+        Contrast names (checked with :func:`contrast_labels`).
+    stat_types : dict of name to "t" or "F"
+    prefix : str or None
+        As ``save_glm_to_bids``. ``None`` with run names that do not name one
+        subject is taken as ``""`` (nilearn 0.14 fails there).
+    figures, residuals, report : bool
+        Whether the model's PNG figures, per-run residuals and r-square maps,
+        and report are among its outputs.
+
+    Returns
+    -------
+    ModelOutputs
+    """
+    from nilearn.interfaces.bids import parse_bids_filename
+
+    from ..models.nilearn_compat import first_level_view, output_filenames
+
+    contrasts = tuple(contrasts)
+    contrast_labels(contrasts)
+    subjects = {parse_bids_filename(os.fspath(run))["entities"].get("sub") for run in run_imgs}
+    subject = next(iter(subjects)) if len(subjects) == 1 else None
+    if prefix is None and subject is None:
+        prefix = ""
+    view = first_level_view([None] * len(run_imgs), run_imgs)
+    names = output_filenames(view, prefix, dict.fromkeys(contrasts, "c"), dict(stat_types), ".")
+    sub = os.fspath(names.pop("dir"))  # "." or "sub-<label>": nilearn's folder, relative to out_dir
+    folder = os.fspath(out_dir) if sub == "." else join(out_dir, sub)
+    short = prefix if isinstance(prefix, str) else ""
+    if short and not short.endswith("_"):
+        short += "_"
+    return ModelOutputs(folder, names, short, contrasts, len(run_imgs), subject, bool(figures), bool(residuals),
+                        bool(report))
+
+
+# ------------------------------------------------------------------ writing
+
+
+class Writer:
+    """Writes planned files atomically and records each in its plan's manifests.
+
+    Parameters
+    ----------
+    plan : daskglm.io.outputs.OutputPlan
+        Claimed before the first write.
+    on_write : callable, optional
+        Called with each path written.
+    """
+
+    def __init__(self, plan: Any, on_write: Callable[[str], None] | None = None) -> None:
+        self.plan = plan
+        self.on_write = on_write
+        self.written: list[str] = []
+
+    def put(self, path: str, payload: Any) -> None:
+        """Write ``payload`` (bytes, or a NIfTI image) at ``path``, then record it."""
+        if isinstance(payload, bytes):
+            write_bytes(path, payload, self.plan.storage_options)
+        else:
+            save_nifti(payload, path, self.plan.storage_options)
+        self.plan.record(path)
+        self.written.append(path)
+        if self.on_write is not None:
+            self.on_write(path)
+
+
+def dataset_description(existing: bytes | None = None) -> bytes:
+    """``dataset_description.json``: ``existing`` (daskglm's own) or a new one, with daskglm's ``GeneratedBy``.
+
+    A new one is nilearn's (``BIDSVersion`` 1.9.0, ``DatasetType``
+    derivative); the entry (name, version, description, code URL) is appended
+    to ``GeneratedBy`` unless it is there already.
+    """
+    from .. import __version__
+
+    entry = {**_GENERATED_BY, "Version": __version__}
+    try:
+        description = json.loads(existing) if existing is not None else None
+    except ValueError:
+        description = None
+    if not isinstance(description, dict):
+        description = {"BIDSVersion": "1.9.0", "DatasetType": "derivative"}
+    generated = description.setdefault("GeneratedBy", [])
+    if entry not in generated:
+        generated.append(entry)
+    return json.dumps(description, indent=4, sort_keys=True).encode()
+
+
+def write_dataset_description(writer: Writer, out_dir: str | os.PathLike) -> None:
+    """``out_dir``'s ``dataset_description.json`` (see :func:`dataset_description`), unless another tool's.
+
+    It must be among ``writer``'s plan as an optional output; a file the plan
+    leaves out (another tool's) is left as it is.
+    """
+    path = join(out_dir, DESCRIPTION)
+    if not writer.plan.will_write(path):
+        return
+    existing = None
+    try:
+        if is_url(path):
+            fs, location = url_to_fs(path, writer.plan.storage_options)
+            existing = fs.cat_file(location)
+        else:
+            with open(path, "rb") as fh:
+                existing = fh.read()
+    except FileNotFoundError:
+        pass
+    writer.put(path, dataset_description(existing))
+
+
+def write_model(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any], stat_types: dict[str, str],
+                writer: Writer, run_imgs: list, *, report_options: dict | None = None, label: str = "",
+                client: Any = None, on_step: Callable[[str], None] | None = None,
+                on_contrast: Callable[[int, str, dict], None] | None = None) -> None:
+    """Write a fitted model's files of ``outputs`` (see the module docstring) with ``writer``.
+
+    Parameters
+    ----------
+    model : daskglm.FirstLevelModel
+        Fitted on ``run_imgs``.
+    outputs : ModelOutputs
+        From :func:`model_outputs`, whose paths ``writer``'s plan has claimed.
+    contrasts : dict of name to definition
+        One definition for every run (a str or an array), or a list of one per run.
+    stat_types : dict of name to "t" or "F"
+    writer : Writer
+    run_imgs : list
+        The run files (``statmap.json``'s metadata reads their names).
+    report_options : dict, optional
+        ``generate_report``'s keyword arguments given (others: nilearn's
+        defaults); the thresholding ones also make the cluster tables, as
+        ``save_glm_to_bids``.
+    label : str
+        Start of the progress labels (``"sub-01: "``).
+    client
+        Where the residuals and r-square maps are computed (see
+        :func:`daskglm.runtime.cluster.compute`).
+    on_step : callable, optional
+        Called with what is done next (``"computing contrast 'a'"``...), for error messages.
+    on_contrast : callable, optional
+        Called with ``(number, name, maps)`` after each contrast's files.
+    """
+    from ..models.nilearn_compat import first_level_view, model_attributes
+    from ..runtime.cluster import phase
+
+    def step(text: str) -> None:
+        if on_step is not None:
+            on_step(text)
+
+    names = outputs.names
+    step("writing the design and model files")
+    writer.put(outputs.path(names["mask"]), model.mask_img_)
+    _write_designs(model, outputs, contrasts, writer)
+    view = first_level_view(model.design_matrices_, run_imgs, model)
+    writer.put(outputs.path(outputs.statmap), json.dumps(
+        {"Description": "A statistical map generated by Nilearn.", "ModelParameters": model_attributes(view)},
+        indent=4, sort_keys=True).encode())
+    options = {**REPORT_DEFAULTS, **{k: v for k, v in (report_options or {}).items() if k in REPORT_DEFAULTS}}
+    n_runs = len(model.design_matrices_)
+    for number, (name, definition) in enumerate(contrasts.items(), start=1):
+        # One definition for every run: nilearn's rule, without its "same contrast for all runs" warning.
+        per_run = definition if isinstance(definition, (list, tuple)) else [definition] * n_runs
+        step(f"computing contrast {name!r}")
+        with phase(f"{label}contrast {number}/{len(contrasts)} {name}"):  # the progress's label
+            maps = model.compute_contrast(per_run, stat_type=stat_types[name], output_type="all")
+        files = names["statistical_maps"][name]
+        for key in MAP_KEYS:
+            writer.put(outputs.path(files[key]), maps[key])
+        table, details = _clusters(maps["z_score"], options)
+        writer.put(outputs.path(files["clusters_tsv"]), table.to_csv(sep="\t", index=False).encode())
+        writer.put(outputs.path(files["metadata"]), json.dumps(details).encode())
+        if on_contrast is not None:
+            on_contrast(number, name, maps)
+    if outputs.residuals:
+        step("writing residuals and r_square")
+        _write_residuals(model, outputs, writer, label, client)
+    if outputs.report:
+        step("writing the report")
+        writer.put(outputs.path(outputs.report_html), report_html(generate_report(model, contrasts, report_options)))
+
+
+def _write_designs(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any], writer: Writer) -> None:
+    """Per run: design TSV and sidecar; with figures, design, correlation and contrast PNGs (Agg, no pyplot)."""
+    sidecar = json.dumps({"RepetitionTime": model.t_r_}, indent=4, sort_keys=True).encode()
+    for index, dm in enumerate(model.design_matrices_):
+        tsv, json_name = outputs.design(index)
+        writer.put(outputs.path(tsv), dm.to_csv(sep="\t", index=False).encode())
+        writer.put(outputs.path(json_name), sidecar)
+    if outputs.figures:
+        _write_figures(model, outputs, contrasts, writer)
+
+
+def _write_figures(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any], writer: Writer) -> None:
+    from nilearn.plotting import (
+        plot_contrast_matrix,
+        plot_design_matrix,
+        plot_design_matrix_correlation,
+    )
+
+    from ..glm.design import contrast_matrices
+
+    matrices = contrast_matrices(dict(contrasts), model.design_matrices_)
+    for index, dm in enumerate(model.design_matrices_):
+        files = outputs.names["design_matrices_dict"][index]
+        fig = _figure((max(4.0, 0.35 * dm.shape[1] + 1.5), 5.3))
+        plot_design_matrix(dm, axes=fig.add_subplot())
+        writer.put(outputs.path(files["design_matrix_png"]), _png(fig))
+        fig = _figure((max(5.0, 0.4 * dm.shape[1]), max(4.0, 0.4 * dm.shape[1])))
+        plot_design_matrix_correlation(dm, axes=fig.add_subplot())
+        writer.put(outputs.path(files["correlation_matrix_png"]), _png(fig))
+        for name, per_run in matrices.items():
+            fig = _figure((max(5.0, 0.4 * dm.shape[1]), 2.0))
+            axes = plot_contrast_matrix(per_run[index], dm, colorbar=True, axes=fig.add_subplot())
+            axes.set_xlabel(name)
+            writer.put(outputs.path(outputs.names["contrasts_dict"][index][name]), _png(fig))
+
+
+def _write_residuals(model: Any, outputs: ModelOutputs, writer: Writer, label: str, client: Any) -> None:
+    """Each run's residuals and r-square maps, computed per voxel block from its store."""
+    from ..runtime.cluster import compute, phase
+
+    for attribute in ("residuals", "r_square"):
+        for index, array in enumerate(model.voxelwise(attribute)):
+            with phase(f"{label}writing the {attribute} of run {index + 1}"):
+                values = np.atleast_2d(compute(array.data, client=client)[0])
+            volume = scatter_to_volume(values, *(array[n].values for n in "ijk"), tuple(array.attrs["volume_shape"]))
+            img = type(model.mask_img_)(volume, np.asarray(array.attrs["affine"]))
+            writer.put(outputs.path(outputs.names["model_level_mapping"][index][attribute]), img)
+
+
+def _clusters(z_map: Any, options: dict) -> tuple[Any, dict]:
+    """Cluster table and its parameters, thresholded as ``save_glm_to_bids`` (its report's options)."""
+    from nilearn.glm import threshold_stats_img
+    from nilearn.reporting import get_clusters_table
+
+    from ..models.nilearn_compat import clustering_params
+
+    height_control, alpha = options["height_control"], options["alpha"]
+    # nilearn's rule: a threshold only without height control (then 3.09 by default), else ignored
+    threshold = (_NILEARN_THRESHOLD if options["threshold"] is None else float(options["threshold"])
+                 ) if height_control is None else None
+    thresholded, threshold = threshold_stats_img(z_map, threshold=threshold, alpha=alpha,
+                                                 cluster_threshold=options["cluster_threshold"],
+                                                 height_control=height_control)
+    details = clustering_params(threshold, options["cluster_threshold"], options["min_distance"], height_control,
+                                alpha)
+    table = get_clusters_table(thresholded, stat_threshold=threshold, cluster_threshold=options["cluster_threshold"],
+                               min_distance=options["min_distance"], two_sided=options["two_sided"])
+    return table, details
+
+
+# ------------------------------------------------------------------ report and figures
+
+
+def report_contrasts(contrasts: dict[str, Any]) -> dict[str, Any]:
+    """The contrasts as ``generate_report`` can draw them: weight vectors as one-row matrices.
+
+    nilearn 0.14's report fails to draw a weight vector shorter than the
+    design (its ``pad_contrast_matrix`` pads a 1D array as if it were 2D); a
+    one-row matrix is the same t contrast, and is padded correctly.
+
+    Parameters
+    ----------
+    contrasts : dict of str to str or array
+        The contrast definitions by name.
+
+    Returns
+    -------
+    dict of str to str or ndarray
+        The same definitions, 1D arrays (and lists of numbers) as ``(1, k)`` arrays.
+    """
+    return {name: value if isinstance(value, str) else np.atleast_2d(np.asarray(value, dtype=float))
+            for name, value in contrasts.items()}
+
+
+def generate_report(model: Any, contrasts: dict[str, Any], options: dict | None = None) -> Any:
+    """nilearn's ``generate_report`` of the contrasts, with ``options`` (others: nilearn's defaults).
+
+    Weight vectors are given as one-row matrices (:func:`report_contrasts`).
+    Not shown: nilearn's note that one contrast is used for every run (the
+    rule here), the padding warning of its contrast plots (the maps' own was
+    shown), and numpy's note from plotting a mask with empty slices.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The same contrast will be used for all", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message="Contrasts will be padded with", category=UserWarning)
+        # numpy's, from nilearn's plot of a mask with empty slices over the background: noise to the user.
+        warnings.filterwarnings("ignore", message="Warning: converting a masked element to nan", category=UserWarning)
+        return model.generate_report(report_contrasts(contrasts), **(options or {}))
+
+
+def report_html(report: Any) -> bytes:
+    """The bytes nilearn's ``HTMLReport.save_as_html`` writes, to be written atomically elsewhere.
+
+    nilearn 0.14 saves the page wrapped in an inline frame
+    (``report.get_iframe()``, UTF-8), also for ``save_glm_to_bids``'s
+    ``report.html``; this gives the same bytes.
+
+    Parameters
+    ----------
+    report : nilearn.reporting.HTMLReport
+        What ``generate_report`` returned.
+
+    Returns
+    -------
+    bytes
+    """
+    return report.get_iframe().encode("utf-8")
+
+
+def _figure(figsize: tuple[float, float]) -> Any:
+    """A matplotlib ``Figure`` on its own Agg canvas, outside pyplot (no backend change, no open-figure list)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
