@@ -117,11 +117,14 @@ def test_fit_reruns_into_its_own_folder_and_keeps_other_files(fiac, tmp_path, ca
     first = nib.load(z).get_fdata()
 
     # Another definition, the same names (fresh stores: these tests are about the output folder).
-    code, err = _fit(capsys, *argv, "--contrast", "language=SStSSp + SStDSp - DStSSp - DStDSp", "--store", tmp_path / "stores2")
+    code, err = _fit(capsys, *argv, "--contrast", "language=SStSSp + SStDSp - DStSSp - DStDSp",
+                     "--store", tmp_path / "stores2")
     assert code == 0, err
     np.testing.assert_allclose(nib.load(z).get_fdata(), -first, rtol=1e-6, atol=1e-6)  # replaced
     assert (out / "notes.txt").read_text() == "unrelated"
     assert set(_manifest(out)) == written
+    description = json.loads((out / "dataset_description.json").read_text())  # daskglm's own: its entry once
+    assert [entry["Name"] for entry in description["GeneratedBy"]] == ["daskglm"]
 
     (out / "design.json").write_text('{"RepetitionTime": 2.5, "edited": "by the user"}')
     code, err = _fit(capsys, *argv, "--contrast", f"language={LANGUAGE}", "--store", tmp_path / "stores3")

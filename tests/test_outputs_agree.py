@@ -63,3 +63,26 @@ def test_fit_and_batch_write_the_same_outputs(tmp_path: Path, capsys: pytest.Cap
     assert _json(fit / sidecar) == {"RepetitionTime": 2.0}
     parameters = _json(fit / "sub-01/statmap.json")["ModelParameters"]
     assert parameters["subject_label"] == "01" and parameters["t_r"] == 2.0
+
+
+def test_dataset_description_is_merged_once() -> None:
+    """A new description is nilearn's, with daskglm's entry; daskglm's own gains its entry once, others kept."""
+    from daskglm import __version__
+    from daskglm.bids.outputs import dataset_description
+
+    new = json.loads(dataset_description())
+    assert new["BIDSVersion"] == "1.9.0" and new["DatasetType"] == "derivative"
+    (entry,) = new["GeneratedBy"]
+    assert entry["Name"] == "daskglm" and entry["Version"] == __version__ and entry["CodeURL"]
+    older = {**new, "GeneratedBy": [{"Name": "daskglm", "Version": "0.0.1"}]}
+    merged = json.loads(dataset_description(json.dumps(older).encode()))
+    assert merged["GeneratedBy"] == [{"Name": "daskglm", "Version": "0.0.1"}, entry]
+    assert dataset_description(json.dumps(merged).encode()) == json.dumps(merged, indent=4, sort_keys=True).encode()
+
+
+def test_contrast_labels_refuse_two_names_of_one_file() -> None:
+    from daskglm.bids.outputs import contrast_labels
+
+    assert contrast_labels(["DSt - SSt", "speaker"]) == {"DSt - SSt": "dstMinusSst", "speaker": "speaker"}
+    with pytest.raises(ValueError, match="'a - b' and 'a_minus_b' would both be written as contrast-aMinusB"):
+        contrast_labels(["a - b", "a_minus_b"])
