@@ -13,7 +13,8 @@ from nilearn.glm.contrasts import compute_fixed_effects as nilearn_fixed_effects
 from nilearn.maskers import NiftiMasker
 
 from conftest import TaskCounter
-from daskglm.glm.fixed_effects import _plane_blocks, compute_fixed_effects, fixed_effects_dataset
+from daskglm.glm.fixed_effects import compute_fixed_effects, fixed_effects_dataset
+from daskglm.io.slabs import plane_blocks
 
 SHAPE = (12, 14, 9)
 N_RUNS = 3
@@ -90,12 +91,12 @@ def test_blocks_are_whole_planes(maps):
         assert stop == len(i) or i[stop - 1] != i[stop]
     mask = np.zeros((6, 4, 4), bool)
     mask[0, 0, :2] = mask[2] = mask[3, :1] = mask[5, 1, 1] = True  # 2, 16, 4, 1 voxels per plane
-    assert _plane_blocks(mask, 5) == [(0, 1, 0, 2), (2, 3, 2, 18), (3, 6, 18, 23)]
-    assert _plane_blocks(mask, 10**6) == [(0, 6, 0, 23)]
+    assert plane_blocks(mask, 5) == [(0, 1, 0, 2), (2, 3, 2, 18), (3, 6, 18, 23)]
+    assert plane_blocks(mask, 10**6) == [(0, 6, 0, 23)]
     # planes larger than v_chunk, then empty planes at the end: no empty block
     mask = np.zeros((5, 3, 3), bool)
     mask[1:4] = True  # 0, 9, 9, 9, 0 voxels per plane
-    assert _plane_blocks(mask, 5) == [(1, 2, 0, 9), (2, 3, 9, 18), (3, 4, 18, 27)]
+    assert plane_blocks(mask, 5) == [(1, 2, 0, 9), (2, 3, 9, 18), (3, 4, 18, 27)]
 
 
 def test_f_contrast_from_4d_effects(maps):

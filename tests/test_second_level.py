@@ -284,14 +284,14 @@ def test_graph_is_lazy_and_no_task_holds_all_maps(maps, first_level, kind, tmp_p
     assert ds.sizes["voxel"] == n_vox and len(chunks) > 2 and max(chunks) < n_vox
 
     reads, fits = [], []
-    real_slab, real_fit = second_level._slab, second_level.ols_contrasts
+    real_slab, real_fit = second_level.read_planes, second_level.ols_contrasts
 
     def slab(*args):
         out = real_slab(*args)
         reads.append(out.shape)
         return out
 
-    monkeypatch.setattr(second_level, "_slab", slab)
+    monkeypatch.setattr(second_level, "read_planes", slab)
     monkeypatch.setattr(second_level, "ols_contrasts", lambda Y, *a: fits.append(Y.shape) or real_fit(Y, *a))
     with TaskCounter() as counter:
         z = ds["z_score"].compute(scheduler="threads")
@@ -446,8 +446,8 @@ def test_voxelwise_is_lazy_and_reads_slabs(maps, monkeypatch):
     assert lazy.dims == ("map", "voxel") and lazy.shape == (N_MAPS, model.n_elements_)
     assert r2.dims == ("voxel",) and len(lazy.data.chunks[1]) > 2
     reads = []
-    real_slab = second_level._slab
-    monkeypatch.setattr(second_level, "_slab", lambda *a: reads.append(real_slab(*a).shape) or real_slab(*a))
+    real_slab = second_level.read_planes
+    monkeypatch.setattr(second_level, "read_planes", lambda *a: reads.append(real_slab(*a).shape) or real_slab(*a))
     values = lazy.compute(scheduler="threads").values
     assert max(int(np.prod(shape)) for shape in reads) < int(np.prod(SHAPE))  # slabs, never a whole map
     with warnings.catch_warnings():
@@ -468,8 +468,8 @@ def test_make_stat_maps_reads_the_maps_once(maps, monkeypatch):
     model.fit(maps["paths"], design_matrix=dm)
     contrasts = {"a": "group_a", "b_minus_a": "group_b - group_a", "both": np.eye(2)}
     reads = []
-    real_slab = second_level._slab
-    monkeypatch.setattr(second_level, "_slab", lambda *a: reads.append(1) or real_slab(*a))
+    real_slab = second_level.read_planes
+    monkeypatch.setattr(second_level, "read_planes", lambda *a: reads.append(1) or real_slab(*a))
     together = model._make_stat_maps(contrasts, output_type="all")
     n_reads = len(reads)
     assert n_reads == N_MAPS * len(model.contrast_dataset("group_a").z_score.data.chunks[0])

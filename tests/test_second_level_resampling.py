@@ -193,9 +193,9 @@ def test_resampling_graph_is_lazy_and_reads_slabs(maps, monkeypatch):
     assert counter.started == 0
     assert isinstance(ds["z_score"].data, da.Array) and len(ds["z_score"].data.chunks[0]) > 3
     block_reads, range_reads = [], []
-    real_slab = second_level._slab
+    real_slab = second_level.read_planes
     for module, reads in ((second_level, block_reads), (_second_level_inputs, range_reads)):
-        monkeypatch.setattr(module, "_slab", lambda item, a, b, *rest, reads=reads: reads.append(b - a) or
+        monkeypatch.setattr(module, "read_planes", lambda item, a, b, *rest, reads=reads: reads.append(b - a) or
                             real_slab(item, a, b, *rest))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

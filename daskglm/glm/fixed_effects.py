@@ -6,13 +6,17 @@ returned images) run on Dask; :func:`fixed_effects_dataset` is its lazy core,
 an :class:`xarray.Dataset` over the masked voxels.
 
 Masked voxels are taken in C order (nilearn's) and grouped into blocks of
-whole x-planes ``i0 <= i < i1`` of about ``v_chunk`` voxels. For each input
-file and block, one task reads the slab ``dataobj[i0:i1]`` from the file (a
-``.nii`` with strided reads; a ``.nii.gz`` is decompressed by the task) and
-keeps its masked voxels; one task per block stacks the R runs and calls
+whole x-planes ``i0 <= i < i1`` of about ``v_chunk`` voxels
+(:func:`daskglm.io.slabs.plane_blocks`). The maps are
+:class:`daskglm.io.slabs.MapSource` records, read by slabs of x-planes as the
+second level reads its maps: for each input file (or lazy ``xarray.DataArray``)
+and block, one task rebuilds the planes ``i0:i1`` (:func:`daskglm.io.slabs.read_planes`:
+``dataobj[i0:i1]`` of a file, a ``.nii`` with strided reads, a ``.nii.gz``
+decompressed by the task; the slab of a lazy volume; a vector's voxels in those
+planes) and keeps its masked voxels; one task per block stacks the R runs and calls
 :func:`daskglm.kernels.stats.fixed_effects`. A task thus holds at most R slabs,
 never R whole maps. In-memory images are masked eagerly (they are in memory
-already); lazy ``xarray.DataArray`` inputs are rechunked to the blocks.
+already).
 
 nilearn behaviours reproduced: the mask is an image or path (nilearn's
 ``load_mask_img`` checks: binary, non-empty), a ``NiftiMasker`` (fitted as
@@ -37,7 +41,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -47,7 +50,8 @@ import numpy as np
 import xarray as xr
 
 from ..io.maps import scatter_to_volume
-from ..io.nifti import _load_image
+from ..io.nifti import open_image
+from ..io.slabs import ArrayPlanes, MapSource, check_grid, mean_of_maps, open_map, plane_blocks, read_planes, voxel_map
 from ..kernels.packing import fixed_effects_rows
 from ..kernels.stats import DEFAULT_RUN_DOF, fixed_effects
 from ..runtime import plan as _plan
@@ -58,22 +62,6 @@ __all__ = ["compute_fixed_effects", "fixed_effects_dataset"]
 #: NiftiMasker options that would transform the signal, with their neutral values.
 _NEUTRAL_MASKER = {"smoothing_fwhm": None, "detrend": False, "high_variance_confounds": False,
                    "low_pass": None, "high_pass": None, "dtype": None}
-
-
-@dataclass
-class _Source:
-    """One input map: where it comes from and what its header says."""
-
-    name: str  # for messages
-    value: Any  # Nifti1Image or DataArray
-    path: str | None  # read lazily from this file when set
-    shape: tuple[int, ...]  # (x, y, z) or (x, y, z, q)
-    affine: np.ndarray
-    dtype: np.dtype  # dtype of the masked values, nilearn's rule
-
-    @property
-    def q(self) -> int:
-        return self.shape[3] if len(self.shape) == 4 else 1
 
 
 def _masked_dtype(dtype: Any) -> np.dtype:
@@ -87,7 +75,7 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _open_source(obj: Any, role: str, like: Any) -> _Source:
+def _open_source(obj: Any, role: str, like: Any) -> MapSource:
     if isinstance(obj, xr.DataArray):
         label = f"{role} (DataArray {obj.name!r})"
         attrs = {**(like.attrs if like is not None else {}), **obj.attrs}
@@ -99,123 +87,53 @@ def _open_source(obj: Any, role: str, like: Any) -> _Source:
             if missing or "volume_shape" not in attrs:
                 raise ValueError(f"{label} needs i, j, k voxel coordinates and a 'volume_shape' "
                                  f"attribute (or like=); missing coordinates {missing}")
-            shape = tuple(int(s) for s in attrs["volume_shape"])
-        elif obj.dims == ("x", "y", "z"):
-            shape = tuple(int(s) for s in obj.shape)
-        else:
-            raise ValueError(f"{label} must have dims ('voxel',) or ('x', 'y', 'z'); got {obj.dims}")
-        return _Source(label, obj, None, shape, affine, _masked_dtype(obj.dtype))
-    img, path = _load_image(obj, role)
-    label = f"{role} ({path!r})" if path else f"{role} (in-memory {type(img).__name__})"
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) not in (3, 4):
-        raise ValueError(f"{label} must be a 3D image (or 4D for an F contrast); got shape {img.shape}")
-    if path is not None:  # the scaled dtype, from a one-voxel read
-        dtype = np.asanyarray(img.dataobj[(slice(0, 1),) * len(img.shape)]).dtype
-    else:
-        dtype = np.asanyarray(img.dataobj).dtype
-    return _Source(label, img, path, shape, np.asarray(img.affine, dtype=float), _masked_dtype(dtype))
+            return voxel_map(label, obj.data, [obj.coords[n].values for n in "ijk"], attrs["volume_shape"], affine)
+        if obj.dims == ("x", "y", "z"):
+            return MapSource(label, tuple(int(s) for s in obj.shape), affine, np.dtype(obj.dtype), array=obj.data)
+        raise ValueError(f"{label} must have dims ('voxel',) or ('x', 'y', 'z'); got {obj.dims}")
+    src = open_map(obj, role)
+    if len(src.shape) not in (3, 4):
+        raise ValueError(f"{src.name} must be a 3D image (or 4D for an F contrast); got shape {src.shape}")
+    return src
 
 
-def _check_grid(sources: list[_Source]) -> None:
-    ref = sources[0]
-    for src in sources[1:]:
-        if src.shape[:3] != ref.shape[:3] or not np.allclose(src.affine, ref.affine):
-            raise ValueError(
-                f"{src.name} is on another grid than {ref.name}: shape {src.shape[:3]} vs "
-                f"{ref.shape[:3]}, affine {src.affine.round(4).tolist()} vs "
-                f"{ref.affine.round(4).tolist()}; all images must share one grid"
-            )
+def _check_covered(src: MapSource, mask: np.ndarray) -> None:
+    """Refuse a map of voxel values that lacks voxels of the mask."""
+    if src.where is not None:
+        missing = int((mask & ~src.where).sum())
+        if missing:
+            raise ValueError(f"{src.name} has {src.voxels.shape[0]} voxels and misses {missing} "
+                             f"of the {int(mask.sum())} voxels of the mask")
 
 
-def _read(path: str, i0: int | None = None, i1: int | None = None) -> np.ndarray:
-    try:
-        return np.asanyarray(nib.load(path).dataobj[i0:i1])
-    except Exception as exc:
-        what = "the image" if i0 is None else f"x-planes {i0}..{i1 - 1}"
-        msg = f"{path!r}: cannot read {what}: {exc}"
-        raise (FileNotFoundError(msg) if isinstance(exc, FileNotFoundError) else ValueError(msg)) from exc
-
-
-def _read_slab(path: str, i0: int, i1: int, mask_slab: np.ndarray) -> np.ndarray:
-    """Masked voxels of x-planes ``i0:i1`` of a file, shape (q, v_block), float64."""
-    values = _read(path, i0, i1)[mask_slab]  # (v_block,) or (v_block, q)
+def _masked_block(planes: Any, i0: int, i1: int, yz: tuple[int, int], mask_slab: np.ndarray) -> np.ndarray:
+    """Masked voxels of x-planes ``i0:i1`` of a map, shape (q, v_block), float64, non-finite as 0."""
+    values = read_planes(planes, i0, i1, yz, {})[mask_slab]  # (v_block,) or (v_block, q)
     return _finite(values.reshape(values.shape[0], -1).T)
 
 
-def _read_sum(path: str) -> np.ndarray:
-    """Sum over volumes of a 3D/4D file, shape (x, y, z), float64, NaN kept."""
-    data = _read(path).astype(np.float64)
-    return data.sum(axis=3) if data.ndim == 4 else data
-
-
-def _voxel_positions(src: _Source, mask: np.ndarray) -> np.ndarray:
-    """Positions in a (voxel,) DataArray of the mask's voxels, in mask order."""
-    da_ = src.value
-    lookup = np.full(src.shape[:3], -1, dtype=np.int64)
-    lookup[tuple(np.asarray(da_.coords[n].values) for n in "ijk")] = np.arange(da_.sizes["voxel"])
-    positions = lookup[mask]
-    if (positions < 0).any():
-        raise ValueError(
-            f"{src.name} has {da_.sizes['voxel']} voxels and misses {int((positions < 0).sum())} "
-            f"of the {int(mask.sum())} voxels of the mask"
-        )
-    return positions
-
-
-def _source_blocks(src: _Source, mask: np.ndarray, blocks: list[tuple[int, int, int, int]],
-                   slab_keys: list[Any]) -> list[Any]:
-    """One (q, v_block) float64 piece per block: Delayed reads or arrays."""
-    sizes = tuple(v1 - v0 for _, _, v0, v1 in blocks)
-    if src.path is not None:
-        read = dask.delayed(_read_slab, pure=False)
-        return [read(src.path, i0, i1, key) for (i0, i1, _, _), key in zip(blocks, slab_keys)]
-    if isinstance(src.value, xr.DataArray):
-        data = src.value.data
-        if src.value.dims == ("voxel",):
-            positions = _voxel_positions(src, mask)
-            if not np.array_equal(positions, np.arange(positions.size)):
-                data = data[positions]
-        elif isinstance(data, da.Array):
-            data = data.vindex[np.nonzero(mask)]
+def _source_blocks(src: MapSource, mask: np.ndarray, blocks: list[tuple[int, int, int, int]],
+                   slab_keys: list[Any], masks: dict) -> list[Any]:
+    """One (q, v_block) float64 piece per block: Delayed reads, or arrays for maps in memory."""
+    _check_covered(src, mask)
+    read = dask.delayed(_masked_block, pure=False)
+    pieces = []
+    for (i0, i1, _, _), key in zip(blocks, slab_keys):
+        planes = src.planes(i0, i1, masks)
+        if isinstance(planes, ArrayPlanes) and not isinstance(planes.values, da.Array):  # masked now
+            pieces.append(_masked_block(planes, i0, i1, src.shape[1:3], mask[i0:i1]))
         else:
-            data = np.asarray(data)[mask]
-        if not isinstance(data, da.Array):
-            return [_finite(data[v0:v1])[None] for _, _, v0, v1 in blocks]
-        data = data.rechunk((sizes,)).map_blocks(lambda b: _finite(b)[None], new_axis=0,
-                                                  chunks=((1,), sizes), dtype=np.float64)
-        return list(data.to_delayed().ravel())
-    values = np.asanyarray(src.value.dataobj).reshape(src.shape)[mask]  # (v,) or (v, q)
-    values = _finite(values.reshape(values.shape[0], -1).T)
-    return [values[:, v0:v1] for _, _, v0, v1 in blocks]
+            pieces.append(read(planes, i0, i1, src.shape[1:3], key))
+    return pieces
 
 
-def _source_sum(src: _Source) -> da.Array:
-    """Lazy sum over the volumes of one contrast map, shape (x, y, z)."""
-    if src.path is not None:
-        return da.from_delayed(dask.delayed(_read_sum, pure=False)(src.path), src.shape[:3], np.float64)
-    if isinstance(src.value, xr.DataArray):
-        data = da.asarray(src.value.data).astype(np.float64)
-        if src.value.dims == ("x", "y", "z"):
-            return data
-        ijk = [np.asarray(src.value.coords[n].values) for n in "ijk"]
-        return da.from_delayed(dask.delayed(scatter_to_volume)(data, *ijk, src.shape[:3]),
-                               src.shape[:3], np.float64)
-    data = np.asarray(src.value.dataobj, dtype=np.float64).reshape(src.shape)
-    return da.from_array(data.sum(axis=3) if data.ndim == 4 else data)
-
-
-def _background_mask(contrasts: list[_Source], client: Any) -> np.ndarray:
+def _background_mask(contrasts: list[MapSource], client: Any, v_chunk: int | None) -> np.ndarray:
     """nilearn's ``NiftiMasker().fit(contrast_imgs)`` mask, from an out-of-core mean."""
     from nilearn.masking import compute_background_mask, load_mask_img
 
-    n_volumes = sum(src.q for src in contrasts)
-    total = da.stack([_source_sum(src) for src in contrasts]).sum(axis=0, split_every=8)
-    with phase(f"fixed effects: mask (mean of {len(contrasts)} contrast images)", default=True):
-        (mean,) = compute(total / n_volumes, client=client)
-    mask_img = compute_background_mask(nib.Nifti1Image(np.asarray(mean), contrasts[0].affine))
+    mean = mean_of_maps(contrasts, client, v_chunk,
+                        label=f"fixed effects: mask (mean of {len(contrasts)} contrast images)")
+    mask_img = compute_background_mask(mean)
     try:
         mask, _ = load_mask_img(mask_img)
     except ValueError as exc:
@@ -224,7 +142,7 @@ def _background_mask(contrasts: list[_Source], client: Any) -> np.ndarray:
     return np.asarray(mask, dtype=bool)
 
 
-def _given_mask(mask: Any, ref: _Source) -> np.ndarray:
+def _given_mask(mask: Any, ref: MapSource) -> np.ndarray:
     from nilearn.maskers import NiftiMasker
     from nilearn.masking import load_mask_img
 
@@ -238,7 +156,7 @@ def _given_mask(mask: Any, ref: _Source) -> np.ndarray:
             warnings.filterwarnings("ignore", message=r".*Generation of a mask.*")
             img, name = mask.fit().mask_img_, "of the NiftiMasker"
     else:
-        img, path = _load_image(mask, "mask")
+        img, path = open_image(mask, "mask")
         name = repr(path) if path else f"(in-memory {type(img).__name__})"
     try:
         data, _ = load_mask_img(img)
@@ -253,28 +171,6 @@ def _given_mask(mask: Any, ref: _Source) -> np.ndarray:
             "it first, e.g. nilearn.image.resample_to_img(mask, img, interpolation='nearest')"
         )
     return data
-
-
-def _plane_blocks(mask: np.ndarray, v_chunk: int) -> list[tuple[int, int, int, int]]:
-    """Blocks ``(i0, i1, v0, v1)`` of whole x-planes with at most ``v_chunk``
-    voxels (at least one plane), trimmed to planes holding voxels."""
-    counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
-    groups, start, n = [], 0, 0
-    for i, c in enumerate(counts):
-        if c and n and n + c > v_chunk:  # an empty plane never starts a block
-            groups.append((start, i))
-            start, n = i, 0
-        n += int(c)
-    groups.append((start, mask.shape[0]))
-    blocks, v0 = [], 0
-    for i0, i1 in groups:
-        planes = np.flatnonzero(counts[i0:i1])
-        if planes.size == 0:  # only empty planes (the last group of a mask ending in them)
-            continue
-        n = int(counts[i0:i1].sum())
-        blocks.append((i0 + int(planes[0]), i0 + int(planes[-1]) + 1, v0, v0 + n))
-        v0 += n
-    return blocks
 
 
 def _check_variances(variances: list[np.ndarray], names: list[str]) -> None:
@@ -383,17 +279,18 @@ def fixed_effects_dataset(
     for src in contrasts[1:]:
         if src.q != q:
             raise ValueError(f"{src.name} has {src.q} volumes but {contrasts[0].name} has {q}")
-    _check_grid(contrasts + variances)
+    check_grid(contrasts + variances)
     ref = contrasts[0]
-    mask_arr = _background_mask(contrasts, client) if mask is None else _given_mask(mask, ref)
+    mask_arr = _background_mask(contrasts, client, v_chunk) if mask is None else _given_mask(mask, ref)
     n_runs, n_vox = len(contrasts), int(mask_arr.sum())
     if v_chunk is None:
         by_budget = max(_plan.MIN_V_CHUNK, _plan.DEFAULT_TASK_BYTES // (24 * n_runs * (q + 1)))
         v_chunk = int(min(by_budget, max(_plan.MIN_V_CHUNK, math.ceil(n_vox / 2))))
-    blocks = _plane_blocks(mask_arr, int(v_chunk))
+    blocks = plane_blocks(mask_arr, int(v_chunk))
     slab_keys = [dask.delayed(mask_arr[i0:i1].copy(), pure=True) for i0, i1, _, _ in blocks]
-    eff_parts = [_source_blocks(src, mask_arr, blocks, slab_keys) for src in contrasts]
-    var_parts = [_source_blocks(src, mask_arr, blocks, slab_keys) for src in variances]
+    masks: dict = {}
+    eff_parts = [_source_blocks(src, mask_arr, blocks, slab_keys, masks) for src in contrasts]
+    var_parts = [_source_blocks(src, mask_arr, blocks, slab_keys, masks) for src in variances]
     combine = dask.delayed(_combine_block, pure=True)
     layout = fixed_effects_rows(q)
     packed = da.concatenate([
@@ -403,8 +300,8 @@ def fixed_effects_dataset(
         for b, (_, _, v0, v1) in enumerate(blocks)
     ], axis=1)
     # dtypes of nilearn's outputs: numpy's promotion of the masked input dtypes
-    con_dt = np.result_type(*[s.dtype for s in contrasts])
-    var_dt = np.result_type(*[s.dtype for s in variances])
+    con_dt = np.result_type(*[_masked_dtype(s.dtype) for s in contrasts])
+    var_dt = np.result_type(*[_masked_dtype(s.dtype) for s in variances])
     eff_dt = np.result_type(con_dt, var_dt) if precision_weighted else con_dt
     rows = layout.unpack(packed)
     effect = ((("voxel",), packed[layout.slice("effect").start].astype(eff_dt)) if q == 1

@@ -6,6 +6,8 @@
   resampling.
 * :mod:`.maps` — voxel vectors back to volumes and NIfTI images, written
   atomically.
+* :mod:`.slabs` — effect and variance maps read by slabs of x-planes (fixed
+  effects and the second level), blocks of whole planes, the mean of maps.
 """
 
 from .maps import load_nifti, save_nifti, scatter_to_volume, to_nifti, to_volume

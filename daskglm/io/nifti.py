@@ -36,6 +36,7 @@ __all__ = [
     "is_url",
     "url_identity",
     "load_url_image",
+    "open_image",
     "inspect_run",
     "read_volumes",
     "build_gzip_index",
@@ -217,8 +218,25 @@ def load_image(path: str) -> nib.spatialimages.SpatialImage:
                  file_map=klass.filespec_to_file_map(path))
 
 
-def _load_image(run: Any, role: str) -> tuple[Any, str | None]:
-    """Open a path (header only) or accept an image; return (image, abs path or None)."""
+def open_image(run: Any, role: str) -> tuple[Any, str | None]:
+    """Open a local path (its header only, :func:`load_image`) or accept a nibabel image.
+
+    Parameters
+    ----------
+    run : str, path or nibabel image
+    role : str
+        How messages name it (``"mask image"``, ``"contrast_imgs[2]"``).
+
+    Returns
+    -------
+    (image, str or None)
+        The image and its absolute path, None for an image in memory.
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, PermissionError, ValueError, TypeError
+        Naming ``role`` and the path.
+    """
     if isinstance(run, (str, os.PathLike)):
         path = Path(run).expanduser()
         if not path.exists():
@@ -271,7 +289,7 @@ def inspect_run(
         img, remote = _url_header(run, "run image", storage_options)
         path = run
     else:
-        img, path = _load_image(run, "run image")
+        img, path = open_image(run, "run image")
     name = repr(path) if path else "in-memory run image"
     shape = tuple(int(s) for s in img.shape)
     if len(shape) != 4:
@@ -428,7 +446,7 @@ def load_mask(mask_img: Any, storage_options: dict | None = None) -> tuple[np.nd
     if is_url(mask_img):
         img, path = load_url_image(mask_img, storage_options, "mask image"), mask_img
     else:
-        img, path = _load_image(mask_img, "mask image")
+        img, path = open_image(mask_img, "mask image")
     name = repr(path) if path else "in-memory mask image"
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:

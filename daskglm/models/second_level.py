@@ -18,9 +18,9 @@ once for their mean, nilearn's sample map).
 
 Out of core: masked voxels are taken in C order (nilearn's) and grouped in
 blocks of whole x-planes ``[i0, i1)`` of about ``v_chunk`` voxels
-(:func:`daskglm.glm.fixed_effects._plane_blocks`). One Dask task per block reads
-the planes of every map it needs, one map at a time (``nibabel`` ``dataobj``
-slicing for files; a 4D file is read once per block), applies nilearn's
+(:func:`daskglm.io.slabs.plane_blocks`). One Dask task per block reads
+the planes of every map it needs, one map at a time (:func:`daskglm.io.slabs.read_planes`:
+``nibabel`` ``dataobj`` slicing for files; a 4D file is read once per block), applies nilearn's
 masker steps to them — ``resample_img`` onto the mask's grid when the maps
 are on another one (see below), ``smooth_array`` — masks them into
 ``Y (n_maps, v_block)``, fits OLS and computes the contrasts
@@ -77,8 +77,8 @@ from nilearn.glm.second_level import SecondLevelModel as _NilearnSecondLevelMode
 from sklearn.utils.validation import check_is_fitted
 
 from ..glm.contrasts import OUTPUT_TYPES, contrast_variables
-from ..glm.fixed_effects import _check_grid, _plane_blocks
 from ..io.grid import analysis_grid, resample_volumes
+from ..io.slabs import MapSource, check_grid, mean_of_maps, plane_blocks, read_planes
 from ..kernels.covariances import label_covariance
 from ..kernels.group import ols_contrasts, smoothing_halo, source_planes
 from ..kernels.packing import group_contrast, group_rows
@@ -103,17 +103,7 @@ from .nilearn_compat import (
     log,
     sort_input_dataframe,
 )
-from .second_level_inputs import (
-    _Map,
-    _slab,
-    header_standins,
-    image_maps,
-    is_surface,
-    list_maps,
-    mean_image,
-    model_map,
-    value_range,
-)
+from .second_level_inputs import header_standins, image_maps, is_surface, list_maps, model_map, value_range
 
 __all__ = ["SecondLevelModel"]
 
@@ -195,7 +185,7 @@ def _block_rows(items: list, reader: _Reader, source: tuple[int, int], work: tup
     Y = np.empty((len(items), int(mask_slab.sum())))
     cache: dict = {}
     for row, item in enumerate(items):
-        slab = np.asarray(_slab(item, sa, sb, reader.map_shape[1:], cache)).astype(reader.dtype, copy=False)
+        slab = np.asarray(read_planes(item, sa, sb, reader.map_shape[1:], cache)).astype(reader.dtype, copy=False)
         if reader.resample:
             slab = _resample_slab(slab, reader, sa, a, b, vrange)
         slab = smooth_array(slab, reader.affine, reader.fwhm, ensure_finite=True, copy=True)
@@ -407,7 +397,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
 
             check_niimg(second_level_input, ensure_ndim=4)
             second_level_input = four_to_three(second_level_input)
-        maps: list[_Map] = []
+        maps: list[MapSource] = []
         if kind == "images":
             if isinstance(second_level_input, (list, pd.Series)):
                 maps = list_maps(list(second_level_input), "second_level_input")
@@ -416,7 +406,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
                 if len(maps) == 1:
                     raise ValueError("A single image as 'second_level_input' must be 4D (one volume per "
                                      f"map); {maps[0].name} is 3D")
-            _check_grid(maps)
+            check_grid(maps)
         self.second_level_input_ = second_level_input
         self.confounds_ = confounds
         self._kind, self._maps = kind, maps
@@ -456,11 +446,11 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
             self._reporting_data = {}
         return self
 
-    def _sample_map(self, kind: str, inputs: Any, maps: list[_Map]) -> nib.Nifti1Image:
+    def _sample_map(self, kind: str, inputs: Any, maps: list[MapSource]) -> nib.Nifti1Image:
         """nilearn's sample map: the mean of the maps, the first DataFrame map, or the first model's effect."""
         if kind == "images":
             with self._session(maps) as client:
-                return mean_image(maps, client, self.v_chunk, self.verbose)
+                return mean_of_maps(maps, client, self.v_chunk, self.verbose)
         if kind == "df":
             found = image_maps(inputs["effects_map_path"][0], "second_level_input['effects_map_path'][0]")
             if len(found) != 1:
@@ -471,7 +461,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         return model.compute_contrast(model.design_matrices_[0].columns[0], output_type="effect_size")
 
     @contextmanager
-    def _session(self, maps: Sequence[_Map]) -> Iterator[Any]:
+    def _session(self, maps: Sequence[MapSource]) -> Iterator[Any]:
         """The client for one public call (an embedded cluster sized for the maps lives this long)."""
         shape = maps[0].shape if maps else (1, 1, 1)
         with get_client(self.client, work_bytes=8 * len(maps) * int(np.prod(shape))) as client:
@@ -484,7 +474,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
 
     # ------------------------------------------------------------------ maps and graphs
 
-    def _effect_maps(self, first_level_contrast: Any) -> list[_Map]:
+    def _effect_maps(self, first_level_contrast: Any) -> list[MapSource]:
         """The maps of ``first_level_contrast`` (nilearn's ``_infer_effect_maps``), on one grid."""
         inputs = self.second_level_input_
         if self._kind == "df":
@@ -495,7 +485,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         else:
             maps = self._maps
         check_n_rows_desmat_vs_n_effect_maps(maps, self.design_matrix_)
-        _check_grid(maps)
+        check_grid(maps)
         return maps
 
     def _design(self) -> np.ndarray:
@@ -511,12 +501,12 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
                              "to estimate the residual variance")
         return X
 
-    def _plan_blocks(self, maps: list[_Map], rows: int, quiet: bool = False) -> tuple[_Reader, list, Any]:
+    def _plan_blocks(self, maps: list[MapSource], rows: int, quiet: bool = False) -> tuple[_Reader, list, Any]:
         """How block tasks read the maps, the blocks, and (when resampling) the delayed range of the maps.
 
         Parameters
         ----------
-        maps : list of _Map
+        maps : list of MapSource
         rows : int
             Rows of ``n_elements_`` floats a block task holds besides the
             maps' rows and their residuals (for the default ``v_chunk``).
@@ -551,10 +541,10 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         masks: dict = {}
         vrange = value_range(maps, reader.dtype, self.v_chunk, masks) if reader.resample else None
         blocks = []
-        for i0, i1, v0, v1 in _plane_blocks(work_mask, int(v_chunk)):
+        for i0, i1, v0, v1 in plane_blocks(work_mask, int(v_chunk)):
             a, b = max(0, i0 - halo), min(shape[0], i1 + halo)
             source = source_planes(transform, a, b, shape[1:], ref.shape[0]) if reader.resample else (a, b)
-            items = [m.item(*source, masks) for m in maps]
+            items = [m.planes(*source, masks) for m in maps]
             blocks.append((items, source, (a, b), (i0, i1), work_mask[i0:i1].copy(), v1 - v0))
         return reader, blocks, vrange
 
@@ -575,7 +565,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         con = np.hstack([con, np.zeros((con.shape[0], X.shape[1] - con.shape[1]))])
         return (con[0] if stat_type == "t" else con), stat_type
 
-    def _contrast_graph(self, contrasts: Sequence[tuple[Any, str | None]], maps: list[_Map]
+    def _contrast_graph(self, contrasts: Sequence[tuple[Any, str | None]], maps: list[MapSource]
                         ) -> tuple[list[xr.Dataset], da.Array, da.Array]:
         """Lazy datasets of some contrasts of the same maps (one read of the maps), and theta, dispersion."""
         X = self._design()
@@ -658,7 +648,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         check_first_level_contrast(self.second_level_input_, first_level_contrast)
         return self._voxelwise_lazy(self._effect_maps(first_level_contrast), attribute)
 
-    def _voxelwise_lazy(self, maps: list[_Map], attribute: str, quiet: bool = False) -> xr.DataArray:
+    def _voxelwise_lazy(self, maps: list[MapSource], attribute: str, quiet: bool = False) -> xr.DataArray:
         X = self._design()
         per_map = attribute in _PER_MAP
         rows = len(maps) if per_map else 1
@@ -671,7 +661,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         return xr.DataArray(values if per_map else values[0], dims=("map", "voxel") if per_map else ("voxel",),
                             coords=self._output_coords(), name=attribute)
 
-    def _voxelwise_values(self, maps: list[_Map], attribute: str) -> np.ndarray:
+    def _voxelwise_values(self, maps: list[MapSource], attribute: str) -> np.ndarray:
         """:meth:`voxelwise` computed: (n, v) or (v,) (``results_``' element-wise attributes)."""
         lazy = self._voxelwise_lazy(maps, attribute, quiet=True)
         with self._session(maps) as client, phase(f"second level: {attribute}", default=True):
