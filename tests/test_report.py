@@ -6,7 +6,7 @@ against nilearn's own model fitted on the same simulated runs: the fitted state
 the report reads (design matrices, mask, masker) and the z maps it thresholds
 (daskglm's ``compute_contrast``), hence the thresholds and cluster tables in
 the page, and the warnings; and the file daskglm writes
-(:func:`daskglm.bids.subject.report_html`) being the one nilearn's
+(:func:`daskglm.bids.outputs.report_html`) being the one nilearn's
 ``save_as_html`` writes. nilearn's own report tests run against daskglm in
 tests/nilearn_suite/test_nilearn_glm_reporter.py.
 
@@ -272,7 +272,7 @@ def test_page_names_every_contrast_and_embeds_its_images(fiac, default_reports):
 
 def test_save_as_html_writes_what_daskglm_writes(default_reports, tmp_path):
     """``save_as_html`` (nilearn's: the page in an ``<iframe srcdoc>``) and daskglm's ``report_html`` agree."""
-    from daskglm.bids.subject import report_html
+    from daskglm.bids.outputs import report_html
 
     (report, _), _ = default_reports
     path = tmp_path / "report.html"
@@ -285,7 +285,7 @@ def test_save_as_html_writes_what_daskglm_writes(default_reports, tmp_path):
 
 def test_short_weight_vectors_are_reported_as_one_row_matrices(fiac):
     """nilearn 0.14 cannot draw a short 1D weight vector; daskglm's writers pass it as the same t contrast."""
-    from daskglm.bids.subject import report_contrasts
+    from daskglm.bids.outputs import report_contrasts
 
     ours, _ = _models(fiac, "ols")
     vector = np.array([-1.0, 1, -1, 1])

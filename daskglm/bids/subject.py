@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .outputs import ModelOutputs, Writer, model_outputs, report_contrasts, report_html, write_model
+from .outputs import ModelOutputs, Writer, model_outputs, write_model
 
 __all__ = [
     "BATCH_FORMAT",
@@ -30,8 +30,6 @@ __all__ = [
     "input_files",
     "is_complete",
     "output_plan",
-    "report_contrasts",  # from daskglm.bids.outputs, where they are
-    "report_html",
     "run_subject",
     "subject_inputs",
     "subject_outputs",

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bids.subject import report_html
+from ..bids.outputs import report_html
 from ..io.maps import save_nifti, write_bytes
 from ..io.nifti import inspect_run
 from ..store.ingest import ingest_run, mean_image
