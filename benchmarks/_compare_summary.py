@@ -73,9 +73,9 @@ def _summarise(size: str, spec: dict, records: list[dict], workers: int | None) 
         bound = _speedup_bound(tools["daskglm-w1"], os.cpu_count() or 1)
         if bound is not None:
             summary["ratios"]["speedup_bound_from_1_worker_cpu"] = round(bound, 2)
-            print(f"  bound      {bound:.2f}x: {os.cpu_count()} cores x 1-worker wall / the machine's busy CPU-seconds in the "
-                  "1-worker run (what one worker per core reaches at best, doing no more work than 1 and keeping both "
-                  "cores busy throughout)")
+            print(f"  bound      {bound:.2f}x: {os.cpu_count()} cores x 1-worker wall / the machine's busy "
+                  "CPU-seconds in the 1-worker run (what one worker per core reaches at best, doing no more "
+                  "work than 1 and keeping both cores busy throughout)")
     return summary
 
 

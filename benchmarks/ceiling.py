@@ -30,7 +30,8 @@ does not scale shows by name.
     python benchmarks/ceiling.py --kind ingest --blocks 4
     python benchmarks/ceiling.py --kind write --write-mib 1000
     python benchmarks/ceiling.py --kind memory --memory-mib 4096
-    python benchmarks/ceiling.py --size tiny --blocks 1 --columns 2 --write-mib 8 --memory-mib 8 --repeat 1   # smoke test
+    # smoke test:
+    python benchmarks/ceiling.py --size tiny --blocks 1 --columns 2 --write-mib 8 --memory-mib 8 --repeat 1
 
 ``speedup`` is (time of one process doing the work of both) / (wall of the
 two processes doing half each): 2.0 would be perfect scaling.
@@ -74,7 +75,6 @@ def _ingest_child(run: str, mask: str, blocks: int) -> dict:
     import dask
 
     from daskglm.runtime import plan as _plan
-
     from daskglm.store import ingest as store
 
     # the task's calls, looked up in daskglm.store.ingest at call time
@@ -108,7 +108,6 @@ def _fit_child(design: str, mask: str, columns: int) -> dict:
     import numpy as np
 
     from daskglm.kernels import regression as _kernels
-
     from daskglm.runtime import plan as _plan
 
     X = np.load(design)["X"]

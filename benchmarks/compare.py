@@ -153,8 +153,8 @@ class Measured:
         # workers): less sensitive than wall time to other users of a shared machine.
         cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
         return {"wall_s": wall, "cpu_s": cpu, "machine_cpu_s": machine_cpu, "peak_rss_bytes": self.peak,
-                "returncode": proc.returncode, "timed_out": timed_out, "samples": self.samples, "processes": len(self.seen),
-                "leftovers_killed": leftovers}
+                "returncode": proc.returncode, "timed_out": timed_out, "samples": self.samples,
+                "processes": len(self.seen), "leftovers_killed": leftovers}
 
     def _kill_leftovers(self, root: Any) -> list[str]:
         """Kill (by pid) every process of the sampled tree still alive; name them."""
@@ -207,8 +207,9 @@ def _machine() -> dict:
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = None
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "git": _git_state(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "git": _git_state(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
+            "platform": platform.platform(), "versions": versions}
 
 
 def _git_state() -> dict | None:
@@ -286,8 +287,8 @@ def _line(tool: str, size: str, rep: int, n: int, r: dict) -> str:
     if "cluster" in r:
         extra = f", workers: {r['cluster']['n_workers']}"
     busy = "" if r.get("machine_cpu_s") is None else f" (machine busy {r['machine_cpu_s']:.1f} s)"
-    return (f"{tool:8s} {size} {rep}/{n}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s{busy}, peak RSS (all processes) "
-            f"{r['peak_rss_bytes'] / MiB:.0f} MiB{extra} [{_fmt_phases(r['phases_s'])}]")
+    return (f"{tool:8s} {size} {rep}/{n}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s{busy}, "
+            f"peak RSS (all processes) {r['peak_rss_bytes'] / MiB:.0f} MiB{extra} [{_fmt_phases(r['phases_s'])}]")
 
 
 def _set_cache(mode: str, paths: list[str]) -> None:
@@ -309,8 +310,8 @@ def _set_cache(mode: str, paths: list[str]) -> None:
             with open(path, "rb") as f:
                 while f.read(16 * MiB):
                     pass
-        subprocess.run([sys.executable, "-c", "import daskglm.models.first_level, daskglm.cli.main, distributed, nilearn.glm"],
-                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        warm = "import daskglm.models.first_level, daskglm.cli.main, distributed, nilearn.glm"
+        subprocess.run([sys.executable, "-c", warm], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elif mode == "cold":
         Path("/proc/sys/vm/drop_caches").write_text("1\n")
     print(f"  page cache: {mode} ({time.perf_counter() - start:.1f} s, not timed)", flush=True)

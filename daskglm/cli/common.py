@@ -20,8 +20,8 @@ from dask.utils import parse_bytes
 from ..runtime.cluster import get_client, verbosity
 
 __all__ = ["Parser", "one_line", "positive_int", "nonnegative_int", "finite_float", "positive_float",
-           "nonnegative_float", "memory_size", "input_path", "add_cluster_options", "add_common_options", "warnings_as_lines",
-           "say", "cluster", "UsageError"]
+           "nonnegative_float", "memory_size", "input_path", "add_cluster_options", "add_common_options",
+           "warnings_as_lines", "say", "cluster", "UsageError"]
 
 
 def one_line(message: Any) -> str:
@@ -99,7 +99,8 @@ def memory_size(text: str) -> str:
         if parse_bytes(text) <= 0:
             raise ValueError
     except (ValueError, TypeError):
-        raise argparse.ArgumentTypeError(f"must be a memory size such as 4GiB or 500MB, or auto; got {text!r}")
+        message = f"must be a memory size such as 4GiB or 500MB, or auto; got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
     return text
 
 

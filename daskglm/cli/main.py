@@ -127,7 +127,8 @@ def _demo(args: argparse.Namespace) -> int:
                                           [s["effect_variance"] for s in per_run], data["mask"], client=client)
             for name, img in zip(("effect", "variance", "stat", "z_score"), fixed):
                 save_nifti(img, maps / f"fixed_DSt_minus_SSt_{name}.nii.gz")
-            say(args, 1, f"fixed effects (compute_fixed_effects): peak |stat| = {np.abs(fixed[2].get_fdata()).max():.2f}")
+            peak = np.abs(fixed[2].get_fdata()).max()
+            say(args, 1, f"fixed effects (compute_fixed_effects): peak |stat| = {peak:.2f}")
             model.fit(runs, design_matrices=designs)
             z_map = model.compute_contrast([np.array(contrast_val)] * 2, output_type="z_score")
             say(args, 1, f"multi-run fit: DSt_minus_SSt peak |z| = {np.abs(z_map.get_fdata()).max():.2f}")

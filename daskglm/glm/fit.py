@@ -47,7 +47,7 @@ from ..kernels.voxelwise import VOXELWISE_ATTRIBUTES, voxelwise_block
 from ..runtime.cluster import compute
 
 __all__ = ["fit_run", "voxelwise_run", "check_bins", "packed_estimates", "split_estimates", "FIT_VARIABLES",
-           "PACKED_ESTIMATES"]
+           "PACKED_ESTIMATES", "check_scaling"]
 
 FIT_VARIABLES = ("beta", "sigma2", "label_index")
 #: The key of a :func:`fit_run` result's ``encoding`` that holds its packed estimates (:func:`packed_estimates`).
@@ -76,7 +76,7 @@ def check_bins(bins: Any) -> None:
         raise ValueError(f"bins must be a positive integer; got {bins!r}")
 
 
-def _check_scaling(signal_scaling: Any) -> Any:
+def check_scaling(signal_scaling: Any) -> Any:
     if signal_scaling is False or signal_scaling is None:
         return False
     if isinstance(signal_scaling, (list, tuple)) and tuple(signal_scaling) == (0, 1):
@@ -291,7 +291,7 @@ def fit_run(
     """
     order = _regression.parse_noise_model(noise_model)
     check_bins(bins)
-    scaling = _check_scaling(signal_scaling)
+    scaling = check_scaling(signal_scaling)
     bold = ds["bold"]
     n_scans = bold.sizes["time"]
     X, columns = _design(design, n_scans)
@@ -387,7 +387,7 @@ def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
     """
     if attribute not in VOXELWISE_ATTRIBUTES:
         raise ValueError(f"attribute must be one of {VOXELWISE_ATTRIBUTES}; got {attribute!r}")
-    scaling = _check_scaling(signal_scaling)
+    scaling = check_scaling(signal_scaling)
     bold = ds["bold"]
     X, _ = _design(design, bold.sizes["time"])
     if fit.sizes["voxel"] != bold.sizes["voxel"] or fit.sizes["regressor"] != X.shape[1]:

@@ -268,7 +268,7 @@ def fixed_effects_dataset(
         ``dof`` (sum of dofs), ``n_runs``, ``precision_weighted``.
     """
     dofs = _check_inputs(contrast_imgs, variance_imgs, dofs)
-    _plan._check_positive("v_chunk", v_chunk)
+    _plan.check_positive("v_chunk", v_chunk)
     contrasts = [_open_source(img, f"contrast_imgs[{n}]", like) for n, img in enumerate(contrast_imgs)]
     variances = [_open_source(img, f"variance_imgs[{n}]", like) for n, img in enumerate(variance_imgs)]
     for src in variances:

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import ar1_moments as _ar1_moments
 from .regression import residual_dof
-from .whitening import _whitened_pinv
+from .whitening import whitened_pinv
 
 __all__ = [
     "LabelCovariance",
@@ -61,7 +61,7 @@ def label_covariance(X: np.ndarray, coeffs: np.ndarray | float | None = None) ->
     """
     X = np.asarray(X, dtype=np.float64)
     c = np.zeros(0) if coeffs is None else np.atleast_1d(np.asarray(coeffs, dtype=np.float64))
-    pinv = _whitened_pinv(X, c)[1]
+    pinv = whitened_pinv(X, c)[1]
     return LabelCovariance(pinv @ pinv.T, residual_dof(X))
 
 

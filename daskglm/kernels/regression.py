@@ -74,16 +74,17 @@ import numpy as np
 
 from . import ar1_moments as _ar1_moments
 from . import scaling as _scaling
-from .lru import LRUCache
 from .ar1_moments import ar1_labels  # nilearn's AR(1) quantisation, beside its grid
+from .lru import LRUCache
 from .scaling import ScalingMode, scale_signal
 from .whitening import (  # nilearn's AR(p) whitening
     _whiten_inplace,
-    _whitened_pinv,
     whiten,
+    whitened_pinv,
 )
 
 __all__ = [
+    "check_design",
     "OLSFit",
     "BlockFit",
     "residual_dof",
@@ -159,7 +160,7 @@ def _dispersion_df(X: np.ndarray) -> int:
     return X.shape[0] - X.shape[1]
 
 
-def _check_design(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
+def check_design(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or np.ndim(Y) != 2 or X.shape[0] != np.shape(Y)[0]:
         raise ValueError(
@@ -199,7 +200,7 @@ def ols(Y: np.ndarray, X: np.ndarray) -> OLSFit:
     -------
     OLSFit
     """
-    X = _check_design(Y, X)
+    X = check_design(Y, X)
     pinv, dof = _pinv_and_dof(X, np.zeros(0))
     beta = pinv @ Y
     residuals = X @ beta
@@ -277,7 +278,7 @@ class _PinvCache:
 
     def pinv(self, X: np.ndarray, coeffs: np.ndarray, key: bytes | None = None) -> np.ndarray:
         def compute() -> np.ndarray:
-            value = _whitened_pinv(X, coeffs)[1]
+            value = whitened_pinv(X, coeffs)[1]
             value.setflags(write=False)
             return value
 
@@ -429,7 +430,7 @@ def ar_coefficients_block(
     ndarray, shape (order, v)
         0 for every voxel when ``residual_dof(X) == 0`` (see the module notes).
     """
-    X = _check_design(Y, X)
+    X = check_design(Y, X)
     if _PINVS.dof(X) == 0:  # residuals zero in exact arithmetic
         return np.zeros((order, np.shape(Y)[1]))
     Ys = _as_float64(scale_signal(Y, signal_scaling, scaling_mean)[0])
@@ -483,7 +484,7 @@ def fit_block(
             f"noise_model={noise_model!r} needs labels clustered over all voxels: call "
             "ar_coefficients_block, cluster the coefficients, then refit_block"
         )
-    X = _check_design(Y, X)
+    X = check_design(Y, X)
     key = _ar1_moments.design_key(X) if order == 1 else None  # hashed once per block: both caches' key
     design = _ar1_moments.prepare(X, bins, key) if order == 1 and not ar_center else None
     if design is None:  # OLS; or a rank deficient or ill-conditioned design, or a centre: exact path only
@@ -557,7 +558,7 @@ def refit_block(
     BlockFit
         ``label`` is ``labels`` as float64.
     """
-    X = _check_design(Y_scaled, X)
+    X = check_design(Y_scaled, X)
     coeffs = np.asarray(coeffs_per_label, dtype=np.float64)
     labels = np.asarray(labels)
     if coeffs.ndim != 2 or labels.shape != (np.shape(Y_scaled)[1],):

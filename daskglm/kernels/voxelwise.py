@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from .regression import _check_design
+from .regression import check_design
 from .scaling import ScalingMode, scale_signal
 from .whitening import whiten
 
@@ -66,7 +66,7 @@ def voxelwise_block(
     """
     if attribute not in VOXELWISE_ATTRIBUTES:
         raise ValueError(f"attribute must be one of {VOXELWISE_ATTRIBUTES}; got {attribute!r}")
-    X = _check_design(Y, X)
+    X = check_design(Y, X)
     beta = np.asarray(beta, dtype=np.float64)
     label_index = np.asarray(label_index).astype(np.intp)
     label_value = np.asarray(label_value, dtype=np.float64)

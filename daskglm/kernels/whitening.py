@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-__all__ = ["whiten"]
+__all__ = ["whiten", "whitened_pinv"]
 
 
 def whiten(A: np.ndarray, coeffs: np.ndarray | float) -> np.ndarray:
@@ -64,7 +64,7 @@ def _whiten_inplace(A: np.ndarray, coeffs: np.ndarray, rows: int = 64) -> None:
         A[t] -= sum(coeffs[k - 1] * A[t - k] for k in range(1, t + 1))
 
 
-def _whitened_pinv(X: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def whitened_pinv(X: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Whitened design and its pseudo-inverse (scipy's default cutoff, as nilearn).
 
     Also the definition of :func:`daskglm.kernels.covariances.label_covariance`.

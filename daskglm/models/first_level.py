@@ -45,8 +45,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..glm import contrasts as _contrasts
 from ..glm import design as _design
-from ..glm.fit import _check_scaling as check_scaling
-from ..glm.fit import check_bins, fit_run, voxelwise_run
+from ..glm.fit import check_bins, check_scaling, fit_run, voxelwise_run
 from ..glm.fitstore import reopen_fit, save_fits
 from ..io.grid import check_target
 from ..io.maps import scatter_to_volume
@@ -60,7 +59,7 @@ from ..runtime.cluster import (
     phase,
     verbosity,
 )
-from ..runtime.plan import _check_positive as check_positive
+from ..runtime.plan import check_positive
 from ..store import default_cache_dir, ingest_runs, mean_image, parameters_key, store_lock
 from .estimator import EstimatorMixin
 from .nilearn_compat import (

@@ -364,7 +364,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         self
         """
         check_params(self.__dict__)
-        _plan._check_positive("v_chunk", self.v_chunk)
+        _plan.check_positive("v_chunk", self.v_chunk)
         self.second_level_input_ = None
         self.confounds_ = None
         self._set_results(None, None)

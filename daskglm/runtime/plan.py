@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-__all__ = ["ChunkPlan", "plan_chunks", "volumes_per_read", "block_bounds", "compiled_smoothing_pays"]
+__all__ = ["ChunkPlan", "plan_chunks", "volumes_per_read", "block_bounds", "compiled_smoothing_pays", "check_positive"]
 
 MiB = 2**20
 #: Working-set budget per task, in bytes, used when none is given.
@@ -55,7 +55,7 @@ class ChunkPlan(NamedTuple):
     v_chunk: int
 
 
-def _check_positive(name: str, value: int | None) -> None:
+def check_positive(name: str, value: int | None) -> None:
     if value is not None and (not isinstance(value, int | float) or int(value) != value or value < 1):
         raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
 
@@ -92,9 +92,9 @@ def plan_chunks(
         ``1 <= t_chunk <= n_scans`` and ``1 <= v_chunk <= n_voxels``.
     """
     for name, value in (("n_scans", n_scans), ("n_voxels", n_voxels), ("volume_size", volume_size)):
-        _check_positive(name, value)
-    _check_positive("t_chunk", t_chunk)
-    _check_positive("v_chunk", v_chunk)
+        check_positive(name, value)
+    check_positive("t_chunk", t_chunk)
+    check_positive("v_chunk", v_chunk)
     if task_bytes < 1:
         raise ValueError(f"task_bytes must be positive; got {task_bytes!r}")
 
@@ -130,8 +130,8 @@ def volumes_per_read(volume_size: int, t_chunk: int, task_bytes: int = DEFAULT_T
     int
         ``1 <= step <= t_chunk``.
     """
-    _check_positive("volume_size", volume_size)
-    _check_positive("t_chunk", t_chunk)
+    check_positive("volume_size", volume_size)
+    check_positive("t_chunk", t_chunk)
     return int(max(1, min(t_chunk, (task_bytes // 4) // (READ_BYTES_PER_VOXEL * volume_size))))
 
 
@@ -148,7 +148,7 @@ def block_bounds(length: int, chunk: int) -> list[tuple[int, int]]:
     list of (int, int)
         ``ceil(length / chunk)`` pairs; the last may be shorter.
     """
-    _check_positive("chunk", chunk)
+    check_positive("chunk", chunk)
     return [(start, min(start + chunk, length)) for start in range(0, length, chunk)]
 
 

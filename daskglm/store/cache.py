@@ -13,13 +13,13 @@ process holds) until the folder is under the cap, with a warning naming them
 
 Only folders that are daskglm stores are listed or removed: recognised by the
 ``daskglm_store_format`` attribute of their root metadata
-(:func:`daskglm.store.zarrio._check_replaceable`), never by their names or
+(:func:`daskglm.store.zarrio.check_replaceable`), never by their names or
 contents. Symlinks, files, other folders and lock files in the cache folder are
 left alone. A store is removed under its lock (the ``flock`` of
 :func:`daskglm.store.locks.store_lock`), taken without waiting: a store in use
 by another process (ingestion, or a model's fit, which holds its stores' locks
 until its fits are written and read) is skipped. Removing empties the store as
-a rebuild does (:func:`daskglm.store.zarrio._clear_store`: first its metadata
+a rebuild does (:func:`daskglm.store.zarrio.clear_store`: first its metadata
 loses its fingerprint, so that a kill half-way leaves a store no one trusts),
 then deletes its root metadata and its folder; anything in the folder that
 daskglm did not make is kept, and the folder with it.
@@ -44,7 +44,7 @@ from dask.utils import format_bytes
 
 from ..io.remote import is_url
 from .locks import StoreLockedError, store_lock
-from .zarrio import _check_replaceable, _clear_store, _entries, _local_path, _read_attrs
+from .zarrio import check_replaceable, clear_store, local_path, read_attrs, store_entries
 
 __all__ = ["CACHE_MAX_SIZE_KEY", "Removal", "StoreInfo", "cache_max_size", "default_cache_dir",
            "enforce_cache_cap", "list_stores", "remove_stores", "store_info"]
@@ -165,7 +165,7 @@ def _is_store(path: str) -> bool:
     if os.path.islink(path) or not os.path.isdir(path):
         return False
     try:
-        return _check_replaceable(path, None)
+        return check_replaceable(path, None)
     except FileExistsError:  # anything but a daskglm store
         return False
 
@@ -174,11 +174,11 @@ def store_info(path: str) -> StoreInfo | None:
     """What is known of the store at ``path`` (None if it is not a daskglm store)."""
     if not _is_store(path):
         return None
-    attrs = _read_attrs(path, None) or {}
+    attrs = read_attrs(path, None) or {}
     source, state = _source(attrs.get("source"))
     mask = attrs.get("mask")
     mask = str(mask.get("source")) if isinstance(mask, dict) and mask.get("source") is not None else None
-    entries = _entries(path, None) or []
+    entries = store_entries(path, None) or []
     fits = tuple(name for name in entries if name.startswith("glm") and os.path.isdir(os.path.join(path, name)))
     created = _mtime(os.path.join(path, "bold", "zarr.json"))
     return StoreInfo(path=path, size=_disk_bytes(path), source=source, source_state=state, mask=mask,
@@ -206,8 +206,8 @@ def list_stores(cache_dir: str | os.PathLike | None = None) -> list[StoreInfo]:
 
 def _delete(path: str) -> str:
     """Remove the store at ``path`` (its lock held); "" when its folder is gone, else what was kept."""
-    _clear_store(path, None)  # fingerprint first, then the arrays, fit groups and write debris
-    left = [name for name in _entries(path, None) or [] if name != "zarr.json"]
+    clear_store(path, None)  # fingerprint first, then the arrays, fit groups and write debris
+    left = [name for name in store_entries(path, None) or [] if name != "zarr.json"]
     if left:
         return f"its folder also holds {left[:5]}{' and more' if len(left) > 5 else ''}, not daskglm's: kept"
     with contextlib.suppress(FileNotFoundError):
@@ -328,10 +328,10 @@ def enforce_cache_cap(written: Iterable[str], keep: Sequence[str] = ()) -> list[
     if cap is None:
         return []
     root = os.path.abspath(default_cache_dir())
-    written = [os.path.abspath(_local_path(s)) for s in written if not is_url(os.fspath(s))]
+    written = [os.path.abspath(local_path(s)) for s in written if not is_url(os.fspath(s))]
     if not any(_same_folder(os.path.dirname(s.rstrip(os.sep)), root) for s in written):
         return []
-    protected = {os.path.realpath(s) for s in [*written, *(os.path.abspath(_local_path(k)) for k in keep
+    protected = {os.path.realpath(s) for s in [*written, *(os.path.abspath(local_path(k)) for k in keep
                                                           if not is_url(os.fspath(k)))]}
     stores = list_stores(root)
     total = sum(info.size for info in stores)

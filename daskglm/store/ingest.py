@@ -90,20 +90,20 @@ from .zarrio import (
     STORE_FORMAT,
     StoreDamagedError,
     StoreIncompleteError,
-    _check_protocol,
-    _check_replaceable,
-    _create_store,
-    _read_attrs,
-    _rebuild_reason,
-    _resolve_compressor,
-    _same_store,
-    _stored_mask,
+    check_protocol,
+    check_replaceable,
     chunk_record,
+    create_store,
     fsspec_kwargs,
     layout_digests,
     open_group,
     open_run,
+    read_attrs,
+    rebuild_reason,
+    resolve_compressor,
+    same_store,
     store_url,
+    stored_mask,
     sweep_partials,
 )
 
@@ -333,9 +333,11 @@ def ingest_runs(
     run_imgs : list of path, fsspec URL or nibabel image
     stores : list of str or path
         One distinct store per run.
-    mask_img, smoothing_fwhm, t_chunk, v_chunk, client, storage_options, compressor, overwrite, target_affine, target_shape
+    mask_img, smoothing_fwhm, t_chunk, v_chunk, client, storage_options, compressor, overwrite
         As :func:`ingest_run`, for every run (``mask_img=None``: each run's own
         ``compute_epi_mask``).
+    target_affine, target_shape
+        As :func:`ingest_run`.
     columns : bool
         Open the stores in whole voxel columns (see :func:`open_run`).
 
@@ -422,10 +424,10 @@ class _Ingestion:
         self.storage_options, self.target = storage_options, target
         self.info = inspect_run(run_img, storage_options)
         _volume.check_smoothing_fwhm(smoothing_fwhm, self.info.affine, self.info.volume_shape)  # validates it early
-        self.compressor = _resolve_compressor(compressor, store)
-        _plan._check_positive("t_chunk", t_chunk)
-        _plan._check_positive("v_chunk", v_chunk)
-        _check_protocol(store)
+        self.compressor = resolve_compressor(compressor, store)
+        _plan.check_positive("t_chunk", t_chunk)
+        _plan.check_positive("v_chunk", v_chunk)
+        check_protocol(store)
         self.fingerprint = _fingerprint(self.info, smoothing_fwhm, _mask_identity(mask_img, storage_options),
                                         t_chunk, v_chunk, self.compressor, target)
         self.resume = False
@@ -440,15 +442,15 @@ class _Ingestion:
         StoreDamagedError
             The store is complete and up to date but damaged (``overwrite=True`` rebuilds it).
         """
-        existing = None if overwrite else _read_attrs(self.store, self.storage_options)
+        existing = None if overwrite else read_attrs(self.store, self.storage_options)
         self.existing = existing
-        self.resume = _same_store(existing, self.fingerprint) and _resumable(self.store, self.storage_options)
+        self.resume = same_store(existing, self.fingerprint) and _resumable(self.store, self.storage_options)
         if self.resume and existing.get("complete"):
             logger.info("reusing complete store %s", self.store)
             return open_run(self.store, self.storage_options, columns=columns)
-        _check_replaceable(self.store, self.storage_options)
+        check_replaceable(self.store, self.storage_options)
         if existing and existing.get("fingerprint") is not None and not self.resume:
-            warnings.warn(f"the store at {self.store!r} {_rebuild_reason(existing)}: rebuilding it",
+            warnings.warn(f"the store at {self.store!r} {rebuild_reason(existing)}: rebuilding it",
                           UserWarning, stacklevel=4)
         return None
 
@@ -461,7 +463,7 @@ class _Ingestion:
             shape = tuple(int(n) for n in existing["volume_shape"])
             resampled = existing.get("resampled_from") or {}
             crop, value_range = resampled.get("crop"), resampled.get("value_range")
-            grid = Grid(np.asarray(existing["affine"], dtype=np.float64), shape, _stored_mask(group, shape),
+            grid = Grid(np.asarray(existing["affine"], dtype=np.float64), shape, stored_mask(group, shape),
                         None if not crop else tuple(slice(a, b) for a, b in crop))
             gzip_index = bytes(group["gzip_index"][:]) or None
             plan = _plan.ChunkPlan(group["bold"].chunks[0], group["bold"].chunks[1])
@@ -483,7 +485,7 @@ class _Ingestion:
             volume_size = max(int(np.prod(info.volume_shape)), int(np.prod(grid.shape)))
             plan = _plan.plan_chunks(info.n_scans, int(grid.mask.sum()), volume_size, self.t_chunk, self.v_chunk)
             n_blocks = len(_plan.block_bounds(info.n_scans, plan.t_chunk))
-            _create_store(store, storage_options, info, grid, mask_provenance, plan, n_blocks,
+            create_store(store, storage_options, info, grid, mask_provenance, plan, n_blocks,
                           gzip_index, self.fwhm, self.fingerprint, self.compressor, value_range)
             done = np.zeros(n_blocks, dtype=bool)
         self.grid, self.plan, self.done = grid, plan, done

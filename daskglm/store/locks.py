@@ -34,7 +34,7 @@ except ImportError:  # not POSIX: no store locks
     fcntl = None  # type: ignore[assignment]
 
 from ..io.nifti import is_url
-from .zarrio import _local_path
+from .zarrio import local_path
 
 __all__ = ["store_lock", "StoreLockedError"]
 
@@ -95,7 +95,7 @@ def store_lock(store: str | os.PathLike, *, wait: bool = True) -> Iterator[None]
     if is_url(store) or fcntl is None:
         yield
         return
-    folder, name = os.path.split(os.path.abspath(_local_path(store)).rstrip(os.sep))
+    folder, name = os.path.split(os.path.abspath(local_path(store)).rstrip(os.sep))
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:

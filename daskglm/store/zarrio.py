@@ -3,12 +3,12 @@
 Everything here reads or writes a store's zarr group (a local path or an
 fsspec URL; one ``storage_options`` serves every URL of a call) and nothing
 reads a NIfTI run. :mod:`daskglm.store.ingest` ingests runs into the layout that
-:func:`_create_store` makes (described in :mod:`daskglm.store.ingest`) and
+:func:`create_store` makes (described in :mod:`daskglm.store.ingest`) and
 :mod:`daskglm.glm.fitstore` writes fits into the stores; both open them with
-these helpers. Before a store is made at a location, :func:`_check_replaceable`
+these helpers. Before a store is made at a location, :func:`check_replaceable`
 refuses (never deletes) anything there but a daskglm store (recognised by its
 marker attribute, never by member names); a store of another
-:data:`STORE_FORMAT` is rebuilt (:func:`_same_store`) after :func:`_clear_store`
+:data:`STORE_FORMAT` is rebuilt (:func:`same_store`) after :func:`clear_store`
 empties it in an order a kill cannot turn into a trusted store. :func:`open_run`
 opens a complete store lazily as xarray, after :func:`verify_store`.
 """
@@ -34,7 +34,9 @@ from ..runtime import plan as _plan
 
 __all__ = ["open_run", "StoreDamagedError", "StoreIncompleteError", "STORE_FORMAT", "array_codecs", "check_chunks",
            "chunk_record", "create_group_like", "damaged_error", "fsspec_kwargs", "layout_digests", "open_group",
-           "store_url", "sweep_partials", "verify_store", "zarr_location"]
+           "store_url", "sweep_partials", "verify_store", "zarr_location", "check_protocol", "check_replaceable",
+           "clear_store", "create_store", "local_path", "read_attrs", "rebuild_reason", "resolve_compressor",
+           "same_store", "store_entries", "stored_mask"]
 
 #: Bumped whenever the layout changes; stores of another format are rebuilt.
 #: 2: every chunk carries a crc32c checksum, the layout digest ``integrity`` is recorded.
@@ -55,7 +57,7 @@ _COMPRESSORS = ("lz4", "zstd", None)
 _BLOSC = {"lz4": {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"},
           "zstd": {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"}}
 #: ``compressor="auto"``: lz4 on a local disk as on remote stores. (Local stores were
-#: uncompressed before: such a store is reused as it is, see :func:`_same_store`.)
+#: uncompressed before: such a store is reused as it is, see :func:`same_store`.)
 _AUTO_COMPRESSOR = {"local": "lz4", "remote": "lz4"}
 
 
@@ -86,7 +88,7 @@ def damaged_error(store: str, what: str) -> StoreDamagedError:
 def store_url(store: str | os.PathLike) -> str:
     """A store's location as daskglm keeps it: a URL, or a local path (``file://`` removed)."""
     text = os.fspath(store)
-    return _local_path(text) if not is_url(text) else text
+    return local_path(text) if not is_url(text) else text
 
 
 def zarr_location(store: str, read_only: bool = False) -> Any:
@@ -94,10 +96,10 @@ def zarr_location(store: str, read_only: bool = False) -> Any:
     ``LocalStore`` (so that a folder named ``a::b.zarr`` is not read as an fsspec URL chain)."""
     if is_url(store) or "::" not in store:
         return store
-    return zarr.storage.LocalStore(_local_path(store), read_only=read_only)
+    return zarr.storage.LocalStore(local_path(store), read_only=read_only)
 
 
-def _local_path(store: str) -> str:
+def local_path(store: str) -> str:
     """The filesystem path of a local store (``file://`` and ``local://`` prefixes removed)."""
     return store.split("://", 1)[1] if "://" in store else store
 
@@ -119,7 +121,7 @@ def open_group(store: str, mode: str, storage_options: dict | None) -> zarr.Grou
                            **fsspec_kwargs(store, storage_options))
 
 
-def _read_attrs(store: str, storage_options: dict | None) -> dict | None:
+def read_attrs(store: str, storage_options: dict | None) -> dict | None:
     """Attributes of an existing daskglm store, ``None`` if there is none."""
     try:
         return dict(open_group(store, "r", storage_options).attrs)
@@ -129,7 +131,7 @@ def _read_attrs(store: str, storage_options: dict | None) -> dict | None:
         return {}
 
 
-def _entries(store: str, storage_options: dict | None) -> list[str] | None:
+def store_entries(store: str, storage_options: dict | None) -> list[str] | None:
     """The names in a store's folder (hidden ones too); ``[]`` if absent or empty, None if a file."""
     fs, path = url_to_fs(store, storage_options)
     fs.invalidate_cache(path)  # another process may have written there since we last listed
@@ -140,7 +142,7 @@ def _entries(store: str, storage_options: dict | None) -> list[str] | None:
     return sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)})
 
 
-def _clear_store(store: str, storage_options: dict | None) -> None:
+def clear_store(store: str, storage_options: dict | None) -> None:
     """Empty a daskglm store for a rebuild, so that a kill at any point leaves a store that
     is still recognised as daskglm's and never taken for complete or resumable.
 
@@ -154,7 +156,7 @@ def _clear_store(store: str, storage_options: dict | None) -> None:
     found = group.attrs.get("daskglm_store_format")
     group.attrs.put({"daskglm_store_format": found, "complete": False, "fingerprint": None})
     fs, path = url_to_fs(store, storage_options)
-    for name in _entries(store, storage_options) or []:
+    for name in store_entries(store, storage_options) or []:
         if name in _STORE_ARRAYS or name.startswith("glm") or _METADATA_DEBRIS.match(name):
             fs.rm(f"{path.rstrip('/')}/{name}", recursive=True)
 
@@ -168,7 +170,7 @@ def sweep_partials(store: str) -> None:
     """
     if is_url(store):
         return  # object stores write each chunk in one request: nothing to sweep
-    for root, _, files in os.walk(_local_path(store)):
+    for root, _, files in os.walk(local_path(store)):
         for name in files:
             if name.endswith(".partial"):
                 with contextlib.suppress(FileNotFoundError):
@@ -178,7 +180,7 @@ def sweep_partials(store: str) -> None:
 # --------------------------------------------------------------------------- creating
 
 
-def _resolve_compressor(compressor: str | None, store: str) -> str | None:
+def resolve_compressor(compressor: str | None, store: str) -> str | None:
     if compressor == "auto":
         return _AUTO_COMPRESSOR["remote" if is_url(store) else "local"]
     _codec(compressor)
@@ -200,7 +202,7 @@ def array_codecs(compressor: str | None) -> list:
     return [*([codec] if codec is not None else []), zarr.codecs.Crc32cCodec()]
 
 
-def _create_store(
+def create_store(
     store: str,
     storage_options: dict | None,
     info: RunInfo,
@@ -233,8 +235,8 @@ def _create_store(
         "chunks": {"time": plan.t_chunk, "voxel": plan.v_chunk},
     }
     try:
-        if _check_replaceable(store, storage_options):
-            _clear_store(store, storage_options)
+        if check_replaceable(store, storage_options):
+            clear_store(store, storage_options)
         # Recognised as daskglm's (and never resumed: no fingerprint) from its first write on.
         marker = {"daskglm_store_format": STORE_FORMAT, "complete": False, "fingerprint": None}
         group = zarr.open_group(zarr_location(store), mode="a", zarr_format=3, attributes=dict(marker),
@@ -328,7 +330,7 @@ def create_group_like(store: str, dataset: xr.Dataset, storage_options: dict | N
     return arrays
 
 
-def _check_protocol(store: str) -> None:
+def check_protocol(store: str) -> None:
     """Refuse a store URL whose protocol fsspec does not know, before any work."""
     import fsspec
 
@@ -345,7 +347,7 @@ def _check_protocol(store: str) -> None:
                               f"installed: {exc}") from exc
 
 
-def _same_store(existing: dict | None, fingerprint: str) -> bool:
+def same_store(existing: dict | None, fingerprint: str) -> bool:
     """Whether the store's attributes say: this daskglm's format, same source and parameters.
 
     The compressor recorded in the fingerprints is not compared: it changes how the chunks
@@ -367,7 +369,7 @@ def _without_compressor(fingerprint: Any) -> Any:
     return json.dumps(identity, sort_keys=True)
 
 
-def _rebuild_reason(existing: dict) -> str:
+def rebuild_reason(existing: dict) -> str:
     """Why a store that is there is not reused (for the warning)."""
     found = existing.get("daskglm_store_format")
     if not existing:
@@ -377,7 +379,7 @@ def _rebuild_reason(existing: dict) -> str:
     return "was made from another source or with other parameters"
 
 
-def _check_replaceable(store: str, storage_options: dict | None) -> bool:
+def check_replaceable(store: str, storage_options: dict | None) -> bool:
     """Whether a daskglm store is at ``store`` (to be emptied for a rebuild); refuse anything
     else but nothing, an empty folder or a killed first write's debris.
 
@@ -387,11 +389,11 @@ def _check_replaceable(store: str, storage_options: dict | None) -> bool:
     as the store by mistake is refused, never deleted or written into.
     """
     try:
-        entries = _entries(store, storage_options)
+        entries = store_entries(store, storage_options)
     except OSError:
         return False  # unreachable or unreadable: creating the store reports it
     if entries is not None:
-        attrs = _read_attrs(store, storage_options) if "zarr.json" in entries else None
+        attrs = read_attrs(store, storage_options) if "zarr.json" in entries else None
         if attrs and "daskglm_store_format" in attrs:
             return True
         if all(_METADATA_DEBRIS.match(name) for name in entries):
@@ -532,7 +534,7 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
         written (corrupt chunks are refused by their checksums when read).
     """
     store = store_url(store)
-    attrs = _read_attrs(store, storage_options)
+    attrs = read_attrs(store, storage_options)
     if attrs is None:
         raise FileNotFoundError(f"no daskglm store at {store!r}")
     if attrs.get("daskglm_store_format") != STORE_FORMAT:
@@ -568,10 +570,10 @@ def _mark_used(store: str) -> None:
     listing and size cap (:mod:`daskglm.store.cache`). Nothing if it cannot be set (read-only)."""
     if not is_url(store):
         with contextlib.suppress(OSError):
-            os.utime(_local_path(store))
+            os.utime(local_path(store))
 
 
-def _stored_mask(group: zarr.Group, shape: tuple[int, int, int]) -> np.ndarray:
+def stored_mask(group: zarr.Group, shape: tuple[int, int, int]) -> np.ndarray:
     mask = np.zeros(shape, dtype=bool)
     mask[group["i"][:], group["j"][:], group["k"][:]] = True
     return mask
