@@ -56,7 +56,7 @@ import json
 import logging
 import os
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import dask
 import numpy as np
@@ -116,29 +116,32 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- tasks
 
 
-def _ingest_block(
-    store: str,
-    storage_options: dict | None,
-    source: str | np.ndarray,
-    block: int,
-    start: int,
-    stop: int,
-    crop: _volume.Crop,
-    sigma: np.ndarray,
-    gzip_index: bytes | None,
-    resample: tuple | None = None,
-    step: int | None = None,
-    compiled: bool | None = None,
-) -> int:
-    """Task: read volumes ``start:stop``, (resample,) smooth, mask, write rows, flag the block.
+class BlockWork(NamedTuple):
+    """What every ingestion task of one run shares (small values; the crop and the gzip index,
+    which can be large, are graph constants of their own, sent once)."""
 
-    Volumes are read ``step`` at a time (default: all at once) into one
-    float32 row buffer, written to the store in a single call.
-    ``resample`` is ``(run_affine, grid_affine, grid_shape, vmin, vmax)``
-    when the volumes go onto another grid first (see :mod:`daskglm.io.grid`).
-    ``compiled`` chooses the smoothing filter (see
-    :func:`daskglm.kernels.volume.smooth_and_mask`; the same numbers either way).
+    store: str
+    storage_options: dict | None
+    #: Gaussian standard deviation per axis, in voxels of the working grid.
+    sigma: np.ndarray
+    #: ``(run_affine, grid_affine, grid_shape, vmin, vmax)`` when volumes go onto another grid
+    #: first (see :mod:`daskglm.io.grid`), else None.
+    resample: tuple | None
+    #: Volumes read at a time (None: the whole block at once).
+    step: int | None
+    #: The smoothing filter (see :func:`daskglm.kernels.volume.smooth_and_mask`; same numbers either way).
+    compiled: bool | None
+
+
+def _ingest_block(work: BlockWork, crop: _volume.Crop, gzip_index: bytes | None, source: str | np.ndarray,
+                  block: int, start: int, stop: int) -> int:
+    """Task: read volumes ``start:stop`` of ``source`` (a path, or the block's array), (resample,)
+    smooth, mask, write the rows of block ``block``, flag it.
+
+    Volumes are read ``work.step`` at a time into one float32 row buffer,
+    written to the store in a single call.
     """
+    store, storage_options, sigma, resample, step, compiled = work
     step = step or (stop - start)
     plan = _volume.mask_plan(crop, sigma)  # once per task, not once per read
     rows = np.empty((stop - start, plan.index.size), dtype=np.float32)
@@ -506,11 +509,9 @@ class _Ingestion:
         step = _plan.volumes_per_read(max(int(np.prod(info.volume_shape)), int(np.prod(crop_shape))),
                                       plan.t_chunk)
         compiled = _smoothing.AVAILABLE and _plan.compiled_smoothing_pays(crop.mask.size, info.n_scans)
+        work = BlockWork(self.store, self.storage_options, sigma, resample, step, compiled)
         return [
-            dask.delayed(_ingest_block, pure=False)(
-                self.store, self.storage_options, blocks[b], b, start, stop, crop_key, sigma, index_key,
-                resample, step, compiled,
-            )
+            dask.delayed(_ingest_block, pure=False)(work, crop_key, index_key, blocks[b], b, start, stop)
             for b, (start, stop) in enumerate(bounds)
             if not self.done[b]
         ]
