@@ -3,7 +3,7 @@
 nilearn's checks fit GLMs on surface data (``_make_surface_img_and_design``),
 which daskglm does not fit yet; here that data generator is replaced by a
 volume of the same kind, so that every other behaviour the checks test is
-tested (tests/test_model_protocol.py, tests/test_second_level_protocol.py).
+tested (tests/models/test_model_protocol.py, tests/models/test_second_level_protocol.py).
 """
 
 from __future__ import annotations

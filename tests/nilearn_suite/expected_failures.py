@@ -8,8 +8,9 @@ naming no collected test fails it too (``conftest.py``).
 from __future__ import annotations
 
 #: Surface data (``SurfaceImage``, ``SurfaceMasker``, fsaverage spaces) is not supported by daskglm yet.
-#: nilearn's estimator checks fit GLMs on surface data, so all of them are here; tests/test_model_protocol.py
-#: and tests/test_second_level_protocol.py run the same checks on volume data, where they pass.
+#: nilearn's estimator checks fit GLMs on surface data, so all of them are here;
+#: tests/models/test_model_protocol.py and tests/models/test_second_level_protocol.py run the same checks on
+#: volume data, where they pass.
 SURFACE = "surface data: daskglm fits volumes only for now"
 #: nilearn's check builds the expected documentation link from the class's module path, which must lie in
 #: nilearn's package (scikit-learn returns no link for a class outside it); daskglm's classes live in daskglm.

@@ -1,0 +1,170 @@
+"""The benchmark scripts run at CI size so they cannot rot (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ingest_benchmark_runs_small(tmp_path):
+    env = {**os.environ, "DASKGLM_BENCH_DATA": str(tmp_path / "data"), "DASK_SCHEDULER_ADDRESS": ""}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ingest.py"), "--size", "small", "--json"],
+        capture_output=True, text=True, timeout=600, env=env, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["size"] == "small" and record["n_scans"] == 60
+    # The measurement saw the process tree (interpreter + cluster): tens of MiB at least.
+    assert record["peak_rss_mib"] > 50 and record["wall_s"] > 0
+
+
+def _load_compare():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("daskglm_bench_compare", ROOT / "benchmarks" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_benchmark_runs_tiny(tmp_path):
+    """nilearn and daskglm side by side at CI size: both lines printed, valid JSON, no timing asserted."""
+    env = {**os.environ, "DASKGLM_BENCH_DATA": str(tmp_path / "data"), "DASK_SCHEDULER_ADDRESS": ""}
+    out = tmp_path / "compare.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--size", "tiny", "--repeat", "1",
+         "--json", str(out), "--timeout", "600"],
+        capture_output=True, text=True, timeout=1200, env=env, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    lines = proc.stdout.splitlines()
+    for tool in ("nilearn", "daskglm", "roofline"):
+        assert any(line.startswith(f"{tool} ") and "tiny 1/1" in line for line in lines), proc.stdout
+    assert any("nilearn/daskglm" in line for line in lines), proc.stdout
+
+    result = json.loads(out.read_text())
+    size = result["sizes"]["tiny"]
+    assert (size["shape"], size["n_scans"], size["n_runs"]) == ([32, 32, 16], 60, 2)
+    assert {run["tool"] for run in size["runs"]} == {"nilearn", "daskglm"}
+    for run in size["runs"]:
+        assert run["returncode"] == 0 and run["wall_s"] > 0
+        # The whole process tree was sampled: an interpreter with numpy and nilearn at least.
+        assert run["peak_rss_bytes"] > 50 * 2**20
+        assert all(value >= 0 for value in run["phases_s"].values())
+    daskglm = next(run for run in size["runs"] if run["tool"] == "daskglm")
+    assert daskglm["cluster"]["n_workers"] >= 1 and len(daskglm["stores"]) == 2
+    assert daskglm["roofline_s"] > 0 and daskglm["fit_alone_s"] > 0
+    # Same data, same model: the z maps agree (nilearn 0.14 is the oracle).
+    assert daskglm["zmap_agreement"]["max_abs_dz"] < 1e-3
+    assert size["ratios"]["wall_nilearn_over_daskglm"] > 0 and size["ratios"]["peak_nilearn_over_daskglm"] > 0
+    for entry in size["tools"].values():
+        assert entry["wall_s_median"] > 0 and entry["peak_rss_mib_median"] > 0
+    # Fresh stores per repeat, removed afterwards; the temporary work folder is gone.
+    assert not any(Path(store).exists() for store in daskglm["stores"])
+
+
+def test_ceiling_benchmark_runs_tiny(tmp_path):
+    """The no-dask scaling ceiling at CI size: one process, then two at once, for the four kinds."""
+    env = {**os.environ, "DASKGLM_BENCH_DATA": str(tmp_path / "data")}
+    out = tmp_path / "ceiling.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ceiling.py"), "--size", "tiny", "--blocks", "1",
+         "--columns", "2", "--write-mib", "4", "--memory-mib", "8", "--repeat", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env=env, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    result = json.loads(out.read_text())
+    assert result["size"] == "tiny" and set(result["kinds"]) == {"ingest", "fit", "write", "memory"}
+    for kind in result["kinds"].values():
+        per_unit = kind["per_unit"]
+        assert per_unit["alone_ms"] > 0 and len(per_unit["two_at_once_ms"]) == 1
+        assert len(per_unit["two_at_once_ms"][0]) == 2 and kind["speedup"] > 0
+        steal = kind["steal_share"]["alone"] + kind["steal_share"]["two_at_once"]  # from /proc/stat
+        assert len(steal) == 2 and all(share is None or 0 <= share <= 1 for share in steal)
+    assert "volume" in result["kinds"]["ingest"]["unit"]
+    # the parts of a volume's ingestion are timed by name, and add up to its wall time
+    parts = result["kinds"]["ingest"]["parts"]
+    assert set(parts) == {"read", "smooth_mask", "write_rest"}
+    assert all(part["alone_ms"] > 0 for part in parts.values())
+    assert sum(part["alone_ms"] for part in parts.values()) == pytest.approx(
+        result["kinds"]["ingest"]["per_unit"]["alone_ms"], rel=0.02, abs=0.05)
+    assert set(result["kinds"]["write"]["parts"]) == {"new_file", "cached_pages", "chunk_files", "zarr_rows"}
+    memory = result["kinds"]["memory"]
+    assert memory["unit"] == "MiB touched" and set(memory["parts"]) == {"after_rest", "just_freed"}
+    assert all(part["alone_ms"] > 0 for part in memory["parts"].values())
+
+
+def test_ceiling_rejects_unknown_kind():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ceiling.py"), "--kind", "ingest,bogus"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "bogus" in proc.stderr
+
+
+def test_measured_kills_leftover_processes(tmp_path):
+    """A grandchild that outlives its parent is found in the sampled tree and killed."""
+    compare = _load_compare()
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(0.5)\n"  # long enough to be sampled, then exit without waiting for it
+    )
+    measured = compare.Measured([sys.executable, "-c", script], tmp_path / "log", grace=0.5).run()
+    assert measured["returncode"] == 0 and measured["peak_rss_bytes"] > 0
+    pid = int(pid_file.read_text())
+    assert any(entry.startswith(f"{pid}:") for entry in measured["leftovers_killed"])
+    import psutil
+
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_kernel_benchmark_runs_and_checks_its_pairs():
+    """benchmarks/kernels.py: each fast kernel timed against the one it replaces, results compared."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--repeat", "1"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "same labels" in proc.stdout and "moments" in proc.stdout
+    assert "bit-identical" in proc.stdout or "numba is not installed" in proc.stdout
+
+
+def test_compare_alternates_the_daskglm_runs_after_nilearn():
+    """Each daskglm configuration follows nilearn's run at every other repeat (nilearn stays first)."""
+    compare = _load_compare()
+    configs = [("nilearn", None, "nilearn"), ("daskglm", None, "daskglm"), ("daskglm", 1, "daskglm-w1")]
+    tags = [[c[2] for c in compare._run_order(configs, rep)] for rep in (1, 2, 3)]
+    assert tags == [["nilearn", "daskglm", "daskglm-w1"], ["nilearn", "daskglm-w1", "daskglm"],
+                    ["nilearn", "daskglm", "daskglm-w1"]]
+    assert [c[2] for c in compare._run_order(configs[1:2], 2)] == ["daskglm"]
+
+
+def test_measured_counts_the_machines_busy_cpu(tmp_path):
+    """``machine_cpu_s`` (from ``/proc/stat``) holds at least the child's own CPU time."""
+    compare = _load_compare()
+    spin = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end:\n    pass\n"
+    measured = compare.Measured([sys.executable, "-c", spin], tmp_path / "log").run()
+    assert measured["returncode"] == 0 and measured["cpu_s"] >= 1.0
+    if measured["machine_cpu_s"] is None:  # no /proc/stat: not Linux
+        assert not Path("/proc/stat").exists()
+        return
+    assert measured["machine_cpu_s"] >= measured["cpu_s"] - 0.05  # clock ticks of 10 ms
+
+
+def test_speedup_bound_is_cores_times_wall_over_busy_cpu():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("daskglm_bench_summary",
+                                                  ROOT / "benchmarks" / "_compare_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    # 30 s of wall in which the machine was busy 40 CPU-seconds: 2 cores give at best 60 / 40
+    assert summary._speedup_bound({"wall_s_median": 30.0, "machine_cpu_s_median": 40.0}, 2) == 1.5
+    assert summary._speedup_bound({"wall_s_median": 30.0, "machine_cpu_s_median": None}, 2) is None
