@@ -61,15 +61,16 @@ from nilearn.glm.second_level.second_level import _get_con_val as get_con_val
 from nilearn.glm.second_level.second_level import (
     _sort_input_dataframe as sort_input_dataframe,
 )
-from nilearn.image.image import check_volume_for_fit
+from nilearn.image.image import check_volume_for_fit, smooth_array
+from nilearn.image.resampling import BoundingBoxError
 from nilearn.maskers.masker_validation import check_embedded_masker
 
 __all__ = [
-    "BaseGLM", "check_and_load_tables", "clean_contrast_name", "check_compatibility_mask_and_images",
-    "check_confounds", "check_design_matrix", "check_embedded_masker", "check_first_level_contrast",
-    "check_input_as_type", "check_input_type", "check_n_rows_desmat_vs_n_effect_maps", "check_parameter_in_allowed",
-    "check_params", "check_volume_for_fit", "clustering_params", "first_level_view", "get_con_val", "log",
-    "model_attributes", "output_filenames", "sort_input_dataframe",
+    "BaseGLM", "BoundingBoxError", "check_and_load_tables", "clean_contrast_name",
+    "check_compatibility_mask_and_images", "check_confounds", "check_design_matrix", "check_embedded_masker",
+    "check_first_level_contrast", "check_input_as_type", "check_input_type", "check_n_rows_desmat_vs_n_effect_maps",
+    "check_parameter_in_allowed", "check_params", "check_volume_for_fit", "clustering_params", "first_level_view",
+    "get_con_val", "log", "model_attributes", "output_filenames", "smooth_array", "sort_input_dataframe",
 ]
 
 #: The parameters ``BaseGLM._attributes_to_dict`` may read from a first-level model.

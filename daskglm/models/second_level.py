@@ -87,6 +87,7 @@ from ..runtime import plan as _plan
 from ..runtime.cluster import compute, get_client, phase
 from .estimator import EstimatorMixin
 from .nilearn_compat import (
+    BoundingBoxError,
     check_and_load_tables,
     check_compatibility_mask_and_images,
     check_confounds,
@@ -101,6 +102,7 @@ from .nilearn_compat import (
     check_volume_for_fit,
     get_con_val,
     log,
+    smooth_array,
     sort_input_dataframe,
 )
 from .second_level_inputs import header_standins, image_maps, is_surface, list_maps, model_map, value_range
@@ -160,8 +162,6 @@ def _shifted(affine: np.ndarray, planes: int) -> np.ndarray:
 def _resample_slab(slab: np.ndarray, reader: _Reader, sa: int, a: int, b: int,
                    vrange: tuple[float, float]) -> np.ndarray:
     """Source planes ``[sa, sb)`` of a map resampled onto working planes ``[a, b)``, clipped to ``vrange``."""
-    from nilearn.image.resampling import BoundingBoxError
-
     shape = (b - a, *reader.shape[1:])
     with warnings.catch_warnings():  # a slab of zeros and ones is not a binary map
         warnings.filterwarnings("ignore", message="Resampling binary images", category=UserWarning)
@@ -179,8 +179,6 @@ def _block_rows(items: list, reader: _Reader, source: tuple[int, int], work: tup
     ``source`` are the maps' planes read, ``work`` the working-grid planes
     they give (the block's planes ``block`` plus the smoothing halo).
     """
-    from nilearn.image.image import smooth_array
-
     (sa, sb), (a, b), (i0, i1) = source, work, block
     Y = np.empty((len(items), int(mask_slab.sum())))
     cache: dict = {}
