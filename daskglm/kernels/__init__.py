@@ -13,6 +13,9 @@ against nilearn and a per-voxel ``np.linalg.lstsq`` oracle.
 * :mod:`.stats` — t/F statistics, run combination, fixed effects.
 * :mod:`.voxelwise` — residuals, predicted values, R² of a block.
 * :mod:`.group` — the second level's OLS of a block of maps.
+* :mod:`.packing` — the packed row layouts of fits, contrasts, fixed effects
+  and the group fit (named row blocks of one ``(rows, voxels)`` array).
+* :mod:`.lru` — the thread-safe cache of the kernels' per-process caches.
 
 Modules are imported by their users (``from daskglm.kernels import
 regression``): importing this package imports nothing, so that worker
