@@ -63,7 +63,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import dask
 import dask.array as da
@@ -108,6 +108,9 @@ from .nilearn_compat import (
 from .second_level_inputs import header_standins, image_maps, is_surface, list_maps, model_map, value_range
 
 __all__ = ["SecondLevelModel"]
+
+#: What ``second_level_input`` was: effect maps (images or paths), nilearn's DataFrame, or first-level models.
+InputKind = Literal["images", "df", "models"]
 
 #: nilearn's element-wise attributes of a fit (its ``RegressionResults`` properties).
 ELEMENT_WISE = tuple(name for name in vars(RegressionResults) if "__" not in name)
@@ -386,7 +389,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
                                       "now; use nilearn's SecondLevelModel for surface data")
         self._reset_report()
 
-        kind = {"df_object": "df", "flm_object": "models"}.get(input_type, "images")
+        kind: InputKind = {"df_object": "df", "flm_object": "models"}.get(input_type, "images")
         if isinstance(second_level_input, pd.DataFrame):
             second_level_input = sort_input_dataframe(second_level_input)
         if isinstance(second_level_input, nib.Nifti1Image):
@@ -444,7 +447,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
             self._reporting_data = {}
         return self
 
-    def _sample_map(self, kind: str, inputs: Any, maps: list[MapSource]) -> nib.Nifti1Image:
+    def _sample_map(self, kind: InputKind, inputs: Any, maps: list[MapSource]) -> nib.Nifti1Image:
         """nilearn's sample map: the mean of the maps, the first DataFrame map, or the first model's effect."""
         if kind == "images":
             with self._session(maps) as client:
