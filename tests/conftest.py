@@ -1,5 +1,7 @@
 """Fixtures and settings shared by every test folder: the session's own daskglm cache and data
-folders (never the user's), hypothesis profiles, a small run written to disk, a LocalCluster.
+folders (never the user's), hypothesis profiles, the simulated datasets (:func:`fiac_data`,
+:func:`bids_data`: each set of parameters simulated once per session), a small run written to
+disk, a LocalCluster.
 
 Helpers that test modules import (not fixtures) are in ``helpers.py``; the real ``dask scheduler``
 / ``dask worker`` fixtures of the end-to-end tests are in ``system/conftest.py``.
@@ -7,6 +9,8 @@ Helpers that test modules import (not fixtures) are in ``helpers.py``; the real 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import warnings
@@ -49,6 +53,41 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             os.environ[variable] = _USER_FOLDERS[variable]
     if _USER_FOLDERS.get("root"):
         shutil.rmtree(_USER_FOLDERS["root"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's folder of simulated datasets (see :func:`fiac_data`, :func:`bids_data`)."""
+    return tmp_path_factory.mktemp("simulated")
+
+
+@pytest.fixture(scope="session")
+def fiac_data(simulated: Path):
+    """``fiac_data(**params)``: :func:`daskglm.datasets.fiac.simulate_fiac` with those parameters, in
+    this session's folder. The simulation is deterministic and cached by its parameters (a folder
+    per parameter set), so modules asking for the same data share one simulation. Treat its files
+    as read-only: copy a file before changing it."""
+    from daskglm.datasets.fiac import simulate_fiac
+
+    def make(**params):
+        return simulate_fiac(data_dir=simulated / "fiac", **params)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def bids_data(simulated: Path):
+    """``bids_data(**params)``: :func:`daskglm.datasets.bids_sim.simulate_bids` with those parameters
+    (its defaults for the others), in a folder of this session named after them: one simulation per
+    parameter set and session, shared by the modules asking for it. Treat the dataset as
+    read-only: copy it (``shutil.copytree(bids.root, ...)``) before changing it."""
+    from daskglm.datasets.bids_sim import simulate_bids
+
+    def make(**params):
+        key = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return simulate_bids(simulated / f"bids-{key}", **params)
+
+    return make
 
 
 @pytest.fixture(scope="session")

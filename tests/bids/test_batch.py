@@ -23,7 +23,6 @@ from helpers import assert_same_statistical_maps, parse_report
 from daskglm.bids.batch import BatchResult, _prepare_contrasts, run_batch
 from daskglm.bids.subject import MARKER
 from daskglm.cli.bids import add_bids_parser
-from daskglm.datasets.bids_sim import simulate_bids
 from daskglm.glm.design import contrast_dict, contrast_matrices
 from daskglm.io.outputs import MANIFEST
 
@@ -37,9 +36,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*StartTime.*"),
 
 
 @pytest.fixture(scope="module")
-def bids(tmp_path_factory: pytest.TempPathFactory):
-    return simulate_bids(tmp_path_factory.mktemp("bids") / "ds", n_subjects=3, n_runs=2, task=TASK,
-                         shape=(16, 18, 10), n_scans=40)
+def bids(bids_data):
+    return bids_data(n_subjects=3, n_runs=2, task=TASK, shape=(16, 18, 10), n_scans=40)
 
 
 @pytest.fixture(scope="module")

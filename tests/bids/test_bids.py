@@ -27,9 +27,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*StartTime.*"),
 
 
 @pytest.fixture(scope="module")
-def bids(tmp_path_factory: pytest.TempPathFactory):
-    return simulate_bids(tmp_path_factory.mktemp("bids") / "ds", n_subjects=3, n_runs=2,
-                         shape=(14, 16, 10), n_scans=80)
+def bids(bids_data):
+    return bids_data(n_subjects=3, n_runs=2, shape=(14, 16, 10), n_scans=80)
 
 
 def _shared_params() -> list[str]:

@@ -16,7 +16,6 @@ import pytest
 
 from daskglm.bids.batch import run_batch
 from daskglm.cli.main import main
-from daskglm.datasets.bids_sim import simulate_bids
 
 LANGUAGE = "DStDSp + DStSSp - SStDSp - SStSSp"
 CONTRASTS = {"DSt - SSt": LANGUAGE, "speaker": "DStDSp - SStSSp"}
@@ -33,8 +32,8 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_fit_and_batch_write_the_same_outputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    bids = simulate_bids(tmp_path / "ds", n_subjects=1, n_runs=2, shape=(10, 12, 8), n_scans=30)
+def test_fit_and_batch_write_the_same_outputs(tmp_path: Path, capsys: pytest.CaptureFixture, bids_data) -> None:
+    bids = bids_data(n_subjects=1, n_runs=2, shape=(10, 12, 8), n_scans=30)
     batch = tmp_path / "batch"
     result = run_batch(bids.root, "language", CONTRASTS, batch, derivatives_folder=bids.derivatives_folder,
                        client="sync", verbose=0, figures=False, confounds_strategy=None, noise_model="ols",

@@ -19,7 +19,7 @@ from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 from helpers import assert_same_statistical_maps, parse_report, report_page
 
 from daskglm.cli.main import WALKTHROUGH_CONTRASTS, build_parser
-from daskglm.datasets.fiac import load_fiac_design_matrix, simulate_fiac
+from daskglm.datasets.fiac import load_fiac_design_matrix
 from daskglm.models.first_level import FirstLevelModel
 from daskglm.store.zarrio import open_run
 
@@ -63,10 +63,10 @@ def assert_maps_match(ours, theirs, noise_model: str, what: str = "") -> None:
 
 
 @pytest.fixture(scope="module")
-def fiac(tmp_path_factory):
+def fiac(tmp_path_factory, fiac_data):
     """Two simulated runs, their design matrices (run 1 as .npz, run 2 as .tsv) and BIDS-named links."""
     root = tmp_path_factory.mktemp("cli")
-    data = simulate_fiac(data_dir=root / "data", shape=(20, 22, 10), n_scans=60)
+    data = fiac_data(shape=(20, 22, 10), n_scans=60)
     designs = [load_fiac_design_matrix(data[f"design_matrix{r}"]) for r in (1, 2)]
     tsv = root / "run2_design.tsv"
     designs[1].to_csv(tsv, sep="\t", index=False)

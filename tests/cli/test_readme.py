@@ -43,11 +43,9 @@ def _python_blocks() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fiac(tmp_path_factory):
-    from daskglm.datasets.fiac import simulate_fiac
-
+def fiac(tmp_path_factory, fiac_data):
     root = tmp_path_factory.mktemp("readme")
-    data = simulate_fiac(data_dir=root / "data", shape=(16, 16, 10), n_scans=191, effect_size=0.06)
+    data = fiac_data(shape=(16, 16, 10), n_scans=191, effect_size=0.06)
     return data, root
 
 

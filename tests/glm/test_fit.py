@@ -20,11 +20,9 @@ from daskglm.store.zarrio import open_run
 
 
 @pytest.fixture(scope="module")
-def fiac_small(tmp_path_factory):
-    from daskglm.datasets.fiac import simulate_fiac
-
+def fiac_small(tmp_path_factory, fiac_data):
     root = tmp_path_factory.mktemp("fit")
-    data = simulate_fiac(data_dir=root / "data", shape=(24, 26, 12), n_scans=80, n_runs=1)
+    data = fiac_data(shape=(24, 26, 12), n_scans=80, n_runs=1)
     X = np.load(data["design_matrix1"])["X"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from daskglm.cli.main import main
-from daskglm.datasets.bids_sim import simulate_bids
-from daskglm.datasets.fiac import load_fiac_design_matrix, simulate_fiac
+from daskglm.datasets.fiac import load_fiac_design_matrix
 
 LANGUAGE = "DStDSp + DStSSp - SStDSp - SStSSp"
 MANIFEST = ".daskglm-outputs.json"  # daskglm.io.outputs.MANIFEST
@@ -26,11 +25,11 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*StartTime.*"),
 
 
 @pytest.fixture(scope="module")
-def fiac(tmp_path_factory):
+def fiac(tmp_path_factory, fiac_data):
     """One small simulated run, its design matrix (.tsv) and a mask."""
     root = tmp_path_factory.mktemp("safety")
-    data = simulate_fiac(data_dir=root / "data", shape=(10, 12, 6), n_scans=40, n_runs=1)
-    design = root / "data" / "run1_design.tsv"
+    data = fiac_data(shape=(10, 12, 6), n_scans=40, n_runs=1)
+    design = root / "run1_design.tsv"
     load_fiac_design_matrix(data["design_matrix1"]).to_csv(design, sep="\t", index=False)
     return {"run": data["func1"], "design": str(design), "mask": data["mask"]}
 
@@ -158,9 +157,8 @@ def test_fit_output_folder_that_cannot_be_created_fails_before_the_work(fiac, tm
 
 
 @pytest.fixture(scope="module")
-def bids(tmp_path_factory):
-    return simulate_bids(tmp_path_factory.mktemp("bids") / "ds", n_subjects=1, n_runs=1, shape=(10, 12, 8),
-                         n_scans=30)
+def bids(bids_data):
+    return bids_data(n_subjects=1, n_runs=1, shape=(10, 12, 8), n_scans=30)
 
 
 def _bids(capsys, bids, out, *extra, contrast: str = f"language={LANGUAGE}") -> tuple[int, list[str]]:

@@ -76,9 +76,7 @@ class Ctx:
     @property
     def fiac(self) -> dict:
         def make() -> dict:
-            from daskglm.datasets.fiac import simulate_fiac
-
-            data = simulate_fiac(data_dir=self.shared / "fiac", shape=(16, 18, 10), n_scans=N_SCANS)
+            data = self._cache["fiac_data"](shape=(16, 18, 10), n_scans=N_SCANS)
             designs = []
             for r in (1, 2):
                 npz = np.load(data[f"design_matrix{r}"])
@@ -110,9 +108,7 @@ class Ctx:
     @property
     def bids(self) -> Any:
         def make() -> Any:
-            from daskglm.datasets.bids_sim import simulate_bids
-
-            return simulate_bids(self.shared / "bids", n_subjects=1, n_runs=1, shape=(10, 12, 8), n_scans=30)
+            return self._cache["bids_data"](n_subjects=1, n_runs=1, shape=(10, 12, 8), n_scans=30)
         return self._cached("bids", make)
 
     # ----------------------------------------------------------------- makers
@@ -147,8 +143,9 @@ class Ctx:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> dict:
-    return {"shared": tmp_path_factory.mktemp("bad_inputs_shared")}
+def cache(tmp_path_factory, fiac_data, bids_data) -> dict:
+    """The module's folder of fitted models, the session's simulated datasets, what the cases made once."""
+    return {"shared": tmp_path_factory.mktemp("bad_inputs_shared"), "fiac_data": fiac_data, "bids_data": bids_data}
 
 
 @pytest.fixture

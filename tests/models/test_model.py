@@ -26,11 +26,9 @@ CONTRASTS = {
 
 
 @pytest.fixture(scope="module")
-def fiac(tmp_path_factory):
-    from daskglm.datasets.fiac import simulate_fiac
-
+def fiac(tmp_path_factory, fiac_data):
     root = tmp_path_factory.mktemp("model")
-    data = simulate_fiac(data_dir=root / "data", shape=(30, 32, 14), n_scans=100)
+    data = fiac_data(shape=(30, 32, 14), n_scans=100)
     designs = [pd.DataFrame(np.load(data[f"design_matrix{r}"])["X"]) for r in (1, 2)]
     return {"data": data, "designs": designs, "runs": [data["func1"], data["func2"]],
             "stores": root / "stores"}

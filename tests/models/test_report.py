@@ -39,11 +39,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def fiac(tmp_path_factory):
-    from daskglm.datasets.fiac import load_fiac_design_matrix, simulate_fiac
+def fiac(tmp_path_factory, fiac_data):
+    from daskglm.datasets.fiac import load_fiac_design_matrix
 
     root = tmp_path_factory.mktemp("report")
-    data = simulate_fiac(data_dir=root / "data", shape=(24, 26, 12), n_scans=60, effect_size=0.08)
+    data = fiac_data(shape=(24, 26, 12), n_scans=60, effect_size=0.08)
     designs = [load_fiac_design_matrix(data[f"design_matrix{r}"]) for r in (1, 2)]
     return {"data": data, "designs": designs, "runs": [data["func1"], data["func2"]], "root": root,
             "models": {}}

@@ -203,7 +203,7 @@ def test_dataframe_input_equals_nilearn(maps):
 
 
 @pytest.fixture(scope="module")
-def first_level(tmp_path_factory):
+def first_level(tmp_path_factory, fiac_data):
     """Four simulated FIAC-like subjects fitted (OLS) by daskglm and by nilearn.
 
     ``ours`` hold their (small) fits in memory, as by default; ``ours_lazy`` keep them lazy in
@@ -216,14 +216,13 @@ def first_level(tmp_path_factory):
     from nilearn.glm.first_level import FirstLevelModel as NilearnFirstLevel
 
     import daskglm.glm.fitstore
-    from daskglm.datasets.fiac import load_fiac_design_matrix, simulate_fiac
+    from daskglm.datasets.fiac import load_fiac_design_matrix
     from daskglm.models.first_level import FirstLevelModel
 
     root = tmp_path_factory.mktemp("first_level")
     ours, ours_lazy, theirs = [], [], []
     for seed in range(4):
-        data = simulate_fiac(data_dir=root / "data", shape=(10, 11, 8), n_scans=40, n_runs=1, seed=seed,
-                             compress=False)
+        data = fiac_data(shape=(10, 11, 8), n_scans=40, n_runs=1, seed=seed, compress=False)
         design = load_fiac_design_matrix(data["design_matrix1"])
         kwargs = {"mask_img": data["mask"], "noise_model": "ols", "subject_label": f"{seed:02d}"}
         ours.append(FirstLevelModel(store=root / "stores", client="threads", v_chunk=64, **kwargs)

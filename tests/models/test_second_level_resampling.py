@@ -208,16 +208,15 @@ def test_resampling_graph_is_lazy_and_reads_slabs(maps, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def first_level(tmp_path_factory):
+def first_level(tmp_path_factory, fiac_data):
     """Three simulated subjects fitted (OLS) by daskglm: their lazy effects go through the resampling."""
-    from daskglm.datasets.fiac import load_fiac_design_matrix, simulate_fiac
+    from daskglm.datasets.fiac import load_fiac_design_matrix
     from daskglm.models.first_level import FirstLevelModel
 
     root = tmp_path_factory.mktemp("first_level_resampling")
     models = []
     for seed in range(3):
-        data = simulate_fiac(data_dir=root / "data", shape=(10, 11, 8), n_scans=30, n_runs=1, seed=seed,
-                             compress=False)
+        data = fiac_data(shape=(10, 11, 8), n_scans=30, n_runs=1, seed=seed, compress=False)
         design = load_fiac_design_matrix(data["design_matrix1"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

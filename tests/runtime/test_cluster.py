@@ -30,11 +30,8 @@ def test_local_compute_is_detected():
 
 
 @pytest.fixture(scope="module")
-def tiny_fiac(tmp_path_factory):
-    from daskglm.datasets.fiac import simulate_fiac
-
-    data = simulate_fiac(data_dir=tmp_path_factory.mktemp("cluster_data"), shape=(16, 18, 10),
-                         n_scans=40)
+def tiny_fiac(fiac_data):
+    data = fiac_data(shape=(16, 18, 10), n_scans=40)
     designs = [pd.DataFrame(np.load(data[f"design_matrix{r}"])["X"]) for r in (1, 2)]
     return data, designs
 

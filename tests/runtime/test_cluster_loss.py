@@ -71,12 +71,9 @@ fit._packed_fit = _packed_fit
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(fiac_data):
     """One small simulated run (16x18x10 voxels, 40 scans), its design matrix and mask."""
-    from daskglm.datasets.fiac import simulate_fiac
-
-    root = tmp_path_factory.mktemp("cluster_loss")
-    data = simulate_fiac(data_dir=root / "data", shape=(16, 18, 10), n_scans=40)
+    data = fiac_data(shape=(16, 18, 10), n_scans=40)
     return {"run": data["func1"], "mask": data["mask"], "design_file": data["design_matrix1"],
             "design": pd.DataFrame(np.load(data["design_matrix1"])["X"])}
 
@@ -316,14 +313,12 @@ def test_cli_reports_cluster_errors_as_one_line(error, tmp_path, monkeypatch, ca
     assert ("tcp://127.0.0.1:1" if error == "scheduler-lost" else "fit-123") in err
 
 
-def test_all_workers_killed_mid_batch_raise_no_workers_error(slow_cluster, tmp_path):
+def test_all_workers_killed_mid_batch_raise_no_workers_error(slow_cluster, tmp_path, bids_data):
     """run_batch on an external cluster (one subject per task) waits for its subjects as compute
     waits for its tasks: the last worker killed mid-subject is NoWorkersError, not a hang."""
     from daskglm.bids.batch import run_batch
-    from daskglm.datasets.bids_sim import simulate_bids
 
-    bids = simulate_bids(tmp_path / "ds", n_subjects=2, n_runs=1, task="language", shape=(16, 18, 10),
-                         n_scans=40)
+    bids = bids_data(n_subjects=2, n_runs=1, task="language", shape=(16, 18, 10), n_scans=40)
     outcome: dict = {}
 
     def batch() -> None:

@@ -251,11 +251,9 @@ def test_the_embedded_clusters_workers_do_not_log_task_errors(processes, capfd, 
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from daskglm.datasets.fiac import simulate_fiac
-
+def runs(tmp_path_factory, fiac_data):
     root = tmp_path_factory.mktemp("progress")
-    data = simulate_fiac(data_dir=root / "data", shape=(20, 22, 10), n_scans=60)
+    data = fiac_data(shape=(20, 22, 10), n_scans=60)
     truncated = root / "truncated.nii.gz"
     whole = Path(data["func2"]).read_bytes()
     truncated.write_bytes(whole[:len(whole) // 2])

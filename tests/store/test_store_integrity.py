@@ -241,13 +241,13 @@ def test_a_store_copied_elsewhere_keeps_its_fits(small_run, tmp_path):
     np.testing.assert_array_equal(_maps(again), _maps(first))
 
 
-def test_the_command_line_names_a_damaged_store_and_overwrite_rebuilds_it(tmp_path, capsys):
+def test_the_command_line_names_a_damaged_store_and_overwrite_rebuilds_it(tmp_path, capsys, fiac_data):
     """`daskglm fit` on a store with a chunk deleted: one line naming the store and the damage, no
     map written; `--overwrite` rebuilds the store and writes the maps of the undamaged run."""
     from daskglm.cli.main import main
-    from daskglm.datasets.fiac import load_fiac_design_matrix, simulate_fiac
+    from daskglm.datasets.fiac import load_fiac_design_matrix
 
-    data = simulate_fiac(data_dir=tmp_path / "data", shape=(10, 12, 6), n_scans=40, n_runs=1)
+    data = fiac_data(shape=(10, 12, 6), n_scans=40, n_runs=1)
     design = tmp_path / "design.tsv"
     load_fiac_design_matrix(data["design_matrix1"]).to_csv(design, sep="\t", index=False)
 

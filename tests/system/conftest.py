@@ -25,12 +25,10 @@ def one_blas_thread():
 
 
 @pytest.fixture(scope="session")
-def cluster_fiac(tmp_path_factory):
+def cluster_fiac(tmp_path_factory, fiac_data):
     """Two FIAC-shaped runs (.nii.gz, 30x32x20 voxels, 100 scans), designs and mask."""
-    from daskglm.datasets.fiac import simulate_fiac
-
     root = tmp_path_factory.mktemp("distributed")
-    data = simulate_fiac(data_dir=root / "data", shape=(30, 32, 20), n_scans=N_SCANS)
+    data = fiac_data(shape=(30, 32, 20), n_scans=N_SCANS)
     designs = [pd.DataFrame(np.load(data[f"design_matrix{r}"])["X"]) for r in (1, 2)]
     return {"root": root, "data": data, "runs": [data["func1"], data["func2"]], "designs": designs}
 

@@ -212,10 +212,8 @@ def _drive(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def fiac(tmp_path_factory) -> dict:
-    from daskglm.datasets.fiac import simulate_fiac
-
-    data = simulate_fiac(data_dir=tmp_path_factory.mktemp("crash_data"), shape=SHAPE, n_scans=N_SCANS)
+def fiac(fiac_data) -> dict:
+    data = fiac_data(shape=SHAPE, n_scans=N_SCANS)
     return {key: str(value) for key, value in data.items()
             if key in ("func1", "func2", "mask", "design_matrix1", "design_matrix2")}
 

@@ -56,12 +56,12 @@ def chrome(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    from daskglm.datasets.fiac import load_fiac_design_matrix, simulate_fiac
+def report(tmp_path_factory, fiac_data):
+    from daskglm.datasets.fiac import load_fiac_design_matrix
     from daskglm.models.first_level import FirstLevelModel
 
     root = tmp_path_factory.mktemp("report_browser")
-    data = simulate_fiac(data_dir=root / "data", shape=(24, 26, 12), n_scans=60, effect_size=0.08)
+    data = fiac_data(shape=(24, 26, 12), n_scans=60, effect_size=0.08)
     designs = [load_fiac_design_matrix(data[f"design_matrix{r}"]) for r in (1, 2)]
     model = FirstLevelModel(mask_img=data["mask"], smoothing_fwhm=5.0, noise_model="ols",
                             store=root / "stores", client="threads")

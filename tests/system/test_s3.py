@@ -84,11 +84,9 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fiac(tmp_path_factory):
-    from daskglm.datasets.fiac import simulate_fiac
-
+def fiac(tmp_path_factory, fiac_data):
     root = tmp_path_factory.mktemp("s3_fiac")
-    data = simulate_fiac(data_dir=root / "data", shape=(18, 20, 10), n_scans=60)
+    data = fiac_data(shape=(18, 20, 10), n_scans=60)
     designs = [pd.DataFrame(np.load(data[f"design_matrix{r}"])["X"]) for r in (1, 2)]
     return {"data": data, "designs": designs, "runs": [data["func1"], data["func2"]], "root": root}
 

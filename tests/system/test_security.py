@@ -88,10 +88,8 @@ def test_created_files_respect_umask(umask_run):
 
 # ----------------------------------------------------------------------------- (3) BIDS paths
 @pytest.fixture(scope="module")
-def bids(tmp_path_factory):
-    from daskglm.datasets.bids_sim import simulate_bids
-
-    return simulate_bids(tmp_path_factory.mktemp("bids"))
+def bids(bids_data):
+    return bids_data()
 
 
 def _deriv(bids) -> Path:

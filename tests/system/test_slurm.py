@@ -301,11 +301,8 @@ def overrides_for_this_machine(tmp_path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def fiac(tmp_path_factory):
-    from daskglm.datasets.fiac import simulate_fiac
-
-    root = tmp_path_factory.mktemp("slurm_fiac")
-    data = simulate_fiac(data_dir=root / "data", shape=(14, 16, 8), n_scans=50)
+def fiac(fiac_data):
+    data = fiac_data(shape=(14, 16, 8), n_scans=50)
     designs = [pd.DataFrame(np.load(data[f"design_matrix{r}"])["X"]) for r in (1, 2)]
     return {"data": data, "designs": designs, "runs": [data["func1"], data["func2"]]}
 
