@@ -232,14 +232,8 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
     stage[0] = "checking the output folder"
     plan = output_plan(job, run_imgs, model.minimize_memory,
                        subject_inputs(dataset, inputs, run_imgs, job.kwargs.get("mask_img")))
-    plan.create_folders()
-    try:
+    with plan.writing():
         return _write_subject(job, scheduler, stage, plan, model, run_imgs, events[0], confounds[0], inputs)
-    finally:
-        if plan.claimed:
-            plan.commit()  # what was written, recorded (on failure too)
-        else:
-            plan.remove_created_folders()
 
 
 def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model: Any, run_imgs: list,

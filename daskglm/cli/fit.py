@@ -446,20 +446,14 @@ def run_fit(args: argparse.Namespace) -> int:
     outputs = model_outputs(args.out, runs, contrasts, stat_types, args.prefix, report=args.report)
 
     plan = _output_plan(args, outputs)  # before any run is read or a cluster started
-    plan.create_folders()
 
     params = dict(mask_img=args.mask, smoothing_fwhm=args.smoothing_fwhm or None, noise_model=args.noise_model,
                   signal_scaling=_SIGNAL_SCALING[args.signal_scaling], random_state=args.random_state,
                   store=args.store, t_chunk=args.t_chunk, v_chunk=args.v_chunk, overwrite=args.overwrite,
                   minimize_memory=True, subject_label=outputs.subject,
                   verbose=max(0, args.verbose), **design_params)
-    try:
+    with plan.writing():  # the folders now: one that cannot be created fails before any work
         _fit_and_write(args, plan, outputs, runs, contrasts, infos, designs, fit_kwargs, params, stat_types)
-    finally:
-        if plan.claimed:
-            plan.commit()  # what was written, recorded (on failure too)
-        else:
-            plan.remove_created_folders()  # failed before writing anything: no empty folder left
     say(args, 1, f"done: maps in {outputs.folder}")
     return 0
 

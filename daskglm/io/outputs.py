@@ -26,10 +26,11 @@ daskglm's: a rerun replaces them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .remote import is_url, remote_identity, url_to_fs
@@ -290,6 +291,23 @@ class OutputPlan:
             if not os.path.isdir(folder):
                 raise OSError(f"{self.what} {folder}: not a folder")
             self.created.extend(reversed(missing))
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[OutputPlan]:
+        """Create the folders, then, whatever happens in the block: record what was written
+        (:meth:`commit`) once the plan was claimed, else remove the folders it created empty.
+
+        The block runs the work, calls :meth:`claim` before its first write and
+        :meth:`record` after each (checked, then written, in that order).
+        """
+        self.create_folders()
+        try:
+            yield self
+        finally:
+            if self.claimed:
+                self.commit()  # what was written, recorded (on failure too)
+            else:
+                self.remove_created_folders()  # failed before writing anything: no empty folder left
 
     def remove_created_folders(self) -> None:
         """Remove the folders :meth:`create_folders` created, if they are still empty."""
