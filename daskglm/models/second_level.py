@@ -63,7 +63,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import dask
 import dask.array as da
@@ -175,14 +175,26 @@ def _resample_slab(slab: np.ndarray, reader: _Reader, sa: int, a: int, b: int,
             return np.zeros(shape, dtype=slab.dtype if slab.dtype.kind == "f" else np.float32)
 
 
-def _block_rows(items: list, reader: _Reader, source: tuple[int, int], work: tuple[int, int],
-                block: tuple[int, int], mask_slab: np.ndarray, vrange: Any = None) -> np.ndarray:
-    """Read, resample, smooth and mask the planes of every map a block needs: ``Y (n, v_block)``.
+class _Block(NamedTuple):
+    """One block task's share of the maps: which planes it reads and which voxels it gives."""
 
-    ``source`` are the maps' planes read, ``work`` the working-grid planes
-    they give (the block's planes ``block`` plus the smoothing halo).
-    """
-    (sa, sb), (a, b), (i0, i1) = source, work, block
+    #: Each map's planes ``source`` (an :mod:`daskglm.io.slabs` plane source per map).
+    items: list
+    #: The maps' planes read, ``[sa, sb)``.
+    source: tuple[int, int]
+    #: The working-grid planes they give, ``[a, b)``: the block's planes plus the smoothing halo.
+    work: tuple[int, int]
+    #: The block's own planes, ``[i0, i1)``.
+    planes: tuple[int, int]
+    #: The mask on the block's planes, shape (i1 - i0, ny, nz).
+    mask_slab: np.ndarray
+    #: Voxels of the mask in the block.
+    size: int
+
+
+def _block_rows(block: _Block, reader: _Reader, vrange: Any = None) -> np.ndarray:
+    """Read, resample, smooth and mask the planes of every map a block needs: ``Y (n, v_block)``."""
+    items, (sa, sb), (a, b), (i0, i1), mask_slab = block.items, block.source, block.work, block.planes, block.mask_slab
     Y = np.empty((len(items), int(mask_slab.sum())))
     cache: dict = {}
     for row, item in enumerate(items):
@@ -195,18 +207,15 @@ def _block_rows(items: list, reader: _Reader, source: tuple[int, int], work: tup
     return Y
 
 
-def _contrast_task(items: list, reader: _Reader, source: tuple[int, int], work: tuple[int, int],
-                   block: tuple[int, int], mask_slab: np.ndarray, vrange: Any, X: np.ndarray,
-                   contrasts: list, cov: np.ndarray) -> np.ndarray:
+def _contrast_task(block: _Block, reader: _Reader, vrange: Any, X: np.ndarray, contrasts: list,
+                   cov: np.ndarray) -> np.ndarray:
     """One block's fit and contrasts, packed as :func:`~daskglm.kernels.group.ols_contrasts`."""
-    return ols_contrasts(_block_rows(items, reader, source, work, block, mask_slab, vrange), X, contrasts, cov)
+    return ols_contrasts(_block_rows(block, reader, vrange), X, contrasts, cov)
 
 
-def _voxelwise_task(items: list, reader: _Reader, source: tuple[int, int], work: tuple[int, int],
-                    block: tuple[int, int], mask_slab: np.ndarray, vrange: Any, X: np.ndarray,
-                    attribute: str) -> np.ndarray:
+def _voxelwise_task(block: _Block, reader: _Reader, vrange: Any, X: np.ndarray, attribute: str) -> np.ndarray:
     """One block's ``attribute`` of nilearn's OLS fit: (n, v_block), or (1, v_block) for per-voxel ones."""
-    fit = OLSModel(X).fit(_block_rows(items, reader, source, work, block, mask_slab, vrange))
+    fit = OLSModel(X).fit(_block_rows(block, reader, vrange))
     value = np.asarray(getattr(fit, attribute), dtype=np.float64)
     return value if value.ndim == 2 else value[None]
 
@@ -502,7 +511,8 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
                              "to estimate the residual variance")
         return X
 
-    def _plan_blocks(self, maps: list[MapSource], rows: int, quiet: bool = False) -> tuple[_Reader, list, Any]:
+    def _plan_blocks(self, maps: list[MapSource], rows: int, quiet: bool = False
+                     ) -> tuple[_Reader, list[_Block], Any]:
         """How block tasks read the maps, the blocks, and (when resampling) the delayed range of the maps.
 
         Parameters
@@ -517,8 +527,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         Returns
         -------
         reader : _Reader
-        blocks : list of tuple
-            ``(items, source planes, working planes, block planes, block mask, n voxels)``.
+        blocks : list of _Block
         vrange : dask.delayed or None
         """
         mask_img = self.masker_.mask_img_
@@ -546,7 +555,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
             a, b = max(0, i0 - halo), min(shape[0], i1 + halo)
             source = source_planes(transform, a, b, shape[1:], ref.shape[0]) if reader.resample else (a, b)
             items = [m.planes(*source, masks) for m in maps]
-            blocks.append((items, source, (a, b), (i0, i1), work_mask[i0:i1].copy(), v1 - v0))
+            blocks.append(_Block(items, source, (a, b), (i0, i1), work_mask[i0:i1].copy(), v1 - v0))
         return reader, blocks, vrange
 
     def _output_coords(self) -> dict:
@@ -577,9 +586,9 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         cov = label_covariance(X).cov
         task = dask.delayed(_contrast_task, pure=False)
         columns = []
-        for items, source, work, block, mask_slab, size in blocks:
-            packed = task(items, reader, source, work, block, mask_slab, vrange, X, checked, cov)
-            columns.append(da.from_delayed(packed, (layout.rows, size), np.float64))
+        for block in blocks:
+            packed = task(block, reader, vrange, X, checked, cov)
+            columns.append(da.from_delayed(packed, (layout.rows, block.size), np.float64))
         rows = layout.unpack(da.concatenate(columns, axis=1))
         coords = self._output_coords()
         attrs = {"affine": np.asarray(self.masker_.mask_img_.affine).tolist(),
@@ -655,9 +664,8 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         rows = len(maps) if per_map else 1
         reader, blocks, vrange = self._plan_blocks(maps, 2 * len(maps) + rows, quiet)  # + nilearn's wY, wresid
         task = dask.delayed(_voxelwise_task, pure=False)
-        columns = [da.from_delayed(task(items, reader, source, work, block, mask_slab, vrange, X, attribute),
-                                   (rows, size), np.float64)
-                   for items, source, work, block, mask_slab, size in blocks]
+        columns = [da.from_delayed(task(block, reader, vrange, X, attribute), (rows, block.size), np.float64)
+                   for block in blocks]
         values = da.concatenate(columns, axis=1)
         return xr.DataArray(values if per_map else values[0], dims=("map", "voxel") if per_map else ("voxel",),
                             coords=self._output_coords(), name=attribute)
