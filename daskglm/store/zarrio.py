@@ -306,8 +306,7 @@ def create_group_like(store: str, dataset: xr.Dataset, storage_options: dict | N
 
     What ``dataset.to_zarr(store, mode="w", compute=False)`` makes, without
     the store graph xarray builds (and here would discard) for every dask
-    variable: creating the two fit groups of the ``fiac`` runs took 38 ms
-    instead of 52 (BENCHMARKS.md, fifth round). Attribute values may be
+    variable (BENCHMARKS.md, "Fifth round", d7cd6e9). Attribute values may be
     numpy scalars or arrays, as ``to_zarr`` accepts them (zarr's JSON does not).
     """
     try:
