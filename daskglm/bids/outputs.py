@@ -55,8 +55,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from ..io.maps import save_nifti, scatter_to_volume, write_bytes
 from ..io.remote import is_url, url_to_fs
+from ..runtime.cluster import compute, phase
 
 __all__ = [
     "DESCRIPTION",
@@ -263,7 +265,6 @@ def dataset_description(existing: bytes | None = None) -> bytes:
     derivative); the entry (name, version, description, code URL) is appended
     to ``GeneratedBy`` unless it is there already.
     """
-    from .. import __version__
 
     entry = {**_GENERATED_BY, "Version": __version__}
     try:
@@ -333,7 +334,6 @@ def write_model(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any], st
         Called with ``(number, name, maps)`` after each contrast's files.
     """
     from ..models.nilearn_compat import first_level_view, model_attributes
-    from ..runtime.cluster import phase
 
     def step(text: str) -> None:
         if on_step is not None:
@@ -409,7 +409,6 @@ def _write_figures(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any],
 
 def _write_residuals(model: Any, outputs: ModelOutputs, writer: Writer, label: str, client: Any) -> None:
     """Each run's residuals and r-square maps, computed per voxel block from its store."""
-    from ..runtime.cluster import compute, phase
 
     for attribute in ("residuals", "r_square"):
         for index, array in enumerate(model.voxelwise(attribute)):

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .. import __version__
+from ..io.maps import write_bytes
+from ..io.outputs import OutputConflict, OutputPlan
+from ..runtime.cluster import get_client
+from .from_bids import first_level_from_bids
 from .outputs import ModelOutputs, Writer, model_outputs, write_model
 
 __all__ = [
@@ -63,7 +68,6 @@ class SubjectResult:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    from ..io.maps import write_bytes  # atomic: temporary name renamed over ``path``
 
     write_bytes(path, data)
 
@@ -122,7 +126,6 @@ def output_plan(job: Job, run_imgs: list, minimize_memory: bool, inputs: list[tu
     daskglm.io.outputs.OutputConflict
         One line naming the file (and the input).
     """
-    from ..io.outputs import OutputConflict, OutputPlan
 
     plan = OutputPlan(subject_outputs(job, run_imgs, minimize_memory).paths(), what="--out (output_dir)")
     plan.check_inputs(inputs)
@@ -216,7 +219,6 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
 
     ``stage[0]`` says what is being done, for the error message of a failure.
     """
-    from .from_bids import first_level_from_bids
 
     dataset = Path(job.dataset)
     derivatives = dataset / job.derivatives_folder
@@ -239,7 +241,6 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
 def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model: Any, run_imgs: list,
                    events: Any, confounds: Any, inputs: dict[str, list[int]]) -> list[str]:
     """Fit one subject and write the files of ``plan``; returns the files written (marker last)."""
-    from ..runtime.cluster import get_client
 
     out = Path(job.output_dir)
     sub_dir = out / f"sub-{job.label}"
@@ -268,7 +269,6 @@ def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model:
             plan.remove(out / stale)  # only if the manifest proves it daskglm's, unchanged
     import nilearn
 
-    from .. import __version__
 
     write_json(sub_dir / MARKER, {
         "format": BATCH_FORMAT, "subject": job.label, "fingerprint": job.fingerprint,

@@ -49,6 +49,18 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from ..bids.outputs import (
+    DESCRIPTION,
+    Writer,
+    contrast_labels,
+    join,
+    model_outputs,
+    write_dataset_description,
+    write_model,
+)
+from ..io.nifti import inspect_run
+from ..io.outputs import OutputConflict, OutputPlan
+from ..kernels.regression import parse_noise_model
 from .common import (
     UsageError,
     add_cluster_options,
@@ -124,7 +136,6 @@ def _fir_delays(text: str) -> list[int]:
 
 
 def _noise_model(text: str) -> str:
-    from ..kernels.regression import parse_noise_model
 
     try:
         parse_noise_model(text)
@@ -324,7 +335,6 @@ def _check_contrasts(contrasts: dict[str, Any], designs: list[pd.DataFrame]) -> 
     """Parse every contrast against every run's columns; the stat type of each (nilearn's naming rule)."""
     import numpy as np
 
-    from ..bids.outputs import contrast_labels
     from ..glm import design as _design
 
     try:
@@ -366,8 +376,6 @@ def _output_plan(args: argparse.Namespace, outputs: Any) -> Any:
         An output that would replace an input of the command, or a file
         daskglm cannot prove it wrote.
     """
-    from ..bids.outputs import DESCRIPTION, join
-    from ..io.outputs import OutputConflict, OutputPlan
 
     description = join(args.out, DESCRIPTION)
     plan = OutputPlan([description, *outputs.paths()], optional=[description])
@@ -435,8 +443,6 @@ def _report_options(args: argparse.Namespace) -> dict[str, Any]:
 def run_fit(args: argparse.Namespace) -> int:
     """Handler of ``daskglm fit``; returns the exit status."""
     _check_options(args)  # the heavy imports come as late as they can: mistakes are reported at once
-    from ..bids.outputs import model_outputs
-    from ..io.nifti import inspect_run
 
     runs = list(args.runs)
     contrasts = dict(args.contrast)
@@ -463,7 +469,6 @@ def _fit_and_write(args: argparse.Namespace, plan: Any, outputs: Any, runs: list
     """Fit on the cluster, then write the files of ``outputs`` (``plan``, claimed first)."""
     import numpy as np
 
-    from ..bids.outputs import Writer, write_dataset_description, write_model
     from ..models.first_level import FirstLevelModel
 
     def wrote(path: str) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.utils import Bunch
 
+from .. import __version__
 from . import fiac
 from .confounds import CONFOUNDS_DOC, confounds_table, tissue_regions, watch_signals
 from .files import nifti_header, write_nifti, write_npz, write_text
@@ -96,7 +97,6 @@ def _is_ours(root: Path) -> bool:
 
 
 def _dataset_descriptions(params: dict, task: str) -> dict[str, dict]:
-    from .. import __version__
 
     generated_by = {"Name": "daskglm", "Version": __version__,
                     "Description": "daskglm.datasets.simulate_bids (simulate_fiac's generator)"}

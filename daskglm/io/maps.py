@@ -22,6 +22,9 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
+from .nifti import load_url_image
+from .remote import is_url, url_to_fs
+
 __all__ = ["to_volume", "to_nifti", "scatter_to_volume", "write_bytes", "save_nifti", "load_nifti"]
 
 
@@ -144,7 +147,6 @@ def write_bytes(url: str | os.PathLike, data: bytes, storage_options: dict | Non
     str
         ``url`` as a string.
     """
-    from .remote import is_url, url_to_fs
 
     url = os.fspath(url)
     if is_url(url):  # object stores have no folders to create; one upload is all or nothing
@@ -209,7 +211,6 @@ def load_nifti(url: str | os.PathLike, storage_options: dict | None = None) -> n
     nibabel.Nifti1Image (or Nifti2Image)
         With its data in memory (meant for maps, not 4D runs).
     """
-    from .nifti import is_url, load_url_image
 
     url = os.fspath(url)
     if is_url(url):

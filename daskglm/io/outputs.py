@@ -33,6 +33,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .maps import write_bytes
 from .remote import is_url, remote_identity, url_to_fs
 
 __all__ = ["MANIFEST", "OutputConflict", "OutputPlan", "same_location"]
@@ -363,8 +364,6 @@ class OutputPlan:
 
     def commit(self) -> None:
         """Write the manifests that changed (one atomic write each)."""
-        from .maps import write_bytes
-
         for folder in sorted(self._dirty):
             doc = {"tool": _TOOL, "format": _FORMAT,
                    "note": "Files daskglm wrote in this folder; it replaces or deletes no other file.",
