@@ -65,6 +65,7 @@ def _statuses(result: BatchResult) -> dict[str, str]:
     return {label: r.status for label, r in result.subjects.items()}
 
 
+@pytest.mark.slow
 def test_outputs_match_nilearn(bids, tmp_path: Path, stores: Path) -> None:
     """One subject: nilearn's file names (save_glm_to_bids) and nilearn's maps."""
     common = {"derivatives_folder": DERIV, "smoothing_fwhm": 5.0, "minimize_memory": False, **CONFOUNDS}
@@ -116,6 +117,7 @@ def test_outputs_match_nilearn(bids, tmp_path: Path, stores: Path) -> None:
                                                      n.endswith((*optional, MARKER))))
 
 
+@pytest.mark.slow
 def test_resume(bids, tmp_path: Path, stores: Path, capfd: pytest.CaptureFixture) -> None:
     """Complete subjects are skipped (files untouched); missing, stale or changed ones are redone."""
     out = tmp_path / "out"
@@ -160,6 +162,7 @@ def _bids_args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["bids", *argv])
 
 
+@pytest.mark.slow
 def test_failure_is_isolated(bids, tmp_path: Path, stores: Path, capsys: pytest.CaptureFixture) -> None:
     """A truncated run fails its subject only; the command exits 1 and lists it on stderr."""
     root = tmp_path / "ds"
@@ -190,6 +193,7 @@ def test_failure_is_isolated(bids, tmp_path: Path, stores: Path, capsys: pytest.
     assert "Traceback" in result.subjects["02"].traceback
 
 
+@pytest.mark.slow
 def test_concurrent_on_local_cluster(bids, tmp_path: Path, stores: Path) -> None:
     """Subjects run on both worker processes, at most max_concurrent_subjects at a time."""
     from distributed import Client, LocalCluster
@@ -285,6 +289,7 @@ def _daskglm(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=600, env=env)
 
 
+@pytest.mark.slow
 def test_contrast_typo_is_one_message_before_any_subject(bids, tmp_path: Path) -> None:
     """A contrast naming no design column: one error line naming every subject, nothing fitted or written
     (before: each subject failed on its own, the 40-column message twice per subject)."""
@@ -302,6 +307,7 @@ def test_contrast_typo_is_one_message_before_any_subject(bids, tmp_path: Path) -
     assert "sub-01" not in proc.stdout  # no subject started
 
 
+@pytest.mark.slow
 def test_events_warning_is_shown_once_for_the_subjects_it_concerns(bids, tmp_path: Path) -> None:
     """Events without a trial_type column: nilearn's warning, once, with the subjects, before the contrast error."""
     root = tmp_path / "ds"

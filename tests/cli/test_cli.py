@@ -82,6 +82,7 @@ def fiac(tmp_path_factory, fiac_data):
             "events": [data["events1"], data["events2"]]}
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     assert SCRIPT and os.access(SCRIPT, os.X_OK)
     proc = run_cli("--help")
@@ -93,6 +94,7 @@ def test_console_script_is_installed():
 # ------------------------------------------------------------------ demo
 
 
+@pytest.mark.slow
 def test_demo_writes_maps_and_report_on_an_embedded_cluster(tmp_path):
     """README's ``python -m daskglm demo`` (legacy --output/--workers spellings), embedded LocalCluster."""
     out = tmp_path / "demo"
@@ -122,6 +124,7 @@ def test_demo_writes_maps_and_report_on_an_embedded_cluster(tmp_path):
 # ------------------------------------------------------------------ fit
 
 
+@pytest.mark.slow
 def test_fit_design_matrices_equals_daskglm_and_nilearn_with_nilearn_names(fiac, tmp_path):
     """BIDS-named runs, an .npz and a .tsv design: nilearn's file names, daskglm's and nilearn's maps."""
     out = tmp_path / "out"
@@ -201,6 +204,7 @@ def test_fit_design_matrices_equals_daskglm_and_nilearn_with_nilearn_names(fiac,
     assert_same_statistical_maps(ours_page, parse_report(expected.get_standalone()), peak_atol=0.02)
 
 
+@pytest.mark.slow
 def test_fit_events_and_t_r_equals_nilearn(fiac, tmp_path):
     """Designs from events (+ confounds, non-default HRF and drifts), OLS: nilearn's maps and designs."""
     rng = np.random.default_rng(0)
@@ -258,6 +262,7 @@ def test_fit_events_and_t_r_equals_nilearn(fiac, tmp_path):
     assert report_page((out / "report.html").read_text(encoding="utf-8")).count("data:image/png;base64,") >= 5
 
 
+@pytest.mark.slow
 def test_fit_takes_the_repetition_time_from_the_header(fiac, tmp_path):
     """Without --t-r, events use the run's header TR (2.5 s): the same design as --t-r 2.5."""
     out = tmp_path / "out"
@@ -278,6 +283,7 @@ def test_fit_takes_the_repetition_time_from_the_header(fiac, tmp_path):
 # ------------------------------------------------------------------ convert
 
 
+@pytest.mark.slow
 def test_convert_and_its_ingest_alias(small_run, tmp_path):
     """``convert RUN --store S`` and the older ``ingest RUN STORE``: the rows nilearn's masker gives."""
     expected = small_run["data"][small_run["mask"]].T.astype(np.float32)
@@ -301,6 +307,7 @@ def _subcommand_parsers() -> dict:
     return dict(action.choices)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["demo", "convert", "fit"])
 def test_help_documents_every_option_with_its_default(command):
     proc = run_cli(command, "--help")
@@ -403,6 +410,7 @@ def bad_runs(fiac, tmp_path_factory):
         return {case: (future.result(), cases[case][1], root) for case, future in futures.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_arguments_give_one_error_line(bad_runs, case):
     proc, named, root = bad_runs[case]
@@ -415,6 +423,7 @@ def test_bad_arguments_give_one_error_line(bad_runs, case):
     assert not (root / "out").exists()  # nothing written before the arguments are known good
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(fiac, tmp_path):
     argv, _ = _bad_cases(fiac, tmp_path)["design and events"]
     for extra_env, extra_args in (({"DASKGLM_DEBUG": "1"}, []), ({}, ["--debug"])):
@@ -424,6 +433,7 @@ def test_debug_shows_the_traceback(fiac, tmp_path):
         assert proc.stderr.splitlines()[-1].startswith("daskglm: error:")
 
 
+@pytest.mark.slow
 def test_nilearns_events_warnings_reach_the_user_before_the_contrast_error(fiac, tmp_path):
     """Events with no trial_type column: nilearn fits a one-regressor "dummy" model and warns. The warning is one
     line on stderr, before the error of the contrast that names a condition (before: only the error)."""

@@ -304,6 +304,7 @@ def test_validation(tmp_path: Path, kwargs: dict, match: str) -> None:
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_streaming_memory_is_bounded(tmp_path: Path) -> None:
     shape, n_scans = (91, 109, 91), 120
     script = textwrap.dedent(f"""

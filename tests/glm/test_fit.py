@@ -102,6 +102,7 @@ def test_grand_mean_scaling_and_no_scaling(fiac_small):
             np.testing.assert_allclose(fit["sigma2"].values, sigma2, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_ar2_two_pass_equals_run_glm(fiac_small):
     ds = _ingest(fiac_small, 600)
     fit = fit_run(ds, fiac_small["X"], noise_model="ar2", bins=10, random_state=0, client="threads")

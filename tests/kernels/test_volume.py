@@ -37,7 +37,9 @@ def test_bad_fwhm_is_named(bad):
         _volume.fwhm_to_sigma(bad, np.eye(4))
 
 
-COMPILED = [False, pytest.param(True, marks=pytest.mark.skipif(not _smoothing.AVAILABLE, reason="numba missing"))]
+# The numba kernels (compiled=True) compile on their first call with each dtype: slow.
+COMPILED = [False, pytest.param(True, marks=[pytest.mark.skipif(not _smoothing.AVAILABLE, reason="numba missing"),
+                                             pytest.mark.slow])]
 
 
 @pytest.mark.parametrize("compiled", COMPILED)

@@ -829,7 +829,9 @@ def test_the_catalogue_is_big_enough():
     assert nilearn_fails == set(NILEARN_ERRORS)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+# the CLI cases run ``python -m daskglm`` in a subprocess: slow
+@pytest.mark.parametrize("case", [
+    pytest.param(case, id=case.id, marks=pytest.mark.slow if case.id.startswith("CLI ") else ()) for case in CASES])
 def test_bad_input(case: Case, ctx: Ctx):
     result, exc, caught = _run(lambda: case.call(ctx))
     messages = [f"{w.category.__name__}: {w.message}" for w in caught]

@@ -52,6 +52,7 @@ def _models(fiac, noise_model, fwhm):
             NilearnModel(minimize_memory=True, **kwargs))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise_model,fwhm", [("ols", 5.0), ("ar1", 5.0), ("ar1", None), ("ar2", 5.0)])
 def test_walkthrough_matches_nilearn(fiac, noise_model, fwhm):
     from daskglm.glm.fixed_effects import compute_fixed_effects
@@ -239,7 +240,8 @@ def test_bad_use_is_reported(fiac):
         ours.compute_contrast([1, 0], output_type="zz")
 
 
-@pytest.mark.parametrize("noise_model,scaling", [("ols", 0), ("ar1", 0), ("ar1", (0, 1)), ("ar2", False)])
+@pytest.mark.parametrize("noise_model,scaling", [("ols", 0), ("ar1", 0), ("ar1", (0, 1)),
+                                                 pytest.param("ar2", False, marks=pytest.mark.slow)])
 def test_voxelwise_attributes_match_nilearn(fiac, noise_model, scaling):
     """minimize_memory=False: residuals, predicted and r_square images, as nilearn's."""
     kwargs = dict(mask_img=fiac["data"]["mask"], smoothing_fwhm=5.0, noise_model=noise_model,
@@ -330,6 +332,7 @@ def test_non_finite_data_are_zeroed_as_nilearn(fiac, tmp_path, fwhm):
         np.testing.assert_allclose(a[~degenerate], b[~degenerate], rtol=1e-4, atol=1e-4, err_msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_mask", [True, False])
 def test_target_affine_matches_nilearn(fiac, tmp_path, with_mask):
     """Runs resampled onto a 4 mm grid (nilearn's masker rules), two runs, AR(1)."""

@@ -89,6 +89,7 @@ def default_reports(fiac):
 # ------------------------------------------------------------------ tests
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise_model,kwargs", [
     ("ols", {}),  # nilearn's defaults: fpr, alpha 0.001, one-sided
     ("ols", {"height_control": "fdr", "alpha": 0.05, "two_sided": True}),
@@ -113,6 +114,7 @@ def test_thresholds_and_cluster_tables_equal_nilearns_own_model(fiac, noise_mode
         assert any(re.fullmatch(r"\d+[a-z]", row[0]) for row in tables["Effects_of_interest"][1:])
 
 
+@pytest.mark.slow
 def test_page_names_every_contrast_and_embeds_its_images(fiac, default_reports):
     (report, _), (theirs, _) = default_reports
     page = parse_report(report.get_standalone())
@@ -134,6 +136,7 @@ def test_page_names_every_contrast_and_embeds_its_images(fiac, default_reports):
     assert {url for _, _, url in page.external} <= NILEARN_TEMPLATE_LINKS
 
 
+@pytest.mark.slow
 def test_save_as_html_writes_what_daskglm_writes(default_reports, tmp_path):
     """``save_as_html`` (nilearn's: the page in an ``<iframe srcdoc>``) and daskglm's ``report_html`` agree."""
     from daskglm.bids.outputs import report_html
@@ -147,6 +150,7 @@ def test_save_as_html_writes_what_daskglm_writes(default_reports, tmp_path):
     assert parse_report(saved.decode("utf-8")).names == list(CONTRASTS)
 
 
+@pytest.mark.slow
 def test_short_weight_vectors_are_reported_as_one_row_matrices(fiac):
     """nilearn 0.14 cannot draw a short 1D weight vector; daskglm's writers pass it as the same t contrast."""
     from daskglm.bids.outputs import report_contrasts
@@ -175,6 +179,7 @@ def test_unfitted_model_report_is_nilearns(fiac):
 
 
 
+@pytest.mark.slow
 def test_integer_design_columns_are_reported_as_nilearns_named_ones(fiac):
     """The walkthrough's designs (``pd.DataFrame(X)``: integer column names) crash nilearn 0.14.1's report
     (its design-correlation plot calls ``str.startswith`` on each name); daskglm's report shows them as

@@ -307,6 +307,7 @@ def test_graph_is_lazy_and_no_task_holds_all_maps(maps, first_level, kind, tmp_p
         assert len(first_level_blocks) == expected > len(inputs)
 
 
+@pytest.mark.slow
 def test_cluster_gives_identical_results(maps, first_level, cluster_client):
     dm = maps["designs"]["two_sample"]
     images = [nib.Nifti1Image(a, maps["affine"]) for a in maps["arrays"]]

@@ -96,6 +96,7 @@ def test_generate_report(maps):
         assert text in html
 
 
+@pytest.mark.slow
 def test_save_glm_to_bids_equals_nilearn(maps, tmp_path):
     """nilearn's save_glm_to_bids on daskglm's model: nilearn's files, nilearn's numbers."""
     from nilearn.glm import save_glm_to_bids

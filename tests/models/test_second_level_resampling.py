@@ -125,7 +125,8 @@ def test_source_planes_outside_the_volume():
 
 @pytest.mark.parametrize("mask_kind", ["given", None])
 @pytest.mark.parametrize("fwhm", [None, 5.0])
-@pytest.mark.parametrize("target", list(TARGETS))
+# the finer target grid: nilearn resamples onto 8 times as many voxels, slow
+@pytest.mark.parametrize("target", [pytest.param(t, marks=pytest.mark.slow) if t == "finer" else t for t in TARGETS])
 def test_target_grid_equals_nilearn(maps, target, fwhm, mask_kind):
     mask = maps["mask_path"] if mask_kind else None
     spec = TARGETS[target]
@@ -167,6 +168,7 @@ def test_non_finite_and_integer_maps_resampled_as_nilearn(maps):
         _assert_same(ours, expected, rtol=1e-7)
 
 
+@pytest.mark.slow
 def test_minimize_memory_false_with_resampling(maps):
     spec = TARGETS["finer"]
     model = SecondLevelModel(mask_img=maps["mask_path"], minimize_memory=False, smoothing_fwhm=4.0,

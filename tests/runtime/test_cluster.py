@@ -36,6 +36,7 @@ def tiny_fiac(fiac_data):
     return data, designs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["explicit", "active"])
 def test_nothing_runs_locally_with_a_distributed_client(tiny_fiac, cluster_client, tmp_path, how):
     """Ingest, fit (AR(2): a computed KMeans pass), contrasts, voxel-wise maps, fixed
@@ -126,6 +127,7 @@ def test_embedded_cluster_workers_keep_freed_memory_for_the_next_task(monkeypatc
     assert seen == {"MALLOC_TRIM_THRESHOLD_": str(128 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
 
 
+@pytest.mark.slow
 def test_user_malloc_setting_is_left_alone(monkeypatch):
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 12345}):
@@ -169,6 +171,7 @@ def test_scheduler_file_is_accepted(cluster_client, tmp_path):
     assert client.status == "closed"
 
 
+@pytest.mark.slow
 def test_unusable_addresses_are_named(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="client 'thread' is neither a scheduler address"):
         with get_client("thread"):  # a typo of "threads"
@@ -206,6 +209,7 @@ def _slow(x):
     return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["threads", "distributed"])
 def test_progress_bar_shows_for_long_work_and_is_switchable_off(where, capsys, cluster_client):
     import dask
@@ -335,6 +339,7 @@ def _our_wrappers() -> int:
     return count
 
 
+@pytest.mark.slow
 def test_filter_is_installed_once_and_stays(monkeypatch):
     """Installed by the first embedded process cluster and never twice: not by later clusters,
     nor after another library wrapped it; it stays installed after the cluster is closed, and the

@@ -131,6 +131,7 @@ def fit_in_thread(model, tiny, outcome: dict) -> threading.Thread:
     return fitting
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verbose", [0, 1], ids=["quiet", "progress-bar"])
 def test_all_workers_killed_mid_fit_raise_no_workers_error(tiny, slow_cluster, tmp_path, verbose, capsys):
     from daskglm.models.first_level import FirstLevelModel
@@ -166,6 +167,7 @@ def test_all_workers_killed_mid_fit_raise_no_workers_error(tiny, slow_cluster, t
         assert "fitting the run: stopped after" in out and out.endswith("\n"), out
 
 
+@pytest.mark.slow
 def test_the_schedulers_own_no_workers_timeout_is_no_workers_error_too(tiny, tmp_path):
     """A scheduler started with distributed's ``no-workers-timeout`` (the embedded cluster's is
     given daskglm's) fails the tasks itself: the same NoWorkersError."""
@@ -192,6 +194,7 @@ def test_the_schedulers_own_no_workers_timeout_is_no_workers_error_too(tiny, tmp
 # --------------------------------------------------------------------------- the scheduler gone
 
 
+@pytest.mark.slow
 def test_scheduler_killed_mid_fit_is_one_error_line_from_the_cli(tiny, slow_cluster, tmp_path):
     cluster = slow_cluster
     env = {k: v for k, v in os.environ.items() if k not in ("DASK_SCHEDULER_ADDRESS", "DASKGLM_DEBUG")}
@@ -220,6 +223,7 @@ def test_scheduler_killed_mid_fit_is_one_error_line_from_the_cli(tiny, slow_clus
     assert cluster.address in errors[0] and "scheduler" in errors[0]
 
 
+@pytest.mark.slow
 def test_scheduler_lost_is_raised_from_python(slow_cluster):
     """The same, from Python, on any graph: SchedulerLostError naming the scheduler."""
     cluster = slow_cluster
@@ -313,6 +317,7 @@ def test_cli_reports_cluster_errors_as_one_line(error, tmp_path, monkeypatch, ca
     assert ("tcp://127.0.0.1:1" if error == "scheduler-lost" else "fit-123") in err
 
 
+@pytest.mark.slow
 def test_all_workers_killed_mid_batch_raise_no_workers_error(slow_cluster, tmp_path, bids_data):
     """run_batch on an external cluster (one subject per task) waits for its subjects as compute
     waits for its tasks: the last worker killed mid-subject is NoWorkersError, not a hang."""
@@ -345,6 +350,7 @@ def test_all_workers_killed_mid_batch_raise_no_workers_error(slow_cluster, tmp_p
     assert 3.0 <= outcome["at"] - killed <= 3.0 + 10.0
 
 
+@pytest.mark.slow
 def test_an_unreachable_scheduler_is_one_line_within_the_connect_timeout(tiny, tmp_path):
     """`daskglm fit --scheduler` at an address nobody listens on: one error line naming the address and
     the setting, after daskglm.connect-timeout (5 s), before any work (it took distributed's 30 s)."""

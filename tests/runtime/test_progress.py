@@ -176,6 +176,7 @@ def test_compute_draws_a_labelled_bar_on_a_terminal(where, monkeypatch, cluster_
     assert re.fullmatch(r"ingesting run 1/2 \[#{40}\] 100% 1\d tasks \d\.\d s\x1b\[K\n", frames[-1]), frames
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["threads", "distributed"])
 def test_a_failed_computation_says_so_and_raises(where, capsys, cluster_client, tmp_path):
     client = "threads" if where == "threads" else cluster_client
@@ -299,6 +300,7 @@ def _run_in_pty(command: list[str], env: dict, timeout: float = 300) -> tuple[in
             proc.kill()
 
 
+@pytest.mark.slow
 def test_fit_redirected_prints_one_labelled_line_per_phase_and_no_carriage_return(runs, tmp_path):
     env = _environment(DASK_DASKGLM__PROGRESS_AFTER="0", DASK_DASKGLM__FIT_MEMORY_BYTES="0")
     proc = subprocess.run([SCRIPT, *_fit_args(runs, tmp_path / "out"), "--n-workers", "2"], capture_output=True,
@@ -319,6 +321,7 @@ def test_fit_redirected_prints_one_labelled_line_per_phase_and_no_carriage_retur
     assert order.index("ingesting 2 runs") < order.index("fitting 2 runs") < order.index("contrast 1/1 DSt_minus_SSt")
 
 
+@pytest.mark.slow
 def test_fit_on_a_terminal_draws_one_labelled_bar_per_phase(runs, tmp_path):
     env = _environment(DASK_DASKGLM__PROGRESS_AFTER="0", DASK_DASKGLM__FIT_MEMORY_BYTES="0", COLUMNS="120")
     status, out = _run_in_pty([SCRIPT, *_fit_args(runs, tmp_path / "out"), "--n-workers", "2"], env)
@@ -332,6 +335,7 @@ def test_fit_on_a_terminal_draws_one_labelled_bar_per_phase(runs, tmp_path):
     assert "Completed" not in out  # no unlabelled bar of distributed's
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 def test_fit_of_a_truncated_run_is_one_error_line_without_worker_tracebacks(runs, tmp_path, processes):
     env = _environment(DASK_DASKGLM__THREADS_BELOW="0" if processes else "1 GiB")

@@ -127,6 +127,7 @@ def _info(path: Path):
 # --------------------------------------------------------------------------- list
 
 
+@pytest.mark.slow
 def test_list_shows_each_store_its_source_fits_and_the_total(cache, small_run, template):
     stores = stores_in(cache)
     before = snapshot(cache.parent)
@@ -162,6 +163,7 @@ def test_list_shows_each_store_its_source_fits_and_the_total(cache, small_run, t
     assert snapshot(cache.parent) == before
 
 
+@pytest.mark.slow
 def test_list_says_when_a_source_is_gone_and_a_store_is_incomplete(cache, template, tmp_path):
     stores = stores_in(cache)
     source = template / "sources" / "copy.nii"  # shared by the tests: put back below
@@ -181,6 +183,7 @@ def test_list_says_when_a_source_is_gone_and_a_store_is_incomplete(cache, templa
 # --------------------------------------------------------------------------- remove
 
 
+@pytest.mark.slow
 def test_remove_older_than_removes_only_stores_unused_that_long(cache):
     stores = stores_in(cache)
     set_last_used(stores["model"], 10)
@@ -198,6 +201,7 @@ def test_remove_older_than_removes_only_stores_unused_that_long(cache):
     assert daskglm("remove", "--older-than", "soon", cache=cache).returncode == 2
 
 
+@pytest.mark.slow
 def test_remove_source_removes_the_stores_of_that_file(cache, small_run):
     stores = stores_in(cache)
     keep = snapshot(cache.parent, skip=(stores["gz"],))
@@ -212,6 +216,7 @@ def test_remove_source_removes_the_stores_of_that_file(cache, small_run):
     assert (cache.parent / "outside" / "linked.zarr" / "zarr.json").exists()
 
 
+@pytest.mark.slow
 def test_remove_all_dry_run_then_all(cache):
     stores = stores_in(cache)
     before = snapshot(cache.parent)
@@ -231,6 +236,7 @@ def test_remove_all_dry_run_then_all(cache):
     assert daskglm("list", cache=cache).stdout.strip() == f"total: 0 stores, 0 B in {cache}"
 
 
+@pytest.mark.slow
 def test_remove_needs_a_selection(cache):
     before = snapshot(cache.parent)
     for args, why in ((["remove"], "say which stores to remove: --all, --older-than"),
@@ -242,6 +248,7 @@ def test_remove_needs_a_selection(cache):
     assert snapshot(cache.parent) == before
 
 
+@pytest.mark.slow
 def test_a_store_in_use_is_skipped(cache):
     stores = stores_in(cache)
     held = snapshot(stores["gz"])

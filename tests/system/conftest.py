@@ -1,13 +1,26 @@
-"""Fixtures of the end-to-end tests on real ``dask scheduler`` / ``dask worker`` processes
+"""The end-to-end and infrastructure tests: every test of this folder is ``slow`` (marked here, once),
+and the fixtures of the tests on real ``dask scheduler`` / ``dask worker`` processes
 (test_distributed.py, test_faults.py): FIAC-shaped runs and their in-process reference results.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from helpers import N_SCANS, cluster_model, fit_and_maps, model_stores
+
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything here runs the whole stack on real components (processes, clusters, a browser,
+    Slurm, S3, notebooks): ``slow``, out of ``pytest -m "not slow"``."""
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="module")

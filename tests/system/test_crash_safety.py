@@ -47,8 +47,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
-
 SHAPE, N_SCANS = (20, 24, 16), 64
 CHUNKS = {"t_chunk": 8, "v_chunk": 600}
 N_TIME_BLOCKS = -(-N_SCANS // CHUNKS["t_chunk"])  # 8 blocks of volumes per run

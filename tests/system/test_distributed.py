@@ -53,7 +53,7 @@ from helpers import no_local_compute  # dask's local schedulers raise inside
 
 # The cluster is in tests/helpers.py, the runs and the reference results in tests/system/conftest.py
 # (shared with test_faults.py).
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_blas_thread")]
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 MiB = 2**20
 

@@ -41,7 +41,7 @@ from helpers import (
 )
 from daskglm.store.zarrio import StoreIncompleteError, open_run
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_blas_thread")]
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 # The task wrappers below are defined here and run on the workers, which cannot
 # import this test module: pickle them (and what they use from here) by value.

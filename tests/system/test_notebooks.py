@@ -52,7 +52,6 @@ def _text(notebook) -> str:
     return "\n".join(chunks)
 
 
-@pytest.mark.slow
 def test_two_runs_model_notebook(tmp_path, monkeypatch):
     notebook = _execute("two_runs_model", tmp_path, monkeypatch, workdir=tmp_path)
     text = _text(notebook)
@@ -66,7 +65,6 @@ def test_two_runs_model_notebook(tmp_path, monkeypatch):
     assert f"data, stores and report kept in {tmp_path}" in text  # DASKGLM_NOTEBOOK_DIR was set
 
 
-@pytest.mark.slow
 def test_connect_to_cluster_notebook(tmp_path, monkeypatch):
     # The task table, as data: its columns, rows and total against the task stream.
     probe = ("import json\nprint(json.dumps({'kinds': [str(k) for k in per_worker.columns], "
@@ -95,7 +93,6 @@ def test_connect_to_cluster_notebook(tmp_path, monkeypatch):
     assert (tmp_path / "stores").is_dir() and f"data and stores kept in {tmp_path}" in text
 
 
-@pytest.mark.slow
 def test_group_analysis_notebook(tmp_path, monkeypatch):
     notebook = _execute("group_analysis", tmp_path, monkeypatch, workdir=tmp_path)
     text = _text(notebook)
@@ -118,7 +115,6 @@ def _processes_with(variable: str, value: str) -> list:
     return found
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["two_runs_model", "connect_to_cluster", "group_analysis"])
 def test_notebook_cleans_up(name, tmp_path, monkeypatch):
     """Without DASKGLM_NOTEBOOK_DIR a notebook works in a temporary folder it makes and removes at the end.

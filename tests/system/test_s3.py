@@ -146,7 +146,6 @@ def test_missing_and_incomplete_stores_on_s3(s3, fiac):
         open_run(url, storage_options=options)
 
 
-@pytest.mark.slow
 def test_two_run_model_on_s3_equals_local(s3, fiac, tmp_path, cluster_client):
     """Ingest, fit, reopen the fit, compute contrasts, write maps: all on S3, on worker processes."""
     options, fs = s3["options"], s3["fs"]
@@ -208,7 +207,6 @@ def test_two_run_model_on_s3_equals_local(s3, fiac, tmp_path, cluster_client):
         np.testing.assert_array_equal(back.affine, expected[name][key].affine)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nii.gz", "nii"])
 def test_inputs_on_s3(s3, fiac, tmp_path, cluster_client, kind):
     """Runs and masks addressed by s3:// URLs, read by the workers (indexed_gzip over fsspec for .gz)."""
@@ -239,7 +237,6 @@ def test_inputs_on_s3(s3, fiac, tmp_path, cluster_client, kind):
     np.testing.assert_array_equal(ds["bold"].values, ref["bold"].values)
 
 
-@pytest.mark.slow
 def test_model_with_inputs_on_s3(s3, fiac, tmp_path, cluster_client):
     options, fs = s3["options"], s3["fs"]
     urls = []

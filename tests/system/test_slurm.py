@@ -29,8 +29,6 @@ import pandas as pd
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
-
 DEPLOY_SLURM = Path(__file__).resolve().parents[2] / "deploy" / "slurm"
 PARTITION = "daskglm"
 MARKER = "DASKGLM_SLURM_TEST"  # in the environment of every process the test starts

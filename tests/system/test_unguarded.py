@@ -21,8 +21,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
-
 #: The analysis, at the top level of the script (nilearn-style).
 ANALYSIS = '''
 import os
