@@ -207,14 +207,15 @@ def test_scheduler_killed_mid_fit_is_one_error_line_from_the_cli(tiny, slow_clus
     try:
         wait_for(cluster.flag, proc)
         cluster.kill("scheduler")
-        killed = time.monotonic()
-        out, err = proc.communicate(timeout=GIVE_UP)
+        try:
+            out, err = proc.communicate(timeout=GIVE_UP)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"daskglm fit still runs {GIVE_UP} s after its scheduler was killed")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
         cluster.kill("worker-0")  # still in its sleeping fit block
-    assert time.monotonic() - killed < GIVE_UP
     assert proc.returncode == 1, (out, err)
     assert "Traceback" not in err, err
     lines = err.splitlines()
@@ -362,17 +363,17 @@ def test_an_unreachable_scheduler_is_one_line_within_the_connect_timeout(tiny, t
     design = tmp_path / "design.tsv"
     tiny["design"].to_csv(design, sep="\t", index=False)
     env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "daskglm", "fit", str(tiny["run"]), "--design-matrix", str(design),
-                           "--mask", str(tiny["mask"]), "--contrast", "c=1" + ",0" * 12, "--out", str(tmp_path / "out"),
-                           "--store", str(tmp_path / "stores"), "--scheduler", address],
-                          capture_output=True, text=True, timeout=60, env=env)
-    elapsed = time.monotonic() - start
+    try:  # 20 s: the 5 s connect timeout and the command's start, not distributed's 30 s
+        proc = subprocess.run([sys.executable, "-m", "daskglm", "fit", str(tiny["run"]), "--design-matrix",
+                               str(design), "--mask", str(tiny["mask"]), "--contrast", "c=1" + ",0" * 12, "--out",
+                               str(tmp_path / "out"), "--store", str(tmp_path / "stores"), "--scheduler", address],
+                              capture_output=True, text=True, timeout=20, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"daskglm fit still waits for {address} after 20 s: daskglm.connect-timeout (5 s) not applied")
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("daskglm: error:"), proc.stderr
     assert address in lines[0] and "daskglm.connect-timeout" in lines[0], lines[0]
-    assert elapsed < 20, elapsed
     assert not (tmp_path / "stores").exists() and not list((tmp_path / "out").glob("*.nii.gz"))
 
 
