@@ -49,6 +49,15 @@ def _slow(x, seconds=0.2):
     return x
 
 
+def _slow_unless(x, seconds: float, stop: str):
+    """:func:`_slow`, cut short once the file ``stop`` exists: a worker thread cannot be interrupted, so a
+    cancelled task would otherwise keep its (shared) worker busy for the next tests."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not os.path.exists(stop):
+        time.sleep(0.05)
+    return x
+
+
 def _attempt(path: str, error: str | None, times: int = 10**6, value: int = 1):
     """Append a line to ``path``; raise ``error`` (an exception's name) the first ``times`` attempts."""
     with open(path, "a") as fh:
@@ -231,18 +240,22 @@ def test_a_transient_error_is_retried_and_the_work_completes(cluster_client, tmp
 
 def test_a_bad_input_is_raised_when_it_fails_not_after_the_rest(cluster_client, tmp_path):
     outcome: dict = {}
+    done = tmp_path / "done"
 
     def run() -> None:
         try:
-            compute(dask.delayed(_slow, pure=False)(0, 30.0),  # on one of the two workers
+            compute(dask.delayed(_slow_unless, pure=False)(0, 30.0, str(done)),  # on one of the two workers
                     dask.delayed(_attempt, pure=False)(str(tmp_path / "n"), "ValueError"), client=cluster_client)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             outcome["error"] = exc
 
     computing = threading.Thread(target=run, daemon=True)
     computing.start()
-    computing.join(20)  # the sleeping task (30 s) is cancelled, not waited for
-    assert not computing.is_alive(), "compute still runs 20 s after the bad input failed: it waits for the rest"
+    try:
+        computing.join(20)  # the sleeping task (30 s) is cancelled, not waited for
+        assert not computing.is_alive(), "compute still runs 20 s after the bad input failed: it waits for the rest"
+    finally:
+        done.touch()  # the sleeping task ends: its worker is free for the next tests
     error = outcome.get("error")
     assert isinstance(error, ValueError) and re.search("simulated ValueError", str(error)), repr(error)
 
