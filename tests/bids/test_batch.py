@@ -16,9 +16,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_same_statistical_maps, parse_report
 from nilearn.glm import save_glm_to_bids
 from nilearn.glm.first_level import first_level_from_bids as nilearn_from_bids
-from helpers import assert_same_statistical_maps, parse_report
 
 from daskglm.bids.batch import BatchResult, _prepare_contrasts, run_batch
 from daskglm.bids.subject import MARKER
@@ -93,7 +93,8 @@ def test_outputs_match_nilearn(bids, tmp_path: Path, stores: Path) -> None:
                 peaks.append(np.abs(b).max())
     assert max(peaks) > 3, peaks  # maps with signal
     mask = f"{stem}_mask.nii.gz"
-    np.testing.assert_array_equal(nib.load(sub_ours / mask).get_fdata() > 0, nib.load(sub_nilearn / mask).get_fdata() > 0)
+    np.testing.assert_array_equal(nib.load(sub_ours / mask).get_fdata() > 0,
+                                  nib.load(sub_nilearn / mask).get_fdata() > 0)
     for run in (1, 2):
         design = f"sub-02_task-{TASK}_run-{run}_space-MNI152NLin2009cAsym_design"
         pd.testing.assert_frame_equal(pd.read_csv(sub_ours / f"{design}.tsv", sep="\t"),

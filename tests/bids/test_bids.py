@@ -149,7 +149,8 @@ def test_derivatives_mask_is_per_subject(bids, tmp_path: Path) -> None:
             f"sub-02_task-language_run-{run}_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz")
         img = nib.load(path)
         nib.save(nib.Nifti1Image(keep.astype(np.uint8), img.affine), path)
-    (root / DERIV / "sub-03" / "func" / "sub-03_task-language_run-2_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz").unlink()
+    (root / DERIV / "sub-03" / "func"
+     / "sub-03_task-language_run-2_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz").unlink()
     with pytest.warns(UserWarning, match="1 mask files found for 2 bold files"):
         models, *_ = first_level_from_bids(root, "language", derivatives_folder=DERIV, mask_img="derivatives")
     masks = [np.asanyarray(m.mask_img.dataobj).astype(bool) for m in models]
@@ -179,8 +180,8 @@ def test_errors_are_clear(bids, tmp_path: Path) -> None:
     models, *_ = first_level_from_bids(bids.root, "language", derivatives_folder=DERIV, n_jobs=2,
                                        memory_level=2, memory=str(tmp_path / "cache"))
     assert len(models) == 3
-    assert all(m.n_jobs == 2 and m.memory_level == 2 and str(getattr(m.memory, "location", m.memory)) == str(tmp_path / "cache")
-               for m in models)
+    assert all(m.n_jobs == 2 and m.memory_level == 2
+               and str(getattr(m.memory, "location", m.memory)) == str(tmp_path / "cache") for m in models)
 
 
 def test_signature_mirrors_nilearn() -> None:

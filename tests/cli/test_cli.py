@@ -14,9 +14,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_same_statistical_maps, parse_report, report_page
 from nilearn.glm import save_glm_to_bids
 from nilearn.glm.first_level import FirstLevelModel as NilearnModel
-from helpers import assert_same_statistical_maps, parse_report, report_page
 
 from daskglm.cli.main import WALKTHROUGH_CONTRASTS, build_parser
 from daskglm.datasets.fiac import load_fiac_design_matrix

@@ -89,8 +89,8 @@ def test_weights_that_do_not_match_the_design_list_its_columns(fiac):
     data, root = fiac
     out = root / "short"
     proc = _run(["fit", str(data["func1"]), "--events", str(data["events1"]), "--t-r", "2.5",
-                 "--mask", str(data["mask"]), "--contrast", "DSt_minus_SSt=-1,-1,1,1", "--out", str(out), "--store", str(root / "stores-short"),
-                 "--scheduler", "sync"], root)
+                 "--mask", str(data["mask"]), "--contrast", "DSt_minus_SSt=-1,-1,1,1", "--out", str(out),
+                 "--store", str(root / "stores-short"), "--scheduler", "sync"], root)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("daskglm: error: contrast 'DSt_minus_SSt' has 4 weights but "
@@ -157,7 +157,8 @@ def test_readme_python_examples_run_as_written_and_show_their_contrasts(tmp_path
     }
     script = ["import json, numpy as np, nibabel as nib", "from daskglm import to_nifti", "_c = {}",
               "def _blobs(img):\n    t = np.load(data['truth']); z = np.asarray(img.dataobj)\n"
-              "    return {n: float(z[tuple(c)]) for n, c in zip(t['blob_names'].tolist(), t['blob_centers'].tolist())}"]
+              "    return {n: float(z[tuple(c)])"
+              " for n, c in zip(t['blob_names'].tolist(), t['blob_centers'].tolist())}"]
     seen = []
     for block in blocks:
         script.append(block)

@@ -19,8 +19,8 @@ from nilearn.interfaces.bids import get_bids_files, parse_bids_filename
 from scipy import stats
 
 from daskglm.datasets import fiac as datasets  # its run generator, interrupted below
-from daskglm.datasets.fiac import CONDITIONS, fiac_design_matrix
 from daskglm.datasets.bids_sim import simulate_bids
+from daskglm.datasets.fiac import CONDITIONS, fiac_design_matrix
 
 SMALL = {"shape": (12, 14, 10), "n_scans": 100}
 SPACE = "MNI152NLin2009cAsym"
@@ -153,7 +153,8 @@ def test_truth_is_what_the_data_hold(tmp_path: Path) -> None:
     assert group == 0.03 and list(truth["subject_labels"]) == data.subjects
     effects = truth["subject_effect_sizes"]
     for index, (seed, effect) in enumerate(zip(truth["subject_seeds"], effects), start=1):
-        rng = np.random.default_rng(np.random.SeedSequence([0, 10, index]))  # the documented draw: seed, then effect = group + sd * N(0, 1)
+        # the documented draw: seed, then effect = group + sd * N(0, 1)
+        rng = np.random.default_rng(np.random.SeedSequence([0, 10, index]))
         assert rng.integers(0, 2**31 - 1) == seed and effect == group + 0.01 * rng.standard_normal()
     mask = truth["mask"].astype(bool)
     unit = pattern[:4].sum(axis=0)[mask]  # the contrast's true effect for an effect size of 1
@@ -270,7 +271,8 @@ def _validator() -> list[str] | None:
     return [sys.executable, "-c", "import sys; from bids_validator_deno import cli; sys.exit(cli())"]
 
 
-@pytest.mark.skipif(_validator() is None, reason="the BIDS validator (pip install bids-validator-deno) is not installed")
+@pytest.mark.skipif(_validator() is None,
+                    reason="the BIDS validator (pip install bids-validator-deno) is not installed")
 @pytest.mark.parametrize("folder", ["", DERIV, "derivatives/simulation"])
 def test_bids_validator_reports_no_error(bids: datasets.Bunch, folder: str) -> None:
     out = subprocess.run([*_validator(), "--format", "json", os.path.join(bids.root, folder)],

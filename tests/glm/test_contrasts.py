@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from daskglm.kernels import stats as _stats
 from daskglm.glm import contrasts as contrasts_mod
 from daskglm.glm.contrasts import combine_contrasts, contrast_dataset, run_contrast
+from daskglm.kernels import stats as _stats
 
 P, N_LABELS, N_VOXELS = 6, 9, 1000
 

@@ -9,13 +9,13 @@ import dask
 import dask.array
 import numpy as np
 import pytest
+from helpers import TaskCounter
 from nilearn.glm.first_level import mean_scaling, run_glm
 from nilearn.maskers import NiftiMasker
 
-from helpers import TaskCounter
 from daskglm.glm.fit import fit_run
-from daskglm.store.ingest import ingest_run
 from daskglm.glm.fitstore import open_fit, save_fit
+from daskglm.store.ingest import ingest_run
 from daskglm.store.zarrio import open_run
 
 
@@ -276,8 +276,7 @@ def test_save_fits_is_one_computation_equal_to_save_fit(fiac_small, tmp_path, mo
 
 
 def test_save_fits_budget_and_bad_budget(fiac_small, tmp_path):
-    from daskglm.glm.fitstore import fit_memory_bytes, fit_nbytes
-    from daskglm.glm.fitstore import save_fits
+    from daskglm.glm.fitstore import fit_memory_bytes, fit_nbytes, save_fits
 
     stores, fits = _two_stores(fiac_small, tmp_path)
     total = sum(fit_nbytes(f) for f in fits)
@@ -319,7 +318,6 @@ def test_save_fits_waits_for_every_store_lock(fiac_small, tmp_path):
     import time
 
     from daskglm.glm.fitstore import save_fits
-
     from daskglm.store.locks import store_lock
 
     stores, fits = _two_stores(fiac_small, tmp_path)
@@ -428,8 +426,8 @@ def test_short_run_labels_beyond_one_through_fit_run_stores_and_contrasts(tmp_pa
     """A run of 8 scans: nilearn's AR(1) labels reach below -1 (its FirstLevelModel uses them as they
     are). fit_run tabulates cov on ar1_grid(bins, 8), label_index indexes it, the stored fit (in memory
     or lazy) and its contrasts give nilearn's maps."""
-    from daskglm.kernels import ar1_moments as _ar1_moments
     from daskglm.glm.fitstore import save_fits
+    from daskglm.kernels import ar1_moments as _ar1_moments
 
     n = 8
     rng = np.random.default_rng(7)
@@ -484,7 +482,7 @@ def test_fewer_scans_than_columns_through_fit_run_as_first_level_model(tmp_path,
             warnings.simplefilter("ignore", RuntimeWarning)  # n == p: the warning checked above
             ours = _our_contrasts(fit_run(ds, X, noise_model=noise_model) if noise_model == "ar1" else fit,
                                   contrasts)
-        for (con, kind), got, ref in zip(contrasts, ours, refs):
+        for (_con, kind), got, ref in zip(contrasts, ours, refs):
             if kind == "t" or noise_model == "ols":  # an F effect of AR(1) depends on its (noise) labels
                 np.testing.assert_allclose(got["effect_size"], ref["effect_size"], rtol=1e-5, atol=1e-6)
             assert np.all(np.isnan(got["p_value"])) and np.all(np.isnan(ref["p_value"]))

@@ -9,10 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
+from helpers import TaskCounter
 from nilearn.glm.contrasts import compute_fixed_effects as nilearn_fixed_effects
 from nilearn.maskers import NiftiMasker
 
-from helpers import TaskCounter
 from daskglm.glm.fixed_effects import compute_fixed_effects, fixed_effects_dataset
 from daskglm.io.slabs import plane_blocks
 
@@ -87,7 +87,7 @@ def test_blocks_are_whole_planes(maps):
     assert ds.sizes["voxel"] == maps["mask"].sum() and len(ds.effect.data.chunks[0]) > 3
     i = ds.coords["i"].values
     bounds = np.cumsum((0,) + ds.effect.data.chunks[0])
-    for start, stop in zip(bounds[:-1], bounds[1:]):  # no x-plane is split between two blocks
+    for _start, stop in zip(bounds[:-1], bounds[1:]):  # no x-plane is split between two blocks
         assert stop == len(i) or i[stop - 1] != i[stop]
     mask = np.zeros((6, 4, 4), bool)
     mask[0, 0, :2] = mask[2] = mask[3, :1] = mask[5, 1, 1] = True  # 2, 16, 4, 1 voxels per plane
@@ -245,7 +245,8 @@ def test_bad_inputs_are_named(maps, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"variance_imgs\[1\] not found: .*nope.nii"):
         run(v=[var[0], str(tmp_path / "nope.nii"), var[2]])
     other = _save(tmp_path / "other_shape.nii", np.zeros(SHAPE[:2] + (10,)), affine)
-    with pytest.raises(ValueError, match=r"contrast_imgs\[2\] \(.*other_shape.nii'\) is on another grid.*\(12, 14, 10\)"):
+    with pytest.raises(ValueError,
+                       match=r"contrast_imgs\[2\] \(.*other_shape.nii'\) is on another grid.*\(12, 14, 10\)"):
         run(c=con[:2] + [other])
     shifted = _save(tmp_path / "shifted.nii", np.ones(SHAPE), affine + _shift(2.0))
     with pytest.raises(ValueError, match=r"variance_imgs\[0\] \(.*shifted.nii'\) is on another grid"):
@@ -253,7 +254,8 @@ def test_bad_inputs_are_named(maps, tmp_path):
     four_d = _save(tmp_path / "var4d.nii", np.ones(SHAPE + (2,)), affine)
     with pytest.raises(ValueError, match=r"variance_imgs\[1\] .*var4d.nii.* is 4D with 2 volumes"):
         run(v=[var[0], four_d, var[2]])
-    with pytest.raises(ValueError, match=r"contrast_imgs\[1\] .*con1.nii.* has 1 volumes but contrast_imgs\[0\] .*var4d.nii.* has 2"):
+    with pytest.raises(ValueError, match=r"contrast_imgs\[1\] .*con1.nii.* has 1 volumes "
+                                         r"but contrast_imgs\[0\] .*var4d.nii.* has 2"):
         run(c=[four_d] + con[1:])
     five_d = _save(tmp_path / "five.nii", np.ones(SHAPE + (2, 2)), affine)
     with pytest.raises(ValueError, match=r"five.nii.*must be a 3D image.*\(12, 14, 9, 2, 2\)"):

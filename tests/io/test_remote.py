@@ -11,9 +11,8 @@ import uuid
 import fsspec
 import pytest
 
-from daskglm.io import remote as _remote
-
 from daskglm.io import nifti
+from daskglm.io import remote as _remote
 
 
 @pytest.mark.parametrize(("path", "expected"), [

@@ -19,7 +19,6 @@ from daskglm.kernels import regression as K
 from daskglm.kernels import scaling as Sc
 
 
-
 def drift_design(rng: np.random.Generator, n: int, p: int) -> np.ndarray:
     """Event regressors, cosine drifts and an intercept, columns on very different scales (as nilearn's)."""
     t = np.arange(n)

@@ -10,9 +10,9 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import RTOL, N, P, V, assert_close, dataset, simulate
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from helpers import RTOL, N, P, V, assert_close, dataset, simulate
 
 from daskglm.kernels import covariances as C
 from daskglm.kernels import regression as K

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from nilearn.image.image import smooth_array
 
 from daskglm.kernels import smoothing as _smoothing
-
 from daskglm.kernels import volume as _volume
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nilearn.glm.regression import ARModel
 from helpers import N, assert_close, dataset  # the kernels' simulated blocks
+from nilearn.glm.regression import ARModel
 
 from daskglm.kernels import whitening as Wh
 

@@ -48,8 +48,8 @@ from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 from sklearn.exceptions import NotFittedError
 
 from daskglm import FirstLevelModel
-from daskglm.store.zarrio import STORE_FORMAT, StoreIncompleteError, open_run
 from daskglm.store.ingest import ingest_run
+from daskglm.store.zarrio import STORE_FORMAT, StoreIncompleteError, open_run
 
 T_R = 2.5
 N_SCANS = 40

@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TaskCounter
 from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 
-from helpers import TaskCounter
 from daskglm.models.first_level import FirstLevelModel
 
 N_COLUMNS = 13
@@ -55,8 +55,9 @@ def _models(fiac, noise_model, fwhm):
 @pytest.mark.slow
 @pytest.mark.parametrize("noise_model,fwhm", [("ols", 5.0), ("ar1", 5.0), ("ar1", None), ("ar2", 5.0)])
 def test_walkthrough_matches_nilearn(fiac, noise_model, fwhm):
-    from daskglm.glm.fixed_effects import compute_fixed_effects
     from nilearn.glm.contrasts import compute_fixed_effects as nilearn_fixed_effects
+
+    from daskglm.glm.fixed_effects import compute_fixed_effects
 
     ours, theirs = _models(fiac, noise_model, fwhm)
     runs, designs = fiac["runs"], fiac["designs"]
@@ -192,8 +193,8 @@ def test_fit_reads_headers_once_and_computes_once(fiac, monkeypatch):
     import nibabel
 
     import daskglm.glm.fitstore
-    import daskglm.models.first_level
     import daskglm.io.nifti
+    import daskglm.models.first_level
     import daskglm.store.ingest
 
     model, _ = _models(fiac, "ols", None)
@@ -213,7 +214,8 @@ def test_fit_reads_headers_once_and_computes_once(fiac, monkeypatch):
 
     monkeypatch.setattr(daskglm.io.nifti, "load_image", counted_image)
     monkeypatch.setattr(daskglm.models.first_level, "load_image", counted_image)
-    monkeypatch.setattr(daskglm.glm.fitstore, "compute", lambda *a, **k: computes.append(len(a)) or real_compute(*a, **k))
+    monkeypatch.setattr(daskglm.glm.fitstore, "compute",
+                        lambda *a, **k: computes.append(len(a)) or real_compute(*a, **k))
     monkeypatch.setattr(daskglm.store.ingest, "compute", lambda *a, **k: computes.append(("store", len(a))))
     model.fit(fiac["runs"], design_matrices=fiac["designs"])
     # the stores are reused: nothing ingested; and so are the fits of the same design and options
@@ -276,11 +278,11 @@ def test_voxelwise_needs_minimize_memory_false_but_lazy_always_works(fiac):
         warnings.simplefilter("ignore")
         model.fit(fiac["runs"][0], design_matrices=fiac["designs"][0])
     with pytest.raises(AttributeError, match="minimize_memory"):
-        model.residuals_
+        _ = model.residuals_
     # nilearn's deprecated name, with nilearn 0.14.1's own message (which names 'residuals_' for all three)
     with pytest.warns(FutureWarning, match="residuals' is deprecated.\n It will be removed in Nilearn 0.16.0.\n"
                                            "Use 'residuals_' instead."), pytest.raises(AttributeError):
-        model.predicted
+        _ = model.predicted
     (lazy,) = model.voxelwise("residuals")
     assert lazy.dims == ("time", "voxel") and lazy.chunks is not None  # dask-backed, not computed
     # Oracle: per-voxel least squares on the scaled signal read from the store.

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 from nilearn.maskers import NiftiMasker
+from nilearn_checks import nilearn_checks, run_on_volume_data
 from sklearn.base import clone
 
 import daskglm
 from daskglm.models.first_level import FirstLevelModel
-from nilearn_checks import nilearn_checks, run_on_volume_data
 
 SHAPE = (7, 8, 9)
 N_SCANS = 12

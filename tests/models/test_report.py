@@ -67,7 +67,8 @@ def _models(fiac: dict, noise_model: str) -> tuple[FirstLevelModel, object]:
 
 def _message(warning: warnings.WarningMessage) -> tuple[str, str]:
     """A warning's category and text, numbers to 4 significant digits (thresholds quoted from the maps)."""
-    text = re.sub(r"-?\d+\.\d+(e[-+]?\d+)?", lambda m: f"{float(m.group()):.4g}", " ".join(str(warning.message).split()))
+    text = re.sub(r"-?\d+\.\d+(e[-+]?\d+)?", lambda m: f"{float(m.group()):.4g}",
+                  " ".join(str(warning.message).split()))
     return warning.category.__name__, text
 
 

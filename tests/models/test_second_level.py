@@ -11,10 +11,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TaskCounter
 from nilearn.glm.second_level import SecondLevelModel as NilearnModel
 from scipy.ndimage import gaussian_filter
 
-from helpers import TaskCounter
 import daskglm
 from daskglm.glm import contrasts
 from daskglm.models import second_level
@@ -195,8 +195,8 @@ def test_dataframe_input_equals_nilearn(maps):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         selected = frame[frame["map_name"] == "faces"]
-        expected = NilearnModel().fit(selected, confounds=confounds).compute_contrast("age", first_level_contrast="faces",
-                                                                                   output_type="all")
+        expected = NilearnModel().fit(selected, confounds=confounds).compute_contrast(
+            "age", first_level_contrast="faces", output_type="all")
     model = SecondLevelModel(client="threads", v_chunk=120).fit(selected, confounds=confounds)
     assert list(model.design_matrix_.columns) == ["age", "intercept"]
     _assert_same(model.compute_contrast("age", first_level_contrast="faces", output_type="all"), expected)
@@ -273,7 +273,8 @@ def test_graph_is_lazy_and_no_task_holds_all_maps(maps, first_level, kind, tmp_p
     con, first = ("intercept", "SStSSp") if kind.endswith("models") else ("group_a - group_b", None)
     first_level_blocks = []  # each first-level contrast block is computed once, whatever the slabs
     real_block = contrasts._contrast_block
-    monkeypatch.setattr(contrasts, "_contrast_block", lambda *a, **k: first_level_blocks.append(1) or real_block(*a, **k))
+    monkeypatch.setattr(contrasts, "_contrast_block",
+                        lambda *a, **k: first_level_blocks.append(1) or real_block(*a, **k))
     with TaskCounter() as counter:
         ds = model.contrast_dataset(con, first_level_contrast=first)
     assert counter.started == 0
@@ -516,8 +517,8 @@ def test_bad_inputs_are_clear(maps, first_level, tmp_path):
         fit([_make_surface_img(1), _make_surface_img(1)], dm[:2])
 
     model = fit(mask_img=maps["mask_path"])
-    with pytest.raises(ValueError, match=r"(?s)name 'group_c' is not defined.*Available matrix columns are: \['group_a', "
-                                         r"'group_b'\]"):
+    with pytest.raises(ValueError, match=r"(?s)name 'group_c' is not defined.*"
+                                         r"Available matrix columns are: \['group_a', 'group_b'\]"):
         model.compute_contrast("group_a - group_c")
     with pytest.raises(ValueError, match="No second-level contrast is specified"):
         model.compute_contrast()

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from nilearn.glm.second_level import SecondLevelModel as NilearnModel
+from nilearn_checks import nilearn_checks, run_on_volume_data, volume_data
 from sklearn.base import clone
 
 import daskglm
 from daskglm.models.second_level import SecondLevelModel
-from nilearn_checks import nilearn_checks, run_on_volume_data, volume_data
 
 SHAPE = (9, 10, 8)
 N_MAPS = 6

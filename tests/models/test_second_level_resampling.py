@@ -15,14 +15,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TaskCounter
 from nilearn.glm.second_level import SecondLevelModel as NilearnModel
 from nilearn.image import resample_img
 from scipy.ndimage import gaussian_filter
 
-from helpers import TaskCounter
-from daskglm.models import second_level_inputs as _second_level_inputs
-from daskglm.models import second_level
 from daskglm.kernels.group import SPLINE_MARGIN, source_planes
+from daskglm.models import second_level
+from daskglm.models import second_level_inputs as _second_level_inputs
 from daskglm.models.second_level import SecondLevelModel
 
 SHAPE = (80, 12, 10)  # long along x: slabs of x-planes are much smaller than a map

@@ -24,10 +24,10 @@ import os
 import types
 from typing import Any
 
-import pytest
-
 import nilearn.conftest as _nilearn_conftest
 import nilearn.glm.tests.conftest as _nilearn_glm_conftest
+import pytest
+
 from nilearn_suite.expected_failures import EXPECTED_FAILURES, SURFACE
 from nilearn_suite.nilearn_redirect import REDIRECTED, daskglm_objects
 

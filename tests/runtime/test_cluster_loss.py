@@ -33,8 +33,8 @@ import dask
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import real_cluster
+
 from daskglm.runtime.cluster import (
     ClusterLostError,
     NoWorkersError,

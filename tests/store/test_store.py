@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from nilearn.masking import compute_epi_mask
 from nilearn.maskers import NiftiMasker
+from nilearn.masking import compute_epi_mask
 
 from daskglm.store import ingest as store_mod
-from daskglm.store.zarrio import StoreIncompleteError, open_run
 from daskglm.store.ingest import ingest_run
+from daskglm.store.zarrio import StoreIncompleteError, open_run
 
 
 def masker_reference(run, mask, fwhm):

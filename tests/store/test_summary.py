@@ -13,8 +13,8 @@ import pytest
 from nilearn.image import mean_img
 
 import daskglm.runtime.plan
-from daskglm.store import summary as _summary
 from daskglm.io.nifti import inspect_run
+from daskglm.store import summary as _summary
 
 SHAPE = (10, 9, 8, 23)
 

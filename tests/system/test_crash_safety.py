@@ -397,8 +397,8 @@ def test_killed_during_the_fit_is_refitted(fiac, reference, tmp_path, when):
     """SIGKILL half-way through writing the glm groups (both runs' fits are one computation, after
     both runs are ingested), early or late: open_fit refuses both; the rerun reuses both complete
     stores (no block read) and rewrites the fits."""
-    from daskglm.store.zarrio import StoreIncompleteError, open_run
     from daskglm.glm.fitstore import open_fit
+    from daskglm.store.zarrio import StoreIncompleteError, open_run
 
     per_run = _n_glm_chunks(reference, fiac)
     assert per_run >= 8

@@ -34,22 +34,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-
 from helpers import (
     CHUNKS,
     N_SCANS,
     RealCluster,
     assert_same_maps,
     assert_same_store,
+    no_local_compute,  # dask's local schedulers raise inside
     real_cluster,
 )
 from helpers import cluster_model as _model
 from helpers import executed_tasks as _executed
 from helpers import fit_and_maps as _fit_and_maps
 from helpers import model_stores as _stores
+
 from daskglm.models.first_level import FirstLevelModel
 from daskglm.store.zarrio import StoreIncompleteError, open_run
-from helpers import no_local_compute  # dask's local schedulers raise inside
 
 # The cluster is in tests/helpers.py, the runs and the reference results in tests/system/conftest.py
 # (shared with test_faults.py).

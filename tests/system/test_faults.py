@@ -30,7 +30,6 @@ import dask
 import numpy as np
 import psutil
 import pytest
-
 from helpers import (
     assert_same_maps,
     assert_same_store,
@@ -39,6 +38,7 @@ from helpers import (
     model_stores,
     real_cluster,
 )
+
 from daskglm.store.zarrio import StoreIncompleteError, open_run
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
@@ -105,8 +105,9 @@ def hungry(flag: str, limit: int):
 
 def test_worker_out_of_memory_during_the_fit_is_restarted(cluster_fiac, cluster_reference,
                                                           faulty_cluster, tmp_path, monkeypatch):
-    import daskglm.glm.fit
     from dask.utils import parse_bytes
+
+    import daskglm.glm.fit
 
     fiac, cluster = cluster_fiac, faulty_cluster
     before = wait_for_worker_pids(cluster, 2)

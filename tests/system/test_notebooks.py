@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
-from nbclient import NotebookClient
+from nbclient import NotebookClient  # noqa: E402 - nbclient needs nbformat: imported once it is known installed
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 

@@ -84,8 +84,8 @@ def _frame_document(chrome):
 
 def test_report_renders_offline_in_headless_chromium(chrome, report, tmp_path):
     """The file nilearn's ``save_as_html`` writes, opened with no network: every image decoded, every contrast."""
-    from selenium.webdriver.common.by import By
     from helpers import NILEARN_TEMPLATE_LINKS
+    from selenium.webdriver.common.by import By
 
     path = tmp_path / "report.html"
     report.save_as_html(path)

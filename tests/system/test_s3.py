@@ -20,19 +20,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("moto.server", reason="moto[server] is not installed (the test extra has it)")
-s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (the test extra has it)")
-
 from daskglm.glm import contrasts as contrasts_mod
 from daskglm.glm import design as design_mod
-from daskglm.store import ingest as store_mod
-from daskglm.store.zarrio import open_group
-from daskglm.runtime.cluster import compute
+from daskglm.glm.fitstore import open_fit
 from daskglm.io.maps import load_nifti, save_nifti, to_nifti
 from daskglm.models.first_level import FirstLevelModel
-from daskglm.store.zarrio import StoreIncompleteError, open_run
+from daskglm.runtime.cluster import compute
+from daskglm.store import ingest as store_mod
 from daskglm.store.ingest import ingest_run
-from daskglm.glm.fitstore import open_fit
+from daskglm.store.zarrio import StoreIncompleteError, open_group, open_run
+
+pytest.importorskip("moto.server", reason="moto[server] is not installed (the test extra has it)")
+s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (the test extra has it)")
 
 BUCKET = "daskglm-test"
 CONTRASTS = {"DSt_minus_SSt": np.array([[-1, -1, 1, 1]]), "Effects_of_interest": np.eye(13)[:5]}

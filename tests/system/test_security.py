@@ -19,7 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "daskglm"
 UNSAFE = {
     "pickle.load": re.compile(r"\b(c?pickle|dill|cloudpickle)\.loads?\s*\("),
     "np.load(allow_pickle=True)": re.compile(r"allow_pickle\s*=\s*True"),
-    "zarr object codecs": re.compile(r"object_codec|numcodecs\.(Pickle|JSON|MsgPack|VLenUTF8)|dtype\s*=\s*(object|['\"]O['\"])"),
+    "zarr object codecs": re.compile(r"object_codec|numcodecs\.(Pickle|JSON|MsgPack|VLenUTF8)"
+                                    r"|dtype\s*=\s*(object|['\"]O['\"])"),
     "pandas read_pickle": re.compile(r"read_pickle\s*\("),
 }
 
