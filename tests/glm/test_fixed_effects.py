@@ -211,6 +211,7 @@ def test_dataset_is_lazy_and_reads_files_when_computed(maps, tmp_path):
         ds.stat.compute(scheduler="threads")
 
 
+@pytest.mark.slow
 def test_cluster_gives_identical_results(maps, cluster_client):
     local = compute_fixed_effects(maps["con"], maps["var"], None, True, [20, 40, 60], client="threads",
                                   v_chunk=90)

@@ -126,6 +126,7 @@ def test_image_inputs_equal_nilearn(maps, tmp_path):
         _ours(images[:5] + maps["paths"][5:], dm, "group_a")
 
 
+@pytest.mark.slow
 def test_float32_and_gzipped_maps_equal_nilearn(maps, tmp_path):
     paths = []
     for n, data in enumerate(maps["arrays"]):

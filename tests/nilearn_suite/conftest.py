@@ -12,7 +12,7 @@
   are strict ``xfail``: one that starts passing fails the run, so the list
   stays true.
 * The terminal summary prints the counts (``python -m pytest tests/nilearn_suite``).
-* ``slow``: the suite is, except its cheap modules (:data:`_CHEAP`, a few seconds in all), so that
+* ``slow``: the suite is, except its cheap modules (:data:`_CHEAP`, about a second in all), so that
   ``pytest -m "not slow"`` stays quick.
 """
 
@@ -103,8 +103,8 @@ _LISTED: dict[str, bool] = {}  # node id of each listed expected failure -> whet
 _STALE: list[str] = []
 _OURS: set[str] = set()  # node ids of the applicable tests
 _MODULES = [name for name in os.listdir(_HERE) if name.startswith("test_nilearn_") and name.endswith(".py")]
-#: The modules whose applicable tests take a few seconds in all: not ``slow`` (the others are, as a whole).
-_CHEAP = {"test_nilearn_non_parametric_inference.py", "test_nilearn_second_level.py", "test_nilearn_utils.py"}
+#: The modules whose applicable tests take about a second in all: not ``slow`` (the others are, as a whole).
+_CHEAP = {"test_nilearn_non_parametric_inference.py", "test_nilearn_utils.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

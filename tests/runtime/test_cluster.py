@@ -119,6 +119,7 @@ def _malloc_environ() -> dict:
     return {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")}
 
 
+@pytest.mark.slow
 def test_embedded_cluster_workers_keep_freed_memory_for_the_next_task(monkeypatch):
     """Workers of the embedded cluster start with daskglm's malloc settings, not dask's 64 KiB trim."""
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)

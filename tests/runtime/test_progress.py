@@ -152,6 +152,7 @@ def test_display_terminal_bar(monkeypatch):
 # ------------------------------------------------------------------ compute's progress
 
 
+@pytest.mark.slow  # its work sleeps ~1.5 s, so that the progress has something to show
 @pytest.mark.parametrize("where", ["threads", "distributed"])
 def test_compute_shows_labelled_plain_lines_when_stdout_is_not_a_terminal(where, capsys, cluster_client):
     client = "threads" if where == "threads" else cluster_client
@@ -172,6 +173,7 @@ def test_compute_shows_labelled_plain_lines_when_stdout_is_not_a_terminal(where,
                         capsys.readouterr().out)
 
 
+@pytest.mark.slow  # its work sleeps ~1.5 s, so that the bar is drawn
 @pytest.mark.parametrize("where", ["threads", "distributed"])
 def test_compute_draws_a_labelled_bar_on_a_terminal(where, monkeypatch, cluster_client):
     client = "threads" if where == "threads" else cluster_client
