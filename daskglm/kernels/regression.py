@@ -78,8 +78,8 @@ from .ar1_moments import ar1_labels  # nilearn's AR(1) quantisation, beside its 
 from .lru import LRUCache
 from .scaling import ScalingMode, scale_signal
 from .whitening import (  # nilearn's AR(p) whitening
-    _whiten_inplace,
     whiten,
+    whiten_inplace,
     whitened_pinv,
 )
 
@@ -317,7 +317,7 @@ def _fit_groups(
     # Whiten every voxel at once with its group's coefficients, in group order.
     coeffs_sorted = np.asarray(group_coeffs, dtype=np.float64)[group[sorter]].T  # (order, v)
     wy = np.array(Y, dtype=np.float64) if identity else np.take(Y, sorter, axis=1)
-    _whiten_inplace(wy, coeffs_sorted)
+    whiten_inplace(wy, coeffs_sorted)
     beta = np.empty((X.shape[1], v))
     sigma2 = np.empty(v)
     for g, coeffs in enumerate(group_coeffs):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-__all__ = ["whiten", "whitened_pinv"]
+__all__ = ["whiten", "whiten_inplace", "whitened_pinv"]
 
 
 def whiten(A: np.ndarray, coeffs: np.ndarray | float) -> np.ndarray:
@@ -45,7 +45,7 @@ def whiten(A: np.ndarray, coeffs: np.ndarray | float) -> np.ndarray:
     return out
 
 
-def _whiten_inplace(A: np.ndarray, coeffs: np.ndarray, rows: int = 64) -> None:
+def whiten_inplace(A: np.ndarray, coeffs: np.ndarray, rows: int = 64) -> None:
     """`whiten` of ``A (n, m)`` in place with per-column ``coeffs (order, m)``.
 
     Rows are processed bottom-up in slabs of ``rows`` (cache-sized), each slab

@@ -33,7 +33,7 @@ def test_whiten_inplace_equals_whiten(order, n):
     coeffs = rng.uniform(-0.6, 0.6, (order, 7))
     expected = Wh.whiten(A, coeffs)
     out = A.copy()
-    Wh._whiten_inplace(out, coeffs, rows=16)
+    Wh.whiten_inplace(out, coeffs, rows=16)
     np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
 
 
@@ -45,5 +45,5 @@ def test_orders_beyond_the_scans_whiten_the_lags_there_are():
         rho = rng.uniform(-0.9, 0.9, order)
         np.testing.assert_allclose(Wh.whiten(A, rho), ARModel(A, rho).whiten(A), rtol=1e-15)
         out = A.copy()
-        Wh._whiten_inplace(out, np.repeat(rho[:, None], 3, axis=1))
+        Wh.whiten_inplace(out, np.repeat(rho[:, None], 3, axis=1))
         np.testing.assert_allclose(out, ARModel(A, rho).whiten(A), rtol=1e-15)
