@@ -16,7 +16,7 @@ Each output value is computed with scipy's arithmetic for a symmetric kernel
 w_k`` for ``k = r .. 1``, with the line extended by reflection (scipy's
 default ``mode="reflect"``), and rounded to float32 once per pass. The
 weights are scipy's (``exp(-x^2 / (2 sigma^2))`` normalised, radius
-``int(4 sigma + 0.5)``). tests/test_volume.py checks the result against
+``int(4 sigma + 0.5)``). tests/kernels/test_volume.py checks the result against
 ``gaussian_filter1d`` bit for bit.
 
 numba is optional: :data:`AVAILABLE` is False when it is not installed, and
