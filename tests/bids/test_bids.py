@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_maps_match
 from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 from nilearn.glm.first_level import first_level_from_bids as nilearn_from_bids
 from scipy import ndimage
@@ -44,17 +45,6 @@ def _same(a, b) -> bool:
         return a.location == b.location
     return a == b
 
-
-def assert_maps_match(ours, theirs, noise_model, what=""):
-    """As tests/models/test_model.py: OLS to 1e-5; AR(1) up to voxels whose rho falls on a bin edge."""
-    a, b = np.asarray(ours.get_fdata()), np.asarray(theirs.get_fdata())
-    assert a.shape == b.shape, what
-    if noise_model == "ols":
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-10, err_msg=what)
-    else:
-        diff = np.abs(a - b)
-        assert (diff <= 1e-4).mean() >= 0.999, what
-        assert diff.max() <= 1e-2, what
 
 
 OPTIONS = {

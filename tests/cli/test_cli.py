@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import assert_same_statistical_maps, parse_report, report_page
+from helpers import assert_maps_match, assert_same_statistical_maps, parse_report, report_page
 from nilearn.glm import save_glm_to_bids
 from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 
@@ -49,17 +49,6 @@ def run_cli(*args: str, script: bool = True, env: dict | None = None, timeout: f
 def contrast_options(contrasts: dict = CONTRASTS) -> list[str]:
     return [item for name, (expr, _) in contrasts.items() for item in ("--contrast", f"{name}={expr}")]
 
-
-def assert_maps_match(ours, theirs, noise_model: str, what: str = "") -> None:
-    """As tests/models/test_model.py: AR(1) voxels whose rho lies on a bin edge may fall in the neighbouring bin."""
-    a, b = np.asarray(ours.get_fdata()), np.asarray(theirs.get_fdata())
-    assert a.shape == b.shape, what
-    if noise_model == "ols":
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-10, err_msg=what)
-    else:
-        diff = np.abs(a - b)
-        assert (diff <= 1e-4).mean() >= 0.999, what
-        assert diff.max() <= 1e-2, what
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import TaskCounter
+from helpers import TaskCounter, assert_maps_match
 from nilearn.glm.first_level import FirstLevelModel as NilearnModel
 
 from daskglm.models.first_level import FirstLevelModel
@@ -33,16 +33,6 @@ def fiac(tmp_path_factory, fiac_data):
     return {"data": data, "designs": designs, "runs": [data["func1"], data["func2"]],
             "stores": root / "stores"}
 
-
-def assert_maps_match(ours, theirs, noise_model, what=""):
-    a, b = np.asarray(ours.get_fdata()), np.asarray(theirs.get_fdata())
-    assert a.shape == b.shape, what
-    if noise_model == "ols":
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-10, err_msg=what)
-    else:  # a voxel whose rho lies on a bin edge may fall in the neighbouring bin
-        diff = np.abs(a - b)
-        assert (diff <= 1e-4).mean() >= 0.999, what
-        assert diff.max() <= 1e-2, what
 
 
 def _models(fiac, noise_model, fwhm):
