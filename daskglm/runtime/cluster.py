@@ -101,7 +101,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from .compat import workers_skip_main
+from .compat import retry_futures, workers_skip_main
 from .progress import (
     Display,
     DistributedProgress,
@@ -948,29 +948,8 @@ def _retry(client: Any, erred: list, attempts: dict, retries: int) -> bool:
     for future in erred:
         attempts[future.key] = attempts.get(future.key, 0) + 1
     logger.info("retrying %d task(s) after %s: %s", len(erred), type(errors[0]).__name__, errors[0])
-    _retry_futures(client, erred)
+    retry_futures(client, erred)
     return True
-
-
-def _retry_futures(client: Any, futures: list) -> None:
-    """``client.retry(futures)``, also when the failed task is one under the futures.
-
-    distributed's ``Client.retry`` asks the scheduler to retry the keys (it
-    retries their failed dependencies too) and then looks every key it
-    retried up in the client's futures: a failed task that is not a future of
-    this client (a block read under a run's result) raises ``KeyError`` there,
-    after the scheduler has retried it, with the futures left "error" on the
-    client. The same two steps, skipping keys that are no future of ours.
-    """
-    async def retry() -> None:
-        keys = list({future.key for future in futures})
-        retried = await client.scheduler.retry(keys=keys, client=client.id)
-        for key in retried:
-            state = client.futures.get(key)
-            if state is not None:
-                state.retry()
-
-    client.sync(retry)
 
 
 def _compute_distributed(client: Any, collections: list, retries: int, timeout: float | None,

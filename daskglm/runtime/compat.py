@@ -30,6 +30,15 @@ Failing safe: if distributed renames its worker process, if multiprocessing
 renames its keys or its function, or if anything in the filter raises, the
 preparation data is passed on unchanged, which is distributed's behaviour
 without daskglm.
+
+Retrying the failed tasks of a computation
+------------------------------------------
+
+:func:`retry_futures` is distributed's ``Client.retry`` without its
+``KeyError`` for a failed task that is no future of the client (a block
+read under a run's result): it calls the scheduler's ``retry`` handler and
+the client's future states (``client.scheduler``, ``client.futures``), which
+are distributed's internals.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["NANNY_WORKER_PROCESS_NAME", "MAIN_MODULE_KEYS", "install_main_filter",
-           "main_filter_installed", "workers_skip_main"]
+           "main_filter_installed", "retry_futures", "workers_skip_main"]
 
 #: The ``name`` of the ``multiprocessing.Process`` that distributed's
 #: ``WorkerProcess.start`` (distributed/nanny.py) creates for the worker.
@@ -138,3 +147,24 @@ def workers_skip_main() -> Iterator[bool]:
     finally:
         with _lock:
             _active -= 1
+
+
+def retry_futures(client: Any, futures: list) -> None:
+    """``client.retry(futures)``, also when the failed task is one under the futures.
+
+    distributed's ``Client.retry`` asks the scheduler to retry the keys (it
+    retries their failed dependencies too) and then looks every key it
+    retried up in the client's futures: a failed task that is not a future of
+    this client (a block read under a run's result) raises ``KeyError`` there,
+    after the scheduler has retried it, with the futures left "error" on the
+    client. The same two steps, skipping keys that are no future of ours.
+    """
+    async def retry() -> None:
+        keys = list({future.key for future in futures})
+        retried = await client.scheduler.retry(keys=keys, client=client.id)
+        for key in retried:
+            state = client.futures.get(key)
+            if state is not None:
+                state.retry()
+
+    client.sync(retry)
