@@ -41,14 +41,13 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
-from dask.utils import parse_bytes
 
 from ..runtime.cluster import compute
+from ..runtime.config import config_bytes
 from ..store.locks import store_lock
 from ..store.zarrio import (
     StoreIncompleteError,
@@ -101,17 +100,7 @@ def fit_memory_bytes() -> int:
     ValueError
         The configured value is not a non-negative number of bytes.
     """
-    value = dask.config.get(FIT_MEMORY_KEY, DEFAULT_FIT_MEMORY_BYTES)
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = parse_bytes(value) if isinstance(value, str) else value
-        if not isinstance(number, (int, float, np.integer, np.floating)) or not number >= 0:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ValueError(f"dask config {FIT_MEMORY_KEY!r} must be a non-negative number of bytes "
-                         f"(or a string such as '256 MiB'); got {value!r}") from None
-    return int(number)
+    return config_bytes(FIT_MEMORY_KEY, DEFAULT_FIT_MEMORY_BYTES)
 
 
 def fit_nbytes(fit: xr.Dataset) -> int:

@@ -9,6 +9,8 @@
   per :func:`phase` in a terminal, plain lines otherwise.
 * :mod:`.workerlog` — the embedded cluster's workers do not log a task's
   error on the user's stderr (it is raised by :func:`compute`).
+* :mod:`.config` — daskglm's durations and sizes in dask's config, read and
+  checked in one place.
 * :mod:`.plan` — pure arithmetic: chunk sizes and reads per task from the
   data size and a memory budget.
 * :mod:`.compat` — distributed's and multiprocessing's internals: worker

@@ -90,7 +90,6 @@ import errno
 import gzip
 import io
 import logging
-import math
 import os
 import threading
 import time
@@ -102,6 +101,7 @@ import dask
 import numpy as np
 
 from .compat import retry_futures, workers_skip_main
+from .config import config_bytes, config_seconds
 from .progress import (
     Display,
     DistributedProgress,
@@ -224,15 +224,7 @@ DEFAULT_THREADS_BELOW = 512 * 2**20
 
 def threads_below() -> int:
     """:data:`THREADS_BELOW_KEY` from dask's config (bytes; 0: always worker processes)."""
-    value = dask.config.get(THREADS_BELOW_KEY, DEFAULT_THREADS_BELOW)
-    try:
-        number = dask.utils.parse_bytes(value) if isinstance(value, str) else value
-        if isinstance(number, bool) or not number >= 0:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ValueError(f"dask config {THREADS_BELOW_KEY!r} must be a non-negative number of bytes "
-                         f"(or a string such as '512 MiB'); got {value!r}") from None
-    return int(number)
+    return config_bytes(THREADS_BELOW_KEY, DEFAULT_THREADS_BELOW)
 
 
 def _local_cluster_kwargs(n_workers: int | None, memory_limit: str | int | None,
@@ -573,21 +565,6 @@ DEFAULT_NO_WORKERS_TIMEOUT = "60s"
 WATCH_PERIOD = (1.0, 5.0)
 
 
-def _config_duration(key: str, default: Any, none_means: str) -> float | None:
-    """A dask config duration in seconds (``None`` kept), validated with a message naming ``key``."""
-    value = dask.config.get(key, default)
-    if value is None:
-        return None
-    seconds = math.nan
-    if not isinstance(value, bool):
-        with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError, OverflowError):
-            seconds = float(dask.utils.parse_timedelta(value, default="s"))
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"dask config {key!r} must be a positive duration: seconds, or a "
-                         f"string such as '60s' or '5 minutes' (None: {none_means}); got {value!r}")
-    return seconds
-
-
 def no_workers_timeout() -> float | None:
     """How long (seconds) :func:`compute` waits for results while the cluster has no worker.
 
@@ -602,7 +579,7 @@ def no_workers_timeout() -> float | None:
     ValueError
         The configured value is not a positive, finite duration nor ``None``.
     """
-    return _config_duration(NO_WORKERS_TIMEOUT_KEY, DEFAULT_NO_WORKERS_TIMEOUT, "wait for workers forever")
+    return config_seconds(NO_WORKERS_TIMEOUT_KEY, DEFAULT_NO_WORKERS_TIMEOUT, none_means="wait for workers forever")
 
 
 #: The dask config key of how long connecting to a scheduler may take.
@@ -624,7 +601,7 @@ def connect_timeout() -> float | None:
     ValueError
         The configured value is not a positive, finite duration nor ``None``.
     """
-    return _config_duration(CONNECT_TIMEOUT_KEY, DEFAULT_CONNECT_TIMEOUT, "distributed's connect timeout")
+    return config_seconds(CONNECT_TIMEOUT_KEY, DEFAULT_CONNECT_TIMEOUT, none_means="distributed's connect timeout")
 
 
 def _address(client: Any) -> str:

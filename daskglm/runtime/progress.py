@@ -46,7 +46,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-import dask
+from .config import config_seconds
 
 __all__ = ["DEFAULT_LABEL", "Display", "current_phase", "phase", "progress_after"]
 
@@ -114,15 +114,7 @@ def progress_after() -> float:
     ValueError
         The configured value is not a non-negative, finite duration.
     """
-    value = dask.config.get(PROGRESS_AFTER_KEY, DEFAULT_PROGRESS_AFTER)
-    seconds = math.nan
-    if not isinstance(value, bool) and value is not None:
-        with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError, OverflowError):
-            seconds = float(dask.utils.parse_timedelta(value, default="s"))
-    if not (math.isfinite(seconds) and seconds >= 0):
-        raise ValueError(f"dask config {PROGRESS_AFTER_KEY!r} must be a duration >= 0: seconds, or a string "
-                         f"such as '2s'; got {value!r}")
-    return seconds
+    return config_seconds(PROGRESS_AFTER_KEY, DEFAULT_PROGRESS_AFTER, zero=True)
 
 
 def duration(seconds: float) -> str:

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 from dask.utils import format_bytes
 
 from ..io.remote import is_url
+from ..runtime.config import config_bytes
 from .locks import StoreLockedError, store_lock
 from .zarrio import check_replaceable, clear_store, local_path, read_attrs, store_entries
 
@@ -103,20 +104,7 @@ def cache_max_size() -> int | None:
     ValueError
         The value is not a size (a number of bytes, or a string such as ``"20GiB"``).
     """
-    import dask
-    from dask.utils import parse_bytes
-
-    value = dask.config.get(CACHE_MAX_SIZE_KEY, None)
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-        return None
-    try:
-        size = parse_bytes(value)
-    except (ValueError, TypeError):
-        size = -1
-    if isinstance(value, bool) or size < 0:
-        raise ValueError(f"dask config {CACHE_MAX_SIZE_KEY!r} (DASK_DASKGLM__CACHE_MAX_SIZE) must be a size such "
-                         f"as 20GiB, or none; got {value!r}")
-    return int(size)
+    return config_bytes(CACHE_MAX_SIZE_KEY, None, none_means="no cap")
 
 
 # --------------------------------------------------------------------------- listing
