@@ -49,6 +49,8 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..bids.outputs import (
     DESCRIPTION,
     Writer,
@@ -109,8 +111,6 @@ def contrast_arg(text: str) -> tuple[str, Any]:
     if not name or not expr:
         raise argparse.ArgumentTypeError(f"expected NAME=EXPR, e.g. effect=1,0,-1 (one weight per design column) or "
                                          f"'DStDSp-SStSSp=DStDSp - SStSSp'; got {text!r}")
-    import numpy as np
-
     rows = [row for row in expr.split(";") if row.strip()]
     try:
         weights = [[float(v) for v in row.split(",")] for row in rows]
@@ -276,7 +276,6 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def load_design_matrix(path: str) -> pd.DataFrame:
     """A design matrix file as a DataFrame: .tsv/.csv (header = column names) or .npz (``X``, ``conditions``)."""
-    import numpy as np
     import pandas as pd
 
     name = path.lower()
@@ -333,8 +332,6 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _check_contrasts(contrasts: dict[str, Any], designs: list[pd.DataFrame]) -> dict[str, str]:
     """Parse every contrast against every run's columns; the stat type of each (nilearn's naming rule)."""
-    import numpy as np
-
     from ..glm import design as _design
 
     try:
@@ -467,8 +464,6 @@ def run_fit(args: argparse.Namespace) -> int:
 def _fit_and_write(args: argparse.Namespace, plan: Any, outputs: Any, runs: list[str], contrasts: dict[str, Any],
                    infos: list, designs: list, fit_kwargs: dict, params: dict, stat_types: dict[str, str]) -> None:
     """Fit on the cluster, then write the files of ``outputs`` (``plan``, claimed first)."""
-    import numpy as np
-
     from ..models.first_level import FirstLevelModel
 
     def wrote(path: str) -> None:
