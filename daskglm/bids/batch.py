@@ -307,17 +307,12 @@ def _subject_list(labels: list[str]) -> str:
 
 def _derivatives_folder(dataset: Path, given: str | None, task_label: str) -> str:
     """``given``, or the folder of preprocessed runs (see ``derivatives_folder`` of :func:`run_batch`)."""
-    from nilearn.interfaces.bids import get_bids_files
-
-
     if given is not None:
         return given
     found = pipeline_folders(dataset)
     if not found or "derivatives" in found:
         return "derivatives"  # nilearn's default (if nothing holds subjects, the error says what there is)
-    with_runs = [folder for folder in found
-                 if get_bids_files(dataset / folder, file_tag="bold", file_type="nii*", modality_folder="func",
-                                   filters=[("task", task_label)] if isinstance(task_label, str) else [])]
+    with_runs = [folder for folder in found if task_label in bold_entities(dataset / folder)["task"]]
     if len(with_runs) == 1:
         return with_runs[0]
     if len(with_runs) > 1:
@@ -330,7 +325,6 @@ def _subjects(dataset: Path, derivatives: Path, task_label: str, space_label: st
               sub_labels: Sequence[str] | None, exclude: Sequence[str]) -> list[str]:
     """Subject labels to run, with nilearn's checks made once, up front (not once per subject)."""
     from nilearn.interfaces.bids import get_bids_files
-
 
     if not isinstance(task_label, str) or not task_label.isalnum():
         raise ValueError(f"task_label must be an alphanumeric str; got {task_label!r}")
