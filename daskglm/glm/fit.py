@@ -373,7 +373,7 @@ def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
         The run (``bold(time, voxel)``) the fit was computed from, with the
         same scans (after ``sample_masks``).
     fit : xarray.Dataset
-        From :func:`fit_run` or :func:`daskglm.store.ingest.open_fit`.
+        From :func:`fit_run` or :func:`daskglm.glm.fitstore.open_fit`.
     design : pandas.DataFrame or ndarray, shape (n_scans, p)
     attribute : {"residuals", "predicted", "r_square"}
     signal_scaling : 0, (0, 1) or False

@@ -317,7 +317,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
     confounds_ : pandas.DataFrame or None
         As given.
     design_matrix_ : pandas.DataFrame, shape (n_maps, p)
-    labels_ : ndarray, shape (n_elements_,), or None
+    labels_ : ndarray, shape (n_elements,), or None
         After ``compute_contrast``: nilearn's OLS labels (all 0.0).
     masker_ : nilearn.maskers.NiftiMasker
         Fitted (nilearn's ``check_embedded_masker``); ``mask_img_`` is its mask.
@@ -326,7 +326,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         Voxels in the mask.
     results_ : dict or None
         After ``compute_contrast``: ``{0.0: GroupOLSResults}``, the group fit
-        of the last contrast's maps (theta (p, n_elements_), dispersion).
+        of the last contrast's maps (theta (p, n_elements), dispersion).
     second_level_input_ : list, pandas.DataFrame, pandas.Series or str
         As nilearn: the input (a DataFrame sorted by ``subject_label``; a 4D
         image split into 3D images).

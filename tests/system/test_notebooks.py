@@ -1,4 +1,4 @@
-"""The notebooks in notebooks/ run from top to bottom on small simulated data.
+"""The notebooks in docs/notebooks/ run from top to bottom on small simulated data.
 
 They are executed with a real Jupyter kernel (nbclient + ipykernel), as a user
 would run them; a cell that raises fails the test with the cell's traceback.
@@ -16,7 +16,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 from nbclient import NotebookClient  # noqa: E402 - nbclient needs nbformat: imported once it is known installed
 
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "docs" / "notebooks"
 
 
 def _execute(name: str, cwd: Path, monkeypatch, workdir: Path | None = None,
