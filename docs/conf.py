@@ -7,7 +7,8 @@ Build it (warnings are errors, as in CI)::
 
 The notebooks (``docs/notebooks``) and the pages written as MyST notebooks are
 executed at every build on small simulated data, so the pages show real outputs.
-The build is offline: names of other libraries are shown as text, not links.
+``DASKGLM_DOCS_NO_EXECUTE=notebooks/*,lazy_results.md`` (patterns of pages) skips executing those pages
+while writing others. The build is offline: names of other libraries are shown as text, not links.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import daskglm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository's daskglm even when another copy is installed
 
-# The notebooks' kernels inherit the environment: small data, nothing left in the user's cache.
+# The notebooks' kernels inherit this environment: small data, and matplotlib's inline backend (a backend
+# set for headless machines, MPLBACKEND=agg, would draw no figure into the pages).
 os.environ.setdefault("DASKGLM_NOTEBOOK_SIZE", "small")
-os.environ.setdefault("MPLBACKEND", "agg")
+os.environ.pop("MPLBACKEND", None)
 
 project = "daskglm"
 author = "the daskglm developers"
@@ -109,6 +111,7 @@ nb_execution_mode = "force"
 nb_execution_timeout = 900
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
+nb_execution_excludepatterns = [p for p in os.environ.get("DASKGLM_DOCS_NO_EXECUTE", "").split(",") if p]
 nb_execution_in_temp = True  # files a page writes go to a temporary folder, not into docs/
 nb_merge_streams = True
 myst_enable_extensions = ["colon_fence", "deflist"]

@@ -523,3 +523,6 @@ def assert_same_statistical_maps(ours: ReportPage, theirs: ReportPage, peak_atol
         for row_a, row_b in zip(a.clusters[1:], b.clusters[1:]):
             assert row_a[:4] == row_b[:4] and row_a[5] == row_b[5], (a.name, row_a, row_b)
             assert abs(float(row_a[4]) - float(row_b[4])) <= peak_atol, (a.name, row_a, row_b)
+
+#: The first bytes of every PNG file.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import NILEARN_TEMPLATE_LINKS, assert_same_statistical_maps, parse_report, report_page
+from helpers import NILEARN_TEMPLATE_LINKS, PNG_SIGNATURE, assert_same_statistical_maps, parse_report, report_page
 
 from daskglm.models.first_level import FirstLevelModel
 
@@ -32,7 +32,6 @@ CONTRASTS = {
     "DSp_minus_SSp": np.array([[-1, 1, -1, 1]]),  # short weights, zero-padded
     "Effects_of_interest": np.eye(13)[:5],  # an F contrast
 }
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 # ------------------------------------------------------------------ the models

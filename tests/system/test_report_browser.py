@@ -1,60 +1,20 @@
-"""nilearn's report of a daskglm model, as saved, in a real browser: headless Chromium driven by selenium, offline."""
+"""nilearn's report of a daskglm model, as saved, in a real browser: headless Chromium driven by selenium, offline
+(the ``chrome`` fixture of conftest.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import PNG_SIGNATURE
 
 CONTRASTS = {
     "DSt_minus_SSt": "DStSSp + DStDSp - SStSSp - SStDSp",
     "DSp_minus_SSp": np.array([[-1, 1, -1, 1]]),
     "Effects_of_interest": np.eye(13)[:5],
 }
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--disable-dev-shm-usage", "--window-size=1400,1000",
-                  "--host-resolver-rules=MAP * ~NOTFOUND")  # offline: no host name resolves
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _browser() -> tuple[str, str]:
-    """Paths of the system Chromium and chromedriver, or skip saying what is missing."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = "/usr/bin/chromedriver" if os.access("/usr/bin/chromedriver", os.X_OK) else shutil.which("chromedriver")
-    missing = [name for name, path in (("chromium", chromium), ("chromium-driver", driver)) if not path]
-    if missing:
-        pytest.skip(f"headless browser test needs the Debian packages {' and '.join(missing)} "
-                    "(apt-get install chromium chromium-driver; listed in .ci/apt-packages)")
-    return chromium, driver
-
-
-@pytest.fixture
-def chrome(tmp_path, monkeypatch):
-    """A headless Chromium session with a fresh profile; selenium never looks for or downloads a driver."""
-    chromium, driver_path = _browser()
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the 'test' extra")
-    from selenium.webdriver.chrome.service import Service
-
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager, should it ever run, stays offline
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, fiac_data):
     from daskglm.datasets.fiac import load_fiac_design_matrix
