@@ -110,7 +110,15 @@ _PREFIX = "[daskglm bids]"
 
 @dataclass
 class BatchResult:
-    """Per-subject outcomes of :func:`run_batch`, in subject order."""
+    """Per-subject outcomes of :func:`run_batch`, in subject order.
+
+    Parameters
+    ----------
+    output_dir : str
+        The absolute path of the batch's output folder.
+    subjects : dict of str to SubjectResult, default={}
+        Each subject's outcome by label.
+    """
 
     output_dir: str
     subjects: dict[str, SubjectResult] = field(default_factory=dict)

@@ -200,18 +200,28 @@ def first_level_from_bids(
     t_r, slice_time_ref : float, optional
         ``None``: read from the sidecars (``slice_time_ref`` defaults to 0
         with a warning when they do not say).
-    hrf_model, drift_model, high_pass, drift_order, fir_delays, min_onset, target_affine,
-    target_shape, smoothing_fwhm, signal_scaling, noise_model, minimize_memory
-        Model parameters, as :class:`daskglm.FirstLevelModel`.
+    hrf_model, drift_model, high_pass, drift_order, fir_delays, min_onset
+        Design matrix parameters given to every model, as
+        :class:`daskglm.FirstLevelModel`.
     mask_img : path, image, ``"derivatives"`` or None
         ``"derivatives"``: each subject's model gets the intersection of its
         runs' ``*_desc-brain_mask`` images (threshold 0.5), as nilearn.
-    memory, memory_level, standardize, verbose
-        As :class:`daskglm.FirstLevelModel` (``verbose`` also sets nilearn's
-        file search's).
+    target_affine, target_shape, smoothing_fwhm
+        Resampling grid and smoothing given to every model, as
+        :class:`daskglm.FirstLevelModel`.
+    memory, memory_level, standardize
+        As :class:`daskglm.FirstLevelModel`.
+    signal_scaling, noise_model
+        Scaling of the signal and temporal noise model given to every model,
+        as :class:`daskglm.FirstLevelModel`.
+    verbose : int
+        As :class:`daskglm.FirstLevelModel`; also the verbosity of nilearn's
+        file search.
     n_jobs : int
         Workers of the embedded Dask cluster, as :class:`daskglm.FirstLevelModel`
         (default -1: one per core; nilearn's default is 1).
+    minimize_memory : bool
+        As :class:`daskglm.FirstLevelModel`.
     derivatives_folder : str
         Folder of the preprocessed runs, relative to ``dataset_path``, e.g.
         ``"derivatives/fmriprep"``.

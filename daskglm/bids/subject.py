@@ -49,7 +49,30 @@ BATCH_FORMAT = 1
 
 @dataclass(frozen=True)
 class SubjectResult:
-    """Outcome for one subject: ``done``, ``skipped`` (already complete) or ``failed``."""
+    """Outcome for one subject: ``done``, ``skipped`` (already complete) or ``failed``.
+
+    Parameters
+    ----------
+    label : str
+        The subject's label (without ``sub-``).
+    status : {"done", "skipped", "failed"}
+        ``"skipped"``: its outputs were already complete, nothing was run.
+    error : str or None, default=None
+        For a failure, ``"<exception type>: <message>"`` (followed by the
+        step that failed when the subject's own work raised it).
+    traceback : str or None, default=None
+        For a failure, the formatted traceback.
+    files : tuple of str, default=()
+        The files written, relative to the output folder.
+    worker : str or None, default=None
+        Address of the distributed worker that ran the subject (None: this
+        process).
+    started, finished : float or None, default=None
+        ``time.time()`` at the start and the end of the subject's task
+        (None when skipped).
+    warnings : tuple of str, default=()
+        The distinct warning messages raised for the subject.
+    """
 
     label: str
     status: Literal["done", "skipped", "failed"]

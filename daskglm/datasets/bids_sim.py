@@ -373,11 +373,14 @@ def simulate_bids(
         SD of the subjects' effect sizes around ``group_effect``.
     seed : int
         Random seed (>= 0).
-    voxel_size, ar_rho, noise_sd, drift_size, noise_smoothing, compresslevel
+    voxel_size, ar_rho, noise_sd, drift_size, noise_smoothing
         As :func:`~daskglm.datasets.fiac.simulate_fiac`.
     motion_size : float
         SD (mm) of the per-volume translation steps of the simulated motion
         traces (rotation steps: ``motion_size / 50`` rad).
+    compresslevel : int
+        gzip level (1-9) of the ``.nii.gz`` files, as
+        :func:`~daskglm.datasets.fiac.simulate_fiac`.
     overwrite : bool
         Regenerate even when ``root`` holds this simulation.
     verbose : int

@@ -130,9 +130,17 @@ def load_fiac_design_matrix(path: str | os.PathLike) -> pd.DataFrame:
     Does what :func:`nilearn.datasets.fetch_fiac_first_level` does with the
     real FIAC ``run*_design.npz`` files.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` file, e.g. one of the ``design_matrix1..N`` files of
+        :func:`simulate_fiac` or a FIAC ``run*_design.npz``.
+
     Returns
     -------
-    design : pandas.DataFrame, shape (n_scans, 13)
+    design : pandas.DataFrame, shape (n_scans, n_columns)
+        ``X``, its columns named by ``conditions`` (13 columns for FIAC's
+        designs).
     """
     with np.load(path) as npz:
         names = [c.decode() if isinstance(c, bytes) else str(c) for c in npz["conditions"]]

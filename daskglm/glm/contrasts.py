@@ -87,6 +87,7 @@ def run_contrast(fit: xr.Dataset, con: np.ndarray, stat_type: str) -> RunContras
     con : ndarray, shape (q, p)
         Already padded to the design's ``p`` columns.
     stat_type : {"t", "F"}
+        Type of the contrast: ``"t"`` uses the first row of ``con`` only.
 
     Returns
     -------
@@ -174,6 +175,9 @@ def contrast_dataset(contrast: RunContrast) -> xr.Dataset:
     Parameters
     ----------
     contrast : RunContrast
+        One run's contrast from :func:`run_contrast`, or several runs'
+        combined by :func:`combine_contrasts`; its statistics are computed
+        here if it has none yet.
 
     Returns
     -------

@@ -263,15 +263,20 @@ def fit_run(
     ds : xarray.Dataset
         A run store from :func:`daskglm.store.ingest.ingest_run` / ``open_run``.
     design : pandas.DataFrame or ndarray, shape (n_scans, p)
-    noise_model : {"ols", "ar1", "ar2", ...}
-    bins : int
+        The run's design matrix, one row per scan of ``ds`` (its column
+        names, for a DataFrame, become the ``regressor`` coordinate).
+    noise_model : {"ols", "ar1", "ar2", ...}, default="ar1"
+        Temporal noise model: ordinary least squares, or an AR(N) model of
+        the residuals, as nilearn's ``noise_model``.
+    bins : int, default=100
         AR(1): quantisation bins of rho; AR(p>1): KMeans clusters.
-    signal_scaling : 0, (0, 1) or False
+    signal_scaling : 0, (0, 1) or False, default=0
         As nilearn's ``FirstLevelModel(signal_scaling=...)``.
-    random_state : int, RandomState or None
+    random_state : int, RandomState or None, default=None
         KMeans seed for AR(p > 1).
-    client : see :func:`daskglm.runtime.cluster.get_client`
-        Used only by the AR(p > 1) coefficient pass.
+    client : distributed.Client, str or None, optional
+        Where the AR(p > 1) coefficient pass runs (the only computation made
+        here), resolved by :func:`daskglm.runtime.cluster.get_client`.
 
     Returns
     -------
@@ -375,8 +380,11 @@ def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
     fit : xarray.Dataset
         From :func:`fit_run` or :func:`daskglm.glm.fitstore.open_fit`.
     design : pandas.DataFrame or ndarray, shape (n_scans, p)
+        The design matrix the fit was computed with, one row per scan of ``ds``.
     attribute : {"residuals", "predicted", "r_square"}
-    signal_scaling : 0, (0, 1) or False
+        The quantity, as nilearn's ``residuals``, ``predicted`` and
+        ``r_square`` (see :mod:`daskglm.kernels.voxelwise`).
+    signal_scaling : 0, (0, 1) or False, default=0
         As in the fit.
 
     Returns

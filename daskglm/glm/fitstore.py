@@ -171,7 +171,12 @@ def save_fits(
         run with other designs or noise models never share a group, and one that
         is read lazily is never rewritten under its reader.
     storage_options : dict, optional
-    client : see :func:`daskglm.runtime.cluster.get_client`
+        fsspec options for URL stores (ignored for local paths).
+    client : distributed.Client, str or None, optional
+        Where the computation runs, resolved by
+        :func:`daskglm.runtime.cluster.get_client`: a client, a local
+        scheduler name, a scheduler address or file, or ``None`` for the
+        active client, ``DASK_SCHEDULER_ADDRESS`` or an embedded ``LocalCluster``.
     in_memory : bool, optional
         Return the fits in memory (numpy) or lazily (dask); default: in
         memory when :func:`fit_nbytes` of all fits is at most
@@ -361,10 +366,15 @@ def save_fit(fit: xr.Dataset, store: str | os.PathLike, name: str = "glm",
         From :func:`daskglm.glm.fit.fit_run`.
     store : str or path
         The run store (or any zarr location).
-    name : str
+    name : str, default="glm"
         Group name inside the store.
     storage_options : dict, optional
-    client : see :func:`daskglm.runtime.cluster.get_client`
+        fsspec options for a URL store (ignored for a local path).
+    client : distributed.Client, str or None, optional
+        Where the computation runs, resolved by
+        :func:`daskglm.runtime.cluster.get_client`: a client, a local
+        scheduler name, a scheduler address or file, or ``None`` for the
+        active client, ``DASK_SCHEDULER_ADDRESS`` or an embedded ``LocalCluster``.
 
     Returns
     -------
@@ -386,11 +396,22 @@ def open_fit(store: str | os.PathLike, name: str | None = None,
     Parameters
     ----------
     store : str or path
+        The run store holding the fit: a local path or an fsspec URL.
     name : str, optional
         The fit's group; default: the store's only one (``glm``, or the
         ``glm-<fit key>`` a model wrote; attribute ``group`` of a model's
         ``results_`` names it).
     storage_options : dict, optional
+        fsspec options for a URL store (ignored for a local path).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``beta (regressor, voxel)``, ``sigma2`` and ``label_index (voxel,)``
+        backed by dask, the small ``cov`` and ``label_value`` tables in
+        memory, the run's ``i, j, k`` voxel coordinates, ``regressor``
+        coordinates, and the group's attributes (``store`` and ``group``
+        added).
 
     Raises
     ------
@@ -416,6 +437,23 @@ def reopen_fit(fit: xr.Dataset, name: str = "glm", storage_options: dict | None 
     For graphs that workers should read the fit into themselves
     (:func:`daskglm.glm.fit.voxelwise_run`): dask chunks are the stored voxel
     blocks, the voxel coordinates those of ``fit``.
+
+    Parameters
+    ----------
+    fit : xarray.Dataset
+        A fit returned by :func:`save_fits`, :func:`save_fit` or
+        :func:`open_fit` (a model's ``results_``), whose attributes ``store``
+        and ``group`` say where it is stored.
+    name : str, default="glm"
+        The group to open when ``fit`` has no ``group`` attribute.
+    storage_options : dict, optional
+        fsspec options for a URL store (ignored for a local path).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``fit`` itself when its estimates are already dask-backed, else the
+        stored fit opened lazily.
     """
     if any(isinstance(fit[n].data, da.Array) for n in _VOXEL_VARIABLES):
         return fit

@@ -343,7 +343,12 @@ def compute_fixed_effects(
     ----------
     contrast_imgs, variance_imgs, mask, precision_weighted, dofs
         As nilearn (see :func:`fixed_effects_dataset` for the accepted inputs).
-    client : see :func:`daskglm.runtime.cluster.get_client`
+    client : distributed.Client, str or None, optional
+        Where the mask (when ``mask`` is None) and the maps are computed,
+        resolved by :func:`daskglm.runtime.cluster.get_client`: a client, a
+        local scheduler name, a scheduler address or file, or ``None`` for
+        the active client, ``DASK_SCHEDULER_ADDRESS`` or an embedded
+        ``LocalCluster``.
     v_chunk : int, optional
         Voxels per block task (see :func:`fixed_effects_dataset`).
     like : xarray.Dataset, optional
@@ -352,7 +357,11 @@ def compute_fixed_effects(
     Returns
     -------
     fixed_fx_contrast_img : Nifti1Image, shape (x, y, z) or (x, y, z, q)
+        The runs' mean effect, or their inverse-variance weighted mean when
+        ``precision_weighted``.
     fixed_fx_variance_img : Nifti1Image, shape (x, y, z)
+        Its variance: the runs' mean variance divided by their number, or
+        ``1 / sum(1 / variances)`` when ``precision_weighted``.
     fixed_fx_stat_img : Nifti1Image, shape (x, y, z)
         t (F for q > 1) with ``sum(dofs)`` degrees of freedom.
     fixed_fx_z_score_img : Nifti1Image, shape (x, y, z)

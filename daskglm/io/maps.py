@@ -36,8 +36,13 @@ def scatter_to_volume(
     Parameters
     ----------
     values : ndarray, shape (..., n_voxels)
+        The voxels' values, voxels last (e.g. ``(n_voxels,)`` or
+        ``(n_scans, n_voxels)``); the volume has their dtype.
     i, j, k : ndarray of int, shape (n_voxels,)
+        The voxels' indices along the volume's three axes, in the order of
+        the last axis of ``values``.
     shape : tuple of 3 int
+        Shape ``(x, y, z)`` of the volume; voxels not listed are 0.
 
     Returns
     -------
@@ -114,6 +119,8 @@ def to_nifti(values: xr.DataArray, like: Any = None, descrip: str | None = None)
     Parameters
     ----------
     values : xarray.DataArray, dims (..., "voxel")
+        With ``i, j, k`` coordinates on ``voxel``; a dask-backed array is
+        computed here.
     like : xarray.Dataset, optional
         See :func:`to_volume`.
     descrip : str, optional
@@ -203,6 +210,7 @@ def load_nifti(url: str | os.PathLike, storage_options: dict | None = None) -> n
     Parameters
     ----------
     url : str or path
+        Local path or fsspec URL (``s3://bucket/maps/z.nii.gz``) of the image.
     storage_options : dict, optional
         fsspec options for a URL.
 

@@ -482,12 +482,14 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
             4D runs, on one field of view.
         events, confounds, sample_masks, design_matrices
             As nilearn's ``FirstLevelModel.fit``.
-        bins : int
+        bins : int, default=100
             AR(1) quantisation bins / AR(p) clusters.
 
         Returns
         -------
-        self
+        FirstLevelModel
+            This model, fitted (``results_``, ``design_matrices_``,
+            ``masker_``, ``labels_`` set).
         """
         start = time.monotonic()
         self._check_params(bins)
@@ -644,6 +646,8 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         contrast_def : array, str, or list of them (one per run)
             As nilearn's ``compute_contrast``.
         stat_type : {"t", "F"}, optional
+            Type of the contrast; default ``"t"`` for a vector or a one-row
+            matrix, ``"F"`` otherwise.
 
         Returns
         -------
@@ -670,12 +674,23 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         Parameters
         ----------
         contrast_def : array, str, or list of them (one per run)
+            A string expression over the design's column names (``"a - b"``)
+            or weights of shape ``(k,)`` or ``(q, k)`` (``k`` at most the
+            design's columns, zero-padded with nilearn's warning); a ``str``
+            or array applies to every run, a list or tuple holds one per run.
+            The runs' contrasts are combined with nilearn's fixed effects.
         stat_type : {"t", "F"}, optional
-        output_type : {"z_score", "stat", "p_value", "effect_size", "effect_variance", "all"}
+            Type of the contrast; default ``"t"`` for a vector or a one-row
+            matrix, ``"F"`` otherwise.
+        output_type : {"z_score", "stat", "p_value", "effect_size", "effect_variance", "all"}, default="z_score"
+            The map to return, or ``"all"`` for every one.
 
         Returns
         -------
-        Nifti1Image, or dict of them for ``output_type="all"``.
+        Nifti1Image or dict of str to Nifti1Image
+            The map, ``(x, y, z)`` (an F contrast's ``effect_size`` is
+            ``(x, y, z, q)``), zero outside the mask; for ``output_type="all"``
+            a dict of every map by name.
         """
         check_parameter_in_allowed(output_type, [*_contrasts.OUTPUT_TYPES, "all"], "output_type")
         ds = self.contrast_dataset(contrast_def, stat_type)
@@ -707,6 +722,8 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         Parameters
         ----------
         attribute : {"residuals", "predicted", "r_square"}
+            The quantity: the residuals or the predicted signal of each scan,
+            or the coefficient of determination of each voxel.
 
         Returns
         -------

@@ -371,7 +371,9 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
 
         Returns
         -------
-        self
+        SecondLevelModel
+            This model, with ``design_matrix_`` and ``masker_`` set; the maps
+            themselves are read and fitted by :meth:`compute_contrast`.
         """
         check_params(self.__dict__)
         _plan.check_positive("v_chunk", self.v_chunk)
@@ -724,12 +726,15 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
             ``map_name`` to select (DataFrame inputs).
         second_level_stat_type : {"t", "F"}, optional
             Default: t for a vector, F for a matrix of several rows.
-        output_type : {"z_score", "stat", "p_value", "effect_size", "effect_variance", "all"}
+        output_type : {"z_score", "stat", "p_value", "effect_size", "effect_variance", "all"}, default="z_score"
+            The map to return, or ``"all"`` for every one.
 
         Returns
         -------
-        Nifti1Image, shape (x, y, z) (``effect_size`` of an F contrast: (x, y, z, q)),
-        or a dict of them keyed by output type for ``"all"``.
+        Nifti1Image or dict of str to Nifti1Image
+            The map, shape ``(x, y, z)`` (``effect_size`` of an F contrast:
+            ``(x, y, z, q)``), or a dict of them keyed by output type for
+            ``"all"``.
         """
         (result,) = self._compute_contrasts([second_level_contrast], first_level_contrast,
                                             [second_level_stat_type], output_type)

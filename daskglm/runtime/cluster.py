@@ -435,6 +435,17 @@ def verbosity(level: int | None):
         0: silent; 1 or more: the progress of computations lasting longer
         than ``daskglm.progress-after`` (1 s; see :mod:`daskglm.runtime.progress`),
         under the label of their :func:`phase`. ``None`` leaves the current level.
+
+    Yields
+    ------
+    None
+        Nothing: the level applies until the block ends, then the previous
+        one is back.
+
+    Raises
+    ------
+    ValueError
+        ``level`` is neither ``None`` nor a non-negative integer (or bool).
     """
     if level is None:
         yield
@@ -512,6 +523,16 @@ def is_transient(exc: BaseException) -> bool:
     asking for more memory than there is would ask for it again; a worker
     killed by its nanny for its memory limit is rerun by the scheduler, see
     :mod:`daskglm.runtime.cluster`).
+
+    Parameters
+    ----------
+    exc : BaseException
+        The error a task raised.
+
+    Returns
+    -------
+    bool
+        ``True`` for an ``OSError`` that is not permanent, else ``False``.
     """
     if not isinstance(exc, OSError):
         return False
@@ -523,6 +544,13 @@ def is_transient(exc: BaseException) -> bool:
 
 class ClusterLostError(RuntimeError):
     """The Dask cluster of a computation went away before it was done: all its workers, or its scheduler.
+
+    Parameters
+    ----------
+    message : str
+        The error message.
+    address : str or None, default=None
+        The scheduler's address, kept as ``address``.
 
     Attributes
     ----------
@@ -538,6 +566,16 @@ class ClusterLostError(RuntimeError):
 class NoWorkersError(ClusterLostError):
     """The cluster has had no worker for longer than :func:`no_workers_timeout` during a computation.
 
+    Parameters
+    ----------
+    message : str
+        The error message.
+    address : str or None, default=None
+        The scheduler's address, kept as ``address``.
+    timeout : float or None, default=None
+        The ``daskglm.no-workers-timeout`` that ran out (seconds), kept as
+        ``timeout``.
+
     Attributes
     ----------
     address : str or None
@@ -552,7 +590,20 @@ class NoWorkersError(ClusterLostError):
 
 
 class SchedulerLostError(ClusterLostError):
-    """The connection to the scheduler was lost during a computation (it stopped, or the network failed)."""
+    """The connection to the scheduler was lost during a computation (it stopped, or the network failed).
+
+    Parameters
+    ----------
+    message : str
+        The error message.
+    address : str or None, default=None
+        The scheduler's address, kept as ``address``.
+
+    Attributes
+    ----------
+    address : str or None
+        The scheduler's address.
+    """
 
 
 #: dask config key: how long a computation waits while the cluster has no worker.
@@ -829,11 +880,15 @@ def wait_first(client: Any, futures: list) -> set:
     Parameters
     ----------
     client : distributed.Client
+        The client the futures belong to (a connected, distributed one).
     futures : list of distributed.Future
+        The futures to wait for.
 
     Returns
     -------
     set of distributed.Future
+        Those of ``futures`` no longer pending (finished or erred): one at
+        least. A cancelled one raises distributed's ``FuturesCancelledError``.
     """
     done, _ = _wait(client, futures, _address(client), no_workers_timeout(), None, "FIRST_COMPLETED")
     return set(done)
@@ -871,7 +926,11 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None) -
     ----------
     *collections
         Dask collections or ``dask.delayed`` objects.
-    client : see :func:`get_client`
+    client : distributed.Client, str or None, optional
+        Where the graph runs, resolved by :func:`get_client`: a client, a local
+        scheduler name (:data:`LOCAL_SCHEDULERS`), a scheduler address or
+        scheduler-file path, or ``None`` for the active client,
+        ``DASK_SCHEDULER_ADDRESS`` or an embedded ``LocalCluster``.
     verbose : int, optional
         > 0: the computation's progress, once it has lasted
         :func:`~daskglm.runtime.progress.progress_after` seconds (dask config

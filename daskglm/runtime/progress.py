@@ -76,13 +76,19 @@ def phase(label: str, *, default: bool = False, within: bool = False) -> Iterato
         What the computations do, for the user: ``"ingesting run 1/2"``,
         ``"fitting 2 runs"``, ``"contrast 1/3 language"``... The innermost
         phase's label is used.
-    default : bool
+    default : bool, default=False
         A generic label, for computations the caller has not labelled: an
         enclosing phase's label is kept (a model labels its contrasts
         ``"contrast ..."``, the command line with the contrast's name).
-    within : bool
+    within : bool, default=False
         A step of the enclosing phase: ``"<enclosing label>: <label>"``
         (``label`` alone outside of any phase).
+
+    Yields
+    ------
+    None
+        Nothing: the label applies until the block ends, then the enclosing
+        one is back.
     """
     if default and _PHASE.get() is not None:
         yield

@@ -55,7 +55,37 @@ CACHE_MAX_SIZE_KEY = "daskglm.cache-max-size"
 
 
 class StoreInfo(NamedTuple):
-    """What :func:`list_stores` knows of one store (without reading its data)."""
+    """What :func:`list_stores` knows of one store (without reading its data).
+
+    Parameters
+    ----------
+    path : str
+        The store's folder.
+    size : int
+        Bytes its files take on disk (their allocated blocks, as ``du``).
+    source : str or None
+        The run it was made from: a file path, a URL, or
+        ``"in-memory image (sha1 ...)"``; None if unrecorded.
+    source_state : {"same", "changed", "missing"} or None
+        Whether that source file is still there as it was (same size and
+        modification time); None when the source is not a local file.
+    mask : str or None
+        The mask it was made with: a file path, ``"compute_epi_mask"``,
+        ``"in-memory"``; None if unrecorded.
+    created : float or None
+        When it was created (POSIX time of its ``bold`` array's metadata),
+        None if unknown.
+    last_used : float
+        When it was last used (POSIX time: its folder's modification time).
+    complete : bool
+        Whether its ingestion completed (an incomplete store was
+        interrupted, or is being written).
+    fits : tuple of str
+        Its fit groups (``glm-<key>``), sorted.
+    format : object
+        Its ``daskglm_store_format`` (stores of another format than this
+        daskglm's are rebuilt when used).
+    """
 
     #: The store's folder.
     path: str
@@ -80,7 +110,20 @@ class StoreInfo(NamedTuple):
 
 
 class Removal(NamedTuple):
-    """What :func:`remove_stores` did with one selected store."""
+    """What :func:`remove_stores` did with one selected store.
+
+    Parameters
+    ----------
+    store : StoreInfo
+        The store, as found under its lock (as listed, when its lock could
+        not be taken).
+    outcome : {"removed", "would remove", "emptied", "skipped"}
+        ``"would remove"``: a dry run; ``"emptied"``: its folder holds files
+        daskglm did not make, kept with them; ``"skipped"``: in use by
+        another process, or it could not be locked or removed.
+    reason : str
+        Why it was skipped or emptied only (``""`` when removed).
+    """
 
     store: StoreInfo
     #: ``"removed"``, ``"would remove"`` (dry run), ``"emptied"`` (its folder holds files daskglm did
@@ -179,6 +222,17 @@ def list_stores(cache_dir: str | os.PathLike | None = None) -> list[StoreInfo]:
 
     Everything else there (files, other folders, symlinks, lock files) is not listed.
     A cache folder that does not exist holds no store.
+
+    Parameters
+    ----------
+    cache_dir : str or path, optional
+        The folder to list (default :func:`default_cache_dir`); only its
+        direct entries are looked at.
+
+    Returns
+    -------
+    list of StoreInfo
+        One per store, sorted by folder name.
     """
     folder = os.path.abspath(os.fspath(default_cache_dir() if cache_dir is None else cache_dir))
     try:
@@ -244,21 +298,25 @@ def remove_stores(
 ) -> list[Removal]:
     """Remove the daskglm stores of ``cache_dir`` (default :func:`default_cache_dir`) that are selected.
 
+    Several criteria select the stores meeting them all; at least one is required.
+    Each store is removed under its lock, taken without waiting (a store in use is
+    skipped), once checked again to still meet the criteria.
+
     Parameters
     ----------
     cache_dir : str or path, optional
-    all_stores : bool
+        The folder whose stores (its direct entries, see :func:`list_stores`)
+        may be removed; default :func:`default_cache_dir`.
+    all_stores : bool, default=False
         Every store.
     older_than : float, optional
         Stores last used more than this many seconds ago.
     source : str or path, optional
         Stores made from this run file (or URL); the file need not exist any more.
-    dry_run : bool
+    dry_run : bool, default=False
         Only say what would be removed.
     now : float, optional
-        The time ``older_than`` counts from (default: now).
-
-    Several criteria select the stores meeting them all; at least one is required.
+        The POSIX time ``older_than`` counts from (default: now).
 
     Returns
     -------
@@ -306,6 +364,14 @@ def enforce_cache_cap(written: Iterable[str], keep: Sequence[str] = ()) -> list[
     ``written`` or ``keep`` and never one whose lock is held (by another process, or by
     this one for a fit in progress); a warning names those removed, and says so if the
     cache is still over the cap.
+
+    Parameters
+    ----------
+    written : iterable of str
+        The stores an ingestion just made (paths or URLs; URLs are ignored).
+        Never removed.
+    keep : sequence of str, default=()
+        Other stores not to remove (those the same ingestion reused).
 
     Returns
     -------

@@ -261,8 +261,8 @@ def ingest_run(
 
     Volumes are read in blocks of ``t_chunk`` straight from the file, smoothed
     as nilearn's maskers do (see :mod:`daskglm.kernels.volume`), masked, and written as
-    rows of ``bold(time, voxel)``, each block as one Dask task on the active
-    client (see :func:`daskglm.runtime.cluster.get_client`).
+    rows of ``bold(time, voxel)``, each block as one Dask task on ``client``
+    (see :func:`daskglm.runtime.cluster.get_client`).
 
     Parameters
     ----------
@@ -279,7 +279,11 @@ def ingest_run(
         Gaussian smoothing FWHM in mm, as nilearn's ``smoothing_fwhm``.
     t_chunk, v_chunk : int, optional
         Chunk sizes along time and voxel; chosen from the data size when omitted.
-    client : see :func:`daskglm.runtime.cluster.get_client`
+    client : distributed.Client, str or None, optional
+        Where the ingestion runs, resolved by
+        :func:`daskglm.runtime.cluster.get_client`: a client, a local
+        scheduler name, a scheduler address or file, or ``None`` for the
+        active client, ``DASK_SCHEDULER_ADDRESS`` or an embedded ``LocalCluster``.
     storage_options : dict, optional
         fsspec options for every remote location of the call: a URL ``store``,
         a URL ``run_img`` or ``mask_img`` (ignored for local paths).
@@ -289,7 +293,7 @@ def ingest_run(
         bit-shuffled (see docs/cache.md for the sizes); ``"zstd"``: hardly
         smaller, slower to write; ``None``: uncompressed. An existing store is
         reused whatever its codec (``overwrite=True`` rebuilds it with this one).
-    overwrite : bool
+    overwrite : bool, default=False
         Rebuild the store even if it is complete and up to date.
     target_affine, target_shape : optional
         As nilearn's ``FirstLevelModel``: the mask goes onto this grid
@@ -334,6 +338,7 @@ def ingest_runs(
     Parameters
     ----------
     run_imgs : list of path, fsspec URL or nibabel image
+        The 4D runs, ``.nii`` or ``.nii.gz``.
     stores : list of str or path
         One distinct store per run.
     mask_img, smoothing_fwhm, t_chunk, v_chunk, client, storage_options, compressor, overwrite
@@ -341,7 +346,7 @@ def ingest_runs(
         ``compute_epi_mask``).
     target_affine, target_shape
         As :func:`ingest_run`.
-    columns : bool
+    columns : bool, default=False
         Open the stores in whole voxel columns (see :func:`open_run`).
 
     Returns

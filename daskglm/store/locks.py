@@ -79,8 +79,9 @@ def store_lock(store: str | os.PathLike, *, wait: bool = True) -> Iterator[None]
     ----------
     store : str or path
         The store (local path, ``file://`` URL, or any fsspec URL).
-    wait : bool
-        False: never wait; a lock held elsewhere, or already held in this
+    wait : bool, default=True
+        True: wait as long as the lock is held elsewhere (the holder is
+        logged). False: never wait; a lock held elsewhere, or already held in this
         process (any thread: what removes a store must not remove one in
         use here), raises :class:`StoreLockedError`.
 
@@ -90,6 +91,12 @@ def store_lock(store: str | os.PathLike, *, wait: bool = True) -> Iterator[None]
         ``wait=False`` and the lock is held.
     OSError
         The folder of the store cannot be created (the message names the store).
+
+    Yields
+    ------
+    None
+        Nothing: the lock is held until the block ends (released, and its
+        file removed, by the outermost block of the thread).
     """
     store = os.fspath(store)
     if is_url(store) or fcntl is None:

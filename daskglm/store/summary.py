@@ -82,8 +82,15 @@ def mean_image(run_img: Any, client: Any = None, storage_options: dict | None = 
     Parameters
     ----------
     run_img : path, fsspec URL or nibabel image
-    client : see :func:`daskglm.runtime.cluster.get_client`
+        The 4D run; a file is read in blocks of volumes by the tasks
+        themselves, an in-memory image is sliced into blocks.
+    client : distributed.Client, str or None, optional
+        Where the pass runs, resolved by
+        :func:`daskglm.runtime.cluster.get_client`: a client, a local
+        scheduler name, a scheduler address or file, or ``None`` for the
+        active client, ``DASK_SCHEDULER_ADDRESS`` or an embedded ``LocalCluster``.
     storage_options : dict, optional
+        fsspec options for a URL ``run_img`` (ignored for a local path).
 
     Returns
     -------

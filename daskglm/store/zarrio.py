@@ -508,8 +508,11 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
     Parameters
     ----------
     store : str or path
+        The run store: a local path or an fsspec URL (as given to
+        :func:`~daskglm.store.ingest.ingest_run`).
     storage_options : dict, optional
-    columns : bool
+        fsspec options for a URL ``store`` (ignored for a local path).
+    columns : bool, default=False
         ``True``: dask chunks of whole voxel columns (all scans by ``v_chunk``
         voxels), the fit's access pattern: one read task per column, so the
         graph of a long run stays small. ``False``: the store's chunks.
@@ -517,7 +520,7 @@ def open_run(store: str | os.PathLike, storage_options: dict | None = None, *,
     Returns
     -------
     xarray.Dataset
-        ``bold(time, voxel)`` float32 backed by dask with the store's chunks,
+        ``bold(time, voxel)`` float32 backed by dask (chunks: see ``columns``),
         coordinates ``i, j, k (voxel)`` and ``time`` (the scan numbers), and the
         store's attributes (affine, volume_shape, t_r, smoothing_fwhm, source, mask,
         chunks).
