@@ -1,6 +1,7 @@
-"""README's examples, run as written, compute what they say.
+"""README's and the user guide's examples, run as written, compute what they say.
 
-Every ``python`` block of README runs in order in one fresh interpreter (in an empty folder, with the
+Every ``python`` block of README, and of each page of docs/ that is not executed when the site is built
+(pages written as notebooks are), runs in order in one fresh interpreter per page (in an empty folder, with the
 simulated data and stores in it), and each command-line example runs through the real ``daskglm`` command
 (file names swapped for simulated ones where README uses placeholders such as ``run1.nii.gz``). The simulated
 FIAC data (``daskglm.datasets.fiac.simulate_fiac``) and BIDS data (``daskglm.datasets.simulate_bids``) have a
@@ -22,7 +23,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
 pytestmark = pytest.mark.slow
 
 
@@ -36,10 +38,6 @@ def _readme_command(command: str) -> list[str]:
 
 def _readme_fit_command() -> list[str]:
     return _readme_command("fit")
-
-
-def _python_blocks() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
 
 
 @pytest.fixture(scope="module")
@@ -145,43 +143,90 @@ def test_readme_bids_example_runs_as_written_on_simulated_data(tmp_path):
     assert len(runs) == 6 and all(run.name in listing.stdout for run in runs), listing.stdout
 
 
-def test_readme_python_examples_run_as_written_and_show_their_contrasts(tmp_path):
-    """Every python block of README, in order, in one new interpreter; each map checked at the simulated blobs."""
-    blocks = _python_blocks()
-    checks = {
-        "first": ("z_map.to_filename", "_c['first'] = _blobs(z_map)"),
-        "walkthrough": ("run_1 = fmri_glm.fit", "_c['run_1'] = _blobs(run_1['z_score']); "
-                        "_c['eoi'] = _blobs(z_map); _c['ds_z'] = _blobs(to_nifti(ds['z_score'], like=ds))"),
+_BLOBS = ("def _blobs(img, truth):\n    t = np.load(truth); z = np.asarray(img.dataobj)\n"
+          "    return {n: float(z[tuple(c)]) for n, c in zip(t['blob_names'].tolist(), t['blob_centers'].tolist())}\n"
+          "def _inside(img, truth, name):\n    t = np.load(truth); z = np.asarray(img.dataobj)\n"
+          "    names = t['blob_names'].tolist(); blob = t['blob_maps'][names.index(name)] > 0.5\n"
+          "    away = (t['blob_maps'].max(axis=0) == 0) & (t['mask'] > 0)\n"
+          "    return [float(z[blob].mean()), float(z[away].mean())]")
+_BIDS_TRUTH = "'bids_demo/derivatives/simulation/truth.npz'"
+#: Per page: a marker of each python block that computes something, and the line appended after that block
+#: to record it; the page's blocks run in order in one new interpreter.
+PAGES = {
+    "README.md": {
+        "first": ("z_map.to_filename", "_c['first'] = _blobs(z_map, data['truth'])"),
+    },
+    "docs/first_level.md": {
+        "walkthrough": ("run_1 = fmri_glm.fit", "_c['run_1'] = _blobs(run_1['z_score'], data['truth']); "
+                        "_c['eoi'] = _blobs(z_map, data['truth']); "
+                        "_c['ds_z'] = _blobs(to_nifti(ds['z_score'], like=ds), data['truth'])"),
         "report": ("generate_report", "_c['report'] = open('report.html').read().count('DSt_minus_SSt')"),
+    },
+    "docs/index.md": {},  # the import line
+    "docs/cache.md": {
         "ingest": ("ingest_run(", "_c['mean_shape'] = list(mean_img.shape); _c['bold'] = list(ds['bold'].shape)"),
-    }
-    script = ["import json, numpy as np, nibabel as nib", "from daskglm import to_nifti", "_c = {}",
-              "def _blobs(img):\n    t = np.load(data['truth']); z = np.asarray(img.dataobj)\n"
-              "    return {n: float(z[tuple(c)])"
-              " for n, c in zip(t['blob_names'].tolist(), t['blob_centers'].tolist())}"]
+    },
+    "docs/bids.md": {
+        "subjects": ("model.compute_contrast(", "_c['subjects'] = {s: _blobs(z, " + _BIDS_TRUTH + ")['sentence'] "
+                     "for s, z in z_maps.items()}"),
+        "batch": ("result = run_batch(", "_c['done'] = sorted(result.done); _c['failures'] = dict(result.failures)"),
+        "group": ("group.compute_contrast(", f"_c['group'] = _inside(z_map, {_BIDS_TRUTH}, 'sentence')"),
+    },
+}
+#: Pages whose python blocks are fragments of a user's own setup (a scheduler address, a bucket, their runs),
+#: shown, not run here; what they configure is tested elsewhere (test_distributed, test_s3, test_slurm).
+FRAGMENTS = {"docs/cluster.md", "docs/chunks.md"}
+
+
+def _python_blocks_of(page: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", (ROOT / page).read_text(), flags=re.S | re.M)
+
+
+def test_every_page_with_python_examples_is_run_or_listed():
+    """A new page of python examples is run by the test below, or named as fragments with the reason."""
+    pages = {str(p.relative_to(ROOT)) for p in [ROOT / "README.md", *(ROOT / "docs").glob("**/*.md")]
+             if "_build" not in p.parts and _python_blocks_of(str(p.relative_to(ROOT)))}
+    assert pages <= set(PAGES) | FRAGMENTS, sorted(pages - set(PAGES) - FRAGMENTS)
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_python_examples_run_as_written_and_show_their_contrasts(page, tmp_path):
+    """Every python block of a page, in order, in one new interpreter; each map checked at the simulated blobs."""
+    checks = PAGES[page]
+    script = ["import json, numpy as np, nibabel as nib", "from daskglm import to_nifti", "_c = {}", _BLOBS]
     seen = []
-    for block in blocks:
+    for block in _python_blocks_of(page):
         script.append(block)
         for name, (marker, check) in checks.items():
             if marker in block:
                 script.append(check)
                 seen.append(name)
-    assert sorted(seen) == sorted(checks), f"README's python blocks changed: checks for {sorted(checks)}, found {seen}"
+    assert sorted(seen) == sorted(checks), f"{page}'s python blocks changed: checks for {sorted(checks)}, found {seen}"
     script.append("print('CHECKS ' + json.dumps(_c))")
-    (tmp_path / "readme_examples.py").write_text("\n".join(script))
+    (tmp_path / "examples.py").write_text("\n".join(script))
     env = {"DASKGLM_CACHE": str(tmp_path / "cache"), "DASKGLM_DATA": str(tmp_path / "data")}
-    proc = subprocess.run([sys.executable, "readme_examples.py"], capture_output=True, text=True, cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "examples.py"], capture_output=True, text=True, cwd=tmp_path,
                           timeout=1200, env={**_env(), **env})
     assert proc.returncode == 0, proc.stderr[-4000:]
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("CHECKS ")]
     c = json.loads(line[len("CHECKS "):])
     for key in ("first", "run_1"):  # DSt > SSt: the sentence blob
-        assert c[key]["sentence"] > 3 and c[key]["sentence"] > c[key]["speaker"] + 2, (key, c[key])
-    assert c["eoi"]["sentence"] > 3 and c["eoi"]["speaker"] > 3, c["eoi"]  # effects of interest: both blobs
-    assert c["ds_z"]["sentence"] > 3 and c["ds_z"]["speaker"] > 3, c["ds_z"]  # DStDSp - SStSSp: both effects
-    assert c["report"] > 0
-    assert c["bold"][0] == 191 and len(c["mean_shape"]) == 3
-    assert (tmp_path / "sentence_z_map.nii.gz").is_file()
+        if key in c:
+            assert c[key]["sentence"] > 3 and c[key]["sentence"] > c[key]["speaker"] + 2, (key, c[key])
+    if "eoi" in c:
+        assert c["eoi"]["sentence"] > 3 and c["eoi"]["speaker"] > 3, c["eoi"]  # effects of interest: both blobs
+        assert c["ds_z"]["sentence"] > 3 and c["ds_z"]["speaker"] > 3, c["ds_z"]  # DStDSp - SStSSp: both effects
+        assert c["report"] > 0
+    if "bold" in c:
+        assert c["bold"][0] == 191 and len(c["mean_shape"]) == 3
+    if "first" in c:
+        assert (tmp_path / "sentence_z_map.nii.gz").is_file()
+    if "done" in c:  # the sentence contrast: clear in a subject and in the group, near 0 away from the blobs
+        assert c["done"] == ["01", "02", "03"] and not c["failures"], c
+        assert sorted(c["subjects"]) == ["01", "02", "03"], c  # z at the blob's centre, per subject
+        assert min(c["subjects"].values()) > 0 and np.mean(list(c["subjects"].values())) > 2.5, c["subjects"]
+        inside, away = c["group"]  # mean group z in the blob, and away from every blob (3 subjects: 2 dof)
+        assert inside > 1 and inside > away + 1 and abs(away) < 0.5, c["group"]
 
 
 def test_readme_speaks_to_users():
