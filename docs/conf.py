@@ -105,6 +105,9 @@ autodoc_typehints = "none"  # numpydoc's Parameters sections say the types
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
+# Docstring errors fail the build: a missing docstring, a parameter undocumented, unknown, out of order or
+# without a description, a return value or a generator's yield without one.
+numpydoc_validation_checks = {"GL08", "PR01", "PR02", "PR03", "PR07", "RT03", "YD01"}
 
 # --- Notebooks: executed at each build; a cell that raises fails the build ------------------------------
 nb_execution_mode = "force"
@@ -125,6 +128,8 @@ html_theme_options = {
     "show_toc_level": 2,
     "secondary_sidebar_items": ["page-toc"],
 }
+# the colour mode before a reader picks one (unset, the theme's script logs an error on every page)
+html_context = {"default_mode": "auto"}
 html_static_path: list[str] = []
 html_show_sourcelink = False
 
