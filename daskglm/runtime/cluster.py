@@ -197,7 +197,8 @@ WORKER_SATURATION = 3.0
 
 def _scheduler_config() -> dict:
     """dask config for the embedded cluster's scheduler: :data:`WORKER_SATURATION`, unless
-    the user configured a worker saturation of their own; and distributed's
+    the user configured a worker saturation other than distributed's default 1.1 (a 1.1 the
+    user set cannot be told from the default, and is replaced too); and distributed's
     ``distributed.scheduler.no-workers-timeout`` from :func:`no_workers_timeout`
     (its tasks fail when no worker is left, also those not run by :func:`compute`),
     unless the user configured one."""
