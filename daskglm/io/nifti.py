@@ -29,6 +29,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from .cifti import GRID_AFFINE, brain_models, cifti_t_r, is_cifti, read_cifti_volumes
 from .remote import is_url, object_info, remote_identity, url_identity, url_to_fs
 
 __all__ = [
@@ -252,7 +253,7 @@ def open_image(run: Any, role: str) -> tuple[Any, str | None]:
             problem = _gzip_problem(str(path)) if path.name.endswith(".gz") else None
             raise ValueError(f"{role} {str(path)!r} {problem or f'is not a readable NIfTI image: {exc}'}") from exc
         return img, str(path.resolve())
-    if isinstance(run, nib.spatialimages.SpatialImage):
+    if isinstance(run, (nib.spatialimages.SpatialImage, nib.Cifti2Image)):
         filename = run.get_filename()
         in_memory = not isinstance(run.dataobj, nib.arrayproxy.ArrayProxy)
         return run, (None if in_memory or filename is None else str(Path(filename).resolve()))
@@ -292,13 +293,18 @@ def inspect_run(
         img, path = open_image(run, "run image")
     name = repr(path) if path else "in-memory run image"
     shape = tuple(int(s) for s in img.shape)
-    if len(shape) != 4:
+    t_r = None
+    if isinstance(img, nib.Cifti2Image):  # grayordinates as (n, 1, 1) "volumes" (see daskglm.io.cifti)
+        series, models = brain_models(img, name)
+        shape, t_r = (len(models), 1, 1, len(series)), cifti_t_r(series)
+    elif len(shape) != 4:
         raise ValueError(
             f"{name} must be 4D (x, y, z, time); got {len(shape)}D shape {shape}"
         )
     if shape[3] < 1:
         raise ValueError(f"{name} has no volume: shape {shape}")
-    expected = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
+    nifti_header = img.nifti_header if isinstance(img, nib.Cifti2Image) else img.header
+    expected = int(nifti_header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
     if path is not None:
         if remote is not None:
             provenance = remote_identity(path, remote)
@@ -316,11 +322,12 @@ def inspect_run(
     else:
         compressed = False
         provenance = {"sha1": content_sha1(img), "shape": list(shape)}
+    cifti = isinstance(img, nib.Cifti2Image)
     return RunInfo(
         path=path,
         shape=shape,  # type: ignore[arg-type]
-        affine=np.asarray(img.affine, dtype=float),
-        t_r=_header_t_r(img.header),
+        affine=GRID_AFFINE.copy() if cifti else np.asarray(img.affine, dtype=float),
+        t_r=t_r if cifti else _header_t_r(img.header),
         compressed=compressed,
         provenance=provenance,
         data_bytes=expected,
@@ -416,6 +423,8 @@ def read_volumes(
                 fobj = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
                 img = _image_from_stream(fobj)
                 return np.asanyarray(img.dataobj[..., start:stop])
+        if is_cifti(path):
+            return read_cifti_volumes(path, start, stop)
         img = nib.load(path)
         return np.asanyarray(img.dataobj[..., start:stop])
     except Exception as exc:

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from ..glm import contrasts as _contrasts
 from ..glm import design as _design
 from ..glm.fit import check_bins, check_scaling, fit_run, voxelwise_run
 from ..glm.fitstore import reopen_fit, save_fits
+from ..io.cifti import brain_models, check_same_brain_models, structure_of, to_dscalar
 from ..io.grid import check_target
 from ..io.maps import scatter_to_volume
 from ..io.nifti import RunInfo, inspect_run, is_url, load_image
@@ -124,7 +126,7 @@ def _is_surface(obj: Any) -> bool:
 def _check_run_imgs(run_imgs: Any) -> list:
     """The runs as a list, with nilearn's TypeError for anything but images and paths."""
     runs = list(run_imgs) if isinstance(run_imgs, (list, tuple)) else [run_imgs]
-    allowed = (str, os.PathLike, nib.spatialimages.SpatialImage)
+    allowed = (str, os.PathLike, nib.spatialimages.SpatialImage, nib.Cifti2Image)
     surface = [i for i, run in enumerate(runs) if _is_surface(run)]
     if surface:
         raise NotImplementedError(f"run_imgs[{surface[0]}] is a SurfaceImage: daskglm fits volumes (NIfTI) only "
@@ -149,6 +151,21 @@ def _check_same_fov(infos: list[RunInfo]) -> None:
             errors.append(f"{first.path or 'img_#0'} and {name} do not have the same affine")
     if errors:
         raise ValueError("Following field of view errors were detected:\n" + "\n".join(f"- {e}" for e in errors))
+
+
+def _brain_models(runs: list, infos: list[RunInfo]) -> Any:
+    """The CIFTI runs' shared brain-model axis; None for volumes (a mix of both is refused)."""
+    cifti = [isinstance(run, nib.Cifti2Image) for run in runs]
+    if not any(cifti):
+        return None
+    names = [info.path or f"run_imgs[{index}]" for index, info in enumerate(infos)]
+    if not all(cifti):
+        volume = names[cifti.index(False)]
+        raise ValueError(f"the runs mix CIFTI dense time series and volumes ({volume} is a volume): "
+                         "fit them in separate models")
+    models = [brain_models(run, name)[1] for run, name in zip(runs, names)]
+    check_same_brain_models(models, names)
+    return models[0]
 
 
 def _check_masker(masker: NiftiMasker) -> None:
@@ -411,6 +428,8 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
             (fitted after ingestion); None otherwise.
         """
         given = self.mask_img
+        if getattr(self, "_cifti_models", None) is not None:
+            return self._cifti_masking(info)
         if isinstance(given, NiftiMasker):
             if getattr(given, "mask_img_", "not none") is None:
                 # nilearn's edge case: a fitted masker without a mask; its parameters override
@@ -425,6 +444,20 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
             ones = nib.Nifti1Image(np.ones(tuple(info.volume_shape), np.int8), np.asarray(info.affine))
             return ones, self.smoothing_fwhm, self.target_affine, self.target_shape, None
         return given, self.smoothing_fwhm, self.target_affine, self.target_shape, None
+
+    def _cifti_masking(self, info: RunInfo) -> tuple[Any, Any, Any, Any, None]:
+        """Every grayordinate of a CIFTI run, unsmoothed (see :mod:`daskglm.io.cifti`)."""
+        if self.mask_img not in (None, False):
+            raise ValueError("mask_img must be None for CIFTI runs: every grayordinate of the brain models "
+                             f"is fitted (got {type(self.mask_img).__name__})")
+        if self.target_affine is not None or self.target_shape is not None:
+            raise ValueError("target_affine and target_shape do not apply to CIFTI runs (grayordinates, "
+                             "not a grid)")
+        if self.smoothing_fwhm is not None:
+            warnings.warn("Parameter 'smoothing_fwhm' is not yet supported for CIFTI data: the runs are "
+                          "fitted unsmoothed.", UserWarning, stacklevel=4)
+        ones = nib.Nifti1Image(np.ones(tuple(info.volume_shape), np.int8), np.asarray(info.affine))
+        return ones, None, None, None, None
 
     def _fitted_masker(self, masker: NiftiMasker | None, mask: nib.Nifti1Image) -> NiftiMasker:
         """``masker_``: the given fitted masker, or nilearn's embedded masker fitted on ``mask``."""
@@ -599,6 +632,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         """The runs' headers, the runs as ingestion takes them, and their design matrices."""
         runs = _check_run_imgs(run_imgs)
         infos, runs = map(list, zip(*[_inspect(run, self.storage_options) for run in runs]))
+        self._cifti_models = _brain_models(runs, infos)
         _check_same_fov(infos)
         designs = _design.run_design_matrices(
             [info.n_scans for info in infos], self.t_r, events=events, confounds=confounds,
@@ -664,6 +698,9 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
             run_contrasts.append(_contrasts.run_contrast(self.results_[index], matrix, kind))
         ds = _contrasts.contrast_dataset(_contrasts.combine_contrasts(run_contrasts))
         ds.attrs["contrast"] = str(per_run)
+        models = getattr(self, "_cifti_models", None)
+        if models is not None:  # the grayordinate of voxel (g, 0, 0) is g
+            ds = ds.assign_coords(structure=("voxel", structure_of(models)[ds["i"].values]))
         return ds
 
     def compute_contrast(
@@ -702,6 +739,13 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         affine = np.asarray(ds.attrs["affine"])
         shape = tuple(ds.attrs["volume_shape"])
         ijk = [ds[n].values for n in "ijk"]
+        models = getattr(self, "_cifti_models", None)
+        if models is not None:  # dense scalars on the runs' brain models
+            order = np.argsort(ds["i"].values)
+            outputs = {name: to_dscalar({name: np.asarray(value, dtype=np.float64)[..., order]}, models,
+                                        f"{name} of contrast {ds.attrs['contrast']}")
+                       for name, value in zip(names, values)}
+            return outputs if output_type == "all" else outputs[output_type]
         outputs = {}
         for name, value in zip(names, values):
             img = nib.Nifti1Image(scatter_to_volume(np.asarray(value, dtype=np.float64), *ijk, shape), affine)

@@ -13,8 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import dask
+import nibabel as nib
 import numpy as np
 
+from ..io.cifti import as_volumes
 from ..io.nifti import RunInfo, build_gzip_index, inspect_run, read_volumes
 from ..runtime import plan as _plan
 from ..runtime.cluster import compute, get_client, phase
@@ -31,6 +33,8 @@ def graph_constant(value: Any) -> Any:
 def in_memory_blocks(run: Any, bounds: list[tuple[int, int]]) -> list[np.ndarray]:
     """Views of an in-memory run's volumes ``a:b`` for each bound, shape (x, y, z, b - a)."""
     data = np.asanyarray(run.dataobj)
+    if isinstance(run, nib.Cifti2Image):
+        data = as_volumes(data)
     return [data[..., a:b] for a, b in bounds]
 
 

@@ -1,0 +1,241 @@
+"""CIFTI-2 dense data: dense time series in, dense scalar maps out.
+
+A CIFTI-2 dense time series (``.dtseries.nii``) is a matrix of scans by
+grayordinates: the vertices of each cortical surface and the voxels of each
+subcortical structure, listed by its brain-model axis. daskglm's stores are
+already ``bold(time, voxel)``, so a grayordinate is one more column. The
+rest of the pipeline sees a CIFTI run as a run of ``n_grayordinates x 1 x 1``
+"volumes" on an identity grid (grayordinate ``g`` is voxel ``(g, 0, 0)``):
+the same ingestion, fit and contrasts, with no smoothing (there is no grid to
+smooth on). Only the edges are CIFTI's: reading rows of the file (nibabel's
+array proxy reads just those rows of an uncompressed file), checking that
+runs share their brain models, and writing maps back as dense scalars
+(``.dscalar.nii``) on the input's brain-model axis.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel.cifti2 import cifti2_axes
+
+__all__ = [
+    "is_cifti",
+    "brain_models",
+    "cifti_t_r",
+    "as_volumes",
+    "read_cifti_volumes",
+    "check_same_brain_models",
+    "structure_of",
+    "to_dscalar",
+]
+
+#: How a CIFTI run looks to the volume pipeline: grayordinate ``g`` is voxel ``(g, 0, 0)`` of this grid.
+GRID_AFFINE = np.eye(4)
+#: File name endings of CIFTI-2 dense time series.
+DTSERIES_SUFFIX = ".dtseries.nii"
+
+
+def is_cifti(run: Any) -> bool:
+    """Whether ``run`` is a CIFTI-2 image, or the path of a dense time series (``.dtseries.nii``).
+
+    Parameters
+    ----------
+    run : object
+        A run as a user gives it: a path, a URL, a nibabel image.
+
+    Returns
+    -------
+    bool
+    """
+    if isinstance(run, nib.Cifti2Image):
+        return True
+    return isinstance(run, (str, os.PathLike)) and os.fspath(run).endswith(DTSERIES_SUFFIX)
+
+
+def brain_models(img: nib.Cifti2Image, name: str) -> tuple[cifti2_axes.SeriesAxis, cifti2_axes.BrainModelAxis]:
+    """The series and brain-model axes of a dense time series, checked.
+
+    Parameters
+    ----------
+    img : nibabel.Cifti2Image
+        A dense time series: scans along its first axis, grayordinates along its second.
+    name : str
+        How messages name the image (its path).
+
+    Returns
+    -------
+    series : nibabel.cifti2.cifti2_axes.SeriesAxis
+        The scans (``size``, ``step``: the repetition time, ``unit``).
+    models : nibabel.cifti2.cifti2_axes.BrainModelAxis
+        The grayordinates: each one's structure, and its vertex or voxel.
+
+    Raises
+    ------
+    ValueError
+        The image is not a dense time series (another CIFTI kind, or axes in another order).
+    """
+    try:
+        axes = [img.header.get_axis(i) for i in range(img.ndim)]
+    except Exception as exc:
+        raise ValueError(f"{name} is not a readable CIFTI-2 image: {exc}") from exc
+    kinds = [type(axis).__name__ for axis in axes]
+    if len(axes) != 2 or not isinstance(axes[0], cifti2_axes.SeriesAxis) \
+            or not isinstance(axes[1], cifti2_axes.BrainModelAxis):
+        raise ValueError(f"{name} must be a CIFTI-2 dense time series (axes SeriesAxis, BrainModelAxis: "
+                         f"a .dtseries.nii); its axes are {kinds}")
+    if len(axes[0]) < 1:
+        raise ValueError(f"{name} has no scan")
+    return axes[0], axes[1]
+
+
+def cifti_t_r(series: cifti2_axes.SeriesAxis) -> float | None:
+    """The repetition time in seconds of a series axis (None unless its unit is time).
+
+    Parameters
+    ----------
+    series : nibabel.cifti2.cifti2_axes.SeriesAxis
+        A dense time series' first axis.
+
+    Returns
+    -------
+    float or None
+        ``step`` in seconds, or None for a series in another unit, or with no step.
+    """
+    scale = {"SECOND": 1.0}.get(str(series.unit).upper())
+    if scale is None or not series.step:
+        return None
+    return float(series.step) * scale
+
+
+def as_volumes(data: np.ndarray) -> np.ndarray:
+    """A dense time series' ``(n_scans, n_grayordinates)`` matrix as ``(n_grayordinates, 1, 1, n_scans)`` volumes.
+
+    Parameters
+    ----------
+    data : ndarray, shape (n_scans, n_grayordinates)
+        Rows of the file.
+
+    Returns
+    -------
+    ndarray, shape (n_grayordinates, 1, 1, n_scans)
+        A view of ``data`` (its transpose), the layout the volume pipeline reads.
+    """
+    return np.asarray(data).T[:, None, None, :]
+
+
+def read_cifti_volumes(path: str, start: int, stop: int) -> np.ndarray:
+    """Read scans ``start:stop`` of a dense time series as volumes (rows of the file only).
+
+    Parameters
+    ----------
+    path : str
+        A local ``.dtseries.nii`` file.
+    start, stop : int
+        Half-open range of scans.
+
+    Returns
+    -------
+    ndarray, shape (n_grayordinates, 1, 1, stop - start)
+        In the file's dtype (scaled by the header's slope and intercept, if any).
+    """
+    img = nib.load(path)
+    return as_volumes(np.asanyarray(img.dataobj[start:stop]))
+
+
+def structure_of(models: cifti2_axes.BrainModelAxis) -> np.ndarray:
+    """Each grayordinate's structure, without nibabel's ``CIFTI_STRUCTURE_`` prefix.
+
+    Parameters
+    ----------
+    models : nibabel.cifti2.cifti2_axes.BrainModelAxis
+        A brain-model axis.
+
+    Returns
+    -------
+    ndarray of str, shape (n_grayordinates,)
+        For example ``"CORTEX_LEFT"``, ``"THALAMUS_RIGHT"``.
+    """
+    return np.array([str(name).removeprefix("CIFTI_STRUCTURE_") for name in models.name])
+
+
+def _summary(models: cifti2_axes.BrainModelAxis) -> dict[str, tuple[int, str]]:
+    """Structure → (grayordinates, kind) of a brain-model axis."""
+    return {str(name).removeprefix("CIFTI_STRUCTURE_"): (len(bm), "surface" if bm.surface_mask.all() else "volume")
+            for name, _, bm in models.iter_structures()}
+
+
+def check_same_brain_models(models: list[cifti2_axes.BrainModelAxis], names: list[str]) -> None:
+    """Check that runs share their grayordinates, naming the structure that differs.
+
+    Parameters
+    ----------
+    models : list of nibabel.cifti2.cifti2_axes.BrainModelAxis
+        Each run's brain-model axis.
+    names : list of str
+        Each run's name in messages (its path).
+
+    Raises
+    ------
+    ValueError
+        A run's brain models differ from the first run's: which structure, and how.
+    """
+    first = models[0]
+    for other, name in zip(models[1:], names[1:]):
+        if other == first:
+            continue
+        a, b = _summary(first), _summary(other)
+        problems = [f"{s} only in {names[0]}" for s in a if s not in b]
+        problems += [f"{s} only in {name}" for s in b if s not in a]
+        problems += [f"{s}: {a[s][0]} {a[s][1]} grayordinates in {names[0]}, {b[s][0]} in {name}"
+                     for s in a if s in b and a[s] != b[s]]
+        if not problems:
+            differ = [s for s, part in _parts(first).items() if part != _parts(other).get(s)]
+            problems = [f"{s}: other vertices or voxels (or another surface size or volume grid)"
+                        for s in differ] or ["the structures are listed in another order"]
+        raise ValueError(f"the runs' brain models differ: {name} against {names[0]}: " + "; ".join(problems))
+
+
+def _parts(models: cifti2_axes.BrainModelAxis) -> dict[str, Any]:
+    """Structure → its brain-model axis slice, comparable with ``==``."""
+    return {str(name).removeprefix("CIFTI_STRUCTURE_"): bm for name, _, bm in models.iter_structures()}
+
+
+def to_dscalar(maps: dict[str, np.ndarray], models: cifti2_axes.BrainModelAxis,
+               description: str | None = None) -> nib.Cifti2Image:
+    """Maps over the grayordinates as one CIFTI-2 dense scalar image (``.dscalar.nii``).
+
+    Parameters
+    ----------
+    maps : dict of str to ndarray, each of shape (n_grayordinates,) or (q, n_grayordinates)
+        Named maps, in order; an F contrast's ``(q, n_grayordinates)`` effect gives ``q`` rows
+        named ``name_0``...
+    models : nibabel.cifti2.cifti2_axes.BrainModelAxis
+        The input's brain-model axis, unchanged.
+    description : str, optional
+        Stored as each map's metadata ``Description``.
+
+    Returns
+    -------
+    nibabel.Cifti2Image
+        float32, ``(n_maps, n_grayordinates)``, axes ``(ScalarAxis, BrainModelAxis)``; Connectome
+        Workbench and nibabel read it.
+    """
+    names, rows = [], []
+    for name, values in maps.items():
+        values = np.asarray(values, dtype=np.float32)
+        if values.ndim == 1:
+            names.append(name)
+            rows.append(values)
+        else:
+            names.extend(f"{name}_{row}" for row in range(values.shape[0]))
+            rows.extend(values)
+    meta = [{"Description": description}] * len(names) if description else None
+    scalars = cifti2_axes.ScalarAxis(names, meta=meta)
+    img = nib.Cifti2Image(np.vstack(rows), header=(scalars, models))
+    img.nifti_header.set_intent("ConnDenseScalar")
+    return img
+

@@ -1,0 +1,98 @@
+"""CIFTI-2 dense time series in, dense scalars out (daskglm.io.cifti), against nibabel's own reading."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.cifti2 import cifti2_axes as ax
+
+from daskglm.io.cifti import check_same_brain_models, structure_of, to_dscalar
+from daskglm.io.nifti import inspect_run, read_volumes
+
+
+def brain_models(n_vertices: int = 40, subcortical: bool = True, structure: str = "thalamus_left"):
+    """Left cortex (every other vertex of a mesh of 2 n + 10) and, optionally, a small voxel structure."""
+    models = ax.BrainModelAxis.from_surface(np.arange(0, 2 * n_vertices, 2), 2 * n_vertices + 10, "CortexLeft")
+    if subcortical:
+        mask = np.zeros((5, 5, 5), bool)
+        mask[1:4, 1:4, 1:3] = True
+        models = models + ax.BrainModelAxis.from_mask(mask, affine=np.diag([2.0, 2.0, 2.0, 1.0]), name=structure)
+    return models
+
+
+def dtseries(path, data: np.ndarray, models, t_r: float = 2.0):
+    img = nib.Cifti2Image(data.astype(np.float32), header=(ax.SeriesAxis(0, t_r, data.shape[0], unit="SECOND"),
+                                                          models))
+    img.nifti_header.set_intent("ConnDenseSeries")
+    nib.save(img, path)
+    return path
+
+
+def test_a_dense_time_series_is_a_run_of_grayordinate_columns(tmp_path):
+    models = brain_models()
+    data = np.random.default_rng(0).normal(size=(25, len(models))).astype(np.float32)
+    path = dtseries(tmp_path / "run.dtseries.nii", data, models, t_r=0.72)
+    info = inspect_run(str(path))
+    assert info.shape == (len(models), 1, 1, 25)
+    assert info.t_r == pytest.approx(0.72)
+    np.testing.assert_array_equal(info.affine, np.eye(4))
+    rows = read_volumes(str(info.path), 5, 12)
+    assert rows.shape == (len(models), 1, 1, 7)
+    np.testing.assert_array_equal(rows[:, 0, 0, :], data[5:12].T)
+
+
+def test_rows_are_read_from_the_file_not_the_whole_matrix(tmp_path):
+    """nibabel's array proxy reads only the rows asked for: memory is that of the rows, not of the run."""
+    models = brain_models(n_vertices=10_000, subcortical=False)
+    data = np.ones((1500, len(models)), np.float32)  # 60 MB on disk
+    path = dtseries(tmp_path / "big.dtseries.nii", data, models)
+    del data
+    tracemalloc.start()
+    rows = read_volumes(str(path), 100, 110)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert rows.shape == (len(models), 1, 1, 10)
+    assert peak < 8 * 2**20, peak  # 10 rows are 0.4 MB (and nibabel parses the header's XML); the run is 60 MB
+
+
+def test_other_cifti_kinds_are_refused_naming_their_axes(tmp_path):
+    models = brain_models()
+    scalars = nib.Cifti2Image(np.zeros((2, len(models)), np.float32), header=(ax.ScalarAxis(["a", "b"]), models))
+    path = tmp_path / "maps.dtseries.nii"
+    nib.save(scalars, path)
+    with pytest.raises(ValueError, match=r"maps\.dtseries\.nii.*dense time series.*ScalarAxis"):
+        inspect_run(str(path))
+
+
+def test_runs_whose_brain_models_differ_are_named_with_the_structure():
+    same = brain_models()
+    check_same_brain_models([same, brain_models()], ["a", "b"])  # equal: no error
+    with pytest.raises(ValueError, match=r"THALAMUS_LEFT only in a"):
+        check_same_brain_models([same, brain_models(subcortical=False)], ["a", "b"])
+    with pytest.raises(ValueError, match=r"CORTEX_LEFT: 40 surface grayordinates in a, 30 in b"):
+        check_same_brain_models([same, brain_models(n_vertices=30)], ["a", "b"])
+    with pytest.raises(ValueError, match=r"THALAMUS_RIGHT only in b"):
+        check_same_brain_models([same, brain_models(structure="thalamus_right")], ["a", "b"])
+    shifted = ax.BrainModelAxis.from_surface(np.arange(1, 81, 2), 90, "CortexLeft") + brain_models()[40:]
+    with pytest.raises(ValueError, match=r"CORTEX_LEFT: other vertices"):
+        check_same_brain_models([same, shifted], ["a", "b"])
+
+
+def test_maps_are_written_as_dense_scalars_on_the_input_brain_models(tmp_path):
+    models = brain_models()
+    z = np.arange(len(models), dtype=float)
+    effect = np.vstack([z, -z])  # an F contrast's effect: one row per contrast row
+    img = to_dscalar({"z_score": z, "effect_size": effect}, models, "z of a contrast")
+    nib.save(img, tmp_path / "maps.dscalar.nii")
+    back = nib.load(tmp_path / "maps.dscalar.nii")
+    scalars, grayordinates = back.header.get_axis(0), back.header.get_axis(1)
+    assert isinstance(scalars, ax.ScalarAxis)
+    assert list(scalars.name) == ["z_score", "effect_size_0", "effect_size_1"]
+    assert scalars.meta[0]["Description"] == "z of a contrast"
+    assert grayordinates == models
+    assert back.nifti_header.get_intent()[0] == "ConnDenseScalar"
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.vstack([z, effect]).astype(np.float32))
+    assert list(np.unique(structure_of(models))) == ["CORTEX_LEFT", "THALAMUS_LEFT"]
