@@ -31,6 +31,7 @@ __all__ = [
     "check_same_brain_models",
     "structure_of",
     "to_dscalar",
+    "to_dtseries",
 ]
 
 #: How a CIFTI run looks to the volume pipeline: grayordinate ``g`` is voxel ``(g, 0, 0)`` of this grid.
@@ -239,3 +240,26 @@ def to_dscalar(maps: dict[str, np.ndarray], models: cifti2_axes.BrainModelAxis,
     img.nifti_header.set_intent("ConnDenseScalar")
     return img
 
+
+def to_dtseries(values: np.ndarray, models: cifti2_axes.BrainModelAxis, t_r: float | None) -> nib.Cifti2Image:
+    """Time series over the grayordinates (a fit's residuals or predictions) as a dense time series.
+
+    Parameters
+    ----------
+    values : ndarray, shape (n_scans, n_grayordinates)
+        One row per scan, in the brain-model axis' order.
+    models : nibabel.cifti2.cifti2_axes.BrainModelAxis
+        The input's brain-model axis, unchanged.
+    t_r : float or None
+        The series' step in seconds (1 when unknown).
+
+    Returns
+    -------
+    nibabel.Cifti2Image
+        float32, axes ``(SeriesAxis, BrainModelAxis)`` (a ``.dtseries.nii``).
+    """
+    values = np.asarray(values, dtype=np.float32)
+    series = cifti2_axes.SeriesAxis(0.0, float(t_r or 1.0), values.shape[0], unit="SECOND")
+    img = nib.Cifti2Image(values, header=(series, models))
+    img.nifti_header.set_intent("ConnDenseSeries")
+    return img

@@ -94,6 +94,10 @@ class EstimatorMixin:
         Design columns that are not strings (e.g. ``pd.DataFrame(X)``'s
         integers) are shown as strings: nilearn 0.14.1's report fails on them.
         """
+        if getattr(self, "_cifti_models", None) is not None:
+            raise NotImplementedError("generate_report does not support CIFTI fits yet (nilearn's report draws "
+                                      "volumes or surfaces); the maps of compute_contrast are dense scalars "
+                                      "that Connectome Workbench and nibabel read")
         with _string_columns(self):
             return super().generate_report(*args, **kwargs)  # type: ignore[misc]
 

@@ -48,7 +48,7 @@ from ..glm import contrasts as _contrasts
 from ..glm import design as _design
 from ..glm.fit import check_bins, check_scaling, fit_run, voxelwise_run
 from ..glm.fitstore import reopen_fit, save_fits
-from ..io.cifti import brain_models, check_same_brain_models, structure_of, to_dscalar
+from ..io.cifti import brain_models, check_same_brain_models, structure_of, to_dscalar, to_dtseries
 from ..io.grid import check_target
 from ..io.maps import scatter_to_volume
 from ..io.nifti import RunInfo, inspect_run, is_url, load_image
@@ -793,8 +793,9 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
 
         Returns
         -------
-        list of Nifti1Image
-            4D images, ``(x, y, z, n_scans)`` (``r_square``: ``(x, y, z, 1)``).
+        list of Nifti1Image or Cifti2Image
+            4D images, ``(x, y, z, n_scans)`` (``r_square``: ``(x, y, z, 1)``); for CIFTI runs, dense
+            time series ``(n_scans, n_grayordinates)`` (``r_square``: a dense scalar).
         """
         del result_as_time_series
         check_is_fitted(self)
@@ -809,6 +810,14 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         arrays = self.voxelwise(attribute)
         with self._client() as client, phase(attribute, default=True):
             values = compute(*[a.data for a in arrays], client=client, verbose=self.verbose)
+        models = getattr(self, "_cifti_models", None)
+        if models is not None:  # dense time series per run (r_square: a dense scalar)
+            orders = [np.argsort(array["i"].values) for array in arrays]
+            if attribute == "r_square":
+                return [to_dscalar({"r_square": np.asarray(value)[order]}, models) for value, order in
+                        zip(values, orders)]
+            return [to_dtseries(np.asarray(value)[:, order], models, self.t_r_) for value, order in
+                    zip(values, orders)]
         images = []
         for array, value in zip(arrays, values):
             value = np.atleast_2d(value)  # r_square: one volume, as nilearn's masker gives

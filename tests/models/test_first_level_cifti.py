@@ -150,3 +150,20 @@ def test_cifti_specific_parameters_are_checked(runs, tmp_path, fiac_data):
     with pytest.warns(UserWarning, match="smoothing_fwhm' is not yet supported for CIFTI"):
         FirstLevelModel(t_r=T_R, smoothing_fwhm=5, store=tmp_path / "s", client="threads").fit(
             str(run["path"]), events=run["events"])
+
+
+def test_residuals_and_r_square_are_cifti_images_and_reports_say_they_are_not_supported(runs, tmp_path):
+    run = runs["runs"][0]
+    model = FirstLevelModel(t_r=T_R, noise_model="ols", minimize_memory=False, store=tmp_path, client="threads")
+    model.fit(str(run["path"]), events=run["events"])
+    (residuals,), (r_square,) = model.residuals_, model.r_square_
+    assert residuals.header.get_axis(1) == runs["models"] and residuals.shape == (N_SCANS, len(runs["models"]))
+    assert residuals.header.get_axis(0).step == T_R
+    # OLS residuals of the scaled data, as nilearn's run_glm computes them
+    design = make_first_level_design_matrix(np.arange(N_SCANS) * T_R, run["events"])
+    y, _ = mean_scaling(run["data"])
+    _, results = run_glm(y, design.values, noise_model="ols")
+    np.testing.assert_allclose(np.asarray(residuals.dataobj), results[0.0].residuals, rtol=1e-4, atol=1e-4)
+    assert list(r_square.header.get_axis(0).name) == ["r_square"]
+    with pytest.raises(NotImplementedError, match="generate_report does not support CIFTI"):
+        model.generate_report(CONTRAST)
