@@ -39,6 +39,8 @@ import numpy as np
 import psutil
 import pytest
 from dask.callbacks import Callback
+from nibabel.cifti2 import cifti2_axes as ax
+from nilearn.glm.first_level import make_first_level_design_matrix
 
 if TYPE_CHECKING:
     from daskglm.models.first_level import FirstLevelModel
@@ -526,3 +528,41 @@ def assert_same_statistical_maps(ours: ReportPage, theirs: ReportPage, peak_atol
 
 #: The first bytes of every PNG file.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- CIFTI
+
+#: The simulated CIFTI runs' repetition time and length.
+
+T_R_CIFTI, N_SCANS_CIFTI = 2.0, 120
+
+
+def cifti_brain_models(cortex: int = 150, thalamus: bool = True):
+    """Left cortex (every other vertex of a mesh) and, optionally, a 48-voxel left thalamus."""
+    models = ax.BrainModelAxis.from_surface(np.arange(0, 2 * cortex, 2), 2 * cortex + 20, "CortexLeft")
+    if thalamus:
+        mask = np.zeros((6, 6, 6), bool)
+        mask[1:5, 1:5, 1:4] = True
+        models = models + ax.BrainModelAxis.from_mask(mask, affine=np.diag([2.0, 2.0, 2.0, 1.0]),
+                                                      name="thalamus_left")
+    return models
+
+
+def cifti_run(seed: int, models) -> tuple[nib.Cifti2Image, np.ndarray, object]:
+    """A CIFTI-2 dense time series with DStDSp > baseline at the first 30 cortex vertices, and AR(1) noise.
+
+    Returns the image (in memory), its ``(time, grayordinate)`` float32 matrix and its events."""
+    from daskglm.datasets import fiac_events
+
+    rng = np.random.default_rng(seed)
+    events = fiac_events(n_scans=N_SCANS_CIFTI, t_r=T_R_CIFTI, seed=seed)
+    design = make_first_level_design_matrix(np.arange(N_SCANS_CIFTI) * T_R_CIFTI, events)
+    beta = np.zeros((design.shape[1], len(models)))
+    beta[list(design.columns).index("DStDSp"), :30] = 8.0
+    noise = rng.normal(size=(N_SCANS_CIFTI, len(models)))
+    for t in range(1, N_SCANS_CIFTI):
+        noise[t] += 0.4 * noise[t - 1]
+    data = (500 + design.values @ beta + 4 * noise).astype(np.float32)
+    img = nib.Cifti2Image(data, header=(ax.SeriesAxis(0, T_R_CIFTI, N_SCANS_CIFTI, unit="SECOND"), models))
+    img.nifti_header.set_intent("ConnDenseSeries")
+    return img, data, events

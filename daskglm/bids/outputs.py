@@ -56,9 +56,10 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..io.maps import save_nifti, scatter_to_volume, write_bytes
+from ..io.cifti import is_cifti, to_dscalar
+from ..io.maps import save_nifti, write_bytes
 from ..io.remote import is_url, url_to_fs
-from ..runtime.cluster import compute, phase
+from ..runtime.cluster import phase
 
 __all__ = [
     "DESCRIPTION",
@@ -138,6 +139,8 @@ class ModelOutputs:
     figures: bool = False
     residuals: bool = False
     report: bool = False
+    #: CIFTI runs: maps are dense scalars (``.dscalar.nii``), residuals dense time series; no cluster tables
+    cifti: bool = False
 
     @property
     def statmap(self) -> str:
@@ -163,9 +166,10 @@ class ModelOutputs:
                 files += [design["design_matrix_png"], design["correlation_matrix_png"],
                           *(names["contrasts_dict"][index][name] for name in self.contrasts)]
         files.append(self.statmap)
+        tables = () if self.cifti else ("clusters_tsv", "metadata")
         for name in self.contrasts:
             maps = names["statistical_maps"][name]
-            files += [maps[key] for key in (*MAP_KEYS, "clusters_tsv", "metadata")]
+            files += [maps[key] for key in (*MAP_KEYS, *tables)]
         if self.residuals:
             files += [names["model_level_mapping"][index][key] for key in ("residuals", "r_square")
                       for index in range(self.n_runs)]
@@ -218,13 +222,33 @@ def model_outputs(out_dir: str | os.PathLike, run_imgs: list, contrasts: Iterabl
         prefix = ""
     view = first_level_view([None] * len(run_imgs), run_imgs)
     names = output_filenames(view, prefix, dict.fromkeys(contrasts, "c"), dict(stat_types), ".")
+    cifti = bool(run_imgs) and all(is_cifti(run) for run in run_imgs)
+    if cifti:
+        if report:
+            raise ValueError("report.html is not available for CIFTI runs yet: nilearn's report draws volumes "
+                             "or surfaces (leave out --report)")
+        _cifti_names(names)
     sub = os.fspath(names.pop("dir"))  # "." or "sub-<label>": nilearn's folder, relative to out_dir
     folder = os.fspath(out_dir) if sub == "." else join(out_dir, sub)
     short = prefix if isinstance(prefix, str) else ""
     if short and not short.endswith("_"):
         short += "_"
     return ModelOutputs(folder, names, short, contrasts, len(run_imgs), subject, bool(figures), bool(residuals),
-                        bool(report))
+                        bool(report), cifti)
+
+
+def _cifti_names(names: dict) -> None:
+    """nilearn's ``.nii.gz`` names, for CIFTI: maps and mask as dense scalars, residuals as dense time series."""
+    def rename(name: str, kind: str) -> str:
+        return f"{name.removesuffix('.nii.gz')}.{kind}.nii"
+
+    names["mask"] = rename(names["mask"], "dscalar")
+    for files in names["statistical_maps"].values():
+        for key in MAP_KEYS:
+            files[key] = rename(files[key], "dscalar")
+    for files in names["model_level_mapping"].values():
+        files["residuals"] = rename(files["residuals"], "dtseries")
+        files["r_square"] = rename(files["r_square"], "dscalar")
 
 
 # ------------------------------------------------------------------ writing
@@ -341,7 +365,8 @@ def write_model(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any], st
 
     names = outputs.names
     step("writing the design and model files")
-    writer.put(outputs.path(names["mask"]), model.mask_img_)
+    writer.put(outputs.path(names["mask"]), model.mask_img_ if not outputs.cifti else to_dscalar(
+        {"mask": np.ones(model.n_elements_, np.float32)}, model._cifti_models))
     _write_designs(model, outputs, contrasts, writer)
     view = first_level_view(model.design_matrices_, run_imgs, model)
     writer.put(outputs.path(outputs.statmap), json.dumps(
@@ -358,9 +383,10 @@ def write_model(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any], st
         files = names["statistical_maps"][name]
         for key in MAP_KEYS:
             writer.put(outputs.path(files[key]), maps[key])
-        table, details = _clusters(maps["z_score"], options)
-        writer.put(outputs.path(files["clusters_tsv"]), table.to_csv(sep="\t", index=False).encode())
-        writer.put(outputs.path(files["metadata"]), json.dumps(details).encode())
+        if not outputs.cifti:  # nilearn's cluster tables are of volumes
+            table, details = _clusters(maps["z_score"], options)
+            writer.put(outputs.path(files["clusters_tsv"]), table.to_csv(sep="\t", index=False).encode())
+            writer.put(outputs.path(files["metadata"]), json.dumps(details).encode())
         if on_contrast is not None:
             on_contrast(number, name, maps)
     if outputs.residuals:
@@ -411,11 +437,7 @@ def _write_residuals(model: Any, outputs: ModelOutputs, writer: Writer, label: s
     """Each run's residuals and r-square maps, computed per voxel block from its store."""
 
     for attribute in ("residuals", "r_square"):
-        for index, array in enumerate(model.voxelwise(attribute)):
-            with phase(f"{label}writing the {attribute} of run {index + 1}"):
-                values = np.atleast_2d(compute(array.data, client=client)[0])
-            volume = scatter_to_volume(values, *(array[n].values for n in "ijk"), tuple(array.attrs["volume_shape"]))
-            img = type(model.mask_img_)(volume, np.asarray(array.attrs["affine"]))
+        for index, img in enumerate(model.voxelwise_images(attribute, client, label=f"{label}writing the ")):
             writer.put(outputs.path(outputs.names["model_level_mapping"][index][attribute]), img)
 
 

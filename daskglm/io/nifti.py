@@ -286,6 +286,8 @@ def inspect_run(
         With the file name and the problem.
     """
     remote = None
+    if is_url(run) and is_cifti(run):
+        raise NotImplementedError(f"{run!r}: CIFTI runs are read from local files only for now; copy it locally")
     if is_url(run):
         img, remote = _url_header(run, "run image", storage_options)
         path = run

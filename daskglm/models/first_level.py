@@ -807,8 +807,29 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
                 "`minimize_memory` to `False` when initializing the `FirstLevelModel`-object. "
                 "(daskglm: model.voxelwise(attribute) gives them lazily whatever minimize_memory.)"
             )
+        return self.voxelwise_images(attribute)
+
+    def voxelwise_images(self, attribute: str, client: Any = None, label: str = "") -> list:
+        """``residuals``, ``predicted`` or ``r_square`` of each run as images, computed now.
+
+        Parameters
+        ----------
+        attribute : {"residuals", "predicted", "r_square"}
+            The quantity, as :meth:`voxelwise`.
+        client : distributed.Client or str, optional
+            Where to compute them (default: the model's client).
+        label : str
+            Start of the progress label (``"sub-01: "``).
+
+        Returns
+        -------
+        list of Nifti1Image or Cifti2Image
+            One per run: ``(x, y, z, n_scans)`` (``r_square``: ``(x, y, z, 1)``); for CIFTI runs, dense
+            time series ``(n_scans, n_grayordinates)`` (``r_square``: a dense scalar).
+        """
         arrays = self.voxelwise(attribute)
-        with self._client() as client, phase(attribute, default=True):
+        given = contextlib.nullcontext(client) if client is not None else self._client()
+        with given as client, phase(f"{label}{attribute}", default=True):
             values = compute(*[a.data for a in arrays], client=client, verbose=self.verbose)
         models = getattr(self, "_cifti_models", None)
         if models is not None:  # dense time series per run (r_square: a dense scalar)

@@ -436,3 +436,41 @@ def test_nilearns_events_warnings_reach_the_user_before_the_contrast_error(fiac,
                          "daskglm: warning: The following unexpected columns in events data will be ignored: "
                          "condition"], proc.stderr
     assert len(lines) == 3 and lines[2].startswith("daskglm: error: contrast 'language'") and "'dummy'" in lines[2]
+
+
+def test_fit_cifti_runs_writes_dense_scalars_named_as_nilearn_would(tmp_path):
+    """``daskglm fit`` on two fsLR dense time series: nilearn's BIDS names with ``.dscalar.nii`` maps on the runs'
+    brain models, equal to the Python model's maps (itself checked against nilearn's GLM functions); no cluster
+    tables (nilearn's are of volumes); ``--report`` refused before any work."""
+    from helpers import T_R_CIFTI, cifti_brain_models, cifti_run
+
+    models = cifti_brain_models()
+    runs, events = [], []
+    for run in (1, 2):
+        img, _, table = cifti_run(run, models)
+        runs.append(tmp_path / f"sub-01_task-x_run-{run}_space-fsLR_den-91k_bold.dtseries.nii")
+        nib.save(img, runs[-1])
+        events.append(tmp_path / f"run-{run}_events.tsv")
+        table.to_csv(events[-1], sep="\t", index=False)
+    args = [*runs, "--events", events[0], "--events", events[1], "--t-r", T_R_CIFTI, "--contrast",
+            "dst=DStDSp - SStSSp", "--scheduler", "threads", "--store", tmp_path / "stores"]
+    refused = run_cli("fit", *args, "--out", tmp_path / "refused", "--report")
+    assert refused.returncode == 1 and "not available for CIFTI runs" in refused.stderr, refused.stderr
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "stores").exists()
+    proc = run_cli("fit", *args, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "out" / "sub-01"
+    stem = "sub-01_task-x_space-fsLR_contrast-dst_stat-"
+    assert sorted(p.name for p in folder.glob("*.dscalar.nii")) == sorted(
+        [f"{stem}{kind}_statmap.dscalar.nii" for kind in ("effect", "p", "t", "variance", "z")]
+        + ["sub-01_task-x_space-fsLR_mask.dscalar.nii"])
+    assert not list(folder.glob("*clusters*"))
+    z = nib.load(folder / f"{stem}z_statmap.dscalar.nii")
+    assert z.header.get_axis(1) == models
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = FirstLevelModel(t_r=T_R_CIFTI, store=tmp_path / "stores", client="threads").fit(
+            [str(r) for r in runs], events=[str(e) for e in events])
+        expected = model.compute_contrast("DStDSp - SStSSp")
+    np.testing.assert_allclose(np.asarray(z.dataobj), np.asarray(expected.dataobj), rtol=1e-6)
+    assert np.asarray(z.dataobj)[0, :30].mean() > 4  # the simulated effect

@@ -13,50 +13,24 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-from nibabel.cifti2 import cifti2_axes as ax
+from helpers import N_SCANS_CIFTI as N_SCANS
+from helpers import T_R_CIFTI as T_R
+from helpers import cifti_brain_models, cifti_run
 from nilearn.glm.contrasts import compute_contrast, compute_fixed_effect_contrast
 from nilearn.glm.first_level import make_first_level_design_matrix, mean_scaling, run_glm
 
 from daskglm import FirstLevelModel
-from daskglm.datasets import fiac_events
 
-T_R, N_SCANS = 2.0, 120
 CONTRAST = "DStDSp - SStSSp"
-
-
-def _models(cortex: int = 150, thalamus: bool = True):
-    models = ax.BrainModelAxis.from_surface(np.arange(0, 2 * cortex, 2), 2 * cortex + 20, "CortexLeft")
-    if thalamus:
-        mask = np.zeros((6, 6, 6), bool)
-        mask[1:5, 1:5, 1:4] = True
-        models = models + ax.BrainModelAxis.from_mask(mask, affine=np.diag([2.0, 2.0, 2.0, 1.0]),
-                                                      name="thalamus_left")
-    return models
-
-
-def _run(seed: int, models) -> tuple[nib.Cifti2Image, np.ndarray, object]:
-    """A dense time series with DStDSp > baseline at the first 30 cortex vertices and AR(1) noise."""
-    rng = np.random.default_rng(seed)
-    events = fiac_events(n_scans=N_SCANS, t_r=T_R, seed=seed)
-    design = make_first_level_design_matrix(np.arange(N_SCANS) * T_R, events)
-    beta = np.zeros((design.shape[1], len(models)))
-    beta[list(design.columns).index("DStDSp"), :30] = 8.0
-    noise = rng.normal(size=(N_SCANS, len(models)))
-    for t in range(1, N_SCANS):
-        noise[t] += 0.4 * noise[t - 1]
-    data = (500 + design.values @ beta + 4 * noise).astype(np.float32)
-    img = nib.Cifti2Image(data, header=(ax.SeriesAxis(0, T_R, N_SCANS, unit="SECOND"), models))
-    img.nifti_header.set_intent("ConnDenseSeries")
-    return img, data, events
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifti")
-    models = _models()
+    models = cifti_brain_models()
     out = []
     for seed in (1, 2):
-        img, data, events = _run(seed, models)
+        img, data, events = cifti_run(seed, models)
         path = root / f"sub-01_task-x_run-{seed}_bold.dtseries.nii"
         nib.save(img, path)
         out.append({"path": path, "data": data, "events": events, "img": img})
@@ -100,7 +74,7 @@ def test_z_maps_equal_nilearns_glm_on_the_same_matrix(runs, tmp_path, noise_mode
     assert ours[:30].mean() > 4 and abs(ours[30:].mean()) < 0.5  # the effect where it was put
 
 
-def test_maps_are_dense_scalars_on_the_runs_brain_models(runs, tmp_path):
+def test_maps_are_dense_scalars_on_the_runs_braincifti_brain_models(runs, tmp_path):
     model = FirstLevelModel(t_r=T_R, store=tmp_path / "stores", client="threads")
     model.fit(str(runs["runs"][0]["path"]), events=runs["runs"][0]["events"])
     maps = model.compute_contrast(CONTRAST, output_type="all")
@@ -128,7 +102,7 @@ def test_an_in_memory_cifti_image_fits_as_its_file_does(runs, tmp_path):
 
 
 def test_runs_with_other_brain_models_are_refused_before_any_work(runs, tmp_path):
-    other, _, events = _run(3, _models(cortex=140))
+    other, _, events = cifti_run(3, cifti_brain_models(cortex=140))
     path = tmp_path / "other.dtseries.nii"
     nib.save(other, path)
     model = FirstLevelModel(t_r=T_R, store=tmp_path / "stores", client="threads")
