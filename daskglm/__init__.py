@@ -33,6 +33,7 @@ _EXPORTS = {
     "get_client": "daskglm.runtime",
     "simulate_fiac": "daskglm.datasets",
     "simulate_bids": "daskglm.datasets",
+    "simulate_cifti": "daskglm.datasets",
     "first_level_from_bids": "daskglm.bids",
     "FirstLevelModel": "daskglm.models",
     "compute_fixed_effects": "daskglm.glm",
