@@ -7,13 +7,20 @@ is turned into a :class:`daskglm.FirstLevelModel` with the same parameters
 (those daskglm's model has) plus daskglm's own (``store``, ``client``, ...).
 nilearn users switch by changing the import.
 
-Two differences from nilearn 0.14.1:
+Differences from nilearn 0.14.1:
 
 * ``mask_img="derivatives"`` gives *each* subject the intersection of its own
   runs' brain masks (nilearn 0.14.1 gives every subject after the first the
   first subject's mask).
 * Errors nilearn raises for a wrong ``derivatives_folder``, task or space
   label also list what the dataset holds.
+* CIFTI-2 dense time series (fMRIPrep's ``space-fsLR_den-91k_bold.dtseries.nii``),
+  which nilearn does not find, are found by :mod:`daskglm.bids.cifti_bids`
+  when the space has no NIfTI runs.
+
+``space_label="fsaverage5"`` is nilearn's own: its runs are
+:class:`nilearn.surface.SurfaceImage` objects (both hemispheres' GIFTI files on
+nilearn's fsaverage5 pial mesh), which daskglm's model fits.
 """
 
 from __future__ import annotations
@@ -27,19 +34,83 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["first_level_from_bids", "bold_entities", "dataset_hint", "is_surface_space", "pipeline_folders"]
+from .cifti_bids import DTSERIES, cifti_first_level_from_bids, is_cifti_space
+
+__all__ = ["first_level_from_bids", "bold_entities", "dataset_hint", "is_surface_space", "pipeline_folders",
+           "run_kind", "surface_run_files"]
+
+#: nilearn's ``file_type`` of each kind of run: volumes, fsaverage5 GIFTI pairs, CIFTI-2 dense time series.
+_RUN_TYPES = {"volume": "nii*", "gifti": "func.gii", "cifti": DTSERIES}
 
 def is_surface_space(space_label: Any) -> bool:
-    # nilearn's test (`space_label not in ("fsaverage5")` is a substring test); nilearn validates the type.
+    """Whether nilearn reads ``space_label``'s runs as GIFTI pairs (fsaverage5).
+
+    nilearn's test: ``space_label not in ("fsaverage5")`` is a substring test;
+    nilearn validates the type.
+    """
     return isinstance(space_label, str) and space_label != "" and space_label in "fsaverage5"
 
 
-def _check_supported(space_label: Any, kwargs: dict) -> None:
+def run_kind(derivatives_path: Path, task_label: str, space_label: str | None,
+             img_filters: list[tuple[str, str]] | None = None) -> str:
+    """How the runs of this task and space are stored: ``"volume"``, ``"gifti"`` (fsaverage5) or ``"cifti"``.
+
+    Parameters
+    ----------
+    derivatives_path : pathlib.Path
+        The derivatives folder.
+    task_label : str
+        The task.
+    space_label : str or None
+        None: nilearn's default, ``MNI152NLin2009cAsym``.
+    img_filters : list of (str, str), optional
+        More entities the runs must have.
+
+    Returns
+    -------
+    str
+        ``"gifti"`` for the spaces nilearn reads as GIFTI pairs; ``"cifti"`` when the
+        space has dense time series and no NIfTI runs; else ``"volume"``.
+    """
     if is_surface_space(space_label):
-        raise NotImplementedError(
-            f"space_label={space_label!r} selects surface (GIFTI) data, which daskglm does not "
-            "fit yet: use a volumetric space such as 'MNI152NLin2009cAsym'"
-        )
+        return "gifti"
+    space = "MNI152NLin2009cAsym" if space_label is None else space_label
+    if isinstance(space, str) and isinstance(task_label, str) and is_cifti_space(
+            Path(derivatives_path), task_label, space, list(img_filters or [])):
+        return "cifti"
+    return "volume"
+
+
+def surface_run_files(derivatives_path: Path, sub_label: str, task_label: str, space_label: str,
+                      img_filters: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+    """A subject's GIFTI runs as nilearn pairs them for ``space_label="fsaverage5"``: ``(left, right)`` paths.
+
+    nilearn's ``first_level_from_bids`` returns these runs as ``SurfaceImage``
+    objects, without their file names; the outputs are named after them.
+
+    Parameters
+    ----------
+    derivatives_path : pathlib.Path
+        The derivatives folder.
+    sub_label, task_label, space_label : str
+        The subject, task and space of the runs.
+    img_filters : list of (str, str), optional
+        More entities the runs must have.
+
+    Returns
+    -------
+    list of (str, str)
+        In nilearn's run order.
+    """
+    from nilearn.interfaces.bids import get_bids_files
+
+    filters = [("task", task_label), ("space", space_label), *(img_filters or [])]
+    left, right = (get_bids_files(derivatives_path, modality_folder="func", file_tag="bold", file_type="func.gii",
+                                  sub_label=sub_label, filters=[*filters, ("hemi", hemi)]) for hemi in "LR")
+    return list(zip(left, right))
+
+
+def _check_supported(space_label: Any, kwargs: dict) -> None:
     unknown = sorted(k for k in kwargs if not k.startswith("confounds_"))
     if unknown:
         raise RuntimeError(
@@ -55,12 +126,13 @@ def bold_entities(derivatives_path: Path) -> dict[str, list[str]]:
 
     found: dict[str, set[str]] = {"task": set(), "space": set()}
     if derivatives_path.is_dir():
-        for path in get_bids_files(derivatives_path, file_tag="bold", file_type="nii*",
-                                   modality_folder="func"):
-            entities = parse_bids_filename(path)["entities"]
-            for key, labels in found.items():
-                if entities.get(key):
-                    labels.add(entities[key])
+        for file_type in _RUN_TYPES.values():
+            for path in get_bids_files(derivatives_path, file_tag="bold", file_type=file_type,
+                                       modality_folder="func"):
+                entities = parse_bids_filename(path)["entities"]
+                for key, labels in found.items():
+                    if entities.get(key):
+                        labels.add(entities[key])
     return {key: sorted(labels) for key, labels in found.items()}
 
 
@@ -192,7 +264,14 @@ def first_level_from_bids(
         ``task-<task_label>`` of the runs to model.
     space_label : str, optional
         ``space-<space_label>`` of the preprocessed runs (nilearn's default
-        ``"MNI152NLin2009cAsym"``). Surface spaces are not supported.
+        ``"MNI152NLin2009cAsym"``). ``"fsaverage5"``: nilearn's surface runs
+        (``SurfaceImage`` of the GIFTI hemispheres), fitted as nilearn does.
+        A space whose runs are CIFTI-2 dense time series
+        (``*_bold.dtseries.nii``, such as fMRIPrep's ``space-fsLR_den-91k``)
+        and that has no NIfTI runs: daskglm finds them (nilearn 0.14 does
+        not), with their events, confounds and sidecar ``t_r``, and returns
+        their paths (see :mod:`daskglm.bids.cifti_bids`); give
+        ``img_filters=[("den", "91k")]`` if several densities are there.
     sub_labels, exclude_subjects : list of str, optional
         Subjects to model / to skip (default: all in the derivatives).
     img_filters : list of (str, str), optional
@@ -205,7 +284,8 @@ def first_level_from_bids(
         :class:`daskglm.FirstLevelModel`.
     mask_img : path, image, ``"derivatives"`` or None
         ``"derivatives"``: each subject's model gets the intersection of its
-        runs' ``*_desc-brain_mask`` images (threshold 0.5), as nilearn.
+        runs' ``*_desc-brain_mask`` images (threshold 0.5), as nilearn; no
+        mask for surface and CIFTI runs (fMRIPrep writes none).
     target_affine, target_shape, smoothing_fwhm
         Resampling grid and smoothing given to every model, as
         :class:`daskglm.FirstLevelModel`.
@@ -238,8 +318,9 @@ def first_level_from_bids(
     -------
     models : list of daskglm.FirstLevelModel
         One per subject, ``subject_label`` set, in nilearn's order.
-    models_run_imgs : list of list of str
-        ``models_run_imgs[i][j]``: path of subject i's run j.
+    models_run_imgs : list of list of str or nilearn.surface.SurfaceImage
+        ``models_run_imgs[i][j]``: path of subject i's run j (a NIfTI or
+        ``.dtseries.nii`` file), or for fsaverage5 its ``SurfaceImage``.
     models_events : list of list of pandas.DataFrame
         Events of each run, shape (n_events, >= 3).
     models_confounds : list of (list of pandas.DataFrame, shape (n_scans, n_confounds)) or None
@@ -252,8 +333,6 @@ def first_level_from_bids(
         nilearn's, for a missing dataset / derivatives folder, an unknown task
         or space, mismatched events or confounds; daskglm adds what the
         dataset holds.
-    NotImplementedError
-        Surface spaces.
     """
     from nilearn.glm.first_level import (
         first_level_from_bids as nilearn_first_level_from_bids,
@@ -261,6 +340,24 @@ def first_level_from_bids(
 
     _check_supported(space_label, kwargs)
     from_derivatives = isinstance(mask_img, str) and mask_img == "derivatives"
+    daskglm_params = {"random_state": random_state, "store": store, "storage_options": storage_options,
+                      "t_chunk": t_chunk, "v_chunk": v_chunk, "client": client}
+    derivatives_path = (Path(dataset_path) / derivatives_folder).absolute()
+    if run_kind(derivatives_path, task_label, space_label, img_filters) == "cifti":
+        from ..models.first_level import FirstLevelModel
+
+        params = {"hrf_model": hrf_model, "drift_model": drift_model, "high_pass": high_pass,
+                  "drift_order": drift_order, "fir_delays": fir_delays, "min_onset": min_onset,
+                  "mask_img": None if from_derivatives else mask_img, "target_affine": target_affine,
+                  "target_shape": target_shape, "smoothing_fwhm": smoothing_fwhm, "memory": memory,
+                  "memory_level": memory_level, "standardize": standardize, "signal_scaling": signal_scaling,
+                  "noise_model": noise_model, "verbose": verbose, "n_jobs": n_jobs,
+                  "minimize_memory": minimize_memory, **daskglm_params}
+        with _explained(dataset_path, derivatives_folder, task_label, space_label):
+            subjects, run_imgs, events, confounds = cifti_first_level_from_bids(
+                dataset_path, task_label, space_label, sub_labels, exclude_subjects, img_filters, t_r,
+                slice_time_ref, derivatives_folder, params, kwargs)
+        return [FirstLevelModel(**p) for p in subjects], run_imgs, events, confounds
     with _explained(dataset_path, derivatives_folder, task_label, space_label):
         models, run_imgs, events, confounds = nilearn_first_level_from_bids(
             dataset_path, task_label, space_label=space_label, sub_labels=sub_labels,
@@ -273,9 +370,6 @@ def first_level_from_bids(
             noise_model=noise_model, verbose=verbose, n_jobs=1, minimize_memory=minimize_memory,
             derivatives_folder=derivatives_folder, **kwargs,
         )
-    daskglm_params = {"random_state": random_state, "store": store, "storage_options": storage_options,
-                      "t_chunk": t_chunk, "v_chunk": v_chunk, "client": client}
-    derivatives_path = (Path(dataset_path) / derivatives_folder).absolute()
     space = "MNI152NLin2009cAsym" if space_label is None else space_label  # nilearn's default
     ours = []
     for model, imgs in zip(models, run_imgs):

@@ -162,8 +162,6 @@ def test_errors_are_clear(bids, tmp_path: Path) -> None:
         first_level_from_bids(bids.root, "rest", derivatives_folder=DERIV)
     with pytest.raises(ValueError, match=r"(.|\n)*spaces \['MNI152NLin2009cAsym'\]"):
         first_level_from_bids(bids.root, "language", space_label="T1w", derivatives_folder=DERIV)
-    with pytest.raises(NotImplementedError, match="surface"):
-        first_level_from_bids(bids.root, "language", space_label="fsaverage5", derivatives_folder=DERIV)
     with pytest.raises(RuntimeError, match=r"\['stores'\](.|\n)*store"):
         first_level_from_bids(bids.root, "language", derivatives_folder=DERIV, stores="/tmp")
     # nilearn's system parameters reach the models (n_jobs: workers of the embedded cluster)
