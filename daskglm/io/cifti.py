@@ -7,10 +7,10 @@ already ``bold(time, voxel)``, so a grayordinate is one more column. The
 rest of the pipeline sees a CIFTI run as a run of ``n_grayordinates x 1 x 1``
 "volumes" on an identity grid (grayordinate ``g`` is voxel ``(g, 0, 0)``):
 the same ingestion, fit and contrasts, with no smoothing (there is no grid to
-smooth on). Only the edges are CIFTI's: reading rows of the file (nibabel's
-array proxy reads just those rows of an uncompressed file), checking that
-runs share their brain models, and writing maps back as dense scalars
-(``.dscalar.nii``) on the input's brain-model axis.
+smooth on). Only the edges are CIFTI's: reading rows of the file (see
+:func:`read_cifti_volumes`), checking that runs share their brain models, and
+writing maps back as dense scalars (``.dscalar.nii``) on the input's
+brain-model axis.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from nibabel.cifti2 import cifti2_axes
+from nibabel.volumeutils import apply_read_scaling
 
 __all__ = [
     "is_cifti",
@@ -38,6 +39,9 @@ __all__ = [
 GRID_AFFINE = np.eye(4)
 #: File name endings of CIFTI-2 dense time series.
 DTSERIES_SUFFIX = ".dtseries.nii"
+#: Bytes of a dense time series file :func:`read_cifti_volumes` reads at a time (whole time series of
+#: consecutive grayordinates): its memory beyond the scans it returns.
+READ_WINDOW_BYTES = 4 * 2**20
 
 
 def is_cifti(run: Any) -> bool:
@@ -129,7 +133,18 @@ def as_volumes(data: np.ndarray) -> np.ndarray:
 
 
 def read_cifti_volumes(path: str, start: int, stop: int) -> np.ndarray:
-    """Read scans ``start:stop`` of a dense time series as volumes (rows of the file only).
+    """Read scans ``start:stop`` of a dense time series as volumes.
+
+    On disk the time index varies fastest: each grayordinate's time series is
+    contiguous, and scans ``start:stop`` are a short piece of every one of them.
+    The file is streamed :data:`READ_WINDOW_BYTES` at a time (the whole time
+    series of consecutive grayordinates) and the scans asked for are kept, so
+    memory is that of the scans returned plus one window. Only the NIfTI-2
+    header is parsed, not the CIFTI-2 XML (the caller has checked the brain
+    models). nibabel's proxy parses the XML at every load and reads the whole
+    span of the file for a few scans: what that cost an ingestion is in
+    BENCHMARKS.md, "HCP-size CIFTI". Files in another layout go through
+    nibabel's proxy.
 
     Parameters
     ----------
@@ -141,10 +156,54 @@ def read_cifti_volumes(path: str, start: int, stop: int) -> np.ndarray:
     Returns
     -------
     ndarray, shape (n_grayordinates, 1, 1, stop - start)
-        In the file's dtype (scaled by the header's slope and intercept, if any).
+        In the file's dtype, native byte order (scaled by the header's slope and intercept, if any).
+
+    Raises
+    ------
+    ValueError
+        The file ends before its data do.
     """
-    img = nib.load(path)
-    return as_volumes(np.asanyarray(img.dataobj[start:stop]))
+    layout = _dense_layout(path)
+    if layout is None:
+        img = nib.load(path)
+        return as_volumes(np.asanyarray(img.dataobj[start:stop]))
+    offset, dtype, n_scans, n_columns, slope, inter = layout
+    start, stop, _ = slice(start, stop).indices(n_scans)
+    row = n_scans * dtype.itemsize  # bytes of one grayordinate's time series
+    per_window = max(1, READ_WINDOW_BYTES // row)
+    out = np.empty((n_columns, max(0, stop - start)), dtype=dtype.newbyteorder("="))
+    window = np.empty(min(per_window, n_columns) * row, dtype=np.uint8)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        for first in range(0, n_columns, per_window):
+            last = min(n_columns, first + per_window)
+            view = memoryview(window)[:(last - first) * row]
+            done = 0
+            while done < len(view):
+                got = f.readinto(view[done:])
+                if not got:
+                    raise ValueError(f"{path!r} ends before its data do: grayordinate {first + done // row} "
+                                     f"of {n_columns} is cut short ({n_scans} scans of {dtype})")
+                done += got
+            out[first:last] = np.frombuffer(view, dtype=dtype).reshape(last - first, n_scans)[:, start:stop]
+    return as_volumes(apply_read_scaling(out, slope, inter).T)
+
+
+def _dense_layout(path: str) -> tuple[int, np.dtype, int, int, float, float] | None:
+    """``(data offset, dtype, n_scans, n_grayordinates, slope, intercept)`` of an uncompressed dense
+    time series whose data are a NIfTI-2 ``(1, 1, 1, 1, n_scans, n_grayordinates)`` array in Fortran
+    order (as CIFTI-2 stores them), from its NIfTI-2 header alone; None for any other file."""
+    if os.fspath(path).endswith(".gz"):
+        return None
+    try:
+        img = nib.Nifti2Image.from_filename(path)
+    except Exception:  # not a NIfTI-2 file: nibabel's proxy reads it, or says why not
+        return None
+    proxy = img.dataobj
+    shape = tuple(int(n) for n in proxy.shape)
+    if len(shape) != 6 or shape[:4] != (1, 1, 1, 1) or getattr(proxy, "order", None) != "F":
+        return None
+    return int(proxy.offset), np.dtype(proxy.dtype), shape[4], shape[5], proxy.slope, proxy.inter
 
 
 def structure_of(models: cifti2_axes.BrainModelAxis) -> np.ndarray:

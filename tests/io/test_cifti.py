@@ -45,7 +45,7 @@ def test_a_dense_time_series_is_a_run_of_grayordinate_columns(tmp_path):
 
 
 def test_rows_are_read_from_the_file_not_the_whole_matrix(tmp_path):
-    """nibabel's array proxy reads only the rows asked for: memory is that of the rows, not of the run."""
+    """Only the scans asked for are kept: memory is that of the rows plus one read window, not of the run."""
     models = brain_models(n_vertices=10_000, subcortical=False)
     data = np.ones((1500, len(models)), np.float32)  # 60 MB on disk
     path = dtseries(tmp_path / "big.dtseries.nii", data, models)
@@ -56,6 +56,38 @@ def test_rows_are_read_from_the_file_not_the_whole_matrix(tmp_path):
     tracemalloc.stop()
     assert rows.shape == (len(models), 1, 1, 10)
     assert peak < 8 * 2**20, peak  # 10 rows are 0.4 MB (and nibabel parses the header's XML); the run is 60 MB
+
+
+@pytest.mark.parametrize("window_rows", [1, 3, 7, 1000])
+def test_scans_are_gathered_across_read_windows_as_nibabel_reads_them(tmp_path, monkeypatch, window_rows):
+    """The file is streamed a window of whole time series at a time (last window partial or not):
+    every range of scans equals nibabel's proxy, scaled int16 (slope, intercept) included."""
+    from daskglm.io import cifti
+
+    models = brain_models()  # 58 grayordinates
+    data = np.random.default_rng(1).normal(100, 10, size=(25, len(models))).astype(np.float32)
+    plain = dtseries(tmp_path / "f32.dtseries.nii", data, models)
+    scaled = nib.Cifti2Image(data, header=(ax.SeriesAxis(0, 2.0, 25, unit="SECOND"), models))
+    scaled.set_data_dtype(np.int16)  # nibabel writes scl_slope / scl_inter
+    nib.save(scaled, tmp_path / "i16.dtseries.nii")
+    monkeypatch.setattr(cifti, "READ_WINDOW_BYTES", window_rows * 25 * 4)
+    for path in (plain, tmp_path / "i16.dtseries.nii"):
+        proxy = nib.load(path).dataobj
+        for start, stop in ((0, 25), (5, 12), (24, 25), (3, 3)):
+            rows = read_volumes(str(path), start, stop)
+            expected = np.asarray(proxy[start:stop]).T
+            assert rows.shape == (len(models), 1, 1, stop - start) and rows.dtype == expected.dtype
+            np.testing.assert_array_equal(rows[:, 0, 0, :], expected)
+
+
+def test_a_truncated_dense_time_series_is_named_with_the_grayordinate_cut_short(tmp_path):
+    models = brain_models()
+    path = dtseries(tmp_path / "cut.dtseries.nii", np.ones((25, len(models)), np.float32), models)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size - 10 * 25 * 4 - 8)  # the last 10 grayordinates' series and a bit of one more
+    with pytest.raises(ValueError, match=r"cut\.dtseries\.nii.*ends before its data do: grayordinate 47 of 58"):
+        read_volumes(str(path), 0, 5)
 
 
 def test_other_cifti_kinds_are_refused_naming_their_axes(tmp_path):
