@@ -248,10 +248,12 @@ def _child_env() -> dict:
     return env
 
 
-def _run_child(kind: str, spec: dict, work: Path, label: str, timeout: float | None) -> dict:
+def _run_child(kind: str, spec: dict, work: Path, label: str, timeout: float | None,
+               script: Path | None = None) -> dict:
+    """Run ``script --_child KIND SPEC OUT`` (default: this script) as a measured child; its figures."""
     spec_path, out_path, log = (work / f"{label}.{ext}" for ext in ("spec.json", "out.json", "log"))
     spec_path.write_text(json.dumps(spec))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", kind, str(spec_path), str(out_path)]
+    cmd = [sys.executable, str(Path(script or __file__).resolve()), "--_child", kind, str(spec_path), str(out_path)]
     load_before = os.getloadavg()[0]
     measured = Measured(cmd, log, env=_child_env(), timeout=timeout).run()
     measured["loadavg_1min_before"] = load_before

@@ -168,3 +168,52 @@ def test_speedup_bound_is_cores_times_wall_over_busy_cpu():
     # 30 s of wall in which the machine was busy 40 CPU-seconds: 2 cores give at best 60 / 40
     assert summary._speedup_bound({"wall_s_median": 30.0, "machine_cpu_s_median": 40.0}, 2) == 1.5
     assert summary._speedup_bound({"wall_s_median": 30.0, "machine_cpu_s_median": None}, 2) is None
+
+
+def test_cifti_benchmark_runs_tiny(tmp_path):
+    """benchmarks/cifti.py at CI size: by hand (nibabel + nilearn's run_glm) and daskglm on the same
+    dense time series, valid JSON, the z maps agree; no timing asserted."""
+    env = {**os.environ, "DASKGLM_BENCH_DATA": str(tmp_path / "data"), "DASK_SCHEDULER_ADDRESS": ""}
+    out = tmp_path / "cifti.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cifti.py"), "--size", "tiny", "--repeat", "1",
+         "--byhand-jobs", "1", "--cache", "asis", "--json", str(out), "--timeout", "300"],
+        capture_output=True, text=True, timeout=600, env=env, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    for tag in ("byhand-j1", "daskglm "):
+        assert any(line.startswith(tag) and "tiny 1/1" in line for line in proc.stdout.splitlines()), proc.stdout
+    result = json.loads(out.read_text())
+    size = result["size"]
+    assert size["n_grayordinates"] == 19158 and size["n_scans"] == 60 and size["n_runs"] == 2
+    assert {run["tag"] for run in size["runs"]} == {"byhand-j1", "daskglm"}
+    for run in size["runs"]:
+        assert run["returncode"] == 0 and run["wall_s"] > 0 and run["peak_rss_bytes"] > 50 * 2**20
+    byhand = next(run for run in size["runs"] if run["tag"] == "byhand-j1")
+    agreement = byhand["zmap_agreement"]  # same matrix, same model: nilearn 0.14 is the oracle
+    assert agreement["values_compared"] == 8 * 19158 and agreement["max_abs_dz"] < 1e-3
+    assert agreement["min_correlation"] > 0.9999
+    assert size["best_byhand"] == "byhand-j1" and size["ratios"]["wall_best_byhand_over_daskglm"] > 0
+    assert result["targets"] == []  # the issue's targets are for the hcp size only
+    assert not any(Path(store).exists() for run in size["runs"] for store in run.get("stores", []))
+
+
+def test_cifti_benchmark_rotates_its_configurations_and_refuses_bad_options():
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # cifti.py imports compare.py as a sibling
+    try:
+        spec = importlib.util.spec_from_file_location("daskglm_bench_cifti", ROOT / "benchmarks" / "cifti.py")
+        cifti = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cifti)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    configs = [("byhand", 1, "byhand-j1"), ("byhand", 2, "byhand-j2"), ("daskglm", None, "daskglm")]
+    firsts = [cifti._run_order(configs, rep)[0][2] for rep in (1, 2, 3, 4)]
+    assert firsts == ["byhand-j1", "byhand-j2", "daskglm", "byhand-j1"]
+    assert cifti.build_parser().parse_args(["--byhand-jobs", "1,-1"]).byhand_jobs == [1, -1]
+    for bad in (["--byhand-jobs", "0"], ["--size", "huge"]):
+        with pytest.raises(SystemExit):
+            cifti.build_parser().parse_args(bad)
+    with pytest.raises(SystemExit):
+        cifti.main(["--tools", "byhand,spm"])
