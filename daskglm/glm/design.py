@@ -196,9 +196,6 @@ def _check_given_design(dm: pd.DataFrame, n: int, idx: int) -> None:
     if dm.shape[1] == 0:
         raise ValueError(f"{where} has no columns; the design matrix cannot be empty.")
     names = [str(c) for c in dm.columns]
-    dupes = sorted(set(pd.Index(names)[pd.Index(names).duplicated()]))
-    if dupes:
-        raise ValueError(f"{where} has duplicated column names {dupes}; design matrix columns must be unique.")
     not_numeric = [str(c) for c, t in dm.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
     if not_numeric:
         raise ValueError(f"{where} has non-numeric columns {not_numeric}.")
@@ -384,6 +381,12 @@ def run_design_matrices(
 def _expression_vector(expression: str, columns: Sequence) -> np.ndarray:
     """nilearn's ``expression_to_contrast_vector``, with the parser's reason kept."""
     columns = list(columns)
+    names = pd.Index([str(c) for c in columns])
+    repeated = set(names[names.duplicated()])
+    named = sorted(repeated & set(re.findall(r"[A-Za-z_]\w*", expression)))
+    if named and expression not in names:  # nilearn: "not valid"; a bare name is its first column (nilearn's)
+        raise ValueError(f"The expression ({expression}) names {named}, which the design matrix has as more than "
+                         "one column; rename the columns or give the contrast as weights.")
     try:
         vec = expression_to_contrast_vector(expression, columns)
     except ValueError as exc:

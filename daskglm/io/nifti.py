@@ -299,12 +299,12 @@ def inspect_run(
     if isinstance(img, nib.Cifti2Image):  # grayordinates as (n, 1, 1) "volumes" (see daskglm.io.cifti)
         series, models = brain_models(img, name)
         shape, t_r = (len(models), 1, 1, len(series)), cifti_t_r(series)
-    elif len(shape) != 4:
+    if 0 in shape:  # nilearn's word for it, checked first
+        raise ValueError(f"{name} is empty: shape {shape}")
+    if len(shape) != 4:
         raise ValueError(
             f"{name} must be 4D (x, y, z, time); got {len(shape)}D shape {shape}"
         )
-    if shape[3] < 1:
-        raise ValueError(f"{name} has no volume: shape {shape}")
     nifti_header = img.nifti_header if isinstance(img, nib.Cifti2Image) else img.header
     expected = int(nifti_header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
     if path is not None:
