@@ -49,9 +49,11 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
+from ..io.cifti import CiftiMasker, grid_image, is_cifti_map
 from ..io.maps import scatter_to_volume
 from ..io.nifti import open_image
 from ..io.slabs import ArrayPlanes, MapSource, check_grid, mean_of_maps, open_map, plane_blocks, read_planes, voxel_map
+from ..io.surface import fixed_effects_masker, is_surface
 from ..kernels.packing import fixed_effects_rows
 from ..kernels.stats import DEFAULT_RUN_DOF, fixed_effects
 from ..runtime import plan as _plan
@@ -367,6 +369,10 @@ def compute_fixed_effects(
     fixed_fx_z_score_img : Nifti1Image, shape (x, y, z)
         All zero outside the mask.
     """
+    masker = _element_masker(contrast_imgs, variance_imgs, mask)
+    if masker is not None:
+        return _masked_fixed_effects(masker, contrast_imgs, variance_imgs, precision_weighted, dofs,
+                                     client=client, v_chunk=v_chunk)
     ds = fixed_effects_dataset(contrast_imgs, variance_imgs, mask, precision_weighted, dofs,
                                client=client, v_chunk=v_chunk, like=like)
     names = ("effect", "variance", "stat", "z_score")
@@ -376,3 +382,32 @@ def compute_fixed_effects(
     shape, affine = tuple(ds.attrs["volume_shape"]), np.asarray(ds.attrs["affine"])
     return tuple(nib.Nifti1Image(scatter_to_volume(np.asarray(v), *ijk, shape), affine)
                  for v in values)  # type: ignore[return-value]
+
+
+def _element_masker(contrast_imgs: Sequence[Any], variance_imgs: Sequence[Any], mask: Any) -> Any:
+    """For surface or CIFTI maps, the masker that turns them into rows of elements; None for volumes."""
+    if any(is_surface(obj) for obj in (mask, *contrast_imgs, *variance_imgs)):
+        return fixed_effects_masker(mask, contrast_imgs[0])  # nilearn's choice of SurfaceMasker
+    if contrast_imgs and any(is_cifti_map(obj) for obj in (*contrast_imgs, *variance_imgs)):
+        if mask is not None:
+            raise ValueError("mask must be None for CIFTI maps: every grayordinate of their brain models is "
+                             f"kept; got {type(mask).__name__}")
+        return CiftiMasker.of(contrast_imgs[0], "contrast_imgs[0]")
+    return None
+
+
+def _masked_fixed_effects(masker: Any, contrast_imgs: Sequence[Any], variance_imgs: Sequence[Any],
+                          precision_weighted: bool, dofs: Any, **kwargs: Any) -> tuple[Any, Any, Any, Any]:
+    """:func:`compute_fixed_effects` of surface or CIFTI maps, through the volume path.
+
+    The maps are masked into rows of elements (nilearn's ``SurfaceMasker``, or a
+    :class:`daskglm.io.cifti.CiftiMasker`), taken as images of the identity grid all of whose
+    voxels are the mask (:func:`daskglm.io.cifti.grid_image`), and the four outputs go back
+    through the masker's ``inverse_transform``.
+    """
+    contrasts = [grid_image(np.asarray(masker.transform(img), np.float64)) for img in contrast_imgs]
+    variances = [grid_image(np.asarray(masker.transform(img), np.float64)) for img in variance_imgs]
+    inside = nib.Nifti1Image(np.ones(contrasts[0].shape[:3], np.int8), contrasts[0].affine)
+    outputs = compute_fixed_effects(contrasts, variances, inside, precision_weighted, dofs, **kwargs)
+    values = [np.asarray(img.dataobj).reshape(img.shape[0], -1) for img in outputs]  # (n_elements, q)
+    return tuple(masker.inverse_transform(v[:, 0] if v.shape[1] == 1 else v.T) for v in values)  # type: ignore

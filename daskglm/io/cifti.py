@@ -33,12 +33,15 @@ __all__ = [
     "structure_of",
     "to_dscalar",
     "to_dtseries",
+    "grid_image",
+    "is_cifti_map",
+    "CiftiMasker",
 ]
 
 #: How a CIFTI run looks to the volume pipeline: grayordinate ``g`` is voxel ``(g, 0, 0)`` of this grid.
 GRID_AFFINE = np.eye(4)
-#: File name endings of CIFTI-2 dense time series.
-DTSERIES_SUFFIX = ".dtseries.nii"
+#: File name endings of CIFTI-2 dense time series and dense scalar maps.
+DTSERIES_SUFFIX, DSCALAR_SUFFIX = ".dtseries.nii", ".dscalar.nii"
 #: Bytes of a dense time series file :func:`read_cifti_volumes` reads at a time (whole time series of
 #: consecutive grayordinates): its memory beyond the scans it returns.
 READ_WINDOW_BYTES = 4 * 2**20
@@ -322,3 +325,77 @@ def to_dtseries(values: np.ndarray, models: cifti2_axes.BrainModelAxis, t_r: flo
     img = nib.Cifti2Image(values, header=(series, models))
     img.nifti_header.set_intent("ConnDenseSeries")
     return img
+
+
+def grid_image(matrix: np.ndarray) -> nib.Nifti1Image:
+    """A ``(k, n)`` matrix of samples by elements as an image of the identity grid.
+
+    Parameters
+    ----------
+    matrix : ndarray, shape (k, n) or (n,)
+        Grayordinates or masked vertices as columns.
+
+    Returns
+    -------
+    Nifti1Image, shape (n, 1, 1, k)
+        Element ``g`` of sample ``t`` at ``[g, 0, 0, t]``, affine :data:`GRID_AFFINE`.
+    """
+    return nib.Nifti1Image(as_volumes(np.atleast_2d(matrix)), GRID_AFFINE)
+
+
+def is_cifti_map(obj: Any) -> bool:
+    """Whether ``obj`` is a CIFTI-2 image or the path of a dense scalar file (``.dscalar.nii``)."""
+    if isinstance(obj, nib.Cifti2Image):
+        return True
+    return isinstance(obj, (str, os.PathLike)) and os.fspath(obj).endswith(DSCALAR_SUFFIX)
+
+
+class CiftiMasker:
+    """Dense CIFTI-2 maps to ``(k, n_grayordinates)`` matrices and back, on one brain-model axis.
+
+    The two methods of a nilearn masker that fixed effects and the second level use
+    (``transform``, ``inverse_transform``), for dense scalar maps: every grayordinate is kept.
+
+    Parameters
+    ----------
+    brain_models : nibabel.cifti2.cifti2_axes.BrainModelAxis
+        The grayordinates every map must have.
+    name : str
+        How messages name the image the axis came from.
+
+    Attributes
+    ----------
+    n_elements_ : int
+        The number of grayordinates.
+    """
+
+    def __init__(self, brain_models: cifti2_axes.BrainModelAxis, name: str = "the first map") -> None:
+        self.brain_models, self.name = brain_models, name
+        self.n_elements_ = len(brain_models)
+
+    @staticmethod
+    def load(obj: Any, name: str) -> tuple[nib.Cifti2Image, cifti2_axes.BrainModelAxis]:
+        """A CIFTI-2 image (loaded if a path) and its brain-model axis, with a clear error otherwise."""
+        img = nib.load(os.fspath(obj)) if isinstance(obj, (str, os.PathLike)) else obj
+        if not isinstance(img, nib.Cifti2Image):
+            raise TypeError(f"{name} must be a CIFTI-2 image like the other maps; got {type(img).__name__}")
+        models = img.header.get_axis(1)
+        if not isinstance(models, cifti2_axes.BrainModelAxis):
+            raise ValueError(f"{name} is not dense CIFTI data: its second axis is a {type(models).__name__}, "
+                             "not a BrainModelAxis")
+        return img, models
+
+    @classmethod
+    def of(cls, obj: Any, name: str) -> CiftiMasker:
+        """The masker of a map's brain models."""
+        return cls(cls.load(obj, name)[1], name)
+
+    def transform(self, obj: Any, name: str = "a map") -> np.ndarray:
+        """A map's values, shape ``(k, n_grayordinates)`` float64, after checking its brain models."""
+        img, models = self.load(obj, name)
+        check_same_brain_models([self.brain_models, models], [self.name, name])
+        return np.asarray(img.dataobj, dtype=np.float64).reshape(-1, self.n_elements_)
+
+    def inverse_transform(self, values: np.ndarray, name: str = "map") -> nib.Cifti2Image:
+        """Values of shape ``(n_grayordinates,)`` or ``(k, n_grayordinates)`` as a dense scalar image."""
+        return to_dscalar({name: np.asarray(values)}, self.brain_models)

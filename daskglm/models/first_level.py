@@ -21,6 +21,13 @@ where the data go:
 
 ``masker_`` is a fitted nilearn ``NiftiMasker`` of the analysis mask, as
 nilearn's; it is never used to load a run.
+
+Other kinds of runs (:mod:`daskglm.io.cifti`, :mod:`daskglm.io.surface`) take the
+same path as ``n x 1 x 1`` runs of an identity grid: nilearn ``SurfaceImage`` runs
+are masked by nilearn's ``SurfaceMasker`` (``masker_``, as nilearn's), and maps
+come back as ``SurfaceImage``; CIFTI-2 dense time series are read by rows from
+their files and maps come back as dense scalar ``Cifti2Image`` on the runs'
+brain models (no mask, smoothing or report).
 """
 
 from __future__ import annotations
@@ -48,10 +55,18 @@ from ..glm import contrasts as _contrasts
 from ..glm import design as _design
 from ..glm.fit import check_bins, check_scaling, fit_run, voxelwise_run
 from ..glm.fitstore import reopen_fit, save_fits
-from ..io.cifti import brain_models, check_same_brain_models, structure_of, to_dscalar, to_dtseries
+from ..io.cifti import (
+    brain_models,
+    check_same_brain_models,
+    grid_image,
+    structure_of,
+    to_dscalar,
+    to_dtseries,
+)
 from ..io.grid import check_target
 from ..io.maps import scatter_to_volume
 from ..io.nifti import RunInfo, inspect_run, is_url, load_image
+from ..io.surface import is_surface
 from ..kernels import regression as _regression
 from ..kernels.volume import fwhm_to_sigma
 from ..runtime.cluster import (
@@ -65,10 +80,12 @@ from ..runtime.plan import check_positive
 from ..store import default_cache_dir, ingest_runs, mean_image, parameters_key, store_lock
 from .estimator import EstimatorMixin
 from .nilearn_compat import (
+    check_compatibility_mask_and_images,
     check_embedded_masker,
     check_parameter_in_allowed,
     check_params,
     log,
+    prepare_mask,
 )
 
 __all__ = ["FirstLevelModel", "default_store_root"]
@@ -116,21 +133,12 @@ def _standardize_name(standardize: Any) -> Any:
     return standardize
 
 
-def _is_surface(obj: Any) -> bool:
-    from nilearn.maskers import SurfaceMasker
-    from nilearn.surface import SurfaceImage
-
-    return isinstance(obj, (SurfaceImage, SurfaceMasker))
-
-
 def _check_run_imgs(run_imgs: Any) -> list:
     """The runs as a list, with nilearn's TypeError for anything but images and paths."""
+    from nilearn.surface import SurfaceImage
+
     runs = list(run_imgs) if isinstance(run_imgs, (list, tuple)) else [run_imgs]
-    allowed = (str, os.PathLike, nib.spatialimages.SpatialImage, nib.Cifti2Image)
-    surface = [i for i, run in enumerate(runs) if _is_surface(run)]
-    if surface:
-        raise NotImplementedError(f"run_imgs[{surface[0]}] is a SurfaceImage: daskglm fits volumes (NIfTI) only "
-                                  "for now; use nilearn's FirstLevelModel for surface data")
+    allowed = (str, os.PathLike, nib.spatialimages.SpatialImage, nib.Cifti2Image, SurfaceImage)
     if not runs or not all(isinstance(run, allowed) for run in runs):
         given = [type(run) for run in runs] if isinstance(run_imgs, (list, tuple)) else type(run_imgs)
         raise TypeError("'run_imgs' must be a single instance / a list of any of the following:\n- string\n"
@@ -410,9 +418,6 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         n_workers_from_n_jobs(self.n_jobs)
         _standardize_name(self.standardize)
         check_params(self.__dict__)  # then nilearn's type checks of the rest of its shared parameters
-        if _is_surface(self.mask_img):
-            raise NotImplementedError("mask_img is a surface mask: daskglm fits volumes (NIfTI) only for now; "
-                                      "use nilearn's FirstLevelModel for surface data")
 
     def _masking(self, info: RunInfo) -> tuple[Any, Any, Any, Any, NiftiMasker | None]:
         """What ingestion masks and smooths with, from ``mask_img`` as nilearn reads it.
@@ -430,6 +435,9 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         given = self.mask_img
         if getattr(self, "_cifti_models", None) is not None:
             return self._cifti_masking(info)
+        if getattr(self, "_surface_masker", None) is not None:  # masked already (see _surface_runs)
+            ones = nib.Nifti1Image(np.ones(tuple(info.volume_shape), np.int8), np.asarray(info.affine))
+            return ones, None, None, None, self._surface_masker
         if isinstance(given, NiftiMasker):
             if getattr(given, "mask_img_", "not none") is None:
                 # nilearn's edge case: a fitted masker without a mask; its parameters override
@@ -458,6 +466,22 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
                           "fitted unsmoothed.", UserWarning, stacklevel=4)
         ones = nib.Nifti1Image(np.ones(tuple(info.volume_shape), np.int8), np.asarray(info.affine))
         return ones, None, None, None, None
+
+    def _surface_runs(self, runs: list) -> list:
+        """SurfaceImage runs through nilearn's own masking, as ``(n_elements, 1, 1, n_scans)`` images.
+
+        nilearn's ``_prepare_mask`` sets ``masker_`` (a fitted ``SurfaceMasker``, with nilearn's checks of
+        the mask, the meshes and the parameters, and its warnings); each run's ``(n_scans, n_elements)``
+        matrix from its ``transform`` is then one column per vertex of daskglm's store, on the identity grid
+        of :mod:`daskglm.io.cifti`. Surface images are held in memory by nilearn already.
+        """
+        from nilearn.surface.surface import check_surf_img
+
+        check_surf_img(runs)  # nilearn's "The image is empty."
+        self.masker_ = None
+        prepare_mask(self, runs)
+        self._surface_masker = self.masker_
+        return [grid_image(np.asarray(self.masker_.transform(run), np.float32)) for run in runs]
 
     def _fitted_masker(self, masker: NiftiMasker | None, mask: nib.Nifti1Image) -> NiftiMasker:
         """``masker_``: the given fitted masker, or nilearn's embedded masker fitted on ``mask``."""
@@ -631,6 +655,11 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
                  design_matrices: Any) -> tuple[list[RunInfo], list, list[pd.DataFrame]]:
         """The runs' headers, the runs as ingestion takes them, and their design matrices."""
         runs = _check_run_imgs(run_imgs)
+        self._surface_masker = None
+        if is_surface(self.mask_img) or any(is_surface(run) for run in runs):
+            if self.mask_img not in (None, False):
+                check_compatibility_mask_and_images(self.mask_img, runs[0])  # nilearn's TypeError for a mix
+            runs = self._surface_runs(runs)
         infos, runs = map(list, zip(*[_inspect(run, self.storage_options) for run in runs]))
         self._cifti_models = _brain_models(runs, infos)
         _check_same_fov(infos)
@@ -739,6 +768,11 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         affine = np.asarray(ds.attrs["affine"])
         shape = tuple(ds.attrs["volume_shape"])
         ijk = [ds[n].values for n in "ijk"]
+        if getattr(self, "_surface_masker", None) is not None:  # nilearn's SurfaceImages, from its masker
+            order = np.argsort(ds["i"].values)
+            outputs = {name: self.masker_.inverse_transform(np.asarray(value, dtype=np.float64)[..., order])
+                       for name, value in zip(names, values)}
+            return outputs if output_type == "all" else outputs[output_type]
         models = getattr(self, "_cifti_models", None)
         if models is not None:  # dense scalars on the runs' brain models
             order = np.argsort(ds["i"].values)
@@ -831,9 +865,12 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         given = contextlib.nullcontext(client) if client is not None else self._client()
         with given as client, phase(f"{label}{attribute}", default=True):
             values = compute(*[a.data for a in arrays], client=client, verbose=self.verbose)
+        orders = [np.argsort(array["i"].values) for array in arrays]
+        if getattr(self, "_surface_masker", None) is not None:  # SurfaceImages, from nilearn's masker
+            return [self.masker_.inverse_transform(np.atleast_2d(np.asarray(value)[..., order])) for value, order
+                    in zip(values, orders)]  # r_square as nilearn's: one sample, (n_vertices, 1)
         models = getattr(self, "_cifti_models", None)
         if models is not None:  # dense time series per run (r_square: a dense scalar)
-            orders = [np.argsort(array["i"].values) for array in arrays]
             if attribute == "r_square":
                 return [to_dscalar({"r_square": np.asarray(value)[order]}, models) for value, order in
                         zip(values, orders)]

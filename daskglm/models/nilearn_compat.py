@@ -70,7 +70,8 @@ __all__ = [
     "check_compatibility_mask_and_images", "check_confounds", "check_design_matrix", "check_embedded_masker",
     "check_first_level_contrast", "check_input_as_type", "check_input_type", "check_n_rows_desmat_vs_n_effect_maps",
     "check_parameter_in_allowed", "check_params", "check_volume_for_fit", "clustering_params", "first_level_view",
-    "get_con_val", "log", "model_attributes", "output_filenames", "smooth_array", "sort_input_dataframe",
+    "get_con_val", "log", "model_attributes", "output_filenames", "prepare_mask", "second_level_sample", "smooth_array",
+    "sort_input_dataframe",
 ]
 
 #: The parameters ``BaseGLM._attributes_to_dict`` may read from a first-level model.
@@ -161,3 +162,21 @@ def clustering_params(threshold: float, cluster_threshold: int, min_distance: fl
     frame = clustering_params_to_dataframe(threshold, cluster_threshold, min_distance, height_control, alpha,
                                            is_volume_glm=True)
     return frame.to_dict()[0]
+
+
+def prepare_mask(model: Any, run_imgs: list) -> None:
+    """nilearn's ``FirstLevelModel._prepare_mask``: sets ``model.masker_``, fitted, from ``mask_img`` and the runs.
+
+    Used for surface runs, so that masks, meshes and parameters are checked, warned about and
+    applied as nilearn does.
+    """
+    from nilearn.glm.first_level import FirstLevelModel
+
+    FirstLevelModel._prepare_mask(model, run_imgs)
+
+
+def second_level_sample(second_level_input: Any) -> Any:
+    """nilearn's sample map of a ``SecondLevelModel`` input (what its masker is fitted on)."""
+    from nilearn.glm.second_level.second_level import _process_second_level_input
+
+    return _process_second_level_input(second_level_input)[0]

@@ -46,8 +46,15 @@ are nilearn's images (4D; ``r_square_`` one volume), computed per voxel block
 with nilearn's ``OLSModel`` on first access (:meth:`SecondLevelModel.voxelwise`
 gives them lazily).
 
+Surface maps (nilearn ``SurfaceImage``, or first-level models fitted on them)
+are masked by nilearn's ``SurfaceMasker`` (``masker_``) and CIFTI-2 dense
+scalar maps (images, ``.dscalar.nii`` paths, or models fitted on dense time
+series) by a :class:`daskglm.io.cifti.CiftiMasker` (every grayordinate; no
+``mask_img``); either way the masked values are fitted as voxels of an
+``n x 1 x 1`` identity grid and the maps come back in the inputs' kind.
+
 Differences from nilearn: a 4D NIfTI *path* is accepted (nilearn fails on
-it); surface data are not supported (NotImplementedError); ``NiftiMasker``
+it); CIFTI maps are accepted (nilearn has no CIFTI type); ``NiftiMasker``
 options that clean the maps (detrending, filtering, standardizing) are
 refused; a design with no residual degree of freedom is an error; ``n_jobs``
 and ``memory`` do not change the computation (parallelism is the Dask
@@ -77,6 +84,7 @@ from nilearn.glm.second_level import SecondLevelModel as _NilearnSecondLevelMode
 from sklearn.utils.validation import check_is_fitted
 
 from ..glm.contrasts import OUTPUT_TYPES, contrast_variables
+from ..io.cifti import CiftiMasker, is_cifti_map
 from ..io.grid import analysis_grid, resample_volumes
 from ..io.slabs import MapSource, check_grid, mean_of_maps, plane_blocks, read_planes
 from ..kernels.covariances import label_covariance
@@ -102,10 +110,20 @@ from .nilearn_compat import (
     check_volume_for_fit,
     get_con_val,
     log,
+    second_level_sample,
     smooth_array,
     sort_input_dataframe,
 )
-from .second_level_inputs import header_standins, image_maps, is_surface, list_maps, model_map, value_range
+from .second_level_inputs import (
+    element_maps,
+    grid_masker,
+    header_standins,
+    image_maps,
+    is_surface,
+    list_maps,
+    model_map,
+    value_range,
+)
 
 __all__ = ["SecondLevelModel"]
 
@@ -319,8 +337,8 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
     design_matrix_ : pandas.DataFrame, shape (n_maps, p)
     labels_ : ndarray, shape (n_elements,), or None
         After ``compute_contrast``: nilearn's OLS labels (all 0.0).
-    masker_ : nilearn.maskers.NiftiMasker
-        Fitted (nilearn's ``check_embedded_masker``); ``mask_img_`` is its mask.
+    masker_ : nilearn.maskers.NiftiMasker, SurfaceMasker or daskglm.io.cifti.CiftiMasker
+        Fitted (nilearn's ``check_embedded_masker``); ``mask_img_`` is its mask (volumes).
     memory_ : joblib.Memory
     n_elements_ : int
         Voxels in the mask.
@@ -384,20 +402,20 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
 
         # nilearn's checks, on header stand-ins of paths (nilearn would read each file whole)
         check_design_matrix(design_matrix)
-        input_type = _check_input_type_with_count(second_level_input)
-        # (a Series comes back from header_standins as a list)
-        standins = header_standins(second_level_input)
-        check_input_as_type(standins, "nii_object" if input_type == "pd_series" else input_type,
-                             confounds is None, design_matrix is None)
+        cifti = _check_cifti_input(second_level_input, self.mask_img, design_matrix)
+        input_type = "cifti" if cifti == "images" else _check_input_type_with_count(second_level_input)
+        if input_type != "cifti":
+            # (a Series comes back from header_standins as a list)
+            standins = header_standins(second_level_input)
+            check_input_as_type(standins, "nii_object" if input_type == "pd_series" else input_type,
+                                confounds is None, design_matrix is None)
         check_confounds(confounds)
         surface = input_type == "surf_img_object" or (
             input_type == "flm_object" and any(is_surface(getattr(m, "masker_", None)) for m in second_level_input))
-        check_compatibility_mask_and_images(
-            self.mask_img, second_level_input if surface else nib.Nifti1Image(np.zeros((1, 1, 1)), np.eye(4)))
-        if surface:
-            raise NotImplementedError("second_level_input is surface data (SurfaceImage, or first-level models "
-                                      "fitted on it): daskglm's SecondLevelModel fits volumes (NIfTI) only for "
-                                      "now; use nilearn's SecondLevelModel for surface data")
+        if not cifti:
+            check_compatibility_mask_and_images(
+                self.mask_img, second_level_input if surface else nib.Nifti1Image(np.zeros((1, 1, 1)), np.eye(4)))
+        self._elements = "surface" if surface else "cifti" if cifti else None
         self._reset_report()
 
         kind: InputKind = {"df_object": "df", "flm_object": "models"}.get(input_type, "images")
@@ -410,7 +428,12 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
             check_niimg(second_level_input, ensure_ndim=4)
             second_level_input = four_to_three(second_level_input)
         maps: list[MapSource] = []
-        if kind == "images":
+        if self._elements:  # the masker first: the maps are what the masker keeps
+            self.masker_ = (self._surface_masker(second_level_input) if surface
+                            else _cifti_masker(second_level_input, kind))
+            if kind == "images":
+                maps = element_maps(self.masker_, second_level_input)
+        elif kind == "images":
             if isinstance(second_level_input, (list, pd.Series)):
                 maps = list_maps(list(second_level_input), "second_level_input")
             else:  # a 4D path
@@ -439,16 +462,20 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         elif isinstance(second_level_input, list):
             check_n_rows_desmat_vs_n_effect_maps(second_level_input, design_matrix)
 
-        if kind == "images":  # nilearn's masker refuses empty images (here from the headers)
-            check_volume_for_fit(standins)
-        self.masker_ = check_embedded_masker(self, "nii")
-        _check_masker(self.masker_)
-        self.masker_.memory_level = self.memory_level
-        # nilearn fits the masker on a sample map: needed here only to compute the mask
-        sample = self._sample_map(kind, second_level_input, maps) if self.masker_.mask_img is None else None
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*Generation of a mask.*")
-            self.masker_.fit(sample)
+        if self._elements:
+            self._grid_masker = grid_masker(self.masker_.n_elements_)
+        else:
+            if kind == "images":  # nilearn's masker refuses empty images (here from the headers)
+                check_volume_for_fit(standins)
+            self.masker_ = check_embedded_masker(self, "nii")
+            _check_masker(self.masker_)
+            self.masker_.memory_level = self.memory_level
+            # nilearn fits the masker on a sample map: needed here only to compute the mask
+            sample = self._sample_map(kind, second_level_input, maps) if self.masker_.mask_img is None else None
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*Generation of a mask.*")
+                self.masker_.fit(sample)
+            self._grid_masker = self.masker_
         self.n_elements_ = self.masker_.n_elements_
         log(f"\nComputation of second level model done in {time.time() - start:.2f} seconds.\n",
             verbose=self.verbose)
@@ -457,6 +484,20 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         if self.reports:
             self._reporting_data = {}
         return self
+
+    def _surface_masker(self, inputs: Any) -> Any:
+        """nilearn's fitted ``SurfaceMasker`` for surface inputs (its sample map, its checks and warnings)."""
+        from nilearn.surface.surface import check_surf_img
+
+        if not isinstance(inputs, (pd.DataFrame, pd.Series)) and not hasattr(inputs[0] if isinstance(
+                inputs, list) else inputs, "design_matrices_"):
+            check_surf_img(inputs)  # nilearn's "The image is empty."
+        sample = second_level_sample(inputs)
+        masker = check_embedded_masker(self, "surface")
+        masker.memory_level = self.memory_level
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*Generation of a mask.*")
+            return masker.fit(sample)
 
     def _sample_map(self, kind: InputKind, inputs: Any, maps: list[MapSource]) -> nib.Nifti1Image:
         """nilearn's sample map: the mean of the maps, the first DataFrame map, or the first model's effect."""
@@ -492,6 +533,9 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         if self._kind == "df":
             rows = inputs[inputs["map_name"] == first_level_contrast]["effects_map_path"].tolist()
             maps = list_maps(rows, f"effects_map_path (map_name={first_level_contrast!r})") if rows else []
+        elif self._kind == "models" and self._elements:
+            maps = element_maps(self.masker_, [model.compute_contrast(first_level_contrast, output_type="effect_size")
+                                               for model in inputs])
         elif self._kind == "models":
             maps = [model_map(model, first_level_contrast, n) for n, model in enumerate(inputs)]
         else:
@@ -532,7 +576,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
         blocks : list of _Block
         vrange : dask.delayed or None
         """
-        mask_img = self.masker_.mask_img_
+        mask_img = self._grid_masker.mask_img_
         mask = np.asarray(mask_img.dataobj) > 0
         ref = maps[0]
         with warnings.catch_warnings():
@@ -541,7 +585,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
             grid = analysis_grid(mask, np.asarray(mask_img.affine, np.float64), ref.affine, ref.shape,
                                  name="the mask of masker_")
         affine, shape, work_mask = grid.working_grid()
-        reader = _Reader(ref.dtype, self.masker_.smoothing_fwhm, np.asarray(affine, np.float64),
+        reader = _Reader(ref.dtype, self._grid_masker.smoothing_fwhm, np.asarray(affine, np.float64),
                          tuple(int(s) for s in shape), np.asarray(ref.affine, np.float64),
                          tuple(int(s) for s in ref.shape), grid.resample)
         v_chunk = self.v_chunk
@@ -562,7 +606,7 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
 
     def _output_coords(self) -> dict:
         """``i, j, k`` of the mask voxels on ``mask_img_``'s grid, in nilearn's (C) order."""
-        mask = np.asarray(self.masker_.mask_img_.dataobj) > 0
+        mask = np.asarray(self._grid_masker.mask_img_.dataobj) > 0
         return {name: ("voxel", c.astype(np.int64)) for name, c in zip("ijk", np.nonzero(mask))}
 
     def _checked_contrast(self, con_val: Any, stat_type: str | None, X: np.ndarray) -> tuple[np.ndarray, str]:
@@ -593,8 +637,8 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
             columns.append(da.from_delayed(packed, (layout.rows, block.size), np.float64))
         rows = layout.unpack(da.concatenate(columns, axis=1))
         coords = self._output_coords()
-        attrs = {"affine": np.asarray(self.masker_.mask_img_.affine).tolist(),
-                 "volume_shape": list(self.masker_.mask_img_.shape[:3]), "dof": float(residual_dof(X)),
+        attrs = {"affine": np.asarray(self._grid_masker.mask_img_.affine).tolist(),
+                 "volume_shape": list(self._grid_masker.mask_img_.shape[:3]), "dof": float(residual_dof(X)),
                  "n_maps": len(maps)}
         datasets = []
         for n, ((con_val, _), (_, stat_type), q) in enumerate(zip(contrasts, checked, qs)):
@@ -700,7 +744,8 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
             outputs = {}
             for name, value in zip(names, values[n * len(names):(n + 1) * len(names)]):
                 img = self.masker_.inverse_transform(np.asarray(value, dtype=np.float64))
-                img.header["descrip"] = f"{output_type} of contrast {ds.attrs['contrast']}"
+                if isinstance(img, nib.Nifti1Image):
+                    img.header["descrip"] = f"{output_type} of contrast {ds.attrs['contrast']}"
                 outputs[name] = img
             images.append(outputs if output_type == "all" else outputs[output_type])
         return images
@@ -797,6 +842,39 @@ class SecondLevelModel(EstimatorMixin, _NilearnSecondLevelModel):
 
 
 # ---------------------------------------------------------------- checks
+
+
+def _check_cifti_input(second_level_input: Any, mask_img: Any, design_matrix: Any) -> str | None:
+    """``"images"`` or ``"models"`` for CIFTI inputs (dense scalar maps, or models fitted on CIFTI), else None.
+
+    nilearn has no CIFTI type: the checks it makes of images are made here, with its messages.
+    """
+    inputs = second_level_input
+    first = inputs[0] if isinstance(inputs, (list, tuple)) and inputs else inputs
+    if getattr(first, "_cifti_models", None) is not None:
+        kind = "models"
+    elif is_cifti_map(first):
+        kind = "images"
+        if isinstance(inputs, (list, tuple)) and len(inputs) < 2:
+            raise TypeError("A second level model requires a list with at least two first level models or "
+                            f"niimgs or surface images; got {len(inputs)}.")
+        if design_matrix is None:
+            raise ValueError("List of niimgs as second_level_input require a design matrix to be provided.")
+    else:
+        return None
+    if mask_img is not None:
+        raise ValueError(f"mask_img must be None for CIFTI maps (every grayordinate is kept); got "
+                         f"{type(mask_img).__name__}")
+    return kind
+
+
+def _cifti_masker(inputs: Any, kind: InputKind) -> CiftiMasker:
+    """The masker of CIFTI maps: the brain models of the first map, or of the first model's runs."""
+    if kind == "models":
+        return CiftiMasker(inputs[0]._cifti_models, "second_level_input[0]")
+    first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+    return CiftiMasker.of(first, "second_level_input[0]" if isinstance(inputs, (list, tuple))
+                          else "second_level_input")
 
 
 def _check_input_type_with_count(second_level_input: Any) -> str:

@@ -26,20 +26,20 @@ import dask
 import nibabel as nib
 import numpy as np
 
+from ..io.cifti import GRID_AFFINE, grid_image
 from ..io.nifti import open_image
 from ..io.slabs import MapSource, open_map, planes_per_task, read_planes, voxel_map
+from ..io.surface import is_surface as is_surface_data
 
-__all__ = ["header_standins", "image_maps", "is_surface", "list_maps", "model_map", "value_range"]
+__all__ = ["grid_masker", "header_standins", "image_maps", "is_surface", "list_maps", "model_map", "element_maps",
+           "value_range"]
 
 
 def is_surface(obj: Any) -> bool:
     """Whether ``obj`` is surface data (a ``SurfaceImage``/``SurfaceMasker``, or a list of them)."""
-    from nilearn.maskers import SurfaceMasker
-    from nilearn.surface import SurfaceImage
-
     if isinstance(obj, (list, tuple)) and obj:
         obj = obj[0]
-    return isinstance(obj, (SurfaceImage, SurfaceMasker))
+    return is_surface_data(obj)
 
 
 def _check_found(obj: Any, role: str) -> None:
@@ -159,6 +159,44 @@ def model_map(model: Any, contrast: Any, index: int) -> MapSource:
                          f"{effect.dims}); the second level needs one 3D effect map per model (a t contrast)")
     return voxel_map(name, effect.data, [effect[n].values for n in "ijk"], ds.attrs["volume_shape"],
                      ds.attrs["affine"])
+
+
+def element_maps(masker: Any, inputs: Any) -> list[MapSource]:
+    """Surface or CIFTI effect maps as maps of the identity grid (:func:`daskglm.io.cifti.grid_image`).
+
+    Parameters
+    ----------
+    masker : nilearn.maskers.SurfaceMasker or daskglm.io.cifti.CiftiMasker
+        The model's fitted ``masker_``.
+    inputs : SurfaceImage, CIFTI-2 image or path, or a list of them
+        One image of ``k`` samples (``k`` maps), or one map per image (a surface image of
+        several samples counts as their mean, as nilearn's ``mean_img``).
+
+    Returns
+    -------
+    list of MapSource
+        Shape ``(n_elements, 1, 1)`` each, in memory.
+    """
+    from nilearn.image import mean_img
+
+    if not isinstance(inputs, (list, tuple)):
+        return image_maps(grid_image(np.asarray(masker.transform(inputs), np.float64)), "second_level_input")
+    if is_surface(inputs):
+        inputs = [mean_img(img) for img in inputs]  # nilearn's: one map per image
+    return list_maps([grid_image(np.asarray(masker.transform(img), np.float64)) for img in inputs],
+                     "second_level_input")
+
+
+def grid_masker(n_elements: int) -> Any:
+    """A fitted ``NiftiMasker`` keeping every voxel of the ``(n_elements, 1, 1)`` identity grid.
+
+    What the volume machinery masks surface maps with: the surface masker has kept the
+    vertices already.
+    """
+    from nilearn.maskers import NiftiMasker
+
+    ones = nib.Nifti1Image(np.ones((n_elements, 1, 1), np.int8), GRID_AFFINE)
+    return NiftiMasker(mask_img=ones, standardize=None).fit()
 
 
 # ---------------------------------------------------------------- the range of the maps (for resampling)

@@ -512,10 +512,10 @@ def test_bad_inputs_are_clear(maps, first_level, tmp_path):
     nib.save(nib.Nifti1Image(np.ones((12, 13, 9)), maps["affine"]), other)
     with pytest.raises(ValueError, match="Following field of view errors were detected"):
         fit(paths[:15] + [other])
-    with pytest.raises(NotImplementedError, match="surface data"):
+    with pytest.raises(TypeError, match="Mask and input images must be of compatible types"):
         from nilearn.conftest import _make_surface_img
 
-        fit([_make_surface_img(1), _make_surface_img(1)], dm[:2])
+        fit([_make_surface_img(1), _make_surface_img(1)], dm[:2], mask_img=maps["mask_path"])
 
     model = fit(mask_img=maps["mask_path"])
     with pytest.raises(ValueError, match=r"(?s)name 'group_c' is not defined.*"

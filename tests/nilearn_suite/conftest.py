@@ -28,7 +28,7 @@ import nilearn.conftest as _nilearn_conftest
 import nilearn.glm.tests.conftest as _nilearn_glm_conftest
 import pytest
 
-from nilearn_suite.expected_failures import EXPECTED_FAILURES, SURFACE
+from nilearn_suite.expected_failures import EXPECTED_FAILURES
 from nilearn_suite.nilearn_redirect import REDIRECTED, daskglm_objects
 
 # nilearn's fixtures, under their own names (its hooks and collect_ignore are not taken).
@@ -99,7 +99,7 @@ def _key(item: pytest.Item) -> str:
 
 
 _COUNTS: collections.Counter[str] = collections.Counter()
-_LISTED: dict[str, bool] = {}  # node id of each listed expected failure -> whether it is a surface one
+_LISTED: set[str] = set()  # node ids of the listed expected failures
 _STALE: list[str] = []
 _OURS: set[str] = set()  # node ids of the applicable tests
 _MODULES = [name for name in os.listdir(_HERE) if name.startswith("test_nilearn_") and name.endswith(".py")]
@@ -122,7 +122,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         reason = EXPECTED_FAILURES.get(_key(item))
         if reason is not None:
-            _LISTED[item.nodeid] = reason == SURFACE
+            _LISTED.add(item.nodeid)
             item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -140,7 +140,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         if report.skipped and hasattr(report, "wasxfail"):
             if report.nodeid in _LISTED:
-                outcome = "listed surface" if _LISTED[report.nodeid] else "listed difference"
+                outcome = "listed difference"
             else:
                 outcome = "nilearn xfail"  # nilearn expects its own estimator to fail these too
         else:
@@ -156,12 +156,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     write("")
     write(f"nilearn 0.14 GLM suite against daskglm: {c['applicable']} applicable tests "
           f"({c['not applicable']} deselected: they test nilearn's own helpers)")
-    write(f"  passed {c['passed']}, failed {c['failed']}; listed expected failures: {c['listed surface']} surface, "
-          f"{c['listed difference']} deliberate differences; nilearn's own expected failures "
+    write(f"  passed {c['passed']}, failed {c['failed']}; listed expected failures (deliberate differences): "
+          f"{c['listed difference']}; nilearn's own expected failures "
           f"{c['nilearn xfail']}; skipped {c['skipped']}")
-    nilearn_passes = c["passed"] + c["failed"] + c["listed difference"]  # non-surface tests nilearn passes
+    nilearn_passes = c["passed"] + c["failed"] + c["listed difference"]  # the tests nilearn passes
     if nilearn_passes:
-        write(f"  non-surface tests that nilearn passes: {c['passed']} of {nilearn_passes} pass against daskglm "
+        write(f"  tests that nilearn passes: {c['passed']} of {nilearn_passes} pass against daskglm "
               f"({100 * c['passed'] / nilearn_passes:.1f} %)")
     for key in _STALE:
         write(f"  stale entry of expected_failures.py (no such applicable test): {key}", red=True)
