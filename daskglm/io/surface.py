@@ -16,7 +16,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-__all__ = ["is_surface", "fixed_effects_masker"]
+import numpy as np
+
+__all__ = ["is_surface", "fixed_effects_masker", "masked_vertices"]
 
 
 def is_surface(obj: Any) -> bool:
@@ -55,3 +57,26 @@ def fixed_effects_masker(mask: Any, first: Any) -> Any:
         return SurfaceMasker(mask_img=mask, standardize=None).fit(first)
     raise TypeError(f"mask must be a SurfaceImage, a SurfaceMasker or None for surface maps; got "
                     f"{type(mask).__name__}")
+
+
+def masked_vertices(masker: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Where each masked element of a fitted ``SurfaceMasker`` lies: its part and its vertex.
+
+    Parameters
+    ----------
+    masker : nilearn.maskers.SurfaceMasker
+        Fitted.
+
+    Returns
+    -------
+    part : ndarray of str, shape (n_elements,)
+        The mesh part (nilearn's hemisphere name, ``"left"``, ``"right"``).
+    vertex : ndarray of int64, shape (n_elements,)
+        The vertex index within its part.
+    """
+    parts, vertices = [], []
+    for name, mask in masker.mask_img_.data.parts.items():
+        inside = np.flatnonzero(np.asarray(mask).ravel())
+        parts.append(np.full(inside.size, name))
+        vertices.append(inside.astype(np.int64))
+    return np.concatenate(parts), np.concatenate(vertices)

@@ -66,7 +66,7 @@ from ..io.cifti import (
 from ..io.grid import check_target
 from ..io.maps import scatter_to_volume
 from ..io.nifti import RunInfo, inspect_run, is_url, load_image
-from ..io.surface import is_surface
+from ..io.surface import is_surface, masked_vertices
 from ..kernels import regression as _regression
 from ..kernels.volume import fwhm_to_sigma
 from ..runtime.cluster import (
@@ -717,6 +717,9 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         xarray.Dataset
             ``effect_size`` (voxel,) (``(contrast_row, voxel)`` for F),
             ``effect_variance``, ``stat``, ``p_value``, ``z_score`` (voxel,).
+            Coordinates ``i, j, k`` on the analysis grid; for CIFTI runs also
+            ``structure`` (``"CORTEX_LEFT"``...), for surface runs ``part``
+            (``"left"``/``"right"``) and ``vertex`` (index in its part).
         """
         check_is_fitted(self)
         per_run = _design.contrasts_per_run(contrast_def, len(self.results_))
@@ -730,6 +733,9 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         models = getattr(self, "_cifti_models", None)
         if models is not None:  # the grayordinate of voxel (g, 0, 0) is g
             ds = ds.assign_coords(structure=("voxel", structure_of(models)[ds["i"].values]))
+        if getattr(self, "_surface_masker", None) is not None:  # the masked vertex of voxel (g, 0, 0) is g
+            part, vertex = masked_vertices(self.masker_)
+            ds = ds.assign_coords(part=("voxel", part[ds["i"].values]), vertex=("voxel", vertex[ds["i"].values]))
         return ds
 
     def compute_contrast(

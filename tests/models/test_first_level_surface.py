@@ -132,3 +132,17 @@ def test_a_volume_mask_with_surface_runs_is_nilearns_type_error(runs, tmp_path, 
     with pytest.raises(TypeError, match="Mask and input images must be of compatible types"):
         FirstLevelModel(t_r=T_R, mask_img=fiac_data(shape=(8, 8, 6), n_scans=20)["mask"],
                         store=tmp_path).fit(runs[0][0], events=runs[0][1])
+
+
+def test_contrast_dataset_locates_each_vertex(runs, tmp_path, half_mask):
+    ours, theirs = _fit_both(runs[:1], tmp_path, mask_img=half_mask, noise_model="ols")
+    ds = ours.contrast_dataset(CONTRAST)
+    z = theirs.compute_contrast(CONTRAST)
+    for hemi in ("left", "right"):
+        part = ds["z_score"].where(ds["part"] == hemi, drop=True)
+        vertices = part["vertex"].values
+        assert (vertices % 2 == 0).all() and vertices.size == z.data.parts[hemi].size // 2
+        np.testing.assert_allclose(part.values, np.asarray(z.data.parts[hemi]).ravel()[vertices], rtol=1e-4,
+                                   atol=1e-4)
+    by_part = ds["z_score"].groupby("part").mean()
+    assert by_part.sel(part="left") > by_part.sel(part="right")  # the effect is in the left hemisphere
