@@ -56,6 +56,14 @@ PNG figures (skipped with ``figures=False``) and the per-run ``stat-errorts`` /
 cannot save a model without them). ``dataset_description.json`` names daskglm
 in ``GeneratedBy``.
 
+Surface spaces: with ``space_label="fsaverage5"`` each subject's runs are
+nilearn's ``SurfaceImage`` objects (both hemispheres' GIFTI files) and its
+maps are written one GIFTI file per hemisphere (``..._hemi-L_space-fsaverage5_den-10242_..._statmap.gii``,
+as nilearn's ``save_glm_to_bids``); with a space of CIFTI-2 dense time series
+(fMRIPrep's ``fsLR``) the runs are the ``.dtseries.nii`` files and the maps
+dense scalars (``.dscalar.nii``). Neither gets ``report.html``: ``report=True``
+is refused before any work.
+
 Modules that import nilearn (``glm.design``, ``models.nilearn_compat``,
 ``nilearn.interfaces``) are imported where they are used: ``daskglm --help``
 and the CLI's first checks start without loading nilearn.
@@ -82,11 +90,12 @@ import numpy as np
 from ..io.outputs import OutputConflict, OutputPlan
 from ..runtime.cluster import get_client, wait_first
 from .from_bids import (
+    RUN_TYPES,
     bold_entities,
     dataset_hint,
     first_level_from_bids,
-    is_surface_space,
     pipeline_folders,
+    run_kind,
 )
 from .outputs import DESCRIPTION, Writer, contrast_labels, write_dataset_description
 from .subject import (
@@ -97,6 +106,7 @@ from .subject import (
     input_files,
     is_complete,
     output_plan,
+    run_files,
     run_subject,
     subject_inputs,
 )
@@ -106,6 +116,10 @@ __all__ = ["BATCH_FORMAT", "MARKER", "BatchResult", "SubjectResult", "run_batch"
 #: ``first_level_kwargs`` that only say how or where to compute: not in the fingerprint.
 _EXECUTION = frozenset({"store", "storage_options", "t_chunk", "v_chunk", "n_jobs", "memory", "memory_level"})
 _PREFIX = "[daskglm bids]"
+#: Why a space's runs get no report.html.
+_NO_REPORT = {"cifti": "its runs are CIFTI dense time series, and nilearn's report draws volumes or surfaces",
+              "gifti": "nilearn 0.14.1's surface report fails (a matplotlib colorbar error) on any contrast with no "
+                       "vertex above its threshold, which would fail subjects after their fit"}
 
 
 @dataclass
@@ -239,13 +253,15 @@ def _check_output_dir(out: Path, dataset: Path, derivatives: Path) -> None:
 class _Design(NamedTuple):
     """One subject's runs and design matrices, found before any subject is fitted."""
 
-    run_imgs: list[str]
+    run_names: list[str]  # what the outputs are named after
+    run_files: list[str]  # every file of the runs
+    surface: dict[str, int] | None  # a surface model's vertices per hemisphere
     design_matrices: list[Any]
 
 
-def _designs(dataset: Path, derivatives_folder: str, label: str, task_label: str, space_label: str | None,
-             kwargs: dict) -> tuple[_Design | None, list[str]]:
-    """A subject's runs and designs as its task will build them, and the warnings building the designs gave.
+def _designs(job: Job) -> tuple[_Design | None, list[str]]:
+    """A subject's runs (their names and files) and designs as its task will build them, and the warnings
+    building the designs gave.
 
     ``None`` when discovery or the design fails: the subject's own task then
     reports why, as that subject's failure (one bad subject stops no other).
@@ -255,14 +271,15 @@ def _designs(dataset: Path, derivatives_folder: str, label: str, task_label: str
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # discovery's notes: the subject's task reports them (verbose 2)
             models, imgs, events, confounds = first_level_from_bids(
-                str(dataset), task_label, space_label=space_label, sub_labels=[label],
-                derivatives_folder=derivatives_folder, client="sync", **kwargs)
+                job.dataset, job.task_label, space_label=job.space_label, sub_labels=[job.label],
+                derivatives_folder=job.derivatives_folder, client="sync", **job.kwargs)
+            names, files, surface = run_files(job, imgs[0])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             designs = models[0].make_design_matrices(imgs[0], events[0], confounds[0])
     except Exception:  # noqa: BLE001 - the subject's task reports it
         return None, []
-    return _Design([str(p) for p in imgs[0]], designs), list(dict.fromkeys(str(w.message) for w in caught))
+    return _Design(names, files, surface, designs), list(dict.fromkeys(str(w.message) for w in caught))
 
 
 def _check_designs(designs: dict[str, _Design | None], notes: dict[str, list[str]], contrasts: dict[str, Any]
@@ -336,8 +353,6 @@ def _subjects(dataset: Path, derivatives: Path, task_label: str, space_label: st
 
     if not isinstance(task_label, str) or not task_label.isalnum():
         raise ValueError(f"task_label must be an alphanumeric str; got {task_label!r}")
-    if is_surface_space(space_label):
-        raise NotImplementedError(f"space_label={space_label!r} selects surface data, which daskglm does not fit")
     if not dataset.is_dir():
         raise ValueError(f"'dataset_path' does not exist: {str(dataset)!r}")
     if not derivatives.is_dir():
@@ -356,7 +371,8 @@ def _subjects(dataset: Path, derivatives: Path, task_label: str, space_label: st
                                                space_label)
         raise RuntimeError(message + (f"; {hint}" if hint else ""))
     space = space_label or "MNI152NLin2009cAsym"
-    if not get_bids_files(derivatives, file_tag="bold", file_type="nii*", modality_folder="func",
+    file_type = RUN_TYPES[run_kind(derivatives, task_label, space_label)]
+    if not get_bids_files(derivatives, file_tag="bold", file_type=file_type, modality_folder="func",
                           filters=[("task", task_label), ("space", space)]):
         held = bold_entities(derivatives)
         raise ValueError(f"No BOLD files found for task_label={task_label!r}, space_label={space!r} in "
@@ -417,6 +433,7 @@ def run_batch(
         ``generate_report`` with its defaults (``height_control="fpr"``,
         ``alpha=0.001``), saved as its ``save_as_html`` saves it. Each
         contrast must then be a ``str`` or an array (not a list per run).
+        Volumes only: refused for CIFTI and surface spaces.
     figures : bool
         Write nilearn's PNG figures of the design and contrast matrices
         (a few tenths of a second each; False skips them).
@@ -457,6 +474,10 @@ def run_batch(
     kwargs = dict(first_level_kwargs)
     exclude = list(kwargs.pop("exclude_subjects", None) or [])
     labels = _subjects(dataset, derivatives, task_label, space_label, sub_labels, exclude)
+    kind = run_kind(derivatives, task_label, space_label, kwargs.get("img_filters"))
+    if report and kind != "volume":
+        raise ValueError(f"report=True (--report) is not available for space {space_label!r}: {_NO_REPORT[kind]}; "
+                         "leave out the report")
     defs, stat_types = _prepare_contrasts(contrasts, contrast_types, bool(report))
     parameters = _canonical({
         "format": BATCH_FORMAT, "dataset": str(dataset), "task_label": task_label,
@@ -480,11 +501,11 @@ def run_batch(
         job = Job(label, str(dataset), task_label, space_label, derivatives_folder, str(out),
                   defs, stat_types, fingerprint, parameters, bool(report), bool(figures), kwargs)
         todo.append(job)
-        designs[label], notes[label] = _designs(dataset, derivatives_folder, label, task_label, space_label, kwargs)
-        if designs[label] is not None:
-            run_imgs = designs[label].run_imgs
-            output_plan(job, run_imgs, bool(kwargs.get("minimize_memory", True)),
-                        subject_inputs(dataset, inputs, run_imgs, kwargs.get("mask_img")))
+        designs[label], notes[label] = _designs(job)
+        design = designs[label]
+        if design is not None:
+            output_plan(job, design.run_names, bool(kwargs.get("minimize_memory", True)),
+                        subject_inputs(dataset, inputs, design.run_files, kwargs.get("mask_img")), design.surface)
     _check_designs(designs, notes, defs)
     root_plan.create_folders()
     root_plan.claim()

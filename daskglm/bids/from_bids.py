@@ -36,11 +36,12 @@ import pandas as pd
 
 from .cifti_bids import DTSERIES, cifti_first_level_from_bids, is_cifti_space
 
-__all__ = ["first_level_from_bids", "bold_entities", "dataset_hint", "is_surface_space", "pipeline_folders",
-           "run_kind", "surface_run_files"]
+__all__ = ["RUN_TYPES", "first_level_from_bids", "bold_entities", "dataset_hint", "is_surface_space",
+           "pipeline_folders", "run_kind", "surface_run_files"]
 
 #: nilearn's ``file_type`` of each kind of run: volumes, fsaverage5 GIFTI pairs, CIFTI-2 dense time series.
-_RUN_TYPES = {"volume": "nii*", "gifti": "func.gii", "cifti": DTSERIES}
+RUN_TYPES = {"volume": "nii*", "gifti": "func.gii", "cifti": DTSERIES}
+
 
 def is_surface_space(space_label: Any) -> bool:
     """Whether nilearn reads ``space_label``'s runs as GIFTI pairs (fsaverage5).
@@ -126,7 +127,7 @@ def bold_entities(derivatives_path: Path) -> dict[str, list[str]]:
 
     found: dict[str, set[str]] = {"task": set(), "space": set()}
     if derivatives_path.is_dir():
-        for file_type in _RUN_TYPES.values():
+        for file_type in RUN_TYPES.values():
             for path in get_bids_files(derivatives_path, file_tag="bold", file_type=file_type,
                                        modality_folder="func"):
                 entities = parse_bids_filename(path)["entities"]
@@ -374,7 +375,7 @@ def first_level_from_bids(
     ours = []
     for model, imgs in zip(models, run_imgs):
         extra = dict(daskglm_params)
-        if from_derivatives:
+        if from_derivatives and not is_surface_space(space_label):  # fMRIPrep writes no surface masks: none
             extra["mask_img"] = _derivatives_mask(derivatives_path, model.subject_label, task_label,
                                                   space, list(img_filters or []), len(imgs))
         extra["n_jobs"] = n_jobs  # nilearn's models got its default: daskglm's n_jobs means workers

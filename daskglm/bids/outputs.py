@@ -30,6 +30,15 @@ with the same contents whichever wrote them. nilearn 0.14's
   maps; with ``report``, ``<prefix>report.html`` (nilearn's
   ``generate_report``, saved as its ``save_as_html`` saves it).
 
+Surface models (fsaverage5 ``SurfaceImage`` runs, named after their left
+hemisphere's GIFTI files): nilearn's names with the extension ``gii``, each map
+(mask, contrast maps, residuals) written as one GIFTI file per hemisphere under
+the name nilearn's ``save_glm_to_bids`` gives it (``..._hemi-L_space-fsaverage5_den-10242_contrast-..._statmap.gii``,
+:func:`surface_file`), the data array as nilearn's ``PolyData.to_filename``
+writes it; the cluster tables are nilearn's surface ones, and ``statmap.json``
+has nilearn's ``Density``. CIFTI models: dense scalar maps (``.dscalar.nii``),
+no cluster tables. Reports are for volumes only.
+
 Deliberate differences from nilearn 0.14: ``RepetitionTime`` is the model's
 ``t_r_`` (``t_r``, or the first run's header when ``t_r`` is None; nilearn
 writes ``t_r``, null when not given); cluster tables are computed on the z
@@ -69,11 +78,13 @@ __all__ = [
     "Writer",
     "contrast_labels",
     "dataset_description",
+    "gifti_bytes",
     "generate_report",
     "join",
     "model_outputs",
     "report_contrasts",
     "report_html",
+    "surface_file",
     "write_dataset_description",
     "write_model",
 ]
@@ -141,6 +152,8 @@ class ModelOutputs:
     report: bool = False
     #: CIFTI runs: maps are dense scalars (``.dscalar.nii``), residuals dense time series; no cluster tables
     cifti: bool = False
+    #: surface runs: ``(("L", n_vertices), ("R", n_vertices))``, each map written as one GIFTI file per hemisphere
+    surface: tuple[tuple[str, int], ...] | None = None
 
     @property
     def statmap(self) -> str:
@@ -150,6 +163,12 @@ class ModelOutputs:
     def report_html(self) -> str:
         return f"{self.prefix}report.html"
 
+    def map_files(self, name: str) -> list[str]:
+        """The files of the map nilearn names ``name``: itself, or one per hemisphere for a surface model."""
+        if self.surface is None:
+            return [name]
+        return [surface_file(name, hemi, density) for hemi, density in self.surface]
+
     def design(self, index: int) -> tuple[str, str]:
         """The design TSV of run ``index`` and its JSON sidecar."""
         tsv = self.names["design_matrices_dict"][index]["design_matrix_tsv"]
@@ -158,7 +177,7 @@ class ModelOutputs:
     def files(self) -> list[str]:
         """Every file this model writes, relative to :attr:`folder`, in the order :func:`write_model` writes them."""
         names = self.names
-        files = [names["mask"]]
+        files = self.map_files(names["mask"])
         for index in range(self.n_runs):
             files += self.design(index)
             if self.figures:
@@ -169,10 +188,11 @@ class ModelOutputs:
         tables = () if self.cifti else ("clusters_tsv", "metadata")
         for name in self.contrasts:
             maps = names["statistical_maps"][name]
-            files += [maps[key] for key in (*MAP_KEYS, *tables)]
+            files += [file for key in MAP_KEYS for file in self.map_files(maps[key])]
+            files += [maps[key] for key in tables]
         if self.residuals:
-            files += [names["model_level_mapping"][index][key] for key in ("residuals", "r_square")
-                      for index in range(self.n_runs)]
+            files += [file for key in ("residuals", "r_square") for index in range(self.n_runs)
+                      for file in self.map_files(names["model_level_mapping"][index][key])]
         if self.report:
             files.append(self.report_html)
         return files
@@ -185,8 +205,8 @@ class ModelOutputs:
 
 
 def model_outputs(out_dir: str | os.PathLike, run_imgs: list, contrasts: Iterable[str], stat_types: dict[str, str],
-                  prefix: str | None = None, *, figures: bool = False, residuals: bool = False, report: bool = False
-                  ) -> ModelOutputs:
+                  prefix: str | None = None, *, figures: bool = False, residuals: bool = False, report: bool = False,
+                  surface: dict[str, int] | None = None) -> ModelOutputs:
     """nilearn 0.14's names of a first-level model's outputs (``save_glm_to_bids``), before the fit.
 
     Parameters
@@ -205,10 +225,19 @@ def model_outputs(out_dir: str | os.PathLike, run_imgs: list, contrasts: Iterabl
     figures, residuals, report : bool
         Whether the model's PNG figures, per-run residuals and r-square maps,
         and report are among its outputs.
+    surface : dict of {"L", "R"} to int, optional
+        For a surface model (``run_imgs``: its runs' left-hemisphere GIFTI
+        files), the vertices of each hemisphere's mesh: each map is one
+        ``.gii`` file per hemisphere, as nilearn's ``save_glm_to_bids``.
 
     Returns
     -------
     ModelOutputs
+
+    Raises
+    ------
+    ValueError
+        ``report`` for CIFTI or surface runs (nilearn's report is of volumes here).
     """
     from nilearn.interfaces.bids import parse_bids_filename
 
@@ -228,13 +257,93 @@ def model_outputs(out_dir: str | os.PathLike, run_imgs: list, contrasts: Iterabl
             raise ValueError("report.html is not available for CIFTI runs yet: nilearn's report draws volumes "
                              "or surfaces (leave out --report)")
         _cifti_names(names)
+    hemispheres = None
+    if surface is not None:
+        if report:
+            raise ValueError("report.html is not available for surface runs: nilearn 0.14.1's surface report fails "
+                             "on any contrast with no vertex above its threshold (leave out --report)")
+        _surface_names(names)
+        hemispheres = tuple((hemi, int(surface[hemi])) for hemi in ("L", "R"))
     sub = os.fspath(names.pop("dir"))  # "." or "sub-<label>": nilearn's folder, relative to out_dir
     folder = os.fspath(out_dir) if sub == "." else join(out_dir, sub)
     short = prefix if isinstance(prefix, str) else ""
     if short and not short.endswith("_"):
         short += "_"
     return ModelOutputs(folder, names, short, contrasts, len(run_imgs), subject, bool(figures), bool(residuals),
-                        bool(report), cifti)
+                        bool(report), cifti, hemispheres)
+
+
+def surface_file(name: str, hemi: str, density: int) -> str:
+    """One hemisphere's file of the surface map nilearn names ``name`` (``..._statmap.gii``).
+
+    nilearn 0.14's rule (``nilearn.glm.io._generate_filename_surface_file``):
+    the name's entities plus ``hemi`` and ``den``, in BIDS order (raw, then
+    derivative entities, then the others, such as ``contrast`` and ``stat``).
+
+    Parameters
+    ----------
+    name : str
+        nilearn's name of the map, e.g. ``sub-01_task-x_space-fsaverage5_contrast-a_stat-z_statmap.gii``.
+    hemi : {"L", "R"}
+    density : int
+        Vertices of the hemisphere's mesh.
+
+    Returns
+    -------
+    str
+        e.g. ``sub-01_task-x_hemi-L_space-fsaverage5_den-10242_contrast-a_stat-z_statmap.gii``.
+    """
+    from nilearn.interfaces.bids import parse_bids_filename
+    from nilearn.interfaces.bids.utils import bids_entities
+
+    fields = parse_bids_filename(name)
+    entities = {**fields["entities"], "hemi": hemi, "den": str(density)}
+    order = [*bids_entities()["raw"], *bids_entities()["derivatives"]]
+    keys = [k for k in order if k in entities] + [k for k in entities if k not in order]
+    return "".join(f"{k}-{entities[k]}_" for k in keys if entities[k]) + f"{fields['suffix']}.{fields['extension']}"
+
+
+def _surface_names(names: dict) -> None:
+    """nilearn's ``.nii.gz`` names, as it names a surface model's maps (extension ``gii``; split per hemisphere)."""
+    def rename(name: str) -> str:
+        return f"{name.removesuffix('.nii.gz')}.gii"
+
+    names["mask"] = rename(names["mask"])
+    for files in names["statistical_maps"].values():
+        for key in MAP_KEYS:
+            files[key] = rename(files[key])
+    for files in names["model_level_mapping"].values():
+        for key in ("residuals", "r_square"):
+            files[key] = rename(files[key])
+
+
+def gifti_bytes(data: np.ndarray) -> bytes:
+    """One hemisphere's data as the GIFTI file nilearn's ``PolyData.to_filename`` writes.
+
+    One data array, ``(n_vertices,)`` or ``(n_vertices, k)``: booleans and
+    unsigned integers as uint8, other integers as int32, floats as float32
+    (nilearn's ``data_to_gifti``).
+
+    Parameters
+    ----------
+    data : ndarray
+
+    Returns
+    -------
+    bytes
+    """
+    from nibabel.gifti import GiftiDataArray, GiftiImage
+
+    data = np.asarray(data)
+    if data.dtype in (np.uint16, np.uint32, np.uint64, bool):
+        data = data.astype(np.uint8)
+    elif data.dtype in (np.int8, np.int16, np.int64):
+        data = data.astype(np.int32)
+    elif data.dtype == np.float64:
+        data = data.astype(np.float32)
+    datatype = {np.dtype(np.uint8): "NIFTI_TYPE_UINT8", np.dtype(np.int32): "NIFTI_TYPE_INT32",
+                np.dtype(np.float32): "NIFTI_TYPE_FLOAT32"}.get(data.dtype)
+    return GiftiImage(darrays=[GiftiDataArray(data=data, datatype=datatype)]).to_bytes()
 
 
 def _cifti_names(names: dict) -> None:
@@ -365,13 +474,18 @@ def write_model(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any], st
 
     names = outputs.names
     step("writing the design and model files")
-    writer.put(outputs.path(names["mask"]), model.mask_img_ if not outputs.cifti else to_dscalar(
-        {"mask": np.ones(model.n_elements_, np.float32)}, model._cifti_models))
+    if outputs.surface is not None:  # nilearn's: the boolean mask as uint8
+        _put_map(writer, outputs, names["mask"], model.mask_img_, np.uint8)
+    else:
+        writer.put(outputs.path(names["mask"]), model.mask_img_ if not outputs.cifti else to_dscalar(
+            {"mask": np.ones(model.n_elements_, np.float32)}, model._cifti_models))
     _write_designs(model, outputs, contrasts, writer)
     view = first_level_view(model.design_matrices_, run_imgs, model)
-    writer.put(outputs.path(outputs.statmap), json.dumps(
-        {"Description": "A statistical map generated by Nilearn.", "ModelParameters": model_attributes(view)},
-        indent=4, sort_keys=True).encode())
+    metadata = {"Description": "A statistical map generated by Nilearn.", "ModelParameters": model_attributes(view)}
+    if outputs.surface is not None:  # nilearn's, for surface models
+        metadata["Density"] = {str(d): f"{d} vertices per hemisphere" for d in dict.fromkeys(
+            density for _, density in outputs.surface)}
+    writer.put(outputs.path(outputs.statmap), json.dumps(metadata, indent=4, sort_keys=True).encode())
     options = {**REPORT_DEFAULTS, **{k: v for k, v in (report_options or {}).items() if k in REPORT_DEFAULTS}}
     n_runs = len(model.design_matrices_)
     for number, (name, definition) in enumerate(contrasts.items(), start=1):
@@ -382,9 +496,9 @@ def write_model(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any], st
             maps = model.compute_contrast(per_run, stat_type=stat_types[name], output_type="all")
         files = names["statistical_maps"][name]
         for key in MAP_KEYS:
-            writer.put(outputs.path(files[key]), maps[key])
-        if not outputs.cifti:  # nilearn's cluster tables are of volumes
-            table, details = _clusters(maps["z_score"], options)
+            _put_map(writer, outputs, files[key], maps[key])
+        if not outputs.cifti:  # nilearn's cluster tables are of volumes or surfaces
+            table, details = _clusters(maps["z_score"], options, volume=outputs.surface is None)
             writer.put(outputs.path(files["clusters_tsv"]), table.to_csv(sep="\t", index=False).encode())
             writer.put(outputs.path(files["metadata"]), json.dumps(details).encode())
         if on_contrast is not None:
@@ -438,10 +552,24 @@ def _write_residuals(model: Any, outputs: ModelOutputs, writer: Writer, label: s
 
     for attribute in ("residuals", "r_square"):
         for index, img in enumerate(model.voxelwise_images(attribute, client, label=f"{label}writing the ")):
-            writer.put(outputs.path(outputs.names["model_level_mapping"][index][attribute]), img)
+            _put_map(writer, outputs, outputs.names["model_level_mapping"][index][attribute], img)
 
 
-def _clusters(z_map: Any, options: dict) -> tuple[Any, dict]:
+def _put_map(writer: Writer, outputs: ModelOutputs, name: str, img: Any, dtype: Any = None) -> None:
+    """A map under nilearn's ``name``: one image, or a surface image's hemispheres as GIFTI files."""
+    if outputs.surface is None:
+        writer.put(outputs.path(name), img)
+        return
+    for (hemi, _), file in zip(outputs.surface, outputs.map_files(name)):
+        data = np.asarray(img.data.parts["left" if hemi == "L" else "right"])
+        writer.put(outputs.path(file), gifti_bytes(data if dtype is None else data.astype(dtype)))
+
+
+#: Keys of a cluster table's parameters that nilearn writes for volume models only.
+_VOLUME_CLUSTER_KEYS = ("Cluster size threshold (voxels)", "Minimum distance (mm)")
+
+
+def _clusters(z_map: Any, options: dict, volume: bool = True) -> tuple[Any, dict]:
     """Cluster table and its parameters, thresholded as ``save_glm_to_bids`` (its report's options)."""
     from nilearn.glm import threshold_stats_img
     from nilearn.reporting import get_clusters_table
@@ -457,6 +585,8 @@ def _clusters(z_map: Any, options: dict) -> tuple[Any, dict]:
                                                  height_control=height_control)
     details = clustering_params(threshold, options["cluster_threshold"], options["min_distance"], height_control,
                                 alpha)
+    if not volume:  # nilearn's parameters of a surface table (is_volume_glm=False)
+        details = {k: v for k, v in details.items() if k not in _VOLUME_CLUSTER_KEYS}
     table = get_clusters_table(thresholded, stat_threshold=threshold, cluster_threshold=options["cluster_threshold"],
                                min_distance=options["min_distance"], two_sided=options["two_sided"])
     return table, details

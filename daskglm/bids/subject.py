@@ -24,7 +24,7 @@ from .. import __version__
 from ..io.maps import write_bytes
 from ..io.outputs import OutputConflict, OutputPlan
 from ..runtime.cluster import get_client
-from .from_bids import first_level_from_bids
+from .from_bids import first_level_from_bids, surface_run_files
 from .outputs import ModelOutputs, Writer, model_outputs, write_model
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "input_files",
     "is_complete",
     "output_plan",
+    "run_files",
     "run_subject",
     "subject_inputs",
     "subject_outputs",
@@ -125,13 +126,52 @@ def is_complete(sub_dir: Path, fingerprint: str, inputs: dict[str, list[int]]) -
             and all((sub_dir.parent / name).is_file() for name in marker.get("outputs", [None])))
 
 
-def subject_outputs(job: Job, run_imgs: list, minimize_memory: bool) -> ModelOutputs:
+def subject_outputs(job: Job, run_names: list, minimize_memory: bool, surface: dict[str, int] | None = None
+                    ) -> ModelOutputs:
     """The subject's files under nilearn's names (:func:`daskglm.bids.outputs.model_outputs`)."""
-    return model_outputs(job.output_dir, run_imgs, job.contrasts, job.stat_types, figures=job.figures,
-                         residuals=not minimize_memory, report=job.report)
+    return model_outputs(job.output_dir, run_names, job.contrasts, job.stat_types, figures=job.figures,
+                         residuals=not minimize_memory, report=job.report, surface=surface)
 
 
-def output_plan(job: Job, run_imgs: list, minimize_memory: bool, inputs: list[tuple[str, Any]]) -> Any:
+def run_files(job: Job, run_imgs: list) -> tuple[list[str], list[str], dict[str, int] | None]:
+    """What a subject's runs are named after, their files, and a surface model's vertices per hemisphere.
+
+    Runs given as paths (NIfTI, CIFTI) name the outputs themselves. nilearn
+    gives fsaverage5 runs as ``SurfaceImage`` objects, without their file
+    names: the outputs are named after each run's left-hemisphere GIFTI file
+    (nilearn drops ``hemi`` from output names), and both hemispheres' files
+    are the run's inputs.
+
+    Returns
+    -------
+    names : list of str
+        One per run.
+    files : list of str
+        Every file of the runs.
+    surface : dict of {"L", "R"} to int, or None
+        The vertices of each hemisphere's mesh, for surface runs.
+
+    Raises
+    ------
+    RuntimeError
+        The GIFTI files found do not pair with the runs.
+    """
+    from nilearn.surface import SurfaceImage
+
+    if not any(isinstance(run, SurfaceImage) for run in run_imgs):
+        names = [os.fspath(run) for run in run_imgs]
+        return names, names, None
+    pairs = surface_run_files(Path(job.dataset) / job.derivatives_folder, job.label, job.task_label,
+                              job.space_label, job.kwargs.get("img_filters"))
+    if len(pairs) != len(run_imgs):
+        raise RuntimeError(f"sub-{job.label}: {len(pairs)} pairs of GIFTI files for {len(run_imgs)} surface runs")
+    parts = run_imgs[0].mesh.parts
+    surface = {"L": int(parts["left"].n_vertices), "R": int(parts["right"].n_vertices)}
+    return [left for left, _ in pairs], [path for pair in pairs for path in pair], surface
+
+
+def output_plan(job: Job, run_names: list, minimize_memory: bool, inputs: list[tuple[str, Any]],
+                surface: dict[str, int] | None = None) -> Any:
     """Every file one subject writes, checked against its folder's manifest and its inputs; and its marker.
 
     See :mod:`daskglm.io.outputs`: an existing output daskglm cannot prove it
@@ -150,7 +190,7 @@ def output_plan(job: Job, run_imgs: list, minimize_memory: bool, inputs: list[tu
         One line naming the file (and the input).
     """
 
-    plan = OutputPlan(subject_outputs(job, run_imgs, minimize_memory).paths(), what="--out (output_dir)")
+    plan = OutputPlan(subject_outputs(job, run_names, minimize_memory, surface).paths(), what="--out (output_dir)")
     plan.check_inputs(inputs)
     plan.check()
     marker = Path(job.output_dir) / f"sub-{job.label}" / MARKER  # daskglm's state, rewritten if it is a marker
@@ -255,14 +295,17 @@ def _fit_and_write(job: Job, scheduler: str, stage: list[str]) -> list[str]:
         raise RuntimeError(f"first_level_from_bids found no model for subject {job.label!r}")
     model, run_imgs = models[0], imgs[0]
     stage[0] = "checking the output folder"
-    plan = output_plan(job, run_imgs, model.minimize_memory,
-                       subject_inputs(dataset, inputs, run_imgs, job.kwargs.get("mask_img")))
+    names, files, surface = run_files(job, run_imgs)
+    plan = output_plan(job, names, model.minimize_memory,
+                       subject_inputs(dataset, inputs, files, job.kwargs.get("mask_img")), surface)
     with plan.writing():
-        return _write_subject(job, scheduler, stage, plan, model, run_imgs, events[0], confounds[0], inputs)
+        return _write_subject(job, scheduler, stage, plan, model, run_imgs, events[0], confounds[0], inputs,
+                              names, surface)
 
 
 def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model: Any, run_imgs: list,
-                   events: Any, confounds: Any, inputs: dict[str, list[int]]) -> list[str]:
+                   events: Any, confounds: Any, inputs: dict[str, list[int]], names: list[str],
+                   surface: dict[str, int] | None) -> list[str]:
     """Fit one subject and write the files of ``plan``; returns the files written (marker last)."""
 
     out = Path(job.output_dir)
@@ -274,7 +317,7 @@ def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model:
     (sub_dir / MARKER).unlink(missing_ok=True)  # daskglm's (checked); incomplete from here until the new marker
     for leftover in sub_dir.glob(f"{MARKER}.tmp-*"):  # left by a killed write of the marker
         leftover.unlink(missing_ok=True)
-    stage[0] = f"fitting runs {[Path(p).name for p in run_imgs]}"
+    stage[0] = f"fitting runs {[Path(p).name for p in names]}"
     with get_client(scheduler):
         model.fit(run_imgs, events=events, confounds=confounds)
         stage[0] = "writing the outputs"
@@ -284,8 +327,8 @@ def _write_subject(job: Job, scheduler: str, stage: list[str], plan: Any, model:
         def step(text: str) -> None:
             stage[0] = text
 
-        write_model(model, subject_outputs(job, run_imgs, model.minimize_memory), job.contrasts, job.stat_types,
-                    writer, run_imgs, label=f"sub-{job.label}: ", client=scheduler, on_step=step)
+        write_model(model, subject_outputs(job, names, model.minimize_memory, surface), job.contrasts,
+                    job.stat_types, writer, names, label=f"sub-{job.label}: ", client=scheduler, on_step=step)
     outputs = sorted(Path(p).relative_to(out).as_posix() for p in writer.written)
     for stale in sorted(set(previous) - set(outputs)):
         if isinstance(stale, str) and not stale.startswith(("/", "..")) and "/.." not in stale:

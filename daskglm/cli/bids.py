@@ -63,7 +63,11 @@ def add_bids_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="output folder: new, empty, or holding no file of an output's name that daskglm did not "
                         "write there itself (its .daskglm-outputs.json manifests list what it wrote, which a rerun "
                         "may replace); not the dataset or its derivatives folder. Checked before any work")
-    p.add_argument("--space", default=None, help="space label (default: MNI152NLin2009cAsym)")
+    p.add_argument("--space", default=None,
+                   help="space label (default: MNI152NLin2009cAsym). fsaverage5: fMRIPrep's GIFTI runs "
+                        "(*_hemi-L_space-fsaverage5_bold.func.gii and hemi-R), maps written per hemisphere "
+                        "(*_hemi-L_space-fsaverage5_den-10242_*_statmap.gii); a space of CIFTI-2 dense time series "
+                        "such as fsLR (*_space-fsLR_den-91k_bold.dtseries.nii): maps as .dscalar.nii")
     p.add_argument("--sub", action="extend", nargs="+", default=None, metavar="LABEL",
                    help="subject labels (default: all)")
     p.add_argument("--derivatives-folder", default=None, metavar="FOLDER",
@@ -83,7 +87,8 @@ def add_bids_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="subjects in flight at once (default: the number of workers)")
     p.add_argument("--report", action="store_true",
                    help="also write each subject's report.html: nilearn's generate_report of the contrasts, with "
-                        "its defaults (fpr, alpha 0.001, over the MNI152 template)")
+                        "its defaults (fpr, alpha 0.001, over the MNI152 template); volumes only (refused for "
+                        "fsaverage5 and CIFTI spaces)")
     p.add_argument("--no-figures", action="store_true", help="skip the design and contrast PNG figures")
     add_cluster_options(p)  # --scheduler, --n-workers/--workers, --memory-limit: as every command
     add_common_options(p)   # --verbose (1: a line per subject, 2: their warnings), --debug

@@ -126,6 +126,12 @@ def test_fsaverage5_runs_are_nilearns_surface_images(bids_data) -> None:
                                                derivatives_folder=DERIV)
     assert [type(m) for m in models] == [FirstLevelModel] * 2 and models[0].t_r == 2.0
     assert all(isinstance(run, SurfaceImage) and run.shape == (20484, 60) for runs in imgs for run in runs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fMRIPrep writes no surface masks: none looked for, no warning
+        warnings.filterwarnings("ignore", message=".*(StartTime|slice_time_ref).*")
+        models, _, _, _ = first_level_from_bids(data.root, "language", space_label="fsaverage5",
+                                                derivatives_folder=DERIV, mask_img="derivatives")
+    assert [m.mask_img for m in models] == [None, None]
 
 
 def test_fitted_fslr_model_finds_the_effect(fslr, tmp_path: Path) -> None:
