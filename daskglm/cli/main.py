@@ -155,14 +155,16 @@ def _simulate_bids(args: argparse.Namespace) -> int:
 
     data = simulate_bids(args.root, n_subjects=args.n_subjects, n_runs=args.n_runs, task=args.task,
                          shape=args.shape, n_scans=args.n_scans, group_effect=args.group_effect, seed=args.seed,
-                         overwrite=args.overwrite, verbose=max(0, args.verbose - 1))
+                         overwrite=args.overwrite, verbose=max(0, args.verbose - 1), space=args.space,
+                         cifti_layout=args.cifti_layout)
     root = data["root"]
     say(args, 1, f"simulated BIDS dataset in {root}: {len(data['subjects'])} subjects x {args.n_runs} run(s) of "
                  f"task {data['task']!r} (TR {data['t_r']} s), fMRIPrep-style runs in "
                  f"{os.path.join(root, data['derivatives_folder'])}, the simulation's truth in "
                  f"{os.path.dirname(data['truth'])}")
+    space = "" if data["space"] == "MNI152NLin2009cAsym" else f" --space {data['space']}"
     say(args, 1, f"conditions: DStDSp DStSSp FirstSt SStDSp SStSSp; try: daskglm bids {args.root} --task "
-                 f"{data['task']} --contrast 'language=DStDSp + DStSSp - SStDSp - SStSSp' --out "
+                 f"{data['task']}{space} --contrast 'language=DStDSp + DStSSp - SStDSp - SStSSp' --out "
                  f"{os.path.join(args.root, 'derivatives', 'daskglm')}")
     return 0
 
@@ -243,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate-bids", help="write a small simulated BIDS dataset to try 'daskglm bids' on",
                               description="Write a small valid BIDS dataset (raw runs, events, fMRIPrep-style "
                                           "preprocessed runs, brain masks and confounds under "
-                                          "derivatives/fmriprep) with a known effect: each subject's 'sentence' "
+                                          "derivatives/fmriprep; with --space, fsaverage5 GIFTI or fsLR CIFTI "
+                                          "runs instead of volumes) with a known effect: each subject's 'sentence' "
                                           "blob responds to DSt > SSt, its 'speaker' blob to DSp > SSp. The same "
                                           "options give byte-identical files; a folder holding this simulation "
                                           "is reused.")
@@ -262,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: %(default)s, seen in each subject's z map; the Python function's "
                                "default, 0.03, is sized for group analyses)")
     simulate.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
+    simulate.add_argument("--space", choices=("MNI152NLin2009cAsym", "fsaverage5", "fsLR"),
+                          default="MNI152NLin2009cAsym",
+                          help="space of the preprocessed runs: volumes with brain masks (default), fsaverage5 "
+                               "(GIFTI, one file per hemisphere: *_hemi-L_space-fsaverage5_bold.func.gii) or fsLR "
+                               "(CIFTI-2 dense time series: *_space-fsLR_den-91k_bold.dtseries.nii)")
+    simulate.add_argument("--cifti-layout", choices=("91k", "small"), default="91k",
+                          help="grayordinates of the fsLR runs: fsLR-91k's 91,282 (default), or 'small': "
+                               "fsaverage5-sized cortex and two thalami, 19,158, named den-19k (quick tests)")
     simulate.add_argument("--overwrite", action="store_true",
                           help="simulate again even when DIR holds this simulation (default: reuse it)")
     add_common_options(simulate)
