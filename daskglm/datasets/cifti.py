@@ -27,9 +27,7 @@ grayordinates, about 4 MiB), whatever the file size.
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
-import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -44,7 +42,7 @@ from sklearn.utils import Bunch
 
 from . import fiac
 from .fiac import CONDITIONS, DESIGN_PARAMS, fiac_design_matrix, fiac_events
-from .files import _atomic_open, write_npz, write_text
+from .files import _atomic_open, data_root, is_complete, parameters_folder, write_npz, write_text
 from .params import check_float, check_int, check_timing, check_tuple, stream_rng
 
 __all__ = ["CONTRASTS", "GENERATOR_VERSION", "LAYOUTS", "cifti_brain_model_axis", "cifti_ground_truth",
@@ -485,11 +483,6 @@ def write_dtseries(path: str | os.PathLike, brain_models: BrainModelAxis, t_r: f
 
 
 # --- public entry point ---
-def _default_data_dir() -> Path:
-    env = os.environ.get("DASKGLM_DATA")
-    return Path(env) if env else Path.home() / ".cache" / "daskglm"
-
-
 def simulate_cifti(
     data_dir: str | os.PathLike | None = None, layout: str = "small", n_runs: int = 2, n_scans: int = 100,
     t_r: float = 2.0, seed: int = 0, effect_size: float = 0.03, noise_sd: float = 15.0,
@@ -571,10 +564,7 @@ def simulate_cifti(
         "t_r": t_r, "seed": seed, "effect_size": float(effect_size), "noise_sd": float(noise_sd),
         "ar_rho": [float(r) for r in ar_rho], "drift_size": drift_size, "design": DESIGN_PARAMS,
     }
-    text = json.dumps(params, sort_keys=True, indent=1)
-    digest = hashlib.sha1(text.encode()).hexdigest()[:10]
-    root = Path(data_dir) if data_dir is not None else _default_data_dir()
-    folder = root / f"cifti_{layout}_{n_scans}_seed{seed}_{digest}"
+    folder, text = parameters_folder(data_root(data_dir), f"cifti_{layout}_{n_scans}_seed{seed}", params)
     paths: dict[str, Path] = {}
     for r in range(1, n_runs + 1):
         paths[f"func{r}"] = folder / f"run-{r}_bold.dtseries.nii"
@@ -583,15 +573,10 @@ def simulate_cifti(
     result = Bunch(**{k: str(p) for k, p in paths.items()}, description=_description(params, truth))
 
     marker = folder / _MARKER
-    if not overwrite and marker.is_file() and all(p.is_file() for p in paths.values()):
-        try:
-            cached = marker.read_text()
-        except OSError:
-            cached = None
-        if cached == text:
-            if verbose:
-                print(f"[simulate_cifti] using cached data in {folder}")
-            return result
+    if not overwrite and is_complete(marker, text, paths.values()):
+        if verbose:
+            print(f"[simulate_cifti] using cached data in {folder}")
+        return result
 
     folder.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)

@@ -9,8 +9,6 @@ ground truth (brain mask, activation maps, AR(1) coefficients) is saved too.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ import pandas as pd
 from scipy import ndimage
 from sklearn.utils import Bunch
 
-from .files import nifti_header, write_nifti, write_npz, write_text
+from .files import data_root, is_complete, nifti_header, parameters_folder, write_nifti, write_npz, write_text
 from .params import check_float, check_int, check_timing, check_tuple, stream_rng
 
 __all__ = ["CONDITIONS", "DESIGN_PARAMS", "fiac_design_matrix", "fiac_events",
@@ -45,11 +43,6 @@ _MARKER = "fiac_complete.json"
 _SENTENCES_PER_BLOCK = 6
 _NOMINAL_CYCLE = 30.0  # seconds of block + rest, as in the FIAC protocol
 _STREAM_SPACE, _STREAM_EVENTS, _STREAM_NOISE, _STREAM_DRIFT = range(4)  # RNG streams
-
-
-def _default_data_dir() -> Path:
-    env = os.environ.get("DASKGLM_DATA")
-    return Path(env) if env else Path.home() / ".cache" / "daskglm"
 
 
 # --- design ---
@@ -389,11 +382,8 @@ def simulate_fiac(
         "effect_size": float(effect_size), "drift_size": drift_size,
         "noise_smoothing": smoothing, "design": DESIGN_PARAMS,
     }
-    text = json.dumps(params, sort_keys=True, indent=1)
-    digest = hashlib.sha1(text.encode()).hexdigest()[:10]
-    tag = "gz" if compress else "nii"
-    root = Path(data_dir) if data_dir is not None else _default_data_dir()
-    folder = root / f"fiac_{'x'.join(map(str, shape))}_{n_scans}_seed{seed}_{tag}_{digest}"
+    stem = f"fiac_{'x'.join(map(str, shape))}_{n_scans}_seed{seed}_{'gz' if compress else 'nii'}"
+    folder, text = parameters_folder(data_root(data_dir), stem, params)
     paths: dict[str, Path] = {}
     for r in range(1, n_runs + 1):
         paths[f"func{r}"] = folder / f"run{r}.{'nii.gz' if compress else 'nii'}"
@@ -403,15 +393,10 @@ def simulate_fiac(
     result = Bunch(**{k: str(p) for k, p in paths.items()}, description=_description(params))
 
     marker = folder / _MARKER
-    if not overwrite and marker.is_file() and all(p.is_file() for p in paths.values()):
-        try:
-            cached = marker.read_text()
-        except OSError:
-            cached = None
-        if cached == text:
-            if verbose:
-                print(f"[simulate_fiac] using cached data in {folder}")
-            return result
+    if not overwrite and is_complete(marker, text, paths.values()):
+        if verbose:
+            print(f"[simulate_fiac] using cached data in {folder}")
+        return result
 
     folder.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)

@@ -11,6 +11,8 @@ a thread while the next one is simulated.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import queue
 import threading
@@ -120,3 +122,38 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def write_text(path: Path, text: str) -> None:
     with _atomic_open(path) as fh:
         fh.write(text.encode())
+
+
+def data_root(data_dir: str | os.PathLike | None) -> Path:
+    """Where the simulators write: ``data_dir``, else ``$DASKGLM_DATA``, else ``~/.cache/daskglm``."""
+    if data_dir is not None:
+        return Path(data_dir)
+    env = os.environ.get("DASKGLM_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "daskglm"
+
+
+def parameters_folder(root: Path, stem: str, params: dict) -> tuple[Path, str]:
+    """The folder of a simulation's files, named by ``stem`` and a digest of all its parameters.
+
+    Returns
+    -------
+    folder : Path
+        ``root / f"{stem}_{digest}"``.
+    text : str
+        The parameters as JSON, what :func:`is_complete` compares with the folder's marker.
+    """
+    text = json.dumps(params, sort_keys=True, indent=1)
+    return root / f"{stem}_{hashlib.sha1(text.encode()).hexdigest()[:10]}", text
+
+
+def is_complete(marker: Path, text: str, paths: Iterable[Path]) -> bool:
+    """Whether a simulation's folder holds all ``paths`` and a ``marker`` written with these parameters.
+
+    The marker is written last, so a folder an interrupted run left behind is not complete.
+    """
+    if not marker.is_file() or not all(Path(p).is_file() for p in paths):
+        return False
+    try:
+        return marker.read_text() == text
+    except OSError:
+        return False
