@@ -64,10 +64,10 @@ def add_bids_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "write there itself (its .daskglm-outputs.json manifests list what it wrote, which a rerun "
                         "may replace); not the dataset or its derivatives folder. Checked before any work")
     p.add_argument("--space", default=None,
-                   help="space label (default: MNI152NLin2009cAsym). fsaverage5: fMRIPrep's GIFTI runs "
-                        "(*_hemi-L_space-fsaverage5_bold.func.gii and hemi-R), maps written per hemisphere "
-                        "(*_hemi-L_space-fsaverage5_den-10242_*_statmap.gii); a space of CIFTI-2 dense time series "
-                        "such as fsLR (*_space-fsLR_den-91k_bold.dtseries.nii): maps as .dscalar.nii")
+                   help="space label (default: MNI152NLin2009cAsym). fsaverage5: fMRIPrep's GIFTI runs (one file "
+                        "per hemisphere), each map written as one .gii file per hemisphere under nilearn's names "
+                        "(hemi-L and hemi-R, den-10242); a space of CIFTI-2 dense time series, such as fMRIPrep's "
+                        "fsLR (den-91k): maps as .dscalar.nii")
     p.add_argument("--sub", action="extend", nargs="+", default=None, metavar="LABEL",
                    help="subject labels (default: all)")
     p.add_argument("--derivatives-folder", default=None, metavar="FOLDER",

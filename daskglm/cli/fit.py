@@ -166,6 +166,16 @@ def _bg_img(text: str) -> str:
     return input_path(text)
 
 
+def _run_path(text: str) -> str:
+    """A run: an existing file or a URL, not a GIFTI surface file (its hemispheres and mesh are not one file)."""
+    if text.endswith(".gii"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a GIFTI surface file: daskglm fit reads NIfTI runs and CIFTI-2 dense time series "
+            "(.dtseries.nii); fit GIFTI runs with 'daskglm bids --space fsaverage5', or in Python as nilearn "
+            "SurfaceImage runs of daskglm.FirstLevelModel")
+    return input_path(text)
+
+
 _SIGNAL_SCALING = {"0": 0, "0,1": (0, 1), "none": False}
 
 
@@ -187,8 +197,9 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog="Example: daskglm fit run1.nii.gz run2.nii.gz --events ev1.tsv --events ev2.tsv --t-r 2.5 "
                "--mask mask.nii.gz --smoothing-fwhm 5 --contrast 'language=DStDSp - SStSSp' "
                "--contrast 'DSp_minus_SSp=DStDSp - DStSSp + SStDSp - SStSSp' --out results --report")
-    p.add_argument("runs", nargs="+", type=input_path, metavar="RUN",
-                   help="4D NIfTI runs (.nii, .nii.gz, or fsspec URLs), fitted together (fixed effects)")
+    p.add_argument("runs", nargs="+", type=_run_path, metavar="RUN",
+                   help="4D NIfTI runs (.nii, .nii.gz, or fsspec URLs) or CIFTI-2 dense time series "
+                        "(.dtseries.nii), fitted together (fixed effects)")
     p.add_argument("--out", "--output", "-o", dest="out", required=True, metavar="DIR",
                    help="output folder (created; required): new, empty, or holding no file of an output's "
                         "name that daskglm did not write there itself (see above)")

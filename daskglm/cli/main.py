@@ -268,8 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--space", choices=("MNI152NLin2009cAsym", "fsaverage5", "fsLR"),
                           default="MNI152NLin2009cAsym",
                           help="space of the preprocessed runs: volumes with brain masks (default), fsaverage5 "
-                               "(GIFTI, one file per hemisphere: *_hemi-L_space-fsaverage5_bold.func.gii) or fsLR "
-                               "(CIFTI-2 dense time series: *_space-fsLR_den-91k_bold.dtseries.nii)")
+                               "(GIFTI runs, one file per hemisphere) or fsLR (CIFTI-2 dense time series, "
+                               "den-91k)")
     simulate.add_argument("--cifti-layout", choices=("91k", "small"), default="91k",
                           help="grayordinates of the fsLR runs: fsLR-91k's 91,282 (default), or 'small': "
                                "fsaverage5-sized cortex and two thalami, 19,158, named den-19k (quick tests)")

@@ -72,3 +72,11 @@ def test_simulate_then_bids(space: str, tmp_path: Path) -> None:
             _check_z(np.concatenate(z), truth)
             assert len(list(folder.glob("*.gii"))) == 12  # five maps and the mask, per hemisphere
             assert len(list(folder.glob("*_clusters.tsv"))) == 1
+
+
+def test_fit_refuses_gifti_runs_in_one_line(tmp_path: Path) -> None:
+    run = tmp_path / "sub-01_task-language_run-1_hemi-L_space-fsaverage5_bold.func.gii"
+    run.write_bytes(b"")
+    done = run_cli("fit", run, "--t-r", "2", "--contrast", "a=a", "--out", tmp_path / "out")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+    assert "GIFTI surface file" in done.stderr and "daskglm bids --space fsaverage5" in done.stderr
