@@ -348,7 +348,7 @@ def _generate(tmp: Path, final: Path, layout: Bunch, labels: list[str], p: dict,
             "space": np.array(p["space"]), "conditions": t.conditions, **arrays, **subjects,
             "group_activation": (p["group_effect"] * arrays["activation_pattern"]).astype(np.float32),
         })
-        extra = ("\n  hemisphere, vertex     (n,)                  each element's hemisphere and fsaverage5 vertex"
+        extra = ("\n  hemisphere, vertex    (n,)                  each element's hemisphere and fsaverage5 vertex"
                  if p["space"] == "fsaverage5" else
                  "\n  structures, vertex, voxel                   each grayordinate's CIFTI structure, vertex or voxel")
         elements = ("10242 left vertices, then 10242 right vertices" if p["space"] == "fsaverage5"

@@ -18,9 +18,11 @@ from nibabel.cifti2 import cifti2_axes
 from nilearn.datasets import load_fsaverage
 from nilearn.glm.first_level import first_level_from_bids
 from nilearn.surface import SurfaceImage
+from scipy import stats
 
 from daskglm.datasets.bids_sim import simulate_bids
 from daskglm.datasets.cifti import cifti_brain_model_axis
+from daskglm.datasets.fiac import fiac_design_matrix
 
 SMALL = {"shape": (10, 12, 8), "n_scans": 60, "n_subjects": 2, "n_runs": 1, "group_effect": 0.1}
 DERIV = "derivatives/fmriprep"
@@ -130,6 +132,30 @@ def test_nilearn_fits_the_fsaverage5_runs(fsaverage5) -> None:
             z = np.concatenate([z.data.parts["left"], z.data.parts["right"]])
             assert z[truth["blob_centers"][k]] > 4
             assert abs(z[null].mean()) < 0.1
+
+
+@pytest.mark.parametrize("space", ["fsaverage5", "fsLR"])
+def test_group_effect_is_found(tmp_path: Path, space: str) -> None:
+    """A one-sample t test over 3 subjects' OLS effect maps (the default, group-sized effect) finds the blob."""
+    data = simulate_bids(tmp_path / "ds", space=space, cifti_layout="small", n_subjects=3, n_runs=1,
+                         shape=(8, 8, 6), n_scans=100)
+    truth = np.load(data.truth)
+    weights = truth["contrasts"][0]  # "sentence": DSt > SSt
+    maps = []
+    for s in range(3):
+        run = data.preproc_bold[s][0]
+        if space == "fsaverage5":
+            Y = np.concatenate([nib.load(run[part]).agg_data() for part in ("left", "right")]).T
+        else:
+            Y = nib.load(run).get_fdata(dtype=np.float32)
+        X = fiac_design_matrix(pd.read_csv(data.events[s][0], sep="\t"), 100, 2.0).to_numpy()
+        beta = np.linalg.lstsq(X, 100 * (Y / Y.mean(axis=0) - 1), rcond=None)[0]
+        maps.append(weights @ beta[:5])
+    t = stats.ttest_1samp(np.array(maps), 0.0, axis=0).statistic
+    null = truth["blob_maps"].sum(axis=0) == 0
+    centre = truth["blob_centers"][0]
+    assert t[centre] > 6 and t[centre] > 1.5 * np.percentile(np.abs(t[null]), 95), t[centre]
+    assert abs(np.mean(t[null])) < 0.2
 
 
 def test_deterministic(tmp_path: Path, fsaverage5) -> None:
