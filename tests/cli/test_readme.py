@@ -169,6 +169,8 @@ PAGES = {
     "docs/bids.md": {
         "subjects": ("model.compute_contrast(", "_c['subjects'] = {s: _blobs(z, " + _BIDS_TRUTH + ")['sentence'] "
                      "for s, z in z_maps.items()}"),
+        "fslr": ('space_label="fsLR"', "_c['fslr'] = [float(np.asarray(z.dataobj)[0, c]) "
+                 "for c in np.load(fslr.truth)['blob_centers'][:2]]"),  # the sentence and speaker blobs' centres
         "batch": ("result = run_batch(", "_c['done'] = sorted(result.done); _c['failures'] = dict(result.failures)"),
         "group": ("group.compute_contrast(", f"_c['group'] = _inside(z_map, {_BIDS_TRUTH}, 'sentence')"),
     },
@@ -221,6 +223,9 @@ def test_python_examples_run_as_written_and_show_their_contrasts(page, tmp_path)
         assert c["bold"][0] == 191 and len(c["mean_shape"]) == 3
     if "first" in c:
         assert (tmp_path / "sentence_z_map.nii.gz").is_file()
+    if "fslr" in c:  # DSt > SSt on CIFTI runs: the sentence blob, not the speaker blob
+        sentence, speaker = c["fslr"]
+        assert sentence > 3 and sentence > speaker + 2, c["fslr"]
     if "done" in c:  # the sentence contrast: clear in a subject and in the group, near 0 away from the blobs
         assert c["done"] == ["01", "02", "03"] and not c["failures"], c
         assert sorted(c["subjects"]) == ["01", "02", "03"], c  # z at the blob's centre, per subject
