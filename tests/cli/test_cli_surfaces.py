@@ -66,6 +66,14 @@ def test_simulate_then_bids(space: str, tmp_path: Path) -> None:
             assert isinstance(img, nib.Cifti2Image) and img.shape == (1, 19158)
             _check_z(img.get_fdata()[0], truth)
             assert len(list(folder.glob("*.dscalar.nii"))) == 6  # five maps and the mask
+            if label == "01":  # daskglm fit on the subject's run: the batch's files, named and computed alike
+                run = root / "derivatives" / "fmriprep" / "sub-01" / "func" / expected["fsLR"][0]
+                events = root / "sub-01" / "func" / "sub-01_task-language_run-1_events.tsv"
+                fitted = run_cli("fit", run, "--events", events, "--contrast", f"sentence={SENTENCE}", "--out",
+                                 tmp_path / "fit", "--scheduler", "sync", "--store", tmp_path / "stores")
+                assert fitted.returncode == 0, fitted.stderr
+                again = nib.load(tmp_path / "fit" / "sub-01" / name)
+                np.testing.assert_allclose(again.get_fdata(), img.get_fdata(), rtol=1e-5, atol=1e-5)
         else:
             z = [nib.load(folder / (f"sub-{label}_task-language_hemi-{h}_space-fsaverage5_den-10242_contrast-sentence"
                                     "_stat-z_statmap.gii")).darrays[0].data for h in "LR"]
