@@ -30,6 +30,8 @@ EXECUTED = {
     "notebooks/two_runs_model": "Contrast 8 out of 8: Effects_of_interest",
     "notebooks/connect_to_cluster": "ingest_block",
     "notebooks/group_analysis": "mean group z inside the sentence blob",
+    "notebooks/surface_first_level": "daskglm vs nilearn: max |dz|",
+    "notebooks/cifti_first_level": "mean z inside the sentence blob",
 }
 
 
@@ -122,6 +124,18 @@ def test_differences_page_exists_and_readme_links_it(site):
     assert "python -m sphinx -W --keep-going -b html docs docs/_build/html" in readme
 
 
+def test_data_kinds_page_has_its_table_and_is_linked(site):
+    """One page says what each kind of data supports; the site's index and README link it."""
+    text = re.sub(r"<[^>]+>", "", _page(site, "data_kinds"))
+    for kind in ("Volume (NIfTI)", "Surface (SurfaceImage, GIFTI)", "CIFTI-2 (.dtseries.nii)"):
+        assert kind in text, kind
+    for row in ("Fit", "Masks", "Smoothing", "Contrasts", "Fixed effects", "Second level", "Reports", "BIDS",
+                "daskglm fit", "Stores"):
+        assert f"\n{row}" in text, row
+    assert 'href="data_kinds.html"' in _page(site, "index")
+    assert "(docs/data_kinds.md)" in (ROOT / "README.md").read_text()
+
+
 def _open(chrome, site: Path, name: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -181,3 +195,19 @@ def test_walkthrough_page_renders_in_chromium(chrome, site, tmp_path):
     figure = chrome.find_elements(By.CSS_SELECTOR, "img[src$='.png']")[0]
     chrome.execute_script("arguments[0].scrollIntoView();", figure)
     chrome.save_screenshot(str(tmp_path / "walkthrough_figure.png"))
+
+
+@pytest.mark.parametrize(("name", "title", "n_figures"), [
+    ("notebooks/surface_first_level", "Surface data (fsaverage5)", 2),  # the two-run and fixed-effects maps
+    ("notebooks/cifti_first_level", "CIFTI-2 dense time series", 3),  # both hemispheres and the subcortex
+])
+def test_surface_and_cifti_walkthroughs_render_in_chromium(chrome, site, name, title, n_figures):
+    """The surface and CIFTI walkthroughs in headless Chromium: their title, their figures decoded and shown,
+    and no console error."""
+    _open(chrome, site, name)
+    assert title in chrome.title, chrome.title
+    images = [img for img in _images(chrome) if img["src"].endswith(".png")]
+    assert len(images) >= n_figures, images
+    broken = [img for img in images if not (img["complete"] and img["width"] > 100 and img["visible"])]
+    assert not broken, broken
+    assert not _console_errors(chrome), _console_errors(chrome)
