@@ -43,6 +43,8 @@ from typing import Any
 
 import pandas as pd
 
+from ..models.nilearn_compat import check_first_level_from_bids_args
+
 __all__ = ["DTSERIES", "cifti_first_level_from_bids", "dtseries_runs", "is_cifti_space"]
 
 #: nilearn's ``file_type`` of CIFTI-2 dense time series runs.
@@ -110,30 +112,6 @@ def is_cifti_space(derivatives_path: Path, task_label: str, space_label: str,
     volumes = get_bids_files(derivatives_path, file_tag="bold", file_type="nii*", modality_folder="func",
                              filters=filters)
     return not volumes and bool(dtseries_runs(derivatives_path, task_label, space_label, img_filters))
-
-
-def _check_args(dataset_path: Any, task_label: Any, space_label: Any, sub_labels: Any, exclude_subjects: Any,
-                img_filters: Any) -> None:
-    """nilearn's checks of ``first_level_from_bids``' arguments (``_check_args_first_level_from_bids``)."""
-    from nilearn.interfaces.bids.utils import bids_entities, check_bids_label
-
-    if not Path(dataset_path).is_dir():
-        raise ValueError(f"'dataset_path' does not exist:\n{dataset_path}")
-    check_bids_label(task_label)
-    check_bids_label(space_label)
-    for name, value in (("sub_labels", sub_labels), ("exclude_subjects", exclude_subjects),
-                        ("img_filters", img_filters)):
-        if not isinstance(value, list):
-            raise TypeError(f"'{name}' must be a list; got {type(value).__name__}")
-    for label in sub_labels:
-        check_bids_label(label)
-    supported = [*bids_entities()["raw"], *bids_entities()["derivatives"]]
-    for item in img_filters:
-        if len(item) != 2 or not all(isinstance(x, str) for x in item):
-            raise TypeError(f"Filters in img_filters must be (str, str). Got {item} instead.")
-        if item[0] not in supported:
-            raise ValueError(f"'{item[0]} in {item}' must be one of {supported}; got {item[0]!r}")
-        check_bids_label(item[1])
 
 
 def _sidecar_value(root: Path, field: str, filters: list[tuple[str, str]]) -> Any:
@@ -321,7 +299,9 @@ def cifti_first_level_from_bids(dataset_path: Any, task_label: str, space_label:
     """
     sub_labels, exclude_subjects, img_filters = list(sub_labels or []), list(exclude_subjects or []), \
         list(img_filters or [])
-    _check_args(dataset_path, task_label, space_label, sub_labels, exclude_subjects, img_filters)
+    check_first_level_from_bids_args(dataset_path=dataset_path, task_label=task_label, space_label=space_label,
+                                     sub_labels=sub_labels, exclude_subjects=exclude_subjects,
+                                     img_filters=img_filters, derivatives_folder=derivatives_folder)
     dataset = Path(dataset_path).absolute()
     derivatives = dataset / derivatives_folder
     options = confounds_options(confounds_kwargs)

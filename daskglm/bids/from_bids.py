@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..models.nilearn_compat import check_first_level_from_bids_args
 from .cifti_bids import DTSERIES, cifti_first_level_from_bids, is_cifti_space
 
 __all__ = ["RUN_TYPES", "first_level_from_bids", "bold_entities", "dataset_hint", "is_surface_space",
@@ -343,6 +344,10 @@ def first_level_from_bids(
     from_derivatives = isinstance(mask_img, str) and mask_img == "derivatives"
     daskglm_params = {"random_state": random_state, "store": store, "storage_options": storage_options,
                       "t_chunk": t_chunk, "v_chunk": v_chunk, "client": client}
+    with _explained(dataset_path, derivatives_folder, task_label, space_label):  # before looking at any file
+        check_first_level_from_bids_args(dataset_path=dataset_path, task_label=task_label, space_label=space_label,
+                                         sub_labels=sub_labels or [], exclude_subjects=exclude_subjects or [],
+                                         img_filters=img_filters or [], derivatives_folder=derivatives_folder)
     derivatives_path = (Path(dataset_path) / derivatives_folder).absolute()
     if run_kind(derivatives_path, task_label, space_label, img_filters) == "cifti":
         from ..models.first_level import FirstLevelModel

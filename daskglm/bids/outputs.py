@@ -33,11 +33,12 @@ with the same contents whichever wrote them. nilearn 0.14's
 Surface models (fsaverage5 ``SurfaceImage`` runs, named after their left
 hemisphere's GIFTI files): nilearn's names with the extension ``gii``, each map
 (mask, contrast maps, residuals) written as one GIFTI file per hemisphere under
-the name nilearn's ``save_glm_to_bids`` gives it (``..._hemi-L_space-fsaverage5_den-10242_contrast-..._statmap.gii``,
-:func:`surface_file`), the data array as nilearn's ``PolyData.to_filename``
-writes it; the cluster tables are nilearn's surface ones, and ``statmap.json``
-has nilearn's ``Density``. CIFTI models: dense scalar maps (``.dscalar.nii``),
-no cluster tables. Reports are for volumes only.
+the name nilearn's ``save_glm_to_bids`` gives it
+(``..._hemi-L_space-fsaverage5_den-10242_contrast-..._statmap.gii``, nilearn's own
+rule), the data array as nilearn's ``PolyData.to_filename`` writes it; the
+cluster tables are nilearn's surface ones, and ``statmap.json`` has nilearn's
+``Density``. CIFTI models: dense scalar maps (``.dscalar.nii``), no cluster
+tables. Reports are for volumes only.
 
 Deliberate differences from nilearn 0.14: ``RepetitionTime`` is the model's
 ``t_r_`` (``t_r``, or the first run's header when ``t_r`` is None; nilearn
@@ -68,6 +69,7 @@ from .. import __version__
 from ..io.cifti import is_cifti, to_dscalar
 from ..io.maps import save_nifti, write_bytes
 from ..io.remote import is_url, url_to_fs
+from ..models.nilearn_compat import surface_filename
 from ..runtime.cluster import phase
 
 __all__ = [
@@ -84,7 +86,6 @@ __all__ = [
     "model_outputs",
     "report_contrasts",
     "report_html",
-    "surface_file",
     "write_dataset_description",
     "write_model",
 ]
@@ -167,7 +168,7 @@ class ModelOutputs:
         """The files of the map nilearn names ``name``: itself, or one per hemisphere for a surface model."""
         if self.surface is None:
             return [name]
-        return [surface_file(name, hemi, density) for hemi, density in self.surface]
+        return [surface_filename(name, hemi, density) for hemi, density in self.surface]
 
     def design(self, index: int) -> tuple[str, str]:
         """The design TSV of run ``index`` and its JSON sidecar."""
@@ -273,36 +274,6 @@ def model_outputs(out_dir: str | os.PathLike, run_imgs: list, contrasts: Iterabl
                         bool(report), cifti, hemispheres)
 
 
-def surface_file(name: str, hemi: str, density: int) -> str:
-    """One hemisphere's file of the surface map nilearn names ``name`` (``..._statmap.gii``).
-
-    nilearn 0.14's rule (``nilearn.glm.io._generate_filename_surface_file``):
-    the name's entities plus ``hemi`` and ``den``, in BIDS order (raw, then
-    derivative entities, then the others, such as ``contrast`` and ``stat``).
-
-    Parameters
-    ----------
-    name : str
-        nilearn's name of the map, e.g. ``sub-01_task-x_space-fsaverage5_contrast-a_stat-z_statmap.gii``.
-    hemi : {"L", "R"}
-    density : int
-        Vertices of the hemisphere's mesh.
-
-    Returns
-    -------
-    str
-        e.g. ``sub-01_task-x_hemi-L_space-fsaverage5_den-10242_contrast-a_stat-z_statmap.gii``.
-    """
-    from nilearn.interfaces.bids import parse_bids_filename
-    from nilearn.interfaces.bids.utils import bids_entities
-
-    fields = parse_bids_filename(name)
-    entities = {**fields["entities"], "hemi": hemi, "den": str(density)}
-    order = [*bids_entities()["raw"], *bids_entities()["derivatives"]]
-    keys = [k for k in order if k in entities] + [k for k in entities if k not in order]
-    return "".join(f"{k}-{entities[k]}_" for k in keys if entities[k]) + f"{fields['suffix']}.{fields['extension']}"
-
-
 def _surface_names(names: dict) -> None:
     """nilearn's ``.nii.gz`` names, as it names a surface model's maps (extension ``gii``; split per hemisphere)."""
     def rename(name: str) -> str:
@@ -318,32 +289,19 @@ def _surface_names(names: dict) -> None:
 
 
 def gifti_bytes(data: np.ndarray) -> bytes:
-    """One hemisphere's data as the GIFTI file nilearn's ``PolyData.to_filename`` writes.
-
-    One data array, ``(n_vertices,)`` or ``(n_vertices, k)``: booleans and
-    unsigned integers as uint8, other integers as int32, floats as float32
-    (nilearn's ``data_to_gifti``).
+    """One hemisphere's data as the GIFTI file nilearn's ``PolyData.to_filename`` writes (its ``data_to_gifti``).
 
     Parameters
     ----------
-    data : ndarray
+    data : ndarray, shape (n_vertices,) or (n_vertices, k)
 
     Returns
     -------
     bytes
     """
-    from nibabel.gifti import GiftiDataArray, GiftiImage
+    from nilearn.surface.surface import data_to_gifti
 
-    data = np.asarray(data)
-    if data.dtype in (np.uint16, np.uint32, np.uint64, bool):
-        data = data.astype(np.uint8)
-    elif data.dtype in (np.int8, np.int16, np.int64):
-        data = data.astype(np.int32)
-    elif data.dtype == np.float64:
-        data = data.astype(np.float32)
-    datatype = {np.dtype(np.uint8): "NIFTI_TYPE_UINT8", np.dtype(np.int32): "NIFTI_TYPE_INT32",
-                np.dtype(np.float32): "NIFTI_TYPE_FLOAT32"}.get(data.dtype)
-    return GiftiImage(darrays=[GiftiDataArray(data=data, datatype=datatype)]).to_bytes()
+    return data_to_gifti(np.asarray(data)).to_bytes()
 
 
 def _cifti_names(names: dict) -> None:

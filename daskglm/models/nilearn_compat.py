@@ -68,10 +68,10 @@ from nilearn.maskers.masker_validation import check_embedded_masker
 __all__ = [
     "BaseGLM", "BoundingBoxError", "check_and_load_tables", "clean_contrast_name",
     "check_compatibility_mask_and_images", "check_confounds", "check_design_matrix", "check_embedded_masker",
-    "check_first_level_contrast", "check_input_as_type", "check_input_type", "check_n_rows_desmat_vs_n_effect_maps",
-    "check_parameter_in_allowed", "check_params", "check_volume_for_fit", "clustering_params", "first_level_view",
-    "get_con_val", "log", "model_attributes", "output_filenames", "prepare_mask", "second_level_sample", "smooth_array",
-    "sort_input_dataframe",
+    "check_first_level_contrast", "check_first_level_from_bids_args", "check_input_as_type", "check_input_type",
+    "check_n_rows_desmat_vs_n_effect_maps", "check_parameter_in_allowed", "check_params", "check_volume_for_fit",
+    "clustering_params", "first_level_view", "get_con_val", "log", "model_attributes", "output_filenames",
+    "prepare_mask", "second_level_sample", "smooth_array", "sort_input_dataframe", "surface_filename",
 ]
 
 #: The parameters ``BaseGLM._attributes_to_dict`` may read from a first-level model.
@@ -180,3 +180,26 @@ def second_level_sample(second_level_input: Any) -> Any:
     from nilearn.glm.second_level.second_level import _process_second_level_input
 
     return _process_second_level_input(second_level_input)[0]
+
+
+def check_first_level_from_bids_args(**kwargs: Any) -> None:
+    """nilearn's checks of ``first_level_from_bids``' arguments (types, labels, filters), with its messages.
+
+    Keyword arguments: ``dataset_path, task_label, space_label, sub_labels, exclude_subjects, img_filters,
+    derivatives_folder``, as nilearn's ``first_level_from_bids`` takes them.
+    """
+    from nilearn.glm.first_level.first_level import _check_args_first_level_from_bids
+
+    _check_args_first_level_from_bids(**kwargs)
+
+
+def surface_filename(name: str, hemi: str, density: int) -> str:
+    """nilearn's name of one hemisphere's file of a surface map (``save_glm_to_bids``' rule).
+
+    ``name``'s entities plus ``hemi`` and ``den``, in BIDS order; e.g.
+    ``sub-01_task-x_space-fsaverage5_contrast-a_stat-z_statmap.gii`` with ``("L", 10242)`` gives
+    ``sub-01_task-x_hemi-L_space-fsaverage5_den-10242_contrast-a_stat-z_statmap.gii``.
+    """
+    from nilearn.glm.io import _generate_filename_surface_file
+
+    return str(_generate_filename_surface_file(name, hemi, density))

@@ -10,12 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 from nilearn.glm.first_level import first_level_from_bids as nilearn_from_bids
-from nilearn.glm.io import _generate_filename_surface_file
 from nilearn.reporting.get_clusters_table import clustering_params_to_dataframe
-from nilearn.surface.surface import data_to_gifti
 
 from daskglm.bids.batch import run_batch
-from daskglm.bids.outputs import gifti_bytes, surface_file
 from daskglm.bids.subject import MARKER
 from daskglm.io.outputs import MANIFEST
 
@@ -129,15 +126,6 @@ def test_fsaverage5_batch_matches_nilearn(fsaverage5, tmp_path: Path) -> None:
     clusters = json.loads((out / "sub-01" / "sub-01_task-language_space-fsaverage5_contrast-sentence_clusters.json")
                           .read_text())
     assert clusters == clustering_params_to_dataframe(3.291, 0, 8.0, "fpr", 0.001, is_volume_glm=False).to_dict()[0]
-
-
-def test_surface_names_and_files_are_nilearns() -> None:
-    for name in ("sub-01_task-x_space-fsaverage5_contrast-a_stat-z_statmap.gii", "contrast-a_stat-p_statmap.gii",
-                 "sub-01_ses-2_task-x_run-1_space-fsaverage5_stat-errorts_statmap.gii", "mask.gii"):
-        for hemi in "LR":
-            assert surface_file(name, hemi, 10242) == _generate_filename_surface_file(name, hemi, 10242)
-    for data in (np.linspace(0, 1, 7), np.ones(5, bool), np.arange(6).reshape(3, 2).astype(np.float32)):
-        assert gifti_bytes(data) == data_to_gifti(data).to_bytes()
 
 
 def test_reports_and_errors_before_any_work(fslr, fsaverage5, tmp_path: Path) -> None:
