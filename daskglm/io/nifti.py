@@ -252,6 +252,10 @@ def open_image(run: Any, role: str) -> tuple[Any, str | None]:
         except Exception as exc:
             problem = _gzip_problem(str(path)) if path.name.endswith(".gz") else None
             raise ValueError(f"{role} {str(path)!r} {problem or f'is not a readable NIfTI image: {exc}'}") from exc
+        if isinstance(img, nib.GiftiImage):
+            raise ValueError(f"{role} {str(path)!r} is a GIFTI file: surface runs are nilearn SurfaceImages "
+                             "(FirstLevelModel().fit(SurfaceImage(mesh, {'left': ..., 'right': ...})), "
+                             "first_level_from_bids or daskglm bids with space 'fsaverage5')")
         return img, str(path.resolve())
     if isinstance(run, (nib.spatialimages.SpatialImage, nib.Cifti2Image)):
         filename = run.get_filename()

@@ -607,7 +607,9 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
                 self.masker_ = self._fitted_masker(masker, self._mask_image(datasets[0]))
                 self.masker_.standardize = self.standardize_  # as nilearn
                 self.n_elements_ = int(self.masker_.n_elements_)
-                log(f"Fitting {len(runs)} run(s): {self.noise_model}, {self.n_elements_} voxels",
+                elements = ("grayordinates" if getattr(self, "_cifti_models", None) is not None
+                            else "vertices" if self._surface_masker is not None else "voxels")
+                log(f"Fitting {len(runs)} run(s): {self.noise_model}, {self.n_elements_} {elements}",
                     verbose=self.verbose)
                 lazy = []
                 for index, (ds, design) in enumerate(zip(datasets, designs)):
@@ -657,6 +659,11 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         runs = _check_run_imgs(run_imgs)
         self._surface_masker = None
         if is_surface(self.mask_img) or any(is_surface(run) for run in runs):
+            other = [i for i, run in enumerate(runs) if not is_surface(run)]
+            if other:
+                raise ValueError(f"the runs mix SurfaceImages and other runs: run_imgs[{other[0]}] is a "
+                                 f"{type(runs[other[0]]).__name__}; fit surface runs and volume or CIFTI runs "
+                                 "in separate models")
             if self.mask_img not in (None, False):
                 check_compatibility_mask_and_images(self.mask_img, runs[0])  # nilearn's TypeError for a mix
             runs = self._surface_runs(runs)

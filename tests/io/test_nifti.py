@@ -50,3 +50,13 @@ def test_load_image_leaves_bad_files_to_nibabel(tmp_path):
     for name in ("a.nii.gz", "b.nii.gz"):
         with pytest.raises(Exception, match=name):
             load_image(str(tmp_path / name))
+
+
+def test_a_gifti_file_is_refused_with_the_way_to_fit_surfaces(tmp_path):
+    from nibabel.gifti import GiftiDataArray, GiftiImage
+
+    path = tmp_path / "sub-01_hemi-L_space-fsaverage5_bold.func.gii"
+    nib.save(GiftiImage(darrays=[GiftiDataArray(np.zeros(12, np.float32)) for _ in range(3)]), path)
+    with pytest.raises(ValueError, match=r"run image '.*bold\.func\.gii' is a GIFTI file: surface runs are nilearn "
+                                         r"SurfaceImages"):
+        inspect_run(str(path))

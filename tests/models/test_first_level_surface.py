@@ -146,3 +146,9 @@ def test_contrast_dataset_locates_each_vertex(runs, tmp_path, half_mask):
                                    atol=1e-4)
     by_part = ds["z_score"].groupby("part").mean()
     assert by_part.sel(part="left") > by_part.sel(part="right")  # the effect is in the left hemisphere
+
+
+def test_surface_runs_mixed_with_other_runs_are_refused(runs, tmp_path, fiac_data):
+    volume = fiac_data(shape=(8, 8, 6), n_scans=N_SCANS)["func1"]
+    with pytest.raises(ValueError, match=r"the runs mix SurfaceImages and other runs: run_imgs\[1\] is a str"):
+        FirstLevelModel(t_r=T_R, store=tmp_path).fit([runs[0][0], volume], events=[runs[0][1]] * 2)
