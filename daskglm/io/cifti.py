@@ -29,6 +29,7 @@ __all__ = [
     "cifti_t_r",
     "as_volumes",
     "read_cifti_volumes",
+    "read_cifti_columns",
     "check_same_brain_models",
     "structure_of",
     "to_dscalar",
@@ -142,11 +143,12 @@ def read_cifti_volumes(path: str, start: int, stop: int) -> np.ndarray:
     contiguous, and scans ``start:stop`` are a short piece of every one of them.
     The file is streamed :data:`READ_WINDOW_BYTES` at a time (the whole time
     series of consecutive grayordinates) and the scans asked for are kept, so
-    memory is that of the scans returned plus one window. Only the NIfTI-2
-    header is parsed, not the CIFTI-2 XML (the caller has checked the brain
-    models). nibabel's proxy parses the XML at every load and reads the whole
-    span of the file for a few scans: what that cost an ingestion is in
-    BENCHMARKS.md, "HCP-size CIFTI". Files in another layout go through
+    memory is that of the scans returned plus one window; every call reads the
+    whole file (:func:`read_cifti_columns` reads only what it returns). Only
+    the NIfTI-2 header is parsed, not the CIFTI-2 XML (the caller has checked
+    the brain models). nibabel's proxy parses the XML at every load and reads
+    the whole span of the file for a few scans: what that cost an ingestion is
+    in BENCHMARKS.md, "HCP-size CIFTI". Files in another layout go through
     nibabel's proxy.
 
     Parameters
@@ -170,17 +172,79 @@ def read_cifti_volumes(path: str, start: int, stop: int) -> np.ndarray:
     if layout is None:
         img = nib.load(path)
         return as_volumes(np.asanyarray(img.dataobj[start:stop]))
-    offset, dtype, n_scans, n_columns, slope, inter = layout
-    start, stop, _ = slice(start, stop).indices(n_scans)
+    start, stop, _ = slice(start, stop).indices(layout[2])
+    out = np.empty((layout[3], max(0, stop - start)), dtype=layout[1].newbyteorder("="))
+
+    def keep(i: int, j: int, series: np.ndarray) -> None:
+        out[i:j] = series[:, start:stop]
+
+    _stream_series(path, layout, np.arange(layout[3]), keep)
+    return as_volumes(apply_read_scaling(out, layout[4], layout[5]).T)
+
+
+def read_cifti_columns(path: str, grayordinates: np.ndarray) -> np.ndarray:
+    """Read every scan of some grayordinates of a dense time series: columns of its matrix.
+
+    The file's own order (each grayordinate's time series is contiguous), so
+    the bytes read are those returned, in :data:`READ_WINDOW_BYTES` reads of
+    consecutive grayordinates (gaps between the ones asked for are skipped
+    when a window would not cover them); only the NIfTI-2 header is parsed.
+
+    Parameters
+    ----------
+    path : str
+        A local ``.dtseries.nii`` file.
+    grayordinates : ndarray of int, shape (k,)
+        Increasing indices along the brain-model axis.
+
+    Returns
+    -------
+    ndarray, shape (n_scans, k)
+        Column ``c`` is grayordinate ``grayordinates[c]``, in the file's dtype, native byte order
+        (scaled by the header's slope and intercept, if any); Fortran-ordered.
+
+    Raises
+    ------
+    ValueError
+        The indices are not increasing or out of range, or the file ends before its data do.
+    """
+    grayordinates = np.asarray(grayordinates, dtype=np.int64)
+    layout = _dense_layout(path)
+    if layout is None:
+        return np.asanyarray(nib.load(path).dataobj)[:, grayordinates]
+    n_scans, n_columns = layout[2], layout[3]
+    if grayordinates.ndim != 1 or (grayordinates.size and (grayordinates[0] < 0 or grayordinates[-1] >= n_columns
+                                                           or (np.diff(grayordinates) <= 0).any())):
+        raise ValueError(f"grayordinates must be increasing indices below {n_columns}; got {grayordinates}")
+    out = np.empty((grayordinates.size, n_scans), dtype=layout[1].newbyteorder("="))
+
+    def keep(i: int, j: int, series: np.ndarray) -> None:
+        out[i:j] = series
+
+    _stream_series(path, layout, grayordinates, keep)
+    return apply_read_scaling(out, layout[4], layout[5]).T
+
+
+def _stream_series(path: str, layout: tuple, grayordinates: np.ndarray, keep: Any) -> None:
+    """Read the whole time series of ``grayordinates`` (increasing) a window at a time.
+
+    A window starts at the next grayordinate wanted and spans at most
+    :data:`READ_WINDOW_BYTES` of the file; ``keep(i, j, series)`` receives the
+    series of ``grayordinates[i:j]``, shape ``(j - i, n_scans)`` (a view of the
+    window when they are consecutive, valid during the call only).
+    """
+    offset, dtype, n_scans, n_columns, _, _ = layout
     row = n_scans * dtype.itemsize  # bytes of one grayordinate's time series
     per_window = max(1, READ_WINDOW_BYTES // row)
-    out = np.empty((n_columns, max(0, stop - start)), dtype=dtype.newbyteorder("="))
     window = np.empty(min(per_window, n_columns) * row, dtype=np.uint8)
     with open(path, "rb", buffering=0) as f:
-        f.seek(offset)
-        for first in range(0, n_columns, per_window):
-            last = min(n_columns, first + per_window)
+        i = 0
+        while i < grayordinates.size:
+            first = int(grayordinates[i])
+            j = int(np.searchsorted(grayordinates, first + per_window, side="left"))
+            last = int(grayordinates[j - 1]) + 1
             view = memoryview(window)[:(last - first) * row]
+            f.seek(offset + first * row)
             done = 0
             while done < len(view):
                 got = f.readinto(view[done:])
@@ -188,8 +252,10 @@ def read_cifti_volumes(path: str, start: int, stop: int) -> np.ndarray:
                     raise ValueError(f"{path!r} ends before its data do: grayordinate {first + done // row} "
                                      f"of {n_columns} is cut short ({n_scans} scans of {dtype})")
                 done += got
-            out[first:last] = np.frombuffer(view, dtype=dtype).reshape(last - first, n_scans)[:, start:stop]
-    return as_volumes(apply_read_scaling(out, slope, inter).T)
+            series = np.frombuffer(view, dtype=dtype).reshape(last - first, n_scans)
+            wanted = grayordinates[i:j] - first
+            keep(i, j, series if last - first == j - i else series[wanted])
+            i = j
 
 
 def _dense_layout(path: str) -> tuple[int, np.dtype, int, int, float, float] | None:

@@ -4,7 +4,8 @@ Store layout (a zarr v3 group, local path or fsspec URL)::
 
     bold(time, voxel)        float32, chunks (t_chunk, v_chunk), smoothed and masked
     i, j, k (voxel,)         int32 voxel indices in the volume (coordinates of bold)
-    ingest_done (block,)     uint8, one flag per block of t_chunk volumes, set after its write
+    ingest_done (block,)     uint8, one flag per ingestion block, set after its write: t_chunk
+                             volumes, or v_chunk grayordinates of a CIFTI dense time series
     gzip_index (byte,)       uint8, indexed_gzip seek index of a .nii.gz source (maybe empty)
     glm-<fit key>/           the fits (see daskglm.glm.fitstore)
     attrs                    daskglm_store_format, fingerprint, affine, volume_shape,
@@ -62,6 +63,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from ..io.cifti import is_cifti, read_cifti_columns
 from ..io.grid import Grid, analysis_grid, check_target, resample_volumes
 from ..io.nifti import (
     RunInfo,
@@ -157,14 +159,45 @@ def _ingest_block(work: BlockWork, crop: _volume.Crop, gzip_index: bytes | None,
                                 compiled=compiled)
         del volumes
     group = open_group(store, "r+", storage_options)
+    _bold_for_writing(group)[start:stop, :] = rows
+    group["ingest_done"][block] = 1
+    return block
+
+
+def _ingest_columns(store: str, storage_options: dict | None, source: str, grayordinates: np.ndarray,
+                    block: int, start: int, stop: int) -> int:
+    """Task: every scan of voxels ``start:stop`` of a CIFTI run's store (its ``grayordinates``), written
+    as whole column chunks of ``bold``; flag ``block``.
+
+    A dense time series holds each grayordinate's time series contiguously: a
+    block of columns is one read of the file, where a block of rows reads all of
+    it (see :func:`daskglm.io.cifti.read_cifti_volumes`). As
+    :func:`daskglm.kernels.volume.smooth_and_mask` with no smoothing: float32,
+    non-finite values set to 0.
+    """
+    try:
+        values = read_cifti_columns(source, grayordinates)
+    except Exception as exc:
+        raise ValueError(f"{source!r}: cannot read grayordinates {grayordinates[0]}..{grayordinates[-1]}: "
+                         f"{exc}") from exc
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, then 0 below
+        columns = np.asarray(values, dtype=np.float32)
+    if values.dtype.kind not in "iub" and not np.isfinite(columns).all():
+        columns = np.where(np.isfinite(columns), columns, np.float32(0))
+    group = open_group(store, "r+", storage_options)
+    _bold_for_writing(group)[:, start:stop] = columns
+    group["ingest_done"][block] = 1
+    return block
+
+
+def _bold_for_writing(group: Any) -> Any:
+    """The store's ``bold`` array, set to write every chunk."""
     bold = group["bold"]
     if hasattr(bold, "with_config"):  # zarr >= 3.1.4
         # Every chunk is written: zarr's default first compares each with the fill value to skip
         # empty ones (a pass over the block; an absent chunk reads as the same zeros anyway).
         bold = bold.with_config({"write_empty_chunks": True})
-    bold[start:stop, :] = rows
-    group["ingest_done"][block] = 1
-    return block
+    return bold
 
 
 
@@ -188,10 +221,12 @@ def _parameters(fwhm: float | None, mask_id: Any, t_chunk: Any, v_chunk: Any,
 
 
 def _fingerprint(info: RunInfo, fwhm: float | None, mask_id: Any, t_chunk: Any, v_chunk: Any,
-                 compressor: str | None, target: tuple[Any, Any] = (None, None)) -> str:
+                 compressor: str | None, target: tuple[Any, Any] = (None, None), by_columns: bool = False) -> str:
+    # by_columns: ``ingest_done`` flags blocks of columns, not of rows; a store of the other kind,
+    # interrupted, must not be resumed with its flags read the wrong way (volume fingerprints unchanged).
     return json.dumps(
         {"format": STORE_FORMAT, "source": info.provenance, "compressor": compressor,
-         **_parameters(fwhm, mask_id, t_chunk, v_chunk, target)},
+         **_parameters(fwhm, mask_id, t_chunk, v_chunk, target), **({"blocks": "columns"} if by_columns else {})},
         sort_keys=True,
     )
 
@@ -436,8 +471,13 @@ class _Ingestion:
         _plan.check_positive("t_chunk", t_chunk)
         _plan.check_positive("v_chunk", v_chunk)
         check_protocol(store)
+        # A local CIFTI dense time series, unsmoothed and not resampled, is ingested in blocks of
+        # columns, the file's own order (see _ingest_columns); every other run in blocks of volumes.
+        path = self.info.path
+        self.by_columns = (path is not None and is_cifti(path) and not is_url(path) and smoothing_fwhm is None
+                           and target == (None, None))
         self.fingerprint = _fingerprint(self.info, smoothing_fwhm, _mask_identity(mask_img, storage_options),
-                                        t_chunk, v_chunk, self.compressor, target)
+                                        t_chunk, v_chunk, self.compressor, target, self.by_columns)
         self.resume = False
 
     def reuse(self, overwrite: bool, columns: bool = False) -> xr.Dataset | None:
@@ -492,16 +532,30 @@ class _Ingestion:
                 value_range = run_summary(self.run_img, info, gzip_index, client, storage_options, False)[1:]
             volume_size = max(int(np.prod(info.volume_shape)), int(np.prod(grid.shape)))
             plan = _plan.plan_chunks(info.n_scans, int(grid.mask.sum()), volume_size, self.t_chunk, self.v_chunk)
-            n_blocks = len(_plan.block_bounds(info.n_scans, plan.t_chunk))
+            n_blocks = len(_plan.block_bounds(*((int(grid.mask.sum()), plan.v_chunk) if self._columns(grid)
+                                                 else (info.n_scans, plan.t_chunk))))
             create_store(store, storage_options, info, grid, mask_provenance, plan, n_blocks,
                           gzip_index, self.fwhm, self.fingerprint, self.compressor, value_range)
             done = np.zeros(n_blocks, dtype=bool)
         self.grid, self.plan, self.done = grid, plan, done
         self.gzip_index, self.value_range = gzip_index, value_range
 
+    def _columns(self, grid: Grid) -> bool:
+        """Whether the run is ingested in blocks of columns (a mask on another grid is resampled: rows)."""
+        return self.by_columns and not grid.resample
+
     def tasks(self) -> list:
-        """One delayed ``_ingest_block`` per block not yet flagged done."""
+        """One delayed ``_ingest_block`` (or ``_ingest_columns``) per block not yet flagged done."""
         info, grid, plan = self.info, self.grid, self.plan
+        if self._columns(grid):
+            # The grid of a CIFTI run is (n, 1, 1): a mask voxel's flat index is its grayordinate.
+            grayordinates = np.flatnonzero(grid.mask.reshape(-1))
+            return [
+                dask.delayed(_ingest_columns, pure=False)(self.store, self.storage_options, info.path,
+                                                          grayordinates[start:stop], b, start, stop)
+                for b, (start, stop) in enumerate(_plan.block_bounds(grayordinates.size, plan.v_chunk))
+                if not self.done[b]
+            ]
         bounds = _plan.block_bounds(info.n_scans, plan.t_chunk)
         work_affine, crop_shape, work_mask = grid.working_grid()  # where volumes are smoothed and masked
         sigma = _volume.fwhm_to_sigma(self.fwhm, work_affine)
