@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from ..models.nilearn_compat import check_first_level_from_bids_args
-from .cifti_bids import DTSERIES, cifti_first_level_from_bids, is_cifti_space
+from .cifti_bids import DTSERIES, cifti_first_level_from_bids, confounds_options, is_cifti_space
 
 __all__ = ["RUN_TYPES", "first_level_from_bids", "bold_entities", "dataset_hint", "is_surface_space",
            "pipeline_folders", "run_kind", "surface_run_files"]
@@ -110,6 +110,27 @@ def surface_run_files(derivatives_path: Path, sub_label: str, task_label: str, s
     left, right = (get_bids_files(derivatives_path, modality_folder="func", file_tag="bold", file_type="func.gii",
                                   sub_label=sub_label, filters=[*filters, ("hemi", hemi)]) for hemi in "LR")
     return list(zip(left, right))
+
+
+def _per_run_surface_confounds(confounds: list, models: list, derivatives_path: Path, task_label: str,
+                               space_label: str, img_filters: Any, kwargs: dict) -> list:
+    """Each surface run's own confounds where nilearn 0.14 gives one table for a subject of two runs.
+
+    With ``confounds_strategy``, nilearn passes a subject's left-hemisphere files to
+    ``load_confounds``, which takes exactly two of them for the hemispheres of one run: the
+    subject gets the first run's table alone, and the model's fit then fails on the count.
+    Each run's table is read from its own hemisphere pair, with the same options.
+    """
+    from nilearn.interfaces.fmriprep import load_confounds
+
+    options = confounds_options(kwargs)
+    fixed = []
+    for model, tables in zip(models, confounds):
+        if isinstance(tables, pd.DataFrame) and options:
+            pairs = surface_run_files(derivatives_path, model.subject_label, task_label, space_label, img_filters)
+            tables = [load_confounds(list(pair), **options)[0] for pair in pairs]
+        fixed.append(tables)
+    return fixed
 
 
 def _check_supported(space_label: Any, kwargs: dict) -> None:
@@ -377,6 +398,9 @@ def first_level_from_bids(
             derivatives_folder=derivatives_folder, **kwargs,
         )
     space = "MNI152NLin2009cAsym" if space_label is None else space_label  # nilearn's default
+    if confounds is not None and is_surface_space(space_label):
+        confounds = _per_run_surface_confounds(confounds, models, derivatives_path, task_label, space,
+                                               img_filters, kwargs)
     ours = []
     for model, imgs in zip(models, run_imgs):
         extra = dict(daskglm_params)

@@ -146,3 +146,28 @@ def test_fitted_fslr_model_finds_the_effect(fslr, tmp_path: Path) -> None:
     centre = truth["blob_centers"][list(truth["blob_names"]).index("sentence")]
     null = truth["blob_maps"].sum(axis=0) == 0
     assert z[centre] > 5 and abs(z[null].mean()) < 0.1
+
+
+def test_fsaverage5_confounds_are_per_run_where_nilearn_gives_one_table(bids_data) -> None:
+    """nilearn 0.14 gives a subject of two surface runs one run's confounds table (the fit then fails on the
+    count); daskglm gives each run the table nilearn's load_confounds reads from that run's hemisphere pair."""
+    from nilearn.interfaces.fmriprep import load_confounds
+
+    data = bids_data(space="fsaverage5", **PARAMS)
+    options = {"confounds_strategy": ("motion",), "confounds_motion": "basic"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, _, _, theirs = nilearn_from_bids(data.root, "language", space_label="fsaverage5", derivatives_folder=DERIV,
+                                            **options)
+        models, imgs, events, ours = first_level_from_bids(data.root, "language", space_label="fsaverage5",
+                                                           derivatives_folder=DERIV, **options)
+    assert isinstance(theirs[0], pd.DataFrame)  # nilearn's: when this fails, nilearn has fixed it
+    func = Path(data.root) / DERIV / "sub-01" / "func"
+    for run, table in enumerate(ours[0], start=1):
+        pair = [str(func / f"sub-01_task-language_run-{run}_hemi-{h}_space-fsaverage5_bold.func.gii") for h in "LR"]
+        pd.testing.assert_frame_equal(table, load_confounds(pair, strategy=("motion",), motion="basic")[0])
+    motion = sorted(f"{m}_{a}" for m in ("trans", "rot") for a in "xyz")
+    assert len(ours[0]) == 2 and sorted(ours[0][0].columns) == motion
+    model = models[0].set_params(store=None)
+    model.fit(imgs[0], events=events[0], confounds=ours[0])
+    assert "trans_x" in model.design_matrices_[1].columns
