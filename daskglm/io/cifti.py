@@ -16,11 +16,12 @@ brain-model axis.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from nibabel.cifti2 import cifti2_axes
+from nibabel.cifti2 import Cifti2Header, Cifti2Matrix, cifti2_axes
 from nibabel.volumeutils import apply_read_scaling
 
 __all__ = [
@@ -364,9 +365,32 @@ def to_dscalar(maps: dict[str, np.ndarray], models: cifti2_axes.BrainModelAxis,
             rows.extend(values)
     meta = [{"Description": description}] * len(names) if description else None
     scalars = cifti2_axes.ScalarAxis(names, meta=meta)
-    img = nib.Cifti2Image(np.vstack(rows), header=(scalars, models))
+    img = nib.Cifti2Image(np.vstack(rows), header=_header(scalars, models))
     img.nifti_header.set_intent("ConnDenseScalar")
     return img
+
+
+#: The last brain-model axis an image was made on (a weak reference) and its CIFTI-2 mapping.
+_LAST_MAPPING: tuple[Any, Any] = (None, None)
+
+
+def _header(axis: cifti2_axes.Axis, models: cifti2_axes.BrainModelAxis) -> Cifti2Header:
+    """The CIFTI-2 header of axes ``(axis, models)``, as ``Cifti2Header.from_axes`` makes it.
+
+    The brain models' mapping is built once per axis object and reused: at 91,282
+    grayordinates it is most of the cost of making an image, which a model's
+    contrasts and output types pay once each (BENCHMARKS.md, "HCP-size CIFTI").
+    ``nibabel.Cifti2Image`` copies the header it is given, so no image shares it.
+    """
+    global _LAST_MAPPING
+    ref, mapping = _LAST_MAPPING
+    if ref is None or ref() is not models:
+        mapping = models.to_mapping(1)
+        _LAST_MAPPING = (weakref.ref(models), mapping)
+    matrix = Cifti2Matrix()
+    matrix.append(axis.to_mapping(0))
+    matrix.append(mapping)
+    return Cifti2Header(matrix)
 
 
 def to_dtseries(values: np.ndarray, models: cifti2_axes.BrainModelAxis, t_r: float | None) -> nib.Cifti2Image:
@@ -388,7 +412,7 @@ def to_dtseries(values: np.ndarray, models: cifti2_axes.BrainModelAxis, t_r: flo
     """
     values = np.asarray(values, dtype=np.float32)
     series = cifti2_axes.SeriesAxis(0.0, float(t_r or 1.0), values.shape[0], unit="SECOND")
-    img = nib.Cifti2Image(values, header=(series, models))
+    img = nib.Cifti2Image(values, header=_header(series, models))
     img.nifti_header.set_intent("ConnDenseSeries")
     return img
 

@@ -128,3 +128,25 @@ def test_maps_are_written_as_dense_scalars_on_the_input_brain_models(tmp_path):
     assert back.nifti_header.get_intent()[0] == "ConnDenseScalar"
     np.testing.assert_array_equal(np.asarray(back.dataobj), np.vstack([z, effect]).astype(np.float32))
     assert list(np.unique(structure_of(models))) == ["CORTEX_LEFT", "THALAMUS_LEFT"]
+
+
+def test_images_are_the_bytes_nibabel_writes_from_the_axes_whatever_the_order_of_the_models(tmp_path):
+    """The brain models' mapping is built once per axis object and reused: the files are those of
+    ``Cifti2Image(data, header=axes)``, also when images on two brain models alternate."""
+    from daskglm.io.cifti import to_dtseries
+
+    first, second = brain_models(), brain_models(n_vertices=30, structure="thalamus_right")
+    for step, models in enumerate([first, second, first, first]):
+        z = np.arange(len(models), dtype=np.float32) + step
+        ours = to_dscalar({"z": z}, models, "z of a contrast")
+        theirs = nib.Cifti2Image(z[None], header=(ax.ScalarAxis(["z"], meta=[{"Description": "z of a contrast"}]),
+                                                  models))
+        theirs.nifti_header.set_intent("ConnDenseScalar")
+        nib.save(ours, tmp_path / "ours.dscalar.nii")
+        nib.save(theirs, tmp_path / "theirs.dscalar.nii")
+        assert (tmp_path / "ours.dscalar.nii").read_bytes() == (tmp_path / "theirs.dscalar.nii").read_bytes()
+        assert nib.load(tmp_path / "ours.dscalar.nii").header.get_axis(1) == models
+    series = to_dtseries(np.ones((4, len(second)), np.float32), second, 0.72)
+    nib.save(series, tmp_path / "res.dtseries.nii")
+    back = nib.load(tmp_path / "res.dtseries.nii")
+    assert back.header.get_axis(1) == second and back.header.get_axis(0).step == pytest.approx(0.72)
