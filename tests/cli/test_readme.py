@@ -28,12 +28,17 @@ README = ROOT / "README.md"
 pytestmark = pytest.mark.slow
 
 
-def _readme_command(command: str) -> list[str]:
-    """The ``daskglm <command> ...`` example of README's command-line block, continuation lines joined."""
+def _readme_commands(command: str) -> list[list[str]]:
+    """The ``daskglm <command> ...`` examples of README's command-line block, continuation lines joined."""
     text = README.read_text()
-    match = re.search(rf"^daskglm {command} .*?(?<!\\)\n", text, flags=re.S | re.M)
-    assert match, f"README has no daskglm {command} example"
-    return shlex.split(match.group(0).replace("\\\n", " "), comments=True)
+    found = re.findall(rf"^daskglm {command} .*?(?<!\\)\n", text, flags=re.S | re.M)
+    assert found, f"README has no daskglm {command} example"
+    return [shlex.split(match.replace("\\\n", " "), comments=True) for match in found]
+
+
+def _readme_command(command: str) -> list[str]:
+    """The first ``daskglm <command> ...`` example of README's command-line block."""
+    return _readme_commands(command)[0]
 
 
 def _readme_fit_command() -> list[str]:
@@ -141,6 +146,27 @@ def test_readme_bids_example_runs_as_written_on_simulated_data(tmp_path):
     assert listing.returncode == 0, listing.stderr
     runs = sorted(dataset.glob("derivatives/fmriprep/sub-*/func/*_desc-preproc_bold.nii.gz"))
     assert len(runs) == 6 and all(run.name in listing.stdout for run in runs), listing.stdout
+
+
+def test_readme_fslr_example_runs_as_written(tmp_path):
+    """README's CIFTI pair (``simulate-bids --space fsLR``, ``bids --space fsLR``) as written: each subject's
+    language map is a dense scalar whose sentence blob (left cortex) is high and speaker blob is not."""
+    (simulate,) = [argv[1:] for argv in _readme_commands("simulate-bids") if "fsLR" in argv]
+    (bids,) = [argv[1:] for argv in _readme_commands("bids") if "fsLR" in argv]
+    proc = _run(simulate, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run(bids, tmp_path, {"DASKGLM_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dataset, out = tmp_path / simulate[1], tmp_path / bids[bids.index("--out") + 1]
+    truth = np.load(dataset / "derivatives" / "simulation" / "truth.npz")
+    names = truth["blob_names"].tolist()
+    sentence, speaker = (truth["blob_centers"][names.index(name)] for name in ("sentence", "speaker"))
+    subjects = sorted(p.name for p in (dataset / "derivatives" / "fmriprep").glob("sub-*"))
+    assert len(subjects) == 3
+    for sub in subjects:
+        (z_path,) = (out / sub).glob("*contrast-language_stat-z_statmap.dscalar.nii")
+        z = np.asarray(nib.load(z_path).dataobj)[0]
+        assert z.shape == (91282,) and z[sentence] > 3 and z[sentence] > z[speaker] + 2, (sub, z[[sentence, speaker]])
 
 
 _BLOBS = ("def _blobs(img, truth):\n    t = np.load(truth); z = np.asarray(img.dataobj)\n"
