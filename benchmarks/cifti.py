@@ -19,7 +19,12 @@ z map written as a ``.dscalar.nii``. Two tools:
   events=...)`` on the embedded cluster ``fit`` makes (or ``--workers N``), a
   fresh store folder per repeat (ingestion is measured), then
   ``compute_contrast(expression)`` per contrast (a ``Cifti2Image`` dense
-  scalar), saved with ``nib.save``.
+  scalar), saved with ``nib.save``. With ``--in-process``, also
+  ``daskglm-inprocess``: the same with ``daskglm.threads-below`` raised in
+  dask's config, so that the embedded cluster is one worker of a thread per
+  core inside the process (at this size daskglm's default is worker
+  processes). ``--profile`` records the task stream and each process's CPU
+  time, per phase.
 
 Each tool runs in a child process of this script (``compare.py``'s
 ``Measured``): wall time is the child's whole life (interpreter start, imports,
@@ -33,6 +38,7 @@ correlation): nilearn bins the AR(1) coefficients of float32 scaled data,
 daskglm of float64, so a few grayordinates can fall in a neighbouring bin.
 
     python benchmarks/cifti.py --repeat 3 --json cifti.json
+    python benchmarks/cifti.py --repeat 3 --in-process --tools daskglm --profile
     python benchmarks/cifti.py --size tiny --byhand-jobs 1 --cache asis    # CI-sized
 
 Data are simulated once into ``$DASKGLM_BENCH_DATA`` (default
@@ -52,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 # benchmarks/ is sys.path[0] when this runs as a script
-from compare import _data_root, _line, _machine, _run_child, _set_cache
+from compare import _data_root, _line, _machine, _print_task_profile, _run_child, _set_cache
 
 #: size -> simulate_cifti arguments
 SIZES: dict[str, dict[str, Any]] = {
@@ -73,6 +79,9 @@ CONTRASTS: dict[str, str] = {
 }
 #: Targets of the issue: daskglm this many times faster than by hand, and its peak over all processes.
 TARGET_SPEEDUP, TARGET_PEAK_MIB = 3.0, 1024
+#: ``--in-process``: the dask config of the ``daskglm-inprocess`` configuration, whose embedded cluster is
+#: one worker of a thread per core inside the process (daskglm's choice below ``daskglm.threads-below``).
+IN_PROCESS_CONFIG = {"daskglm.threads-below": "1 TiB"}
 
 
 # ----------------------------------------------------------------------------- children
@@ -134,12 +143,21 @@ def _worker_byhand(spec: dict) -> dict:
 
 
 def _worker_daskglm(spec: dict) -> dict:
-    """daskglm's ``FirstLevelModel`` on the dense time series, as a user writes it."""
+    """daskglm's ``FirstLevelModel`` on the dense time series, as a user writes it.
+
+    With ``profile``, the cluster ``fit`` would make is made here first (the same
+    ``get_client`` call) and given to the model, so that the task stream and the CPU
+    time of every process can be recorded; it then closes after the contrasts, not
+    at the end of ``fit``.
+    """
     t0 = time.time()
+    import contextlib
+
     import nibabel as nib
-    from _compare_children import _Timeline
+    from _compare_children import _cluster_info, _cpu_probe, _task_profile, _Timeline, _work_bytes
 
     import daskglm.models.first_level as model_module
+    from daskglm.runtime.cluster import get_client, n_workers_from_n_jobs
 
     timeline = _Timeline()
     timeline.spans.append(("import", t0, time.time()))
@@ -147,16 +165,47 @@ def _worker_daskglm(spec: dict) -> dict:
     model_module.ingest_runs = timeline.wrap("ingest", model_module.ingest_runs)
     model_module.save_fits = timeline.wrap("fit_compute", model_module.save_fits)
     options = {} if spec["n_jobs"] is None else {"n_jobs": spec["n_jobs"]}
-    model = model_module.FirstLevelModel(t_r=spec["t_r"], noise_model="ar1", store=spec["store"], **options)
-    timeline.wrap("fit", model.fit)(spec["runs"], events=spec["events"])
+    if spec.get("dask_config"):
+        import dask
+
+        dask.config.set(spec["dask_config"])
     out = Path(spec["zmaps"])
     out.mkdir(parents=True, exist_ok=True)
-    for name, expression in spec["contrasts"].items():
-        z = timeline.wrap("contrasts", model.compute_contrast)(expression, output_type="z_score")
-        timeline.wrap("write", nib.save)(z, out / f"{name}.dscalar.nii")
+    with contextlib.ExitStack() as stack:
+        client = stream = None
+        if spec.get("profile"):
+            from distributed import get_task_stream
+
+            start = time.time()
+            client = stack.enter_context(get_client(None, n_workers=n_workers_from_n_jobs(spec["n_jobs"] or -1),
+                                                    work_bytes=_work_bytes(spec)))
+            timeline.spans.append(("cluster_start", start, time.time()))
+            stack.callback(lambda: timeline.spans.append(("cluster_close", time.time(), time.time())))
+            stream = stack.enter_context(get_task_stream(client))
+            timeline.probe = _cpu_probe(client)
+            model_module.fit_run = timeline.wrap("fit_graph", model_module.fit_run)
+        model = model_module.FirstLevelModel(t_r=spec["t_r"], noise_model="ar1", store=spec["store"],
+                                             client=client, **options)
+        if client is not None:
+            model._designs = timeline.wrap("designs", model._designs)
+        timeline.wrap("fit", model.fit)(spec["runs"], events=spec["events"])
+        for name, expression in spec["contrasts"].items():
+            z = timeline.wrap("contrasts", model.compute_contrast)(expression, output_type="z_score")
+            timeline.wrap("write", nib.save)(z, out / f"{name}.dscalar.nii")
+        if stream is not None:
+            info = _cluster_info(client)
     phases = {name: timeline.total(name) for name in ("import", "ingest", "fit_compute", "contrasts", "write")}
     phases["fit_other"] = timeline.total("fit") - phases["ingest"] - phases["fit_compute"]
-    return {"phases_s": phases, "stores": [str(result.attrs["store"]) for result in model.results_]}
+    result = {"phases_s": phases, "stores": [str(result.attrs["store"]) for result in model.results_]}
+    if stream is not None:
+        phases.update({name: timeline.total(name) for name in ("cluster_start", "designs", "fit_graph")})
+        spans = [s for s in timeline.spans if s[0] not in ("fit", "import", "cluster_close")]
+        result["cluster"] = info
+        result["task_profile"] = _task_profile(stream.data, spans, info["n_workers"])
+        for phase, spent in timeline.cpu.items():
+            if phase in result["task_profile"]:
+                result["task_profile"][phase]["cpu_s"] = {k: round(v, 2) for k, v in spent.items()}
+    return result
 
 
 WORKERS = {"byhand": _worker_byhand, "daskglm": _worker_daskglm}
@@ -191,6 +240,8 @@ def _configs(args: argparse.Namespace) -> list[tuple[str, int | None, str]]:
         configs += [("byhand", jobs, f"byhand-j{jobs}") for jobs in args.byhand_jobs]
     if "daskglm" in args.tools:
         configs.append(("daskglm", args.workers, "daskglm"))
+        if args.in_process:
+            configs.append(("daskglm", args.workers, "daskglm-inprocess"))
     return configs
 
 
@@ -244,6 +295,10 @@ def _summary(size: str, records: list[dict], configs: list, n_grayordinates: int
               f"{summary['ratios']['wall_best_byhand_over_daskglm']:.2f}x (by repeat: "
               f"{', '.join(f'{v:.2f}x' for v in by_repeat.values())}); "
               + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()), flush=True)
+        if "daskglm-inprocess" in tools:
+            value = round(tools[best]["wall_s_median"] / tools["daskglm-inprocess"]["wall_s_median"], 2)
+            summary["ratios"]["wall_best_byhand_over_daskglm_inprocess"] = value
+            print(f"  ratio      {best} / daskglm-inprocess: wall {value:.2f}x", flush=True)
     return summary
 
 
@@ -279,10 +334,12 @@ def _bench(size: str, args: argparse.Namespace, work: Path) -> dict:
         zmaps: dict[str, Path] = {}
         for tool, jobs, tag in _run_order(configs, rep):
             spec = {"runs": runs, "events": events, "t_r": SIZES[size]["t_r"], "contrasts": CONTRASTS,
-                    "n_jobs": jobs, "store": str(rep_dir / f"stores-{tag}"), "zmaps": str(rep_dir / f"z-{tag}")}
+                    "n_jobs": jobs, "store": str(rep_dir / f"stores-{tag}"), "zmaps": str(rep_dir / f"z-{tag}"),
+                    "profile": args.profile, "dask_config": IN_PROCESS_CONFIG if tag == "daskglm-inprocess" else {}}
             _set_cache(args.cache, [*runs, *events])
             result = _run_child(tool, spec, rep_dir, tag, args.timeout, script=Path(__file__))
             print(_line(tag, size, rep, args.repeat, result), flush=True)
+            _print_task_profile(result)
             records.append({"size": size, "tool": tool, "tag": tag, "repeat": rep, "n_jobs": jobs, **result})
             zmaps[tag] = Path(spec["zmaps"])
             shutil.rmtree(spec["store"], ignore_errors=True)
@@ -322,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run_glm's n_jobs, one by-hand configuration each (default: 1,2)")
     parser.add_argument("--workers", type=int, default=None,
                         help="daskglm: FirstLevelModel's n_jobs (default: daskglm's, one worker per core)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="also run daskglm with its embedded cluster inside the process (one worker, a thread "
+                             "per core: daskglm.threads-below raised), as configuration daskglm-inprocess")
+    parser.add_argument("--profile", action="store_true",
+                        help="daskglm: make the cluster before fit (as fit would) to record the task stream and "
+                             "each process's CPU time; print worker compute time per phase")
     parser.add_argument("--cache", choices=("warm", "cold", "asis"), default="warm",
                         help="page-cache state of the inputs before each child (as compare.py; default warm)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per child process")

@@ -293,6 +293,17 @@ def _line(tool: str, size: str, rep: int, n: int, r: dict) -> str:
             f"peak RSS (all processes) {r['peak_rss_bytes'] / MiB:.0f} MiB{extra} [{_fmt_phases(r['phases_s'])}]")
 
 
+def _print_task_profile(result: dict) -> None:
+    """A child's ``--profile`` figures, one line per phase: worker compute time by task prefix, CPU by process."""
+    for phase, entry in result.get("task_profile", {}).items():
+        cpu = entry.get("cpu_s", {})
+        cpu_text = (f"; CPU: workers {sum(v for k, v in cpu.items() if k.startswith('worker')):.1f} s, "
+                    f"client+scheduler {cpu.get('client+scheduler', 0.0):.1f} s" if cpu else "")
+        print(f"    {phase:14s} wall {entry['wall_s']:7.2f} s, in tasks {entry['compute_s']:7.2f} s "
+              f"({entry['tasks']} tasks, busy {entry['busy']:.0%}){cpu_text}; "
+              + ", ".join(f"{k} {v:.1f}" for k, v in entry["by_prefix"].items()), flush=True)
+
+
 def _set_cache(mode: str, paths: list[str]) -> None:
     """Put every tool's inputs in the same page-cache state before its child starts (not timed).
 
@@ -375,14 +386,7 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
                       f"columns); fit alone on ingested stores {post['fit_alone_s']:.2f} s, CPU "
                       f"{post['fit_alone_cpu_s']:.1f} s = {post['fit_alone_s'] / post['roofline_s']:.1f}x roofline "
                       f"(CPU {post['fit_alone_cpu_s'] / post['roofline_cpu_s']:.1f}x)", flush=True)
-            if "task_profile" in result:
-                for phase, entry in result["task_profile"].items():
-                    cpu = entry.get("cpu_s", {})
-                    cpu_text = (f"; CPU: workers {sum(v for k, v in cpu.items() if k.startswith('worker')):.1f} s, "
-                                f"client+scheduler {cpu.get('client+scheduler', 0.0):.1f} s" if cpu else "")
-                    print(f"    {phase:14s} wall {entry['wall_s']:7.2f} s, in tasks {entry['compute_s']:7.2f} s "
-                          f"({entry['tasks']} tasks, busy {entry['busy']:.0%}){cpu_text}; "
-                          + ", ".join(f"{k} {v:.1f}" for k, v in entry["by_prefix"].items()), flush=True)
+            _print_task_profile(result)
             records.append(record)
             if not args.keep_stores:
                 shutil.rmtree(store, ignore_errors=True)
