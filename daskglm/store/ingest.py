@@ -307,7 +307,8 @@ def ingest_run(
         Where the zarr store goes: a local path or an fsspec URL.
     mask_img : path, fsspec URL or nibabel image, optional
         Binary mask. ``None``: nilearn's ``compute_epi_mask`` on the run's mean
-        volume (one extra pass over the run). A mask on another grid than the
+        volume (one extra pass over the run); for a CIFTI-2 dense time series,
+        every grayordinate. A mask on another grid than the
         run is handled as nilearn's masker does: the run is resampled onto
         the mask's cropped grid, with nilearn's warning (see :mod:`daskglm.io.grid`).
     smoothing_fwhm : float, optional
@@ -519,7 +520,11 @@ class _Ingestion:
             logger.info("resuming store %s: %d of %d blocks done", store, done.sum(), done.size)
         else:
             value_range = None
-            if self.mask_img is None:
+            if self.mask_img is None and is_cifti(self.run_img):  # grayordinates: every one is in the brain
+                mask, mask_affine = np.ones(tuple(info.volume_shape), bool), np.asarray(info.affine)
+                mask_provenance = {"source": "every grayordinate"}
+                name = "every grayordinate of the CIFTI run"
+            elif self.mask_img is None:
                 mean, *value_range = run_summary(self.run_img, info, gzip_index, client, storage_options)
                 mask, mask_affine = mask_from_mean(mean, info.affine, *self.target)
                 mask_provenance = {"source": "compute_epi_mask"}

@@ -103,3 +103,12 @@ def test_volume_runs_keep_their_fingerprints_and_row_blocks(small_run, tmp_path)
     group = zarr.open_group(str(tmp_path / "v.zarr"), mode="r")
     assert "blocks" not in json.loads(group.attrs["fingerprint"])
     assert group["ingest_done"].shape == (2,)  # 30 volumes in blocks of 15
+
+
+def test_without_a_mask_every_grayordinate_is_stored(dtseries, tmp_path):
+    """(nilearn's compute_epi_mask of a dense time series' "mean volume" was empty: ingest_run and
+    daskglm convert failed with no way to give a mask)."""
+    path, data = dtseries
+    ds = ingest_run(path, tmp_path / "s.zarr", client="sync")
+    np.testing.assert_array_equal(ds["bold"].values, data)
+    assert ds.attrs["mask"]["source"] == "every grayordinate"
