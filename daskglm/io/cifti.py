@@ -287,9 +287,15 @@ def structure_of(models: cifti2_axes.BrainModelAxis) -> np.ndarray:
     Returns
     -------
     ndarray of str, shape (n_grayordinates,)
-        For example ``"CORTEX_LEFT"``, ``"THALAMUS_RIGHT"``.
+        For example ``"CORTEX_LEFT"``, ``"THALAMUS_RIGHT"``; read-only (made once per axis object,
+        like the mapping of :func:`to_dscalar`'s images: every contrast of a model asks for it).
     """
-    return np.array([str(name).removeprefix("CIFTI_STRUCTURE_") for name in models.name])
+    def build(models: cifti2_axes.BrainModelAxis) -> np.ndarray:
+        names = np.array([str(name).removeprefix("CIFTI_STRUCTURE_") for name in models.name])
+        names.setflags(write=False)
+        return names
+
+    return _of_axis(models, "structures", build)
 
 
 def _summary(models: cifti2_axes.BrainModelAxis) -> dict[str, tuple[int, str]]:
@@ -370,26 +376,36 @@ def to_dscalar(maps: dict[str, np.ndarray], models: cifti2_axes.BrainModelAxis,
     return img
 
 
-#: The last brain-model axis an image was made on (a weak reference) and its CIFTI-2 mapping.
-_LAST_MAPPING: tuple[Any, Any] = (None, None)
+#: The last brain-model axis asked about (a weak reference) and what was made from it, by name.
+_LAST_AXIS: tuple[Any, dict[str, Any]] = (None, {})
+
+
+def _of_axis(models: cifti2_axes.BrainModelAxis, what: str, build: Any) -> Any:
+    """``build(models)``, made once per brain-model axis object (the last one asked about).
+
+    A model's contrasts and output types all use its runs' axis: at 91,282
+    grayordinates, nibabel's walk over it cost more than the rest of a map
+    (BENCHMARKS.md, "HCP-size CIFTI").
+    """
+    global _LAST_AXIS
+    ref, made = _LAST_AXIS
+    if ref is None or ref() is not models:
+        made = {}
+        _LAST_AXIS = (weakref.ref(models), made)
+    if what not in made:
+        made[what] = build(models)
+    return made[what]
 
 
 def _header(axis: cifti2_axes.Axis, models: cifti2_axes.BrainModelAxis) -> Cifti2Header:
     """The CIFTI-2 header of axes ``(axis, models)``, as ``Cifti2Header.from_axes`` makes it.
 
-    The brain models' mapping is built once per axis object and reused: at 91,282
-    grayordinates it is most of the cost of making an image, which a model's
-    contrasts and output types pay once each (BENCHMARKS.md, "HCP-size CIFTI").
+    The brain models' mapping is made once per axis object (:func:`_of_axis`);
     ``nibabel.Cifti2Image`` copies the header it is given, so no image shares it.
     """
-    global _LAST_MAPPING
-    ref, mapping = _LAST_MAPPING
-    if ref is None or ref() is not models:
-        mapping = models.to_mapping(1)
-        _LAST_MAPPING = (weakref.ref(models), mapping)
     matrix = Cifti2Matrix()
     matrix.append(axis.to_mapping(0))
-    matrix.append(mapping)
+    matrix.append(_of_axis(models, "mapping", lambda m: m.to_mapping(1)))
     return Cifti2Header(matrix)
 
 

@@ -146,6 +146,9 @@ def test_images_are_the_bytes_nibabel_writes_from_the_axes_whatever_the_order_of
         nib.save(theirs, tmp_path / "theirs.dscalar.nii")
         assert (tmp_path / "ours.dscalar.nii").read_bytes() == (tmp_path / "theirs.dscalar.nii").read_bytes()
         assert nib.load(tmp_path / "ours.dscalar.nii").header.get_axis(1) == models
+        structures = structure_of(models)  # made once per axis too, read-only
+        assert list(np.unique(structures)) == ["CORTEX_LEFT", "THALAMUS_LEFT" if models is first else "THALAMUS_RIGHT"]
+        assert not structures.flags.writeable
     series = to_dtseries(np.ones((4, len(second)), np.float32), second, 0.72)
     nib.save(series, tmp_path / "res.dtseries.nii")
     back = nib.load(tmp_path / "res.dtseries.nii")
