@@ -72,7 +72,7 @@ def test_clone_shares_a_live_client():
 @pytest.mark.slow  # nilearn's whole battery of estimator checks, as tests/nilearn_suite: slow
 @pytest.mark.parametrize(("estimator", "check"), nilearn_checks(FirstLevelModel(client="threads")))
 def test_nilearn_estimator_checks_on_volume_data(estimator, check, request, tmp_path, monkeypatch):
-    """nilearn's own estimator checks, with the volume data daskglm fits in place of their surface data."""
+    """nilearn's own estimator checks, on volume data in place of their surface data (tests/nilearn_suite's)."""
     run_on_volume_data(check, estimator, request.node.callspec.id, tmp_path, monkeypatch)
 
 

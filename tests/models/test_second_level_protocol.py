@@ -62,7 +62,7 @@ def test_is_a_nilearn_estimator_with_its_parameters():
 @pytest.mark.slow  # nilearn's whole battery of estimator checks, as tests/nilearn_suite: slow
 @pytest.mark.parametrize(("estimator", "check"), nilearn_checks(SecondLevelModel(client="threads")))
 def test_nilearn_estimator_checks_on_volume_data(estimator, check, request, tmp_path, monkeypatch):
-    """nilearn's own estimator checks, with the volume data daskglm fits in place of their surface data."""
+    """nilearn's own estimator checks, on volume data in place of their surface data (tests/nilearn_suite's)."""
     run_on_volume_data(check, estimator, request.node.callspec.id, tmp_path, monkeypatch)
 
 
