@@ -569,7 +569,11 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         self._reporting(list(run_imgs) if isinstance(run_imgs, (list, tuple)) else [run_imgs], events)
         self.design_matrices_ = designs
         self.t_r_ = self.t_r if self.t_r is not None else infos[0].t_r
-        self._work_bytes = sum(int(info.data_bytes) for info in infos)  # an embedded cluster's size
+        # An embedded cluster's size. CIFTI and surface runs are never smoothed: their blocks are reads and
+        # BLAS, which threads share without the GIL, so their cluster is threads in this process whatever the
+        # data's size (as fast as worker processes, half the memory: BENCHMARKS.md, "HCP-size CIFTI").
+        elements = getattr(self, "_cifti_models", None) is not None or self._surface_masker is not None
+        self._work_bytes = 0 if elements else sum(int(info.data_bytes) for info in infos)
         with self._client() as client, verbosity(self.verbose):
             if mask_img is None and len(runs) > 1:
                 log("Computing the mask of the runs (compute_multi_epi_mask of their mean volumes)",
