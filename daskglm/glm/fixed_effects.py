@@ -49,9 +49,9 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
-from ..io.cifti import CiftiMasker, grid_image, is_cifti_map
+from ..io.cifti import CiftiMasker, grid_image, grid_mask, is_cifti_map
 from ..io.maps import scatter_to_volume
-from ..io.nifti import open_image
+from ..io.nifti import nifti_image, open_image
 from ..io.slabs import ArrayPlanes, MapSource, check_grid, mean_of_maps, open_map, plane_blocks, read_planes, voxel_map
 from ..io.surface import fixed_effects_masker, is_surface
 from ..kernels.packing import fixed_effects_rows
@@ -380,7 +380,7 @@ def compute_fixed_effects(
         values = compute(*[ds[n].data for n in names], client=client)
     ijk = [ds.coords[n].values for n in "ijk"]
     shape, affine = tuple(ds.attrs["volume_shape"]), np.asarray(ds.attrs["affine"])
-    return tuple(nib.Nifti1Image(scatter_to_volume(np.asarray(v), *ijk, shape), affine)
+    return tuple(nifti_image(scatter_to_volume(np.asarray(v), *ijk, shape), affine)
                  for v in values)  # type: ignore[return-value]
 
 
@@ -407,7 +407,7 @@ def _masked_fixed_effects(masker: Any, contrast_imgs: Sequence[Any], variance_im
     """
     contrasts = [grid_image(np.asarray(masker.transform(img), np.float64)) for img in contrast_imgs]
     variances = [grid_image(np.asarray(masker.transform(img), np.float64)) for img in variance_imgs]
-    inside = nib.Nifti1Image(np.ones(contrasts[0].shape[:3], np.int8), contrasts[0].affine)
+    inside = grid_mask(contrasts[0].shape[0])
     outputs = compute_fixed_effects(contrasts, variances, inside, precision_weighted, dofs, **kwargs)
     values = [np.asarray(img.dataobj).reshape(img.shape[0], -1) for img in outputs]  # (n_elements, q)
     return tuple(masker.inverse_transform(v[:, 0] if v.shape[1] == 1 else v.T) for v in values)  # type: ignore

@@ -36,6 +36,7 @@ __all__ = [
     "to_dscalar",
     "to_dtseries",
     "grid_image",
+    "grid_mask",
     "is_cifti_map",
     "CiftiMasker",
 ]
@@ -443,10 +444,22 @@ def grid_image(matrix: np.ndarray) -> nib.Nifti1Image:
 
     Returns
     -------
-    Nifti1Image, shape (n, 1, 1, k)
+    Nifti1Image (NIfTI-2 past 32,767 elements), shape (n, 1, 1, k)
         Element ``g`` of sample ``t`` at ``[g, 0, 0, t]``, affine :data:`GRID_AFFINE`.
     """
-    return nib.Nifti1Image(as_volumes(np.atleast_2d(matrix)), GRID_AFFINE)
+    from .nifti import nifti_image  # (io.nifti imports this module)
+
+    return nifti_image(as_volumes(np.atleast_2d(matrix)), GRID_AFFINE)
+
+
+def grid_mask(n: int) -> nib.Nifti1Image:
+    """Every voxel of the ``(n, 1, 1)`` identity grid, as a mask image.
+
+    NIfTI-2 past NIfTI-1's dimensions, as :func:`grid_image` (:func:`daskglm.io.nifti.nifti_image`).
+    """
+    from .nifti import nifti_image
+
+    return nifti_image(np.ones((n, 1, 1), np.int8), GRID_AFFINE)
 
 
 def is_cifti_map(obj: Any) -> bool:

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 import nibabel as nib
 import numpy as np
 
+from .nifti import nifti_image
+
 __all__ = ["Grid", "check_target", "analysis_grid", "resample_volumes"]
 
 #: nilearn's warning when runs are resampled to the mask's grid.
@@ -161,7 +163,7 @@ def analysis_grid(
     from nilearn.image import crop_img, resample_img
 
     target_affine, target_shape = check_target(target_affine, target_shape)
-    img = nib.Nifti1Image(np.asarray(mask, dtype=np.int8), np.asarray(mask_affine, dtype=np.float64))
+    img = nifti_image(np.asarray(mask, dtype=np.int8), np.asarray(mask_affine, dtype=np.float64))
     if target_affine is not None:
         img = resample_img(img, target_affine=target_affine, target_shape=target_shape,
                            interpolation="nearest", copy_header=True)

@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
-from .nifti import load_url_image
+from .nifti import load_url_image, nifti_image
 from .remote import is_url, url_to_fs
 
 __all__ = ["to_volume", "to_nifti", "scatter_to_volume", "write_bytes", "save_nifti", "load_nifti"]
@@ -132,7 +132,7 @@ def to_nifti(values: xr.DataArray, like: Any = None, descrip: str | None = None)
         3D for a ``(voxel,)`` input, 4D for ``(n, voxel)``; computed (eager).
     """
     volume = to_volume(values, like)
-    img = nib.Nifti1Image(np.asarray(volume.values), np.asarray(volume.attrs["affine"]))
+    img = nifti_image(np.asarray(volume.values), np.asarray(volume.attrs["affine"]))
     if descrip:
         img.header["descrip"] = descrip[:80].encode()
     return img

@@ -33,6 +33,8 @@ from .cifti import GRID_AFFINE, brain_models, cifti_t_r, is_cifti, read_cifti_vo
 from .remote import is_url, object_info, remote_identity, url_identity, url_to_fs
 
 __all__ = [
+    "NIFTI1_MAX_DIM",
+    "nifti_image",
     "RunInfo",
     "is_url",
     "url_identity",
@@ -217,6 +219,29 @@ def load_image(path: str) -> nib.spatialimages.SpatialImage:
     # As nibabel's from_file_map: the header's own affine (an equal affine leaves the header as read).
     return klass(klass.ImageArrayProxy(path, header.copy()), header.get_best_affine(), header,
                  file_map=klass.filespec_to_file_map(path))
+
+
+#: The largest dimension a NIfTI-1 header holds; beyond it nibabel writes its "large vector Freesurfer hack"
+#: (with a warning at every image): CIFTI grayordinates and surface vertices on the identity grid.
+NIFTI1_MAX_DIM = 32767
+
+
+def nifti_image(data: Any, affine: Any, header: Any = None) -> nib.Nifti1Image:
+    """A NIfTI image of ``data``: NIfTI-1, or NIfTI-2 (a ``Nifti1Image`` subclass) past NIfTI-1's dimensions.
+
+    Parameters
+    ----------
+    data : array_like, shape (x, y, z) or (x, y, z, t)
+    affine : ndarray, shape (4, 4)
+    header : nibabel header, optional
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        A ``Nifti2Image`` when a dimension exceeds :data:`NIFTI1_MAX_DIM`.
+    """
+    klass = nib.Nifti2Image if max(np.shape(data), default=0) > NIFTI1_MAX_DIM else nib.Nifti1Image
+    return klass(data, affine, header)
 
 
 def open_image(run: Any, role: str) -> tuple[Any, str | None]:
@@ -465,7 +490,7 @@ def load_mask(mask_img: Any, storage_options: dict | None = None) -> tuple[np.nd
     name = repr(path) if path else "in-memory mask image"
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
-        img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., 0], img.affine, img.header)
+        img = nifti_image(np.asanyarray(img.dataobj)[..., 0], img.affine, img.header)
         shape = shape[:3]
     if len(shape) != 3:
         raise ValueError(f"mask {name} must be 3D; got shape {shape}")
@@ -497,7 +522,7 @@ def mask_from_mean(mean: np.ndarray, affine: np.ndarray, target_affine: Any = No
     """
     from nilearn.masking import compute_epi_mask
 
-    img = compute_epi_mask(nib.Nifti1Image(mean, affine), target_affine=target_affine,
+    img = compute_epi_mask(nifti_image(mean, affine), target_affine=target_affine,
                            target_shape=target_shape)
     mask = np.asarray(img.dataobj) > 0
     if not mask.any():

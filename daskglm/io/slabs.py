@@ -29,7 +29,7 @@ import numpy as np
 
 from ..runtime import plan as _plan
 from ..runtime.cluster import compute, phase
-from .nifti import open_image
+from .nifti import nifti_image, open_image
 
 __all__ = ["ArrayPlanes", "FilePlanes", "MapSource", "VoxelPlanes", "check_grid", "mean_of_maps", "open_map",
            "plane_blocks", "planes_per_task", "read_file", "read_planes", "voxel_map"]
@@ -291,4 +291,4 @@ def mean_of_maps(maps: Sequence[MapSource], client: Any, v_chunk: int | None = N
         slabs.append(da.from_delayed(task, (b - a, *shape[1:3]), np.float64))
     with phase(label or f"mean of {len(maps)} maps", default=True):
         (mean,) = compute(da.concatenate(slabs, axis=0), client=client, verbose=verbose)
-    return nib.Nifti1Image(np.asarray(mean), maps[0].affine)
+    return nifti_image(np.asarray(mean), maps[0].affine)

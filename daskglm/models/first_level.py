@@ -59,13 +59,14 @@ from ..io.cifti import (
     brain_models,
     check_same_brain_models,
     grid_image,
+    grid_mask,
     structure_of,
     to_dscalar,
     to_dtseries,
 )
 from ..io.grid import check_target
 from ..io.maps import scatter_to_volume
-from ..io.nifti import RunInfo, inspect_run, is_url, load_image
+from ..io.nifti import RunInfo, inspect_run, is_url, load_image, nifti_image
 from ..io.surface import is_surface, masked_vertices
 from ..kernels import regression as _regression
 from ..kernels.volume import fwhm_to_sigma
@@ -436,8 +437,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         if getattr(self, "_cifti_models", None) is not None:
             return self._cifti_masking(info)
         if getattr(self, "_surface_masker", None) is not None:  # masked already (see _surface_runs)
-            ones = nib.Nifti1Image(np.ones(tuple(info.volume_shape), np.int8), np.asarray(info.affine))
-            return ones, None, None, None, self._surface_masker
+            return grid_mask(info.volume_shape[0]), None, None, None, self._surface_masker
         if isinstance(given, NiftiMasker):
             if getattr(given, "mask_img_", "not none") is None:
                 # nilearn's edge case: a fitted masker without a mask; its parameters override
@@ -464,8 +464,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         if self.smoothing_fwhm is not None:
             warnings.warn("Parameter 'smoothing_fwhm' is not yet supported for CIFTI data: the runs are "
                           "fitted unsmoothed.", UserWarning, stacklevel=4)
-        ones = nib.Nifti1Image(np.ones(tuple(info.volume_shape), np.int8), np.asarray(info.affine))
-        return ones, None, None, None, None
+        return grid_mask(info.volume_shape[0]), None, None, None, None
 
     def _surface_runs(self, runs: list) -> list:
         """SurfaceImage runs through nilearn's own masking, as ``(n_elements, 1, 1, n_scans)`` images.
@@ -704,7 +703,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         shape = tuple(ds.attrs["volume_shape"])
         mask = scatter_to_volume(np.ones(ds.sizes["voxel"], np.int8), ds["i"].values,
                                  ds["j"].values, ds["k"].values, shape)
-        return nib.Nifti1Image(mask, np.asarray(ds.attrs["affine"]))
+        return nifti_image(mask, np.asarray(ds.attrs["affine"]))
 
     # ------------------------------------------------------------------ contrasts
 
@@ -799,7 +798,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
             return outputs if output_type == "all" else outputs[output_type]
         outputs = {}
         for name, value in zip(names, values):
-            img = nib.Nifti1Image(scatter_to_volume(np.asarray(value, dtype=np.float64), *ijk, shape), affine)
+            img = nifti_image(scatter_to_volume(np.asarray(value, dtype=np.float64), *ijk, shape), affine)
             img.header["descrip"] = f"{name} of contrast {ds.attrs['contrast']}"
             outputs[name] = img
         return outputs if output_type == "all" else outputs[output_type]
@@ -898,6 +897,5 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
             value = np.atleast_2d(value)  # r_square: one volume, as nilearn's masker gives
             shape = tuple(array.attrs["volume_shape"])
             ijk = [array[n].values for n in "ijk"]
-            images.append(nib.Nifti1Image(scatter_to_volume(value, *ijk, shape),
-                                          np.asarray(array.attrs["affine"])))
+            images.append(nifti_image(scatter_to_volume(value, *ijk, shape), np.asarray(array.attrs["affine"])))
         return images

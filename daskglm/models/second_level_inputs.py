@@ -26,7 +26,7 @@ import dask
 import nibabel as nib
 import numpy as np
 
-from ..io.cifti import GRID_AFFINE, grid_image
+from ..io.cifti import grid_image, grid_mask
 from ..io.nifti import open_image
 from ..io.slabs import MapSource, open_map, planes_per_task, read_planes, voxel_map
 from ..io.surface import is_surface as is_surface_data
@@ -195,8 +195,7 @@ def grid_masker(n_elements: int) -> Any:
     """
     from nilearn.maskers import NiftiMasker
 
-    ones = nib.Nifti1Image(np.ones((n_elements, 1, 1), np.int8), GRID_AFFINE)
-    return NiftiMasker(mask_img=ones, standardize=None).fit()
+    return NiftiMasker(mask_img=grid_mask(n_elements), standardize=None).fit()
 
 
 # ---------------------------------------------------------------- the range of the maps (for resampling)

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from ..io.cifti import as_volumes
-from ..io.nifti import RunInfo, build_gzip_index, inspect_run, read_volumes
+from ..io.nifti import RunInfo, build_gzip_index, inspect_run, nifti_image, read_volumes
 from ..runtime import plan as _plan
 from ..runtime.cluster import compute, get_client, phase
 from .zarrio import fsspec_kwargs
@@ -101,13 +101,12 @@ def mean_image(run_img: Any, client: Any = None, storage_options: dict | None = 
     nibabel.Nifti1Image
         3D float64, on the run's grid.
     """
-    import nibabel as nib
 
     info = inspect_run(run_img, storage_options)
     with get_client(client) as resolved, phase("mean of the run", default=True):
         index = _gzip_index(info, resolved, storage_options)
         mean = run_summary(run_img, info, index, resolved, storage_options)[0]
-    return nib.Nifti1Image(mean, info.affine)
+    return nifti_image(mean, info.affine)
 
 
 def run_summary(run_img: Any, info: RunInfo, gzip_index: bytes | None, client: Any,

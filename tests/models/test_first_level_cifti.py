@@ -141,3 +141,24 @@ def test_residuals_and_r_square_are_cifti_images_and_reports_say_they_are_not_su
     assert list(r_square.header.get_axis(0).name) == ["r_square"]
     with pytest.raises(NotImplementedError, match="generate_report does not support CIFTI"):
         model.generate_report(CONTRAST)
+
+
+def test_more_grayordinates_than_nifti1_dimensions_fit_without_nibabels_warning(tmp_path):
+    """91,282 grayordinates exceed NIfTI-1's 32,767 per dimension: the grid images are NIfTI-2, so nibabel's
+    "large vector Freesurfer hack" warning (three per fit before) is not given."""
+    import pandas as pd
+    from nibabel.cifti2 import cifti2_axes
+
+    models = cifti2_axes.BrainModelAxis.from_surface(np.arange(40000), 40000, "CortexLeft")
+    rng = np.random.default_rng(0)
+    data = rng.normal(100, 1, (20, 40000)).astype(np.float32)
+    img = nib.Cifti2Image(data, header=(cifti2_axes.SeriesAxis(0, 2.0, 20, unit="SECOND"), models))
+    img.nifti_header.set_intent("ConnDenseSeries")
+    nib.save(img, tmp_path / "big.dtseries.nii")
+    design = pd.DataFrame({"a": rng.random(20), "constant": 1.0})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        z = FirstLevelModel(t_r=2.0, store=tmp_path / "s").fit(tmp_path / "big.dtseries.nii",
+                                                              design_matrices=design).compute_contrast("a")
+    assert z.shape == (1, 40000)
+    assert not [w for w in caught if "Freesurfer" in str(w.message)]
