@@ -94,7 +94,7 @@ class EstimatorMixin:
         Design columns that are not strings (e.g. ``pd.DataFrame(X)``'s
         integers) are shown as strings: nilearn 0.14.1's report fails on them.
         """
-        if getattr(self, "_cifti_models", None) is not None or getattr(self, "_elements", None) == "cifti":
+        if getattr(self, "_elements", None) == "cifti":
             raise NotImplementedError("generate_report does not support CIFTI fits yet (nilearn's report draws "
                                       "volumes or surfaces); the maps of compute_contrast are dense scalars "
                                       "that Connectome Workbench and nibabel read")

@@ -381,6 +381,26 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         self.client = client
         self.overwrite = overwrite
 
+    def _map_images(self, maps: dict[str, np.ndarray], ds: xr.Dataset) -> dict[str, Any]:
+        """The maps of a contrast (values over ``ds``'s voxels, by name) as images of the runs' kind.
+
+        ``SurfaceImage``s (nilearn's masker), dense scalar ``Cifti2Image``s on the runs' brain models,
+        or NIfTI images of the analysis grid; the last two described as ``"<name> of contrast ..."``.
+        """
+        described = {name: f"{name} of contrast {ds.attrs['contrast']}" for name in maps}
+        if self._elements:  # element g is voxel (g, 0, 0): into the masker's / brain models' order
+            order = np.argsort(ds["i"].values)
+            if self._elements == "surface":
+                return {name: self.masker_.inverse_transform(value[..., order]) for name, value in maps.items()}
+            return {name: to_dscalar({name: value[..., order]}, self._cifti_models, described[name])
+                    for name, value in maps.items()}
+        ijk, shape = [ds[n].values for n in "ijk"], tuple(ds.attrs["volume_shape"])
+        images = {name: nifti_image(scatter_to_volume(value, *ijk, shape), np.asarray(ds.attrs["affine"]))
+                  for name, value in maps.items()}
+        for name, img in images.items():
+            img.header["descrip"] = described[name]
+        return images
+
     @contextlib.contextmanager
     def _client(self) -> Iterator[Any]:
         """The client of this model's computations (an embedded cluster sized by ``n_jobs`` and the data)."""
@@ -405,6 +425,17 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         digest = hashlib.sha1(str(source).encode()).hexdigest()[:16]
         stem = Path(info.path).name.split(".")[0] if info.path else "in-memory"
         return f"{self._store_root().rstrip('/')}/{stem}-{digest}-{key[:8]}.zarr"
+
+    @property
+    def _elements(self) -> str | None:
+        """What the fitted columns are: ``"cifti"`` grayordinates, ``"surface"`` vertices, or None (voxels).
+
+        Derived from what ``fit`` keeps (``_cifti_models``, ``_surface_masker``); the same name and values
+        as :class:`daskglm.SecondLevelModel`'s.
+        """
+        if getattr(self, "_cifti_models", None) is not None:
+            return "cifti"
+        return "surface" if getattr(self, "_surface_masker", None) is not None else None
 
     def _check_params(self, bins: Any = 100) -> None:
         """Check every parameter that can be checked before any run is read or written."""
@@ -571,8 +602,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         # An embedded cluster's size. CIFTI and surface runs are never smoothed: their blocks are reads and
         # BLAS, which threads share without the GIL, so their cluster is threads in this process whatever the
         # data's size (as fast as worker processes, half the memory: BENCHMARKS.md, "HCP-size CIFTI").
-        elements = getattr(self, "_cifti_models", None) is not None or self._surface_masker is not None
-        self._work_bytes = 0 if elements else sum(int(info.data_bytes) for info in infos)
+        self._work_bytes = 0 if self._elements else sum(int(info.data_bytes) for info in infos)
         with self._client() as client, verbosity(self.verbose):
             if mask_img is None and len(runs) > 1:
                 log("Computing the mask of the runs (compute_multi_epi_mask of their mean volumes)",
@@ -610,8 +640,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
                 self.masker_ = self._fitted_masker(masker, self._mask_image(datasets[0]))
                 self.masker_.standardize = self.standardize_  # as nilearn
                 self.n_elements_ = int(self.masker_.n_elements_)
-                elements = ("grayordinates" if getattr(self, "_cifti_models", None) is not None
-                            else "vertices" if self._surface_masker is not None else "voxels")
+                elements = {"cifti": "grayordinates", "surface": "vertices"}.get(self._elements, "voxels")
                 log(f"Fitting {len(runs)} run(s): {self.noise_model}, {self.n_elements_} {elements}",
                     verbose=self.verbose)
                 lazy = []
@@ -743,7 +772,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         models = getattr(self, "_cifti_models", None)
         if models is not None:  # the grayordinate of voxel (g, 0, 0) is g
             ds = ds.assign_coords(structure=("voxel", structure_of(models)[ds["i"].values]))
-        if getattr(self, "_surface_masker", None) is not None:  # the masked vertex of voxel (g, 0, 0) is g
+        if self._elements == "surface":  # the masked vertex of voxel (g, 0, 0) is g
             part, vertex = masked_vertices(self.masker_)
             ds = ds.assign_coords(part=("voxel", part[ds["i"].values]), vertex=("voxel", vertex[ds["i"].values]))
         return ds
@@ -781,26 +810,8 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         if any(isinstance(value, da.Array) for value in values):  # in-memory fits: nothing to compute
             with self._client() as client, phase(f"contrast {_contrast_label(contrast_def)}", default=True):
                 values = compute(*values, client=client, verbose=self.verbose)
-        affine = np.asarray(ds.attrs["affine"])
-        shape = tuple(ds.attrs["volume_shape"])
-        ijk = [ds[n].values for n in "ijk"]
-        if getattr(self, "_surface_masker", None) is not None:  # nilearn's SurfaceImages, from its masker
-            order = np.argsort(ds["i"].values)
-            outputs = {name: self.masker_.inverse_transform(np.asarray(value, dtype=np.float64)[..., order])
-                       for name, value in zip(names, values)}
-            return outputs if output_type == "all" else outputs[output_type]
-        models = getattr(self, "_cifti_models", None)
-        if models is not None:  # dense scalars on the runs' brain models
-            order = np.argsort(ds["i"].values)
-            outputs = {name: to_dscalar({name: np.asarray(value, dtype=np.float64)[..., order]}, models,
-                                        f"{name} of contrast {ds.attrs['contrast']}")
-                       for name, value in zip(names, values)}
-            return outputs if output_type == "all" else outputs[output_type]
-        outputs = {}
-        for name, value in zip(names, values):
-            img = nifti_image(scatter_to_volume(np.asarray(value, dtype=np.float64), *ijk, shape), affine)
-            img.header["descrip"] = f"{name} of contrast {ds.attrs['contrast']}"
-            outputs[name] = img
+        outputs = self._map_images({name: np.asarray(value, dtype=np.float64) for name, value in zip(names, values)},
+                                   ds)
         return outputs if output_type == "all" else outputs[output_type]
 
     # ------------------------------------------------------------------ voxel-wise fit attributes
@@ -882,7 +893,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         with given as client, phase(f"{label}{attribute}", default=True):
             values = compute(*[a.data for a in arrays], client=client, verbose=self.verbose)
         orders = [np.argsort(array["i"].values) for array in arrays]
-        if getattr(self, "_surface_masker", None) is not None:  # SurfaceImages, from nilearn's masker
+        if self._elements == "surface":  # SurfaceImages, from nilearn's masker
             return [self.masker_.inverse_transform(np.atleast_2d(np.asarray(value)[..., order])) for value, order
                     in zip(values, orders)]  # r_square as nilearn's: one sample, (n_vertices, 1)
         models = getattr(self, "_cifti_models", None)
