@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 # benchmarks/ is sys.path[0] when this runs as a script
-from compare import _data_root, _line, _machine, _print_task_profile, _run_child, _set_cache
+from compare import _data_root, _line, _print_machine, _print_task_profile, _run_child, _set_cache
 
 #: size -> simulate_cifti arguments
 SIZES: dict[str, dict[str, Any]] = {
@@ -402,13 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.tools or any(t not in TOOLS for t in args.tools) or args.repeat < 1 \
             or (args.workers is not None and args.workers == 0):
         parser.error(f"invalid --tools/--repeat/--workers: {args.tools}, {args.repeat}, {args.workers}")
-    machine = _machine()
-    print(f"machine: {machine['cpu']}, {machine['logical_cpus']} CPUs, {machine['memory_gib']} GiB; "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    if machine["git"]:
-        print(f"daskglm checkout: {machine['git']['commit'][:10]}"
-              + (f" + local changes to {', '.join(machine['git']['modified'])}" if machine["git"]["modified"] else ""),
-              flush=True)
+    machine = _print_machine()
     work = Path(tempfile.mkdtemp(prefix="daskglm-cifti-"))
     try:
         summary = _bench(args.size, args, work)

@@ -212,6 +212,18 @@ def _machine() -> dict:
             "platform": platform.platform(), "versions": versions}
 
 
+def _print_machine() -> dict:
+    """:func:`_machine`, printed: the CPU, memory, load and the daskglm checkout a benchmark ran on."""
+    machine = _machine()
+    print(f"machine: {machine['cpu']}, {machine['logical_cpus']} CPUs, {machine['memory_gib']} GiB; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    if machine["git"]:
+        print(f"daskglm checkout: {machine['git']['commit'][:10]}"
+              + (f" + local changes to {', '.join(machine['git']['modified'])}" if machine["git"]["modified"] else ""),
+              flush=True)
+    return machine
+
+
 def _git_state() -> dict | None:
     """The daskglm checkout measured: commit and locally modified files."""
     root = Path(__file__).resolve().parents[1]
@@ -470,13 +482,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from daskglm.cli.main import WALKTHROUGH_CONTRASTS
 
-    machine = _machine()
-    print(f"machine: {machine['cpu']}, {machine['logical_cpus']} CPUs, {machine['memory_gib']} GiB; "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    if machine["git"]:
-        print(f"daskglm checkout: {machine['git']['commit'][:10]}"
-              + (f" + local changes to {', '.join(machine['git']['modified'])}" if machine["git"]["modified"] else ""),
-              flush=True)
+    machine = _print_machine()
     work = Path(tempfile.mkdtemp(prefix="daskglm-compare-"))
     summaries: dict[str, dict] = {}
     records: dict[str, Any] = {}
