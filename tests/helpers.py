@@ -566,3 +566,15 @@ def cifti_run(seed: int, models) -> tuple[nib.Cifti2Image, np.ndarray, object]:
     img = nib.Cifti2Image(data, header=(ax.SeriesAxis(0, T_R_CIFTI, N_SCANS_CIFTI, unit="SECOND"), models))
     img.nifti_header.set_intent("ConnDenseSeries")
     return img, data, events
+
+
+def bids_validator() -> list[str] | None:
+    """The command of the BIDS validator (``bids-validator-deno``, its executable or its Python module), or None."""
+    exe = shutil.which("bids-validator-deno")
+    if exe:
+        return [exe]
+    try:
+        import bids_validator_deno  # noqa: F401
+    except ImportError:
+        return None
+    return [sys.executable, "-c", "import sys; from bids_validator_deno import cli; sys.exit(cli())"]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import bids_validator
 from nibabel.cifti2 import cifti2_axes
 from nilearn.datasets import load_fsaverage
 from nilearn.glm.first_level import first_level_from_bids
@@ -178,24 +177,13 @@ def test_validation(tmp_path: Path, kwargs: dict, match: str) -> None:
     assert not list(tmp_path.iterdir())
 
 
-def _validator() -> list[str] | None:
-    exe = shutil.which("bids-validator-deno")
-    if exe:
-        return [exe]
-    try:
-        import bids_validator_deno  # noqa: F401
-    except ImportError:
-        return None
-    return [sys.executable, "-c", "import sys; from bids_validator_deno import cli; sys.exit(cli())"]
-
-
-@pytest.mark.skipif(_validator() is None,
+@pytest.mark.skipif(bids_validator() is None,
                     reason="the BIDS validator (pip install bids-validator-deno) is not installed")
 @pytest.mark.parametrize("name", ["fsaverage5", "fslr"])
 def test_bids_validator_reports_no_error(name: str, request: pytest.FixtureRequest) -> None:
     data = request.getfixturevalue(name)
     for folder in ("", DERIV, "derivatives/simulation"):
-        out = subprocess.run([*_validator(), "--format", "json", os.path.join(data.root, folder)],
+        out = subprocess.run([*bids_validator(), "--format", "json", os.path.join(data.root, folder)],
                              capture_output=True, text=True, timeout=300, check=False)
         issues = json.loads(out.stdout)["issues"]["issues"]
         errors = [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
