@@ -26,6 +26,7 @@ __all__ = [
     "label_covariances",
     "ar1_label_covariances",
     "merge_ar_clusters",
+    "gram_inverses",
 ]
 
 
@@ -89,13 +90,31 @@ def label_covariances(X: np.ndarray, label_values: np.ndarray) -> np.ndarray:
         wx = np.repeat(X[None], len(c), axis=0)
         for k in range(1, c.shape[1] + 1):
             wx[:, k:] -= c[:, k - 1, None, None] * X[None, :-k]
-        _, sv, vt = np.linalg.svd(wx, full_matrices=False)
-        # scipy.linalg.pinv's cutoff (nilearn's): singular values above max(n, p) * eps * s_max
-        keep = sv > (max(n, p) * np.finfo(np.float64).eps) * sv[:, :1]
-        inv2 = np.where(keep, 1.0 / np.where(keep, sv, 1.0) ** 2, 0.0)
-        # pinv pinv' = V diag(1 / s^2) V'
-        out[lo:lo + len(c)] = np.einsum("lki,lk,lkj->lij", vt, inv2, vt)
+        out[lo:lo + len(c)] = gram_inverses(wx)[0]
     return out
+
+
+def gram_inverses(wx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pinv(WX) pinv(WX)'`` of a batch of whitened designs, from one batched SVD.
+
+    Parameters
+    ----------
+    wx : ndarray, shape (L, n, p)
+
+    Returns
+    -------
+    cov : ndarray, shape (L, p, p)
+        ``V diag(1 / s^2) V'`` over the singular values above scipy.linalg.pinv's
+        cutoff (nilearn's): ``max(n, p) * eps * s_max``.
+    log_det : ndarray, shape (L,)
+        ``log`` of the pseudo-determinant of ``WX' WX`` (``sum 2 log s`` over the same values).
+    """
+    n, p = wx.shape[1:]
+    _, sv, vt = np.linalg.svd(wx, full_matrices=False)
+    keep = sv > (max(n, p) * np.finfo(np.float64).eps) * sv[:, :1]
+    safe = np.where(keep, sv, 1.0)
+    inv2 = np.where(keep, 1.0 / safe ** 2, 0.0)
+    return np.einsum("lki,lk,lkj->lij", vt, inv2, vt), 2 * np.log(safe).sum(axis=1)
 
 
 def ar1_label_covariances(X: np.ndarray, bins: int) -> np.ndarray:

@@ -89,6 +89,7 @@ __all__ = [
     "BlockFit",
     "residual_dof",
     "parse_noise_model",
+    "ARMA11",
     "ols",
     "yule_walker",
     "ar1_labels",
@@ -98,6 +99,10 @@ __all__ = [
     "refit_block",
     "exact_constant_fits",
 ]
+
+#: The name of daskglm's ARMA(1,1) noise model (:mod:`daskglm.kernels.arma`).
+ARMA11 = "arma11"
+
 
 class OLSFit(NamedTuple):
     """Ordinary least squares fit of a block.
@@ -170,11 +175,18 @@ def check_design(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
 
 
 def parse_noise_model(noise_model: str) -> int:
-    """AR order of a noise model name: ``"ols"`` -> 0, ``"arN"`` -> N."""
+    """AR order of a noise model name: ``"ols"`` -> 0, ``"arN"`` -> N, ``"arma11"`` -> 1.
+
+    ``"arma11"`` (daskglm's, :mod:`daskglm.kernels.arma`) has one AR lag and one MA
+    lag; its fits are not :func:`fit_block`'s.
+    """
     if noise_model == "ols":
         return 0
+    if noise_model == ARMA11:
+        return 1
     if not isinstance(noise_model, str) or noise_model[:2] != "ar":
-        raise ValueError(f"Acceptable noise models are ['ols', 'arN']. You provided 'noise_model={noise_model}'.")
+        raise ValueError(f"Acceptable noise models are ['ols', 'arN', '{ARMA11}']. "
+                         f"You provided 'noise_model={noise_model}'.")
     try:
         order = int(noise_model[2:])
     except ValueError:
@@ -479,6 +491,8 @@ def fit_block(
     BlockFit
     """
     order = parse_noise_model(noise_model)
+    if noise_model == ARMA11:
+        raise ValueError("noise_model='arma11' is fitted by daskglm.kernels.arma.fit_block")
     if order > 1:
         raise ValueError(
             f"noise_model={noise_model!r} needs labels clustered over all voxels: call "
