@@ -40,14 +40,15 @@ from dask.base import tokenize
 from dask.utils import funcname
 
 from ..kernels import ar1_moments as _ar1_moments
+from ..kernels import arma as _arma
 from ..kernels import covariances as _covariances
 from ..kernels import regression as _regression
 from ..kernels.packing import fit_rows
 from ..kernels.voxelwise import VOXELWISE_ATTRIBUTES, voxelwise_block
 from ..runtime.cluster import compute
 
-__all__ = ["fit_run", "voxelwise_run", "check_bins", "packed_estimates", "split_estimates", "FIT_VARIABLES",
-           "PACKED_ESTIMATES", "check_scaling"]
+__all__ = ["fit_run", "voxelwise_run", "noise_parameters", "check_bins", "packed_estimates", "split_estimates",
+           "FIT_VARIABLES", "PACKED_ESTIMATES", "check_scaling"]
 
 FIT_VARIABLES = ("beta", "sigma2", "label_index")
 #: The key of a :func:`fit_run` result's ``encoding`` that holds its packed estimates (:func:`packed_estimates`).
@@ -95,13 +96,17 @@ def _quiet_if_short(X: np.ndarray) -> contextlib.AbstractContextManager:
 def _packed_fit(Y, scaling_mean=None, *, X, noise_model, bins, signal_scaling):
     """Block task: fit, then pack as :func:`~daskglm.kernels.packing.fit_rows` (``label_index``: the row
     of each voxel's label in the fit's ``cov`` table, as float64)."""
+    mean = None if scaling_mean is None else float(scaling_mean)
     with _quiet_if_short(X):
-        fit = _regression.fit_block(
-            Y, X, noise_model=noise_model, bins=bins, signal_scaling=signal_scaling,
-            scaling_mean=None if scaling_mean is None else float(scaling_mean),
-        )
+        if noise_model == _regression.ARMA11:
+            fit = _arma.fit_block(Y, X, signal_scaling=signal_scaling, scaling_mean=mean)
+        else:
+            fit = _regression.fit_block(Y, X, noise_model=noise_model, bins=bins, signal_scaling=signal_scaling,
+                                        scaling_mean=mean)
     if noise_model == "ols":
         index = np.zeros(fit.label.shape)
+    elif noise_model == _regression.ARMA11:  # the label is the row of arma.grid()
+        index = fit.label
     else:
         index = _ar1_moments.ar1_label_index(fit.label, bins, X.shape[0]).astype(np.float64)
     return fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=index)
@@ -114,6 +119,37 @@ def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling):
             scaling_mean=None if scaling_mean is None else float(scaling_mean),
         )
     return fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=fit.label)
+
+
+def _packed_arma_refit(Y, r, scaling_mean=None, *, X, signal_scaling):
+    """Block task of ``"arma11"``: REML labels from the block's (smoothed) lag correlations, then the refit."""
+    mean = None if scaling_mean is None else float(scaling_mean)
+    with _quiet_if_short(X):
+        label = _arma.reml_labels(r, _arma.prepare(X))
+        fit = _arma.refit_block(Y, X, label, signal_scaling=signal_scaling, scaling_mean=mean)
+    return fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=fit.label)
+
+
+def _lag_correlations(Y, scaling_mean=None, *, X, signal_scaling):
+    return _arma.lag_correlations(Y, X, signal_scaling=signal_scaling,
+                                  scaling_mean=None if scaling_mean is None else float(scaling_mean))
+
+
+def _arma_packed(ds: xr.Dataset, Y: da.Array, X: np.ndarray, extra: list, scaling: Any, fwhm: float,
+                 client: Any) -> da.Array:
+    """The packed ``"arma11"`` fit: lag correlations per column, smoothed within the mask when
+    ``fwhm`` > 0 (computed now: the smoothing needs every voxel), then labels and refit per column."""
+    r = _blockwise(_lag_correlations, Y, _arma.N_LAGS + 1, *extra, X=X, signal_scaling=scaling)
+    if fwhm > 0:
+        (values,) = compute(r, client=client)
+        bold = ds["bold"]
+        ijk = np.stack([np.asarray(bold[name].values) for name in "ijk"])
+        voxel_size = np.sqrt((np.asarray(ds.attrs["affine"], dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+        sigma = fwhm / np.sqrt(8 * np.log(2)) / voxel_size
+        values = _arma.smooth_lag_correlations(values, ijk, tuple(ds.attrs["volume_shape"]), sigma)
+        r = da.from_array(values, chunks=((values.shape[0],), Y.chunks[1]))
+    return _blockwise(_packed_arma_refit, Y, fit_rows(X.shape[1]).rows, r, "pv", *extra, X=X,
+                      signal_scaling=scaling)
 
 
 def _estimates(packed: Any) -> dict[str, Any]:
@@ -255,6 +291,7 @@ def fit_run(
     signal_scaling: Any = 0,
     random_state: Any = None,
     client: Any = None,
+    noise_smoothing_fwhm: float = 0.0,
 ) -> xr.Dataset:
     """Lazy GLM fit of one ingested run, as nilearn's ``run_glm``.
 
@@ -265,9 +302,11 @@ def fit_run(
     design : pandas.DataFrame or ndarray, shape (n_scans, p)
         The run's design matrix, one row per scan of ``ds`` (its column
         names, for a DataFrame, become the ``regressor`` coordinate).
-    noise_model : {"ols", "ar1", "ar2", ...}, default="ar1"
+    noise_model : {"ols", "ar1", "ar2", ..., "arma11"}, default="ar1"
         Temporal noise model: ordinary least squares, or an AR(N) model of
-        the residuals, as nilearn's ``noise_model``.
+        the residuals, as nilearn's ``noise_model``; or daskglm's ARMA(1,1)
+        model, its parameters chosen per voxel by REML on a grid
+        (:mod:`daskglm.kernels.arma`; ``label_value`` holds ``(a, b)`` per label).
     bins : int, default=100
         AR(1): quantisation bins of rho; AR(p>1): KMeans clusters.
     signal_scaling : 0, (0, 1) or False, default=0
@@ -276,7 +315,13 @@ def fit_run(
         KMeans seed for AR(p > 1).
     client : distributed.Client, str or None, optional
         Where the AR(p > 1) coefficient pass runs (the only computation made
-        here), resolved by :func:`daskglm.runtime.cluster.get_client`.
+        here), resolved by :func:`daskglm.runtime.cluster.get_client`; also
+        the ``"arma11"`` pass that smooths the lag correlations.
+    noise_smoothing_fwhm : float, default=0.0
+        ``"arma11"``: FWHM (mm) of the Gaussian that regularises each voxel's
+        residual lag correlations within the mask before its REML grid point is
+        chosen (:func:`daskglm.kernels.arma.smooth_lag_correlations`); 0: none
+        (each voxel on its own; for runs whose geometry is not a volume).
 
     Returns
     -------
@@ -307,7 +352,10 @@ def fit_run(
     if scaling == (0, 1):
         extra = [_grand_mean(Y), ""]
 
-    if order <= 1:
+    if noise_model == _regression.ARMA11:
+        packed = _arma_packed(ds, Y, X, extra, scaling, float(noise_smoothing_fwhm), client)
+        label_value = _arma.grid()  # (a, b) per label
+    elif order <= 1:
         packed = _blockwise(_packed_fit, Y, fit_rows(p).rows, *extra, X=X, noise_model=noise_model,
                             bins=int(bins), signal_scaling=scaling)
         label_value = (np.zeros((1, 0)) if order == 0
@@ -328,7 +376,9 @@ def fit_run(
                             coeffs=label_value, signal_scaling=scaling)
     estimates = _estimates(packed)
 
-    if order == 1:  # the moment fit's whitened inverses where accurate, else one pinv per label
+    if noise_model == _regression.ARMA11:
+        cov = _arma.label_covariances(X)
+    elif order == 1:  # the moment fit's whitened inverses where accurate, else one pinv per label
         cov = _covariances.ar1_label_covariances(X, int(bins))
     else:
         cov = _covariances.label_covariances(X, label_value)  # one pinv per label, no SVD for the dof
@@ -348,7 +398,9 @@ def fit_run(
             "bins": int(bins),
             "signal_scaling": str(scaling),
             "n_scans": n_scans,
-            "fit_key": fit_key(_data_identity(ds), X, columns, noise_model, bins, scaling, random_state),
+            "fit_key": fit_key(_data_identity(ds), X, columns,
+                               f"{noise_model}:{noise_smoothing_fwhm}" if noise_model == _regression.ARMA11
+                               else noise_model, bins, scaling, random_state),
             **{k: ds.attrs[k] for k in ("affine", "volume_shape", "t_r", "store") if k in ds.attrs},
         },
     )
@@ -356,12 +408,41 @@ def fit_run(
     return fit
 
 
-def _voxelwise_task(Y, beta, label_index, scaling_mean=None, *, X, label_value, attribute, signal_scaling):
+def _voxelwise_task(Y, beta, label_index, scaling_mean=None, *, X, label_value, attribute, signal_scaling,
+                    noise_model):
     with _quiet_if_short(X):
         return voxelwise_block(
             Y, X, beta, label_index, label_value, attribute, signal_scaling=signal_scaling,
-            scaling_mean=None if scaling_mean is None else float(scaling_mean),
+            scaling_mean=None if scaling_mean is None else float(scaling_mean), noise_model=noise_model,
         )
+
+
+def noise_parameters(fit: xr.Dataset) -> xr.DataArray:
+    """Each voxel's noise-model parameters, lazily from a fit's labels (the run is not read).
+
+    Parameters
+    ----------
+    fit : xarray.Dataset
+        From :func:`fit_run` or :func:`daskglm.glm.fitstore.open_fit`.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(parameter, voxel)`` float64 with the run's ``i, j, k`` coordinates:
+        ``parameter`` is ``["a", "b"]`` for ``"arma11"`` (AR and MA parameters of the
+        voxel's grid point), ``["rho_1", ...]`` for AR(N) (its label's
+        coefficients), empty for OLS.
+    """
+    values = np.asarray(fit["label_value"].values, dtype=np.float64)
+    names = (["a", "b"] if fit.attrs.get("noise_model") == _regression.ARMA11
+             else [f"rho_{k + 1}" for k in range(values.shape[1])])
+    labels = da.asarray(fit["label_index"].data)
+    data = labels.map_blocks(lambda index, table=values: table[np.asarray(index, np.intp)].T,
+                             new_axis=0, chunks=((values.shape[1],), *labels.chunks), dtype=np.float64,
+                             meta=np.empty((0, 0)))
+    coords = {name: fit.coords[name] for name in "ijk" if name in fit.coords}
+    return xr.DataArray(data, dims=("parameter", "voxel"), coords={"parameter": names, **coords},
+                        name="noise_parameters", attrs=dict(fit.attrs))
 
 
 def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
@@ -412,7 +493,7 @@ def voxelwise_run(ds: xr.Dataset, fit: xr.Dataset, design: Any, attribute: str,
     out = _blockwise(
         _voxelwise_task, Y, n_rows, beta, "pv", labels, "v", *extra, X=X,
         label_value=np.asarray(fit["label_value"].values, dtype=np.float64), attribute=attribute,
-        signal_scaling=scaling,
+        signal_scaling=scaling, noise_model=fit.attrs.get("noise_model", "ar1"),
     )
     coords = {name: bold.coords[name] for name in "ijk" if name in bold.coords}
     if attribute == "r_square":

@@ -21,7 +21,8 @@ from typing import Literal
 
 import numpy as np
 
-from .regression import check_design
+from . import arma
+from .regression import ARMA11, check_design
 from .scaling import ScalingMode, scale_signal
 from .whitening import whiten
 
@@ -30,6 +31,13 @@ __all__ = ["VOXELWISE_ATTRIBUTES", "voxelwise_block"]
 VOXELWISE_ATTRIBUTES = ("residuals", "predicted", "r_square")
 
 Attribute = Literal["residuals", "predicted", "r_square"]
+
+
+def _whiten(A: np.ndarray, value: np.ndarray, noise_model: str) -> np.ndarray:
+    """``A`` whitened by one label: its ``(a, b)`` for ARMA(1,1), else its AR coefficients (none: OLS)."""
+    if noise_model == ARMA11:
+        return arma.whiten(A, *value)
+    return whiten(A, value) if value.size else np.asarray(A)
 
 
 def voxelwise_block(
@@ -41,6 +49,7 @@ def voxelwise_block(
     attribute: Attribute,
     signal_scaling: ScalingMode = 0,
     scaling_mean: float | np.ndarray | None = None,
+    noise_model: str = "ar1",
 ) -> np.ndarray:
     """One of nilearn's voxel-wise regression attributes for a block.
 
@@ -53,10 +62,13 @@ def voxelwise_block(
     label_index : ndarray of int, shape (v,)
         Row of ``label_value`` that applies to each voxel.
     label_value : ndarray, shape (L, order)
-        AR coefficients per label (``order == 0`` for OLS).
+        AR coefficients per label (``order == 0`` for OLS); ``(a, b)`` for ``"arma11"``.
     attribute : {"residuals", "predicted", "r_square"}
     signal_scaling, scaling_mean
         As in the fit (see :func:`daskglm.kernels.scaling.scale_signal`).
+    noise_model : str, default="ar1"
+        The fit's: ``"arma11"`` whitens with :func:`daskglm.kernels.arma.whiten`, any
+        other name with the AR coefficients of ``label_value``.
 
     Returns
     -------
@@ -80,13 +92,13 @@ def voxelwise_block(
     for label in np.unique(label_index):
         cols = np.flatnonzero(label_index == label)
         coeffs = label_value[label]
-        wx = whiten(X, coeffs) if coeffs.size else X
+        wx = _whiten(X, coeffs, noise_model)
         predicted = wx @ beta[:, cols]
         if attribute == "predicted":
             out[:, cols] = predicted
         elif attribute == "residuals":
             out[:, cols] = Ys[:, cols] - predicted
         else:
-            wy = whiten(Ys[:, cols], coeffs) if coeffs.size else Ys[:, cols]
+            wy = _whiten(Ys[:, cols], coeffs, noise_model)
             out[0, cols] = np.var(predicted, axis=0) / np.var(wy, axis=0)
     return out

@@ -53,7 +53,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..glm import contrasts as _contrasts
 from ..glm import design as _design
-from ..glm.fit import check_bins, check_scaling, fit_run, voxelwise_run
+from ..glm.fit import check_bins, check_scaling, fit_run, noise_parameters, voxelwise_run
 from ..glm.fitstore import reopen_fit, save_fits
 from ..io.cifti import (
     brain_models,
@@ -77,6 +77,7 @@ from ..runtime.cluster import (
     phase,
     verbosity,
 )
+from ..runtime.config import config_number
 from ..runtime.plan import check_positive
 from ..store import default_cache_dir, ingest_runs, mean_image, parameters_key, store_lock
 from .estimator import EstimatorMixin
@@ -93,6 +94,9 @@ __all__ = ["FirstLevelModel", "default_store_root"]
 
 #: Element-wise fit attributes daskglm computes (nilearn's ``RegressionResults`` names).
 _VOXELWISE = ("residuals", "predicted", "r_square")
+#: dask config key of ``noise_model="arma11"``'s spatial regularisation (FWHM in mm; 0: none), and its default
+#: (chosen on benchmarks/calibration.py: BENCHMARKS.md "Calibrated inference").
+ARMA_FWHM_KEY, ARMA_FWHM = "daskglm.arma-smoothing-fwhm", 5.0
 #: NiftiMasker parameters that would change the data beyond masking, smoothing and
 #: resampling, with the value that leaves the data alone.
 #: nilearn 0.14's values of ``standardize`` (its ``signal.clean`` refuses "zscore").
@@ -261,8 +265,11 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
     signal_scaling : False, :obj:`int` or (int, int), default=0
         0: percent signal change of each voxel's mean; (0, 1): of the run's
         grand mean; False: none.
-    noise_model : {'ar1', 'ols', 'arN'}, default='ar1'
-        Temporal noise model.
+    noise_model : {'ar1', 'ols', 'arN', 'arma11'}, default='ar1'
+        Temporal noise model. ``'arma11'`` (daskglm's) fits an ARMA(1,1)
+        model per voxel, its parameters chosen by restricted maximum
+        likelihood on a grid (AFNI's ``3dREMLfit``); see the user guide's
+        "Choosing a noise model".
     verbose : :obj:`bool` or :obj:`int`, default=0
         0: silent. 1: a line per step and dask's progress bars for work
         lasting more than about a second (a widget in a notebook with
@@ -441,6 +448,8 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         """Check every parameter that can be checked before any run is read or written."""
         check_target(self.target_affine, self.target_shape)
         _regression.parse_noise_model(self.noise_model)
+        if self.noise_model == _regression.ARMA11:
+            config_number(ARMA_FWHM_KEY, ARMA_FWHM)
         check_bins(bins)
         check_parameter_in_allowed(self.signal_scaling, {False, 1, (0, 1)}, "signal_scaling")
         check_scaling(self.signal_scaling)  # and daskglm's message for 1, which nilearn 0.14 cannot fit
@@ -644,11 +653,14 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
                 log(f"Fitting {len(runs)} run(s): {self.noise_model}, {self.n_elements_} {elements}",
                     verbose=self.verbose)
                 lazy = []
+                # ARMA(1,1): lag correlations regularised in space, volumes only (no neighbours on a CIFTI
+                # or surface run's identity grid)
+                noise_fwhm = config_number(ARMA_FWHM_KEY, ARMA_FWHM) if self._elements is None else 0.0
                 for index, (ds, design) in enumerate(zip(datasets, designs)):
                     with phase(f"fitting run {index + 1}/{len(runs)}: AR coefficients"):  # AR(p > 1) only
                         lazy.append(fit_run(ds, design, noise_model=self.noise_model, bins=bins,
                                             signal_scaling=self.signal_scaling, random_state=self.random_state,
-                                            client=client))
+                                            client=client, noise_smoothing_fwhm=noise_fwhm))
                 # Every run's fit in one computation; small results come back in memory.
                 with phase(f"fitting {len(runs)} runs" if len(runs) > 1 else "fitting the run"):
                     fits = save_fits(lazy, stores, name=None, storage_options=self.storage_options, client=client)
@@ -817,7 +829,7 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
     # ------------------------------------------------------------------ voxel-wise fit attributes
 
     def voxelwise(self, attribute: str) -> list[xr.DataArray]:
-        """Lazy ``residuals``, ``predicted`` or ``r_square`` of each run.
+        """Lazy ``residuals``, ``predicted``, ``r_square`` or ``noise_parameters`` of each run.
 
         Available whatever ``minimize_memory``: each is recomputed per voxel
         block from the run store and the stored fit when computed (see
@@ -826,17 +838,23 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
 
         Parameters
         ----------
-        attribute : {"residuals", "predicted", "r_square"}
+        attribute : {"residuals", "predicted", "r_square", "noise_parameters"}
             The quantity: the residuals or the predicted signal of each scan,
-            or the coefficient of determination of each voxel.
+            the coefficient of determination of each voxel, or the parameters
+            of each voxel's noise model (``a`` and ``b`` for ``"arma11"``,
+            ``rho_1 ...`` for AR(N); :func:`daskglm.glm.fit.noise_parameters`,
+            from the stored labels only).
 
         Returns
         -------
         list of xarray.DataArray
-            One per run: ``(time, voxel)`` float64, or ``(voxel,)`` for
-            ``r_square``; turn one into an image with :func:`daskglm.io.maps.to_nifti`.
+            One per run: ``(time, voxel)`` float64, ``(voxel,)`` for
+            ``r_square``, ``(parameter, voxel)`` for ``noise_parameters``; turn
+            one into an image with :func:`daskglm.io.maps.to_nifti`.
         """
         check_is_fitted(self)
+        if attribute == "noise_parameters":
+            return [noise_parameters(reopen_fit(fit, storage_options=self.storage_options)) for fit in self.results_]
         return [
             voxelwise_run(ds, reopen_fit(fit, storage_options=self.storage_options), design, attribute,
                           signal_scaling=self.signal_scaling)

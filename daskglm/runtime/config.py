@@ -15,7 +15,7 @@ from typing import Any
 import dask
 from dask.utils import parse_bytes, parse_timedelta
 
-__all__ = ["config_bytes", "config_seconds"]
+__all__ = ["config_bytes", "config_seconds", "config_number"]
 
 #: What means "not set" for keys that may be unset (dask reads ``none`` from YAML and the environment).
 _UNSET = (None, "", "none", "null")
@@ -88,3 +88,21 @@ def config_bytes(key: str, default: Any, *, none_means: str | None = None) -> in
         raise ValueError(f"dask config {key!r} must be a non-negative number of bytes, or a string such as "
                          f"'512 MiB'{unset}; got {value!r}")
     return int(number)
+
+
+def config_number(key: str, default: float) -> float:
+    """The finite number >= 0 of dask config ``key`` (e.g. a length in millimetres).
+
+    Raises
+    ------
+    ValueError
+        Not a finite number >= 0.
+    """
+    value = dask.config.get(key, default)
+    number = math.nan
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError, ValueError):
+            number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"dask config {key!r} must be a finite number >= 0; got {value!r}")
+    return number
