@@ -185,7 +185,7 @@ def _worker_daskglm(spec: dict) -> dict:
                 timeline.probe = _cpu_probe(client)
             model = model_module.FirstLevelModel(
                 mask_img=spec["mask"], smoothing_fwhm=spec["smoothing_fwhm"], minimize_memory=True,
-                store=spec["store"], client=client)
+                store=spec["store"], client=client, noise_model=spec.get("noise_model", "ar1"))
             timeline.wrap("fit", model.fit)(spec["runs"], design_matrices=designs)
             zmaps = {}
             for name, value in spec["contrasts"].items():

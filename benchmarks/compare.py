@@ -369,6 +369,8 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
     configs: list[tuple[str, int | None, str]] = [(t, args.workers, t) for t in tools]
     if args.scaling and "daskglm" in tools and SIZES[size].get("scaling", True):
         configs.append(("daskglm", 1, "daskglm-w1"))
+    if args.arma11 and "daskglm" in tools:  # the same fit with noise_model="arma11" (its cost against ar1's)
+        configs.append(("daskglm", args.workers, "daskglm-arma11"))
     records: list[dict] = []
     repeat = args.repeats.get(size, args.repeats.get("*", 1))
     for rep in range(1, repeat + 1):
@@ -378,6 +380,7 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
         for tool, workers, tag in _run_order(configs, rep):
             store = (_data_root() / f"stores-{size}" if args.keep_stores else rep_dir / f"stores-{tag}")
             spec = _spec(size, data, contrasts, args, workers, memory_limit, store, rep_dir / f"z-{tag}.npz")
+            spec["noise_model"] = "arma11" if tag.endswith("arma11") else "ar1"
             _set_cache(args.cache or SIZES[size].get("cache", "warm"), [*spec["runs"], spec["mask"]])
             result = _run_child(tool, spec, rep_dir, tag, args.timeout)
             record = {"size": size, "tool": tool, "tag": tag, "repeat": rep, "workers_option": workers,
@@ -416,8 +419,25 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
     )
 
     summary = _summarise(size, SIZES[size], records, args.workers)
+    _print_arma11_cost(size, records)
     summary["runs"] = records
     return summary
+
+
+def _print_arma11_cost(size: str, records: list[dict]) -> None:
+    """With ``--arma11``: median wall and peak memory of ``noise_model="arma11"`` against ``"ar1"``."""
+    def median(tag: str, key: str) -> float | None:
+        values = sorted(r[key] for r in records if r["tag"] == tag and r.get(key) is not None)
+        return values[len(values) // 2] if values else None
+
+    walls = [median(tag, "wall_s") for tag in ("daskglm", "daskglm-arma11")]
+    peaks = [median(tag, "peak_rss_bytes") for tag in ("daskglm", "daskglm-arma11")]
+    if None not in walls:
+        pairs = [(a["wall_s"], b["wall_s"]) for a in records if a["tag"] == "daskglm"
+                 for b in records if b["tag"] == "daskglm-arma11" and b["repeat"] == a["repeat"]]
+        print(f"[{size}] arma11 / ar1 (daskglm): wall {walls[1]:.1f} / {walls[0]:.1f} s = {walls[1] / walls[0]:.2f}x "
+              f"(per repeat: {', '.join(f'{b / a:.2f}' for a, b in pairs)}); peak RSS "
+              f"{peaks[1] / MiB:.0f} / {peaks[0] / MiB:.0f} MiB", flush=True)
 
 
 def _run_order(configs: list[tuple[str, int | None, str]], rep: int) -> list[tuple[str, int | None, str]]:
@@ -461,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the roofline pass and the fit-alone measurement")
     parser.add_argument("--profile", action="store_true",
                         help="daskglm: record the task stream; print worker compute time per phase")
+    parser.add_argument("--arma11", action="store_true",
+                        help="also run daskglm with noise_model='arma11' and print its cost against ar1's")
     parser.add_argument("--smoothing-fwhm", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per child process")
     parser.add_argument("--cache", choices=("warm", "cold", "asis"), default=None,
