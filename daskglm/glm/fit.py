@@ -121,12 +121,11 @@ def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling):
     return fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=fit.label)
 
 
-def _packed_arma_refit(Y, r, scaling_mean=None, *, X, signal_scaling):
-    """Block task of ``"arma11"``: REML labels from the block's (smoothed) lag correlations, then the refit."""
+def _packed_arma_refit(Y, labels, scaling_mean=None, *, X, signal_scaling):
+    """Block task of ``"arma11"``: the refit with each voxel's REML grid label."""
     mean = None if scaling_mean is None else float(scaling_mean)
     with _quiet_if_short(X):
-        label = _arma.reml_labels(r, _arma.prepare(X))
-        fit = _arma.refit_block(Y, X, label, signal_scaling=signal_scaling, scaling_mean=mean)
+        fit = _arma.refit_block(Y, X, labels.astype(np.intp), signal_scaling=signal_scaling, scaling_mean=mean)
     return fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=fit.label)
 
 
@@ -135,10 +134,15 @@ def _lag_correlations(Y, scaling_mean=None, *, X, signal_scaling):
                                   scaling_mean=None if scaling_mean is None else float(scaling_mean))
 
 
+def _reml_labels(r: np.ndarray, X: np.ndarray) -> np.ndarray:
+    return _arma.reml_labels(r, _arma.prepare(X)).astype(np.int16)
+
+
 def _arma_packed(ds: xr.Dataset, Y: da.Array, X: np.ndarray, extra: list, scaling: Any, fwhm: float,
                  client: Any) -> da.Array:
-    """The packed ``"arma11"`` fit: lag correlations per column, smoothed within the mask when
-    ``fwhm`` > 0 (computed now: the smoothing needs every voxel), then labels and refit per column."""
+    """The packed ``"arma11"`` fit: lag correlations per column; with ``fwhm`` > 0 computed now, smoothed
+    within the mask and turned into labels on the client (the smoothing needs every voxel; the labels, 2
+    bytes a voxel, go into the graph), else labels per column; then the refit per column."""
     r = _blockwise(_lag_correlations, Y, _arma.N_LAGS + 1, *extra, X=X, signal_scaling=scaling)
     if fwhm > 0:
         (values,) = compute(r, client=client)
@@ -147,8 +151,10 @@ def _arma_packed(ds: xr.Dataset, Y: da.Array, X: np.ndarray, extra: list, scalin
         voxel_size = np.sqrt((np.asarray(ds.attrs["affine"], dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
         sigma = fwhm / np.sqrt(8 * np.log(2)) / voxel_size
         values = _arma.smooth_lag_correlations(values, ijk, tuple(ds.attrs["volume_shape"]), sigma)
-        r = da.from_array(values, chunks=((values.shape[0],), Y.chunks[1]))
-    return _blockwise(_packed_arma_refit, Y, fit_rows(X.shape[1]).rows, r, "pv", *extra, X=X,
+        labels = da.from_array(_reml_labels(values, X), chunks=(Y.chunks[1],))
+    else:
+        labels = r.map_blocks(_reml_labels, X, drop_axis=0, dtype=np.int16, meta=np.empty((0,), np.int16))
+    return _blockwise(_packed_arma_refit, Y, fit_rows(X.shape[1]).rows, labels, "v", *extra, X=X,
                       signal_scaling=scaling)
 
 

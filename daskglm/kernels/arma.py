@@ -55,6 +55,7 @@ import numpy as np
 import scipy.signal
 
 from . import regression as _regression
+from . import scaling as _scaling
 from .covariances import gram_inverses
 from .lru import LRUCache
 from .scaling import ScalingMode, scale_signal
@@ -138,12 +139,14 @@ def factor(params: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return m, 1 / np.sqrt(d), np.log(d).sum(axis=0)
 
 
-def _whiten_labels(A: np.ndarray, label: np.ndarray, a: np.ndarray, m: np.ndarray, scale: np.ndarray
-                   ) -> np.ndarray:
+def _whiten_labels(A: np.ndarray, label: np.ndarray, a: np.ndarray, m: np.ndarray, scale: np.ndarray,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """Each column of ``A (n, c)`` whitened by its label (``out``: may be ``A``, C-ordered float64)."""
     from .arma_jit import whiten_columns
 
-    A = np.ascontiguousarray(A, dtype=np.float64)
-    out = np.empty_like(A)
+    if out is None:
+        A = np.ascontiguousarray(A, dtype=np.float64)
+        out = np.empty_like(A)
     whiten_columns(A, a, m, scale, np.ascontiguousarray(label, dtype=np.intp), out)
     return out
 
@@ -195,6 +198,12 @@ class ArmaDesign(NamedTuple):
         ``q = weights @ S`` (``S`` the lag sums of the OLS residuals).
     offset : ndarray, shape (L,)
         ``nu log(nu / tau) + log|R| + log|X' R^-1 X|``.
+    scored : ndarray, shape (L, N_LAGS + 1)
+        ``weights * exp((offset - min(offset)) / nu)``: the criterion ``nu log(q) + offset`` is
+        smallest where ``scored @ S`` is, so the choice needs no logarithm.
+    refine : ndarray of bool, shape (L,)
+        Labels whose whitened design has ``cond > 1e3``: their refit takes one step of
+        iterative refinement (the normal equations' rounding is ``cond^2 eps``).
     nu : int
         ``n - rank(X)``.
     """
@@ -206,6 +215,8 @@ class ArmaDesign(NamedTuple):
     cov_scaled: np.ndarray
     weights: np.ndarray
     offset: np.ndarray
+    scored: np.ndarray
+    refine: np.ndarray
     nu: int
 
 
@@ -295,13 +306,26 @@ def prepare(X: np.ndarray, key: bytes | None = None) -> ArmaDesign:
         if nu > 0:
             tau = _expected_quadratic(X, params, pi, rank)
             offset = nu * np.log(nu / tau) + log_det_r + log_det_xrx
+            scored = weights * np.exp(np.minimum((offset - offset.min()) / nu, 700.0))[:, None]
         else:
             offset = np.zeros(len(params))
-        for array in (m, scale, norms, cov_scaled, weights, offset):
+            scored = weights
+        eig = np.linalg.eigvalsh(cov_scaled)  # 1 / s^2 of each whitened design (0: below the cutoff)
+        positive = np.where(eig > 0, eig, np.nan)
+        refine = ~(np.nanmax(positive, axis=1) / np.nanmin(positive, axis=1) <= 1e6)
+        for array in (m, scale, norms, cov_scaled, weights, offset, scored, refine):
             array.setflags(write=False)
-        return ArmaDesign(params, m, scale, norms, cov_scaled, weights, offset, nu)
+        return ArmaDesign(params, m, scale, norms, cov_scaled, weights, offset, scored, refine, nu)
 
     return _CACHE.get(key or _regression._PINVS.design_key(X), compute)
+
+
+def _scaled_copy(Y: np.ndarray, signal_scaling: ScalingMode, scaling_mean: float | np.ndarray | None) -> np.ndarray:
+    """The scaled block as a C-ordered float64 array of its own (never ``Y`` itself)."""
+    Ys = scale_signal(Y, signal_scaling, scaling_mean)[0]
+    if Ys is Y or not (isinstance(Ys, np.ndarray) and Ys.dtype == np.float64 and Ys.flags.c_contiguous):
+        Ys = np.array(Ys, dtype=np.float64, order="C")
+    return Ys
 
 
 def lag_correlations(
@@ -322,9 +346,9 @@ def lag_correlations(
 
     Returns
     -------
-    ndarray, shape (N_LAGS + 1, v)
-        ``S_k / S_0`` (row 0 is 1); all zeros where the residuals are zero (and for
-        every voxel of a design without residual degrees of freedom).
+    ndarray, shape (N_LAGS + 1, v), float32
+        ``S_k / S_0`` (row 0 is 1) of the float32 residuals, summed in float64; all zeros where
+        the residuals are zero (and for every voxel of a design without residual degrees of freedom).
     """
     from .arma_jit import lag_sums
 
@@ -332,15 +356,20 @@ def lag_correlations(
     key = _regression._PINVS.design_key(X)
     out = np.zeros((N_LAGS + 1, np.shape(Y)[1]))
     if _regression._PINVS.dof(X, key) == 0 or X.shape[0] < 2:
-        return out
-    Ys = np.asarray(scale_signal(Y, signal_scaling, scaling_mean)[0], dtype=np.float64)
-    E = Ys - X @ (_regression._PINVS.pinv(X, np.zeros(0), key) @ Ys)
-    del Ys
-    lag_sums(np.ascontiguousarray(E), min(N_LAGS, X.shape[0] - 1), out[:min(N_LAGS, X.shape[0] - 1) + 1])
+        return out.astype(np.float32)
+    # float32 residuals (the choice of a grid point does not need more), float64 sums of their products
+    E = scale_signal(Y, signal_scaling, scaling_mean)[0]
+    if E is Y or not (E.dtype == np.float32 and E.flags.c_contiguous):
+        E = np.array(E, dtype=np.float32, order="C")
+    X32 = X.astype(np.float32)
+    beta = _regression._PINVS.pinv(X, np.zeros(0), key).astype(np.float32) @ E
+    for lo in range(0, E.shape[0], 64):  # the residuals in place, a slab of rows at a time
+        E[lo:lo + 64] -= X32[lo:lo + 64] @ beta
+    lag_sums(E, min(N_LAGS, X.shape[0] - 1), out[:min(N_LAGS, X.shape[0] - 1) + 1])
     ok = out[0] > 0
     out[:, ok] /= out[0, ok]
     out[:, ~ok] = 0.0
-    return out
+    return out.astype(np.float32)
 
 
 def smooth_lag_correlations(r: np.ndarray, ijk: np.ndarray, shape: tuple[int, int, int],
@@ -363,15 +392,15 @@ def smooth_lag_correlations(r: np.ndarray, ijk: np.ndarray, shape: tuple[int, in
 
     Returns
     -------
-    ndarray, shape (N_LAGS + 1, V)
+    ndarray, shape (N_LAGS + 1, V), float32
         Voxels whose residuals are zero (row 0 is 0) are left out of the average and stay 0.
     """
     import scipy.ndimage
 
-    r = np.asarray(r, dtype=np.float64)
+    r = np.asarray(r, dtype=np.float32)
     index = tuple(np.asarray(ijk, dtype=np.intp))
     used = r[0] > 0
-    volume = np.zeros(shape)
+    volume = np.zeros(shape, dtype=np.float32)
     volume[tuple(i[used] for i in index)] = 1.0
     weight = scipy.ndimage.gaussian_filter(volume, sigma, mode="constant", truncate=3.0)[index]
     out = np.zeros_like(r)
@@ -406,12 +435,14 @@ def reml_labels(r: np.ndarray, design: ArmaDesign, chunk: int = 4096) -> np.ndar
     ok = np.flatnonzero(r[0] > 0)
     for lo in range(0, ok.size, chunk):
         cols = ok[lo:lo + chunk]
-        q = design.weights @ r[:, cols]
-        np.maximum(q, np.finfo(np.float64).tiny, out=q)
-        criterion = np.log(q, out=q)
-        criterion *= design.nu
-        criterion += design.offset[:, None]
-        label[cols] = np.argmin(criterion, axis=0)
+        score = design.scored @ r[:, cols]
+        best = np.argmin(score, axis=0)
+        bad = np.flatnonzero(score[best, np.arange(cols.size)] <= 0)
+        if bad.size:  # a band truncated below positive definiteness (extreme labels): not a candidate
+            worse = score[:, bad]
+            worse[worse <= 0] = np.inf
+            best[bad] = np.argmin(worse, axis=0)
+        label[cols] = best
     return label
 
 
@@ -447,13 +478,16 @@ def refit_block(
     if label.shape != (np.shape(Y)[1],) or (label.size and (label.min() < 0 or label.max() >= len(design.params))):
         raise ValueError(f"label must be {np.shape(Y)[1]} rows of the grid [0, {len(design.params)}); got "
                          f"shape {label.shape}")
-    Ys = np.asarray(scale_signal(Y, signal_scaling, scaling_mean)[0], dtype=np.float64)
-    n, v = Ys.shape
+    n, v = np.shape(Y)
     p = X.shape[1]
     a = design.params[:, 0].copy()
     sorter = np.argsort(label, kind="stable")
     bounds = np.searchsorted(label[sorter], np.arange(len(design.params) + 1))
-    WY = _whiten_labels(np.take(Ys, sorter, axis=1), label[sorter], a, design.m, design.scale)
+    # the voxels in label order (raw, then scaled: the scaling is per voxel), whitened in place
+    per_voxel_mean = scaling_mean is not None and np.ndim(scaling_mean) > 0
+    WY = _scaled_copy(np.take(Y, sorter, axis=1), signal_scaling,
+                      np.asarray(scaling_mean)[sorter] if per_voxel_mean else scaling_mean)
+    _whiten_labels(WY, label[sorter], a, design.m, design.scale, out=WY)
     Xs = X / design.norms
     beta = np.empty((p, v))
     sigma2 = np.empty(v)
@@ -463,15 +497,17 @@ def refit_block(
         wy = WY[:, lo:hi]
         b = design.cov_scaled[g] @ (wx.T @ wy)
         resid = wy - wx @ b
-        b += design.cov_scaled[g] @ (wx.T @ resid)  # one step of refinement: rounding of cond(WX), not cond^2
-        resid = wy - wx @ b
+        if design.refine[g]:  # one step of iterative refinement: rounding of cond(WX), not cond^2
+            b += design.cov_scaled[g] @ (wx.T @ resid)
+            resid = wy - wx @ b
         beta[:, lo:hi] = b / design.norms[:, None]
         sigma2[lo:hi] = np.einsum("tv,tv->v", resid, resid)
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma2 /= n - p
     beta[:, sorter] = beta.copy()
     sigma2[sorter] = sigma2.copy()
-    label[_regression.exact_constant_fits(Ys, X, beta, sigma2, key=key)] = white_label()
+    mean = _scaling.scaling_mean(Y, signal_scaling, scaling_mean)  # exactly constant voxels: their exact fit
+    label[_regression.exact_constant_fits(Y, X, beta, sigma2, mean, key)] = white_label()
     return _regression.BlockFit(beta, sigma2, label.astype(np.float64), _regression._PINVS.dof(X, key))
 
 

@@ -21,31 +21,43 @@ def whiten_columns(A, a, m, scale, label, out):  # pragma: no cover - compiled
     ``z_t = A_t - a A_{t-1}`` (``z_0 = A_0``), ``x_t = z_t - m_t x_{t-1}``, ``out_t = x_t scale_t``
     with ``a (L,)``, ``m (n, L)`` and ``scale (n, L)`` the tables of
     :func:`daskglm.kernels.arma.factor`. Rows outer, columns inner: both arrays are C-ordered.
+    ``out`` may be ``A`` (in place: each column's previous input value is kept aside).
     """
     n, c = A.shape
     x = np.zeros(c)
+    previous = np.empty(c)
     for j in range(c):
+        previous[j] = A[0, j]
         x[j] = A[0, j]
         out[0, j] = x[j] * scale[0, label[j]]
     for t in range(1, n):
         for j in range(c):
             lab = label[j]
-            x[j] = A[t, j] - a[lab] * A[t - 1, j] - m[t, lab] * x[j]
+            value = A[t, j]
+            x[j] = value - a[lab] * previous[j] - m[t, lab] * x[j]
+            previous[j] = value
             out[t, j] = x[j] * scale[t, lab]
 
 
-@_njit
+@numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def lag_sums(E, n_lags, out):  # pragma: no cover - compiled
     """``out[k, v] = sum_t E[t, v] E[t + k, v]`` for ``k = 0 .. n_lags``, ``E (n, v)`` C-ordered.
 
-    Columns in blocks of 256 so that the ``n_lags + 1`` rows read and the sums
-    updated stay in cache.
+    32 columns at a time are copied into rows of a buffer, so that each sum is a dot product of
+    two contiguous vectors, which ``fastmath`` lets numba vectorise (a column's sums do not depend
+    on the other columns: the result is the same whatever the block).
     """
     n, v = E.shape
-    out[:, :] = 0.0
-    for lo in range(0, v, 256):
-        hi = min(lo + 256, v)
+    buffer = np.empty((32, n))
+    for lo in range(0, v, 32):
+        width = min(lo + 32, v) - lo
         for t in range(n):
-            for k in range(min(n_lags, n - 1 - t) + 1):
-                for j in range(lo, hi):
-                    out[k, j] += E[t, j] * E[t + k, j]
+            for j in range(width):
+                buffer[j, t] = E[t, lo + j]
+        for j in range(width):
+            series = buffer[j]
+            for k in range(n_lags + 1):
+                total = 0.0
+                for t in range(n - k):
+                    total += series[t] * series[t + k]
+                out[k, lo + j] = total
