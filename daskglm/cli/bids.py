@@ -80,7 +80,7 @@ def add_bids_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="nilearn's load_confounds strategy, e.g. motion wm_csf ('none': no confounds; "
                         "default: every confounds column)")
     p.add_argument("--smoothing-fwhm", type=float, default=None, help="smoothing FWHM in mm")
-    p.add_argument("--noise-model", default=None, help="ar1 (default), ols, ar2...")
+    p.add_argument("--noise-model", default=None, help="ar1 (default), ols, ar2..., or arma11 (calibrated p-values)")
     p.add_argument("--mask", default=None, help="mask image, or 'derivatives' for the runs' brain masks")
     p.add_argument("--store", default=None, help="folder for the run stores (default: daskglm's cache)")
     p.add_argument("--max-subjects", type=positive_int, default=None,

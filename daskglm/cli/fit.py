@@ -236,7 +236,8 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
     model.add_argument("--smoothing-fwhm", type=nonnegative_float, default=None, metavar="MM",
                        help="Gaussian smoothing FWHM in mm (default: no smoothing)")
     model.add_argument("--noise-model", type=_noise_model, default="ar1", metavar="MODEL",
-                       help="ols, ar1, or arN (default: %(default)s)")
+                       help="ols, ar1, arN (nilearn's), or arma11 (an ARMA(1,1) per voxel by REML, calibrated "
+                            "p-values; see the docs' 'Choosing a noise model') (default: %(default)s)")
     model.add_argument("--signal-scaling", choices=tuple(_SIGNAL_SCALING), default="0", metavar="SCALING",
                        help="0: each voxel's time series scaled by its mean; '0,1': grand-mean scaling; "
                             "none: no scaling (default: %(default)s)")

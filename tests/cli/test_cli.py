@@ -474,3 +474,21 @@ def test_fit_cifti_runs_writes_dense_scalars_named_as_nilearn_would(tmp_path):
         expected = model.compute_contrast("DStDSp - SStSSp")
     np.testing.assert_allclose(np.asarray(z.dataobj), np.asarray(expected.dataobj), rtol=1e-6)
     assert np.asarray(z.dataobj)[0, :30].mean() > 4  # the simulated effect
+
+
+@pytest.mark.slow
+def test_fit_arma11_equals_the_api(fiac, tmp_path):
+    """``--noise-model arma11``: the z map the API computes with the same options."""
+    out = tmp_path / "out"
+    proc = run_cli("fit", *fiac["runs"], "--events", fiac["events"][0], "--events", fiac["events"][1],
+                   "--t-r", "2.5", "--noise-model", "arma11", "--mask", fiac["data"]["mask"],
+                   "--contrast", "language=" + CONTRASTS["language"][0], "--out", out,
+                   "--store", tmp_path / "stores", "--scheduler", "threads", "--verbose", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = FirstLevelModel(t_r=2.5, mask_img=fiac["data"]["mask"], noise_model="arma11",
+                            store=tmp_path / "stores", client="threads")
+    model.fit(list(fiac["runs"]), events=[pd.read_csv(e, sep="\t") for e in fiac["events"]])
+    z = model.compute_contrast(CONTRASTS["language"][0], output_type="z_score").get_fdata()
+    written = nib.load(out / "contrast-language_stat-z_statmap.nii.gz").get_fdata()
+    np.testing.assert_allclose(written, z, rtol=1e-6, atol=1e-6)
+    assert np.abs(z).max() > 3  # the simulated effect is found
