@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
+import inspect
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -82,10 +85,12 @@ from ..runtime.plan import check_positive
 from ..store import default_cache_dir, ingest_runs, mean_image, parameters_key, store_lock
 from .estimator import EstimatorMixin
 from .nilearn_compat import (
+    BaseGLM,
     check_compatibility_mask_and_images,
     check_embedded_masker,
     check_parameter_in_allowed,
     check_params,
+    figure_to_png_base64,
     log,
     prepare_mask,
 )
@@ -207,6 +212,12 @@ def _contrast_label(contrast_def: Any) -> str:
         return f"(F, {weights.shape[0]} rows)"
     shown = " ".join(f"{w:g}" for w in weights[:6])
     return f"[{shown}{' ...' if weights.size > 6 else ''}]"
+
+
+def _insert_before(page: str, text: str, pattern: str) -> str | None:
+    """``page`` with ``text`` inserted before the first match of ``pattern`` (None if it does not match)."""
+    found = re.search(pattern, page)
+    return None if found is None else page[:found.start()] + text + page[found.start():]
 
 
 class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
@@ -388,13 +399,16 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         self.client = client
         self.overwrite = overwrite
 
-    def _map_images(self, maps: dict[str, np.ndarray], ds: xr.Dataset) -> dict[str, Any]:
+    def _map_images(self, maps: dict[str, np.ndarray], ds: xr.Dataset | xr.DataArray,
+                    what: str | None = None) -> dict[str, Any]:
         """The maps of a contrast (values over ``ds``'s voxels, by name) as images of the runs' kind.
 
         ``SurfaceImage``s (nilearn's masker), dense scalar ``Cifti2Image``s on the runs' brain models,
-        or NIfTI images of the analysis grid; the last two described as ``"<name> of contrast ..."``.
+        or NIfTI images of the analysis grid; the last two described as ``"<name> of contrast ..."``
+        (``"<name> of <what>"`` when ``what`` is given).
         """
-        described = {name: f"{name} of contrast {ds.attrs['contrast']}" for name in maps}
+        what = what or f"contrast {ds.attrs['contrast']}"
+        described = {name: f"{name} of {what}" for name in maps}
         if self._elements:  # element g is voxel (g, 0, 0): into the masker's / brain models' order
             order = np.argsort(ds["i"].values)
             if self._elements == "surface":
@@ -928,3 +942,87 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
             ijk = [array[n].values for n in "ijk"]
             images.append(nifti_image(scatter_to_volume(value, *ijk, shape), np.asarray(array.attrs["affine"])))
         return images
+
+    # ------------------------------------------------------------------ report
+
+    def generate_report(self, *args: Any, **kwargs: Any) -> Any:
+        """nilearn's ``generate_report`` (same parameters, page and warnings), plus a "Noise model" section.
+
+        For a fitted model whose noise model is not ``"ols"``, a section before the statistical maps (and
+        its entry in the page's menu) states the noise model and each run's median parameters in the mask,
+        and shows the first run's map of the AR coefficient (``rho_1``; ``a`` and the MA parameter ``b``
+        for ``"arma11"``) from :meth:`voxelwise` ``("noise_parameters")``, on a fixed scale -1 .. 1:
+        slices over ``bg_img`` (as the statistical maps), or both hemispheres of the model's mesh for
+        surface fits. With ``"ols"``, or no reporting data (``reports=False``), the page is nilearn's.
+        """
+        report = super().generate_report(*args, **kwargs)
+        uid = re.search(r'<section id="mask-UUID-(\w+)"', report.body)  # the page's id, in nilearn's anchors
+        if (uid is None or report.body not in report.html or not self.__sklearn_is_fitted__() or not self.reports
+                or self.noise_model == "ols" or not self._report_content.get("reports_at_fit_time")):
+            return report
+        bound = inspect.signature(BaseGLM.generate_report).bind(self, *args, **kwargs)
+        section = self._noise_section(bound.arguments.get("bg_img", "MNI152TEMPLATE"), uid[1])
+        if section:
+            after = f'(statistical-maps|about)-UUID-{uid[1]}"'  # before the statistical maps (or "About")
+            link = (f'<li class="pure-menu-item"><a href="#noise-model-UUID-{uid[1]}" class="pure-menu-link">'
+                    "Noise model</a></li>")
+            body = _insert_before(report.body, link, r'<li class="pure-menu-item">\s*<a href="#' + after) or report.body
+            body = _insert_before(body, section, '<section id="' + after) or body + section
+            report.html, report.body = report.html.replace(report.body, body, 1), body
+        return report
+
+    generate_report.__signature__ = inspect.signature(BaseGLM.generate_report)  # type: ignore[attr-defined]
+
+    def _noise_section(self, bg_img: Any, uid: str) -> str:
+        """The report's "Noise model" section (HTML; figures embedded as nilearn's, base64 PNG)."""
+        arrays = self.voxelwise("noise_parameters")
+        names = [str(name) for name in arrays[0]["parameter"].values]
+        if not names:
+            return ""
+        with self._client() as client, phase("noise model parameters", default=True):
+            values = [np.asarray(v) for v in compute(*[a.data for a in arrays], client=client, verbose=self.verbose)]
+        if names == ["a", "b"]:
+            shown = {"a": "AR parameter a", "b": "MA parameter b"}
+            what = ("ARMA(1,1) noise (<code>noise_model=\"arma11\"</code>): each voxel's AR parameter a and MA "
+                    "parameter b, chosen by restricted maximum likelihood on a grid.")
+        else:
+            shown = {"rho_1": "AR coefficient rho_1"}
+            what = (f"AR({len(names)}) noise (<code>noise_model=\"{html.escape(str(self.noise_model))}\"</code>): "
+                    f"each voxel's autoregressive coefficient{'s' * (len(names) > 1)} ({', '.join(names)}), "
+                    "estimated from its OLS residuals as nilearn does.")
+        unit = "vertices" if self._elements == "surface" else "voxels"
+        medians = "".join(
+            f"<li>run {run + 1} ({value.shape[1]} {unit}): "
+            + ", ".join(f"{name} = {median:.3f}" for name, median in zip(names, np.nanmedian(value, axis=1)))
+            + "</li>" for run, value in enumerate(values))
+        images = self._map_images({name: values[0][names.index(name)] for name in shown}, arrays[0],
+                                  what="the noise model of run 1")
+        figures = "".join(
+            f'<div class="scroll-y"><img class="pure-img" src="data:image/png;base64,'
+            f'{self._noise_figure(images[name], f"{label} (run 1)", bg_img)}" alt="Noise model: {label} of run 1" '
+            f'title="Noise model: {label} of run 1" style="min-width: 600px" /></div>'
+            for name, label in shown.items())
+        return (f'<section id="noise-model-UUID-{uid}"><h2>Noise model</h2><p>{what}</p>'
+                f"<p>Median of each parameter in the mask:</p><ul>{medians}</ul>{figures}</section>")
+
+    def _noise_figure(self, img: Any, title: str, bg_img: Any) -> str:
+        """One noise parameter's map (-1 .. 1, diverging), plotted by nilearn, as base64 PNG."""
+        import matplotlib.pyplot as plt
+        from nilearn.plotting import plot_stat_map, plot_surf_stat_map
+        from nilearn.surface import SurfaceImage
+
+        style = {"cmap": "RdBu_r", "vmin": -1.0, "vmax": 1.0, "colorbar": True, "title": title}
+        if self._elements == "surface":
+            figure = plot_surf_stat_map(stat_map=img, hemi="both", threshold=None,
+                                        bg_map=bg_img if isinstance(bg_img, SurfaceImage) else None, **style)
+        else:  # every voxel of the mask drawn (0 too), nothing outside it; nilearn's MNI template by default
+            background = {} if isinstance(bg_img, str) and bg_img == "MNI152TEMPLATE" else {"bg_img": bg_img}
+            mask = self.masker_.mask_img_
+            if np.ptp(np.asarray(mask.dataobj)) > 0:  # (nilearn refuses a transparency image of one value)
+                background.update(transparency=mask, transparency_range=[0.0, 1.0])
+            figure = plot_stat_map(img, display_mode="z", cut_coords=min(7, img.shape[2]), threshold=None,
+                                   **background, **style).frame_axes.figure
+        try:
+            return figure_to_png_base64(figure)
+        finally:
+            plt.close(figure)

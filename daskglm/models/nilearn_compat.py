@@ -14,7 +14,9 @@ nilearn's private code through the functions of this module only:
 ``save_glm_to_bids`` writes), :func:`model_attributes`
 (``BaseGLM._attributes_to_dict``, ``statmap.json``'s ``ModelParameters``),
 :func:`clustering_params` (``clustering_params_to_dataframe``, the cluster
-tables' metadata) and :func:`clean_contrast_name`.
+tables' metadata) and :func:`clean_contrast_name`. ``figure_to_png_base64`` is
+how nilearn's GLM report embeds its figures (PNG, base64), used by the
+report's "Noise model" section (``FirstLevelModel.generate_report``).
 
 Inherent to subclassing nilearn's estimators, and so left in
 ``models/first_level.py`` and ``models/second_level.py`` (each is what
@@ -64,14 +66,16 @@ from nilearn.glm.second_level.second_level import (
 from nilearn.image.image import check_volume_for_fit, smooth_array
 from nilearn.image.resampling import BoundingBoxError
 from nilearn.maskers.masker_validation import check_embedded_masker
+from nilearn.reporting.utils import figure_to_png_base64
 
 __all__ = [
     "BaseGLM", "BoundingBoxError", "check_and_load_tables", "clean_contrast_name",
     "check_compatibility_mask_and_images", "check_confounds", "check_design_matrix", "check_embedded_masker",
     "check_first_level_contrast", "check_first_level_from_bids_args", "check_input_as_type", "check_input_type",
     "check_n_rows_desmat_vs_n_effect_maps", "check_parameter_in_allowed", "check_params", "check_volume_for_fit",
-    "clustering_params", "first_level_view", "get_con_val", "log", "model_attributes", "output_filenames",
-    "prepare_mask", "second_level_sample", "smooth_array", "sort_input_dataframe", "surface_filename",
+    "clustering_params", "figure_to_png_base64", "first_level_view", "get_con_val", "log", "model_attributes",
+    "output_filenames", "prepare_mask", "second_level_sample", "smooth_array", "sort_input_dataframe",
+    "surface_filename",
 ]
 
 #: The parameters ``BaseGLM._attributes_to_dict`` may read from a first-level model.
