@@ -138,20 +138,30 @@ def _reml_labels(r: np.ndarray, X: np.ndarray) -> np.ndarray:
     return _arma.reml_labels(r, _arma.prepare(X)).astype(np.int16)
 
 
-def _arma_packed(ds: xr.Dataset, Y: da.Array, X: np.ndarray, extra: list, scaling: Any, fwhm: float,
-                 client: Any) -> da.Array:
-    """The packed ``"arma11"`` fit: lag correlations per column; with ``fwhm`` > 0 computed now, smoothed
-    within the mask and turned into labels on the client (the smoothing needs every voxel; the labels, 2
-    bytes a voxel, go into the graph), else labels per column; then the refit per column."""
+def _smoothed_labels(r: np.ndarray, X: np.ndarray, ijk: np.ndarray, shape: tuple, sigma: np.ndarray) -> np.ndarray:
+    return _reml_labels(_arma.smooth_lag_correlations(r, ijk, shape, sigma), X)
+
+
+def _arma_packed(ds: xr.Dataset, Y: da.Array, X: np.ndarray, extra: list, scaling: Any, fwhm: float) -> da.Array:
+    """The lazy packed ``"arma11"`` fit: lag correlations per column; with ``fwhm`` > 0 gathered into one
+    task per run that smooths them within the mask and chooses the labels (the smoothing needs every
+    voxel: 100 bytes a voxel on one worker), else labels per column; then the refit per column.
+
+    With smoothing, the refit reads its columns again, in read tasks bound to the run's labels: read
+    before the labels exist, every column of the run would wait in memory for them.
+    """
     r = _blockwise(_lag_correlations, Y, _arma.N_LAGS + 1, *extra, X=X, signal_scaling=scaling)
     if fwhm > 0:
-        (values,) = compute(r, client=client)
+        from dask.graph_manipulation import bind
+
         bold = ds["bold"]
-        ijk = np.stack([np.asarray(bold[name].values) for name in "ijk"])
+        ijk = np.stack([np.asarray(bold[name].values, dtype=np.int32) for name in "ijk"])
         voxel_size = np.sqrt((np.asarray(ds.attrs["affine"], dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
         sigma = fwhm / np.sqrt(8 * np.log(2)) / voxel_size
-        values = _arma.smooth_lag_correlations(values, ijk, tuple(ds.attrs["volume_shape"]), sigma)
-        labels = da.from_array(_reml_labels(values, X), chunks=(Y.chunks[1],))
+        chosen = r.rechunk({1: -1}).map_blocks(_smoothed_labels, X, ijk, tuple(ds.attrs["volume_shape"]), sigma,
+                                               drop_axis=0, dtype=np.int16, meta=np.empty((0,), np.int16))
+        labels = chosen.rechunk((Y.chunks[1],))
+        Y = bind(Y, chosen)
     else:
         labels = r.map_blocks(_reml_labels, X, drop_axis=0, dtype=np.int16, meta=np.empty((0,), np.int16))
     return _blockwise(_packed_arma_refit, Y, fit_rows(X.shape[1]).rows, labels, "v", *extra, X=X,
@@ -321,8 +331,7 @@ def fit_run(
         KMeans seed for AR(p > 1).
     client : distributed.Client, str or None, optional
         Where the AR(p > 1) coefficient pass runs (the only computation made
-        here), resolved by :func:`daskglm.runtime.cluster.get_client`; also
-        the ``"arma11"`` pass that smooths the lag correlations.
+        here), resolved by :func:`daskglm.runtime.cluster.get_client`.
     noise_smoothing_fwhm : float, default=0.0
         ``"arma11"``: FWHM (mm) of the Gaussian that regularises each voxel's
         residual lag correlations within the mask before its REML grid point is
@@ -359,7 +368,7 @@ def fit_run(
         extra = [_grand_mean(Y), ""]
 
     if noise_model == _regression.ARMA11:
-        packed = _arma_packed(ds, Y, X, extra, scaling, float(noise_smoothing_fwhm), client)
+        packed = _arma_packed(ds, Y, X, extra, scaling, float(noise_smoothing_fwhm))
         label_value = _arma.grid()  # (a, b) per label
     elif order <= 1:
         packed = _blockwise(_packed_fit, Y, fit_rows(p).rows, *extra, X=X, noise_model=noise_model,
