@@ -268,6 +268,22 @@ def _expected_quadratic(X: np.ndarray, params: np.ndarray, pi: np.ndarray, rank:
     return tau
 
 
+#: :func:`_whitened_design`'s cache: (design digest, label) -> W X_s, 64 MiB (a run's labels, for FIAC- to
+#: HCP-sized designs).
+_WHITENED: LRUCache[np.ndarray] = LRUCache(64 * 2**20, size_of=lambda value: value.nbytes)
+
+
+def _whitened_design(X: np.ndarray, label: int, design: ArmaDesign, key: bytes) -> np.ndarray:
+    """``W_label X_s`` (the unit-norm design whitened by one label), cached per process."""
+    def compute() -> np.ndarray:
+        value = _whiten_labels(X / design.norms, np.full(X.shape[1], label), design.params[:, 0].copy(),
+                               design.m, design.scale)
+        value.setflags(write=False)
+        return value
+
+    return _WHITENED.get((key, int(label)), compute)
+
+
 #: :func:`prepare`'s cache: design digest -> ArmaDesign, the last four used.
 _CACHE: LRUCache[ArmaDesign] = LRUCache(4)
 
@@ -318,14 +334,6 @@ def prepare(X: np.ndarray, key: bytes | None = None) -> ArmaDesign:
         return ArmaDesign(params, m, scale, norms, cov_scaled, weights, offset, scored, refine, nu)
 
     return _CACHE.get(key or _regression._PINVS.design_key(X), compute)
-
-
-def _scaled_copy(Y: np.ndarray, signal_scaling: ScalingMode, scaling_mean: float | np.ndarray | None) -> np.ndarray:
-    """The scaled block as a C-ordered float64 array of its own (never ``Y`` itself)."""
-    Ys = scale_signal(Y, signal_scaling, scaling_mean)[0]
-    if Ys is Y or not (isinstance(Ys, np.ndarray) and Ys.dtype == np.float64 and Ys.flags.c_contiguous):
-        Ys = np.array(Ys, dtype=np.float64, order="C")
-    return Ys
 
 
 def lag_correlations(
@@ -483,31 +491,35 @@ def refit_block(
     a = design.params[:, 0].copy()
     sorter = np.argsort(label, kind="stable")
     bounds = np.searchsorted(label[sorter], np.arange(len(design.params) + 1))
-    # the voxels in label order (raw, then scaled: the scaling is per voxel), whitened in place
-    per_voxel_mean = scaling_mean is not None and np.ndim(scaling_mean) > 0
-    WY = _scaled_copy(np.take(Y, sorter, axis=1), signal_scaling,
-                      np.asarray(scaling_mean)[sorter] if per_voxel_mean else scaling_mean)
-    _whiten_labels(WY, label[sorter], a, design.m, design.scale, out=WY)
-    Xs = X / design.norms
+    Y = np.asarray(Y)
+    mean = _scaling.scaling_mean(Y, signal_scaling, scaling_mean)
+    per_voxel = mean is not None and mean.ndim > 0
     beta = np.empty((p, v))
     sigma2 = np.empty(v)
-    for g in np.flatnonzero(np.diff(bounds)):
-        lo, hi = bounds[g], bounds[g + 1]
-        wx = _whiten_labels(Xs, np.full(p, g), a, design.m, design.scale)
-        wy = WY[:, lo:hi]
-        b = design.cov_scaled[g] @ (wx.T @ wy)
-        resid = wy - wx @ b
-        if design.refine[g]:  # one step of iterative refinement: rounding of cond(WX), not cond^2
-            b += design.cov_scaled[g] @ (wx.T @ resid)
-            resid = wy - wx @ b
-        beta[:, lo:hi] = b / design.norms[:, None]
-        sigma2[lo:hi] = np.einsum("tv,tv->v", resid, resid)
+    in_order = np.take(Y, sorter, axis=1)  # the raw block in label order (each label's voxels contiguous)
+    for g in np.flatnonzero(np.diff(bounds)):  # one label at a time: its voxels scaled and whitened in place
+        cols = sorter[bounds[g]:bounds[g + 1]]
+        raw = in_order[:, bounds[g]:bounds[g + 1]]
+        wy = np.empty(raw.shape)
+        _scaling.scaled_rows(raw, mean[cols] if per_voxel else mean, 0, n, wy)
+        _whiten_labels(wy, np.full(cols.size, g), a, design.m, design.scale, out=wy)
+        wx = _whitened_design(X, g, design, key)
+        xty = wx.T @ wy
+        b = design.cov_scaled[g] @ xty
+        total = np.einsum("tv,tv->v", wy, wy)
+        rss = total - np.einsum("pv,pv->v", b, xty)  # |Wy|^2 - b' WX'Wy, unless it cancels (below)
+        exact = np.flatnonzero(~(rss > 1e-6 * total)) if not design.refine[g] else np.arange(cols.size)
+        if exact.size:  # an explicit residual: refined where WX is ill-conditioned (cond(WX), not cond^2)
+            resid = wy[:, exact] - wx @ b[:, exact]
+            if design.refine[g]:
+                b[:, exact] += design.cov_scaled[g] @ (wx.T @ resid)
+                resid = wy[:, exact] - wx @ b[:, exact]
+            rss[exact] = np.einsum("tv,tv->v", resid, resid)
+        beta[:, cols] = b / design.norms[:, None]
+        sigma2[cols] = rss
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma2 /= n - p
-    beta[:, sorter] = beta.copy()
-    sigma2[sorter] = sigma2.copy()
-    mean = _scaling.scaling_mean(Y, signal_scaling, scaling_mean)  # exactly constant voxels: their exact fit
-    label[_regression.exact_constant_fits(Y, X, beta, sigma2, mean, key)] = white_label()
+    label[_regression.exact_constant_fits(Y, X, beta, sigma2, mean, key)] = white_label()  # their exact fit
     return _regression.BlockFit(beta, sigma2, label.astype(np.float64), _regression._PINVS.dof(X, key))
 
 
