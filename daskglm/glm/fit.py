@@ -121,8 +121,11 @@ def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling):
     return fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=fit.label)
 
 
-def _packed_arma_refit(Y, labels, scaling_mean=None, *, X, signal_scaling):
-    """Block task of ``"arma11"``: the refit with each voxel's REML grid label."""
+def _packed_arma_refit(Y, labels, scaling_mean=None, *, X, signal_scaling, run_labels=None):
+    """Block task of ``"arma11"``: the refit with each voxel's REML grid label (``labels``; or, given the
+    labels of the whole run ``run_labels``, ``labels`` are the block's voxel positions in the run)."""
+    if run_labels is not None:
+        labels = run_labels[labels]
     mean = None if scaling_mean is None else float(scaling_mean)
     with _quiet_if_short(X):
         fit = _arma.refit_block(Y, X, labels.astype(np.intp), signal_scaling=signal_scaling, scaling_mean=mean)
@@ -147,8 +150,10 @@ def _arma_packed(ds: xr.Dataset, Y: da.Array, X: np.ndarray, extra: list, scalin
     task per run that smooths them within the mask and chooses the labels (the smoothing needs every
     voxel: 100 bytes a voxel on one worker), else labels per column; then the refit per column.
 
-    With smoothing, the refit reads its columns again, in read tasks bound to the run's labels: read
-    before the labels exist, every column of the run would wait in memory for them.
+    With smoothing, the refit reads its columns again, in read tasks bound to the run's labels (read
+    before the labels exist, every column of the run would wait in memory for them), and each refit
+    task takes the run's labels whole (2 bytes a voxel) with its voxels' positions, so that it can
+    run as soon as its column is read (split labels would be one more task each to wait for).
     """
     r = _blockwise(_lag_correlations, Y, _arma.N_LAGS + 1, *extra, X=X, signal_scaling=scaling)
     if fwhm > 0:
@@ -160,10 +165,10 @@ def _arma_packed(ds: xr.Dataset, Y: da.Array, X: np.ndarray, extra: list, scalin
         sigma = fwhm / np.sqrt(8 * np.log(2)) / voxel_size
         chosen = r.rechunk({1: -1}).map_blocks(_smoothed_labels, X, ijk, tuple(ds.attrs["volume_shape"]), sigma,
                                                drop_axis=0, dtype=np.int16, meta=np.empty((0,), np.int16))
-        labels = chosen.rechunk((Y.chunks[1],))
-        Y = bind(Y, chosen)
-    else:
-        labels = r.map_blocks(_reml_labels, X, drop_axis=0, dtype=np.int16, meta=np.empty((0,), np.int16))
+        positions = da.arange(Y.shape[1], chunks=(Y.chunks[1],))
+        return _blockwise(_packed_arma_refit, bind(Y, chosen), fit_rows(X.shape[1]).rows, positions, "v", *extra,
+                          X=X, signal_scaling=scaling, run_labels=chosen.to_delayed()[0])
+    labels = r.map_blocks(_reml_labels, X, drop_axis=0, dtype=np.int16, meta=np.empty((0,), np.int16))
     return _blockwise(_packed_arma_refit, Y, fit_rows(X.shape[1]).rows, labels, "v", *extra, X=X,
                       signal_scaling=scaling)
 
