@@ -441,14 +441,14 @@ def reml_labels(r: np.ndarray, design: ArmaDesign, chunk: int = 4096) -> np.ndar
         Rows of :func:`grid`; :func:`white_label` for voxels with zero residuals
         (row 0 of ``r`` is 0) and for designs without residual degrees of freedom.
     """
-    r = np.asarray(r, dtype=np.float64)
+    r = np.asarray(r)
     label = np.full(r.shape[1], white_label(), dtype=np.intp)
     if design.nu <= 0:
         return label
     ok = np.flatnonzero(r[0] > 0)
-    for lo in range(0, ok.size, chunk):
+    for lo in range(0, ok.size, chunk):  # float64 a chunk at a time (a whole run's r is ~100 bytes a voxel)
         cols = ok[lo:lo + chunk]
-        score = design.scored @ r[:, cols]
+        score = design.scored @ r[:, cols].astype(np.float64)
         best = np.argmin(score, axis=0)
         bad = np.flatnonzero(score[best, np.arange(cols.size)] <= 0)
         if bad.size:  # a band truncated below positive definiteness (extreme labels): not a candidate
