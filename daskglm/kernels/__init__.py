@@ -10,6 +10,8 @@ against nilearn and a per-voxel ``np.linalg.lstsq`` oracle.
 * :mod:`.ar1_moments` — the AR(1) fit of a block from its lag-0/lag-1 moments.
 * :mod:`.whitening`, :mod:`.covariances` — AR(p) whitening, per-label
   covariances of beta.
+* :mod:`.arma`, :mod:`.arma_jit` — the ARMA(1,1) noise model: exact whitening,
+  each voxel's REML point of a parameter grid, the refit.
 * :mod:`.stats` — t/F statistics, run combination, fixed effects.
 * :mod:`.voxelwise` — residuals, predicted values, R² of a block.
 * :mod:`.group` — the second level's OLS of a block of maps.

@@ -77,6 +77,7 @@ def test_expected_quadratic_form_is_the_trace() -> None:
         np.testing.assert_allclose(value, expected, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_reml_choice_against_a_direct_optimisation() -> None:
     """Each voxel's grid point against scipy's optimum of the exact restricted likelihood.
 
