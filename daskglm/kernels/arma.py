@@ -122,10 +122,11 @@ def factor(params: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
     Returns
     -------
-    m : ndarray, shape (n, L)
-        ``m_0 = 0``, ``m_t = b / d_{t-1}``.
-    scale : ndarray, shape (n, L)
-        ``1 / sqrt(d_t)``.
+    m : ndarray, shape (T, L)
+        ``m_0 = 0``, ``m_t = b / d_{t-1}``; ``T <= n`` rows: the recursion reaches a fixed point
+        in floating point (``|b| <= 0.8``: after ~80 scans), and row ``T - 1`` holds for every later scan.
+    scale : ndarray, shape (T, L)
+        ``1 / sqrt(d_t)``, the same rows.
     log_det : ndarray, shape (L,)
         ``log|R| = sum_t log d_t``.
     """
@@ -133,10 +134,15 @@ def factor(params: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     m = np.zeros((n, a.size))
     d = np.empty((n, a.size))
     d[0] = autocovariance(a, b, 0)[:, 0]
+    rows = n
     for t in range(1, n):
         m[t] = b / d[t - 1]
         d[t] = 1 + b * b - m[t] * b
-    return m, 1 / np.sqrt(d), np.log(d).sum(axis=0)
+        if t > 1 and np.array_equal(d[t], d[t - 1]):  # a fixed point in floating point: every later row is this one
+            rows = t + 1
+            break
+    log_det = np.log(d[:rows]).sum(axis=0) + (n - rows) * np.log(d[rows - 1])
+    return m[:rows].copy(), 1 / np.sqrt(d[:rows]), log_det
 
 
 def _whiten_labels(A: np.ndarray, label: np.ndarray, a: np.ndarray, m: np.ndarray, scale: np.ndarray,
@@ -188,8 +194,8 @@ class ArmaDesign(NamedTuple):
     ----------
     params : ndarray, shape (L, 2)
         :func:`grid`.
-    m, scale : ndarray, shape (n, L)
-        :func:`factor`.
+    m, scale : ndarray, shape (T, L)
+        :func:`factor` (row ``T - 1`` for the scans after it).
     norms : ndarray, shape (p,)
         The design's column norms (ones for a rank deficient design).
     cov_scaled : ndarray, shape (L, p, p)
@@ -231,8 +237,9 @@ def _whitened_designs(Xs: np.ndarray, params: np.ndarray, m: np.ndarray, scale: 
         x = np.repeat(Xs[:1], a.shape[0], axis=0)
         out[:, 0] = x * scale[0, rows, None]
         for t in range(1, n):
-            x = Xs[t] - a * Xs[t - 1] - m[t, rows, None] * x
-            out[:, t] = x * scale[t, rows, None]
+            row = min(t, len(m) - 1)
+            x = Xs[t] - a * Xs[t - 1] - m[row, rows, None] * x
+            out[:, t] = x * scale[row, rows, None]
         yield lo, out
 
 

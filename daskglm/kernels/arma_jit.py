@@ -19,11 +19,12 @@ def whiten_columns(A, a, m, scale, label, out):  # pragma: no cover - compiled
     """``out[:, c]`` = ARMA(1,1) whitening of ``A[:, c]`` with the parameters of label ``label[c]``.
 
     ``z_t = A_t - a A_{t-1}`` (``z_0 = A_0``), ``x_t = z_t - m_t x_{t-1}``, ``out_t = x_t scale_t``
-    with ``a (L,)``, ``m (n, L)`` and ``scale (n, L)`` the tables of
-    :func:`daskglm.kernels.arma.factor`. Rows outer, columns inner: both arrays are C-ordered.
+    with ``a (L,)``, ``m (T, L)`` and ``scale (T, L)`` the tables of
+    :func:`daskglm.kernels.arma.factor` (row ``T - 1`` for every scan after it). Rows outer, columns inner: both arrays are C-ordered.
     ``out`` may be ``A`` (in place: each column's previous input value is kept aside).
     """
     n, c = A.shape
+    last = m.shape[0] - 1
     x = np.zeros(c)
     previous = np.empty(c)
     for j in range(c):
@@ -31,12 +32,13 @@ def whiten_columns(A, a, m, scale, label, out):  # pragma: no cover - compiled
         x[j] = A[0, j]
         out[0, j] = x[j] * scale[0, label[j]]
     for t in range(1, n):
+        row = min(t, last)
         for j in range(c):
             lab = label[j]
             value = A[t, j]
-            x[j] = value - a[lab] * previous[j] - m[t, lab] * x[j]
+            x[j] = value - a[lab] * previous[j] - m[row, lab] * x[j]
             previous[j] = value
-            out[t, j] = x[j] * scale[t, lab]
+            out[t, j] = x[j] * scale[row, lab]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
