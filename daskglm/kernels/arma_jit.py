@@ -20,7 +20,8 @@ def whiten_columns(A, a, m, scale, label, out):  # pragma: no cover - compiled
 
     ``z_t = A_t - a A_{t-1}`` (``z_0 = A_0``), ``x_t = z_t - m_t x_{t-1}``, ``out_t = x_t scale_t``
     with ``a (L,)``, ``m (T, L)`` and ``scale (T, L)`` the tables of
-    :func:`daskglm.kernels.arma.factor` (row ``T - 1`` for every scan after it). Rows outer, columns inner: both arrays are C-ordered.
+    :func:`daskglm.kernels.arma.factor` (row ``T - 1`` for every later scan). Rows outer, columns
+    inner: both arrays are C-ordered.
     ``out`` may be ``A`` (in place: each column's previous input value is kept aside).
     """
     n, c = A.shape
