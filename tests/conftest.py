@@ -1,7 +1,7 @@
 """Fixtures and settings shared by every test folder: the session's own daskglm cache and data
 folders (never the user's), hypothesis profiles, the simulated datasets (:func:`fiac_data`,
 :func:`bids_data`: each set of parameters simulated once per session), a small run written to
-disk, a LocalCluster.
+disk, a LocalCluster, a headless Chromium (:func:`chrome`, for the report and docs pages).
 
 Helpers that test modules import (not fixtures) are in ``helpers.py``; the real ``dask scheduler``
 / ``dask worker`` fixtures of the end-to-end tests are in ``system/conftest.py``.
@@ -139,3 +139,44 @@ def cluster_client():
     yield client
     client.close()
     cluster.close()
+
+
+# --- A real browser: headless Chromium driven by selenium, offline ------------------------------------------
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--disable-dev-shm-usage", "--window-size=1400,1000",
+                  "--host-resolver-rules=MAP * ~NOTFOUND")  # offline: no host name resolves
+
+
+def _browser() -> tuple[str, str]:
+    """Paths of the system Chromium and chromedriver, or skip saying what is missing."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = "/usr/bin/chromedriver" if os.access("/usr/bin/chromedriver", os.X_OK) else shutil.which("chromedriver")
+    missing = [name for name, path in (("chromium", chromium), ("chromium-driver", driver)) if not path]
+    if missing:
+        pytest.skip(f"headless browser test needs the Debian packages {' and '.join(missing)} "
+                    "(apt-get install chromium chromium-driver; listed in .ci/apt-packages)")
+    return chromium, driver
+
+
+@pytest.fixture
+def chrome(tmp_path, monkeypatch):
+    """A headless Chromium session with a fresh profile; selenium never looks for or downloads a driver."""
+    chromium, driver_path = _browser()
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the 'test' extra")
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager, should it ever run, stays offline
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()

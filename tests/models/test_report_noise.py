@@ -4,16 +4,14 @@ Simulated runs: AR(1) plus white noise whose AR coefficient grows along x, so th
 map has something to show. The medians the page states are checked against the median of
 ``model.voxelwise("noise_parameters")`` computed here; an OLS model's page is the page of
 nilearn's own ``generate_report`` (the inherited method), and the saved file is opened in
-headless Chromium (the ``chrome`` fixture of tests/system/conftest.py, loaded from there).
+headless Chromium (the ``chrome`` fixture of tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import re
 import warnings
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -25,18 +23,6 @@ from daskglm.models.first_level import FirstLevelModel
 
 SHAPE, N_SCANS, T_R = (6, 5, 4), 90, 2.0
 CONTRASTS = {"task": "task"}
-
-
-def _system_fixtures():
-    """tests/system/conftest.py as a module, for its ``chrome`` fixture (headless Chromium, offline)."""
-    spec = importlib.util.spec_from_file_location("_daskglm_system_conftest",
-                                                  Path(__file__).parents[1] / "system" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-chrome = _system_fixtures().chrome
 
 
 def _run(seed: int) -> nib.Nifti1Image:

@@ -6,8 +6,6 @@ and ``chrome``, a headless Chromium (test_report_browser.py, test_docs.py).
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -63,44 +61,3 @@ def cluster_reference(cluster_fiac):
         first_run = fit_and_maps(model, fiac, slice(0, 1))
     assert model_stores(model) == stores[:1]
     return {"maps": two_runs, "stores": stores, "run1_maps": first_run}
-
-
-# --- A real browser: headless Chromium driven by selenium, offline ------------------------------------------
-
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--disable-dev-shm-usage", "--window-size=1400,1000",
-                  "--host-resolver-rules=MAP * ~NOTFOUND")  # offline: no host name resolves
-
-
-def _browser() -> tuple[str, str]:
-    """Paths of the system Chromium and chromedriver, or skip saying what is missing."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = "/usr/bin/chromedriver" if os.access("/usr/bin/chromedriver", os.X_OK) else shutil.which("chromedriver")
-    missing = [name for name, path in (("chromium", chromium), ("chromium-driver", driver)) if not path]
-    if missing:
-        pytest.skip(f"headless browser test needs the Debian packages {' and '.join(missing)} "
-                    "(apt-get install chromium chromium-driver; listed in .ci/apt-packages)")
-    return chromium, driver
-
-
-@pytest.fixture
-def chrome(tmp_path, monkeypatch):
-    """A headless Chromium session with a fresh profile; selenium never looks for or downloads a driver."""
-    chromium, driver_path = _browser()
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the 'test' extra")
-    from selenium.webdriver.chrome.service import Service
-
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager, should it ever run, stays offline
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
