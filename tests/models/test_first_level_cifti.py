@@ -162,3 +162,20 @@ def test_more_grayordinates_than_nifti1_dimensions_fit_without_nibabels_warning(
                                                               design_matrices=design).compute_contrast("a")
     assert z.shape == (1, 40000)
     assert not [w for w in caught if "Freesurfer" in str(w.message)]
+
+
+def test_arma11_is_each_grayordinates_own_reml_choice(runs, tmp_path):
+    """No volume neighbours: each grayordinate's ARMA(1,1) point comes from its own residuals (no
+    spatial smoothing, whatever daskglm.arma-smoothing-fwhm), as the kernels choose it on the matrix."""
+    from daskglm.kernels import arma
+
+    run = runs["runs"][0]
+    model = FirstLevelModel(t_r=T_R, noise_model="arma11", store=tmp_path / "stores", client="threads")
+    model.fit(str(run["path"]), events=run["events"])
+    params = model.voxelwise("noise_parameters")[0]
+    order = np.argsort(params["i"].values)
+    X = model.design_matrices_[0].to_numpy()
+    expected = arma.grid()[arma.reml_labels(arma.lag_correlations(run["data"], X), arma.prepare(X))]
+    np.testing.assert_array_equal(params.values[:, order].T, expected)
+    ours = np.asarray(model.compute_contrast(CONTRAST).dataobj)[0]
+    assert ours[:30].mean() > 3 and abs(ours[30:].mean()) < 0.5  # the effect where it was put (one run)

@@ -152,3 +152,21 @@ def test_surface_runs_mixed_with_other_runs_are_refused(runs, tmp_path, fiac_dat
     volume = fiac_data(shape=(8, 8, 6), n_scans=N_SCANS)["func1"]
     with pytest.raises(ValueError, match=r"the runs mix SurfaceImages and other runs: run_imgs\[1\] is a str"):
         FirstLevelModel(t_r=T_R, store=tmp_path).fit([runs[0][0], volume], events=[runs[0][1]] * 2)
+
+
+def test_arma11_is_each_vertexs_own_reml_choice(runs, tmp_path):
+    """Surface runs are not regularised in space (no volume neighbours): each vertex's ARMA(1,1) point
+    is the kernels' choice on its own time series, and the z map is a SurfaceImage showing the effect."""
+    from daskglm.kernels import arma
+
+    img, events = runs[0]
+    model = FirstLevelModel(t_r=T_R, noise_model="arma11", store=tmp_path / "stores").fit(img, events=events)
+    params = model.voxelwise("noise_parameters")[0]
+    Y = np.concatenate([np.asarray(img.data.parts[h]) for h in ("left", "right")]).T  # (scans, vertices)
+    X = model.design_matrices_[0].to_numpy()
+    expected = arma.grid()[arma.reml_labels(arma.lag_correlations(Y, X), arma.prepare(X))]
+    np.testing.assert_array_equal(params.values[:, np.argsort(params["i"].values)].T, expected)
+    z = model.compute_contrast(CONTRAST)
+    assert isinstance(z, SurfaceImage)
+    a = _values(z)  # 80 scans, each vertex's own estimate: noisier than AR(1)'s, the effect still shows
+    assert a[ACTIVE].mean() > 2 and abs(a[100:].mean()) < 0.2
