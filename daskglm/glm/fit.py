@@ -121,11 +121,8 @@ def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling):
     return fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=fit.label)
 
 
-def _packed_arma_refit(Y, labels, scaling_mean=None, *, X, signal_scaling, run_labels=None):
-    """Block task of ``"arma11"``: the refit with each voxel's REML grid label (``labels``; or, given the
-    labels of the whole run ``run_labels``, ``labels`` are the block's voxel positions in the run)."""
-    if run_labels is not None:
-        labels = run_labels[labels]
+def _packed_arma_refit(Y, labels, scaling_mean=None, *, X, signal_scaling):
+    """Block task of ``"arma11"``: the refit with each voxel's REML grid label."""
     mean = None if scaling_mean is None else float(scaling_mean)
     with _quiet_if_short(X):
         fit = _arma.refit_block(Y, X, labels.astype(np.intp), signal_scaling=signal_scaling, scaling_mean=mean)
@@ -135,6 +132,11 @@ def _packed_arma_refit(Y, labels, scaling_mean=None, *, X, signal_scaling, run_l
 def _lag_correlations(Y, scaling_mean=None, *, X, signal_scaling):
     return _arma.lag_correlations(Y, X, signal_scaling=signal_scaling,
                                   scaling_mean=None if scaling_mean is None else float(scaling_mean))
+
+
+def _packed_arma_refit_in_run(Y, positions, run_labels, scaling_mean=None, *, X, signal_scaling):
+    """:func:`_packed_arma_refit` given the labels of the whole run and the block's voxel positions in it."""
+    return _packed_arma_refit(Y, run_labels[positions], scaling_mean, X=X, signal_scaling=signal_scaling)
 
 
 def _reml_labels(r: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -152,8 +154,9 @@ def _arma_packed(ds: xr.Dataset, Y: da.Array, X: np.ndarray, extra: list, scalin
 
     With smoothing, the refit reads its columns again, in read tasks bound to the run's labels (read
     before the labels exist, every column of the run would wait in memory for them), and each refit
-    task takes the run's labels whole (2 bytes a voxel) with its voxels' positions, so that it can
-    run as soon as its column is read (split labels would be one more task each to wait for).
+    task takes the run's labels whole (2 bytes a voxel, the ``"w"`` argument of :func:`_blockwise`)
+    with its voxels' positions, so that it can run as soon as its column is read (split labels
+    would be one more task each to wait for).
     """
     r = _blockwise(_lag_correlations, Y, _arma.N_LAGS + 1, *extra, X=X, signal_scaling=scaling)
     if fwhm > 0:
@@ -166,8 +169,8 @@ def _arma_packed(ds: xr.Dataset, Y: da.Array, X: np.ndarray, extra: list, scalin
         chosen = r.rechunk({1: -1}).map_blocks(_smoothed_labels, X, ijk, tuple(ds.attrs["volume_shape"]), sigma,
                                                drop_axis=0, dtype=np.int16, meta=np.empty((0,), np.int16))
         positions = da.arange(Y.shape[1], chunks=(Y.chunks[1],))
-        return _blockwise(_packed_arma_refit, bind(Y, chosen), fit_rows(X.shape[1]).rows, positions, "v", *extra,
-                          X=X, signal_scaling=scaling, run_labels=chosen.to_delayed()[0])
+        return _blockwise(_packed_arma_refit_in_run, bind(Y, chosen), fit_rows(X.shape[1]).rows, positions, "v",
+                          chosen, "w", *extra, X=X, signal_scaling=scaling)
     labels = r.map_blocks(_reml_labels, X, drop_axis=0, dtype=np.int16, meta=np.empty((0,), np.int16))
     return _blockwise(_packed_arma_refit, Y, fit_rows(X.shape[1]).rows, labels, "v", *extra, X=X,
                       signal_scaling=scaling)
@@ -228,15 +231,17 @@ def _blockwise(func, Y: da.Array, n_rows: int, *extra, **kwargs) -> da.Array:
 
     ``extra`` holds pairs (array, index): a voxel-aligned ``(v,)`` array
     (index ``"v"``), a ``(p, v)`` array with one chunk over ``p`` (index
-    ``"pv"``) or a 0-d array broadcast to every block (index ``""``).
+    ``"pv"``), a 0-d array broadcast to every block (index ``""``) or a
+    1-d array of one chunk given whole to every block (index ``"w"``).
 
     ``Y`` has one chunk along time and a ``"pv"`` array one along ``p``, so
     each task gets the blocks themselves: dask's ``concatenate=True`` would
     copy a column (13 MiB at HCP size) to "concatenate" its one block.
     """
     for array, index in zip(extra[::2], extra[1::2]):
-        if index == "pv" and len(array.chunks[0]) != 1:
-            raise ValueError(f"a 'pv' argument must have one chunk along p; got chunks {array.chunks[0]}")
+        if index in ("pv", "w") and len(array.chunks[0]) != 1:
+            raise ValueError(f"a {index!r} argument must have one chunk along its first axis; got chunks "
+                             f"{array.chunks[0]}")
     if len(Y.chunks[0]) != 1:
         raise ValueError(f"Y must have one chunk along time; got chunks {Y.chunks[0]}")
     name = f"{funcname(func)}-{tokenize(func, Y, n_rows, *extra, kwargs)}"
