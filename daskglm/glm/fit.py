@@ -240,8 +240,8 @@ def _blockwise(func, Y: da.Array, n_rows: int, *extra, **kwargs) -> da.Array:
     """
     for array, index in zip(extra[::2], extra[1::2]):
         if index in ("pv", "w") and len(array.chunks[0]) != 1:
-            raise ValueError(f"a {index!r} argument must have one chunk along its first axis; got chunks "
-                             f"{array.chunks[0]}")
+            along = "p" if index == "pv" else "its axis"
+            raise ValueError(f"a {index!r} argument must have one chunk along {along}; got chunks {array.chunks[0]}")
     if len(Y.chunks[0]) != 1:
         raise ValueError(f"Y must have one chunk along time; got chunks {Y.chunks[0]}")
     name = f"{funcname(func)}-{tokenize(func, Y, n_rows, *extra, kwargs)}"
