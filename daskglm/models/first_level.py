@@ -954,6 +954,43 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         for ``"arma11"``) from :meth:`voxelwise` ``("noise_parameters")``, on a fixed scale -1 .. 1:
         slices over ``bg_img`` (as the statistical maps), or both hemispheres of the model's mesh for
         surface fits. With ``"ols"``, or no reporting data (``reports=False``), the page is nilearn's.
+
+        Parameters
+        ----------
+        contrasts
+            As nilearn's.
+        first_level_contrast
+            As nilearn's.
+        title
+            As nilearn's.
+        bg_img
+            As nilearn's.
+        threshold
+            As nilearn's.
+        alpha
+            As nilearn's.
+        cluster_threshold
+            As nilearn's.
+        height_control
+            As nilearn's.
+        two_sided
+            As nilearn's.
+        min_distance
+            As nilearn's.
+        plot_type
+            As nilearn's.
+        cut_coords
+            As nilearn's.
+        display_mode
+            As nilearn's.
+        report_dims
+            As nilearn's. Every parameter is passed on as given to nilearn's
+            :meth:`nilearn.glm.first_level.FirstLevelModel.generate_report`.
+
+        Returns
+        -------
+        nilearn.reporting.HTMLReport
+            nilearn's report, with the "Noise model" section.
         """
         report = super().generate_report(*args, **kwargs)
         uid = re.search(r'<section id="mask-UUID-(\w+)"', report.body)  # the page's id, in nilearn's anchors

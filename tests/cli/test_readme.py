@@ -189,6 +189,10 @@ PAGES = {
         "report": ("generate_report", "_c['report'] = open('report.html').read().count('DSt_minus_SSt')"),
     },
     "docs/index.md": {},  # the import line
+    "docs/noise_models.md": {
+        "arma11": ("a_map = to_nifti(", "_c['arma11'] = _blobs(z_map, data['truth']); "
+                   "_c['arma_a'] = [float(np.nanmin(a_map.get_fdata())), float(np.nanmax(a_map.get_fdata()))]"),
+    },
     "docs/cache.md": {
         "ingest": ("ingest_run(", "_c['mean_shape'] = list(mean_img.shape); _c['bold'] = list(ds['bold'].shape)"),
     },
@@ -245,6 +249,9 @@ def test_python_examples_run_as_written_and_show_their_contrasts(page, tmp_path)
         assert c["eoi"]["sentence"] > 3 and c["eoi"]["speaker"] > 3, c["eoi"]  # effects of interest: both blobs
         assert c["ds_z"]["sentence"] > 3 and c["ds_z"]["speaker"] > 3, c["ds_z"]  # DStDSp - SStSSp: both effects
         assert c["report"] > 0
+    if "arma11" in c:  # noise_model="arma11": the sentence blob, and AR parameters on the grid
+        assert c["arma11"]["sentence"] > 3 and c["arma11"]["sentence"] > c["arma11"]["speaker"] + 2, c["arma11"]
+        assert 0 <= c["arma_a"][0] <= c["arma_a"][1] <= 0.95 and c["arma_a"][1] > 0, c["arma_a"]
     if "bold" in c:
         assert c["bold"][0] == 191 and len(c["mean_shape"]) == 3
     if "first" in c:
