@@ -96,17 +96,13 @@ def _quiet_if_short(X: np.ndarray) -> contextlib.AbstractContextManager:
 def _packed_fit(Y, scaling_mean=None, *, X, noise_model, bins, signal_scaling):
     """Block task: fit, then pack as :func:`~daskglm.kernels.packing.fit_rows` (``label_index``: the row
     of each voxel's label in the fit's ``cov`` table, as float64)."""
-    mean = None if scaling_mean is None else float(scaling_mean)
     with _quiet_if_short(X):
-        if noise_model == _regression.ARMA11:
-            fit = _arma.fit_block(Y, X, signal_scaling=signal_scaling, scaling_mean=mean)
-        else:
-            fit = _regression.fit_block(Y, X, noise_model=noise_model, bins=bins, signal_scaling=signal_scaling,
-                                        scaling_mean=mean)
+        fit = _regression.fit_block(
+            Y, X, noise_model=noise_model, bins=bins, signal_scaling=signal_scaling,
+            scaling_mean=None if scaling_mean is None else float(scaling_mean),
+        )
     if noise_model == "ols":
         index = np.zeros(fit.label.shape)
-    elif noise_model == _regression.ARMA11:  # the label is the row of arma.grid()
-        index = fit.label
     else:
         index = _ar1_moments.ar1_label_index(fit.label, bins, X.shape[0]).astype(np.float64)
     return fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=index)

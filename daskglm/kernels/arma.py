@@ -61,8 +61,8 @@ from .lru import LRUCache
 from .scaling import ScalingMode, scale_signal
 
 __all__ = ["GRID_A", "GRID_B", "N_LAGS", "ArmaDesign", "grid", "white_label", "autocovariance", "factor",
-           "whiten", "prepare", "lag_correlations", "smooth_lag_correlations", "reml_labels", "refit_block",
-           "fit_block", "label_covariances"]
+           "whiten", "whiten_label", "prepare", "lag_correlations", "smooth_lag_correlations", "reml_labels",
+           "refit_block", "fit_block", "label_covariances"]
 
 #: AR parameters of the grid (AFNI's default range, 0 .. 0.8, widened to 0.95 for short TRs).
 GRID_A = np.round(np.arange(0.0, 0.951, 0.05), 2)
@@ -174,6 +174,27 @@ def whiten(A: np.ndarray, a: float, b: float) -> np.ndarray:
     m, scale, _ = factor(np.array([[a, b]]), A2.shape[0])
     out = _whiten_labels(A2, np.zeros(A2.shape[1], np.intp), np.array([float(a)]), m, scale)
     return out.reshape(A.shape)
+
+
+def whiten_label(A: np.ndarray, X: np.ndarray, label: int) -> np.ndarray:
+    """``A`` whitened by grid label ``label``, with the factors :func:`prepare` keeps for the run's design.
+
+    Parameters
+    ----------
+    A : ndarray, shape (n, m)
+        Data or design of the run.
+    X : ndarray, shape (n, p)
+        The run's design (its cached :class:`ArmaDesign` holds the factors of every label).
+    label : int
+        Row of :func:`grid`.
+
+    Returns
+    -------
+    ndarray, shape (n, m), float64
+    """
+    design = prepare(X)
+    A = np.asarray(A, dtype=np.float64)
+    return _whiten_labels(A, np.full(A.shape[1], label), design.params[:, 0].copy(), design.m, design.scale)
 
 
 def inverse_autocovariance(params: np.ndarray, n_lags: int) -> np.ndarray:

@@ -33,10 +33,11 @@ VOXELWISE_ATTRIBUTES = ("residuals", "predicted", "r_square")
 Attribute = Literal["residuals", "predicted", "r_square"]
 
 
-def _whiten(A: np.ndarray, value: np.ndarray, noise_model: str) -> np.ndarray:
-    """``A`` whitened by one label: its ``(a, b)`` for ARMA(1,1), else its AR coefficients (none: OLS)."""
+def _whiten(A: np.ndarray, X: np.ndarray, label: int, value: np.ndarray, noise_model: str) -> np.ndarray:
+    """``A`` whitened by one label: ARMA(1,1)'s grid row ``label`` (the design's cached factors), else
+    the label's AR coefficients ``value`` (none: OLS)."""
     if noise_model == ARMA11:
-        return arma.whiten(A, *value)
+        return arma.whiten_label(A, X, label)
     return whiten(A, value) if value.size else np.asarray(A)
 
 
@@ -67,8 +68,8 @@ def voxelwise_block(
     signal_scaling, scaling_mean
         As in the fit (see :func:`daskglm.kernels.scaling.scale_signal`).
     noise_model : str, default="ar1"
-        The fit's: ``"arma11"`` whitens with :func:`daskglm.kernels.arma.whiten`, any
-        other name with the AR coefficients of ``label_value``.
+        The fit's: ``"arma11"`` whitens with :func:`daskglm.kernels.arma.whiten_label` (``label_value``
+        is :func:`daskglm.kernels.arma.grid`), any other name with the AR coefficients of ``label_value``.
 
     Returns
     -------
@@ -92,13 +93,13 @@ def voxelwise_block(
     for label in np.unique(label_index):
         cols = np.flatnonzero(label_index == label)
         coeffs = label_value[label]
-        wx = _whiten(X, coeffs, noise_model)
+        wx = _whiten(X, X, label, coeffs, noise_model)
         predicted = wx @ beta[:, cols]
         if attribute == "predicted":
             out[:, cols] = predicted
         elif attribute == "residuals":
             out[:, cols] = Ys[:, cols] - predicted
         else:
-            wy = _whiten(Ys[:, cols], coeffs, noise_model)
+            wy = _whiten(Ys[:, cols], X, label, coeffs, noise_model)
             out[0, cols] = np.var(predicted, axis=0) / np.var(wy, axis=0)
     return out

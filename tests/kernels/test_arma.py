@@ -191,3 +191,16 @@ def test_smoothing_is_a_masked_gaussian_average() -> None:
         weights *= used
         np.testing.assert_allclose(out[:, voxel], weights @ r.T / weights.sum(), rtol=1e-5, atol=1e-6)  # float32
     np.testing.assert_array_equal(out[:, 3], 0.0)
+
+
+def test_whitening_by_a_grid_label_uses_the_designs_factors() -> None:
+    """``whiten_label`` (the cached factors of the run's design) is the dense inverse-covariance whitening."""
+    n = 70
+    X = _design(n, np.random.default_rng(8))
+    A = np.random.default_rng(9).standard_normal((n, 3))
+    for label in (0, arma.white_label(), 333, len(arma.grid()) - 1):
+        a, b = arma.grid()[label]
+        L = np.linalg.cholesky(_R(a, b, n))
+        out = arma.whiten_label(A, X, label)
+        np.testing.assert_allclose(out.T @ out, A.T @ np.linalg.solve(_R(a, b, n), A), rtol=1e-9)
+        np.testing.assert_allclose(out, np.linalg.solve(L, A), rtol=1e-8, atol=1e-10)  # W = chol(R)^-1
