@@ -41,7 +41,7 @@ about its mean. Each is of order ``1 / n`` of the criterion; the tests compare
 the choice with a direct optimisation of the exact REML (scipy) per voxel.
 
 **Refit.** Each voxel's scaled signal is whitened with its label
-(:func:`daskglm.kernels.arma_jit.whiten_columns`), and per label ``beta =
+(:func:`daskglm.kernels.arma_jit.whiten_gathered`, which reads and scales it on the way), and per label ``beta =
 (WX'WX)^-1 WX' Wy`` on the design with unit-norm columns (``cond`` of the
 whitened design, not of its Gram matrix, sets the rounding: the same scaling
 as :mod:`daskglm.kernels.ar1_moments`), ``sigma2 = |Wy - WX beta|^2 / (n - p)``.
@@ -145,15 +145,32 @@ def factor(params: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return m[:rows].copy(), 1 / np.sqrt(d[:rows]), log_det
 
 
-def _whiten_labels(A: np.ndarray, label: np.ndarray, a: np.ndarray, m: np.ndarray, scale: np.ndarray,
-                   out: np.ndarray | None = None) -> np.ndarray:
-    """Each column of ``A (n, c)`` whitened by its label (``out``: may be ``A``, C-ordered float64)."""
-    from .arma_jit import whiten_columns
+def _contiguous(A: np.ndarray) -> np.ndarray:
+    """``A`` C-ordered, float32 kept and anything else as float64 (the scaling's arithmetic is the same)."""
+    A = np.asarray(A)
+    return np.ascontiguousarray(A if A.dtype == np.float32 else A.astype(np.float64, copy=False))
 
-    if out is None:
-        A = np.ascontiguousarray(A, dtype=np.float64)
-        out = np.empty_like(A)
-    whiten_columns(A, a, m, scale, np.ascontiguousarray(label, dtype=np.intp), out)
+
+def _whiten_label(A: np.ndarray, a: float, m: np.ndarray, scale: np.ndarray, cols: np.ndarray | None = None,
+                  mean: np.ndarray | None = None) -> np.ndarray:
+    """Columns ``cols`` (default: all) of ``A (n, m)`` whitened with one label's ``a`` and its
+    columns ``m (T,)``, ``scale (T,)`` of :func:`factor`; first scaled by ``mean`` (one value per
+    column of ``cols``, from :func:`daskglm.kernels.scaling.scaling_mean`) if given.
+
+    Returns
+    -------
+    ndarray, shape (n, len(cols)), float64
+    """
+    from .arma_jit import whiten_gathered
+
+    A = _contiguous(A)
+    cols = np.arange(A.shape[1]) if cols is None else np.asarray(cols, dtype=np.intp)
+    if mean is None:
+        mean = np.empty(0, dtype=A.dtype)
+    dtype = mean.dtype.type
+    out = np.empty((A.shape[0], cols.size))
+    whiten_gathered(A, cols, np.ascontiguousarray(mean), dtype(1.0), dtype(100.0), float(a),
+                    np.ascontiguousarray(m, dtype=np.float64), np.ascontiguousarray(scale, dtype=np.float64), out)
     return out
 
 
@@ -172,8 +189,7 @@ def whiten(A: np.ndarray, a: float, b: float) -> np.ndarray:
     A = np.asarray(A, dtype=np.float64)
     A2 = A.reshape(A.shape[0], -1)
     m, scale, _ = factor(np.array([[a, b]]), A2.shape[0])
-    out = _whiten_labels(A2, np.zeros(A2.shape[1], np.intp), np.array([float(a)]), m, scale)
-    return out.reshape(A.shape)
+    return _whiten_label(A2, a, m[:, 0], scale[:, 0]).reshape(A.shape)
 
 
 def whiten_label(A: np.ndarray, X: np.ndarray, label: int) -> np.ndarray:
@@ -193,8 +209,8 @@ def whiten_label(A: np.ndarray, X: np.ndarray, label: int) -> np.ndarray:
     ndarray, shape (n, m), float64
     """
     design = prepare(X)
-    A = np.asarray(A, dtype=np.float64)
-    return _whiten_labels(A, np.full(A.shape[1], label), design.params[:, 0].copy(), design.m, design.scale)
+    return _whiten_label(np.asarray(A, dtype=np.float64), design.params[label, 0], design.m[:, label],
+                         design.scale[:, label])
 
 
 def inverse_autocovariance(params: np.ndarray, n_lags: int) -> np.ndarray:
@@ -301,16 +317,16 @@ def _expected_quadratic(X: np.ndarray, params: np.ndarray, pi: np.ndarray, rank:
     return tau
 
 
-#: :func:`_whitened_design`'s cache: (design digest, label) -> W X_s, 32 MiB (the labels of a voxel
-#: column: 125 KiB each for an HCP-sized design).
-_WHITENED: LRUCache[np.ndarray] = LRUCache(32 * 2**20, size_of=lambda value: value.nbytes)
+#: :func:`_whitened_design`'s cache: (design digest, label) -> W X_s, 8 MiB. A label's whitened
+#: design (125 KiB for an HCP-sized design) is used once per voxel column, and neighbouring
+#: columns share most labels; computing one costs about as much as whitening 20 voxels.
+_WHITENED: LRUCache[np.ndarray] = LRUCache(8 * 2**20, size_of=lambda value: value.nbytes)
 
 
 def _whitened_design(X: np.ndarray, label: int, design: ArmaDesign, key: bytes) -> np.ndarray:
     """``W_label X_s`` (the unit-norm design whitened by one label), cached per process."""
     def compute() -> np.ndarray:
-        value = _whiten_labels(X / design.norms, np.full(X.shape[1], label), design.params[:, 0].copy(),
-                               design.m, design.scale)
+        value = _whiten_label(X / design.norms, design.params[label, 0], design.m[:, label], design.scale[:, label])
         value.setflags(write=False)
         return value
 
@@ -438,22 +454,23 @@ def smooth_lag_correlations(r: np.ndarray, ijk: np.ndarray, shape: tuple[int, in
     """
     import scipy.ndimage
 
-    r = np.asarray(r, dtype=np.float32)
-    index = tuple(np.asarray(ijk, dtype=np.intp))
-    used = r[0] > 0
-    volume = np.zeros(shape, dtype=np.float32)
-    volume[tuple(i[used] for i in index)] = 1.0
-    weight = scipy.ndimage.gaussian_filter(volume, sigma, mode="constant", truncate=3.0)[index]
-    out = np.zeros_like(r)
-    for k in range(r.shape[0]):
-        volume[:] = 0.0
-        volume[tuple(i[used] for i in index)] = r[k, used]
-        out[k, used] = scipy.ndimage.gaussian_filter(volume, sigma, mode="constant", truncate=3.0)[index][used]
-    out[:, used] /= weight[used]
+    used = np.flatnonzero(np.asarray(r[0]) > 0)
+    flat = np.ravel_multi_index(tuple(np.asarray(ijk, dtype=np.intp)[:, used]), shape)
+    out = np.zeros(np.shape(r), dtype=np.float32)
+    volume = np.zeros(int(np.prod(shape)), dtype=np.float32)
+
+    def smoothed(values: np.ndarray) -> np.ndarray:
+        volume[flat] = values
+        return scipy.ndimage.gaussian_filter(volume.reshape(shape), sigma, mode="constant",
+                                             truncate=3.0).ravel()[flat]
+
+    weight = smoothed(np.float32(1.0))
+    for k in range(np.shape(r)[0]):
+        out[k, used] = smoothed(np.asarray(r[k])[used]) / weight
     return out
 
 
-def reml_labels(r: np.ndarray, design: ArmaDesign, chunk: int = 4096) -> np.ndarray:
+def reml_labels(r: np.ndarray, design: ArmaDesign, chunk: int = 1024) -> np.ndarray:
     """Each voxel's REML grid label from its (possibly smoothed) :func:`lag_correlations`.
 
     Parameters
@@ -487,12 +504,44 @@ def reml_labels(r: np.ndarray, design: ArmaDesign, chunk: int = 4096) -> np.ndar
     return label
 
 
+def _whitened_fit(wy: np.ndarray, wx: np.ndarray, cov: np.ndarray, refine: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares of whitened data on its whitened unit-norm design.
+
+    Parameters
+    ----------
+    wy : ndarray, shape (n, c)
+    wx : ndarray, shape (n, p)
+    cov : ndarray, shape (p, p)
+        ``pinv(wx) pinv(wx)'``.
+    refine : bool
+        One step of iterative refinement (``wx`` ill-conditioned).
+
+    Returns
+    -------
+    beta : ndarray, shape (p, c)
+    rss : ndarray, shape (c,)
+    """
+    xty = wx.T @ wy
+    b = cov @ xty
+    total = np.einsum("tv,tv->v", wy, wy)
+    rss = total - np.einsum("pv,pv->v", b, xty)  # |Wy|^2 - b' WX'Wy, unless it cancels (below)
+    exact = np.arange(wy.shape[1]) if refine else np.flatnonzero(~(rss > 1e-6 * total))
+    if exact.size:  # an explicit residual: refined where WX is ill-conditioned (cond(WX), not cond^2)
+        resid = wy[:, exact] - wx @ b[:, exact]
+        if refine:
+            b[:, exact] += cov @ (wx.T @ resid)
+            resid = wy[:, exact] - wx @ b[:, exact]
+        rss[exact] = np.einsum("tv,tv->v", resid, resid)
+    return b, rss
+
+
 def refit_block(
     Y: np.ndarray,
     X: np.ndarray,
     label: np.ndarray,
     signal_scaling: ScalingMode = 0,
     scaling_mean: float | np.ndarray | None = None,
+    batch: int = 512,
 ) -> _regression.BlockFit:
     """Pass 2 of the ARMA(1,1) fit: each voxel whitened by its label, one fit per label.
 
@@ -505,6 +554,9 @@ def refit_block(
         Rows of :func:`grid` (:func:`reml_labels`).
     signal_scaling, scaling_mean
         See :func:`daskglm.kernels.scaling.scale_signal`.
+    batch : int
+        Voxels whitened at once (a float64 ``(n, batch)`` buffer: the task's memory
+        beyond its block does not grow with the block).
 
     Returns
     -------
@@ -524,32 +576,20 @@ def refit_block(
     a = design.params[:, 0].copy()
     sorter = np.argsort(label, kind="stable")
     bounds = np.searchsorted(label[sorter], np.arange(len(design.params) + 1))
-    Y = np.asarray(Y)
+    Y = _contiguous(Y)
     mean = _scaling.scaling_mean(Y, signal_scaling, scaling_mean)
     per_voxel = mean is not None and mean.ndim > 0
     beta = np.empty((p, v))
     sigma2 = np.empty(v)
-    in_order = np.take(Y, sorter, axis=1)  # the raw block in label order (each label's voxels contiguous)
-    for g in np.flatnonzero(np.diff(bounds)):  # one label at a time: its voxels scaled and whitened in place
-        cols = sorter[bounds[g]:bounds[g + 1]]
-        raw = in_order[:, bounds[g]:bounds[g + 1]]
-        wy = np.empty(raw.shape)
-        _scaling.scaled_rows(raw, mean[cols] if per_voxel else mean, 0, n, wy)
-        _whiten_labels(wy, np.full(cols.size, g), a, design.m, design.scale, out=wy)
+    for g in np.flatnonzero(np.diff(bounds)):  # one label at a time, at most `batch` voxels at once
         wx = _whitened_design(X, g, design, key)
-        xty = wx.T @ wy
-        b = design.cov_scaled[g] @ xty
-        total = np.einsum("tv,tv->v", wy, wy)
-        rss = total - np.einsum("pv,pv->v", b, xty)  # |Wy|^2 - b' WX'Wy, unless it cancels (below)
-        exact = np.flatnonzero(~(rss > 1e-6 * total)) if not design.refine[g] else np.arange(cols.size)
-        if exact.size:  # an explicit residual: refined where WX is ill-conditioned (cond(WX), not cond^2)
-            resid = wy[:, exact] - wx @ b[:, exact]
-            if design.refine[g]:
-                b[:, exact] += design.cov_scaled[g] @ (wx.T @ resid)
-                resid = wy[:, exact] - wx @ b[:, exact]
-            rss[exact] = np.einsum("tv,tv->v", resid, resid)
-        beta[:, cols] = b / design.norms[:, None]
-        sigma2[cols] = rss
+        for lo in range(bounds[g], bounds[g + 1], batch):
+            cols = sorter[lo:min(lo + batch, bounds[g + 1])]
+            wy = _whiten_label(Y, a[g], design.m[:, g], design.scale[:, g], cols,
+                               None if mean is None else mean[cols] if per_voxel
+                               else np.full(cols.size, mean, dtype=mean.dtype))
+            beta[:, cols], sigma2[cols] = _whitened_fit(wy, wx, design.cov_scaled[g], design.refine[g])
+    beta /= design.norms[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma2 /= n - p
     label[_regression.exact_constant_fits(Y, X, beta, sigma2, mean, key)] = white_label()  # their exact fit

@@ -9,37 +9,43 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["whiten_columns", "lag_sums"]
+__all__ = ["whiten_gathered", "lag_sums"]
 
 _njit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
 @_njit
-def whiten_columns(A, a, m, scale, label, out):  # pragma: no cover - compiled
-    """``out[:, c]`` = ARMA(1,1) whitening of ``A[:, c]`` with the parameters of label ``label[c]``.
+def whiten_gathered(A, cols, mean, one, hundred, a, m, scale, out):  # pragma: no cover - compiled
+    """``out[:, j]`` = ARMA(1,1) whitening, with one label's parameters, of column ``cols[j]`` of ``A``.
 
-    ``z_t = A_t - a A_{t-1}`` (``z_0 = A_0``), ``x_t = z_t - m_t x_{t-1}``, ``out_t = x_t scale_t``
-    with ``a (L,)``, ``m (T, L)`` and ``scale (T, L)`` the tables of
-    :func:`daskglm.kernels.arma.factor` (row ``T - 1`` for every later scan). Rows outer, columns
-    inner: both arrays are C-ordered.
-    ``out`` may be ``A`` (in place: each column's previous input value is kept aside).
+    The column is first scaled as :func:`daskglm.kernels.scaling.scale_signal` does,
+    ``(A / mean[j] - one) * hundred`` in the type of ``mean`` (float32 for float32 data),
+    unless ``mean`` is empty (no scaling). Then ``z_t = y_t - a y_{t-1}`` (``z_0 = y_0``),
+    ``x_t = z_t - m_t x_{t-1}``, ``out_t = x_t scale_t`` with ``m (T,)`` and ``scale (T,)``
+    the label's columns of :func:`daskglm.kernels.arma.factor` (row ``T - 1`` for every
+    later scan). Rows outer, columns inner: ``A`` and ``out`` (float64, ``(n, len(cols))``)
+    are C-ordered. Reading the columns here (not first copying them out) and scaling
+    them on the way is one pass over the block instead of three.
     """
-    n, c = A.shape
+    n = A.shape[0]
+    c = cols.size
     last = m.shape[0] - 1
+    scaled = mean.size > 0
     x = np.zeros(c)
     previous = np.empty(c)
-    for j in range(c):
-        previous[j] = A[0, j]
-        x[j] = A[0, j]
-        out[0, j] = x[j] * scale[0, label[j]]
-    for t in range(1, n):
+    for t in range(n):
         row = min(t, last)
         for j in range(c):
-            lab = label[j]
-            value = A[t, j]
-            x[j] = value - a[lab] * previous[j] - m[row, lab] * x[j]
+            if scaled:
+                value = (A[t, cols[j]] / mean[j] - one) * hundred
+            else:
+                value = A[t, cols[j]]
+            if t == 0:
+                x[j] = value
+            else:
+                x[j] = value - a * previous[j] - m[row] * x[j]
             previous[j] = value
-            out[t, j] = x[j] * scale[row, lab]
+            out[t, j] = x[j] * scale[row]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")

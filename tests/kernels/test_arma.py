@@ -114,14 +114,25 @@ def test_reml_choice_against_a_direct_optimisation() -> None:
     assert len(a_err) >= 5 and np.median(a_err) <= 0.05 and max(a_err) <= 0.15, a_err
 
 
-def test_refit_against_whitened_least_squares() -> None:
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int16])
+@pytest.mark.parametrize("scaling", [0, (0, 1), False])
+def test_refit_against_whitened_least_squares(dtype: type, scaling) -> None:
+    """Each voxel scaled as nilearn does (in float32 for float32 data), whitened by its label's
+    Cholesky factor and fitted by lstsq; labels shared by several voxels, fitted in batches of 3."""
     rng = np.random.default_rng(4)
     n, v = 80, 30
     X = _design(n, rng)
-    Y = 100 + rng.standard_normal((n, v))
+    Y = (100 + 10 * rng.standard_normal((n, v))).astype(dtype)
     label = rng.integers(0, len(arma.grid()), v)
-    fit = arma.refit_block(Y, X, label)
-    Ys = 100 * (Y / Y.mean(axis=0) - 1)
+    label[::3] = label[0]
+    fit = arma.refit_block(Y, X, label, signal_scaling=scaling, batch=3)
+    ftype = np.float32 if dtype == np.float32 else np.float64
+    Yf = Y.astype(ftype)
+    if scaling is False:
+        Ys = Y.astype(np.float64)
+    else:
+        mean = Yf.mean(axis=0, dtype=ftype) if scaling == 0 else Yf.mean(dtype=ftype)
+        Ys = ((Yf / mean - ftype(1)) * ftype(100)).astype(np.float64)
     cov = arma.label_covariances(X)
     for j in range(v):
         a, b = arma.grid()[label[j]]
