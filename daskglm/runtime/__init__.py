@@ -13,8 +13,9 @@
   checked in one place.
 * :mod:`.plan` — pure arithmetic: chunk sizes and reads per task from the
   data size and a memory budget.
-* :mod:`.compat` — distributed's and multiprocessing's internals: worker
-  processes that never import the user's ``__main__``.
+* :mod:`.compat` — distributed's, multiprocessing's and glibc's internals: worker
+  processes that never import the user's ``__main__``, a once-per-run task's
+  freed memory given back.
 """
 
 from .cluster import (

@@ -137,7 +137,11 @@ _DASK_MALLOC_TRIM = 65536
 #: zeroed again, which slowed the fit kernel and ingestion (BENCHMARKS.md,
 #: "Figures from code comments"). Here heap memory up to one task's working set is kept for
 #: the next task, and allocations up to 32 MiB (glibc's maximum) come from it.
-WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(128 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+#: One arena: a worker computes in one thread, but its event loop and comm
+#: threads would each get an arena of their own (up to 8 per core), and each
+#: arena keeps its own freed memory up to the trim threshold.
+WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(128 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+                     "MALLOC_ARENA_MAX": "1"}
 
 
 def _worker_environ() -> dict:

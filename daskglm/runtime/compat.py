@@ -39,18 +39,33 @@ Retrying the failed tasks of a computation
 read under a run's result): it calls the scheduler's ``retry`` handler and
 the client's future states (``client.scheduler``, ``client.futures``), which
 are distributed's internals.
+
+Returning a large task's freed memory
+-------------------------------------
+
+The embedded cluster's workers keep up to 128 MiB of freed heap for the next
+task (``MALLOC_TRIM_THRESHOLD_``, :data:`daskglm.runtime.cluster.WORKER_MALLOC_ENV`):
+the right trade for the per-column tasks, which allocate the same sizes
+again and again. A task that runs once per run and allocates far more than
+a column's tasks (``"arma11"``'s choice of labels, about 100 bytes a voxel
+of the run) would leave that much resident on its worker for the rest of the
+computation. :func:`release_free_heap` calls glibc's ``malloc_trim(0)``, as
+distributed's documentation does for "unmanaged memory" with ``client.run``;
+elsewhere (musl, macOS, Windows) it does nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["NANNY_WORKER_PROCESS_NAME", "MAIN_MODULE_KEYS", "install_main_filter",
-           "main_filter_installed", "retry_futures", "workers_skip_main"]
+           "main_filter_installed", "release_free_heap", "retry_futures", "workers_skip_main"]
 
 #: The ``name`` of the ``multiprocessing.Process`` that distributed's
 #: ``WorkerProcess.start`` (distributed/nanny.py) creates for the worker.
@@ -168,3 +183,27 @@ def retry_futures(client: Any, futures: list) -> None:
                 state.retry()
 
     client.sync(retry)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_heap() -> bool:
+    """Give the process's free heap memory back to the system (glibc's ``malloc_trim(0)``).
+
+    Returns
+    -------
+    bool
+        Whether glibc's ``malloc_trim`` was there to call.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True

@@ -116,16 +116,18 @@ def test_embedded_local_cluster_is_created_and_closed(monkeypatch):
 def _malloc_environ() -> dict:
     import os
 
-    return {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")}
+    return {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX")}
 
 
 @pytest.mark.slow
 def test_embedded_cluster_workers_keep_freed_memory_for_the_next_task(monkeypatch):
-    """Workers of the embedded cluster start with daskglm's malloc settings, not dask's 64 KiB trim."""
+    """Workers of the embedded cluster start with daskglm's malloc settings, not dask's 64 KiB trim,
+    and one malloc arena (each of a worker's threads would otherwise keep freed memory of its own)."""
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     with get_client(None, n_workers=1) as client:
         (seen,) = client.run(_malloc_environ).values()
-    assert seen == {"MALLOC_TRIM_THRESHOLD_": str(128 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+    assert seen == {"MALLOC_TRIM_THRESHOLD_": str(128 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+                    "MALLOC_ARENA_MAX": "1"}
 
 
 @pytest.mark.slow
@@ -135,6 +137,7 @@ def test_user_malloc_setting_is_left_alone(monkeypatch):
         with get_client(None, n_workers=1) as client:
             (seen,) = client.run(_malloc_environ).values()
     assert seen["MALLOC_TRIM_THRESHOLD_"] == "12345" and seen["MALLOC_MMAP_THRESHOLD_"] is None
+    assert seen["MALLOC_ARENA_MAX"] is None
 
 
 def _saturation(dask_scheduler) -> float:
