@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import warnings
 from functools import partial
 from typing import Any
@@ -46,6 +47,7 @@ from ..kernels import regression as _regression
 from ..kernels.packing import fit_rows
 from ..kernels.voxelwise import VOXELWISE_ATTRIBUTES, voxelwise_block
 from ..runtime.cluster import compute
+from ..runtime.compat import release_free_heap
 
 __all__ = ["fit_run", "voxelwise_run", "noise_parameters", "check_bins", "packed_estimates", "split_estimates",
            "FIT_VARIABLES", "PACKED_ESTIMATES", "check_scaling"]
@@ -117,12 +119,28 @@ def _packed_refit(Y, labels, scaling_mean=None, *, X, coeffs, signal_scaling):
     return fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=fit.label)
 
 
+#: ``"arma11"`` refit tasks per worker process between two :func:`release_free_heap` calls.
+ARMA_REFITS_PER_TRIM = 4
+_ARMA_REFITS = itertools.count()  # per process; next() is atomic under the GIL
+
+
 def _packed_arma_refit(Y, labels, scaling_mean=None, *, X, signal_scaling):
-    """Block task of ``"arma11"``: the refit with each voxel's REML grid label."""
+    """Block task of ``"arma11"``: the refit with each voxel's REML grid label.
+
+    A column's second pass ends here, and every :data:`ARMA_REFITS_PER_TRIM`-th one gives the
+    worker's freed memory back to the system (:func:`daskglm.runtime.compat.release_free_heap`):
+    two passes over every column, with each run's lag correlations alive in between, leave a
+    worker's heap fragmented where one pass (``"ar1"``) does not. Every task would cost each
+    next column's buffers their page faults again (BENCHMARKS.md, "Calibrated inference").
+    """
     mean = None if scaling_mean is None else float(scaling_mean)
     with _quiet_if_short(X):
         fit = _arma.refit_block(Y, X, labels.astype(np.intp), signal_scaling=signal_scaling, scaling_mean=mean)
-    return fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=fit.label)
+    packed = fit_rows(X.shape[1]).pack(beta=fit.beta, sigma2=fit.sigma2, label_index=fit.label)
+    del fit
+    if next(_ARMA_REFITS) % ARMA_REFITS_PER_TRIM == ARMA_REFITS_PER_TRIM - 1:
+        release_free_heap()
+    return packed
 
 
 def _lag_correlations(Y, scaling_mean=None, *, X, signal_scaling):
@@ -139,20 +157,30 @@ def _reml_labels(r: np.ndarray, X: np.ndarray) -> np.ndarray:
     return _arma.reml_labels(r, _arma.prepare(X)).astype(np.int16)
 
 
-def _smoothed_labels(r: np.ndarray, X: np.ndarray, ijk: np.ndarray, shape: tuple, sigma: np.ndarray) -> np.ndarray:
-    return _reml_labels(_arma.smooth_lag_correlations(r, ijk, shape, sigma), X)
+def _smoothed(r: np.ndarray, ijk: np.ndarray, shape: tuple, sigma: np.ndarray) -> np.ndarray:
+    """The run's smoothed lag correlations, once per run: its temporaries (~100 bytes a voxel) go back
+    to the system (:func:`daskglm.runtime.compat.release_free_heap`) rather than stay resident on the worker."""
+    smoothed = _arma.smooth_lag_correlations(r, ijk, shape, sigma)
+    release_free_heap()
+    return smoothed
+
+
+#: Voxels per task of the label choice after smoothing (a GEMM over every grid point for every
+#: voxel): the choice of a whole run is spread over the workers instead of waiting on one.
+LABEL_VOXELS = 65536
 
 
 def _arma_packed(ds: xr.Dataset, Y: da.Array, X: np.ndarray, extra: list, scaling: Any, fwhm: float) -> da.Array:
     """The lazy packed ``"arma11"`` fit: lag correlations per column; with ``fwhm`` > 0 gathered into one
-    task per run that smooths them within the mask and chooses the labels (the smoothing needs every
-    voxel: 100 bytes a voxel on one worker), else labels per column; then the refit per column.
+    task per run that smooths them within the mask (the smoothing needs every voxel: 100 bytes a voxel on
+    one worker), the labels chosen from them in tasks of :data:`LABEL_VOXELS` and gathered again (2 bytes
+    a voxel), else labels per column; then the refit per column.
 
     With smoothing, the refit reads its columns again, in read tasks bound to the run's labels (read
     before the labels exist, every column of the run would wait in memory for them), and each refit
-    task takes the run's labels whole (2 bytes a voxel, the ``"w"`` argument of :func:`_blockwise`)
-    with its voxels' positions, so that it can run as soon as its column is read (split labels
-    would be one more task each to wait for).
+    task takes the run's labels whole (the ``"w"`` argument of :func:`_blockwise`) with its voxels'
+    positions, so that it can run as soon as its column is read (split labels would be one more task
+    each to wait for).
     """
     r = _blockwise(_lag_correlations, Y, _arma.N_LAGS + 1, *extra, X=X, signal_scaling=scaling)
     if fwhm > 0:
@@ -162,8 +190,10 @@ def _arma_packed(ds: xr.Dataset, Y: da.Array, X: np.ndarray, extra: list, scalin
         ijk = np.stack([np.asarray(bold[name].values, dtype=np.int32) for name in "ijk"])
         voxel_size = np.sqrt((np.asarray(ds.attrs["affine"], dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
         sigma = fwhm / np.sqrt(8 * np.log(2)) / voxel_size
-        chosen = r.rechunk({1: -1}).map_blocks(_smoothed_labels, X, ijk, tuple(ds.attrs["volume_shape"]), sigma,
-                                               drop_axis=0, dtype=np.int16, meta=np.empty((0,), np.int16))
+        smoothed = r.rechunk({1: -1}).map_blocks(_smoothed, ijk, tuple(ds.attrs["volume_shape"]), sigma,
+                                                 dtype=np.float32, meta=np.empty((0, 0), np.float32))
+        chosen = smoothed.rechunk({1: LABEL_VOXELS}).map_blocks(
+            _reml_labels, X, drop_axis=0, dtype=np.int16, meta=np.empty((0,), np.int16)).rechunk(-1)
         positions = da.arange(Y.shape[1], chunks=(Y.chunks[1],))
         return _blockwise(_packed_arma_refit_in_run, bind(Y, chosen), fit_rows(X.shape[1]).rows, positions, "v",
                           chosen, "w", *extra, X=X, signal_scaling=scaling)
