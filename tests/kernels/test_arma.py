@@ -215,3 +215,21 @@ def test_whitening_by_a_grid_label_uses_the_designs_factors() -> None:
         out = arma.whiten_label(A, X, label)
         np.testing.assert_allclose(out.T @ out, A.T @ np.linalg.solve(_R(a, b, n), A), rtol=1e-9)
         np.testing.assert_allclose(out, np.linalg.solve(L, A), rtol=1e-8, atol=1e-10)  # W = chol(R)^-1
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int16])
+@pytest.mark.parametrize("scaling", [0, (0, 1), False])
+def test_compiled_scaling_is_scale_signal_bit_for_bit(dtype: type, scaling) -> None:
+    """The refit's compiled read-scale-whiten pass, with the identity whitening (a = 0, m = 0,
+    scale = 1), gives daskglm.kernels.scaling.scale_signal's values exactly, columns in any order."""
+    from daskglm.kernels.scaling import scale_signal, scaling_mean
+
+    rng = np.random.default_rng(7)
+    Y = (1000 + 50 * rng.standard_normal((40, 25))).astype(dtype)
+    cols = rng.permutation(25)[:17]
+    expected = np.asarray(scale_signal(Y, scaling)[0], dtype=np.float64)[:, cols]
+    mean = scaling_mean(np.asarray(Y, dtype=np.float32 if dtype == np.float32 else np.float64), scaling)
+    if mean is not None:
+        mean = mean[cols] if mean.ndim else np.full(cols.size, mean, dtype=mean.dtype)
+    got = arma._whiten_label(Y, 0.0, np.zeros(1), np.ones(1), cols, mean)
+    np.testing.assert_array_equal(got, expected)
