@@ -573,7 +573,6 @@ def refit_block(
                          f"shape {label.shape}")
     n, v = np.shape(Y)
     p = X.shape[1]
-    a = design.params[:, 0].copy()
     sorter = np.argsort(label, kind="stable")
     bounds = np.searchsorted(label[sorter], np.arange(len(design.params) + 1))
     Y = _contiguous(Y)
@@ -585,7 +584,7 @@ def refit_block(
         wx = _whitened_design(X, g, design, key)
         for lo in range(bounds[g], bounds[g + 1], batch):
             cols = sorter[lo:min(lo + batch, bounds[g + 1])]
-            wy = _whiten_label(Y, a[g], design.m[:, g], design.scale[:, g], cols,
+            wy = _whiten_label(Y, design.params[g, 0], design.m[:, g], design.scale[:, g], cols,
                                None if mean is None else mean[cols] if per_voxel
                                else np.full(cols.size, mean, dtype=mean.dtype))
             beta[:, cols], sigma2[cols] = _whitened_fit(wy, wx, design.cov_scaled[g], design.refine[g])

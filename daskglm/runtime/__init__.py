@@ -14,8 +14,8 @@
 * :mod:`.plan` — pure arithmetic: chunk sizes and reads per task from the
   data size and a memory budget.
 * :mod:`.compat` — distributed's, multiprocessing's and glibc's internals: worker
-  processes that never import the user's ``__main__``, a once-per-run task's
-  freed memory given back.
+  processes that never import the user's ``__main__``, a process's freed heap
+  given back to the system.
 """
 
 from .cluster import (

@@ -47,9 +47,12 @@ The embedded cluster's workers keep up to 128 MiB of freed heap for the next
 task (``MALLOC_TRIM_THRESHOLD_``, :data:`daskglm.runtime.cluster.WORKER_MALLOC_ENV`):
 the right trade for the per-column tasks, which allocate the same sizes
 again and again. A task that runs once per run and allocates far more than
-a column's tasks (``"arma11"``'s choice of labels, about 100 bytes a voxel
-of the run) would leave that much resident on its worker for the rest of the
-computation. :func:`release_free_heap` calls glibc's ``malloc_trim(0)``, as
+a column's tasks (``"arma11"``'s smoothing of a run's lag correlations, about
+100 bytes a voxel of the run) would leave that much resident on its worker
+for the rest of the computation, and ``"arma11"``'s two passes over every
+column leave freed memory scattered through the heap (its refit tasks give it
+back every few columns, :mod:`daskglm.glm.fit`).
+:func:`release_free_heap` calls glibc's ``malloc_trim(0)``, as
 distributed's documentation does for "unmanaged memory" with ``client.run``;
 elsewhere (musl, macOS, Windows) it does nothing.
 """
