@@ -422,9 +422,18 @@ def build_gzip_index(path: str, uncompressed_bytes: int, storage_options: dict |
 
 def read_volumes(
     path: str, start: int, stop: int, gzip_index: bytes | None = None,
-    storage_options: dict | None = None,
+    storage_options: dict | None = None, box: tuple[slice, slice, slice] | None = None,
 ) -> np.ndarray:
-    """Read volumes ``start:stop`` of a run straight from its file.
+    """Read volumes ``start:stop`` of a run straight from its file, whole or within a box.
+
+    With ``box``, only the bytes the box needs are read where the format lets a
+    reader seek: nibabel reads an uncompressed ``.nii`` (local or by fsspec
+    range requests) in runs of contiguous bytes, i.e. the box's z-planes of
+    each volume (NIfTI is x-fastest), so a box of a fifth of the planes reads a
+    fifth of the file. A ``.nii.gz`` cannot skip: reaching byte ``n`` means
+    decompressing from the nearest seek point (``gzip_index``) up to ``n``, so a
+    box saves the copy out of the stream but little of the decompression
+    (BENCHMARKS.md, "Region-of-interest masks").
 
     Parameters
     ----------
@@ -436,28 +445,32 @@ def read_volumes(
         From :func:`build_gzip_index`, for ``.nii.gz`` files.
     storage_options : dict, optional
         fsspec options for a URL.
+    box : tuple of 3 slice, optional
+        Where in each volume to read (e.g. :class:`daskglm.kernels.volume.Crop`'s ``slices``);
+        whole volumes by default.
 
     Returns
     -------
-    ndarray, shape (x, y, z, stop - start)
+    ndarray, shape (x, y, z, stop - start) or (bx, by, bz, stop - start)
         In the file's dtype (scaled by the header's slope/intercept if any).
     """
+    where = (*(box or (slice(None),) * 3), slice(start, stop))
     try:
         if gzip_index is not None:
             with _gzip_reader(path, storage_options) as fobj:
                 fobj.import_index(fileobj=io.BytesIO(gzip_index))
                 img = _image_from_stream(fobj)
-                return np.asanyarray(img.dataobj[..., start:stop])
+                return np.asanyarray(img.dataobj[where])
         if is_url(path):
             fs, fspath = url_to_fs(path, storage_options)
             with fs.open(fspath, "rb") as raw:
                 fobj = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
                 img = _image_from_stream(fobj)
-                return np.asanyarray(img.dataobj[..., start:stop])
+                return np.asanyarray(img.dataobj[where])
         if is_cifti(path):
-            return read_cifti_volumes(path, start, stop)
+            return read_cifti_volumes(path, start, stop)[where[:3]]
         img = nib.load(path)
-        return np.asanyarray(img.dataobj[..., start:stop])
+        return np.asanyarray(img.dataobj[where])
     except Exception as exc:
         raise ValueError(f"{path!r}: cannot read volumes {start}..{stop - 1}: {exc}") from exc
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import nibabel as nib
@@ -60,3 +61,69 @@ def test_a_gifti_file_is_refused_with_the_way_to_fit_surfaces(tmp_path):
     with pytest.raises(ValueError, match=r"run image '.*bold\.func\.gii' is a GIFTI file: surface runs are nilearn "
                                          r"SurfaceImages"):
         inspect_run(str(path))
+
+
+# --------------------------------------------------------------------------- reading within a box
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read by read(2) so far (Linux's rchar; page-cache hits included)."""
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
+
+
+@pytest.fixture(scope="module")
+def scaled_run(tmp_path_factory):
+    """A 64x64x30 run of 9 int16 volumes (8 KiB per z-plane) with a slope and intercept, as .nii and .nii.gz."""
+    root = tmp_path_factory.mktemp("box")
+    data = np.random.default_rng(3).integers(-300, 3000, size=(64, 64, 30, 9)).astype(np.int16)
+    img = nib.Nifti1Image(data, _affine())
+    img.header.set_slope_inter(0.5, 10.0)
+    paths = {}
+    for suffix in ("nii", "nii.gz"):
+        paths[suffix] = str(root / f"run.{suffix}")
+        nib.save(img, paths[suffix])
+    return paths
+
+
+@pytest.mark.parametrize("suffix", ["nii", "nii.gz", "memory"])
+def test_read_volumes_within_a_box_is_that_box_of_the_whole_volumes(scaled_run, suffix):
+    from daskglm.io.nifti import build_gzip_index, read_volumes
+
+    path, index = scaled_run["nii" if suffix == "memory" else suffix], None
+    if suffix == "nii.gz":
+        index = build_gzip_index(path, inspect_run(path).data_bytes)
+    if suffix == "memory":
+        import uuid
+
+        import fsspec
+
+        url = f"memory://daskglm-test-{uuid.uuid4().hex}/run.nii"
+        with open(path, "rb") as src, fsspec.open(url, "wb") as dst:
+            dst.write(src.read())
+        path = url
+    expected = np.asanyarray(nib.load(scaled_run["nii"]).dataobj)  # the oracle: nibabel, whole and scaled
+    box = (slice(3, 17), slice(0, 64), slice(11, 19))
+    got = read_volumes(path, 2, 7, index, box=box)
+    np.testing.assert_array_equal(got, expected[box + (slice(2, 7),)])
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(read_volumes(path, 2, 7, index), expected[..., 2:7])
+
+
+def test_a_box_of_a_few_planes_reads_a_few_planes_of_an_uncompressed_run(scaled_run):
+    """NIfTI is x-fastest: z-planes 11..18 of 30 are 8/30 of each volume's bytes, and only they are read."""
+    from daskglm.io.nifti import read_volumes
+
+    if not os.path.exists("/proc/self/io"):
+        pytest.skip("needs Linux's /proc/self/io to count the bytes read")
+    path = scaled_run["nii"]
+    plane_bytes = 64 * 64 * 2
+    before = _bytes_read()
+    read_volumes(path, 1, 9)  # not all volumes: nibabel would map the whole file instead of reading it
+    whole = _bytes_read() - before
+    before = _bytes_read()
+    read_volumes(path, 1, 9, box=(slice(3, 17), slice(0, 64), slice(11, 19)))
+    boxed = _bytes_read() - before
+    assert whole >= 8 * 30 * plane_bytes
+    # 8 planes of each of the 8 volumes; Python's buffered reader reads by 8 KiB (the header too)
+    assert boxed <= 8 * (8 * plane_bytes + 8192) + 8192
