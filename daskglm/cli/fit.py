@@ -477,6 +477,7 @@ def _fit_and_write(args: argparse.Namespace, plan: Any, outputs: Any, runs: list
                    infos: list, designs: list, fit_kwargs: dict, params: dict, stat_types: dict[str, str]) -> None:
     """Fit on the cluster, then write the files of ``outputs`` (``plan``, claimed first)."""
     from ..models.first_level import FirstLevelModel
+    from ..store.ingest import read_bytes
 
     def wrote(path: str) -> None:
         say(args, 2, f"  wrote {path}")
@@ -487,7 +488,8 @@ def _fit_and_write(args: argparse.Namespace, plan: Any, outputs: Any, runs: list
         say(args, 1, f"  contrast {number}/{len(contrasts)} {name} ({stat_types[name]}): peak |z| {peak:.2f} "
                      f"-> {z_map}")
 
-    with cluster(args, sum(info.data_bytes for info in infos)) as client:
+    work_bytes = sum(read_bytes(info, params["mask_img"], params["smoothing_fwhm"]) for info in infos)
+    with cluster(args, work_bytes) as client:
         where = f"dask's local {args.scheduler} scheduler" if client is None else client
         say(args, 1, f"fitting {len(runs)} run(s) ({args.noise_model}, {designs[0].shape[1]} regressors) on {where}")
         model = FirstLevelModel(client=client, **params)

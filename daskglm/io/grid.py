@@ -28,7 +28,7 @@ import numpy as np
 
 from .nifti import nifti_image
 
-__all__ = ["Grid", "check_target", "analysis_grid", "resample_volumes"]
+__all__ = ["Grid", "check_target", "analysis_grid", "resample_volumes", "same_grid"]
 
 #: nilearn's warning when runs are resampled to the mask's grid.
 RESAMPLING_WARNING = (
@@ -111,7 +111,7 @@ def check_target(target_affine: Any, target_shape: Any) -> tuple[np.ndarray | No
     return affine, shape
 
 
-def _same_grid(affine_a: np.ndarray, shape_a: tuple, affine_b: np.ndarray, shape_b: tuple) -> bool:
+def same_grid(affine_a: np.ndarray, shape_a: tuple, affine_b: np.ndarray, shape_b: tuple) -> bool:
     """nilearn's ``check_same_fov``: same shape and ``np.allclose`` affines."""
     return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b)
 
@@ -171,7 +171,7 @@ def analysis_grid(
     affine, shape = np.asarray(img.affine, dtype=np.float64), tuple(int(n) for n in img.shape[:3])
     if not mask_on_grid.any():
         raise ValueError(f"{name} has no voxel on the analysis grid (shape {shape})")
-    if _same_grid(affine, shape, run_affine, run_shape):
+    if same_grid(affine, shape, run_affine, run_shape):
         return Grid(np.asarray(run_affine, dtype=np.float64), tuple(int(n) for n in run_shape),
                     mask_on_grid, None)
     _, offset = crop_img(img, copy=False, return_offset=True)

@@ -82,7 +82,7 @@ from ..runtime.cluster import (
 )
 from ..runtime.config import config_number
 from ..runtime.plan import check_positive
-from ..store import default_cache_dir, ingest_runs, mean_image, parameters_key, store_lock
+from ..store import default_cache_dir, ingest_runs, mean_image, parameters_key, read_bytes, store_lock
 from .estimator import EstimatorMixin
 from .nilearn_compat import (
     BaseGLM,
@@ -622,10 +622,12 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         self._reporting(list(run_imgs) if isinstance(run_imgs, (list, tuple)) else [run_imgs], events)
         self.design_matrices_ = designs
         self.t_r_ = self.t_r if self.t_r is not None else infos[0].t_r
-        # An embedded cluster's size. CIFTI and surface runs are never smoothed: their blocks are reads and
-        # BLAS, which threads share without the GIL, so their cluster is threads in this process whatever the
-        # data's size (as fast as worker processes, half the memory: BENCHMARKS.md, "HCP-size CIFTI").
-        self._work_bytes = 0 if self._elements else sum(int(info.data_bytes) for info in infos)
+        # An embedded cluster's size: the bytes ingestion reads (a region of interest reads its slabs).
+        # CIFTI and surface runs are never smoothed: their blocks are reads and BLAS, which threads share
+        # without the GIL, so their cluster is threads in this process whatever the data's size (as fast as
+        # worker processes, half the memory: BENCHMARKS.md, "HCP-size CIFTI").
+        self._work_bytes = 0 if self._elements else sum(
+            read_bytes(info, mask_img, fwhm, target_affine, target_shape, self.storage_options) for info in infos)
         with self._client() as client, verbosity(self.verbose):
             if mask_img is None and len(runs) > 1:
                 log("Computing the mask of the runs (compute_multi_epi_mask of their mean volumes)",

@@ -343,9 +343,10 @@ def get_client(
         Memory limit per worker of an embedded ``LocalCluster`` (``"4GiB"``,
         bytes, or ``"auto"``: the available memory split between the workers).
     work_bytes : int, optional
-        Size of the data the embedded cluster will process (uncompressed
-        bytes of the runs). Below the dask config ``daskglm.threads-below``
-        (default 512 MiB) and without ``memory_limit``, the embedded cluster
+        Size of the data the embedded cluster will process (the uncompressed
+        bytes ingestion reads of the runs: ``daskglm.store.read_bytes``).
+        Below the dask config ``daskglm.threads-below`` (default 512 MiB)
+        and without ``memory_limit``, the embedded cluster
         is one worker of ``n_workers`` threads in this process instead of
         worker processes: small analyses do not pay for starting processes.
 

@@ -64,7 +64,7 @@ import numpy as np
 import xarray as xr
 
 from ..io.cifti import is_cifti, read_cifti_columns
-from ..io.grid import Grid, analysis_grid, check_target, resample_volumes
+from ..io.grid import Grid, analysis_grid, check_target, resample_volumes, same_grid
 from ..io.nifti import (
     RunInfo,
     content_sha1,
@@ -109,7 +109,7 @@ from .zarrio import (
     sweep_partials,
 )
 
-__all__ = ["mean_image", "ingest_run", "ingest_runs", "parameters_key", "open_run", "store_lock",
+__all__ = ["mean_image", "ingest_run", "ingest_runs", "parameters_key", "open_run", "read_bytes", "store_lock",
            "StoreDamagedError", "StoreIncompleteError", "STORE_FORMAT"]
 
 logger = logging.getLogger(__name__)
@@ -141,21 +141,25 @@ def _ingest_block(work: BlockWork, crop: _volume.Crop, gzip_index: bytes | None,
     smooth, mask, write the rows of block ``block``, flag it.
 
     Volumes are read ``work.step`` at a time into one float32 row buffer,
-    written to the store in a single call.
+    written to the store in a single call. From a file on the working grid only
+    the crop is read (see :func:`daskglm.io.nifti.read_volumes`): a small mask
+    reads a slab of each volume.
     """
     store, storage_options, sigma, resample, step, compiled = work
     step = step or (stop - start)
     plan = _volume.mask_plan(crop, sigma)  # once per task, not once per read
     rows = np.empty((stop - start, plan.index.size), dtype=np.float32)
+    box = crop.slices if isinstance(source, str) and resample is None else None
+    read_crop = crop if box is None else _volume.Crop((slice(None),) * 3, crop.mask)
     for a in range(start, stop, step):
         b = min(a + step, stop)
         if isinstance(source, str):
-            volumes = read_volumes(source, a, b, gzip_index, **fsspec_kwargs(source, storage_options))
+            volumes = read_volumes(source, a, b, gzip_index, **fsspec_kwargs(source, storage_options), box=box)
         else:
             volumes = source[..., a - start:b - start]
         if resample is not None:
             volumes = resample_volumes(volumes, *resample)
-        _volume.smooth_and_mask(volumes, crop, sigma, out=rows[a - start:b - start], plan=plan,
+        _volume.smooth_and_mask(volumes, read_crop, sigma, out=rows[a - start:b - start], plan=plan,
                                 compiled=compiled)
         del volumes
     group = open_group(store, "r+", storage_options)
@@ -276,6 +280,39 @@ def parameters_key(mask_img: Any, smoothing_fwhm: float | None, target_affine: A
     text = json.dumps(_parameters(smoothing_fwhm, _mask_identity(mask_img, storage_options), t_chunk, v_chunk,
                                   target), sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def read_bytes(info: RunInfo, mask_img: Any, smoothing_fwhm: float | None = None, target_affine: Any = None,
+               target_shape: Any = None, storage_options: dict | None = None) -> int:
+    """The bytes ingestion reads from a run: what an embedded cluster is sized by.
+
+    An uncompressed file on the mask's grid is read within the mask's crop
+    (its bounding box grown by the smoothing kernel's radius; see
+    :func:`_ingest_block`): a region of interest reads a slab of each volume.
+    Anything else is read whole: a ``.nii.gz`` (decompressed from its start),
+    an in-memory image, a run resampled onto another grid, or a run whose mask
+    is computed from its mean.
+
+    Parameters
+    ----------
+    info : RunInfo
+        :func:`daskglm.io.nifti.inspect_run` of the run.
+    mask_img, smoothing_fwhm, target_affine, target_shape, storage_options
+        As :func:`ingest_run`.
+
+    Returns
+    -------
+    int
+        Uncompressed bytes.
+    """
+    if (mask_img is None or info.compressed or info.path is None or is_cifti(info.path)
+            or target_affine is not None or target_shape is not None):
+        return int(info.data_bytes)
+    mask, mask_affine, _ = load_mask(mask_img, storage_options)
+    if not mask.any() or not same_grid(mask_affine, mask.shape, info.affine, info.volume_shape):
+        return int(info.data_bytes)
+    crop = _volume.smoothing_crop(mask, _volume.fwhm_to_sigma(smoothing_fwhm, info.affine))
+    return int(info.data_bytes * crop.mask.size // int(np.prod(info.volume_shape)))
 
 
 def ingest_run(
@@ -570,8 +607,10 @@ class _Ingestion:
                   else in_memory_blocks(self.run_img, bounds))
         # Large constants are graph keys of their own, sent once (not once per task).
         crop_key, index_key = graph_constant(crop), graph_constant(self.gzip_index)
-        step = _plan.volumes_per_read(max(int(np.prod(info.volume_shape)), int(np.prod(crop_shape))),
-                                      plan.t_chunk)
+        # A file on the working grid is read within the crop (see _ingest_block), anything else whole.
+        read_size = (crop.mask.size if info.path is not None and resample is None
+                     else max(int(np.prod(info.volume_shape)), int(np.prod(crop_shape))))
+        step = _plan.volumes_per_read(read_size, plan.t_chunk)
         compiled = _smoothing.AVAILABLE and _plan.compiled_smoothing_pays(crop.mask.size, info.n_scans)
         work = BlockWork(self.store, self.storage_options, sigma, resample, step, compiled)
         return [

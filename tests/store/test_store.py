@@ -59,6 +59,55 @@ def test_store_metadata_and_coordinates(small_run, tmp_path):
     assert isinstance(ds, xr.Dataset) and set(ds.data_vars) == {"bold"}
 
 
+@pytest.mark.parametrize("kind", ["nii", "nii.gz"])
+@pytest.mark.parametrize("fwhm", [None, 5.0])
+def test_a_small_mask_is_read_within_its_box_and_equals_nilearn_masker(small_run, tmp_path, kind, fwhm,
+                                                                        monkeypatch):
+    """A region of interest off the volume's centre: each task reads only the mask's box grown by the
+    kernel radius, and the store still equals NiftiMasker(mask, fwhm).fit_transform."""
+    x, y, z = np.indices(small_run["mask"].shape)
+    roi = ((x - 14) ** 2 + (y - 6) ** 2 + (z - 9) ** 2 <= 5).astype(np.uint8)
+    mask_path = tmp_path / "roi.nii"
+    nib.save(nib.Nifti1Image(roi, small_run["affine"]), str(mask_path))
+    boxes = []
+
+    def read_volumes(path, start, stop, *args, box=None, **kwargs):
+        boxes.append(tuple((part.start, part.stop) for part in box))
+        return real(path, start, stop, *args, box=box, **kwargs)
+
+    real = store_mod.read_volumes
+    monkeypatch.setattr(store_mod, "read_volumes", read_volumes)
+    ds = ingest_run(small_run[kind], tmp_path / "run.zarr", mask_img=str(mask_path), smoothing_fwhm=fwhm,
+                    t_chunk=7, client="sync")
+    np.testing.assert_allclose(ds["bold"].values, masker_reference(small_run[kind], mask_path, fwhm),
+                               rtol=1e-6, atol=1e-4)
+    # the sphere's bounding box, grown by scipy's radius int(4 sigma + 0.5) with sigma = 5 / 2.3548 / voxel size:
+    # 3 voxels along x and y (3 mm), 2 along z (3.5 mm)
+    rx, rz = (0, 0) if fwhm is None else (3, 2)
+    assert set(boxes) == {((12 - rx, 17 + rx), (4 - rx, 9 + rx), (7 - rz, 12 + rz))}
+
+
+def test_read_bytes_is_the_crop_of_an_uncompressed_run_else_the_whole_run(small_run, tmp_path):
+    """What sizes the embedded cluster: the mask's box (grown by the kernel radius) of a .nii on the mask's
+    grid; the whole run for a .nii.gz, no mask, a target grid or a mask on another grid."""
+    from daskglm.io.nifti import inspect_run
+    from daskglm.store.ingest import read_bytes
+
+    x, y, z = np.indices(small_run["mask"].shape)
+    roi = tmp_path / "roi.nii"
+    nib.save(nib.Nifti1Image(((x - 14) ** 2 + (y - 6) ** 2 + (z - 9) ** 2 <= 5).astype(np.uint8),
+                             small_run["affine"]), str(roi))
+    nii, gz = inspect_run(str(small_run["nii"])), inspect_run(str(small_run["nii.gz"]))
+    # boxes as in the test above: x 9..19, y 1..11, z 5..13 of a 20 x 22 x 14 volume
+    assert read_bytes(nii, str(roi), 5.0) == nii.data_bytes * (11 * 11 * 9) // (20 * 22 * 14)
+    assert read_bytes(nii, str(roi), None) == nii.data_bytes * (5 * 5 * 5) // (20 * 22 * 14)
+    whole = nii.data_bytes
+    assert read_bytes(gz, str(roi), 5.0) == gz.data_bytes == whole
+    assert read_bytes(nii, None, 5.0) == whole
+    assert read_bytes(nii, str(roi), 5.0, target_affine=np.diag([3.0, 3.0, 3.5])) == whole
+    assert read_bytes(nii, str(small_run["fine_mask_path"]), 5.0) == whole
+
+
 def test_default_chunks_follow_the_plan(small_run, tmp_path):
     ds = ingest_run(small_run["nii"], tmp_path / "s.zarr", mask_img=small_run["mask_path"],
                     client="sync")
@@ -162,12 +211,12 @@ class ReadCounter:
         self.t_chunk = t_chunk
         monkeypatch.setattr(store_mod, "read_volumes", self)
 
-    def __call__(self, path, start, stop, gzip_index=None):
+    def __call__(self, path, start, stop, gzip_index=None, **kwargs):
         block = start // self.t_chunk
         if len(self.calls) == self.fail_on_call:
             raise OSError(f"simulated crash while reading block {block}")
         self.calls.append(block)
-        return self.real(path, start, stop, gzip_index)
+        return self.real(path, start, stop, gzip_index, **kwargs)
 
 
 def test_complete_store_is_reused_without_reading(small_run, tmp_path, monkeypatch):
