@@ -149,10 +149,11 @@ def _task_profile(tasks: list[dict], spans: list[tuple[str, float, float]], n_wo
 
 
 def _work_bytes(spec: dict) -> int:
-    """The data size ``FirstLevelModel.fit`` gives its embedded cluster, from the runs' headers."""
+    """The data size ``FirstLevelModel.fit`` gives its embedded cluster: the bytes its ingestion reads."""
     from daskglm.io.nifti import inspect_run
+    from daskglm.store.ingest import read_bytes
 
-    return sum(inspect_run(run).data_bytes for run in spec["runs"])
+    return sum(read_bytes(inspect_run(run), spec["mask"], spec["smoothing_fwhm"]) for run in spec["runs"])
 
 
 def _worker_daskglm(spec: dict) -> dict:

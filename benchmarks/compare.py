@@ -28,6 +28,12 @@ complete stores).
     python benchmarks/compare.py --size hcp8 --memory-limit 3GiB
     python benchmarks/compare.py --size hcp --scaling           # also daskglm on 1 worker
     python benchmarks/compare.py --size tiny                    # CI-sized
+    python benchmarks/compare.py --size hcp --tools daskglm --roi   # also a ~4,000-voxel spherical mask
+
+With ``--roi`` daskglm also runs with a region-of-interest mask: a sphere of
+about 4,000 brain voxels at the brain mask's centre of mass (the same
+workload otherwise), and the script prints its wall time and peak memory
+against the whole-brain mask's.
 
 Data are simulated once with ``daskglm.datasets.fiac.simulate_fiac`` into
 ``$DASKGLM_BENCH_DATA`` (default ``~/.cache/daskglm/bench``), outside git.
@@ -44,6 +50,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -252,6 +259,27 @@ def _generate(size: str) -> dict:
     return data
 
 
+def _roi_mask(data: dict, n_voxels: int = 4000) -> str:
+    """A sphere of at least ``n_voxels`` brain-mask voxels at the mask's centre of mass, written next to the data."""
+    import nibabel as nib
+    import numpy as np
+
+    out = Path(data["mask"]).with_name(f"roi_sphere_{n_voxels}.nii")
+    if out.exists():
+        return str(out)
+    img = nib.load(data["mask"])
+    brain = np.asarray(img.dataobj) > 0
+    grid = np.indices(brain.shape, dtype=float)
+    centre = np.array([g[brain].mean() for g in grid])
+    distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre)))
+    radius = np.sort(distance[brain])[n_voxels - 1]  # the n_voxels-th nearest brain voxel
+    roi = brain & (distance <= radius)
+    tmp = out.with_suffix(".tmp.nii")
+    nib.save(nib.Nifti1Image(roi.astype(np.uint8), img.affine), tmp)
+    tmp.replace(out)
+    return str(out)
+
+
 def _child_env() -> dict:
     env = dict(os.environ)
     env.pop("DASK_SCHEDULER_ADDRESS", None)  # the daskglm side must start its own cluster
@@ -371,6 +399,9 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
         configs.append(("daskglm", 1, "daskglm-w1"))
     if args.arma11 and "daskglm" in tools:  # the same fit with noise_model="arma11" (its cost against ar1's)
         configs.append(("daskglm", args.workers, "daskglm-arma11"))
+    if args.roi and "daskglm" in tools:  # the same fit within a ~4,000-voxel sphere
+        configs.append(("daskglm", args.workers, "daskglm-roi"))
+        roi = _roi_mask(data)
     records: list[dict] = []
     repeat = args.repeats.get(size, args.repeats.get("*", 1))
     for rep in range(1, repeat + 1):
@@ -381,6 +412,8 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
             store = (_data_root() / f"stores-{size}" if args.keep_stores else rep_dir / f"stores-{tag}")
             spec = _spec(size, data, contrasts, args, workers, memory_limit, store, rep_dir / f"z-{tag}.npz")
             spec["noise_model"] = "arma11" if tag.endswith("arma11") else "ar1"
+            if tag.endswith("roi"):
+                spec["mask"] = roi
             _set_cache(args.cache or SIZES[size].get("cache", "warm"), [*spec["runs"], spec["mask"]])
             result = _run_child(tool, spec, rep_dir, tag, args.timeout)
             record = {"size": size, "tool": tool, "tag": tag, "repeat": rep, "workers_option": workers,
@@ -420,6 +453,7 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
 
     summary = _summarise(size, SIZES[size], records, args.workers)
     _print_arma11_cost(size, records)
+    _print_roi_cost(size, records)
     summary["runs"] = records
     return summary
 
@@ -438,6 +472,20 @@ def _print_arma11_cost(size: str, records: list[dict]) -> None:
         print(f"[{size}] arma11 / ar1 (daskglm): wall {walls[1]:.1f} / {walls[0]:.1f} s = {walls[1] / walls[0]:.2f}x "
               f"(per repeat: {', '.join(f'{b / a:.2f}' for a, b in pairs)}); peak RSS "
               f"{peaks[1] / MiB:.0f} / {peaks[0] / MiB:.0f} MiB", flush=True)
+
+
+def _print_roi_cost(size: str, records: list[dict]) -> None:
+    """With ``--roi``: wall and peak memory of the ~4,000-voxel mask against the whole-brain mask's."""
+    pairs = [(a, b) for a in records if a["tag"] == "daskglm"
+             for b in records if b["tag"] == "daskglm-roi" and b["repeat"] == a["repeat"]]
+    if not pairs:
+        return
+    ratios = [b["wall_s"] / a["wall_s"] for a, b in pairs]
+    ratio = statistics.median(ratios)
+    print(f"[{size}] ROI / whole brain (daskglm): wall {statistics.median(b['wall_s'] for _, b in pairs):.1f} / "
+          f"{statistics.median(a['wall_s'] for a, _ in pairs):.1f} s, ratio {ratio:.3f} = 1/{1 / ratio:.1f} "
+          f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)}); peak RSS "
+          f"{statistics.median(b['peak_rss_bytes'] for _, b in pairs) / MiB:.0f} MiB", flush=True)
 
 
 def _run_order(configs: list[tuple[str, int | None, str]], rep: int) -> list[tuple[str, int | None, str]]:
@@ -483,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="daskglm: record the task stream; print worker compute time per phase")
     parser.add_argument("--arma11", action="store_true",
                         help="also run daskglm with noise_model='arma11' and print its cost against ar1's")
+    parser.add_argument("--roi", action="store_true",
+                        help="also run daskglm with a ~4,000-voxel spherical mask and print its cost against the "
+                             "whole-brain mask's")
     parser.add_argument("--smoothing-fwhm", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per child process")
     parser.add_argument("--cache", choices=("warm", "cold", "asis"), default=None,
