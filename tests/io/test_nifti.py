@@ -127,3 +127,35 @@ def test_a_box_of_a_few_planes_reads_a_few_planes_of_an_uncompressed_run(scaled_
     assert whole >= 8 * 30 * plane_bytes
     # 8 planes of each of the 8 volumes; Python's buffered reader reads by 8 KiB (the header too)
     assert boxed <= 8 * (8 * plane_bytes + 8192) + 8192
+
+
+def test_reads_within_kept_open_share_one_open_file_and_read_the_same(scaled_run, monkeypatch):
+    """A task's successive reads of one .nii.gz open it (and load its seek index) once; reads of another
+    run, or outside the block, open their own."""
+    import daskglm.io.nifti as nifti
+
+    path = scaled_run["nii.gz"]
+    index = nifti.build_gzip_index(path, inspect_run(path).data_bytes)
+    expected = np.asanyarray(nib.load(scaled_run["nii"]).dataobj)
+    opened = []
+    real = nifti._open_image
+    monkeypatch.setattr(nifti, "_open_image", lambda *args: opened.append(args[0]) or real(*args))
+    box = (slice(3, 17), slice(0, 64), slice(11, 19))
+    with nifti.kept_open(path, index):
+        for a in range(0, 9, 2):
+            np.testing.assert_array_equal(nifti.read_volumes(path, a, min(a + 2, 9), index, box=box),
+                                          expected[box + (slice(a, min(a + 2, 9)),)])
+        np.testing.assert_array_equal(nifti.read_volumes(scaled_run["nii"], 0, 3), expected[..., :3])
+    assert opened == [path, scaled_run["nii"]]
+    np.testing.assert_array_equal(nifti.read_volumes(path, 4, 6, index), expected[..., 4:6])
+    assert opened == [path, scaled_run["nii"], path]
+
+
+def test_kept_open_names_a_file_it_cannot_open(tmp_path):
+    from daskglm.io.nifti import kept_open
+
+    bad = tmp_path / "run.nii.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match=r"run\.nii\.gz.*cannot open the run"):
+        with kept_open(str(bad), b"no index"):
+            pass
