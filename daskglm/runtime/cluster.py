@@ -93,6 +93,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -113,7 +114,7 @@ from .progress import (
 
 __all__ = ["LOCAL_SCHEDULERS", "ClusterLostError", "NoWorkersError", "SchedulerLostError", "compute",
            "connect_timeout", "get_client", "is_transient", "n_workers_from_n_jobs", "no_workers_timeout",
-           "phase", "task_retries", "verbosity", "wait_first", "workers_in_this_process"]
+           "phase", "task_retries", "total_threads", "verbosity", "wait_first", "workers_in_this_process"]
 
 logger = logging.getLogger(__name__)
 
@@ -876,6 +877,26 @@ def workers_in_this_process(client: Any = None) -> bool:
         return set(resolved.run(os.getpid).values()) <= {os.getpid()}
 
 
+def total_threads(client: Any = None) -> int:
+    """How many tasks ``client`` (as :func:`compute` takes it) runs at once, without starting anything.
+
+    A distributed client: its workers' threads (at least 1). A local scheduler:
+    1 for ``"sync"``, else the cores. ``None``: the active client's, or the
+    local scheduler dask is set to, or the embedded cluster's (one thread or
+    worker per core).
+    """
+    from dask.system import CPU_COUNT
+    from distributed import Client
+
+    if client is None:
+        client = _active_client() or dask.config.get("scheduler", None)
+    if isinstance(client, Client):
+        return max(1, sum(client.nthreads().values()))
+    if client in ("sync", "synchronous", "single-threaded"):
+        return 1
+    return max(1, CPU_COUNT)
+
+
 def wait_first(client: Any, futures: list) -> set:
     """The futures of ``futures`` done so far, waiting for one at least, on a distributed client.
 
@@ -1008,7 +1029,11 @@ def _compute_distributed(client: Any, collections: list, retries: int, timeout: 
         outcome = "stopped"
         try:
             # No scheduler retries (they retry every error): transient ones are retried below.
-            results = client.compute(collections, retries=0)  # futures, or values that were no collection
+            with warnings.catch_warnings():
+                # Large constants (a .nii.gz's seek index, a design) are one key of the graph each,
+                # sent once whatever the number of tasks: dask's hint to avoid repeating them is moot.
+                warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+                results = client.compute(collections, retries=0)  # futures, or values that were no collection
             futures = futures_of(results)
             attempts: dict = {}
             while True:

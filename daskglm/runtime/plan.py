@@ -35,9 +35,10 @@ FIT_BYTES_PER_VALUE = 40
 READ_BYTES_PER_VOXEL = 12
 #: Smoothed voxels (crop voxels x volumes) of a run from which the compiled
 #: filter pays for loading numba in each worker (a fixed cost per worker against
-#: a saving per voxel and volume; BENCHMARKS.md, "First round"): FIAC-sized runs
-#: (2e7) stay on scipy, HCP-sized (9e8) do not.
-COMPILED_SMOOTHING_MIN_VOXELS = 10**8
+#: a saving per voxel and volume, even at about 2e7; BENCHMARKS.md, "Many ordinary
+#: subjects"), with a margin for numba's memory: FIAC-sized runs (2e7) stay on
+#: scipy; a 3 mm fMRIPrep run of 240 scans (7e7) and HCP-sized runs (9e8) do not.
+COMPILED_SMOOTHING_MIN_VOXELS = 3 * 10**7
 
 
 class ChunkPlan(NamedTuple):

@@ -64,8 +64,10 @@ def test_explicit_sizes_are_clipped_and_validated():
 
 
 def test_compiled_smoothing_only_for_runs_that_pay_for_numba():
-    # FIAC-sized: 64 x 64 x 30 crop, 191 scans -> scipy; HCP-sized: 79 x 107 x 87, 1200 scans -> compiled
+    # FIAC-sized: 64 x 64 x 30 crop, 191 scans -> scipy; a 3 mm fMRIPrep run: 59 x 77 x 63, 240 scans, and
+    # HCP-sized: 79 x 107 x 87, 1200 scans -> compiled
     assert not _plan.compiled_smoothing_pays(64 * 64 * 30, 191)
+    assert _plan.compiled_smoothing_pays(59 * 77 * 63, 240)
     assert _plan.compiled_smoothing_pays(79 * 107 * 87, 1200)
     limit = _plan.COMPILED_SMOOTHING_MIN_VOXELS
     assert _plan.compiled_smoothing_pays(limit, 1) and not _plan.compiled_smoothing_pays(limit - 1, 1)
