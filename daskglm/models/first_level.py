@@ -82,7 +82,7 @@ from ..runtime.cluster import (
 )
 from ..runtime.config import config_number
 from ..runtime.plan import check_positive
-from ..store import default_cache_dir, ingest_runs, mean_image, parameters_key, read_bytes, store_lock
+from ..store import default_cache_dir, ingest_runs, mean_images, parameters_key, read_bytes, store_lock
 from .estimator import EstimatorMixin
 from .nilearn_compat import (
     BaseGLM,
@@ -745,10 +745,8 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         """
         from nilearn.masking import compute_multi_epi_mask
 
-        means = []
-        for index, run in enumerate(runs):
-            with phase(f"mask: mean of run {index + 1}/{len(runs)}"):
-                means.append(mean_image(run, client, self.storage_options))
+        with phase(f"mask: mean of {len(runs)} runs"):
+            means = mean_images(runs, client, self.storage_options)
         mask = compute_multi_epi_mask(means, target_affine=target_affine, target_shape=target_shape)
         if not np.asarray(mask.dataobj).any():
             raise ValueError("the mask computed from the runs' mean EPI volumes "

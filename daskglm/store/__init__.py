@@ -27,12 +27,12 @@ from .cache import (
 )
 from .ingest import ingest_run, ingest_runs, parameters_key, read_bytes
 from .locks import store_lock
-from .summary import mean_image
+from .summary import mean_image, mean_images
 from .zarrio import STORE_FORMAT, StoreDamagedError, StoreIncompleteError, open_run
 
 __all__ = ["CACHE_MAX_SIZE_KEY", "STORE_FORMAT", "Removal", "StoreDamagedError", "StoreIncompleteError", "StoreInfo",
            "cache_max_size", "default_cache_dir", "enforce_cache_cap", "ingest_run", "ingest_runs", "list_stores",
-           "mean_image", "open_run", "parameters_key", "read_bytes", "remove_stores", "store_lock"]
+           "mean_image", "mean_images", "open_run", "parameters_key", "read_bytes", "remove_stores", "store_lock"]
 
 #: Names this module re-exported before the fits moved to the glm layer.
 _MOVED_TO_GLM = ("FIT_MEMORY_KEY", "fit_memory_bytes", "open_fit", "reopen_fit", "save_fit", "save_fits")

@@ -70,6 +70,7 @@ from ..io.nifti import (
     content_sha1,
     inspect_run,
     is_url,
+    kept_open,
     load_mask,
     mask_from_mean,
     read_volumes,
@@ -83,8 +84,9 @@ from .cache import enforce_cache_cap
 from .locks import store_lock
 from .summary import (
     graph_constant,
-    gzip_index_task,
+    gzip_indexes,
     in_memory_blocks,
+    indexes_pay,
     mean_image,
     run_summary,
 )
@@ -136,36 +138,46 @@ class BlockWork(NamedTuple):
 
 
 def _ingest_block(work: BlockWork, crop: _volume.Crop, gzip_index: bytes | None, source: str | np.ndarray,
-                  block: int, start: int, stop: int) -> int:
-    """Task: read volumes ``start:stop`` of ``source`` (a path, or the block's array), (resample,)
-    smooth, mask, write the rows of block ``block``, flag it.
+                  blocks: list[tuple[int, int, int]]) -> list[int]:
+    """Task: for each ``(block, start, stop)`` of ``blocks``, in order, read volumes ``start:stop``
+    of ``source`` (a path, or the block's array), (resample,) smooth, mask, write the rows of block
+    ``block``, flag it.
 
+    One block per task, or every block of a compressed run without seek index
+    (read from start to end through one stream: see :func:`_Ingestion.tasks`).
     Volumes are read ``work.step`` at a time into one float32 row buffer,
     written to the store in a single call. From a file on the working grid only
     the crop is read (see :func:`daskglm.io.nifti.read_volumes`): a small mask
     reads a slab of each volume.
     """
     store, storage_options, sigma, resample, step, compiled = work
-    step = step or (stop - start)
     plan = _volume.mask_plan(crop, sigma)  # once per task, not once per read
-    rows = np.empty((stop - start, plan.index.size), dtype=np.float32)
     box = crop.slices if isinstance(source, str) and resample is None else None
     read_crop = crop if box is None else _volume.Crop((slice(None),) * 3, crop.mask)
-    for a in range(start, stop, step):
-        b = min(a + step, stop)
-        if isinstance(source, str):
-            volumes = read_volumes(source, a, b, gzip_index, **fsspec_kwargs(source, storage_options), box=box)
-        else:
-            volumes = source[..., a - start:b - start]
-        if resample is not None:
-            volumes = resample_volumes(volumes, *resample)
-        _volume.smooth_and_mask(volumes, read_crop, sigma, out=rows[a - start:b - start], plan=plan,
-                                compiled=compiled)
-        del volumes
+    options = fsspec_kwargs(source, storage_options) if isinstance(source, str) else {}
     group = open_group(store, "r+", storage_options)
-    _bold_for_writing(group)[start:stop, :] = rows
-    group["ingest_done"][block] = 1
-    return block
+    # The file opened once for the task's reads, which continue one another (see kept_open); a whole
+    # compressed run read without index is read to its end, so that its checksum is verified.
+    sequential = len(blocks) > 1 or gzip_index is None
+    with (kept_open(source, gzip_index, **options, to_end=sequential) if isinstance(source, str)
+          else contextlib.nullcontext()):
+        for block, start, stop in blocks:
+            rows = np.empty((stop - start, plan.index.size), dtype=np.float32)
+            for a in range(start, stop, step or (stop - start)):
+                b = min(a + (step or (stop - start)), stop)
+                if isinstance(source, str):
+                    volumes = read_volumes(source, a, b, gzip_index, **options, box=box)
+                else:
+                    volumes = source[..., a - start:b - start]
+                if resample is not None:
+                    volumes = resample_volumes(volumes, *resample)
+                _volume.smooth_and_mask(volumes, read_crop, sigma, out=rows[a - start:b - start], plan=plan,
+                                        compiled=compiled)
+                del volumes
+            _bold_for_writing(group)[start:stop, :] = rows
+            group["ingest_done"][block] = 1
+            del rows
+    return [block for block, _, _ in blocks]
 
 
 def _ingest_columns(store: str, storage_options: dict | None, source: str, grayordinates: np.ndarray,
@@ -448,13 +460,11 @@ def ingest_runs(
             locks.enter_context(store_lock(url))
         results: list[xr.Dataset | None] = [job.reuse(overwrite, columns) for job in jobs]
         todo = [job for job, done in zip(jobs, results) if done is None]
-        index_tasks = {id(job): gzip_index_task(job.info, job.storage_options)
-                       for job in todo if not job.resume}
-        index_tasks = {key: task for key, task in index_tasks.items() if task is not None}
+        new = [job for job in todo if not job.resume]  # a resumed store holds its run's index, if any
         runs = _which_runs([jobs.index(job) for job in todo], len(jobs))  # the progress's label
-        with phase(f"gzip index of {runs}"):
-            indexes = (dict(zip(index_tasks, compute(*index_tasks.values(), client=client)))
-                       if index_tasks else {})
+        infos = [job.info for job in new]
+        indexes = dict(zip(map(id, new), gzip_indexes(infos, client, storage_options, f"gzip index of {runs}",
+                                                      within=False, build=indexes_pay(infos, client))))
         for job in todo:
             with phase(f"ingesting {_which_runs([jobs.index(job)], len(jobs))}: first pass (mean, value range)"):
                 job.prepare(indexes.get(id(job)), client)
@@ -613,11 +623,12 @@ class _Ingestion:
         step = _plan.volumes_per_read(read_size, plan.t_chunk)
         compiled = _smoothing.AVAILABLE and _plan.compiled_smoothing_pays(crop.mask.size, info.n_scans)
         work = BlockWork(self.store, self.storage_options, sigma, resample, step, compiled)
-        return [
-            dask.delayed(_ingest_block, pure=False)(work, crop_key, index_key, blocks[b], b, start, stop)
-            for b, (start, stop) in enumerate(bounds)
-            if not self.done[b]
-        ]
+        todo = [(b, start, stop) for b, (start, stop) in enumerate(bounds) if not self.done[b]]
+        if info.path is not None and info.compressed and self.gzip_index is None:
+            # No seek index (see daskglm.store.summary.indexes_pay): one task reads the run from start to end.
+            return [dask.delayed(_ingest_block, pure=False)(work, crop_key, None, info.path, todo)] if todo else []
+        return [dask.delayed(_ingest_block, pure=False)(work, crop_key, index_key, blocks[b], [(b, start, stop)])
+                for b, start, stop in todo]
 
     def finish(self, columns: bool = False) -> xr.Dataset:
         """Check every block is flagged, then mark the store complete (last) and open it."""

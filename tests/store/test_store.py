@@ -15,6 +15,7 @@ from nilearn.maskers import NiftiMasker
 from nilearn.masking import compute_epi_mask
 
 from daskglm.store import ingest as store_mod
+from daskglm.store import summary as _summary_mod
 from daskglm.store.ingest import ingest_run
 from daskglm.store.zarrio import StoreIncompleteError, open_run
 
@@ -452,6 +453,31 @@ def test_several_runs_in_one_computation_equal_one_at_a_time(small_run, tmp_path
     again = ingest_runs(runs, stores, client=cluster_client, **kwargs)
     np.testing.assert_array_equal(again[1].bold.values, alone[1])
     np.testing.assert_array_equal(again[0].bold.values, alone[0])
+
+
+def test_compressed_runs_as_many_as_threads_are_read_through_by_one_task_each(small_run, tmp_path, monkeypatch):
+    """With no fewer .nii.gz runs than threads, no seek index is built: each run's blocks are one task reading
+    the run from start to end; the stores equal NiftiMasker's output and hold no index."""
+    from daskglm.store.ingest import ingest_runs
+
+    runs = [small_run["nii.gz"], tmp_path / "copy.nii.gz"]
+    shutil.copy(runs[0], runs[1])
+    tasks = []
+    real = store_mod._ingest_block
+
+    def counted(work, crop, gzip_index, source, blocks):
+        tasks.append((gzip_index, [block for block, _, _ in blocks]))
+        return real(work, crop, gzip_index, source, blocks)
+
+    monkeypatch.setattr(store_mod, "_ingest_block", counted)
+    monkeypatch.setattr(_summary_mod, "gzip_index_task", lambda *args: pytest.fail("a seek index was built"))
+    opened = ingest_runs(runs, [tmp_path / "a.zarr", tmp_path / "b.zarr"], mask_img=small_run["mask_path"],
+                         smoothing_fwhm=5.0, t_chunk=7, client="sync")
+    assert tasks == [(None, [0, 1, 2, 3, 4])] * 2  # 30 volumes in blocks of 7
+    expected = masker_reference(small_run["nii.gz"], small_run["mask_path"], 5.0)
+    for ds, store in zip(opened, ("a.zarr", "b.zarr")):
+        np.testing.assert_allclose(ds["bold"].values, expected, rtol=1e-6, atol=1e-4)
+        assert zarr.open_group(str(tmp_path / store), mode="r")["gzip_index"].shape == (0,)
 
 
 def test_runs_cannot_share_a_store(small_run, tmp_path):

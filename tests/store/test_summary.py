@@ -102,3 +102,42 @@ def test_gzip_index_only_for_compressed_files(tmp_path):
     assert _summary.gzip_index_task(inspect_run(img), None) is None
     index = _summary.gzip_index_task(inspect_run(str(packed)), None).compute(scheduler="sync")
     assert isinstance(index, bytes) and len(index) > 0
+
+
+@pytest.mark.parametrize("dtype, non_finite", [("int16", False), ("float64", True)])
+@pytest.mark.parametrize("client, n_runs", [("threads", 1), ("sync", 2)], ids=["indexed", "sequential"])
+def test_mean_images_of_gz_runs_by_index_or_read_through(tmp_path, t_chunk, dtype, non_finite, client, n_runs,
+                                                         monkeypatch):
+    """mean_images of .nii.gz runs: fewer runs than threads get seek indexes, kept for their ingestion (not
+    built again); as many runs as threads are each read from start to end by one task, with no index. Either
+    way each mean is numpy's over the run in memory (the oracle), and bit for bit the block tasks' through a
+    separately built index."""
+    imgs, paths = [], []
+    for r in range(n_runs):
+        img = _run(dtype, non_finite)
+        data = np.asanyarray(img.dataobj)[..., ::-1] if r else np.asanyarray(img.dataobj)
+        imgs.append(nib.Nifti1Image((data * 10).astype(dtype) if dtype == "int16" else data, img.affine))
+        paths.append(str(tmp_path / f"run-{r}.nii.gz"))
+        nib.save(imgs[-1], paths[-1])
+    infos = [inspect_run(path) for path in paths]
+    assert _summary.indexes_pay(infos, client) is (client == "threads")
+    means = _summary.mean_images(paths, client=client)
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("a seek index was built again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_summary, "compute", no_compute)
+        kept = _summary.gzip_indexes(infos, "sync", build=False)
+    assert all(index is not None for index in kept) if client == "threads" else kept == [None] * n_runs
+    from daskglm.io.nifti import build_gzip_index, read_volumes
+
+    for img, path, info, mean, index in zip(imgs, paths, infos, means, kept):
+        data = np.asanyarray(img.dataobj).astype(np.float64)
+        np.testing.assert_allclose(mean.get_fdata(), np.where(np.isfinite(data), data, 0).mean(axis=3),
+                                   rtol=1e-12)
+        separate = build_gzip_index(path, info.data_bytes)
+        np.testing.assert_array_equal(mean.get_fdata(), _summary.run_summary(path, info, separate, "sync")[0])
+        for a, b in ((0, 5), (17, 23)):
+            np.testing.assert_array_equal(read_volumes(path, a, b, index or separate),
+                                          np.asanyarray(img.dataobj)[..., a:b])
