@@ -79,6 +79,9 @@ def add_bids_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--confounds-strategy", nargs="+", default=None, metavar="STRATEGY",
                    help="nilearn's load_confounds strategy, e.g. motion wm_csf ('none': no confounds; "
                         "default: every confounds column)")
+    p.add_argument("--confounds-motion", choices=("basic", "power2", "derivatives", "full"), default=None,
+                   help="nilearn's load_confounds motion with a 'motion' strategy: basic (the 6 parameters), "
+                        "power2, derivatives or full (24; nilearn's default)")
     p.add_argument("--smoothing-fwhm", type=float, default=None, help="smoothing FWHM in mm")
     p.add_argument("--noise-model", default=None, help="ar1 (default), ols, ar2..., or arma11 (calibrated p-values)")
     p.add_argument("--mask", default=None, help="mask image, or 'derivatives' for the runs' brain masks")
@@ -104,6 +107,12 @@ def _bids_command(args: argparse.Namespace) -> int:
     if args.confounds_strategy is not None:
         none = [s.lower() for s in args.confounds_strategy] == ["none"]
         kwargs["confounds_strategy"] = None if none else tuple(args.confounds_strategy)
+    if args.confounds_motion is not None:
+        if "motion" not in (kwargs.get("confounds_strategy") or ()):
+            print("daskglm: error: --confounds-motion needs a --confounds-strategy that includes motion",
+                  file=sys.stderr)
+            return 2
+        kwargs["confounds_motion"] = args.confounds_motion
     try:
         with get_client(args.scheduler, n_workers=args.n_workers, memory_limit=args.memory_limit) as client:
             result = run_batch(args.dataset, args.task, dict(args.contrast), args.out, space_label=args.space,

@@ -163,6 +163,30 @@ def _bids_args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["bids", *argv])
 
 
+def test_cli_confounds_motion_is_load_confounds_motion(bids, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--confounds-motion basic: the 6 motion parameters in the design (nilearn's load_confounds(motion="basic")
+    is the oracle); without a motion strategy it is refused, before any work."""
+    from nilearn.interfaces.fmriprep import load_confounds
+
+    out = tmp_path / "out"
+    common = ("--task", TASK, "--contrast", f"language={LANGUAGE}", "--derivatives-folder", DERIV, "--scheduler",
+              "sync", "--sub", "01", "--store", str(tmp_path / "stores"), "--no-figures")
+    refused = _bids_args(bids.root, *common, "--out", str(out), "--confounds-motion", "basic")
+    assert refused.func(refused) == 2
+    assert capsys.readouterr().err.strip() == ("daskglm: error: --confounds-motion needs a --confounds-strategy "
+                                                "that includes motion")
+    assert not out.exists()
+    args = _bids_args(bids.root, *common, "--out", str(out), "--confounds-strategy", "motion",
+                      "--confounds-motion", "basic")
+    assert args.func(args) == 0
+    design = pd.read_csv(out / "sub-01" / f"sub-01_task-{TASK}_run-1_space-MNI152NLin2009cAsym_design.tsv", sep="\t")
+    expected, _ = load_confounds(bids.preproc_bold[0][0], strategy=("motion",), motion="basic")
+    assert set(expected.columns) == {"trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"}
+    assert set(expected.columns) <= set(design.columns)
+    assert not any(column.endswith(("_power2", "_derivative1")) for column in design.columns)
+    np.testing.assert_allclose(design[list(expected.columns)].to_numpy(), expected.to_numpy(), rtol=1e-6)
+
+
 @pytest.mark.slow
 def test_failure_is_isolated(bids, tmp_path: Path, stores: Path, capsys: pytest.CaptureFixture) -> None:
     """A truncated run fails its subject only; the command exits 1 and lists it on stderr."""
