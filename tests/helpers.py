@@ -348,9 +348,12 @@ def assert_same_maps(got: dict, expected: dict) -> None:
 
 
 def store_files(root: Path) -> list[str]:
-    """The files under ``root``, fit groups named ``glm-*`` (their key names the store's location)."""
+    """The files under ``root``, fit groups named ``glm-*`` (their key names the store's location), without
+    the chunks of a stored gzip seek index: whether ingestion built one depends on how many runs it ingested
+    on how many threads (daskglm.store.summary.indexes_pay), not on the data."""
     return sorted(re.sub(r"glm-[0-9a-f]{16}", "glm-*", p.relative_to(root).as_posix())
-                  for p in root.rglob("*") if p.is_file())
+                  for p in root.rglob("*") if p.is_file() and not p.relative_to(root).as_posix().startswith(
+                      "gzip_index/c"))
 
 
 def fit_group(store: str | Path) -> str:

@@ -492,8 +492,8 @@ def kept_open(path: str, gzip_index: bytes | None = None, storage_options: dict 
             try:
                 while stream.read(2**24):
                     pass
-            except (EOFError, OSError, zlib.error) as exc:
-                raise ValueError(f"{path!r} is a corrupt or truncated gzip file: {exc}") from exc
+            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+                raise _broken_stream(path, img, exc) from exc
 
 
 def read_volumes(
@@ -533,6 +533,7 @@ def read_volumes(
         In the file's dtype (scaled by the header's slope/intercept if any).
     """
     where = (*(box or (slice(None),) * 3), slice(start, stop))
+    img = None
     try:
         with contextlib.ExitStack() as stack:
             kept = _KEPT.get()
@@ -545,9 +546,22 @@ def read_volumes(
             return np.asanyarray(img.dataobj[where])
     except Exception as exc:
         # A gzip stream read from its start finds a truncated or corrupt file here, not in an index pass.
-        broken = " is a corrupt or truncated gzip file" if isinstance(exc, (EOFError, gzip.BadGzipFile,
-                                                                            zlib.error)) else ""
-        raise ValueError(f"{path!r}{broken}: cannot read volumes {start}..{stop - 1}: {exc}") from exc
+        raise _broken_stream(path, img, exc) or ValueError(
+            f"{path!r}: cannot read volumes {start}..{stop - 1}: {exc}") from exc
+
+
+def _broken_stream(path: str, img: Any, exc: BaseException) -> ValueError | None:
+    """The error naming a truncated or corrupt ``.nii.gz`` read as one gzip stream (as
+    :func:`build_gzip_index` names them), or None for any other error."""
+    if not isinstance(exc, (EOFError, gzip.BadGzipFile, zlib.error)):
+        return None
+    stream = getattr(getattr(img, "dataobj", None), "file_like", None)
+    if isinstance(exc, EOFError) and isinstance(stream, gzip.GzipFile):
+        header = img.header
+        announced = int(header.get_data_offset()) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+        return ValueError(f"{path!r} is truncated: {stream.tell()} bytes after decompression, its header "
+                          f"announces {announced}")
+    return ValueError(f"{path!r} is a corrupt or truncated gzip file: {exc}")
 
 
 def load_mask(mask_img: Any, storage_options: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:

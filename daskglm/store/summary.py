@@ -190,6 +190,13 @@ def mean_images(run_imgs: list, client: Any = None, storage_options: dict | None
     the runs' ingestion, see :func:`gzip_indexes`); otherwise each is read by
     one task from start to end.
 
+    Parameters
+    ----------
+    run_imgs : list of path, fsspec URL or nibabel image
+        The 4D runs.
+    client, storage_options
+        As :func:`mean_image`.
+
     Returns
     -------
     list of nibabel.Nifti1Image

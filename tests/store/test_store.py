@@ -470,6 +470,7 @@ def test_compressed_runs_as_many_as_threads_are_read_through_by_one_task_each(sm
         return real(work, crop, gzip_index, source, blocks)
 
     monkeypatch.setattr(store_mod, "_ingest_block", counted)
+    _summary_mod._GZIP_INDEXES.clear()  # an index this session built before would be used: it is free
     monkeypatch.setattr(_summary_mod, "gzip_index_task", lambda *args: pytest.fail("a seek index was built"))
     opened = ingest_runs(runs, [tmp_path / "a.zarr", tmp_path / "b.zarr"], mask_img=small_run["mask_path"],
                          smoothing_fwhm=5.0, t_chunk=7, client="sync")
