@@ -12,7 +12,9 @@ measured by the parent.
 - ``daskglm``: the same with daskglm on its embedded cluster (ingestion and fit
   timed apart, optionally the task stream and the CPU time of each process);
 - ``roofline``: on the stores a ``daskglm`` child left, one ``pinv(X) @ Y``
-  pass over the data, then the fit alone on the already-ingested stores.
+  pass over the data, then the fit alone on the already-ingested stores;
+- ``loop``: a nilearn user's subject loop over a BIDS dataset, with nilearn's or
+  daskglm's imports; ``bids``: ``daskglm bids`` on the same dataset.
 
 Only the standard library is imported at module level: each workload imports
 its tool itself, so that its import time is measured.
@@ -276,7 +278,69 @@ def _worker_roofline(spec: dict) -> dict:
             "voxel_blocks": n_blocks, "cluster": info}
 
 
-WORKERS = {"nilearn": _worker_nilearn, "daskglm": _worker_daskglm, "roofline": _worker_roofline}
+#: The 6 motion parameters of fMRIPrep's confounds, as a nilearn user's loop selects them.
+MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+
+
+def _worker_loop(spec: dict) -> dict:
+    """A nilearn user's subject loop (``first_level_from_bids``, ``fit``, ``compute_contrast``, z maps
+    saved), with nilearn's imports or daskglm's (``spec["lib"]``); the script is the same otherwise."""
+    t0 = time.time()
+    if spec["lib"] == "nilearn":
+        from nilearn.glm.first_level import first_level_from_bids
+    else:
+        from daskglm import first_level_from_bids
+    import warnings
+
+    import numpy as np
+
+    warnings.simplefilter("ignore")  # nilearn's StartTime and contrast warnings, every subject
+    imported = time.time()
+    models, imgs, events, confounds = first_level_from_bids(
+        spec["root"], spec["task"], space_label="MNI152NLin2009cAsym", derivatives_folder="derivatives/fmriprep",
+        smoothing_fwhm=spec["smoothing_fwhm"], noise_model="ar1", minimize_memory=True)
+    zmaps = {}
+    for model, img, ev, conf in zip(models, imgs, events, confounds):
+        model.fit(img, events=ev, confounds=[c[MOTION] for c in conf])
+        for name, expression in spec["contrasts"].items():
+            z = model.compute_contrast(expression, output_type="z_score")
+            path = Path(spec["out"]) / f"sub-{model.subject_label}_contrast-{name}_stat-z_statmap.nii.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            z.to_filename(path)
+            zmaps[f"{model.subject_label}-{name}"] = np.asarray(z.get_fdata(), dtype=np.float32)
+    _save_zmaps(spec["zmaps"], zmaps)
+    return {"phases_s": {"import": imported - t0, "subjects": time.time() - imported}, "subjects": len(models)}
+
+
+def _worker_bids(spec: dict) -> dict:
+    """``daskglm bids`` on the same dataset and contrasts, with its default outputs."""
+    t0 = time.time()
+    import numpy as np
+
+    from daskglm.cli.main import main
+
+    argv = ["bids", spec["root"], "--task", spec["task"], "--out", spec["out"], "--derivatives-folder",
+            "derivatives/fmriprep", "--smoothing-fwhm", str(spec["smoothing_fwhm"]), "--confounds-strategy",
+            "motion", "--confounds-motion", "basic", "--store", spec["store"], "--verbose", "0"]
+    for name, expression in spec["contrasts"].items():
+        argv += ["--contrast", f"{name}={expression}"]
+    imported = time.time()
+    code = main(argv)
+    if code != 0:
+        raise RuntimeError(f"daskglm bids exited {code}")
+    import nibabel as nib
+
+    zmaps = {}
+    for path in sorted(Path(spec["out"]).glob("sub-*/*_stat-z_statmap.nii.gz")):
+        label = path.name.split("_")[0][4:]
+        name = path.name.split("contrast-")[1].split("_")[0]
+        zmaps[f"{label}-{name}"] = np.asarray(nib.load(path).get_fdata(), dtype=np.float32)
+    _save_zmaps(spec["zmaps"], zmaps)
+    return {"phases_s": {"import": imported - t0, "subjects": time.time() - imported}, "subjects": len(zmaps) // 2}
+
+
+WORKERS = {"nilearn": _worker_nilearn, "daskglm": _worker_daskglm, "roofline": _worker_roofline,
+           "loop": _worker_loop, "bids": _worker_bids}
 
 
 def _child_main(kind: str, spec_path: str, out_path: str) -> int:

@@ -92,7 +92,7 @@ def _speedup_bound(one_worker: dict, cores: int) -> float | None:
 
 
 def _targets(summaries: dict[str, dict]) -> list[dict]:
-    """Issue 7's targets, for the sizes measured in this invocation."""
+    """The performance targets (issues 7 and 29), for the sizes measured in this invocation."""
     out = []
 
     def check(name: str, value: float | None, limit: float, lower_is_better: bool = True) -> None:
@@ -117,6 +117,14 @@ def _targets(summaries: dict[str, dict]) -> list[dict]:
             hcp = summaries.get("hcp", {}).get("tools", {}).get("daskglm")
             if hcp:
                 check("hcp8: wall / hcp wall <= 4.5", d["wall_s_median"] / hcp["wall_s_median"], 4.5)
+        if size.startswith("subjects") and "loop-nilearn" in tools:  # the subject loop's targets
+            base, least = tools["loop-nilearn"], 3.0 if size == "subjects" else 1.0
+            for tag in ("loop-daskglm", "bids"):
+                if tag in tools:
+                    check(f"{size}: nilearn's loop wall / {tag} wall >= {least:g}",
+                          tools[tag]["nilearn_loop_over_this"], least, False)
+                    check(f"{size}: {tag} peak <= nilearn's loop peak ({base['peak_rss_mib_median']:.0f} MiB)",
+                          tools[tag]["peak_rss_mib_median"], base["peak_rss_mib_median"])
         if "wall_1_worker_over_2_workers" in ratios and size.startswith("hcp"):
             check(f"{size}: 1-worker wall / 2-worker wall >= 1.7", ratios["wall_1_worker_over_2_workers"], 1.7, False)
     return out

@@ -29,6 +29,14 @@ complete stores).
     python benchmarks/compare.py --size hcp --scaling           # also daskglm on 1 worker
     python benchmarks/compare.py --size tiny                    # CI-sized
     python benchmarks/compare.py --size hcp --tools daskglm --roi   # also a ~4,000-voxel spherical mask
+    python benchmarks/compare.py --size subjects,subjects-tiny      # many ordinary subjects
+
+``--size subjects`` (8 fMRIPrep-style subjects, 2 runs each of 65 x 77 x 65
+voxels at 3 mm x 240 scans, ``.nii.gz``; ``subjects-tiny``: 3 subjects of
+40 x 48 x 32 x 120) runs a nilearn user's subject loop (``first_level_from_bids``,
+``fit`` with the 6 motion confounds, smoothing 5, AR(1), 2 contrasts, z maps
+saved) with nilearn's imports and with daskglm's, and ``daskglm bids`` with its
+default outputs on the same dataset, each in its own measured process.
 
 With ``--roi`` daskglm also runs with a region-of-interest mask: a sphere of
 about 4,000 brain voxels at the brain mask's centre of mass (the same
@@ -69,6 +77,13 @@ SIZES: dict[str, dict[str, Any]] = {
              # 16 GB of inputs and 12 GB of stores do not stay in 24 GiB of page cache: warming is moot
              "cache": "asis"},
 }
+#: Subject-loop workloads (``--size subjects``): simulate_bids arguments, fMRIPrep-style 3 mm runs, .nii.gz.
+SUBJECT_SETS: dict[str, dict[str, Any]] = {
+    "subjects": {"n_subjects": 8, "n_runs": 2, "shape": (65, 77, 65), "n_scans": 240},
+    "subjects-tiny": {"n_subjects": 3, "n_runs": 2, "shape": (40, 48, 32), "n_scans": 120},
+}
+#: The subject loop's two contrasts (on the simulated language task's conditions).
+SUBJECT_CONTRASTS = {"sentence": "DStSSp + DStDSp - SStSSp - SStDSp", "speaker": "SStDSp + DStDSp - SStSSp - DStSSp"}
 TOOLS = ("nilearn", "daskglm")
 MiB = 2**20
 
@@ -474,6 +489,78 @@ def _print_arma11_cost(size: str, records: list[dict]) -> None:
               f"{peaks[1] / MiB:.0f} / {peaks[0] / MiB:.0f} MiB", flush=True)
 
 
+def _bench_subjects(name: str, args: argparse.Namespace, work: Path) -> dict:
+    """The subject loop: nilearn's and daskglm's imports in a nilearn user's script, and ``daskglm bids``."""
+    import numpy as np
+
+    from daskglm.datasets.bids_sim import simulate_bids
+
+    params = SUBJECT_SETS[name]
+    start = time.perf_counter()
+    root = _data_root() / ("bids_{n_subjects}x{n_runs}_{shape[0]}x{shape[1]}x{shape[2]}_{n_scans}".format(**params))
+    bids = simulate_bids(root, task="language", seed=0, **params)
+    print(f"[{name}] data: {root} ({time.perf_counter() - start:.1f} s to generate or find)", flush=True)
+    configs = [(kind, tag) for kind, tag in (("loop", "loop-nilearn"), ("loop", "loop-daskglm"), ("bids", "bids"))
+               if tag.split("-")[-1] in args.tools or (tag == "bids" and "daskglm" in args.tools)]
+    records: list[dict] = []
+    repeat = args.repeats.get(name, args.repeats.get("*", 1))
+    for rep in range(1, repeat + 1):
+        rep_dir = work / f"{name}-rep{rep}"
+        zmaps: dict[str, str] = {}
+        for kind, tag in (configs if rep % 2 else configs[:1] + configs[:0:-1]):
+            spec = {"root": str(bids.root), "task": "language", "smoothing_fwhm": args.smoothing_fwhm,
+                    "contrasts": SUBJECT_CONTRASTS, "lib": tag.split("-")[-1], "out": str(rep_dir / f"out-{tag}"),
+                    "store": str(rep_dir / f"stores-{tag}"), "zmaps": str(rep_dir / f"z-{tag}.npz")}
+            rep_dir.mkdir(parents=True, exist_ok=True)
+            env_cache = os.environ.get("DASKGLM_CACHE")
+            os.environ["DASKGLM_CACHE"] = spec["store"]  # the loop's stores: fresh, in this repeat's folder
+            try:
+                _set_cache(args.cache or "warm", [p for runs in bids.preproc_bold for p in runs])
+                result = _run_child(kind, spec, rep_dir, tag, args.timeout)
+            finally:
+                if env_cache is None:
+                    os.environ.pop("DASKGLM_CACHE", None)
+                else:
+                    os.environ["DASKGLM_CACHE"] = env_cache
+            records.append({"size": name, "tag": tag, "repeat": rep, **result})
+            zmaps[tag] = spec["zmaps"]
+            print(f"{tag:12s} {name} {rep}/{repeat}: wall {result['wall_s']:.1f} s, peak RSS (all processes) "
+                  f"{result['peak_rss_bytes'] / MiB:.0f} MiB, {result['subjects']} subjects", flush=True)
+            shutil.rmtree(spec["store"], ignore_errors=True)
+            shutil.rmtree(spec["out"], ignore_errors=True)
+        if "loop-nilearn" in zmaps:
+            with np.load(zmaps["loop-nilearn"]) as theirs:
+                for tag in [t for t in zmaps if t != "loop-nilearn"]:
+                    with np.load(zmaps[tag]) as ours:
+                        assert sorted(ours.files) == sorted(theirs.files), (tag, ours.files, theirs.files)
+                        worst = max(float(np.max(np.abs(ours[k].astype(np.float64) - theirs[k]))) for k in ours.files)
+                    print(f"  z maps, nilearn's loop vs {tag} ({len(theirs.files)} maps): max |dz| {worst:.2e}",
+                          flush=True)
+    summary: dict[str, Any] = {"size": name, **{k: list(v) if isinstance(v, tuple) else v for k, v in params.items()},
+                               "tools": {}}
+    print(f"\n[{name}] summary over {repeat} repeat(s) (median; all values)")
+    for tag in [t for _, t in configs]:
+        rs = [r for r in records if r["tag"] == tag]
+        walls, peaks = [round(r["wall_s"], 2) for r in rs], [round(r["peak_rss_bytes"] / MiB) for r in rs]
+        summary["tools"][tag] = {"wall_s_median": statistics.median(walls), "wall_s": walls,
+                                 "peak_rss_mib_median": statistics.median(peaks), "peak_rss_mib": peaks}
+        print(f"  {tag:12s} wall {statistics.median(walls):7.1f} s {walls}   peak RSS "
+              f"{statistics.median(peaks):6.0f} MiB {peaks}")
+    tools = summary["tools"]
+    if "loop-nilearn" in tools:
+        base = tools["loop-nilearn"]
+        for tag in [t for t in tools if t != "loop-nilearn"]:
+            pairs = [(a["wall_s"], b["wall_s"]) for a in records if a["tag"] == "loop-nilearn"
+                     for b in records if b["tag"] == tag and b["repeat"] == a["repeat"]]
+            ratio = base["wall_s_median"] / tools[tag]["wall_s_median"]
+            tools[tag]["nilearn_loop_over_this"] = round(ratio, 2)
+            print(f"  nilearn's loop / {tag}: wall {ratio:.2f}x (per repeat: "
+                  f"{', '.join(f'{a / b:.2f}' for a, b in pairs)}), peak memory "
+                  f"{base['peak_rss_mib_median']:.0f} vs {tools[tag]['peak_rss_mib_median']:.0f} MiB")
+    summary["runs"] = records
+    return summary
+
+
 def _print_roi_cost(size: str, records: list[dict]) -> None:
     """With ``--roi``: wall and peak memory of the ~4,000-voxel mask against the whole-brain mask's."""
     pairs = [(a, b) for a in records if a["tag"] == "daskglm"
@@ -510,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("--size", default="fiac",
-                        help=f"one or more of {', '.join(SIZES)}, comma-separated (default: %(default)s)")
+                        help=f"one or more of {', '.join([*SIZES, *SUBJECT_SETS])}, comma-separated "
+                             "(default: %(default)s)")
     parser.add_argument("--tools", default="nilearn,daskglm", help="comma-separated subset of nilearn,daskglm")
     parser.add_argument("--repeat", default="1",
                         help="repeats per tool (median reported): N for every size, or per size, "
@@ -543,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [s.strip() for s in args.size.split(",") if s.strip()]
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    bad = [s for s in sizes if s not in SIZES] + [t for t in args.tools if t not in TOOLS]
+    bad = [s for s in sizes if s not in SIZES and s not in SUBJECT_SETS] + [t for t in args.tools if t not in TOOLS]
     try:  # "3" for every size, or "fiac=3,hcp=1" (sizes not named: 1)
         args.repeats = ({"*": int(args.repeat)} if "=" not in args.repeat else
                         {k.strip(): int(v) for k, v in (item.split("=") for item in args.repeat.split(","))})
@@ -561,14 +649,15 @@ def main(argv: list[str] | None = None) -> int:
     records: dict[str, Any] = {}
     try:
         for size in sizes:
-            summaries[size] = _bench_size(size, args, work, WALKTHROUGH_CONTRASTS)
+            summaries[size] = (_bench_subjects(size, args, work) if size in SUBJECT_SETS
+                               else _bench_size(size, args, work, WALKTHROUGH_CONTRASTS))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     from _compare_summary import _targets
 
     targets = _targets(summaries)
     if targets:
-        print("\nissue 7 targets:")
+        print("\ntargets:")
         for t in targets:
             print(f"  [{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']}")
     if args.json:
