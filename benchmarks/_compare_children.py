@@ -307,7 +307,7 @@ def _worker_loop(spec: dict) -> dict:
             path = Path(spec["out"]) / f"sub-{model.subject_label}_contrast-{name}_stat-z_statmap.nii.gz"
             path.parent.mkdir(parents=True, exist_ok=True)
             z.to_filename(path)
-            zmaps[f"{model.subject_label}-{name}"] = np.asarray(z.get_fdata(), dtype=np.float32)
+            zmaps[f"{model.subject_label}-{name}"] = np.asarray(z.get_fdata())  # float64: nilearn's agreement
     _save_zmaps(spec["zmaps"], zmaps)
     return {"phases_s": {"import": imported - t0, "subjects": time.time() - imported}, "subjects": len(models)}
 
@@ -334,7 +334,7 @@ def _worker_bids(spec: dict) -> dict:
     for path in sorted(Path(spec["out"]).glob("sub-*/*_stat-z_statmap.nii.gz")):
         label = path.name.split("_")[0][4:]
         name = path.name.split("contrast-")[1].split("_")[0]
-        zmaps[f"{label}-{name}"] = np.asarray(nib.load(path).get_fdata(), dtype=np.float32)
+        zmaps[f"{label}-{name}"] = np.asarray(nib.load(path).get_fdata())
     _save_zmaps(spec["zmaps"], zmaps)
     return {"phases_s": {"import": imported - t0, "subjects": time.time() - imported}, "subjects": len(zmaps) // 2}
 

@@ -123,8 +123,9 @@ def _targets(summaries: dict[str, dict]) -> list[dict]:
                 if tag in tools:
                     check(f"{size}: nilearn's loop wall / {tag} wall >= {least:g}",
                           tools[tag]["nilearn_loop_over_this"], least, False)
-                    check(f"{size}: {tag} peak <= nilearn's loop peak ({base['peak_rss_mib_median']:.0f} MiB)",
-                          tools[tag]["peak_rss_mib_median"], base["peak_rss_mib_median"])
+                    if size == "subjects":  # the memory target is the 8 subjects' (tiny: only "not slower")
+                        check(f"{size}: {tag} peak <= nilearn's loop peak ({base['peak_rss_mib_median']:.0f} MiB)",
+                              tools[tag]["peak_rss_mib_median"], base["peak_rss_mib_median"])
         if "wall_1_worker_over_2_workers" in ratios and size.startswith("hcp"):
             check(f"{size}: 1-worker wall / 2-worker wall >= 1.7", ratios["wall_1_worker_over_2_workers"], 1.7, False)
     return out
