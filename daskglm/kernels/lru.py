@@ -62,6 +62,14 @@ class LRUCache(Generic[V]):
                 self._size -= dropped
         return value
 
+    def peek(self, key: Hashable) -> V | None:
+        """The value of ``key`` if it is kept (it becomes the most recently used), else None."""
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key][0]
+        return None
+
     @property
     def size(self) -> int:
         """The total size of the entries kept (in ``size_of`` units)."""

@@ -105,7 +105,7 @@ def _index_key(info: RunInfo) -> str | None:
 
 def _cached_index(info: RunInfo) -> bytes | None:
     key = _index_key(info)
-    return _GZIP_INDEXES.get(key, bytes) if key is not None and key in _GZIP_INDEXES else None
+    return None if key is None else _GZIP_INDEXES.peek(key)
 
 
 def indexes_pay(infos: list[RunInfo], client: Any) -> bool:

@@ -40,6 +40,16 @@ def test_byte_budget_and_an_oversized_entry_is_kept_alone():
         LRUCache(0)
 
 
+def test_peek_finds_without_computing_and_counts_as_a_use():
+    cache: LRUCache[str] = LRUCache(2)
+    assert cache.peek("a") is None and len(cache) == 0  # a miss keeps nothing
+    cache.get("a", lambda: "A")
+    cache.get("b", lambda: "B")
+    assert cache.peek("a") == "A"  # a used again: b is now the least recently used
+    cache.get("c", lambda: "C")
+    assert "a" in cache and "b" not in cache and cache.peek("b") is None
+
+
 def test_none_is_a_value():
     cache: LRUCache[None] = LRUCache(2)
     calls = []
