@@ -488,8 +488,7 @@ def _fit_and_write(args: argparse.Namespace, plan: Any, outputs: Any, runs: list
         say(args, 1, f"  contrast {number}/{len(contrasts)} {name} ({stat_types[name]}): peak |z| {peak:.2f} "
                      f"-> {z_map}")
 
-    work_bytes = sum(read_bytes(info, params["mask_img"], params["smoothing_fwhm"]) for info in infos)
-    with cluster(args, work_bytes) as client:
+    with cluster(args, read_bytes(infos, params["mask_img"], params["smoothing_fwhm"])) as client:
         where = f"dask's local {args.scheduler} scheduler" if client is None else client
         say(args, 1, f"fitting {len(runs)} run(s) ({args.noise_model}, {designs[0].shape[1]} regressors) on {where}")
         model = FirstLevelModel(client=client, **params)

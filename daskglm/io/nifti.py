@@ -450,8 +450,7 @@ _KEPT: contextvars.ContextVar[tuple[str, int, Any] | None] = contextvars.Context
 
 
 @contextlib.contextmanager
-def kept_open(path: str, gzip_index: bytes | None = None, storage_options: dict | None = None,
-              to_end: bool = False) -> Iterator[None]:
+def kept_open(path: str, gzip_index: bytes | None = None, storage_options: dict | None = None) -> Iterator[None]:
     """Within the block, :func:`read_volumes` of ``path`` reads through one open file.
 
     A task that reads its volumes a few at a time opens the run (and, for a
@@ -459,23 +458,21 @@ def kept_open(path: str, gzip_index: bytes | None = None, storage_options: dict 
     stream where the previous one stopped, instead of seeking back to a seek
     point: for 3 mm runs of 240 scans, reading in steps of 9 volumes took
     0.74 s instead of 1.67 s per run (BENCHMARKS.md, "Many ordinary subjects").
-    A ``.nii.gz`` without seek index is one gzip stream read from its start.
+    A ``.nii.gz`` without seek index is one gzip stream read from its start
+    and, when the block ends without error, to its end, so that its checksum
+    and length are verified: a corrupt or truncated file is an error even when
+    the volumes read decompressed (an index pass checks them otherwise).
 
     Parameters
     ----------
     path, gzip_index, storage_options
         As :func:`read_volumes`.
-    to_end : bool
-        After the block, read a gzip stream without seek index to its end, so
-        that its checksum and length are verified (a corrupt or truncated file
-        is an error even when its last volume decompressed; an index pass
-        checks them otherwise).
 
     Raises
     ------
     ValueError
-        Naming the file, when it cannot be opened, or, with ``to_end``, when
-        it is corrupt or truncated.
+        Naming the file, when it cannot be opened, or when a gzip stream read
+        without seek index is corrupt or truncated.
     """
     with contextlib.ExitStack() as stack:
         try:
@@ -488,7 +485,7 @@ def kept_open(path: str, gzip_index: bytes | None = None, storage_options: dict 
         finally:
             _KEPT.reset(token)
         stream = getattr(getattr(img, "dataobj", None), "file_like", None)
-        if to_end and gzip_index is None and isinstance(stream, gzip.GzipFile):
+        if gzip_index is None and isinstance(stream, gzip.GzipFile):
             try:
                 while stream.read(2**24):
                     pass

@@ -626,8 +626,8 @@ class FirstLevelModel(EstimatorMixin, _NilearnFirstLevelModel):
         # CIFTI and surface runs are never smoothed: their blocks are reads and BLAS, which threads share
         # without the GIL, so their cluster is threads in this process whatever the data's size (as fast as
         # worker processes, half the memory: BENCHMARKS.md, "HCP-size CIFTI").
-        self._work_bytes = 0 if self._elements else sum(
-            read_bytes(info, mask_img, fwhm, target_affine, target_shape, self.storage_options) for info in infos)
+        self._work_bytes = 0 if self._elements else read_bytes(infos, mask_img, fwhm, target_affine, target_shape,
+                                                                self.storage_options)
         with self._client() as client, verbosity(self.verbose):
             if mask_img is None and len(runs) > 1:
                 log("Computing the mask of the runs (compute_multi_epi_mask of their mean volumes)",

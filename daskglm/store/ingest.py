@@ -135,6 +135,8 @@ class BlockWork(NamedTuple):
     step: int | None
     #: The smoothing filter (see :func:`daskglm.kernels.volume.smooth_and_mask`; same numbers either way).
     compiled: bool | None
+    #: Where in each volume to read (the crop's slices: a file on the working grid), or None: whole volumes.
+    box: tuple[slice, slice, slice] | None = None
 
 
 def _ingest_block(work: BlockWork, crop: _volume.Crop, gzip_index: bytes | None, source: str | np.ndarray,
@@ -146,25 +148,22 @@ def _ingest_block(work: BlockWork, crop: _volume.Crop, gzip_index: bytes | None,
     One block per task, or every block of a compressed run without seek index
     (read from start to end through one stream: see :func:`_Ingestion.tasks`).
     Volumes are read ``work.step`` at a time into one float32 row buffer,
-    written to the store in a single call. From a file on the working grid only
-    the crop is read (see :func:`daskglm.io.nifti.read_volumes`): a small mask
-    reads a slab of each volume.
+    written to the store in a single call. With ``work.box`` only the crop is
+    read (see :func:`daskglm.io.nifti.read_volumes`): a small mask reads a slab
+    of each volume.
     """
-    store, storage_options, sigma, resample, step, compiled = work
+    store, storage_options, sigma, resample, step, compiled, box = work
     plan = _volume.mask_plan(crop, sigma)  # once per task, not once per read
-    box = crop.slices if isinstance(source, str) and resample is None else None
     read_crop = crop if box is None else _volume.Crop((slice(None),) * 3, crop.mask)
     options = fsspec_kwargs(source, storage_options) if isinstance(source, str) else {}
     group = open_group(store, "r+", storage_options)
-    # The file opened once for the task's reads, which continue one another (see kept_open); a whole
-    # compressed run read without index is read to its end, so that its checksum is verified.
-    sequential = len(blocks) > 1 or gzip_index is None
-    with (kept_open(source, gzip_index, **options, to_end=sequential) if isinstance(source, str)
-          else contextlib.nullcontext()):
+    # The file opened once for the task's reads, which continue one another (see kept_open).
+    with kept_open(source, gzip_index, **options) if isinstance(source, str) else contextlib.nullcontext():
         for block, start, stop in blocks:
             rows = np.empty((stop - start, plan.index.size), dtype=np.float32)
-            for a in range(start, stop, step or (stop - start)):
-                b = min(a + (step or (stop - start)), stop)
+            per_read = step or (stop - start)
+            for a in range(start, stop, per_read):
+                b = min(a + per_read, stop)
                 if isinstance(source, str):
                     volumes = read_volumes(source, a, b, gzip_index, **options, box=box)
                 else:
@@ -294,9 +293,9 @@ def parameters_key(mask_img: Any, smoothing_fwhm: float | None, target_affine: A
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def read_bytes(info: RunInfo, mask_img: Any, smoothing_fwhm: float | None = None, target_affine: Any = None,
+def read_bytes(infos: list[RunInfo], mask_img: Any, smoothing_fwhm: float | None = None, target_affine: Any = None,
                target_shape: Any = None, storage_options: dict | None = None) -> int:
-    """The bytes ingestion reads from a run: what an embedded cluster is sized by.
+    """The bytes ingestion reads from some runs: what an embedded cluster is sized by.
 
     An uncompressed file on the mask's grid is read within the mask's crop
     (its bounding box grown by the smoothing kernel's radius; see
@@ -307,24 +306,29 @@ def read_bytes(info: RunInfo, mask_img: Any, smoothing_fwhm: float | None = None
 
     Parameters
     ----------
-    info : RunInfo
-        :func:`daskglm.io.nifti.inspect_run` of the run.
+    infos : list of RunInfo
+        :func:`daskglm.io.nifti.inspect_run` of each run.
     mask_img, smoothing_fwhm, target_affine, target_shape, storage_options
         As :func:`ingest_run`.
 
     Returns
     -------
     int
-        Uncompressed bytes.
+        Uncompressed bytes, over all the runs.
     """
-    if (mask_img is None or info.compressed or info.path is None or is_cifti(info.path)
-            or target_affine is not None or target_shape is not None):
-        return int(info.data_bytes)
-    mask, mask_affine, _ = load_mask(mask_img, storage_options)
-    if not mask.any() or not same_grid(mask_affine, mask.shape, info.affine, info.volume_shape):
-        return int(info.data_bytes)
-    crop = _volume.smoothing_crop(mask, _volume.fwhm_to_sigma(smoothing_fwhm, info.affine))
-    return int(info.data_bytes * crop.mask.size // int(np.prod(info.volume_shape)))
+    whole = [mask_img is None or info.compressed or info.path is None or is_cifti(info.path)
+             or target_affine is not None or target_shape is not None for info in infos]
+    total = sum(int(info.data_bytes) for info, read_whole in zip(infos, whole) if read_whole)
+    if all(whole):
+        return total
+    mask, mask_affine, _ = load_mask(mask_img, storage_options)  # once for every run
+    for info in (info for info, read_whole in zip(infos, whole) if not read_whole):
+        if not mask.any() or not same_grid(mask_affine, mask.shape, info.affine, info.volume_shape):
+            total += int(info.data_bytes)
+            continue
+        crop = _volume.smoothing_crop(mask, _volume.fwhm_to_sigma(smoothing_fwhm, info.affine))
+        total += int(info.data_bytes * crop.mask.size // int(np.prod(info.volume_shape)))
+    return total
 
 
 def ingest_run(
@@ -617,12 +621,13 @@ class _Ingestion:
                   else in_memory_blocks(self.run_img, bounds))
         # Large constants are graph keys of their own, sent once (not once per task).
         crop_key, index_key = graph_constant(crop), graph_constant(self.gzip_index)
-        # A file on the working grid is read within the crop (see _ingest_block), anything else whole.
-        read_size = (crop.mask.size if info.path is not None and resample is None
-                     else max(int(np.prod(info.volume_shape)), int(np.prod(crop_shape))))
+        # A file on the working grid is read within the crop, anything else whole.
+        box = crop.slices if info.path is not None and resample is None else None
+        read_size = crop.mask.size if box is not None else max(int(np.prod(info.volume_shape)),
+                                                                int(np.prod(crop_shape)))
         step = _plan.volumes_per_read(read_size, plan.t_chunk)
         compiled = _smoothing.AVAILABLE and _plan.compiled_smoothing_pays(crop.mask.size, info.n_scans)
-        work = BlockWork(self.store, self.storage_options, sigma, resample, step, compiled)
+        work = BlockWork(self.store, self.storage_options, sigma, resample, step, compiled, box)
         todo = [(b, start, stop) for b, (start, stop) in enumerate(bounds) if not self.done[b]]
         if info.path is not None and info.compressed and self.gzip_index is None:
             # No seek index (see daskglm.store.summary.indexes_pay): one task reads the run from start to end.

@@ -72,7 +72,7 @@ def _sequential_summary(path: str, bounds: list[tuple[int, int]], storage_option
                         want_sum: bool = True) -> tuple[np.ndarray | None, float, float]:
     """Task: the block tasks' combined summary of a compressed run without seek index, its blocks
     read in order through one open stream (the same numbers)."""
-    with kept_open(path, None, **fsspec_kwargs(path, storage_options), to_end=True):
+    with kept_open(path, None, **fsspec_kwargs(path, storage_options)):
         return _combine_summaries([_block_summary(path, a, b, None, storage_options, want_sum=want_sum)
                                    for a, b in bounds])
 

@@ -100,13 +100,15 @@ def test_read_bytes_is_the_crop_of_an_uncompressed_run_else_the_whole_run(small_
                              small_run["affine"]), str(roi))
     nii, gz = inspect_run(str(small_run["nii"])), inspect_run(str(small_run["nii.gz"]))
     # boxes as in the test above: x 9..19, y 1..11, z 5..13 of a 20 x 22 x 14 volume
-    assert read_bytes(nii, str(roi), 5.0) == nii.data_bytes * (11 * 11 * 9) // (20 * 22 * 14)
-    assert read_bytes(nii, str(roi), None) == nii.data_bytes * (5 * 5 * 5) // (20 * 22 * 14)
+    assert read_bytes([nii], str(roi), 5.0) == nii.data_bytes * (11 * 11 * 9) // (20 * 22 * 14)
+    assert read_bytes([nii], str(roi), None) == nii.data_bytes * (5 * 5 * 5) // (20 * 22 * 14)
     whole = nii.data_bytes
-    assert read_bytes(gz, str(roi), 5.0) == gz.data_bytes == whole
-    assert read_bytes(nii, None, 5.0) == whole
-    assert read_bytes(nii, str(roi), 5.0, target_affine=np.diag([3.0, 3.0, 3.5])) == whole
-    assert read_bytes(nii, str(small_run["fine_mask_path"]), 5.0) == whole
+    assert read_bytes([gz], str(roi), 5.0) == gz.data_bytes == whole
+    assert read_bytes([nii], None, 5.0) == whole
+    assert read_bytes([nii], str(roi), 5.0, target_affine=np.diag([3.0, 3.0, 3.5])) == whole
+    assert read_bytes([nii], str(small_run["fine_mask_path"]), 5.0) == whole
+    # several runs: the sum of each run's bytes
+    assert read_bytes([nii, gz, nii], str(roi), 5.0) == 2 * (whole * (11 * 11 * 9) // (20 * 22 * 14)) + whole
 
 
 def test_default_chunks_follow_the_plan(small_run, tmp_path):
