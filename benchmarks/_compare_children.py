@@ -155,7 +155,7 @@ def _work_bytes(spec: dict) -> int:
     from daskglm.io.nifti import inspect_run
     from daskglm.store.ingest import read_bytes
 
-    return sum(read_bytes(inspect_run(run), spec["mask"], spec["smoothing_fwhm"]) for run in spec["runs"])
+    return read_bytes([inspect_run(run) for run in spec["runs"]], spec["mask"], spec["smoothing_fwhm"])
 
 
 def _worker_daskglm(spec: dict) -> dict:

@@ -304,13 +304,14 @@ def _child_env() -> dict:
 
 
 def _run_child(kind: str, spec: dict, work: Path, label: str, timeout: float | None,
-               script: Path | None = None) -> dict:
-    """Run ``script --_child KIND SPEC OUT`` (default: this script) as a measured child; its figures."""
+               script: Path | None = None, env: dict | None = None) -> dict:
+    """Run ``script --_child KIND SPEC OUT`` (default: this script) as a measured child, with ``env`` added
+    to its environment; its figures."""
     spec_path, out_path, log = (work / f"{label}.{ext}" for ext in ("spec.json", "out.json", "log"))
     spec_path.write_text(json.dumps(spec))
     cmd = [sys.executable, str(Path(script or __file__).resolve()), "--_child", kind, str(spec_path), str(out_path)]
     load_before = os.getloadavg()[0]
-    measured = Measured(cmd, log, env=_child_env(), timeout=timeout).run()
+    measured = Measured(cmd, log, env={**_child_env(), **(env or {})}, timeout=timeout).run()
     measured["loadavg_1min_before"] = load_before
     if measured["returncode"] != 0 or not out_path.exists():
         tail = log.read_text(errors="replace")[-4000:]
@@ -473,6 +474,12 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
     return summary
 
 
+def _pairs(records: list[dict], base: str, other: str) -> list[tuple[dict, dict]]:
+    """The records of tags ``base`` and ``other`` of each repeat, paired (ratios within one repeat)."""
+    return [(a, b) for a in records if a["tag"] == base
+            for b in records if b["tag"] == other and b["repeat"] == a["repeat"]]
+
+
 def _print_arma11_cost(size: str, records: list[dict]) -> None:
     """With ``--arma11``: median wall and peak memory of ``noise_model="arma11"`` against ``"ar1"``."""
     def median(tag: str, key: str) -> float | None:
@@ -482,10 +489,9 @@ def _print_arma11_cost(size: str, records: list[dict]) -> None:
     walls = [median(tag, "wall_s") for tag in ("daskglm", "daskglm-arma11")]
     peaks = [median(tag, "peak_rss_bytes") for tag in ("daskglm", "daskglm-arma11")]
     if None not in walls:
-        pairs = [(a["wall_s"], b["wall_s"]) for a in records if a["tag"] == "daskglm"
-                 for b in records if b["tag"] == "daskglm-arma11" and b["repeat"] == a["repeat"]]
+        ratios = [b["wall_s"] / a["wall_s"] for a, b in _pairs(records, "daskglm", "daskglm-arma11")]
         print(f"[{size}] arma11 / ar1 (daskglm): wall {walls[1]:.1f} / {walls[0]:.1f} s = {walls[1] / walls[0]:.2f}x "
-              f"(per repeat: {', '.join(f'{b / a:.2f}' for a, b in pairs)}); peak RSS "
+              f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)}); peak RSS "
               f"{peaks[1] / MiB:.0f} / {peaks[0] / MiB:.0f} MiB", flush=True)
 
 
@@ -500,29 +506,24 @@ def _bench_subjects(name: str, args: argparse.Namespace, work: Path) -> dict:
     root = _data_root() / ("bids_{n_subjects}x{n_runs}_{shape[0]}x{shape[1]}x{shape[2]}_{n_scans}".format(**params))
     bids = simulate_bids(root, task="language", seed=0, **params)
     print(f"[{name}] data: {root} ({time.perf_counter() - start:.1f} s to generate or find)", flush=True)
-    configs = [(kind, tag) for kind, tag in (("loop", "loop-nilearn"), ("loop", "loop-daskglm"), ("bids", "bids"))
-               if tag.split("-")[-1] in args.tools or (tag == "bids" and "daskglm" in args.tools)]
+    # (tool, workers, tag) as _run_order orders them; the child's kind is "bids" or "loop"
+    configs = [(tool, None, tag) for tool, tag in (("nilearn", "loop-nilearn"), ("daskglm", "loop-daskglm"),
+                                                   ("daskglm", "bids")) if tool in args.tools]
     records: list[dict] = []
     repeat = args.repeats.get(name, args.repeats.get("*", 1))
     for rep in range(1, repeat + 1):
         rep_dir = work / f"{name}-rep{rep}"
+        rep_dir.mkdir(parents=True, exist_ok=True)
         zmaps: dict[str, str] = {}
-        for kind, tag in (configs if rep % 2 else configs[:1] + configs[:0:-1]):
+        for tool, _, tag in _run_order(configs, rep):
             spec = {"root": str(bids.root), "task": "language", "smoothing_fwhm": args.smoothing_fwhm,
-                    "contrasts": SUBJECT_CONTRASTS, "lib": tag.split("-")[-1], "out": str(rep_dir / f"out-{tag}"),
+                    "contrasts": SUBJECT_CONTRASTS, "lib": tool, "out": str(rep_dir / f"out-{tag}"),
                     "store": str(rep_dir / f"stores-{tag}"), "zmaps": str(rep_dir / f"z-{tag}.npz")}
-            rep_dir.mkdir(parents=True, exist_ok=True)
-            env_cache = os.environ.get("DASKGLM_CACHE")
-            os.environ["DASKGLM_CACHE"] = spec["store"]  # the loop's stores: fresh, in this repeat's folder
-            try:
-                _set_cache(args.cache or "warm", [p for runs in bids.preproc_bold for p in runs])
-                result = _run_child(kind, spec, rep_dir, tag, args.timeout)
-            finally:
-                if env_cache is None:
-                    os.environ.pop("DASKGLM_CACHE", None)
-                else:
-                    os.environ["DASKGLM_CACHE"] = env_cache
-            records.append({"size": name, "tag": tag, "repeat": rep, **result})
+            _set_cache(args.cache or "warm", [p for runs in bids.preproc_bold for p in runs])
+            # the loop's stores (daskglm's default cache): fresh, in this repeat's folder
+            result = _run_child("bids" if tag == "bids" else "loop", spec, rep_dir, tag, args.timeout,
+                                env={"DASKGLM_CACHE": spec["store"]})
+            records.append({"size": name, "tool": tool, "tag": tag, "repeat": rep, **result})
             zmaps[tag] = spec["zmaps"]
             print(f"{tag:12s} {name} {rep}/{repeat}: wall {result['wall_s']:.1f} s, peak RSS (all processes) "
                   f"{result['peak_rss_bytes'] / MiB:.0f} MiB, {result['subjects']} subjects", flush=True)
@@ -536,35 +537,25 @@ def _bench_subjects(name: str, args: argparse.Namespace, work: Path) -> dict:
                         worst = max(float(np.max(np.abs(ours[k].astype(np.float64) - theirs[k]))) for k in ours.files)
                     print(f"  z maps, nilearn's loop vs {tag} ({len(theirs.files)} maps): max |dz| {worst:.2e}",
                           flush=True)
-    summary: dict[str, Any] = {"size": name, **{k: list(v) if isinstance(v, tuple) else v for k, v in params.items()},
-                               "tools": {}}
-    print(f"\n[{name}] summary over {repeat} repeat(s) (median; all values)")
-    for tag in [t for _, t in configs]:
-        rs = [r for r in records if r["tag"] == tag]
-        walls, peaks = [round(r["wall_s"], 2) for r in rs], [round(r["peak_rss_bytes"] / MiB) for r in rs]
-        summary["tools"][tag] = {"wall_s_median": statistics.median(walls), "wall_s": walls,
-                                 "peak_rss_mib_median": statistics.median(peaks), "peak_rss_mib": peaks}
-        print(f"  {tag:12s} wall {statistics.median(walls):7.1f} s {walls}   peak RSS "
-              f"{statistics.median(peaks):6.0f} MiB {peaks}")
+    from _compare_summary import _summarise  # benchmarks/ is sys.path[0] when this runs as a script
+
+    summary = _summarise(name, params, records, None)
+    summary["n_subjects"] = params["n_subjects"]
     tools = summary["tools"]
-    if "loop-nilearn" in tools:
+    for tag in [t for t in tools if t != "loop-nilearn" and "loop-nilearn" in tools]:
         base = tools["loop-nilearn"]
-        for tag in [t for t in tools if t != "loop-nilearn"]:
-            pairs = [(a["wall_s"], b["wall_s"]) for a in records if a["tag"] == "loop-nilearn"
-                     for b in records if b["tag"] == tag and b["repeat"] == a["repeat"]]
-            ratio = base["wall_s_median"] / tools[tag]["wall_s_median"]
-            tools[tag]["nilearn_loop_over_this"] = round(ratio, 2)
-            print(f"  nilearn's loop / {tag}: wall {ratio:.2f}x (per repeat: "
-                  f"{', '.join(f'{a / b:.2f}' for a, b in pairs)}), peak memory "
-                  f"{base['peak_rss_mib_median']:.0f} vs {tools[tag]['peak_rss_mib_median']:.0f} MiB")
+        ratio = base["wall_s_median"] / tools[tag]["wall_s_median"]
+        tools[tag]["nilearn_loop_over_this"] = round(ratio, 2)
+        ratios = [a["wall_s"] / b["wall_s"] for a, b in _pairs(records, "loop-nilearn", tag)]
+        print(f"  nilearn's loop / {tag}: wall {ratio:.2f}x (per repeat: {', '.join(f'{r:.2f}' for r in ratios)}), "
+              f"peak memory {base['peak_rss_mib_median']:.0f} vs {tools[tag]['peak_rss_mib_median']:.0f} MiB")
     summary["runs"] = records
     return summary
 
 
 def _print_roi_cost(size: str, records: list[dict]) -> None:
     """With ``--roi``: wall and peak memory of the ~4,000-voxel mask against the whole-brain mask's."""
-    pairs = [(a, b) for a in records if a["tag"] == "daskglm"
-             for b in records if b["tag"] == "daskglm-roi" and b["repeat"] == a["repeat"]]
+    pairs = _pairs(records, "daskglm", "daskglm-roi")
     if not pairs:
         return
     ratios = [b["wall_s"] / a["wall_s"] for a, b in pairs]
