@@ -333,11 +333,14 @@ def _packed(fit: xr.Dataset, group: str) -> da.Array | None:
 
 
 def _compute_checked(jobs: list, urls: list[str], client: Any) -> tuple:
-    """Compute the jobs' collections; a chunk failing its checksum names the stores read."""
+    """Compute the jobs' collections, then the workers give back the heap the fit's buffers
+    left (:func:`daskglm.runtime.cluster.compute`'s ``release_heap``: the results' reading
+    and the contrasts that follow are not added to it); a chunk failing its checksum names the
+    stores read."""
     if not jobs:
         return ()
     try:
-        return compute(*[collection for _, _, collection in jobs], client=client)
+        return compute(*[collection for _, _, collection in jobs], client=client, release_heap=True)
     except ValueError as exc:
         if "checksum" not in str(exc):
             raise

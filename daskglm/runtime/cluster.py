@@ -101,7 +101,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from .compat import retry_futures, workers_skip_main
+from .compat import release_free_heap, retry_futures, workers_skip_main
 from .config import config_bytes, config_seconds
 from .progress import (
     Display,
@@ -928,7 +928,8 @@ def _cancel(client: Any, futures: list) -> None:
             client.cancel(futures)
 
 
-def compute(*collections: Any, client: Any = None, verbose: int | None = None) -> tuple:
+def compute(*collections: Any, client: Any = None, verbose: int | None = None,
+            release_heap: bool = False) -> tuple:
     """Compute dask collections on ``client`` (resolved by :func:`get_client`).
 
     With a distributed client the graph is submitted with ``client.compute``
@@ -966,6 +967,12 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None) -
         (a file, a pipe), distributed's widget in a notebook with ipywidgets
         (see :mod:`daskglm.runtime.progress`). Default: the level set by
         :func:`verbosity` (0 outside of it).
+    release_heap : bool, default=False
+        After a distributed computation, every worker gives its free heap back
+        to the system (:func:`daskglm.runtime.compat.release_free_heap`): for a
+        large computation (a fit) whose buffers the workers would otherwise keep
+        (up to ``MALLOC_TRIM_THRESHOLD_`` each on the embedded cluster) while
+        this process goes on with the results. Local schedulers: nothing.
 
     Returns
     -------
@@ -997,7 +1004,10 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None) -
                     return dask.compute(*collections)
             finally:
                 bar.close("stopped")  # interrupted before dask's own end of the computation (else a no-op)
-        return _compute_distributed(resolved, list(collections), retries, timeout, level, label, after)
+        values = _compute_distributed(resolved, list(collections), retries, timeout, level, label, after)
+        if release_heap:  # a worker that cannot (gone, not glibc) keeps its heap: nothing to report
+            resolved.run(release_free_heap, on_error="ignore")
+        return values
 
 
 def _retry(client: Any, erred: list, attempts: dict, retries: int) -> bool:

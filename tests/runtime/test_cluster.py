@@ -376,3 +376,42 @@ def test_filter_is_installed_once_and_stays(monkeypatch):
     monkeypatch.setattr(spawn, "get_preparation_data", someone_elses)
     assert _compat.main_filter_installed() and _compat.install_main_filter()
     assert spawn.get_preparation_data is someone_elses and _our_wrappers() == 1
+
+
+def _count_heap_releases() -> None:
+    """On a worker: wrap ``release_free_heap`` (looked up by name when a pickled reference
+    arrives) with a counter."""
+    import daskglm.runtime.compat as compat
+
+    original = getattr(compat, "_original_release", compat.release_free_heap)
+    compat._original_release = original
+    compat._releases = 0
+
+    def counted() -> bool:
+        compat._releases += 1
+        return original()
+
+    compat.release_free_heap = counted
+
+
+def _heap_releases() -> int:
+    import daskglm.runtime.compat as compat
+
+    count = compat._releases
+    compat.release_free_heap = compat._original_release
+    return count
+
+
+@pytest.mark.parametrize("release", [True, False])
+def test_workers_give_their_free_heap_back_after_a_computation_when_asked(cluster_client, release):
+    """``compute(release_heap=True)`` has every worker process call ``release_free_heap`` once, after
+    the result is in; without it none does."""
+    import dask.array as da
+
+    cluster_client.run(_count_heap_releases)
+    try:
+        x = da.ones((1000, 1000), chunks=250).sum()
+        assert compute(x, client=cluster_client, release_heap=release) == (1e6,)
+    finally:
+        counts = cluster_client.run(_heap_releases)
+    assert sorted(counts.values()) == [int(release)] * 2
