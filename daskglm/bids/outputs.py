@@ -69,6 +69,7 @@ from .. import __version__
 from ..io.cifti import is_cifti, to_dscalar
 from ..io.maps import save_nifti, write_bytes
 from ..io.remote import is_url, url_to_fs
+from ..kernels.lru import LRUCache
 from ..models.nilearn_compat import surface_filename
 from ..runtime.cluster import phase
 
@@ -499,10 +500,25 @@ def _write_figures(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any],
         plot_design_matrix_correlation(dm, axes=fig.add_subplot())
         writer.put(outputs.path(files["correlation_matrix_png"]), _png(fig))
         for name, per_run in matrices.items():
-            fig = _figure((max(5.0, 0.4 * dm.shape[1]), 2.0))
-            axes = plot_contrast_matrix(per_run[index], dm, colorbar=True, axes=fig.add_subplot())
-            axes.set_xlabel(name)
-            writer.put(outputs.path(outputs.names["contrasts_dict"][index][name]), _png(fig))
+            writer.put(outputs.path(outputs.names["contrasts_dict"][index][name]),
+                       _contrast_png(name, np.asarray(per_run[index], dtype=np.float64), dm, plot_contrast_matrix))
+
+
+#: Contrast-matrix PNGs by what they show (name, weights, design columns): a batch's subjects and
+#: runs of one design draw the same figure, which is drawn once per process (4 MiB of PNGs).
+_CONTRAST_PNGS: LRUCache[bytes] = LRUCache(4 * 2**20, size_of=len)
+
+
+def _contrast_png(name: str, weights: np.ndarray, dm: Any, plot_contrast_matrix: Callable) -> bytes:
+    """nilearn's contrast-matrix figure of ``weights`` (shape (k,) or (q, k)) on ``dm``'s columns, as PNG."""
+    def draw() -> bytes:
+        fig = _figure((max(5.0, 0.4 * dm.shape[1]), 2.0))
+        axes = plot_contrast_matrix(weights, dm, colorbar=True, axes=fig.add_subplot())
+        axes.set_xlabel(name)
+        return _png(fig)
+
+    columns = tuple(str(column) for column in dm.columns)
+    return _CONTRAST_PNGS.get((name, weights.shape, weights.tobytes(), columns), draw)
 
 
 def _write_residuals(model: Any, outputs: ModelOutputs, writer: Writer, label: str, client: Any) -> None:
