@@ -31,6 +31,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from isal import igzip, isal_zlib
 
 from .cifti import GRID_AFFINE, brain_models, cifti_t_r, is_cifti, read_cifti_volumes
 from .remote import is_url, object_info, remote_identity, url_identity, url_to_fs
@@ -435,13 +436,17 @@ def _open_image(path: str, gzip_index: bytes | None, storage_options: dict | Non
     if is_url(path):
         fs, fspath = url_to_fs(path, storage_options)
         raw = stack.enter_context(fs.open(fspath, "rb"))
-        fobj = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb")) if path.endswith(".gz") else raw
+        fobj = stack.enter_context(igzip.IGzipFile(fileobj=raw, mode="rb")) if path.endswith(".gz") else raw
         return _image_from_stream(fobj)
     if is_cifti(path):
         return None
     if path.endswith(".nii.gz"):  # read from the start: one stream serves a kept_open block's reads in order
-        return _image_from_stream(stack.enter_context(gzip.open(path, "rb")))
+        return _image_from_stream(stack.enter_context(igzip.IGzipFile(path, mode="rb")))
     return nib.load(path)  # an uncompressed local file: each read opens it, at no cost worth keeping
+
+
+#: What reading a gzip stream raises for a corrupt or truncated file (ISA-L's inflate has its own error).
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, isal_zlib.error)
 
 
 #: The run :func:`kept_open` holds open in this thread (or task): ``(path, index identity, image)``.
@@ -489,7 +494,7 @@ def kept_open(path: str, gzip_index: bytes | None = None, storage_options: dict 
             try:
                 while stream.read(2**24):
                     pass
-            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            except _GZIP_ERRORS as exc:
                 raise _broken_stream(path, img, exc) from exc
 
 
@@ -550,7 +555,7 @@ def read_volumes(
 def _broken_stream(path: str, img: Any, exc: BaseException) -> ValueError | None:
     """The error naming a truncated or corrupt ``.nii.gz`` read as one gzip stream (as
     :func:`build_gzip_index` names them), or None for any other error."""
-    if not isinstance(exc, (EOFError, gzip.BadGzipFile, zlib.error)):
+    if not isinstance(exc, _GZIP_ERRORS):
         return None
     stream = getattr(getattr(img, "dataobj", None), "file_like", None)
     if isinstance(exc, EOFError) and isinstance(stream, gzip.GzipFile):
