@@ -561,9 +561,25 @@ def _clusters(z_map: Any, options: dict, volume: bool = True) -> tuple[Any, dict
                                 alpha)
     if not volume:  # nilearn's parameters of a surface table (is_volume_glm=False)
         details = {k: v for k, v in details.items() if k not in _VOLUME_CLUSTER_KEYS}
-    table = get_clusters_table(thresholded, stat_threshold=threshold, cluster_threshold=options["cluster_threshold"],
-                               min_distance=options["min_distance"], two_sided=options["two_sided"])
+    table = get_clusters_table(_cropped(thresholded) if volume else thresholded, stat_threshold=threshold,
+                               cluster_threshold=options["cluster_threshold"], min_distance=options["min_distance"],
+                               two_sided=options["two_sided"])
     return table, details
+
+
+def _cropped(img: Any) -> Any:
+    """A thresholded volume cropped to its non-zero voxels and a margin of one zero voxel (nilearn's
+    ``crop_img(pad=True)``), its affine moved with it: the same cluster table, in less time.
+
+    nilearn's ``get_clusters_table`` filters the whole volume once per cluster; its
+    filters see the same neighbourhood of every voxel in the margin-padded crop (the
+    voxels outside it are zero), so peaks, sizes and coordinates in mm are unchanged.
+    """
+    from nilearn.image import crop_img
+
+    if not np.any(np.asanyarray(img.dataobj)):
+        return img
+    return crop_img(img, rtol=0.0, pad=True)
 
 
 # ------------------------------------------------------------------ report and figures

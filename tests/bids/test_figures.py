@@ -53,3 +53,34 @@ def test_a_cached_figure_is_the_figure_drawn_fresh(counted):
     cached = outputs._contrast_png("a", np.array([1.0, 0.0, 0.0]), dm, plot)
     outputs._CONTRAST_PNGS.clear()
     assert outputs._contrast_png("a", np.array([1.0, 0.0, 0.0]), dm, plot) == cached
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_cluster_tables_of_a_cropped_map_are_nilearns(two_sided):
+    """``_cropped`` gives nilearn's ``get_clusters_table`` the same table as the whole volume: clusters at the
+    crop's edge, a constant cluster, negative ones, subpeaks (the oracle: nilearn on the uncropped image)."""
+    import nibabel as nib
+    from nilearn.reporting import get_clusters_table
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(3)
+    z = gaussian_filter(rng.normal(size=(30, 34, 28)), 1.2) * 9
+    z[:4], z[-3:], z[:, :5], z[..., -2:] = 0, 0, 0, 0  # a zero border, as outside a brain mask
+    z[4:7, 10:13, 20:23] = 4.5  # constant, at the non-zero bounding box's edge (plane 4)
+    affine = np.array([[-2.5, 0, 0, 80], [0, 2.5, 0, -110], [0, 0, 2.5, -70], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(np.where(np.abs(z) > 3.1, z, 0), affine)
+    cropped = outputs._cropped(img)
+    assert cropped.shape < img.shape  # the test crops something
+    kwargs = dict(stat_threshold=3.1, cluster_threshold=0, min_distance=8.0, two_sided=two_sided)
+    ours, theirs = get_clusters_table(cropped, **kwargs), get_clusters_table(img, **kwargs)
+    assert len(theirs) > 10
+    pd.testing.assert_frame_equal(ours.drop(columns=["X", "Y", "Z"]), theirs.drop(columns=["X", "Y", "Z"]))
+    np.testing.assert_allclose(ours[["X", "Y", "Z"]].to_numpy(float), theirs[["X", "Y", "Z"]].to_numpy(float),
+                               atol=1e-9)
+
+
+def test_an_empty_map_is_not_cropped():
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.zeros((4, 5, 6)), np.eye(4))
+    assert outputs._cropped(img) is img
