@@ -467,6 +467,7 @@ def run_batch(
                                                 or max_concurrent_subjects < 1):
         raise ValueError(f"max_concurrent_subjects must be a positive int; got {max_concurrent_subjects!r}")
     start = time.perf_counter()
+    _warm_up(client)
     dataset = Path(dataset_path).absolute()
     derivatives_folder = _derivatives_folder(dataset, derivatives_folder, task_label)
     derivatives = dataset / derivatives_folder
@@ -532,6 +533,27 @@ def run_batch(
     progress.note(f"{len(result.done)} done, {len(result.skipped)} skipped, {len(result.failures)} failed "
                   f"in {time.perf_counter() - start:.1f} s; outputs in {out}")
     return result
+
+
+def _import_subject_modules() -> None:
+    """Worker task: import what a subject's task runs (daskglm's and nilearn's modules, 2-3 s)."""
+    import nilearn.glm.first_level  # noqa: F401
+    import nilearn.plotting  # noqa: F401
+
+    from ..models import first_level  # noqa: F401
+    from . import subject  # noqa: F401
+
+
+def _warm_up(client: Any) -> None:
+    """On a running distributed client, each worker imports a subject's modules while this process
+    finds the subjects and builds their designs, instead of when its first subject arrives."""
+    from distributed import Client, fire_and_forget
+
+    if not isinstance(client, Client) or client.status != "running":
+        return
+    for address in client.scheduler_info(n_workers=-1)["workers"]:
+        fire_and_forget(client.submit(_import_subject_modules, workers=[address], pure=False,
+                                      key=f"daskglm-bids-warm-up-{uuid.uuid4().hex[:8]}"))
 
 
 def _run_distributed(client: Any, jobs: list[Job], limit: int) -> Any:
