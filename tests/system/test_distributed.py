@@ -275,7 +275,7 @@ def test_hcp_sized_graphs_are_small(tmp_path, monkeypatch):
     assert nib.load(run).shape == (91, 109, 91, 1200)
     sent: list[tuple[str, int, int]] = []
 
-    def record(*collections, client=None, verbose=None):
+    def record(*collections, client=None, verbose=None, release_heap=False):
         """Measure what would be submitted, run nothing, answer zeros."""
         n_tasks = len(set().union(*(c.__dask_graph__().keys() for c in collections)))
         sent.append((collections[0].__class__.__name__, n_tasks, _submitted_bytes(collections)))
