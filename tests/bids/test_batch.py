@@ -220,15 +220,21 @@ def test_failure_is_isolated(bids, tmp_path: Path, stores: Path, capsys: pytest.
 
 @pytest.mark.slow
 def test_concurrent_on_local_cluster(bids, tmp_path: Path, stores: Path) -> None:
-    """Subjects run on both worker processes, at most max_concurrent_subjects at a time."""
-    from distributed import Client, LocalCluster
+    """Subjects run on both worker processes, at most max_concurrent_subjects at a time; each worker
+    imports a subject's modules in a task of its own before its first subject."""
+    from distributed import Client, LocalCluster, get_task_stream
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       host="127.0.0.1") as cluster, Client(cluster) as client:
-        result = _batch(bids, tmp_path / "out", stores, client=client)
+        with get_task_stream(client) as stream:
+            result = _batch(bids, tmp_path / "out", stores, client=client)
         assert _statuses(result) == dict.fromkeys(("01", "02", "03"), "done"), result.failures
         workers = {r.worker for r in result.subjects.values()}
         assert workers == set(client.nthreads())  # both workers ran subjects
+        first = {}  # worker -> key prefix of its first task
+        for task in sorted(stream.data, key=lambda t: min(s["start"] for s in t["startstops"])):
+            first.setdefault(task["worker"], str(task["key"]).rsplit("-", 1)[0])
+        assert first == dict.fromkeys(workers, "daskglm-bids-warm-up")
         one = _batch(bids, tmp_path / "one", stores, client=client, max_concurrent_subjects=1)
         spans = sorted((r.started, r.finished) for r in one.subjects.values())
         assert len(spans) == 3 and all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(spans))
