@@ -551,7 +551,7 @@ def _warm_up(client: Any) -> None:
 
     if not isinstance(client, Client) or client.status != "running":
         return
-    for address in client.scheduler_info(n_workers=-1)["workers"]:
+    for address in client.nthreads():
         fire_and_forget(client.submit(_import_subject_modules, workers=[address], pure=False,
                                       key=f"daskglm-bids-warm-up-{uuid.uuid4().hex[:8]}"))
 
