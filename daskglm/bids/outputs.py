@@ -482,11 +482,7 @@ def _write_designs(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any],
 
 
 def _write_figures(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any], writer: Writer) -> None:
-    from nilearn.plotting import (
-        plot_contrast_matrix,
-        plot_design_matrix,
-        plot_design_matrix_correlation,
-    )
+    from nilearn.plotting import plot_design_matrix, plot_design_matrix_correlation
 
     from ..glm.design import contrast_matrices
 
@@ -501,7 +497,7 @@ def _write_figures(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any],
         writer.put(outputs.path(files["correlation_matrix_png"]), _png(fig))
         for name, per_run in matrices.items():
             writer.put(outputs.path(outputs.names["contrasts_dict"][index][name]),
-                       _contrast_png(name, np.asarray(per_run[index], dtype=np.float64), dm, plot_contrast_matrix))
+                       _contrast_png(name, np.asarray(per_run[index], dtype=np.float64), dm))
 
 
 #: Contrast-matrix PNGs by what they show (name, weights, design columns): a batch's subjects and
@@ -509,9 +505,11 @@ def _write_figures(model: Any, outputs: ModelOutputs, contrasts: dict[str, Any],
 _CONTRAST_PNGS: LRUCache[bytes] = LRUCache(4 * 2**20, size_of=len)
 
 
-def _contrast_png(name: str, weights: np.ndarray, dm: Any, plot_contrast_matrix: Callable) -> bytes:
+def _contrast_png(name: str, weights: np.ndarray, dm: Any) -> bytes:
     """nilearn's contrast-matrix figure of ``weights`` (shape (k,) or (q, k)) on ``dm``'s columns, as PNG."""
     def draw() -> bytes:
+        from nilearn.plotting import plot_contrast_matrix
+
         fig = _figure((max(5.0, 0.4 * dm.shape[1]), 2.0))
         axes = plot_contrast_matrix(weights, dm, colorbar=True, axes=fig.add_subplot())
         axes.set_xlabel(name)
