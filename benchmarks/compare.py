@@ -64,6 +64,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -419,10 +420,7 @@ def _bench_size(size: str, args: argparse.Namespace, work: Path, contrasts: dict
         configs.append(("daskglm", args.workers, "daskglm-roi"))
         roi = _roi_mask(data)
     records: list[dict] = []
-    repeat = args.repeats.get(size, args.repeats.get("*", 1))
-    for rep in range(1, repeat + 1):
-        rep_dir = work / f"{size}-rep{rep}"
-        rep_dir.mkdir(parents=True, exist_ok=True)
+    for rep, repeat, rep_dir in _repeats(args, size, work):
         zmaps: dict[str, str] = {}
         for tool, workers, tag in _run_order(configs, rep):
             store = (_data_root() / f"stores-{size}" if args.keep_stores else rep_dir / f"stores-{tag}")
@@ -510,10 +508,7 @@ def _bench_subjects(name: str, args: argparse.Namespace, work: Path) -> dict:
     configs = [(tool, None, tag) for tool, tag in (("nilearn", "loop-nilearn"), ("daskglm", "loop-daskglm"),
                                                    ("daskglm", "bids")) if tool in args.tools]
     records: list[dict] = []
-    repeat = args.repeats.get(name, args.repeats.get("*", 1))
-    for rep in range(1, repeat + 1):
-        rep_dir = work / f"{name}-rep{rep}"
-        rep_dir.mkdir(parents=True, exist_ok=True)
+    for rep, repeat, rep_dir in _repeats(args, name, work):
         zmaps: dict[str, str] = {}
         for tool, _, tag in _run_order(configs, rep):
             spec = {"root": str(bids.root), "task": "language", "smoothing_fwhm": args.smoothing_fwhm,
@@ -564,6 +559,15 @@ def _print_roi_cost(size: str, records: list[dict]) -> None:
           f"{statistics.median(a['wall_s'] for a, _ in pairs):.1f} s, ratio {ratio:.3f} = 1/{1 / ratio:.1f} "
           f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)}); peak RSS "
           f"{statistics.median(b['peak_rss_bytes'] for _, b in pairs) / MiB:.0f} MiB", flush=True)
+
+
+def _repeats(args: argparse.Namespace, size: str, work: Path) -> Iterator[tuple[int, int, Path]]:
+    """The repeats ``--repeat`` asks of ``size``: ``(repeat, number of repeats, its folder)``, the folder created."""
+    repeat = args.repeats.get(size, args.repeats.get("*", 1))
+    for rep in range(1, repeat + 1):
+        rep_dir = work / f"{size}-rep{rep}"
+        rep_dir.mkdir(parents=True, exist_ok=True)
+        yield rep, repeat, rep_dir
 
 
 def _run_order(configs: list[tuple[str, int | None, str]], rep: int) -> list[tuple[str, int | None, str]]:
