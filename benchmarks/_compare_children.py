@@ -313,11 +313,10 @@ def _worker_loop(spec: dict) -> dict:
 
 
 def _worker_bids(spec: dict) -> dict:
-    """``daskglm bids`` on the same dataset and contrasts, with its default outputs."""
+    """``daskglm bids`` on the same dataset and contrasts, with its default outputs, as the command
+    runs it (its worker processes forked from a server that imports their modules while it plans)."""
     t0 = time.time()
-    import numpy as np
-
-    from daskglm.cli.main import main
+    from daskglm.__main__ import main
 
     argv = ["bids", spec["root"], "--task", spec["task"], "--out", spec["out"], "--derivatives-folder",
             "derivatives/fmriprep", "--smoothing-fwhm", str(spec["smoothing_fwhm"]), "--confounds-strategy",
@@ -329,6 +328,7 @@ def _worker_bids(spec: dict) -> dict:
     if code != 0:
         raise RuntimeError(f"daskglm bids exited {code}")
     import nibabel as nib
+    import numpy as np
 
     zmaps = {}
     for path in sorted(Path(spec["out"]).glob("sub-*/*_stat-z_statmap.nii.gz")):

@@ -94,7 +94,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -185,6 +185,67 @@ def _worker_malloc() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+#: Whether this process started multiprocessing's forkserver for its embedded clusters
+#: (:func:`start_worker_forkserver`).
+_forkserver_started = False
+
+
+def start_worker_forkserver(preload: Sequence[str]) -> bool:
+    """Start multiprocessing's forkserver with ``preload`` imported; embedded clusters then fork their workers from it.
+
+    distributed's nanny starts a worker with multiprocessing's ``spawn``
+    method by default: a new interpreter that imports daskglm, nilearn,
+    scikit-learn, pandas... again, 2-3 s of CPU per worker, all workers at
+    once on the cores the work needs. A forkserver imports them once, in the
+    background while this process goes on, and each worker is a fork of it,
+    already warm (distributed's ``distributed.worker.multiprocessing-method``).
+
+    A worker forked from the server has the server's environment, not this
+    process's at the time of the fork, and C libraries (BLAS thread pools,
+    glibc's malloc) that were set up with it. So this is for a process whose
+    environment is settled, at its start (the ``daskglm`` command): the server
+    starts with the environment daskglm's worker processes get (dask's
+    ``distributed.nanny.pre-spawn-environ``: one BLAS thread; and
+    :data:`WORKER_MALLOC_ENV`), and only the embedded clusters of a process
+    that called this use it; others spawn their workers as before. Workers a
+    nanny restarts after the cluster has started are spawned.
+
+    Parameters
+    ----------
+    preload : sequence of str
+        Modules the server imports (one that fails to import is skipped, as
+        multiprocessing does).
+
+    Returns
+    -------
+    bool
+        Whether the server is running (``False`` where multiprocessing has no
+        forkserver, e.g. Windows: workers are spawned).
+    """
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    global _forkserver_started
+    if _forkserver_started:
+        return True
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    environ = {key: str(value) for key, value in _worker_environ().items()}
+    saved = {key: os.environ.get(key) for key in environ}
+    try:
+        os.environ.update(environ)
+        multiprocessing.get_context("forkserver").set_forkserver_preload(list(preload))
+        forkserver.ensure_running()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    _forkserver_started = True
+    return True
 
 
 #: distributed's default ``distributed.scheduler.worker-saturation``.
@@ -418,7 +479,10 @@ def get_client(
         from .workerlog import QuietTaskErrors, quiet_progress_feeds
 
         stack.enter_context(quiet_progress_feeds())  # until the scheduler (in this process) has closed
-        with dask.config.set(_scheduler_config()):  # read once, when the scheduler starts
+        config = _scheduler_config()
+        if kwargs["processes"] and _forkserver_started:
+            config["distributed.worker.multiprocessing-method"] = "forkserver"
+        with dask.config.set(config):  # read once, when the scheduler and its workers start
             cluster = stack.enter_context(LocalCluster(**kwargs))
         local = stack.enter_context(Client(cluster, set_as_default=False))
         local.register_plugin(QuietTaskErrors())  # its workers' "Compute Failed" reports: not on the user's stderr

@@ -496,3 +496,22 @@ def test_fit_arma11_equals_the_api(fiac, tmp_path):
     written = nib.load(out / "contrast-language_stat-z_statmap.nii.gz").get_fdata()
     np.testing.assert_allclose(written, z, rtol=1e-6, atol=1e-6)
     assert np.abs(z).max() > 3  # the simulated effect is found
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["bids", "ds", "--task", "t", "--out", "o", "--contrast", "a=b"], True),
+    (["--debug", "bids", "ds", "--task", "t"], True),
+    (["bids", "ds", "--scheduler", "tcp://127.0.0.1:8786"], False),
+    (["bids", "ds", "--scheduler=sync"], False),
+    (["bids", "ds", "--sched", "sync"], False),  # argparse takes an unambiguous prefix
+    (["bids", "--help"], False),
+    (["fit", "run.nii.gz", "--task", "bids"], False),
+    ([], False),
+])
+def test_the_command_starts_the_worker_forkserver_only_for_bids_on_an_embedded_cluster(argv, expected, monkeypatch):
+    from daskglm.__main__ import _embedded_bids
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    assert _embedded_bids(argv) is expected
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:8786")
+    assert _embedded_bids(argv) is False

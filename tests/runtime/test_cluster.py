@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import warnings
 
 import dask
@@ -415,3 +418,47 @@ def test_workers_give_their_free_heap_back_after_a_computation_when_asked(cluste
     finally:
         counts = cluster_client.run(_heap_releases)
     assert sorted(counts.values()) == [int(release)] * 2
+
+
+#: Run in its own process: the forkserver, once started, serves every later embedded cluster of the process.
+_FORKSERVER_SCRIPT = '''
+import json, os, sys
+from daskglm.runtime.cluster import get_client, start_worker_forkserver
+
+def seen():
+    import os, sys
+    from threadpoolctl import threadpool_info
+    with open("/proc/self/environ", "rb") as f:  # the environment this process image started with
+        start = dict(item.split(b"=", 1) for item in f.read().split(b"\\0") if b"=" in item)
+    return {"ppid": os.getppid(), "preloaded": "nilearn.plotting" in sys.modules,
+            "blas": [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"],
+            "arena": start.get(b"MALLOC_ARENA_MAX", b"").decode()}
+
+out = {"pid": os.getpid()}
+with get_client(None, n_workers=2, work_bytes=10**12) as client:
+    out["spawned"] = list(client.run(seen).values())
+out["started"] = start_worker_forkserver(["nilearn.plotting"])
+with get_client(None, n_workers=2, work_bytes=10**12) as client:
+    out["forked"] = list(client.run(seen).values())
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="reads a worker's start environment in /proc")
+def test_workers_fork_from_a_preloaded_server_once_it_is_started(monkeypatch):
+    """Before ``start_worker_forkserver`` the embedded cluster's workers are spawned by this process and
+    import what their tasks need; after it they are forks of the server, with its preloaded modules,
+    one BLAS thread and daskglm's malloc settings from their start."""
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    proc = subprocess.run([sys.executable, "-c", _FORKSERVER_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["started"]
+    assert [w["ppid"] for w in out["spawned"]] == [out["pid"]] * 2
+    assert not any(w["preloaded"] for w in out["spawned"])
+    (server,) = {w["ppid"] for w in out["forked"]}
+    assert server != out["pid"] and len(out["forked"]) == 2
+    for worker in out["forked"]:
+        assert worker["preloaded"] and worker["blas"] and all(n == 1 for n in worker["blas"])
+        assert worker["arena"] == "1"
