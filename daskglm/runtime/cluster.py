@@ -170,21 +170,28 @@ def _worker_malloc() -> Iterator[None]:
     set for the block and ``os.environ`` is restored after it.
     """
     environ = _worker_environ()
-    saved = {k: os.environ.get(k) for k in WORKER_MALLOC_ENV}
-    try:
-        for key in WORKER_MALLOC_ENV:
-            if environ.get(key) is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = str(environ[key])
+    with _environ({key: environ.get(key) for key in WORKER_MALLOC_ENV}):
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             yield
-    finally:
-        for key, value in saved.items():
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, Any]) -> Iterator[None]:
+    """``os.environ`` with ``values`` inside the block (``None``: unset), as it was after it."""
+    saved = {key: os.environ.get(key) for key in values}
+
+    def put(items: dict[str, Any]) -> None:
+        for key, value in items.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
-                os.environ[key] = value
+                os.environ[key] = str(value)
+
+    put(values)
+    try:
+        yield
+    finally:
+        put(saved)
 
 
 #: Whether this process started multiprocessing's forkserver for its embedded clusters
@@ -232,18 +239,9 @@ def start_worker_forkserver(preload: Sequence[str]) -> bool:
         return True
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return False
-    environ = {key: str(value) for key, value in _worker_environ().items()}
-    saved = {key: os.environ.get(key) for key in environ}
-    try:
-        os.environ.update(environ)
+    with _environ(_worker_environ()):
         multiprocessing.get_context("forkserver").set_forkserver_preload(list(preload))
         forkserver.ensure_running()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     _forkserver_started = True
     return True
 
