@@ -79,7 +79,7 @@ import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -259,9 +259,19 @@ class _Design(NamedTuple):
     design_matrices: list[Any]
 
 
-def _designs(job: Job) -> tuple[_Design | None, list[str]]:
+#: Subjects found by one ``first_level_from_bids`` call of the planning pass (:func:`_designs_of`).
+_DISCOVERY_GROUP = 128
+
+
+def _designs(job: Job, found: tuple | None = None) -> tuple[_Design | None, list[str]]:
     """A subject's runs (their names and files) and designs as its task will build them, and the warnings
     building the designs gave.
+
+    ``found``: the subject's ``(model, run_imgs, events, confounds)`` from a
+    ``first_level_from_bids`` call of several subjects (:func:`_designs_of`);
+    None: discovered here alone. The designs are kept without their rows
+    (their columns are what the contrasts are checked against), so that the
+    planning pass does not hold every subject's design matrices.
 
     ``None`` when discovery or the design fails: the subject's own task then
     reports why, as that subject's failure (one bad subject stops no other).
@@ -270,16 +280,56 @@ def _designs(job: Job) -> tuple[_Design | None, list[str]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # discovery's notes: the subject's task reports them (verbose 2)
-            models, imgs, events, confounds = first_level_from_bids(
-                job.dataset, job.task_label, space_label=job.space_label, sub_labels=[job.label],
-                derivatives_folder=job.derivatives_folder, client="sync", **job.kwargs)
-            names, files, surface = run_files(job, imgs[0])
+            if found is None:
+                models, imgs, events, confounds = first_level_from_bids(
+                    job.dataset, job.task_label, space_label=job.space_label, sub_labels=[job.label],
+                    derivatives_folder=job.derivatives_folder, client="sync", **job.kwargs)
+                found = (models[0], imgs[0], events[0], confounds[0])
+            model, run_imgs, run_events, run_confounds = found
+            names, files, surface = run_files(job, run_imgs)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            designs = models[0].make_design_matrices(imgs[0], events[0], confounds[0])
+            designs = model.make_design_matrices(run_imgs, run_events, run_confounds)
     except Exception:  # noqa: BLE001 - the subject's task reports it
         return None, []
-    return _Design(names, files, surface, designs), list(dict.fromkeys(str(w.message) for w in caught))
+    return (_Design(names, files, surface, [design.iloc[:0] for design in designs]),
+            list(dict.fromkeys(str(w.message) for w in caught)))
+
+
+def _designs_of(jobs: list[Job]) -> Iterator[tuple[Job, tuple[_Design | None, list[str]]]]:
+    """Each job with its :func:`_designs` (jobs of one batch: they differ only by subject), in order.
+
+    The subjects are found by one ``first_level_from_bids`` call per group of
+    :data:`_DISCOVERY_GROUP`: each call reads every subject's sidecars (to
+    infer ``t_r`` and the slice timing) and lists every run (the space
+    checks), whichever subjects it is asked for, so one call per subject
+    repeated those scans of the whole dataset for each subject (BENCHMARKS.md,
+    "Scale model: 1,000 subjects"; nilearn's own lookups of one subject's
+    files still list every subject folder, which this does not change). A
+    group holds its subjects' events and confounds until their designs are
+    made. A group whose call fails, or that misses a subject, is found again
+    one subject at a time: a subject's own problem stays that subject's
+    failure.
+    """
+
+    for begin in range(0, len(jobs), _DISCOVERY_GROUP):
+        group = jobs[begin:begin + _DISCOVERY_GROUP]
+        found: dict[str, tuple] = {}
+        if len(group) > 1:
+            first = group[0]
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    models, imgs, events, confounds = first_level_from_bids(
+                        first.dataset, first.task_label, space_label=first.space_label,
+                        sub_labels=[job.label for job in group], derivatives_folder=first.derivatives_folder,
+                        client="sync", **first.kwargs)
+                found = {model.subject_label: (model, run_imgs, run_events, run_confounds)
+                         for model, run_imgs, run_events, run_confounds in zip(models, imgs, events, confounds)}
+            except Exception:  # noqa: BLE001 - one subject at a time below
+                found = {}
+        for job in group:
+            yield job, _designs(job, found.pop(job.label, None))
 
 
 def _check_designs(designs: dict[str, _Design | None], notes: dict[str, list[str]], contrasts: dict[str, Any]
@@ -493,20 +543,20 @@ def run_batch(
     description = out / DESCRIPTION
     root_plan = OutputPlan([description], optional=[description], what="--out (output_dir)")
     root_plan.check()
-    complete, todo, designs, notes = [], [], {}, {}
+    complete, todo, designs, notes, inputs = [], [], {}, {}, {}
     for label in labels:
-        inputs = input_files(dataset, derivatives, label, task_label)
-        if is_complete(out / f"sub-{label}", fingerprint, inputs):
+        inputs[label] = input_files(dataset, derivatives, label, task_label)
+        if is_complete(out / f"sub-{label}", fingerprint, inputs[label]):
             complete.append(label)
             continue
-        job = Job(label, str(dataset), task_label, space_label, derivatives_folder, str(out),
-                  defs, stat_types, fingerprint, parameters, bool(report), bool(figures), kwargs)
-        todo.append(job)
-        designs[label], notes[label] = _designs(job)
-        design = designs[label]
+        todo.append(Job(label, str(dataset), task_label, space_label, derivatives_folder, str(out),
+                        defs, stat_types, fingerprint, parameters, bool(report), bool(figures), kwargs))
+    for job, (design, job_notes) in _designs_of(todo):  # a group of subjects at a time
+        designs[job.label], notes[job.label] = design, job_notes
         if design is not None:
             output_plan(job, design.run_names, bool(kwargs.get("minimize_memory", True)),
-                        subject_inputs(dataset, inputs, design.run_files, kwargs.get("mask_img")), design.surface)
+                        subject_inputs(dataset, inputs[job.label], design.run_files, kwargs.get("mask_img")),
+                        design.surface)
     _check_designs(designs, notes, defs)
     root_plan.create_folders()
     root_plan.claim()
