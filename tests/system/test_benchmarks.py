@@ -26,10 +26,11 @@ def test_ingest_benchmark_runs_small(tmp_path):
     assert record["peak_rss_mib"] > 50 and record["wall_s"] > 0
 
 
-def _load_compare():
+def _load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("daskglm_bench_compare", ROOT / "benchmarks" / "compare.py")
+    spec = importlib.util.spec_from_file_location(f"daskglm_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -110,7 +111,7 @@ def test_ceiling_rejects_unknown_kind():
 
 def test_measured_kills_leftover_processes(tmp_path):
     """A grandchild that outlives its parent is found in the sampled tree and killed."""
-    compare = _load_compare()
+    compare = _load_benchmark("compare")
     pid_file = tmp_path / "grandchild.pid"
     script = (
         "import subprocess, sys, time\n"
@@ -138,7 +139,7 @@ def test_kernel_benchmark_runs_and_checks_its_pairs():
 
 def test_compare_alternates_the_daskglm_runs_after_nilearn():
     """Each daskglm configuration follows nilearn's run at every other repeat (nilearn stays first)."""
-    compare = _load_compare()
+    compare = _load_benchmark("compare")
     configs = [("nilearn", None, "nilearn"), ("daskglm", None, "daskglm"), ("daskglm", 1, "daskglm-w1")]
     tags = [[c[2] for c in compare._run_order(configs, rep)] for rep in (1, 2, 3)]
     assert tags == [["nilearn", "daskglm", "daskglm-w1"], ["nilearn", "daskglm-w1", "daskglm"],
@@ -148,7 +149,7 @@ def test_compare_alternates_the_daskglm_runs_after_nilearn():
 
 def test_measured_counts_the_machines_busy_cpu(tmp_path):
     """``machine_cpu_s`` (from ``/proc/stat``) holds at least the child's own CPU time."""
-    compare = _load_compare()
+    compare = _load_benchmark("compare")
     spin = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end:\n    pass\n"
     measured = compare.Measured([sys.executable, "-c", spin], tmp_path / "log").run()
     assert measured["returncode"] == 0 and measured["cpu_s"] >= 1.0
@@ -217,3 +218,56 @@ def test_cifti_benchmark_rotates_its_configurations_and_refuses_bad_options():
             cifti.build_parser().parse_args(bad)
     with pytest.raises(SystemExit):
         cifti.main(["--tools", "byhand,spm"])
+
+
+def test_scale_benchmark_runs_tiny(tmp_path):
+    """benchmarks/scale.py on 3 subjects and 2 workers: the batch ran on the real processes, every figure
+    was measured, and the projection was printed (no timing asserted)."""
+    env = {**os.environ, "DASKGLM_BENCH_DATA": str(tmp_path / "data"), "DASK_SCHEDULER_ADDRESS": ""}
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--subjects", "3", "--workers", "2", "--threads",
+         "1", "--shape", "8x8x8", "--scans", "40", "--no-figures", "--burst", "100", "--work-dir", str(tmp_path),
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    record = json.loads(out.read_text())["records"][0]
+    assert (record["subjects"], record["done"], record["failed"]) == (3, 3, 0)
+    assert 0 < record["planning_s"] < record["wall_s"] and record["first_subject_arrival_s"] > 0
+    # the scheduler saw one task per subject and one warm-up per worker, then the burst's no-op tasks
+    assert {prefix: t["tasks"] for prefix, t in record["scheduler_tasks"].items()} == {
+        "daskglm-bids-sub": 3, "daskglm-bids-warm-up": 2}
+    assert record["burst"]["counted"] == 100 and record["burst"]["tasks_per_s"] > 0
+    assert record["local_tasks"] and all(t["tasks"] > 0 for t in record["local_tasks"].values())
+    # the three processes' memory: client (this interpreter), scheduler, workers; and the scheduler's pauses
+    assert record["client_rss_mib"]["peak"] > 50 and record["scheduler_rss_mib"]["peak"] > 50
+    assert record["workers_rss_peak_mib"] > 100 and record["scheduler_max_pause_s"] >= 0
+    assert record["planning_parts_s"]["first_level_from_bids"]["calls"] == 1  # one group of 3 subjects
+    assert "| 10 × 32 |" in proc.stdout and "| 100 × 32 |" in proc.stdout and "first bottleneck" in proc.stdout
+    assert not list(tmp_path.glob("daskglm-scale-*"))  # its outputs and stores removed
+
+
+def test_scale_projection_by_hand():
+    """scale.project: 1,000 subjects of 30 s and 4 GB each, on 10 and 100 nodes of 32 cores."""
+    scale = _load_benchmark("scale")
+    common = {"n_subjects": 1000, "cores_per_node": 32, "subject_wall_s": 30.0, "bytes_per_subject": 4e9,
+              "fs_bytes_per_s": 20e9, "node_bytes_per_s": 1e9, "scheduler_s_per_task": 1e-3,
+              "tasks_per_subject": 1.0, "planning_s": 50.0}
+    ten = scale.project(nodes=10, **common)
+    # 320 cores: ceil(1000 / 320) = 4 waves of 30 s; 10 links of 1 GB/s < 20 GB/s: 4e12 B / 1e10 B/s
+    assert (ten.slots, ten.compute_s, ten.storage_s) == (320, 120.0, 400.0)
+    assert ten.scheduler_s == pytest.approx(1.0) and ten.wall_s == pytest.approx(450.0)
+    assert ten.bottleneck == "storage bandwidth" and ten.storage_gbs_needed == pytest.approx(4e12 / 120 / 1e9)
+    hundred = scale.project(nodes=100, **common)
+    # 3,200 cores for 1,000 one-task subjects: one wave, cores idle; the file system's 20 GB/s binds
+    assert (hundred.compute_s, hundred.storage_s, hundred.wall_s) == (30.0, 200.0, 250.0)
+    assert hundred.bottleneck == "storage bandwidth"
+    fast = scale.project(nodes=100, **{**common, "fs_bytes_per_s": 1e15, "node_bytes_per_s": 1e15})
+    assert fast.bottleneck == "client planning" and fast.wall_s == pytest.approx(80.0)
+    idle = scale.project(nodes=100, **{**common, "fs_bytes_per_s": 1e15, "node_bytes_per_s": 1e15,
+                                       "planning_s": 0.0})
+    assert idle.bottleneck == "tasks" and idle.wall_s == pytest.approx(30.0)
+    assert scale.hcp_bytes_per_subject() == 2 * 91 * 109 * 91 * 1200 * 2
+    with pytest.raises(ValueError, match="positive"):
+        scale.project(nodes=0, **common)
