@@ -1030,11 +1030,13 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None,
         (see :mod:`daskglm.runtime.progress`). Default: the level set by
         :func:`verbosity` (0 outside of it).
     release_heap : bool, default=False
-        After a distributed computation, every worker gives its free heap back
-        to the system (:func:`daskglm.runtime.compat.release_free_heap`): for a
+        When a distributed computation has finished, every worker gives its
+        free heap back to the system (:func:`daskglm.runtime.compat.release_free_heap`)
+        before the results are gathered, and again once they have been: for a
         large computation (a fit) whose buffers the workers would otherwise keep
         (up to ``MALLOC_TRIM_THRESHOLD_`` each on the embedded cluster) while
-        this process goes on with the results. Local schedulers: nothing.
+        this process gathers the results and goes on with them. Local
+        schedulers: nothing.
 
     Returns
     -------
@@ -1066,10 +1068,16 @@ def compute(*collections: Any, client: Any = None, verbose: int | None = None,
                     return dask.compute(*collections)
             finally:
                 bar.close("stopped")  # interrupted before dask's own end of the computation (else a no-op)
-        values = _compute_distributed(resolved, list(collections), retries, timeout, level, label, after)
-        if release_heap:  # a worker that cannot (gone, not glibc) keeps its heap: nothing to report
-            resolved.run(release_free_heap, on_error="ignore")
+        trim = partial(_release_heap, resolved) if release_heap else None
+        values = _compute_distributed(resolved, list(collections), retries, timeout, level, label, after, trim)
+        if trim is not None:  # the results' buffers, released with their futures
+            trim()
         return values
+
+
+def _release_heap(client: Any) -> None:
+    """Every worker of ``client`` gives its free heap back (one that cannot, gone or not glibc, keeps it)."""
+    client.run(release_free_heap, on_error="ignore")
 
 
 def _retry(client: Any, erred: list, attempts: dict, retries: int) -> bool:
@@ -1088,7 +1096,10 @@ def _retry(client: Any, erred: list, attempts: dict, retries: int) -> bool:
 
 
 def _compute_distributed(client: Any, collections: list, retries: int, timeout: float | None,
-                         level: int, label: str = "computing", after: float = 0.0) -> tuple:
+                         level: int, label: str = "computing", after: float = 0.0,
+                         before_gather: Any = None) -> tuple:
+    """:func:`compute` on a distributed client; ``before_gather()`` is called once every result
+    is computed, before they are gathered (the workers still hold them)."""
     from distributed import futures_of
     from distributed.scheduler import NoWorkerError
 
@@ -1116,6 +1127,8 @@ def _compute_distributed(client: Any, collections: list, retries: int, timeout: 
                     break
                 if shown is not None:
                     shown.retried(futures)
+            if before_gather is not None and not erred:
+                before_gather()
             values = tuple(client.gather(results))  # raises the first error, if any
             outcome = "done"
         except Exception as exc:
