@@ -526,17 +526,24 @@ def _print_arma11_cost(size: str, records: list[dict]) -> None:
               f"{peaks[1] / MiB:.0f} / {peaks[0] / MiB:.0f} MiB", flush=True)
 
 
+def simulated_subjects(label: str, params: dict) -> Any:
+    """``simulate_bids``' language-task dataset of ``params`` (``n_subjects``, ``n_runs``, ``shape``,
+    ``n_scans``) in :func:`_data_root`, named by them and generated once; also used by scale.py."""
+    from daskglm.datasets.bids_sim import simulate_bids
+
+    start = time.perf_counter()
+    root = _data_root() / ("bids_{n_subjects}x{n_runs}_{shape[0]}x{shape[1]}x{shape[2]}_{n_scans}".format(**params))
+    bids = simulate_bids(root, task="language", seed=0, **params)
+    print(f"[{label}] data: {root} ({time.perf_counter() - start:.1f} s to generate or find)", flush=True)
+    return bids
+
+
 def _bench_subjects(name: str, args: argparse.Namespace, work: Path) -> dict:
     """The subject loop: nilearn's and daskglm's imports in a nilearn user's script, and ``daskglm bids``."""
     import numpy as np
 
-    from daskglm.datasets.bids_sim import simulate_bids
-
     params = SUBJECT_SETS[name]
-    start = time.perf_counter()
-    root = _data_root() / ("bids_{n_subjects}x{n_runs}_{shape[0]}x{shape[1]}x{shape[2]}_{n_scans}".format(**params))
-    bids = simulate_bids(root, task="language", seed=0, **params)
-    print(f"[{name}] data: {root} ({time.perf_counter() - start:.1f} s to generate or find)", flush=True)
+    bids = simulated_subjects(name, params)
     # (tool, workers, tag) as _run_order orders them; the child's kind is "bids" or "loop"
     configs = [(tool, None, tag) for tool, tag in (("nilearn", "loop-nilearn"), ("daskglm", "loop-daskglm"),
                                                    ("daskglm", "bids")) if tool in args.tools]

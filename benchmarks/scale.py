@@ -65,8 +65,6 @@ from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 MiB = 2**20
 GB = 1e9
-#: The tiny subjects' two contrasts (the simulated language task's conditions, as compare.py's subject loop).
-CONTRASTS = {"sentence": "DStSSp + DStDSp - SStSSp - SStDSp", "speaker": "SStDSp + DStDSp - SStSSp - DStSSp"}
 #: The HCP-sized subject of the projection: 2 runs of 91 × 109 × 91 voxels × 1200 scans, int16 ``.nii``.
 HCP_RUN = (91, 109, 91, 1200)
 #: Prefix of the batch's subject tasks (``daskglm.bids.batch._run_distributed``).
@@ -417,20 +415,12 @@ class Cluster:
 # ----------------------------------------------------------------------------- measuring one size
 
 
-def _data_root() -> Path:
-    return Path(os.environ.get("DASKGLM_BENCH_DATA") or Path.home() / ".cache" / "daskglm" / "bench")
-
-
 def _dataset(n_subjects: int, shape: tuple[int, int, int], n_scans: int) -> Path:
-    """The cached dataset of ``n_subjects`` × 2 runs (named as compare.py's subject sets)."""
-    from daskglm.datasets.bids_sim import simulate_bids
+    """The cached dataset of ``n_subjects`` × 2 runs (compare.py's, named as its subject sets)."""
+    from compare import simulated_subjects  # benchmarks/ is sys.path[0] when this runs as a script
 
-    root = _data_root() / f"bids_{n_subjects}x2_{shape[0]}x{shape[1]}x{shape[2]}_{n_scans}"
-    start = time.perf_counter()
-    simulate_bids(root, n_subjects=n_subjects, n_runs=2, task="language", shape=shape, n_scans=n_scans, seed=0)
-    print(f"[{n_subjects} subjects] data: {root} ({time.perf_counter() - start:.1f} s to generate or find)",
-          flush=True)
-    return root
+    params = {"n_subjects": n_subjects, "n_runs": 2, "shape": shape, "n_scans": n_scans}
+    return Path(simulated_subjects(f"{n_subjects} subjects", params).root)
 
 
 def _timed(module: Any, names: list[str], spent: dict[str, list[float]]) -> dict[str, Any]:
@@ -456,6 +446,7 @@ def _timed(module: Any, names: list[str], spent: dict[str, list[float]]) -> dict
 
 def measure(root: Path, n_subjects: int, args: argparse.Namespace) -> dict:
     """One ``run_batch`` of the dataset at ``root`` on a fresh cluster; the figures of the module docstring."""
+    from compare import SUBJECT_CONTRASTS  # the subject loop's two contrasts, on the language task
     from distributed import wait
 
     from daskglm.bids import batch
@@ -488,7 +479,7 @@ def measure(root: Path, n_subjects: int, args: argparse.Namespace) -> dict:
                 cpu, workers_cpu = _cpu_s(cluster.scheduler_pid), _tree_cpu_s(cluster.workers_pid)
                 marks["start"] = time.time()
                 result = batch.run_batch(
-                    root, "language", CONTRASTS, work / "out", derivatives_folder="derivatives/fmriprep",
+                    root, "language", SUBJECT_CONTRASTS, work / "out", derivatives_folder="derivatives/fmriprep",
                     max_concurrent_subjects=args.max_subjects, client=client, verbose=0, report=False,
                     figures=not args.no_figures, smoothing_fwhm=5.0, confounds_strategy=("motion",),
                     confounds_motion="basic", store=str(work / "stores"))
