@@ -280,12 +280,7 @@ def _designs(job: Job, found: tuple | None = None) -> tuple[_Design | None, list
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # discovery's notes: the subject's task reports them (verbose 2)
-            if found is None:
-                models, imgs, events, confounds = first_level_from_bids(
-                    job.dataset, job.task_label, space_label=job.space_label, sub_labels=[job.label],
-                    derivatives_folder=job.derivatives_folder, client="sync", **job.kwargs)
-                found = (models[0], imgs[0], events[0], confounds[0])
-            model, run_imgs, run_events, run_confounds = found
+            model, run_imgs, run_events, run_confounds = found or _discover([job])[job.label]
             names, files, surface = run_files(job, run_imgs)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -316,20 +311,25 @@ def _designs_of(jobs: list[Job]) -> Iterator[tuple[Job, tuple[_Design | None, li
         group = jobs[begin:begin + _DISCOVERY_GROUP]
         found: dict[str, tuple] = {}
         if len(group) > 1:
-            first = group[0]
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    models, imgs, events, confounds = first_level_from_bids(
-                        first.dataset, first.task_label, space_label=first.space_label,
-                        sub_labels=[job.label for job in group], derivatives_folder=first.derivatives_folder,
-                        client="sync", **first.kwargs)
-                found = {model.subject_label: (model, run_imgs, run_events, run_confounds)
-                         for model, run_imgs, run_events, run_confounds in zip(models, imgs, events, confounds)}
+                    found = _discover(group)
             except Exception:  # noqa: BLE001 - one subject at a time below
                 found = {}
         for job in group:
             yield job, _designs(job, found.pop(job.label, None))
+
+
+def _discover(jobs: list[Job]) -> dict[str, tuple]:
+    """The jobs' subjects (jobs of one batch) found by one ``first_level_from_bids`` call: subject label
+    -> ``(model, run_imgs, events, confounds)``."""
+    first = jobs[0]
+    models, imgs, events, confounds = first_level_from_bids(
+        first.dataset, first.task_label, space_label=first.space_label, sub_labels=[job.label for job in jobs],
+        derivatives_folder=first.derivatives_folder, client="sync", **first.kwargs)
+    return {model.subject_label: (model, run_imgs, run_events, run_confounds)
+            for model, run_imgs, run_events, run_confounds in zip(models, imgs, events, confounds)}
 
 
 def _check_designs(designs: dict[str, _Design | None], notes: dict[str, list[str]], contrasts: dict[str, Any]
